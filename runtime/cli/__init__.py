@@ -1,0 +1,1 @@
+"""The ``moorage`` command. Each command group is one module; heavy imports stay inside handlers."""

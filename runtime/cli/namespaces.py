@@ -1,0 +1,92 @@
+"""``moorage namespaces ls|create|rm|label``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from runtime.core.errors import InvalidArgument
+
+__all__ = ["parse_labels", "register"]
+
+
+def parse_labels(pairs: list[str]) -> dict[str, str]:
+    """``k=v`` arguments into a dict; ``k=`` (empty value) removes a label on update."""
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"label {pair!r}: expected KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def register(sub: Any) -> None:
+    """Add this group's commands."""
+    from runtime.cli.main import add_output_flags
+
+    ns = sub.add_parser("namespaces", aliases=["ns"], help="manage namespaces")
+    nsub = ns.add_subparsers(dest="ns_command", required=True, metavar="COMMAND")
+    p = nsub.add_parser("ls", help="list namespaces")
+    add_output_flags(p)
+    p.set_defaults(handler=ls)
+    p = nsub.add_parser("create", help="create a namespace")
+    p.add_argument("name")
+    p.add_argument("labels", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(handler=create)
+    p = nsub.add_parser("rm", aliases=["remove"], help="remove empty namespaces")
+    p.add_argument("names", nargs="+")
+    p.set_defaults(handler=rm)
+    p = nsub.add_parser("label", help="set labels (KEY= removes)")
+    p.add_argument("name")
+    p.add_argument("labels", nargs="+", metavar="KEY=VALUE")
+    p.set_defaults(handler=label)
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def ls(args: argparse.Namespace) -> int:
+    """List namespaces."""
+    from runtime.cli.main import client
+    from runtime.cli.output import emit
+
+    emit(args, client(args).namespaces(), headers=("NAME", "LABELS"),
+         row=lambda n: (n.name, _labels(n.labels)), ident=lambda n: n.name)
+    return 0
+
+
+def create(args: argparse.Namespace) -> int:
+    """Create a namespace."""
+    from runtime.cli.main import client
+
+    client(args).create_namespace(args.name, parse_labels(args.labels))
+    return 0
+
+
+def rm(args: argparse.Namespace) -> int:
+    """Remove namespaces; report each failure, exit 1 if any."""
+    import sys
+
+    from runtime.cli.main import client
+    from runtime.core.errors import MoorageError
+
+    api, failed = client(args), False
+    for name in args.names:
+        try:
+            api.delete_namespace(name)
+            print(name)
+        except MoorageError as exc:
+            print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
+
+
+def label(args: argparse.Namespace) -> int:
+    """Set labels on a namespace."""
+    from runtime.cli.main import client
+
+    info = client(args).label_namespace(args.name, parse_labels(args.labels))
+    print(f"{info.name}  {_labels(info.labels)}")
+    return 0

@@ -1,0 +1,176 @@
+"""``plugins.toml``: the daemon's configuration, validated strictly and with named sources.
+
+Top-level keys are a :class:`DaemonConfig`; each ``[plugins."<type>.<id>"]``
+table is decoded separately onto that plugin's config Struct so an error can
+name the file, the section and the key (msgspec alone reports dict keys as
+``$[...]``).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from runtime.core.errors import InvalidArgument
+
+__all__ = [
+    "CONFIG_VERSION",
+    "ApiConfig",
+    "ConfigError",
+    "DaemonConfig",
+    "ProxyPluginConfig",
+    "decode_plugin_config",
+    "load_config",
+    "parse_config",
+]
+
+CONFIG_VERSION = 1
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+class ConfigError(InvalidArgument):
+    """A configuration file is unreadable or invalid; the message names file, section and key."""
+
+
+class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The ``[api]`` section: where the admin API listens."""
+
+    #: Unix socket path of the admin API (mode 0660).
+    address: str = "/run/moorage/moorage.sock"
+    #: Optional ``host:port`` for a TCP listener; every request must carry the token.
+    tcp_address: str = ""
+    #: File holding the bearer token required on the TCP listener.
+    token_file: str = ""
+    #: Seconds the daemon waits for plugins to stop at shutdown.
+    shutdown_timeout: float = 10.0
+
+
+class ProxyPluginConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A ``[proxy_plugins.<name>]`` section: a plugin served by another process."""
+
+    type: str
+    address: str
+    timeout: float = 10.0
+
+
+class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The whole ``plugins.toml``; plugin tables stay raw until their Structs are known."""
+
+    version: int = CONFIG_VERSION
+    #: Persistent data; each plugin gets ``<root>/<type>.<id>``.
+    root: str = "/var/lib/moorage"
+    #: Volatile data (tmpfs); each plugin gets ``<state>/<type>.<id>``.
+    state: str = "/run/moorage"
+    api: ApiConfig = msgspec.field(default_factory=ApiConfig)
+    #: Plugins (``type.id``) removed before the graph is ordered.
+    disabled_plugins: list[str] = msgspec.field(default_factory=list)
+    #: Plugins (``type.id``) whose failure stops the daemon from starting.
+    required_plugins: list[str] = msgspec.field(default_factory=list)
+    plugins: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    proxy_plugins: dict[str, ProxyPluginConfig] = msgspec.field(default_factory=dict)
+    #: Where this configuration was read from, for error messages.
+    source: str = "<defaults>"
+
+
+_PATH_IN_MSG = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(?P<key>[^`]+)`")
+
+
+def _describe(err: msgspec.ValidationError, source: str, section: str) -> str:
+    """Turn msgspec's ``... - at `$.a.b``` into ``file: [section] key 'a.b': ...``."""
+    text = str(err)
+    path = ""
+    match = _PATH_IN_MSG.search(text)
+    if match:
+        path = match.group("path").lstrip(".")
+        text = text[: match.start()]
+        # A top-level section's own name is already in the brackets.
+        if path == section or path.startswith(section + "."):
+            path = path[len(section) + 1 :]
+    unknown = _UNKNOWN_FIELD.match(text)
+    if unknown:
+        key = f"{path}.{unknown.group('key')}" if path else unknown.group("key")
+        return f"{source}: [{section}] unknown key '{key}'"
+    where = f" key '{path}'" if path else ""
+    return f"{source}: [{section}]{where}: {text[0].lower()}{text[1:]}"
+
+
+def parse_config(text: str, source: str = "<string>") -> DaemonConfig:
+    """Parse and validate the top level of a configuration (plugin tables stay raw).
+
+    Raises:
+        ConfigError: TOML syntax errors, unknown keys, wrong types; the message
+            names ``source``, the section and the key.
+    """
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
+    for name, section in (("api", raw.get("api")),):
+        if section is not None and not isinstance(section, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+    plugins = raw.get("plugins", {})
+    if not isinstance(plugins, dict) or not all(isinstance(v, dict) for v in plugins.values()):
+        raise ConfigError(f'{source}: [plugins] must hold tables named "<type>.<id>"')
+    for name, table in raw.get("proxy_plugins", {}).items():
+        try:
+            msgspec.convert(table, ProxyPluginConfig, strict=True)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(_describe(exc, source, f"proxy_plugins.{name}")) from exc
+    try:
+        config = msgspec.convert(raw, DaemonConfig, strict=True)
+    except msgspec.ValidationError as exc:
+        # Re-run per section so the message says which table is wrong.
+        raise ConfigError(_describe(exc, source, _section_of(exc))) from exc
+    if config.version != CONFIG_VERSION:
+        raise ConfigError(
+            f"{source}: [top level] key 'version': unsupported version {config.version}, "
+            f"this daemon reads version {CONFIG_VERSION}"
+        )
+    if Path(config.root).resolve() == Path(config.state).resolve():
+        raise ConfigError(f"{source}: [top level] 'root' and 'state' must differ")
+    for key in ("disabled_plugins", "required_plugins"):
+        for name in getattr(config, key):
+            if "." not in name:
+                raise ConfigError(
+                    f"{source}: [top level] key '{key}': {name!r} is not a full "
+                    "plugin name '<type>.<id>'"
+                )
+    return msgspec.structs.replace(config, source=source)
+
+
+def _section_of(err: msgspec.ValidationError) -> str:
+    match = _PATH_IN_MSG.search(str(err))
+    if match and match.group("path").startswith(".api"):
+        return "api"
+    return "top level"
+
+
+def load_config(path: Path | str | None) -> DaemonConfig:
+    """Read ``path`` (``None``: built-in defaults) into a :class:`DaemonConfig`."""
+    if path is None:
+        return DaemonConfig()
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    return parse_config(text, str(path))
+
+
+def decode_plugin_config(config: DaemonConfig, name: str, struct: type[S]) -> S:
+    """Decode ``[plugins."<name>"]`` onto ``struct`` (defaults when the table is absent).
+
+    Raises:
+        ConfigError: naming the file, the section and the key at fault.
+    """
+    table = config.plugins.get(name, {})
+    try:
+        return msgspec.convert(table, struct, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_describe(exc, config.source, f'plugins."{name}"')) from exc

@@ -1,0 +1,101 @@
+"""``moorage daemon``: lock the state directory, boot the plugin graph, wait for a signal."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import IO
+
+import anyio
+
+from runtime.core.config import DaemonConfig, load_config
+from runtime.core.discovery import discover
+from runtime.core.errors import FailedPrecondition, MoorageError
+from runtime.core.host import PluginHost, summarize
+
+__all__ = ["StateLock", "run_daemon", "serve"]
+
+log = logging.getLogger("moorage.daemon")
+
+
+class StateLock:
+    """An exclusive ``flock`` on ``<state>/moorage.lock``: one daemon per state directory."""
+
+    def __init__(self, state: Path) -> None:
+        self.path = state / "moorage.lock"
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise FailedPrecondition naming the holder's pid."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+        handle = open(self.path, "a+")  # noqa: SIM115 - held for the daemon's lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise FailedPrecondition(
+                f"another moorage daemon (pid {holder}) holds {self.path}; "
+                "stop it or use a different state directory"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        """Drop the lock (also dropped by the kernel when the process dies)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+async def serve(config: DaemonConfig) -> None:
+    """Run the plugin graph until SIGTERM or SIGINT, then stop it in reverse order."""
+    discovery = discover()
+    host = PluginHost(config, discovery)
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with host.running() as plugins:
+            log.info("daemon started: %s", summarize(plugins.list()))
+            async for signum in signals:
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                break
+    log.info("daemon stopped")
+
+
+def run_daemon(config_path: str | None) -> int:
+    """Entry point of ``moorage daemon``; returns the process exit code."""
+    try:
+        config = load_config(config_path)
+        lock = StateLock(Path(config.state))
+        lock.acquire()
+    except MoorageError as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        anyio.run(serve, config, backend="asyncio")
+    except MoorageError as exc:
+        log.error("daemon failed to start: %s", exc)
+        return 1
+    except BaseExceptionGroup as group:
+        # Startup errors surface wrapped by the task group; report the first one plainly.
+        errs = [e for e in _leaves(group) if isinstance(e, MoorageError)]
+        if not errs:
+            raise
+        log.error("daemon failed to start: %s", errs[0])
+        return 1
+    finally:
+        lock.release()
+    return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out

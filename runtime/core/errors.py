@@ -1,0 +1,154 @@
+"""The error vocabulary shared by the daemon, its plugins, the API and the client.
+
+Hierarchy::
+
+    MoorageError                 (500 internal)
+    ├── InvalidArgument          (400 invalid_argument)  also ValueError
+    ├── Unauthenticated          (401 unauthenticated)
+    ├── PermissionDenied         (403 permission_denied)  also PermissionError
+    ├── NotFound                 (404 not_found)          also LookupError
+    ├── AlreadyExists            (409 already_exists)
+    ├── Conflict                 (409 conflict)
+    ├── FailedPrecondition       (412 failed_precondition)
+    ├── OutOfRange               (416 out_of_range)
+    ├── NotImplementedYet        (501 not_implemented)    also NotImplementedError
+    ├── Unavailable              (503 unavailable)        e.g. "ref locked"
+    ├── DeadlineExceeded         (504 deadline_exceeded)  also TimeoutError
+    └── ResourceExhausted        (507 resource_exhausted) e.g. ENOSPC
+
+Each class carries its wire ``code`` and ``http_status``; :func:`from_code`
+maps a wire code back to the class, so the server and the client share one
+table. Handlers raise these and nothing else; foreign exceptions are translated
+at the boundary where they occur.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AlreadyExists",
+    "Conflict",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "MoorageError",
+    "NotFound",
+    "NotImplementedYet",
+    "OutOfRange",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "error_classes",
+    "from_code",
+]
+
+
+class MoorageError(Exception):
+    """Base of every error Moorage raises on purpose; unknown ones map to 500."""
+
+    code: ClassVar[str] = "internal"
+    http_status: ClassVar[int] = 500
+
+    @property
+    def message(self) -> str:
+        """The human-readable message, as sent on the wire."""
+        return str(self.args[0]) if self.args else self.code
+
+
+class InvalidArgument(MoorageError, ValueError):
+    """The request itself is malformed: bad name, label, digest, config value."""
+
+    code = "invalid_argument"
+    http_status = 400
+
+
+class Unauthenticated(MoorageError):
+    """The request carries no valid credentials (TCP listener without the token)."""
+
+    code = "unauthenticated"
+    http_status = 401
+
+
+class PermissionDenied(MoorageError, PermissionError):
+    """The caller may not do this, whoever they are."""
+
+    code = "permission_denied"
+    http_status = 403
+
+
+class NotFound(MoorageError, LookupError):
+    """The named object does not exist in the caller's namespace."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class AlreadyExists(MoorageError):
+    """An object with that name already exists; most callers treat it as success."""
+
+    code = "already_exists"
+    http_status = 409
+
+
+class Conflict(MoorageError):
+    """A concurrent change won; retrying may succeed."""
+
+    code = "conflict"
+    http_status = 409
+
+
+class FailedPrecondition(MoorageError):
+    """The object is in a state that forbids the operation (e.g. namespace not empty)."""
+
+    code = "failed_precondition"
+    http_status = 412
+
+
+class OutOfRange(MoorageError):
+    """An offset or range lies outside the object (ingest write, blob read)."""
+
+    code = "out_of_range"
+    http_status = 416
+
+
+class NotImplementedYet(MoorageError, NotImplementedError):
+    """The plugin or backend does not support this operation."""
+
+    code = "not_implemented"
+    http_status = 501
+
+
+class Unavailable(MoorageError):
+    """Temporarily unavailable: a locked ref, a stalled proxy, a plugin not running."""
+
+    code = "unavailable"
+    http_status = 503
+
+
+class DeadlineExceeded(MoorageError, TimeoutError):
+    """The operation did not finish within its time budget."""
+
+    code = "deadline_exceeded"
+    http_status = 504
+
+
+class ResourceExhausted(MoorageError):
+    """Out of disk space, memory or another finite resource."""
+
+    code = "resource_exhausted"
+    http_status = 507
+
+
+def error_classes() -> list[type[MoorageError]]:
+    """Every error class, base first; used to build the wire-code table."""
+    return [MoorageError, *MoorageError.__subclasses__()]
+
+
+_BY_CODE: dict[str, type[MoorageError]] = {cls.code: cls for cls in error_classes()}
+
+
+def from_code(code: str, message: str) -> MoorageError:
+    """Rebuild the error a server sent as ``{"code": ..., "message": ...}``."""
+    return _BY_CODE.get(code, MoorageError)(message)

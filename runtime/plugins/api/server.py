@@ -1,0 +1,172 @@
+"""The admin API server: one aiohttp app on a unix socket and, optionally, TCP with a token."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from runtime.core.errors import InvalidArgument, MoorageError, NotFound, Unauthenticated
+from runtime.core.identifiers import validate_namespace
+from runtime.plugins.api.openapi import openapi_document
+from runtime.plugins.api.routes import NAMESPACE_KEY, Route
+from runtime.plugins.api.types import DEFAULT_NAMESPACE, NAMESPACE_HEADER, ErrorBody, ErrorDetail
+
+__all__ = ["ApiServer", "build_app"]
+
+log = logging.getLogger("moorage.api")
+
+_encoder = msgspec.json.Encoder()
+TCP_KEY = web.AppKey("tcp_token", str)
+Middleware = Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]],
+                      Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    """The one error shape, for every failure the API reports."""
+    body = _encoder.encode(ErrorBody(error=ErrorDetail(code=code, message=message)))
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
+def _over_tcp(request: web.Request) -> bool:
+    # A unix-socket peer has no (host, port) tuple.
+    return isinstance(request.transport.get_extra_info("peername") if request.transport else None,
+                      tuple)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Render domain errors, routing misses and crashes as ``{"error": ...}``."""
+    try:
+        return await handler(request)
+    except MoorageError as exc:
+        return error_response(exc.http_status, exc.code, exc.message)
+    except web.HTTPNotFound:
+        return error_response(404, NotFound.code, f"no endpoint {request.method} {request.path}")
+    except web.HTTPMethodNotAllowed as exc:
+        return error_response(
+            405, "method_not_allowed",
+            f"{request.method} not allowed on {request.path}; allowed: "
+            f"{', '.join(sorted(exc.allowed_methods))}",
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, "invalid_argument", exc.reason)
+    except (ConnectionResetError, BrokenPipeError):
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, MoorageError.code, "internal error; see the daemon log")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Requests over TCP must carry the bearer token; the unix socket relies on its mode."""
+    if _over_tcp(request):
+        token = request.app[TCP_KEY]
+        given = request.headers.get("Authorization", "")
+        scheme, _, value = given.partition(" ")
+        # compare_digest keeps the comparison time independent of where they differ.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+            raise Unauthenticated("missing or wrong bearer token")
+    return await handler(request)
+
+
+@web.middleware
+async def namespace_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Validate the namespace header once, for every handler."""
+    namespace = request.headers.get(NAMESPACE_HEADER, DEFAULT_NAMESPACE)
+    try:
+        request[NAMESPACE_KEY] = validate_namespace(namespace)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"header {NAMESPACE_HEADER}: {exc}") from None
+    return await handler(request)
+
+
+def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        result = await route.handler(request)
+        if isinstance(result, web.StreamResponse):
+            return result
+        if result is None and route.response is None:
+            return web.Response(status=204)
+        return web.Response(status=route.status, body=_encoder.encode(result),
+                            content_type="application/json")
+
+    return handle
+
+
+def build_app(routes: list[Route], *, version: str, token: str = "") -> web.Application:
+    """An aiohttp application serving ``routes`` plus ``GET /v1/openapi.json``."""
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware, namespace_middleware],
+        client_max_size=64 * 1024 * 1024,
+    )
+    app[TCP_KEY] = token
+    doc_holder: dict[str, bytes] = {}
+
+    async def openapi(_: web.Request) -> web.Response:
+        if "doc" not in doc_holder:
+            doc_holder["doc"] = _encoder.encode(openapi_document(all_routes, version))
+        return web.Response(body=doc_holder["doc"], content_type="application/json")
+
+    all_routes = [*routes, Route("GET", "/v1/openapi.json", openapi,
+                                 "This document.", response=dict[str, Any])]
+    for route in all_routes:
+        app.router.add_route(route.method, route.path, _wrap(route))
+    return app
+
+
+class ApiServer:
+    """Listeners of one app: a unix socket (0660) and an optional TCP address."""
+
+    def __init__(self, app: web.Application, socket_path: Path, tcp_address: str = "") -> None:
+        self.app = app
+        self.socket_path = socket_path
+        self.tcp_address = tcp_address
+        self.runner = web.AppRunner(app, access_log=log, shutdown_timeout=2.0,
+                                    handle_signals=False)
+
+    async def start(self) -> None:
+        """Bind the listeners; a stale socket file from a dead daemon is replaced."""
+        await self.runner.setup()
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.socket_path.exists() or self.socket_path.is_symlink():
+            if not stat.S_ISSOCK(self.socket_path.lstat().st_mode):
+                raise InvalidArgument(f"{self.socket_path} exists and is not a socket")
+            # The state lock guarantees no live daemon owns it.
+            self.socket_path.unlink()
+        old_umask = os.umask(0o117)
+        try:
+            await web.UnixSite(self.runner, str(self.socket_path)).start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.socket_path, 0o660)
+        if self.tcp_address:
+            host, _, port = self.tcp_address.rpartition(":")
+            await web.TCPSite(self.runner, host or "127.0.0.1", int(port)).start()
+        log.info("API listening on unix://%s%s", self.socket_path,
+                 f" and tcp://{self.tcp_address}" if self.tcp_address else "")
+
+    @property
+    def tcp_port(self) -> int | None:
+        """The bound TCP port (useful when configured as port 0)."""
+        for site in self.runner.sites:
+            if isinstance(site, web.TCPSite):
+                server = site._server  # noqa: SLF001 - aiohttp exposes no public accessor
+                if server is not None and getattr(server, "sockets", None):
+                    return int(server.sockets[0].getsockname()[1])
+        return None
+
+    async def stop(self) -> None:
+        """Close listeners and remove the socket file."""
+        await self.runner.cleanup()
+        self.socket_path.unlink(missing_ok=True)

@@ -1,0 +1,104 @@
+"""Wire types of the admin API: request and response bodies shared with the client."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "NAMESPACE_HEADER",
+    "ErrorBody",
+    "ErrorDetail",
+    "EventEnvelope",
+    "Health",
+    "NamespaceCreateRequest",
+    "NamespaceInfo",
+    "NamespaceLabelsRequest",
+    "PluginInfo",
+    "Version",
+]
+
+#: The header that carries the namespace of a request.
+NAMESPACE_HEADER = "Moorage-Namespace"
+DEFAULT_NAMESPACE = "default"
+
+
+class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of request bodies: unknown fields are refused, not ignored."""
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True):
+    """The inner error object."""
+
+    code: str
+    message: str
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """Every error response: ``{"error": {"code": "not_found", "message": "..."}}``."""
+
+    error: ErrorDetail
+
+
+class Version(msgspec.Struct, kw_only=True):
+    """``GET /v1/version``."""
+
+    version: str
+    revision: str = ""
+    api_version: int = 1
+    pid: int = 0
+
+
+class Health(msgspec.Struct, kw_only=True):
+    """``GET /v1/healthz``."""
+
+    status: str = "ok"
+
+
+class PluginInfo(msgspec.Struct, kw_only=True):
+    """One plugin in ``GET /v1/plugins``."""
+
+    type: str
+    id: str
+    requires: list[str] = []
+    status: str = ""
+    reason: str = ""
+    distribution: str = ""
+    version: str = ""
+    api_version: int = 1
+    description: str = ""
+    init_seconds: float = 0.0
+
+
+class EventEnvelope(msgspec.Struct, kw_only=True):
+    """One line of the ``GET /v1/events`` NDJSON stream."""
+
+    timestamp: datetime
+    namespace: str
+    topic: str
+    type: str
+    event: Any
+
+
+class NamespaceInfo(msgspec.Struct, kw_only=True):
+    """A namespace and its labels."""
+
+    name: str
+    labels: dict[str, str] = {}
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class NamespaceCreateRequest(Body):
+    """``POST /v1/namespaces``."""
+
+    name: str
+    labels: dict[str, str] = {}
+
+
+class NamespaceLabelsRequest(Body):
+    """``PATCH /v1/namespaces/{name}``: labels to set; an empty value removes one."""
+
+    labels: dict[str, str]

@@ -1,0 +1,1 @@
+"""The event exchange plugin, ``events.exchange``."""

@@ -1,0 +1,1 @@
+"""The metadata plugin ``metadata.sqlite``: every namespaced record in one SQLite database."""

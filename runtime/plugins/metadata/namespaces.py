@@ -1,0 +1,149 @@
+"""Namespaces: created explicitly or by the first write, deleted only when empty."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+
+import msgspec
+
+from runtime.core.errors import AlreadyExists, FailedPrecondition, NotFound
+from runtime.core.identifiers import validate_labels, validate_namespace
+from runtime.plugins.metadata.api import Namespace, NamespaceCreate, NamespaceDelete, NamespaceUpdate
+from runtime.plugins.metadata.db import Database
+
+__all__ = ["NamespaceStore", "ensure_namespace", "now"]
+
+Publish = Callable[[str, str, msgspec.Struct], object]
+
+# What keeps a namespace from being deleted, as (table, what to call it).
+# Leases and ingests do not block, as in containerd: they go with the namespace.
+_BLOCKERS = (
+    ("images", "images"),
+    ("content", "blobs"),
+    ("containers", "containers"),
+)
+
+
+def now() -> str:
+    """The current UTC time as stored in the database (ISO 8601)."""
+    return datetime.now(UTC).isoformat()
+
+
+def ensure_namespace(conn: sqlite3.Connection, name: str) -> bool:
+    """Create ``name`` inside the caller's transaction if missing; True if created."""
+    validate_namespace(name)
+    stamp = now()
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO namespaces(name, labels, created_at, updated_at) "
+        "VALUES (?, '{}', ?, ?)",
+        (name, stamp, stamp),
+    )
+    return cur.rowcount > 0
+
+
+def _row(row: sqlite3.Row) -> Namespace:
+    return Namespace(
+        name=row["name"],
+        labels=json.loads(row["labels"]),
+        created_at=datetime.fromisoformat(row["created_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+    )
+
+
+class NamespaceStore:
+    """Create, list, label and delete namespaces."""
+
+    def __init__(self, db: Database, publish: Publish) -> None:
+        self.db = db
+        self.publish = publish
+
+    async def list(self) -> list[Namespace]:
+        """Every namespace, sorted by name."""
+        rows = await self.db.read(
+            lambda c: c.execute("SELECT * FROM namespaces ORDER BY name").fetchall()
+        )
+        return [_row(r) for r in rows]
+
+    async def get(self, name: str) -> Namespace:
+        """One namespace, or NotFound."""
+        validate_namespace(name)
+        row = await self.db.read(
+            lambda c: c.execute("SELECT * FROM namespaces WHERE name=?", (name,)).fetchone()
+        )
+        if row is None:
+            raise NotFound(f"namespace {name!r} not found")
+        return _row(row)
+
+    async def create(self, name: str, labels: Mapping[str, str] | None = None) -> Namespace:
+        """Create a namespace; AlreadyExists if it exists."""
+        validate_namespace(name)
+        labels = validate_labels(labels or {})
+
+        def insert(conn: sqlite3.Connection) -> None:
+            stamp = now()
+            try:
+                conn.execute(
+                    "INSERT INTO namespaces(name, labels, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (name, json.dumps(labels), stamp, stamp),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"namespace {name!r} already exists") from None
+
+        await self.db.write(insert)
+        self.publish(name, "/namespaces/create", NamespaceCreate(name=name, labels=labels))
+        return await self.get(name)
+
+    async def update_labels(self, name: str, labels: Mapping[str, str]) -> Namespace:
+        """Set labels; an empty value removes that label."""
+        validate_namespace(name)
+        validate_labels(labels)
+
+        def update(conn: sqlite3.Connection) -> dict[str, str]:
+            row = conn.execute("SELECT labels FROM namespaces WHERE name=?", (name,)).fetchone()
+            if row is None:
+                raise NotFound(f"namespace {name!r} not found")
+            merged = {**json.loads(row["labels"]), **labels}
+            merged = {k: v for k, v in merged.items() if v}
+            conn.execute(
+                "UPDATE namespaces SET labels=?, updated_at=? WHERE name=?",
+                (json.dumps(merged), now(), name),
+            )
+            return merged
+
+        merged = await self.db.write(update)
+        self.publish(name, "/namespaces/update", NamespaceUpdate(name=name, labels=merged))
+        return await self.get(name)
+
+    async def delete(self, name: str) -> None:
+        """Delete an empty namespace; FailedPrecondition naming what it still holds."""
+        validate_namespace(name)
+
+        def delete(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM namespaces WHERE name=?", (name,)).fetchone() is None:
+                raise NotFound(f"namespace {name!r} not found")
+            held = [
+                f"{n} {what}"
+                for table, what in _BLOCKERS
+                if (n := conn.execute(f"SELECT count(*) FROM {table} WHERE namespace=?", (name,))
+                    .fetchone()[0])
+            ]
+            for (sn, n) in conn.execute(
+                "SELECT snapshotter, count(*) FROM snapshots WHERE namespace=? GROUP BY snapshotter",
+                (name,),
+            ).fetchall():
+                held.append(f'{n} snapshots on "{sn}" snapshotter')
+            if held:
+                raise FailedPrecondition(
+                    f"namespace {name!r} must be empty, but it still has: {', '.join(held)}"
+                )
+            conn.execute("DELETE FROM lease_resources WHERE namespace=?", (name,))
+            conn.execute("DELETE FROM leases WHERE namespace=?", (name,))
+            conn.execute("DELETE FROM ingests WHERE namespace=?", (name,))
+            conn.execute("DELETE FROM namespaces WHERE name=?", (name,))
+
+        await self.db.write(delete)
+        self.publish(name, "/namespaces/delete", NamespaceDelete(name=name))

@@ -1,0 +1,52 @@
+"""Registration of ``metadata.sqlite``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from runtime.core.hookspecs import hookimpl
+from runtime.core.registration import InitContext, PluginConfig, Registration
+from runtime.plugins.metadata.db import Database
+from runtime.plugins.metadata.store import MetadataStore
+
+
+class MetadataConfig(PluginConfig):
+    """``[plugins."metadata.sqlite"]``."""
+
+    #: SQLite's ``synchronous`` pragma: FULL survives power loss, NORMAL only crashes.
+    synchronous: str = "FULL"
+
+
+async def init(ctx: InitContext[MetadataConfig]) -> MetadataStore:
+    """Open the database under the plugin's root and migrate it."""
+    if ctx.config.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+        raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {ctx.config.synchronous!r}")
+    db = Database(ctx.root / "meta.db", synchronous=ctx.config.synchronous.upper())
+    db.open()
+    events = ctx.events
+
+    def publish(namespace: str, topic: str, event: msgspec.Struct) -> Any:
+        return events.publish(namespace, topic, event) if events is not None else None
+
+    return MetadataStore(db, publish)
+
+
+async def close(store: MetadataStore) -> None:
+    """Close the database."""
+    store.close()
+
+
+@hookimpl
+def moorage_plugins() -> Iterator[Registration]:
+    """The SQLite metadata store."""
+    yield Registration(
+        type="metadata",
+        id="sqlite",
+        init=init,
+        close=close,
+        config=MetadataConfig,
+        description="namespaced records in one SQLite database (WAL)",
+    )
