@@ -9,3 +9,5 @@ import pytest
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Run each async test once per anyio backend (aiohttp tests override this)."""
     return str(request.param)
+
+pytest_plugins = ["tests.fixtures.plugin"]

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
-from http.client import HTTPResponse
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import msgspec
 
-from runtime.client.transport import connect
+from runtime.client.transport import Response, request
 from runtime.core.errors import MoorageError, Unauthenticated, Unavailable, from_code
 from runtime.plugins.api.types import (
+    LEASE_HEADER,
     NAMESPACE_HEADER,
+    CommitRequest,
+    ContentInfo,
+    IngestStatus,
+    LabelsRequest,
+    LeaseCreateRequest,
+    LeaseInfo,
+    LeaseResource,
     ErrorBody,
     EventEnvelope,
     Health,
@@ -61,7 +67,8 @@ class Client:
         self.address = address or default_address()
         self.namespace = namespace or os.environ.get("MOORAGE_NAMESPACE") or "default"
         if token is None and token_file:
-            token = Path(token_file).read_text().strip()
+            with open(token_file) as handle:
+                token = handle.read().strip()
         self.token = token
         self.timeout = timeout
 
@@ -80,12 +87,12 @@ class Client:
         path: str,
         *,
         body: Any = None,
-        data: bytes | None = None,
+        data: bytes | Iterable[bytes] | None = None,
         query: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = -1.0,
-    ) -> HTTPResponse:
-        """Send a request and return the raw response once its status is a success.
+    ) -> Response:
+        """Send a request and return the response once its status is a success.
 
         Raises:
             MoorageError: the server's error, rebuilt as the matching class.
@@ -95,26 +102,23 @@ class Client:
             data = msgspec.json.encode(body)
         if query:
             path = f"{path}?{urlencode(query, doseq=True)}"
-        conn = connect(self.address, self.timeout if timeout == -1.0 else timeout)
+        hdrs = self._headers(headers)
+        if data is not None and "Content-Type" not in hdrs:
+            hdrs["Content-Type"] = "application/json"
         try:
-            conn.request(method, path, body=data, headers=self._headers(headers))
-            response = conn.getresponse()
+            response = request(self.address, method, path, headers=hdrs, body=data,
+                               timeout=self.timeout if timeout == -1.0 else timeout)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
-            conn.close()
             raise Unavailable(
                 f"cannot reach the moorage daemon at {self.address}: {exc.strerror}; "
                 "is it running? (moorage daemon)"
             ) from exc
         except PermissionError as exc:
-            conn.close()
             raise Unavailable(f"cannot open {self.address}: permission denied") from exc
         except OSError as exc:
-            conn.close()
             raise Unavailable(f"cannot reach the moorage daemon at {self.address}: {exc}") from exc
         if response.status >= 400:
-            raw = response.read()
-            conn.close()
-            raise self._error(response.status, raw)
+            raise self._error(response.status, response.read())
         return response
 
     @staticmethod
@@ -139,7 +143,7 @@ class Client:
         """Yield the lines of a streamed (NDJSON) response as they arrive."""
         response = self.open(method, path, timeout=None, **kw)
         try:
-            while line := response.readline():
+            for line in response.iter_lines():
                 if line.strip():
                     yield line
         finally:
@@ -200,3 +204,115 @@ class Client:
     def delete_namespace(self, name: str) -> None:
         """Delete an empty namespace."""
         self.call("DELETE", f"/v1/namespaces/{quote(name, safe='')}")
+
+    # -- content ----------------------------------------------------------------
+
+    def content(self, filters: list[str] | None = None) -> list[ContentInfo]:
+        """Blobs of the namespace."""
+        return self.call("GET", "/v1/content", list[ContentInfo],  # type: ignore[no-any-return]
+                         query={"filter": filters or []})
+
+    def content_info(self, digest: str) -> ContentInfo:
+        """One blob."""
+        return self.call("GET", f"/v1/content/{digest}", ContentInfo)  # type: ignore[no-any-return]
+
+    def label_content(self, digest: str, labels: Mapping[str, str]) -> ContentInfo:
+        """Set labels on a blob; an empty value removes one."""
+        return self.call("PATCH", f"/v1/content/{digest}", ContentInfo,  # type: ignore[no-any-return]
+                         body=LabelsRequest(labels=dict(labels)))
+
+    def delete_content(self, digest: str) -> None:
+        """Remove a blob from the namespace."""
+        self.call("DELETE", f"/v1/content/{digest}")
+
+    def read_content(self, digest: str, offset: int = 0, size: int | None = None) -> Iterator[bytes]:
+        """Stream a blob's bytes, optionally a range."""
+        headers = {}
+        if offset or size is not None:
+            end = "" if size is None else str(offset + size - 1)
+            headers["Range"] = f"bytes={offset}-{end}"
+        response = self.open("GET", f"/v1/content/{digest}/blob", headers=headers, timeout=None)
+        try:
+            yield from response.iter_raw()
+        finally:
+            response.close()
+
+    @staticmethod
+    def _ref_path(ref: str) -> str:
+        return "/v1/content/ingests/" + quote(ref, safe="/:@")
+
+    def ingests(self) -> list[IngestStatus]:
+        """Uploads in progress."""
+        return self.call("GET", "/v1/content/ingests", list[IngestStatus])  # type: ignore[no-any-return]
+
+    def ingest_status(self, ref: str) -> IngestStatus:
+        """State of one upload."""
+        return self.call("GET", self._ref_path(ref), IngestStatus)  # type: ignore[no-any-return]
+
+    def write_content(
+        self,
+        ref: str,
+        data: bytes | Iterable[bytes],
+        *,
+        offset: int | None = None,
+        total: int | None = None,
+        expected: str | None = None,
+        commit: bool = False,
+        labels: Mapping[str, str] | None = None,
+        lease: str | None = None,
+    ) -> IngestStatus | ContentInfo:
+        """Write ``data`` at ``offset`` into the upload ``ref``; commit at the end if asked."""
+        query: dict[str, Any] = {}
+        for key, value in (("offset", offset), ("total", total), ("expected", expected)):
+            if value is not None:
+                query[key] = value
+        if commit:
+            query["commit"] = "1"
+            query["label"] = [f"{k}={v}" for k, v in (labels or {}).items()]
+        headers = {"Content-Type": "application/octet-stream"}
+        if lease:
+            headers[LEASE_HEADER] = lease
+        type_ = ContentInfo if commit else IngestStatus
+        return self.call("PUT", self._ref_path(ref), type_, data=data,  # type: ignore[no-any-return]
+                         query=query, headers=headers, timeout=None)
+
+    def commit_content(
+        self, ref: str, *, size: int | None = None, expected: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> ContentInfo:
+        """Verify and publish the upload ``ref``."""
+        body = CommitRequest(size=size, expected=expected, labels=dict(labels or {}))
+        return self.call("POST", self._ref_path(ref), ContentInfo, body=body)  # type: ignore[no-any-return]
+
+    def abort_ingest(self, ref: str) -> None:
+        """Abort the upload ``ref``."""
+        self.call("DELETE", self._ref_path(ref))
+
+    # -- leases -----------------------------------------------------------------
+
+    def leases(self, filters: list[str] | None = None) -> list[LeaseInfo]:
+        """Leases of the namespace."""
+        return self.call("GET", "/v1/leases", list[LeaseInfo],  # type: ignore[no-any-return]
+                         query={"filter": filters or []})
+
+    def create_lease(
+        self, lease_id: str = "", labels: Mapping[str, str] | None = None,
+        expire: float | None = None,
+    ) -> LeaseInfo:
+        """Create a lease; ``expire`` in seconds."""
+        body = LeaseCreateRequest(id=lease_id, labels=dict(labels or {}), expire=expire)
+        return self.call("POST", "/v1/leases", LeaseInfo, body=body)  # type: ignore[no-any-return]
+
+    def delete_lease(self, lease_id: str) -> None:
+        """Delete a lease."""
+        self.call("DELETE", f"/v1/leases/{quote(lease_id, safe='')}")
+
+    def lease_resources(self, lease_id: str) -> list[LeaseResource]:
+        """What a lease holds."""
+        return self.call("GET", f"/v1/leases/{quote(lease_id, safe='')}/resources",  # type: ignore[no-any-return]
+                         list[LeaseResource])
+
+    def add_lease_resource(self, lease_id: str, type_: str, resource: str) -> None:
+        """Hold a resource under a lease."""
+        self.call("POST", f"/v1/leases/{quote(lease_id, safe='')}/resources",
+                  body=LeaseResource(type=type_, id=resource))

@@ -26,6 +26,20 @@ async def init_namespaces(ctx: InitContext[Any]) -> RouteSet:
     return namespace_routes(ctx.get("metadata.sqlite"))
 
 
+async def init_content(ctx: InitContext[Any]) -> RouteSet:
+    """Content over ``content.local``."""
+    from runtime.plugins.api.content import content_routes
+
+    return content_routes(ctx.get("content.local"))
+
+
+async def init_leases(ctx: InitContext[Any]) -> RouteSet:
+    """Leases over ``metadata.sqlite``."""
+    from runtime.plugins.api.leases import lease_routes
+
+    return lease_routes(ctx.get("metadata.sqlite"))
+
+
 async def init_server(ctx: InitContext[Any]) -> Any:
     """Mount every running route set and start the listeners."""
     import runtime
@@ -63,5 +77,9 @@ def moorage_plugins() -> Iterator[Registration]:
                        description="version, health, plugins, events")
     yield Registration(type="api", id="namespaces", init=init_namespaces,
                        requires=("metadata.sqlite",), description="namespaces")
+    yield Registration(type="api", id="content", init=init_content,
+                       requires=("content.local",), description="content and ingests")
+    yield Registration(type="api", id="leases", init=init_leases,
+                       requires=("metadata.sqlite",), description="leases")
     yield Registration(type="server", id="http", init=init_server, close=close_server,
                        requires=("api",), description="admin HTTP API on a unix socket and TCP")

@@ -102,3 +102,65 @@ class NamespaceLabelsRequest(Body):
     """``PATCH /v1/namespaces/{name}``: labels to set; an empty value removes one."""
 
     labels: dict[str, str]
+
+
+#: Header naming the lease that new content, ingests and snapshots join.
+LEASE_HEADER = "Moorage-Lease"
+
+
+class LabelsRequest(Body):
+    """``PATCH`` of labels: values to set; an empty value removes that label."""
+
+    labels: dict[str, str]
+
+
+class ContentInfo(msgspec.Struct, kw_only=True):
+    """A blob as the namespace sees it."""
+
+    digest: str
+    size: int
+    labels: dict[str, str] = {}
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class IngestStatus(msgspec.Struct, kw_only=True):
+    """The state of an upload in progress."""
+
+    ref: str
+    offset: int
+    total: int | None = None
+    expected: str | None = None
+    started_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class CommitRequest(Body):
+    """``POST /v1/content/ingests/{ref}``: verify and publish the upload."""
+
+    size: int | None = None
+    expected: str | None = None
+    labels: dict[str, str] = {}
+
+
+class LeaseInfo(msgspec.Struct, kw_only=True):
+    """A lease."""
+
+    id: str
+    labels: dict[str, str] = {}
+    created_at: datetime | None = None
+
+
+class LeaseCreateRequest(Body):
+    """``POST /v1/leases``: ``id`` empty to generate one; ``expire`` in seconds."""
+
+    id: str = ""
+    labels: dict[str, str] = {}
+    expire: float | None = None
+
+
+class LeaseResource(Body):
+    """A resource held by a lease (``content``, ``ingests``, ``images``, ``snapshots/<sn>``)."""
+
+    type: str
+    id: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from runtime.plugins.metadata.db import Database
+from runtime.plugins.metadata.leases import LeaseStore
 from runtime.plugins.metadata.namespaces import NamespaceStore, Publish
 
 __all__ = ["MetadataStore"]
@@ -15,6 +16,7 @@ class MetadataStore:
         self.db = db
         self.publish = publish
         self.namespaces = NamespaceStore(db, publish)
+        self.leases = LeaseStore(db, publish)
 
     def close(self) -> None:
         """Close the database."""

@@ -1,0 +1,178 @@
+"""Route set ``api.content``: blobs, labels, ranged reads and resumable ingests."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from runtime.core.errors import InvalidArgument, OutOfRange
+from runtime.plugins.api.routes import Query, Route, RouteSet, decode_body, namespace_of
+from runtime.plugins.api.types import (
+    LEASE_HEADER,
+    CommitRequest,
+    ContentInfo,
+    IngestStatus,
+    LabelsRequest,
+)
+
+__all__ = ["content_routes"]
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_CHUNK = 1 << 20
+
+
+def _conv(obj: Any, type_: Any) -> Any:
+    return msgspec.convert(msgspec.to_builtins(obj), type_)
+
+
+def _int(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidArgument(f"query parameter {name}={raw!r} is not an integer") from None
+    if value < 0:
+        raise InvalidArgument(f"query parameter {name} must not be negative")
+    return value
+
+
+def _lease(request: web.Request) -> str | None:
+    return request.headers.get(LEASE_HEADER) or None
+
+
+def parse_range(header: str, size: int) -> tuple[int, int]:
+    """``bytes=a-b`` (one range) into ``(offset, length)``; OutOfRange if unsatisfiable."""
+    match = _RANGE.match(header.strip())
+    if not match or match.groups() == ("", ""):
+        raise InvalidArgument(f"unsupported Range {header!r}: use bytes=START-END")
+    first, last = match.groups()
+    if first == "":
+        length = min(int(last), size)
+        return size - length, length
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or end < start:
+        raise OutOfRange(f"range {header!r} is outside the blob of {size} bytes")
+    return start, end - start + 1
+
+
+def content_routes(content: Any) -> RouteSet:
+    """Routes over the content service."""
+
+    async def list_(request: web.Request) -> list[ContentInfo]:
+        infos = await content.list(namespace_of(request), request.query.getall("filter", []))
+        return [_conv(i, ContentInfo) for i in infos]
+
+    async def info(request: web.Request) -> ContentInfo:
+        return _conv(await content.info(namespace_of(request), request.match_info["digest"]),
+                     ContentInfo)
+
+    async def label(request: web.Request) -> ContentInfo:
+        body = await decode_body(request, LabelsRequest)
+        updated = await content.update_labels(namespace_of(request),
+                                              request.match_info["digest"], body.labels)
+        return _conv(updated, ContentInfo)
+
+    async def delete(request: web.Request) -> None:
+        await content.delete(namespace_of(request), request.match_info["digest"])
+
+    async def blob(request: web.Request) -> web.StreamResponse:
+        ns, digest = namespace_of(request), request.match_info["digest"]
+        size = (await content.info(ns, digest)).size
+        offset, length, status = 0, size, 200
+        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes",
+                   "Docker-Content-Digest": digest}
+        if "Range" in request.headers:
+            offset, length = parse_range(request.headers["Range"], size)
+            status = 206
+            headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{size}"
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = length
+        chunks = await content.read(ns, digest, offset, length)
+        await response.prepare(request)
+        async for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    async def ingests(request: web.Request) -> list[IngestStatus]:
+        return [_conv(s, IngestStatus) for s in await content.list_statuses(namespace_of(request))]
+
+    async def status(request: web.Request) -> IngestStatus:
+        return _conv(await content.status(namespace_of(request), request.match_info["ref"]),
+                     IngestStatus)
+
+    async def write(request: web.Request) -> Any:
+        ns, ref = namespace_of(request), request.match_info["ref"]
+        expected = request.query.get("expected") or None
+        writer = await content.open_writer(ns, ref, total=_int(request, "total"),
+                                           expected=expected, lease=_lease(request))
+        committed = False
+        try:
+            offset = _int(request, "offset")
+            first = True
+            async for chunk in request.content.iter_chunked(_CHUNK):
+                await writer.write(chunk, offset if first else None)
+                first = False
+            if first and offset is not None:
+                # An empty body still checks (or resets, at 0) the offset.
+                await writer.write(b"", offset)
+            if request.query.get("commit") in ("1", "true"):
+                labels = dict(pair.partition("=")[::2] for pair in request.query.getall("label", []))
+                committed = True
+                return web.json_response(
+                    msgspec.to_builtins(_conv(await writer.commit(
+                        _int(request, "size"), expected, labels), ContentInfo)),
+                    status=201)
+            return _conv(writer.status(), IngestStatus)
+        finally:
+            if not committed:
+                await writer.close()
+
+    async def commit(request: web.Request) -> ContentInfo:
+        ns, ref = namespace_of(request), request.match_info["ref"]
+        body = await decode_body(request, CommitRequest)
+        writer = await content.open_writer(ns, ref, lease=_lease(request))
+        try:
+            info = await writer.commit(body.size, body.expected, body.labels)
+        except BaseException:
+            await writer.close()
+            raise
+        return _conv(info, ContentInfo)
+
+    async def abort(request: web.Request) -> None:
+        await content.abort(namespace_of(request), request.match_info["ref"])
+
+    digest = "/v1/content/{digest:sha256:[0-9a-f]{64}}"
+    ref = "/v1/content/ingests/{ref:.+}"
+    return [
+        Route("GET", "/v1/content", list_, "List blobs of the namespace.",
+              response=list[ContentInfo], query=(Query("filter", "filter; repeat to OR", True),)),
+        Route("GET", "/v1/content/ingests", ingests, "Uploads in progress.",
+              response=list[IngestStatus]),
+        Route("GET", ref, status, "State of one upload.", response=IngestStatus),
+        Route("PUT", ref, write,
+              "Write the body at `offset` (resumes; 0 restarts). With commit=1, verify and "
+              "publish at the end (201 with ContentInfo).",
+              response=IngestStatus,
+              query=(Query("offset", "where the body starts"),
+                     Query("total", "announced size"), Query("expected", "announced digest"),
+                     Query("commit", "1 to commit after writing"),
+                     Query("size", "size to verify at commit"),
+                     Query("label", "KEY=VALUE label at commit", True))),
+        Route("POST", ref, commit, "Verify size and digest and publish the blob.",
+              body=CommitRequest, response=ContentInfo, status=201),
+        Route("DELETE", ref, abort, "Abort an upload."),
+        Route("GET", digest, info, "One blob.", response=ContentInfo),
+        Route("PATCH", digest, label, "Set labels (an empty value removes one).",
+              body=LabelsRequest, response=ContentInfo),
+        Route("DELETE", digest, delete,
+              "Remove the blob from the namespace (from disk once unreferenced)."),
+        Route("GET", digest + "/blob", blob, "The blob's bytes; honours Range.",
+              stream="application/octet-stream"),
+    ]

@@ -1,0 +1,70 @@
+"""Route set ``api.leases``: create, list and delete leases and manage their resources."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from runtime.core.errors import InvalidArgument
+from runtime.plugins.api.routes import Query, Route, RouteSet, decode_body, namespace_of
+from runtime.plugins.api.types import LeaseCreateRequest, LeaseInfo, LeaseResource
+from runtime.plugins.metadata.api import Resource
+
+__all__ = ["lease_routes"]
+
+
+def _lease(obj: Any) -> LeaseInfo:
+    return msgspec.convert(msgspec.to_builtins(obj), LeaseInfo)
+
+
+def lease_routes(metadata: Any) -> RouteSet:
+    """Routes over the metadata plugin's lease store."""
+    leases = metadata.leases
+
+    async def list_(request: web.Request) -> list[LeaseInfo]:
+        found = await leases.list(namespace_of(request), request.query.getall("filter", []))
+        return [_lease(lease) for lease in found]
+
+    async def create(request: web.Request) -> LeaseInfo:
+        body = await decode_body(request, LeaseCreateRequest)
+        if body.expire is not None and body.expire <= 0:
+            raise InvalidArgument("expire must be a positive number of seconds")
+        expire = timedelta(seconds=body.expire) if body.expire is not None else None
+        return _lease(await leases.create(namespace_of(request), body.id, body.labels, expire))
+
+    async def get(request: web.Request) -> LeaseInfo:
+        return _lease(await leases.get(namespace_of(request), request.match_info["id"]))
+
+    async def delete(request: web.Request) -> None:
+        await leases.delete(namespace_of(request), request.match_info["id"])
+
+    async def resources(request: web.Request) -> list[LeaseResource]:
+        found = await leases.resources(namespace_of(request), request.match_info["id"])
+        return [LeaseResource(type=r.type, id=r.id) for r in found]
+
+    async def add(request: web.Request) -> None:
+        body = await decode_body(request, LeaseResource)
+        await leases.add_resource(namespace_of(request), request.match_info["id"],
+                                  Resource(type=body.type, id=body.id))
+
+    async def remove(request: web.Request) -> None:
+        body = await decode_body(request, LeaseResource)
+        await leases.delete_resource(namespace_of(request), request.match_info["id"],
+                                     Resource(type=body.type, id=body.id))
+
+    one = "/v1/leases/{id}"
+    return [
+        Route("GET", "/v1/leases", list_, "List leases.", response=list[LeaseInfo],
+              query=(Query("filter", "filter (id, labels.<k>); repeat to OR", True),)),
+        Route("POST", "/v1/leases", create, "Create a lease.", body=LeaseCreateRequest,
+              response=LeaseInfo, status=201),
+        Route("GET", one, get, "One lease.", response=LeaseInfo),
+        Route("DELETE", one, delete, "Delete a lease."),
+        Route("GET", one + "/resources", resources, "What the lease holds.",
+              response=list[LeaseResource]),
+        Route("POST", one + "/resources", add, "Hold a resource.", body=LeaseResource),
+        Route("DELETE", one + "/resources", remove, "Release a resource.", body=LeaseResource),
+    ]

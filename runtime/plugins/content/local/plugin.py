@@ -1,0 +1,36 @@
+"""Registration of ``content.local``: blobs on local disk, namespaced through metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from runtime.core.hookspecs import hookimpl
+from runtime.core.registration import InitContext, Registration
+from runtime.plugins.content.local.service import ContentService
+from runtime.plugins.content.local.store import ContentStore
+
+
+async def init(ctx: InitContext[Any]) -> ContentService:
+    """Open the store under the plugin root, on top of the metadata database."""
+    metadata = ctx.get("metadata.sqlite")
+    events = ctx.events
+
+    def publish(namespace: str, topic: str, event: msgspec.Struct) -> Any:
+        return events.publish(namespace, topic, event) if events is not None else None
+
+    return ContentService(ContentStore(ctx.root), metadata.db, publish)
+
+
+@hookimpl
+def moorage_plugins() -> Iterator[Registration]:
+    """The local content store."""
+    yield Registration(
+        type="content",
+        id="local",
+        init=init,
+        requires=("metadata.sqlite",),
+        description="content-addressed blobs with resumable ingests",
+    )

@@ -1,0 +1,304 @@
+"""The namespaced view of the content store: per-namespace records over shared bytes.
+
+The backend (:mod:`.store`) knows bytes and ingests; this layer keeps, in the
+metadata database, which namespace sees which blob and with which labels, and
+which ingest refs belong to which namespace. A blob is written to disk once
+and removed from disk only when no namespace refers to it any more.
+
+Crash safety: the backend's rename into ``blobs/`` happens before the
+namespace record is written, so a crash between the two leaves an
+unreferenced blob for garbage collection, never a record without bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+
+from runtime.core.errors import AlreadyExists, NotFound
+from runtime.core.filters import adapt, parse
+from runtime.core.identifiers import validate_labels, validate_namespace
+from runtime.plugins.content.api import (
+    ContentCreate,
+    ContentDelete,
+    ContentInfo,
+    Status,
+    validate_digest,
+)
+from runtime.plugins.content.local.store import ContentStore, Writer
+from runtime.plugins.metadata.api import Resource
+from runtime.plugins.metadata.db import Database
+from runtime.plugins.metadata.leases import attach
+from runtime.plugins.metadata.namespaces import Publish, ensure_namespace, now
+
+__all__ = ["ContentService", "NamespacedWriter"]
+
+
+def _backend_ref(namespace: str, ref: str) -> str:
+    # Namespaces must not collide on a ref; the backend hashes refs into
+    # directory names, so any characters are safe here.
+    return f"{namespace}/{ref}"
+
+
+def _info(row: sqlite3.Row) -> ContentInfo:
+    return ContentInfo(
+        digest=row["digest"],
+        size=row["size"],
+        labels=json.loads(row["labels"]),
+        created_at=datetime.fromisoformat(row["created_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+    )
+
+
+def _add_record(
+    conn: sqlite3.Connection,
+    namespace: str,
+    digest: str,
+    size: int,
+    labels: Mapping[str, str],
+    lease: str | None,
+) -> bool:
+    """Insert the namespace's record; False if it already had one."""
+    ensure_namespace(conn, namespace)
+    stamp = now()
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO content(namespace, digest, size, labels, created_at, updated_at) "
+        "VALUES (?,?,?,?,?,?)",
+        (namespace, digest, size, json.dumps(dict(labels)), stamp, stamp),
+    )
+    if lease:
+        attach(conn, namespace, lease, Resource(type="content", id=digest))
+    return cur.rowcount > 0
+
+
+class NamespacedWriter:
+    """A backend writer bound to a namespace; commit also records the blob there."""
+
+    def __init__(self, service: ContentService, namespace: str, ref: str, writer: Writer,
+                 lease: str | None) -> None:
+        self.service = service
+        self.namespace = namespace
+        self.ref = ref
+        self.writer = writer
+        self.lease = lease
+
+    def status(self) -> Status:
+        """The ingest's state, with the namespace's ref."""
+        status = self.writer.status()
+        return Status(ref=self.ref, offset=status.offset, total=status.total,
+                      expected=status.expected, started_at=status.started_at,
+                      updated_at=status.updated_at)
+
+    async def write(self, data: bytes | bytearray | memoryview, offset: int | None = None) -> None:
+        """Write at ``offset`` (see the backend writer)."""
+        await self.writer.write(data, offset)
+
+    async def commit(
+        self, size: int | None = None, expected: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> ContentInfo:
+        """Verify and publish the blob, then record it in the namespace.
+
+        Raises:
+            FailedPrecondition: size or digest mismatch; nothing is committed.
+            AlreadyExists: the namespace already had this blob.
+        """
+        labels = validate_labels(labels or {})
+        try:
+            digest = await self.writer.commit(size, expected)
+        except AlreadyExists:
+            # Committed concurrently under another ref or by another namespace:
+            # the bytes are there, verified; only this namespace's record is new.
+            digest = expected or self.writer.status().expected or ""
+            if not digest:
+                raise
+        await self.service._drop_ingest(self.namespace, self.ref)
+        return await self.service._record(self.namespace, digest, labels, self.lease)
+
+    async def close(self) -> None:
+        """Release the ref; the ingest stays for a resume."""
+        await self.writer.close()
+
+    async def abort(self) -> None:
+        """Drop the ingest."""
+        await self.writer.abort()
+        await self.service._drop_ingest(self.namespace, self.ref)
+
+
+class ContentService:
+    """Namespaced content: ingests, records, labels, reads and deletes."""
+
+    def __init__(self, store: ContentStore, db: Database, publish: Publish) -> None:
+        self.store = store
+        self.db = db
+        self.publish = publish
+
+    # -- records --------------------------------------------------------------
+
+    async def info(self, namespace: str, digest: str) -> ContentInfo:
+        """The namespace's record of ``digest``; NotFound if it has none."""
+        validate_digest(digest)
+        row = await self.db.read(lambda c: c.execute(
+            "SELECT * FROM content WHERE namespace=? AND digest=?", (namespace, digest)
+        ).fetchone())
+        if row is None:
+            raise NotFound(f"content {digest} not found")
+        return _info(row)
+
+    async def list(self, namespace: str, filters: list[str] | None = None) -> list[ContentInfo]:
+        """Blobs of the namespace matching any filter (``digest``, ``size``, ``labels.<k>``)."""
+        flt = parse(filters or [])
+        rows = await self.db.read(lambda c: c.execute(
+            "SELECT * FROM content WHERE namespace=? ORDER BY digest", (namespace,)).fetchall())
+        infos = [_info(r) for r in rows]
+        return [i for i in infos
+                if flt.match(adapt({"digest": i.digest, "size": i.size, "labels": i.labels}))]
+
+    async def update_labels(
+        self, namespace: str, digest: str, labels: Mapping[str, str]
+    ) -> ContentInfo:
+        """Set labels; an empty value removes one."""
+        validate_digest(digest)
+        validate_labels(labels)
+
+        def update(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT labels FROM content WHERE namespace=? AND digest=?",
+                               (namespace, digest)).fetchone()
+            if row is None:
+                raise NotFound(f"content {digest} not found")
+            merged = {k: v for k, v in {**json.loads(row["labels"]), **labels}.items() if v}
+            conn.execute("UPDATE content SET labels=?, updated_at=? WHERE namespace=? AND digest=?",
+                         (json.dumps(merged), now(), namespace, digest))
+
+        await self.db.write(update)
+        return await self.info(namespace, digest)
+
+    async def delete(self, namespace: str, digest: str) -> None:
+        """Drop the namespace's record; the bytes go once no namespace refers to them."""
+        validate_digest(digest)
+
+        def delete(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("DELETE FROM content WHERE namespace=? AND digest=?",
+                               (namespace, digest))
+            if cur.rowcount == 0:
+                raise NotFound(f"content {digest} not found")
+            conn.execute("DELETE FROM lease_resources WHERE namespace=? AND type='content' "
+                         "AND resource=?", (namespace, digest))
+            return conn.execute("SELECT 1 FROM content WHERE digest=? LIMIT 1",
+                                (digest,)).fetchone() is None
+
+        unreferenced = await self.db.write(delete)
+        if unreferenced:
+            try:
+                await self.store.delete(digest)
+            except NotFound:
+                pass
+        self.publish(namespace, "/content/delete", ContentDelete(digest=digest))
+
+    async def read(
+        self, namespace: str, digest: str, offset: int = 0, size: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream a blob the namespace can see (checked before the first byte)."""
+        await self.info(namespace, digest)
+        return self.store.read(digest, offset, size)
+
+    async def _record(
+        self, namespace: str, digest: str, labels: Mapping[str, str], lease: str | None
+    ) -> ContentInfo:
+        blob = await self.store.info(digest)
+        created = await self.db.write(
+            lambda c: _add_record(c, namespace, digest, blob.size, labels, lease))
+        if not created:
+            raise AlreadyExists(f"content {digest} already exists")
+        self.publish(namespace, "/content/create", ContentCreate(digest=digest, size=blob.size))
+        return await self.info(namespace, digest)
+
+    # -- ingests --------------------------------------------------------------
+
+    async def open_writer(
+        self,
+        namespace: str,
+        ref: str,
+        *,
+        total: int | None = None,
+        expected: str | None = None,
+        lease: str | None = None,
+    ) -> NamespacedWriter:
+        """Open or resume the namespace's ingest ``ref``.
+
+        When ``expected`` is already stored on disk (by any namespace) nothing
+        needs uploading: the namespace gains its record and AlreadyExists is
+        raised, which callers treat as done.
+        """
+        validate_namespace(namespace)
+        if expected is not None:
+            validate_digest(expected)
+            if await self.store.exists(expected):
+                try:
+                    await self._record(namespace, expected, {}, lease)
+                except AlreadyExists:
+                    pass
+                raise AlreadyExists(f"content {expected} already exists")
+        backend = _backend_ref(namespace, ref)
+        writer = await self.store.open_writer(backend, total=total, expected=expected)
+
+        def register(conn: sqlite3.Connection) -> None:
+            ensure_namespace(conn, namespace)
+            conn.execute(
+                "INSERT OR IGNORE INTO ingests(namespace, ref, backend_ref, expected) "
+                "VALUES (?,?,?,?)", (namespace, ref, backend, expected or ""))
+            if lease:
+                attach(conn, namespace, lease, Resource(type="ingests", id=ref))
+
+        try:
+            await self.db.write(register)
+        except BaseException:
+            await writer.close()
+            raise
+        return NamespacedWriter(self, namespace, ref, writer, lease)
+
+    async def _drop_ingest(self, namespace: str, ref: str) -> None:
+        def drop(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM ingests WHERE namespace=? AND ref=?", (namespace, ref))
+            conn.execute("DELETE FROM lease_resources WHERE namespace=? AND type='ingests' "
+                         "AND resource=?", (namespace, ref))
+
+        await self.db.write(drop)
+
+    async def _owned(self, namespace: str, ref: str) -> str:
+        row = await self.db.read(lambda c: c.execute(
+            "SELECT backend_ref FROM ingests WHERE namespace=? AND ref=?", (namespace, ref)
+        ).fetchone())
+        if row is None:
+            raise NotFound(f"ingest {ref!r} not found")
+        return str(row["backend_ref"])
+
+    async def status(self, namespace: str, ref: str) -> Status:
+        """The state of the namespace's ingest ``ref``."""
+        status = await self.store.status(await self._owned(namespace, ref))
+        return Status(ref=ref, offset=status.offset, total=status.total,
+                      expected=status.expected, started_at=status.started_at,
+                      updated_at=status.updated_at)
+
+    async def list_statuses(self, namespace: str) -> list[Status]:
+        """Every ingest of the namespace."""
+        rows = await self.db.read(lambda c: c.execute(
+            "SELECT ref FROM ingests WHERE namespace=? ORDER BY ref", (namespace,)).fetchall())
+        out: list[Status] = []
+        for row in rows:
+            try:
+                out.append(await self.status(namespace, row["ref"]))
+            except NotFound:
+                continue
+        return out
+
+    async def abort(self, namespace: str, ref: str) -> None:
+        """Delete the namespace's ingest ``ref`` (Unavailable while a writer holds it)."""
+        backend = await self._owned(namespace, ref)
+        try:
+            await self.store.abort(backend)
+        except NotFound:
+            pass
+        await self._drop_ingest(namespace, ref)

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what Moorage needs on a fresh Debian 12 machine (as root): the OCI
+# runtimes and tools the daemon drives, the tools the tests use, and the
+# package itself with its test extra.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+    runc crun conmon                       # OCI runtimes and the task monitor
+    docker-registry skopeo umoci           # registry and image tools (tests, interop)
+    busybox-static                         # test images are built from it
+    containernetworking-plugins iproute2   # CNI networking
+    btrfs-progs e2fsprogs util-linux       # btrfs snapshotter, loop filesystems
+    containerd                             # the benchmark's reference
+    apache2-utils                          # htpasswd for the auth registry tests
+)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+"$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -i "warning" || true
+"$PYTHON" -c "import runtime" >/dev/null
