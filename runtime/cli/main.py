@@ -8,12 +8,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from runtime.cli import config_cmd, content, namespaces, system
+from runtime.cli import config_cmd, content, namespaces, snapshots, system
 
 __all__ = ["build_parser", "main"]
 
 #: Command groups in the order ``--help`` lists them; each adds its subparsers.
-GROUPS = (system, namespaces, content, config_cmd)
+GROUPS = (system, namespaces, content, snapshots, config_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,11 @@ from runtime.plugins.api.types import (
     LeaseCreateRequest,
     LeaseInfo,
     LeaseResource,
+    MountInfo,
+    SnapshotCommitRequest,
+    SnapshotCreateRequest,
+    SnapshotInfo,
+    SnapshotUsage,
     ErrorBody,
     EventEnvelope,
     Health,
@@ -316,3 +321,56 @@ class Client:
         """Hold a resource under a lease."""
         self.call("POST", f"/v1/leases/{quote(lease_id, safe='')}/resources",
                   body=LeaseResource(type=type_, id=resource))
+
+    # -- snapshots --------------------------------------------------------------
+
+    @staticmethod
+    def _sn(snapshotter: str, key: str = "", action: str = "") -> str:
+        path = f"/v1/snapshots/{quote(snapshotter, safe='')}"
+        if key:
+            path += "/" + quote(key, safe="/:@")
+        return path + (f"/{action}" if action else "")
+
+    def snapshots(self, snapshotter: str, filters: list[str] | None = None) -> list[SnapshotInfo]:
+        """Snapshots of the namespace in one snapshotter."""
+        return self.call("GET", self._sn(snapshotter), list[SnapshotInfo],  # type: ignore[no-any-return]
+                         query={"filter": filters or []})
+
+    def prepare_snapshot(
+        self, snapshotter: str, key: str, parent: str = "", *, view: bool = False,
+        labels: Mapping[str, str] | None = None, lease: str | None = None,
+    ) -> list[MountInfo]:
+        """Prepare an active snapshot (or a view) and return its mounts."""
+        body = SnapshotCreateRequest(key=key, parent=parent, kind="view" if view else "active",
+                                     labels=dict(labels or {}))
+        headers = {LEASE_HEADER: lease} if lease else None
+        return self.call("POST", self._sn(snapshotter), list[MountInfo], body=body,  # type: ignore[no-any-return]
+                         headers=headers)
+
+    def commit_snapshot(self, snapshotter: str, name: str, key: str,
+                        labels: Mapping[str, str] | None = None) -> None:
+        """Commit an active snapshot as ``name``."""
+        self.call("POST", self._sn(snapshotter, key, "commit"),
+                  body=SnapshotCommitRequest(name=name, labels=dict(labels or {})))
+
+    def snapshot(self, snapshotter: str, key: str) -> SnapshotInfo:
+        """One snapshot."""
+        return self.call("GET", self._sn(snapshotter, key), SnapshotInfo)  # type: ignore[no-any-return]
+
+    def remove_snapshot(self, snapshotter: str, key: str) -> None:
+        """Remove a snapshot."""
+        self.call("DELETE", self._sn(snapshotter, key))
+
+    def snapshot_mounts(self, snapshotter: str, key: str) -> list[MountInfo]:
+        """Mounts of an active snapshot or view."""
+        return self.call("GET", self._sn(snapshotter, key, "mounts"), list[MountInfo])  # type: ignore[no-any-return]
+
+    def snapshot_usage(self, snapshotter: str, key: str) -> SnapshotUsage:
+        """Disk usage of a snapshot."""
+        return self.call("GET", self._sn(snapshotter, key, "usage"), SnapshotUsage)  # type: ignore[no-any-return]
+
+    def label_snapshot(self, snapshotter: str, key: str,
+                       labels: Mapping[str, str]) -> SnapshotInfo:
+        """Set labels on a snapshot."""
+        return self.call("PATCH", self._sn(snapshotter, key), SnapshotInfo,  # type: ignore[no-any-return]
+                         body=LabelsRequest(labels=dict(labels)))

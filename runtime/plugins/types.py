@@ -24,3 +24,4 @@ class PluginType(StrEnum):
     METRICS = "metrics"  # Prometheus exposition
     API = "api"  # HTTP route sets mounted by the API server
     SERVER = "server"  # listeners (the admin HTTP server)
+    SERVICE = "service"  # namespaced services over backends (snapshots)

@@ -40,6 +40,13 @@ async def init_leases(ctx: InitContext[Any]) -> RouteSet:
     return lease_routes(ctx.get("metadata.sqlite"))
 
 
+async def init_snapshots(ctx: InitContext[Any]) -> RouteSet:
+    """Snapshots over ``service.snapshots``."""
+    from runtime.plugins.api.snapshots import snapshot_routes
+
+    return snapshot_routes(ctx.get("service.snapshots"))
+
+
 async def init_server(ctx: InitContext[Any]) -> Any:
     """Mount every running route set and start the listeners."""
     import runtime
@@ -81,5 +88,7 @@ def moorage_plugins() -> Iterator[Registration]:
                        requires=("content.local",), description="content and ingests")
     yield Registration(type="api", id="leases", init=init_leases,
                        requires=("metadata.sqlite",), description="leases")
+    yield Registration(type="api", id="snapshots", init=init_snapshots,
+                       requires=("service.snapshots",), description="snapshots")
     yield Registration(type="server", id="http", init=init_server, close=close_server,
                        requires=("api",), description="admin HTTP API on a unix socket and TCP")

@@ -164,3 +164,46 @@ class LeaseResource(Body):
 
     type: str
     id: str
+
+
+class MountInfo(msgspec.Struct, kw_only=True):
+    """One mount of a snapshot, in ``mount(8)`` terms."""
+
+    type: str
+    source: str
+    target: str = ""
+    options: list[str] = []
+
+
+class SnapshotInfo(msgspec.Struct, kw_only=True):
+    """A snapshot as the namespace sees it."""
+
+    kind: str
+    name: str
+    parent: str = ""
+    labels: dict[str, str] = {}
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class SnapshotUsage(msgspec.Struct, kw_only=True):
+    """Bytes and inodes a snapshot holds itself."""
+
+    size: int = 0
+    inodes: int = 0
+
+
+class SnapshotCreateRequest(Body):
+    """``POST /v1/snapshots/{sn}``: prepare (active) or view."""
+
+    key: str
+    parent: str = ""
+    kind: str = "active"
+    labels: dict[str, str] = {}
+
+
+class SnapshotCommitRequest(Body):
+    """``POST /v1/snapshots/{sn}/{key}/commit``."""
+
+    name: str
+    labels: dict[str, str] = {}

@@ -1,0 +1,1 @@
+"""The plugin ``service.snapshots``: namespaced snapshots over every snapshotter backend."""

@@ -1,0 +1,317 @@
+"""One snapshotter seen through namespaces: user keys mapped to backend keys.
+
+Records live in the metadata database (table ``snapshots``): for each
+namespace, snapshotter and user key, the backend key, the parent's user name,
+the kind and the labels. Backend keys are ``<namespace>/<n>/<key>`` so that
+namespaces never collide in the backend.
+
+Committed layers are shared between namespaces the way containerd shares
+remotely-unpacked layers: a ``prepare`` whose labels carry
+``containerd.io/snapshot.ref=<name>`` adopts a committed backend snapshot of
+that name (same parent chain) from another namespace, records it in this one
+and answers AlreadyExists, so the unpacker skips the layer. A backend snapshot
+is removed only when no namespace record points at it.
+
+Crash safety: backend changes come first, records after, so a crash between
+the two leaves only unreferenced backend snapshots, which cleanup removes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from runtime.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from runtime.core.filters import adapt, parse
+from runtime.core.identifiers import validate_labels, validate_namespace
+from runtime.plugins.metadata.api import Resource
+from runtime.plugins.metadata.db import Database
+from runtime.plugins.metadata.leases import attach
+from runtime.plugins.metadata.namespaces import ensure_namespace, now
+from runtime.plugins.snapshots.api import Info, Kind, Mount, Snapshotter, Usage
+from runtime.plugins.snapshots.service.events import (
+    SnapshotCommit,
+    SnapshotPrepare,
+    SnapshotRemove,
+)
+
+__all__ = ["SNAPSHOT_REF_LABEL", "NamespacedSnapshotter"]
+
+#: The label naming the committed snapshot a prepare is meant to become.
+SNAPSHOT_REF_LABEL = "containerd.io/snapshot.ref"
+# Only these labels reach the backend (containerd's inherited-label rule).
+_BACKEND_PREFIXES = ("containerd.io/snapshot/", SNAPSHOT_REF_LABEL)
+_MAX_KEY = 4096
+
+
+def _backend_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in labels.items() if k.startswith(_BACKEND_PREFIXES)}
+
+
+def _check_key(key: str, what: str = "key") -> str:
+    if not key or len(key) > _MAX_KEY or "\x00" in key:
+        raise InvalidArgument(f"snapshot {what} {key[:80]!r} must be 1-{_MAX_KEY} characters")
+    return key
+
+
+def _info(row: sqlite3.Row) -> Info:
+    return Info(
+        kind=Kind(row["kind"]),
+        name=row["key"],
+        parent=row["parent"],
+        labels=json.loads(row["labels"]),
+        created_at=datetime.fromisoformat(row["created_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+    )
+
+
+class NamespacedSnapshotter:
+    """The namespaced face of one backend; every method takes the namespace first."""
+
+    def __init__(self, name: str, backend: Snapshotter, db: Database, publish: Any) -> None:
+        self.name = name
+        self.backend = backend
+        self.db = db
+        self.publish = publish
+
+    # -- lookups ----------------------------------------------------------------
+
+    def _row(self, conn: sqlite3.Connection, ns: str, key: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = conn.execute(
+            "SELECT * FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?",
+            (ns, self.name, key),
+        ).fetchone()
+        return row
+
+    async def _get(self, ns: str, key: str) -> sqlite3.Row:
+        validate_namespace(ns)
+        row = await self.db.read(lambda c: self._row(c, ns, key))
+        if row is None:
+            raise NotFound(f"snapshot {key!r} not found in snapshotter {self.name!r}")
+        return row
+
+    def _new_backend_key(self, ns: str, key: str) -> str:
+        return f"{ns}/{os.urandom(6).hex()}/{key}"
+
+    # -- creation ---------------------------------------------------------------
+
+    async def prepare(self, ns: str, key: str, parent: str = "",
+                      labels: Mapping[str, str] | None = None,
+                      lease: str | None = None) -> list[Mount]:
+        """Create an active snapshot ``key`` on ``parent`` and return its mounts."""
+        return await self._create(Kind.ACTIVE, ns, key, parent, labels, lease)
+
+    async def view(self, ns: str, key: str, parent: str = "",
+                   labels: Mapping[str, str] | None = None,
+                   lease: str | None = None) -> list[Mount]:
+        """Create a read-only view ``key`` of ``parent`` and return its mounts."""
+        return await self._create(Kind.VIEW, ns, key, parent, labels, lease)
+
+    async def _parent_backend(self, ns: str, parent: str) -> str:
+        if not parent:
+            return ""
+        row = await self._get(ns, parent)
+        if row["kind"] != Kind.COMMITTED:
+            raise InvalidArgument(f"parent {parent!r} is {row['kind']}, not committed")
+        return str(row["backend_key"])
+
+    async def _create(self, kind: Kind, ns: str, key: str, parent: str,
+                      labels: Mapping[str, str] | None, lease: str | None) -> list[Mount]:
+        validate_namespace(ns)
+        _check_key(key)
+        labels = validate_labels(labels or {})
+        if await self.db.read(lambda c: self._row(c, ns, key)) is not None:
+            raise AlreadyExists(f"snapshot {key!r} already exists")
+        parent_backend = await self._parent_backend(ns, parent)
+        target = labels.get(SNAPSHOT_REF_LABEL)
+        if kind == Kind.ACTIVE and target:
+            await self._adopt(ns, target, parent, parent_backend, lease)
+        backend_key = self._new_backend_key(ns, key)
+        if kind == Kind.ACTIVE:
+            mounts = await self.backend.prepare(backend_key, parent_backend,
+                                                _backend_labels(labels))
+        else:
+            mounts = await self.backend.view(backend_key, parent_backend, _backend_labels(labels))
+
+        def record(conn: sqlite3.Connection) -> None:
+            ensure_namespace(conn, ns)
+            stamp = now()
+            try:
+                conn.execute(
+                    "INSERT INTO snapshots(namespace, snapshotter, key, backend_key, parent, kind,"
+                    " labels, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (ns, self.name, key, backend_key, parent, kind.value, json.dumps(labels),
+                     stamp, stamp))
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"snapshot {key!r} already exists") from None
+            if lease:
+                attach(conn, ns, lease, Resource(type=f"snapshots/{self.name}", id=key))
+
+        try:
+            await self.db.write(record)
+        except BaseException:
+            # Lost a race for the same key: undo the backend half.
+            await self.backend.remove(backend_key)
+            raise
+        self.publish(ns, "/snapshot/prepare",
+                     SnapshotPrepare(key=key, parent=parent, snapshotter=self.name))
+        return mounts
+
+    async def _adopt(self, ns: str, target: str, parent: str, parent_backend: str,
+                     lease: str | None) -> None:
+        """Raise AlreadyExists if ``target`` exists here or can be shared from elsewhere."""
+        if await self.db.read(lambda c: self._row(c, ns, target)) is not None:
+            raise AlreadyExists(f"snapshot {target!r} already exists")
+        rows = await self.db.read(lambda c: c.execute(
+            "SELECT * FROM snapshots WHERE snapshotter=? AND key=? AND kind='committed'",
+            (self.name, target)).fetchall())
+        for row in rows:
+            try:
+                info = await self.backend.stat(row["backend_key"])
+            except NotFound:
+                continue
+            if info.parent != parent_backend:
+                continue
+
+            def record(conn: sqlite3.Connection, row: sqlite3.Row = row) -> None:
+                ensure_namespace(conn, ns)
+                stamp = now()
+                conn.execute(
+                    "INSERT OR IGNORE INTO snapshots(namespace, snapshotter, key, backend_key,"
+                    " parent, kind, labels, created_at, updated_at)"
+                    " VALUES (?,?,?,?,?,'committed',?,?,?)",
+                    (ns, self.name, target, row["backend_key"], parent, row["labels"],
+                     stamp, stamp))
+                if lease:
+                    attach(conn, ns, lease, Resource(type=f"snapshots/{self.name}", id=target))
+
+            await self.db.write(record)
+            raise AlreadyExists(f"snapshot {target!r} already exists (shared)")
+
+    async def commit(self, ns: str, name: str, key: str,
+                     labels: Mapping[str, str] | None = None, lease: str | None = None) -> None:
+        """Commit the active ``key`` as ``name``; ``key`` is gone afterwards."""
+        _check_key(name, "name")
+        labels = validate_labels(labels or {})
+        row = await self._get(ns, key)
+        if row["kind"] != Kind.ACTIVE:
+            raise FailedPrecondition(f"snapshot {key!r} is {row['kind']}; only active ones commit")
+        if await self.db.read(lambda c: self._row(c, ns, name)) is not None:
+            raise AlreadyExists(f"snapshot {name!r} already exists")
+        backend_name = self._new_backend_key(ns, name)
+        await self.backend.commit(backend_name, row["backend_key"], _backend_labels(labels))
+
+        def record(conn: sqlite3.Connection) -> None:
+            stamp = now()
+            conn.execute("DELETE FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?",
+                         (ns, self.name, key))
+            try:
+                conn.execute(
+                    "INSERT INTO snapshots(namespace, snapshotter, key, backend_key, parent, kind,"
+                    " labels, created_at, updated_at) VALUES (?,?,?,?,?,'committed',?,?,?)",
+                    (ns, self.name, name, backend_name, row["parent"], json.dumps(labels),
+                     stamp, stamp))
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"snapshot {name!r} already exists") from None
+            conn.execute("DELETE FROM lease_resources WHERE namespace=? AND type=? AND resource=?",
+                         (ns, f"snapshots/{self.name}", key))
+            if lease:
+                attach(conn, ns, lease, Resource(type=f"snapshots/{self.name}", id=name))
+
+        await self.db.write(record)
+        self.publish(ns, "/snapshot/commit",
+                     SnapshotCommit(key=key, name=name, snapshotter=self.name))
+
+    # -- removal ----------------------------------------------------------------
+
+    async def remove(self, ns: str, key: str) -> None:
+        """Remove ``key``; FailedPrecondition while snapshots of this namespace build on it."""
+        row = await self._get(ns, key)
+
+        def delete(conn: sqlite3.Connection) -> bool:
+            child = conn.execute(
+                "SELECT key FROM snapshots WHERE namespace=? AND snapshotter=? AND parent=? LIMIT 1",
+                (ns, self.name, key)).fetchone()
+            if child is not None:
+                raise FailedPrecondition(
+                    f"snapshot {key!r} has children (e.g. {child['key']!r}); remove them first")
+            conn.execute("DELETE FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?",
+                         (ns, self.name, key))
+            conn.execute("DELETE FROM lease_resources WHERE namespace=? AND type=? AND resource=?",
+                         (ns, f"snapshots/{self.name}", key))
+            return conn.execute(
+                "SELECT 1 FROM snapshots WHERE snapshotter=? AND backend_key=? LIMIT 1",
+                (self.name, row["backend_key"])).fetchone() is None
+
+        if await self.db.write(delete):
+            try:
+                await self.backend.remove(row["backend_key"])
+            except (NotFound, FailedPrecondition):
+                # Still a parent in the backend for another namespace's
+                # snapshot, or already gone: cleanup settles it later.
+                pass
+        self.publish(ns, "/snapshot/remove", SnapshotRemove(key=key, snapshotter=self.name))
+
+    # -- queries ----------------------------------------------------------------
+
+    async def stat(self, ns: str, key: str) -> Info:
+        """The namespace's view of ``key``."""
+        return _info(await self._get(ns, key))
+
+    async def update(self, ns: str, key: str, labels: Mapping[str, str]) -> Info:
+        """Set labels (an empty value removes one)."""
+        validate_labels(labels)
+        await self._get(ns, key)
+
+        def update(conn: sqlite3.Connection) -> None:
+            row = self._row(conn, ns, key)
+            if row is None:
+                raise NotFound(f"snapshot {key!r} not found")
+            merged = {k: v for k, v in {**json.loads(row["labels"]), **labels}.items() if v}
+            conn.execute("UPDATE snapshots SET labels=?, updated_at=? WHERE namespace=? AND "
+                         "snapshotter=? AND key=?", (json.dumps(merged), now(), ns, self.name, key))
+
+        await self.db.write(update)
+        return await self.stat(ns, key)
+
+    async def usage(self, ns: str, key: str) -> Usage:
+        """Bytes and inodes of ``key`` itself."""
+        return await self.backend.usage((await self._get(ns, key))["backend_key"])
+
+    async def mounts(self, ns: str, key: str) -> list[Mount]:
+        """Mounts of an active snapshot or view."""
+        return await self.backend.mounts((await self._get(ns, key))["backend_key"])
+
+    async def walk(self, ns: str, *filters: str) -> list[Info]:
+        """Snapshots of the namespace matching any filter."""
+        validate_namespace(ns)
+        flt = parse(filters)
+        rows = await self.db.read(lambda c: c.execute(
+            "SELECT * FROM snapshots WHERE namespace=? AND snapshotter=? ORDER BY key",
+            (ns, self.name)).fetchall())
+        infos = [_info(r) for r in rows]
+        return [i for i in infos if flt.match(adapt(msgspec.to_builtins(i)))]
+
+    async def cleanup(self) -> None:
+        """Remove backend snapshots no namespace refers to, leaves first, then backend cleanup."""
+        referenced = {r["backend_key"] for r in await self.db.read(lambda c: c.execute(
+            "SELECT backend_key FROM snapshots WHERE snapshotter=?", (self.name,)).fetchall())}
+        removed = True
+        while removed:
+            removed = False
+            infos = await self.backend.walk()
+            parents = {i.parent for i in infos}
+            for info in infos:
+                if info.name not in referenced and info.name not in parents:
+                    try:
+                        await self.backend.remove(info.name)
+                        removed = True
+                    except (NotFound, FailedPrecondition):
+                        continue
+        await self.backend.cleanup()

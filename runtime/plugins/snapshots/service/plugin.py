@@ -1,0 +1,57 @@
+"""Registration of ``service.snapshots``: namespaces over every running snapshotter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from runtime.core.errors import NotFound
+from runtime.core.hookspecs import hookimpl
+from runtime.core.registration import InitContext, Registration
+from runtime.plugins.snapshots.service.namespaced import NamespacedSnapshotter
+
+__all__ = ["SnapshotService"]
+
+
+class SnapshotService:
+    """Lookup of namespaced snapshotters by name (``overlayfs``, ``native``, ``btrfs``...)."""
+
+    def __init__(self, snapshotters: dict[str, NamespacedSnapshotter], default: str) -> None:
+        self.snapshotters = snapshotters
+        self.default = default
+
+    def get(self, name: str | None = None) -> NamespacedSnapshotter:
+        """The snapshotter ``name`` (default: overlayfs when running, else the first)."""
+        name = name or self.default
+        try:
+            return self.snapshotters[name]
+        except KeyError:
+            raise NotFound(
+                f"snapshotter {name!r} is not running; running: {', '.join(sorted(self.snapshotters))}"
+            ) from None
+
+
+async def init(ctx: InitContext[Any]) -> SnapshotService:
+    """Wrap every running snapshotter."""
+    db = ctx.get("metadata.sqlite").db
+    events = ctx.events
+
+    def publish(namespace: str, topic: str, event: Any) -> Any:
+        return events.publish(namespace, topic, event) if events is not None else None
+
+    backends = ctx.get_by_type("snapshotter")
+    wrapped = {n: NamespacedSnapshotter(n, b, db, publish) for n, b in backends.items()}
+    default = "overlayfs" if "overlayfs" in wrapped else sorted(wrapped)[0]
+    return SnapshotService(wrapped, default)
+
+
+@hookimpl
+def moorage_plugins() -> Iterator[Registration]:
+    """The snapshot service."""
+    yield Registration(
+        type="service",
+        id="snapshots",
+        init=init,
+        requires=("metadata.sqlite", "snapshotter"),
+        description="namespaced snapshots over the snapshotter backends",
+    )
