@@ -12,6 +12,7 @@ unreferenced blob for garbage collection, never a record without bytes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Mapping
@@ -21,6 +22,7 @@ from runtime.core.errors import AlreadyExists, NotFound
 from runtime.core.filters import adapt, parse
 from runtime.core.identifiers import validate_labels, validate_namespace
 from runtime.plugins.content.api import (
+    BlobExists,
     ContentCreate,
     ContentDelete,
     ContentInfo,
@@ -108,12 +110,10 @@ class NamespacedWriter:
         labels = validate_labels(labels or {})
         try:
             digest = await self.writer.commit(size, expected)
-        except AlreadyExists:
+        except BlobExists as exc:
             # Committed concurrently under another ref or by another namespace:
             # the bytes are there, verified; only this namespace's record is new.
-            digest = expected or self.writer.status().expected or ""
-            if not digest:
-                raise
+            digest = exc.digest
         await self.service._drop_ingest(self.namespace, self.ref)
         return await self.service._record(self.namespace, digest, labels, self.lease)
 
@@ -191,10 +191,8 @@ class ContentService:
 
         unreferenced = await self.db.write(delete)
         if unreferenced:
-            try:
+            with contextlib.suppress(NotFound):
                 await self.store.delete(digest)
-            except NotFound:
-                pass
         self.publish(namespace, "/content/delete", ContentDelete(digest=digest))
 
     async def read(
@@ -236,10 +234,8 @@ class ContentService:
         if expected is not None:
             validate_digest(expected)
             if await self.store.exists(expected):
-                try:
+                with contextlib.suppress(AlreadyExists):
                     await self._record(namespace, expected, {}, lease)
-                except AlreadyExists:
-                    pass
                 raise AlreadyExists(f"content {expected} already exists")
         backend = _backend_ref(namespace, ref)
         writer = await self.store.open_writer(backend, total=total, expected=expected)
@@ -297,8 +293,6 @@ class ContentService:
     async def abort(self, namespace: str, ref: str) -> None:
         """Delete the namespace's ingest ``ref`` (Unavailable while a writer holds it)."""
         backend = await self._owned(namespace, ref)
-        try:
+        with contextlib.suppress(NotFound):
             await self.store.abort(backend)
-        except NotFound:
-            pass
         await self._drop_ingest(namespace, ref)
