@@ -65,7 +65,9 @@ def check(args: argparse.Namespace) -> int:
     validate_plugin_configs(config, discovery)
     disabled = set(config.disabled_plugins)
     regs = [r for r, _ in discovery.registrations]
-    order([r for r in regs if r.name not in disabled],
-          disabled=[r for r in regs if r.name in disabled])
+    order(
+        [r for r in regs if r.name not in disabled],
+        disabled=[r for r in regs if r.name in disabled],
+    )
     print(f"{args.file}: ok")
     return 0

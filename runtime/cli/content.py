@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Iterator
@@ -78,11 +79,18 @@ def ls(args: argparse.Namespace) -> int:
     from runtime.cli.main import client
     from runtime.cli.output import emit
 
-    emit(args, client(args).content(args.filters), headers=("DIGEST", "SIZE", "AGE", "LABELS"),
-         row=lambda i: (i.digest, _human(i.size),
-                        i.created_at.strftime("%Y-%m-%d %H:%M") if i.created_at else "",
-                        _labels(i.labels)),
-         ident=lambda i: i.digest)
+    emit(
+        args,
+        client(args).content(args.filters),
+        headers=("DIGEST", "SIZE", "AGE", "LABELS"),
+        row=lambda i: (
+            i.digest,
+            _human(i.size),
+            i.created_at.strftime("%Y-%m-%d %H:%M") if i.created_at else "",
+            _labels(i.labels),
+        ),
+        ident=lambda i: i.digest,
+    )
     return 0
 
 
@@ -122,14 +130,17 @@ def ingest(args: argparse.Namespace) -> int:
 
     api = client(args)
     offset = 0
-    try:
+    with contextlib.suppress(NotFound):
         offset = api.ingest_status(args.ref).offset
-    except NotFound:
-        pass
     try:
         info = api.write_content(
-            args.ref, _stdin_from(offset), offset=offset, total=args.expected_size,
-            expected=args.expected_digest, commit=True, labels=parse_labels(args.label),
+            args.ref,
+            _stdin_from(offset),
+            offset=offset,
+            total=args.expected_size,
+            expected=args.expected_digest,
+            commit=True,
+            labels=parse_labels(args.label),
             lease=args.lease,
         )
     except AlreadyExists as exc:
@@ -170,10 +181,18 @@ def active(args: argparse.Namespace) -> int:
     from runtime.cli.main import client
     from runtime.cli.output import emit
 
-    emit(args, client(args).ingests(), headers=("REF", "OFFSET", "TOTAL", "UPDATED"),
-         row=lambda s: (s.ref, s.offset, "" if s.total is None else s.total,
-                        s.updated_at.strftime("%Y-%m-%d %H:%M:%S") if s.updated_at else ""),
-         ident=lambda s: s.ref)
+    emit(
+        args,
+        client(args).ingests(),
+        headers=("REF", "OFFSET", "TOTAL", "UPDATED"),
+        row=lambda s: (
+            s.ref,
+            s.offset,
+            "" if s.total is None else s.total,
+            s.updated_at.strftime("%Y-%m-%d %H:%M:%S") if s.updated_at else "",
+        ),
+        ident=lambda s: s.ref,
+    )
     return 0
 
 
@@ -182,10 +201,17 @@ def leases_ls(args: argparse.Namespace) -> int:
     from runtime.cli.main import client
     from runtime.cli.output import emit
 
-    emit(args, client(args).leases(args.filters), headers=("ID", "CREATED", "LABELS"),
-         row=lambda x: (x.id, x.created_at.strftime("%Y-%m-%d %H:%M:%S") if x.created_at else "",
-                        _labels(x.labels)),
-         ident=lambda x: x.id)
+    emit(
+        args,
+        client(args).leases(args.filters),
+        headers=("ID", "CREATED", "LABELS"),
+        row=lambda x: (
+            x.id,
+            x.created_at.strftime("%Y-%m-%d %H:%M:%S") if x.created_at else "",
+            _labels(x.labels),
+        ),
+        ident=lambda x: x.id,
+    )
     return 0
 
 

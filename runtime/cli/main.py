@@ -19,12 +19,22 @@ GROUPS = (system, namespaces, content, snapshots, config_cmd)
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree."""
     parser = argparse.ArgumentParser(prog="moorage", description="Moorage container runtime")
-    parser.add_argument("--address", default=os.environ.get("MOORAGE_ADDRESS"),
-                        help="unix:///path or http://host:port (env MOORAGE_ADDRESS)")
-    parser.add_argument("-n", "--namespace", default=os.environ.get("MOORAGE_NAMESPACE"),
-                        help="namespace (env MOORAGE_NAMESPACE, default 'default')")
-    parser.add_argument("--token-file", default=os.environ.get("MOORAGE_TOKEN_FILE"),
-                        help="bearer token for a TCP address")
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("MOORAGE_ADDRESS"),
+        help="unix:///path or http://host:port (env MOORAGE_ADDRESS)",
+    )
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        default=os.environ.get("MOORAGE_NAMESPACE"),
+        help="namespace (env MOORAGE_NAMESPACE, default 'default')",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=os.environ.get("MOORAGE_TOKEN_FILE"),
+        help="bearer token for a TCP address",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in GROUPS:
         group.register(sub)

@@ -52,8 +52,13 @@ def ls(args: argparse.Namespace) -> int:
     from runtime.cli.main import client
     from runtime.cli.output import emit
 
-    emit(args, client(args).namespaces(), headers=("NAME", "LABELS"),
-         row=lambda n: (n.name, _labels(n.labels)), ident=lambda n: n.name)
+    emit(
+        args,
+        client(args).namespaces(),
+        headers=("NAME", "LABELS"),
+        row=lambda n: (n.name, _labels(n.labels)),
+        ident=lambda n: n.name,
+    )
     return 0
 
 

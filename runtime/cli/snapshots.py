@@ -64,9 +64,13 @@ def ls(args: argparse.Namespace) -> int:
     from runtime.cli.main import client
     from runtime.cli.output import emit
 
-    emit(args, client(args).snapshots(args.snapshotter, args.filters),
-         headers=("KEY", "PARENT", "KIND"), row=lambda i: (i.name, i.parent, i.kind),
-         ident=lambda i: i.name)
+    emit(
+        args,
+        client(args).snapshots(args.snapshotter, args.filters),
+        headers=("KEY", "PARENT", "KIND"),
+        row=lambda i: (i.name, i.parent, i.kind),
+        ident=lambda i: i.name,
+    )
     return 0
 
 
@@ -92,8 +96,7 @@ def prepare(args: argparse.Namespace) -> int:
     """Prepare an active snapshot or a view."""
     from runtime.cli.main import client
 
-    mounts = client(args).prepare_snapshot(args.snapshotter, args.key, args.parent,
-                                           view=args.view)
+    mounts = client(args).prepare_snapshot(args.snapshotter, args.key, args.parent, view=args.view)
     if args.target:
         print(mount_command(mounts, args.target))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from urllib.parse import quote, urlencode
 
 import msgspec
@@ -17,23 +17,23 @@ from runtime.plugins.api.types import (
     NAMESPACE_HEADER,
     CommitRequest,
     ContentInfo,
+    ErrorBody,
+    EventEnvelope,
+    Health,
     IngestStatus,
     LabelsRequest,
     LeaseCreateRequest,
     LeaseInfo,
     LeaseResource,
     MountInfo,
-    SnapshotCommitRequest,
-    SnapshotCreateRequest,
-    SnapshotInfo,
-    SnapshotUsage,
-    ErrorBody,
-    EventEnvelope,
-    Health,
     NamespaceCreateRequest,
     NamespaceInfo,
     NamespaceLabelsRequest,
     PluginInfo,
+    SnapshotCommitRequest,
+    SnapshotCreateRequest,
+    SnapshotInfo,
+    SnapshotUsage,
     Version,
 )
 
@@ -80,7 +80,7 @@ class Client:
     # -- plumbing ---------------------------------------------------------------
 
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        headers = {NAMESPACE_HEADER: self.namespace, "Accept": "application/json"}
+        headers: dict[str, str] = {NAMESPACE_HEADER: self.namespace, "Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         headers.update(extra or {})
@@ -111,8 +111,14 @@ class Client:
         if data is not None and "Content-Type" not in hdrs:
             hdrs["Content-Type"] = "application/json"
         try:
-            response = request(self.address, method, path, headers=hdrs, body=data,
-                               timeout=self.timeout if timeout == -1.0 else timeout)
+            response = request(
+                self.address,
+                method,
+                path,
+                headers=hdrs,
+                body=data,
+                timeout=self.timeout if timeout == -1.0 else timeout,
+            )
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise Unavailable(
                 f"cannot reach the moorage daemon at {self.address}: {exc.strerror}; "
@@ -136,7 +142,13 @@ class Client:
             return MoorageError(f"HTTP {status}: {raw[:200]!r}")
         return from_code(detail.code, detail.message)
 
-    def call(self, method: str, path: str, type_: type[T] | Any = None, **kw: Any) -> Any:
+    @overload
+    def call(self, method: str, path: str, type_: type[T], **kw: Any) -> T: ...
+
+    @overload
+    def call(self, method: str, path: str, type_: None = None, **kw: Any) -> None: ...
+
+    def call(self, method: str, path: str, type_: type[T] | None = None, **kw: Any) -> T | None:
         """Send a request and decode the JSON answer into ``type_`` (``None``: discard)."""
         response = self.open(method, path, **kw)
         raw = response.read()
@@ -158,19 +170,19 @@ class Client:
 
     def version(self) -> Version:
         """The daemon's version."""
-        return self.call("GET", "/v1/version", Version)  # type: ignore[no-any-return]
+        return self.call("GET", "/v1/version", Version)
 
     def healthz(self) -> Health:
         """Health of the daemon."""
-        return self.call("GET", "/v1/healthz", Health)  # type: ignore[no-any-return]
+        return self.call("GET", "/v1/healthz", Health)
 
     def plugins(self) -> list[PluginInfo]:
         """Every plugin with its status."""
-        return self.call("GET", "/v1/plugins", list[PluginInfo])  # type: ignore[no-any-return]
+        return self.call("GET", "/v1/plugins", list[PluginInfo])
 
     def openapi(self) -> dict[str, Any]:
         """The OpenAPI document."""
-        return json.loads(self.open("GET", "/v1/openapi.json").read())  # type: ignore[no-any-return]
+        return self.call("GET", "/v1/openapi.json", dict[str, Any])
 
     def events(self, filters: list[str] | None = None) -> Iterator[EventEnvelope]:
         """Follow the namespace's events until the stream ends.
@@ -189,22 +201,26 @@ class Client:
 
     def namespaces(self) -> list[NamespaceInfo]:
         """Every namespace."""
-        return self.call("GET", "/v1/namespaces", list[NamespaceInfo])  # type: ignore[no-any-return]
+        return self.call("GET", "/v1/namespaces", list[NamespaceInfo])
 
-    def namespace(self, name: str) -> NamespaceInfo:
+    def get_namespace(self, name: str) -> NamespaceInfo:
         """One namespace."""
-        return self.call("GET", f"/v1/namespaces/{quote(name, safe='')}", NamespaceInfo)  # type: ignore[no-any-return]
+        return self.call("GET", f"/v1/namespaces/{quote(name, safe='')}", NamespaceInfo)
 
     def create_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> NamespaceInfo:
         """Create a namespace."""
         body = NamespaceCreateRequest(name=name, labels=dict(labels or {}))
-        return self.call("POST", "/v1/namespaces", NamespaceInfo, body=body)  # type: ignore[no-any-return]
+        return self.call("POST", "/v1/namespaces", NamespaceInfo, body=body)
 
     def label_namespace(self, name: str, labels: Mapping[str, str]) -> NamespaceInfo:
         """Set namespace labels; an empty value removes one."""
         body = NamespaceLabelsRequest(labels=dict(labels))
-        return self.call("PATCH", f"/v1/namespaces/{quote(name, safe='')}", NamespaceInfo,  # type: ignore[no-any-return]
-                         body=body)
+        return self.call(
+            "PATCH",
+            f"/v1/namespaces/{quote(name, safe='')}",
+            NamespaceInfo,
+            body=body,
+        )
 
     def delete_namespace(self, name: str) -> None:
         """Delete an empty namespace."""
@@ -214,23 +230,33 @@ class Client:
 
     def content(self, filters: list[str] | None = None) -> list[ContentInfo]:
         """Blobs of the namespace."""
-        return self.call("GET", "/v1/content", list[ContentInfo],  # type: ignore[no-any-return]
-                         query={"filter": filters or []})
+        return self.call(
+            "GET",
+            "/v1/content",
+            list[ContentInfo],
+            query={"filter": filters or []},
+        )
 
     def content_info(self, digest: str) -> ContentInfo:
         """One blob."""
-        return self.call("GET", f"/v1/content/{digest}", ContentInfo)  # type: ignore[no-any-return]
+        return self.call("GET", f"/v1/content/{digest}", ContentInfo)
 
     def label_content(self, digest: str, labels: Mapping[str, str]) -> ContentInfo:
         """Set labels on a blob; an empty value removes one."""
-        return self.call("PATCH", f"/v1/content/{digest}", ContentInfo,  # type: ignore[no-any-return]
-                         body=LabelsRequest(labels=dict(labels)))
+        return self.call(
+            "PATCH",
+            f"/v1/content/{digest}",
+            ContentInfo,
+            body=LabelsRequest(labels=dict(labels)),
+        )
 
     def delete_content(self, digest: str) -> None:
         """Remove a blob from the namespace."""
         self.call("DELETE", f"/v1/content/{digest}")
 
-    def read_content(self, digest: str, offset: int = 0, size: int | None = None) -> Iterator[bytes]:
+    def read_content(
+        self, digest: str, offset: int = 0, size: int | None = None
+    ) -> Iterator[bytes]:
         """Stream a blob's bytes, optionally a range."""
         headers = {}
         if offset or size is not None:
@@ -248,11 +274,11 @@ class Client:
 
     def ingests(self) -> list[IngestStatus]:
         """Uploads in progress."""
-        return self.call("GET", "/v1/content/ingests", list[IngestStatus])  # type: ignore[no-any-return]
+        return self.call("GET", "/v1/content/ingests", list[IngestStatus])
 
     def ingest_status(self, ref: str) -> IngestStatus:
         """State of one upload."""
-        return self.call("GET", self._ref_path(ref), IngestStatus)  # type: ignore[no-any-return]
+        return self.call("GET", self._ref_path(ref), IngestStatus)
 
     def write_content(
         self,
@@ -277,17 +303,28 @@ class Client:
         headers = {"Content-Type": "application/octet-stream"}
         if lease:
             headers[LEASE_HEADER] = lease
-        type_ = ContentInfo if commit else IngestStatus
-        return self.call("PUT", self._ref_path(ref), type_, data=data,  # type: ignore[no-any-return]
-                         query=query, headers=headers, timeout=None)
+        type_: type[IngestStatus | ContentInfo] = ContentInfo if commit else IngestStatus
+        return self.call(
+            "PUT",
+            self._ref_path(ref),
+            type_,
+            data=data,
+            query=query,
+            headers=headers,
+            timeout=None,
+        )
 
     def commit_content(
-        self, ref: str, *, size: int | None = None, expected: str | None = None,
+        self,
+        ref: str,
+        *,
+        size: int | None = None,
+        expected: str | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> ContentInfo:
         """Verify and publish the upload ``ref``."""
         body = CommitRequest(size=size, expected=expected, labels=dict(labels or {}))
-        return self.call("POST", self._ref_path(ref), ContentInfo, body=body)  # type: ignore[no-any-return]
+        return self.call("POST", self._ref_path(ref), ContentInfo, body=body)
 
     def abort_ingest(self, ref: str) -> None:
         """Abort the upload ``ref``."""
@@ -297,16 +334,22 @@ class Client:
 
     def leases(self, filters: list[str] | None = None) -> list[LeaseInfo]:
         """Leases of the namespace."""
-        return self.call("GET", "/v1/leases", list[LeaseInfo],  # type: ignore[no-any-return]
-                         query={"filter": filters or []})
+        return self.call(
+            "GET",
+            "/v1/leases",
+            list[LeaseInfo],
+            query={"filter": filters or []},
+        )
 
     def create_lease(
-        self, lease_id: str = "", labels: Mapping[str, str] | None = None,
+        self,
+        lease_id: str = "",
+        labels: Mapping[str, str] | None = None,
         expire: float | None = None,
     ) -> LeaseInfo:
         """Create a lease; ``expire`` in seconds."""
         body = LeaseCreateRequest(id=lease_id, labels=dict(labels or {}), expire=expire)
-        return self.call("POST", "/v1/leases", LeaseInfo, body=body)  # type: ignore[no-any-return]
+        return self.call("POST", "/v1/leases", LeaseInfo, body=body)
 
     def delete_lease(self, lease_id: str) -> None:
         """Delete a lease."""
@@ -314,13 +357,19 @@ class Client:
 
     def lease_resources(self, lease_id: str) -> list[LeaseResource]:
         """What a lease holds."""
-        return self.call("GET", f"/v1/leases/{quote(lease_id, safe='')}/resources",  # type: ignore[no-any-return]
-                         list[LeaseResource])
+        return self.call(
+            "GET",
+            f"/v1/leases/{quote(lease_id, safe='')}/resources",
+            list[LeaseResource],
+        )
 
     def add_lease_resource(self, lease_id: str, type_: str, resource: str) -> None:
         """Hold a resource under a lease."""
-        self.call("POST", f"/v1/leases/{quote(lease_id, safe='')}/resources",
-                  body=LeaseResource(type=type_, id=resource))
+        self.call(
+            "POST",
+            f"/v1/leases/{quote(lease_id, safe='')}/resources",
+            body=LeaseResource(type=type_, id=resource),
+        )
 
     # -- snapshots --------------------------------------------------------------
 
@@ -333,29 +382,49 @@ class Client:
 
     def snapshots(self, snapshotter: str, filters: list[str] | None = None) -> list[SnapshotInfo]:
         """Snapshots of the namespace in one snapshotter."""
-        return self.call("GET", self._sn(snapshotter), list[SnapshotInfo],  # type: ignore[no-any-return]
-                         query={"filter": filters or []})
+        return self.call(
+            "GET",
+            self._sn(snapshotter),
+            list[SnapshotInfo],
+            query={"filter": filters or []},
+        )
 
     def prepare_snapshot(
-        self, snapshotter: str, key: str, parent: str = "", *, view: bool = False,
-        labels: Mapping[str, str] | None = None, lease: str | None = None,
+        self,
+        snapshotter: str,
+        key: str,
+        parent: str = "",
+        *,
+        view: bool = False,
+        labels: Mapping[str, str] | None = None,
+        lease: str | None = None,
     ) -> list[MountInfo]:
         """Prepare an active snapshot (or a view) and return its mounts."""
-        body = SnapshotCreateRequest(key=key, parent=parent, kind="view" if view else "active",
-                                     labels=dict(labels or {}))
+        body = SnapshotCreateRequest(
+            key=key, parent=parent, kind="view" if view else "active", labels=dict(labels or {})
+        )
         headers = {LEASE_HEADER: lease} if lease else None
-        return self.call("POST", self._sn(snapshotter), list[MountInfo], body=body,  # type: ignore[no-any-return]
-                         headers=headers)
+        return self.call(
+            "POST",
+            self._sn(snapshotter),
+            list[MountInfo],
+            body=body,
+            headers=headers,
+        )
 
-    def commit_snapshot(self, snapshotter: str, name: str, key: str,
-                        labels: Mapping[str, str] | None = None) -> None:
+    def commit_snapshot(
+        self, snapshotter: str, name: str, key: str, labels: Mapping[str, str] | None = None
+    ) -> None:
         """Commit an active snapshot as ``name``."""
-        self.call("POST", self._sn(snapshotter, key, "commit"),
-                  body=SnapshotCommitRequest(name=name, labels=dict(labels or {})))
+        self.call(
+            "POST",
+            self._sn(snapshotter, key, "commit"),
+            body=SnapshotCommitRequest(name=name, labels=dict(labels or {})),
+        )
 
     def snapshot(self, snapshotter: str, key: str) -> SnapshotInfo:
         """One snapshot."""
-        return self.call("GET", self._sn(snapshotter, key), SnapshotInfo)  # type: ignore[no-any-return]
+        return self.call("GET", self._sn(snapshotter, key), SnapshotInfo)
 
     def remove_snapshot(self, snapshotter: str, key: str) -> None:
         """Remove a snapshot."""
@@ -363,14 +432,17 @@ class Client:
 
     def snapshot_mounts(self, snapshotter: str, key: str) -> list[MountInfo]:
         """Mounts of an active snapshot or view."""
-        return self.call("GET", self._sn(snapshotter, key, "mounts"), list[MountInfo])  # type: ignore[no-any-return]
+        return self.call("GET", self._sn(snapshotter, key, "mounts"), list[MountInfo])
 
     def snapshot_usage(self, snapshotter: str, key: str) -> SnapshotUsage:
         """Disk usage of a snapshot."""
-        return self.call("GET", self._sn(snapshotter, key, "usage"), SnapshotUsage)  # type: ignore[no-any-return]
+        return self.call("GET", self._sn(snapshotter, key, "usage"), SnapshotUsage)
 
-    def label_snapshot(self, snapshotter: str, key: str,
-                       labels: Mapping[str, str]) -> SnapshotInfo:
+    def label_snapshot(self, snapshotter: str, key: str, labels: Mapping[str, str]) -> SnapshotInfo:
         """Set labels on a snapshot."""
-        return self.call("PATCH", self._sn(snapshotter, key), SnapshotInfo,  # type: ignore[no-any-return]
-                         body=LabelsRequest(labels=dict(labels)))
+        return self.call(
+            "PATCH",
+            self._sn(snapshotter, key),
+            SnapshotInfo,
+            body=LabelsRequest(labels=dict(labels)),
+        )

@@ -1,0 +1,1 @@
+"""The plugin host: configuration, discovery, graph, events and the daemon."""

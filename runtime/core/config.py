@@ -117,7 +117,10 @@ def parse_config(text: str, source: str = "<string>") -> DaemonConfig:
     plugins = raw.get("plugins", {})
     if not isinstance(plugins, dict) or not all(isinstance(v, dict) for v in plugins.values()):
         raise ConfigError(f'{source}: [plugins] must hold tables named "<type>.<id>"')
-    for name, table in raw.get("proxy_plugins", {}).items():
+    proxies = raw.get("proxy_plugins", {})
+    if not isinstance(proxies, dict):
+        raise ConfigError(f'{source}: [proxy_plugins] must hold tables named "<name>"')
+    for name, table in proxies.items():
         try:
             msgspec.convert(table, ProxyPluginConfig, strict=True)
         except msgspec.ValidationError as exc:

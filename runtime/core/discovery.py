@@ -91,7 +91,7 @@ def discover(
     for source, ep in find_entry_points(group):
         try:
             loaded.append((source, ep.load()))
-        except BaseException as exc:  # noqa: BLE001 - SystemExit from a plugin must not kill us
+        except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             log.warning("plugin entry point %s failed to load: %r", source.entry_point, exc)
@@ -109,16 +109,19 @@ def discover(
             result.failures.append(LoadFailure(source, f"invalid plugin module: {exc}"))
             continue
         registered.append((source, module))
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        # A misspelled hook in one module: drop that module, keep the rest.
-        bad = exc.plugin
-        for source, module in list(registered):
-            if module is bad:
-                registered.remove((source, module))
-                pm.unregister(module)
-                result.failures.append(LoadFailure(source, f"unknown hook: {exc}"))
+    # check_pending reports one misspelled hook at a time: drop that module,
+    # keep the rest, and check again until every hook matches a spec.
+    while True:
+        try:
+            pm.check_pending()
+            break
+        except pluggy.PluginValidationError as exc:
+            bad = exc.plugin
+            pm.unregister(bad)
+            for source, module in list(registered):
+                if module is bad:
+                    registered.remove((source, module))
+                    result.failures.append(LoadFailure(source, str(exc)))
 
     all_modules = [m for _, m in registered]
     for source, module in registered:
@@ -126,7 +129,9 @@ def discover(
         caller = pm.subset_hook_caller("moorage_plugins", remove_plugins=others)
         try:
             regs = [r for batch in caller() for r in (batch or ())]
-        except Exception as exc:  # noqa: BLE001 - a broken hook is data, not a crash
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             result.failures.append(
                 LoadFailure(source, f"moorage_plugins hook raised {type(exc).__name__}: {exc}")
             )

@@ -89,10 +89,6 @@ class PluginSet:
         return {n[len(prefix) :]: s for n, s in self.services.items() if n.startswith(prefix)}
 
 
-def _source_fields(source: PluginSource) -> dict[str, str]:
-    return {"distribution": source.distribution, "version": source.version}
-
-
 def validate_plugin_configs(config: DaemonConfig, discovery: Discovery) -> dict[str, Any]:
     """Decode every plugin's section; unknown sections are errors.
 
@@ -143,18 +139,30 @@ class PluginHost:
         """Start every plugin; on exit close them in reverse start order."""
         configs = validate_plugin_configs(self.config, self.discovery)
         ordered, sources = self._prepare()
+        # Raised after the task group has closed, so callers see the StartupError
+        # (or their own body's error) itself, not wrapped in an ExceptionGroup.
+        failure: Exception | None = None
         async with anyio.create_task_group() as tg, AsyncExitStack() as stack:
             # The exit stack is entered after the task group, so it unwinds
             # (closing plugins) before the task group cancels their tasks.
             try:
-                for reg in ordered:
-                    await self._start_one(reg, sources[reg.name], configs, tg, stack)
-                self._check_required()
-                yield self.plugins
+                try:
+                    for reg in ordered:
+                        await self._start_one(reg, sources[reg.name], configs, tg, stack)
+                    self._check_required()
+                except Exception as exc:
+                    failure = exc
+                else:
+                    try:
+                        yield self.plugins
+                    except Exception as exc:
+                        failure = exc
             finally:
                 with anyio.CancelScope(shield=True):
                     await stack.aclose()
                 tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
     def _prepare(self) -> tuple[list[Registration], dict[str, PluginSource]]:
         disabled = set(self.config.disabled_plugins)
@@ -173,12 +181,14 @@ class PluginHost:
                 requires=list(reg.requires),
                 api_version=reg.api_version,
                 description=reg.description,
-                **_source_fields(sources[reg.name]),
+                distribution=sources[reg.name].distribution,
+                version=sources[reg.name].version,
             )
             if reg.name in duplicates:
                 record.status = PluginStatus.ERROR
-                record.reason = f"{reg.name} is provided by more than one distribution: " + ", ".join(
-                    f"{s.distribution} {s.version}" for s in duplicates[reg.name]
+                record.reason = (
+                    f"{reg.name} is provided by more than one distribution: "
+                    + ", ".join(f"{s.distribution} {s.version}" for s in duplicates[reg.name])
                 )
             elif reg.name in disabled:
                 record.status = PluginStatus.DISABLED
@@ -190,7 +200,8 @@ class PluginHost:
                 id=failure.source.entry_point,
                 status=PluginStatus.ERROR,
                 reason=failure.error,
-                **_source_fields(failure.source),
+                distribution=failure.source.distribution,
+                version=failure.source.version,
             )
         for name in self.config.required_plugins:
             rec = self.plugins.records.get(name)
@@ -204,7 +215,9 @@ class PluginHost:
         # Records follow start order so listings read top-down like the boot log.
         records = self.plugins.records
         self.plugins.records = {r.name: records[r.name] for r in ordered}
-        self.plugins.records.update({k: v for k, v in records.items() if k not in self.plugins.records})
+        self.plugins.records.update(
+            {k: v for k, v in records.items() if k not in self.plugins.records}
+        )
         return ordered, sources
 
     def _unmet(self, reg: Registration) -> str | None:
@@ -290,7 +303,7 @@ class PluginHost:
             record.status, record.reason = PluginStatus.SKIP, exc.reason
             self._cancel_tasks(reg.name)
             return
-        except Exception as exc:  # noqa: BLE001 - a failing plugin is data, not a crash
+        except Exception as exc:
             log.debug("plugin %s init failed", reg.name, exc_info=True)
             record.status = PluginStatus.ERROR
             record.reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -34,7 +34,9 @@ def validate_identifier(value: str, what: str = "identifier") -> str:
     if not value:
         raise InvalidArgument(f"{what} must not be empty")
     if len(value) > MAX_IDENTIFIER:
-        raise InvalidArgument(f"{what} {value[:80]!r}... is longer than {MAX_IDENTIFIER} characters")
+        raise InvalidArgument(
+            f"{what} {value[:80]!r}... is longer than {MAX_IDENTIFIER} characters"
+        )
     if not _IDENTIFIER.match(value):
         raise InvalidArgument(
             f"{what} {value!r} is invalid: use letters and digits joined by single '.', '_' or '-'"

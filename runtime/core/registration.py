@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -70,9 +71,9 @@ class Registration:
 
     type: str
     id: str
-    init: Callable[[InitContext], Awaitable[Any]]
+    init: Callable[[InitContext[Any]], Awaitable[Any]]
     requires: tuple[str, ...] = ()
-    config: type[PluginConfig] | None = None
+    config: builtins.type[PluginConfig] | None = None
     close: Callable[[Any], Awaitable[None]] | None = None
     api_version: int = PLUGIN_API_VERSION
     description: str = ""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -18,13 +18,15 @@ from runtime.plugins.api.types import (
     LabelsRequest,
 )
 
+T = TypeVar("T")
+
 __all__ = ["content_routes"]
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _CHUNK = 1 << 20
 
 
-def _conv(obj: Any, type_: Any) -> Any:
+def _conv(obj: Any, type_: type[T]) -> T:
     return msgspec.convert(msgspec.to_builtins(obj), type_)
 
 
@@ -69,13 +71,15 @@ def content_routes(content: Any) -> RouteSet:
         return [_conv(i, ContentInfo) for i in infos]
 
     async def info(request: web.Request) -> ContentInfo:
-        return _conv(await content.info(namespace_of(request), request.match_info["digest"]),
-                     ContentInfo)
+        return _conv(
+            await content.info(namespace_of(request), request.match_info["digest"]), ContentInfo
+        )
 
     async def label(request: web.Request) -> ContentInfo:
         body = await decode_body(request, LabelsRequest)
-        updated = await content.update_labels(namespace_of(request),
-                                              request.match_info["digest"], body.labels)
+        updated = await content.update_labels(
+            namespace_of(request), request.match_info["digest"], body.labels
+        )
         return _conv(updated, ContentInfo)
 
     async def delete(request: web.Request) -> None:
@@ -85,8 +89,11 @@ def content_routes(content: Any) -> RouteSet:
         ns, digest = namespace_of(request), request.match_info["digest"]
         size = (await content.info(ns, digest)).size
         offset, length, status = 0, size, 200
-        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes",
-                   "Docker-Content-Digest": digest}
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+            "Docker-Content-Digest": digest,
+        }
         if "Range" in request.headers:
             offset, length = parse_range(request.headers["Range"], size)
             status = 206
@@ -104,14 +111,16 @@ def content_routes(content: Any) -> RouteSet:
         return [_conv(s, IngestStatus) for s in await content.list_statuses(namespace_of(request))]
 
     async def status(request: web.Request) -> IngestStatus:
-        return _conv(await content.status(namespace_of(request), request.match_info["ref"]),
-                     IngestStatus)
+        return _conv(
+            await content.status(namespace_of(request), request.match_info["ref"]), IngestStatus
+        )
 
     async def write(request: web.Request) -> Any:
         ns, ref = namespace_of(request), request.match_info["ref"]
         expected = request.query.get("expected") or None
-        writer = await content.open_writer(ns, ref, total=_int(request, "total"),
-                                           expected=expected, lease=_lease(request))
+        writer = await content.open_writer(
+            ns, ref, total=_int(request, "total"), expected=expected, lease=_lease(request)
+        )
         committed = False
         try:
             offset = _int(request, "offset")
@@ -123,12 +132,19 @@ def content_routes(content: Any) -> RouteSet:
                 # An empty body still checks (or resets, at 0) the offset.
                 await writer.write(b"", offset)
             if request.query.get("commit") in ("1", "true"):
-                labels = dict(pair.partition("=")[::2] for pair in request.query.getall("label", []))
+                labels = dict(
+                    pair.partition("=")[::2] for pair in request.query.getall("label", [])
+                )
                 committed = True
                 return web.json_response(
-                    msgspec.to_builtins(_conv(await writer.commit(
-                        _int(request, "size"), expected, labels), ContentInfo)),
-                    status=201)
+                    msgspec.to_builtins(
+                        _conv(
+                            await writer.commit(_int(request, "size"), expected, labels),
+                            ContentInfo,
+                        )
+                    ),
+                    status=201,
+                )
             return _conv(writer.status(), IngestStatus)
         finally:
             if not committed:
@@ -151,28 +167,68 @@ def content_routes(content: Any) -> RouteSet:
     digest = "/v1/content/{digest:sha256:[0-9a-f]{64}}"
     ref = "/v1/content/ingests/{ref:.+}"
     return [
-        Route("GET", "/v1/content", list_, "List blobs of the namespace.",
-              response=list[ContentInfo], query=(Query("filter", "filter; repeat to OR", True),)),
-        Route("GET", "/v1/content/ingests", ingests, "Uploads in progress.",
-              response=list[IngestStatus]),
+        Route(
+            "GET",
+            "/v1/content",
+            list_,
+            "List blobs of the namespace.",
+            response=list[ContentInfo],
+            query=(Query("filter", "filter; repeat to OR", True),),
+        ),
+        Route(
+            "GET",
+            "/v1/content/ingests",
+            ingests,
+            "Uploads in progress.",
+            response=list[IngestStatus],
+        ),
         Route("GET", ref, status, "State of one upload.", response=IngestStatus),
-        Route("PUT", ref, write,
-              "Write the body at `offset` (resumes; 0 restarts). With commit=1, verify and "
-              "publish at the end (201 with ContentInfo).",
-              response=IngestStatus,
-              query=(Query("offset", "where the body starts"),
-                     Query("total", "announced size"), Query("expected", "announced digest"),
-                     Query("commit", "1 to commit after writing"),
-                     Query("size", "size to verify at commit"),
-                     Query("label", "KEY=VALUE label at commit", True))),
-        Route("POST", ref, commit, "Verify size and digest and publish the blob.",
-              body=CommitRequest, response=ContentInfo, status=201),
+        Route(
+            "PUT",
+            ref,
+            write,
+            "Write the body at `offset` (resumes; 0 restarts). With commit=1, verify and "
+            "publish at the end (201 with ContentInfo).",
+            response=IngestStatus,
+            query=(
+                Query("offset", "where the body starts"),
+                Query("total", "announced size"),
+                Query("expected", "announced digest"),
+                Query("commit", "1 to commit after writing"),
+                Query("size", "size to verify at commit"),
+                Query("label", "KEY=VALUE label at commit", True),
+            ),
+        ),
+        Route(
+            "POST",
+            ref,
+            commit,
+            "Verify size and digest and publish the blob.",
+            body=CommitRequest,
+            response=ContentInfo,
+            status=201,
+        ),
         Route("DELETE", ref, abort, "Abort an upload."),
         Route("GET", digest, info, "One blob.", response=ContentInfo),
-        Route("PATCH", digest, label, "Set labels (an empty value removes one).",
-              body=LabelsRequest, response=ContentInfo),
-        Route("DELETE", digest, delete,
-              "Remove the blob from the namespace (from disk once unreferenced)."),
-        Route("GET", digest + "/blob", blob, "The blob's bytes; honours Range.",
-              stream="application/octet-stream"),
+        Route(
+            "PATCH",
+            digest,
+            label,
+            "Set labels (an empty value removes one).",
+            body=LabelsRequest,
+            response=ContentInfo,
+        ),
+        Route(
+            "DELETE",
+            digest,
+            delete,
+            "Remove the blob from the namespace (from disk once unreferenced).",
+        ),
+        Route(
+            "GET",
+            digest + "/blob",
+            blob,
+            "The blob's bytes; honours Range.",
+            stream="application/octet-stream",
+        ),
     ]

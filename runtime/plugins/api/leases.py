@@ -47,24 +47,44 @@ def lease_routes(metadata: Any) -> RouteSet:
 
     async def add(request: web.Request) -> None:
         body = await decode_body(request, LeaseResource)
-        await leases.add_resource(namespace_of(request), request.match_info["id"],
-                                  Resource(type=body.type, id=body.id))
+        await leases.add_resource(
+            namespace_of(request), request.match_info["id"], Resource(type=body.type, id=body.id)
+        )
 
     async def remove(request: web.Request) -> None:
         body = await decode_body(request, LeaseResource)
-        await leases.delete_resource(namespace_of(request), request.match_info["id"],
-                                     Resource(type=body.type, id=body.id))
+        await leases.delete_resource(
+            namespace_of(request), request.match_info["id"], Resource(type=body.type, id=body.id)
+        )
 
     one = "/v1/leases/{id}"
     return [
-        Route("GET", "/v1/leases", list_, "List leases.", response=list[LeaseInfo],
-              query=(Query("filter", "filter (id, labels.<k>); repeat to OR", True),)),
-        Route("POST", "/v1/leases", create, "Create a lease.", body=LeaseCreateRequest,
-              response=LeaseInfo, status=201),
+        Route(
+            "GET",
+            "/v1/leases",
+            list_,
+            "List leases.",
+            response=list[LeaseInfo],
+            query=(Query("filter", "filter (id, labels.<k>); repeat to OR", True),),
+        ),
+        Route(
+            "POST",
+            "/v1/leases",
+            create,
+            "Create a lease.",
+            body=LeaseCreateRequest,
+            response=LeaseInfo,
+            status=201,
+        ),
         Route("GET", one, get, "One lease.", response=LeaseInfo),
         Route("DELETE", one, delete, "Delete a lease."),
-        Route("GET", one + "/resources", resources, "What the lease holds.",
-              response=list[LeaseResource]),
+        Route(
+            "GET",
+            one + "/resources",
+            resources,
+            "What the lease holds.",
+            response=list[LeaseResource],
+        ),
         Route("POST", one + "/resources", add, "Hold a resource.", body=LeaseResource),
         Route("DELETE", one + "/resources", remove, "Release a resource.", body=LeaseResource),
     ]

@@ -39,12 +39,28 @@ def namespace_routes(metadata: object) -> RouteSet:
 
     return [
         Route("GET", "/v1/namespaces", list_, "List namespaces.", response=list[NamespaceInfo]),
-        Route("POST", "/v1/namespaces", create, "Create a namespace.",
-              body=NamespaceCreateRequest, response=NamespaceInfo, status=201),
+        Route(
+            "POST",
+            "/v1/namespaces",
+            create,
+            "Create a namespace.",
+            body=NamespaceCreateRequest,
+            response=NamespaceInfo,
+            status=201,
+        ),
         Route("GET", "/v1/namespaces/{name}", get, "One namespace.", response=NamespaceInfo),
-        Route("PATCH", "/v1/namespaces/{name}", label,
-              "Set labels (an empty value removes one).", body=NamespaceLabelsRequest,
-              response=NamespaceInfo),
-        Route("DELETE", "/v1/namespaces/{name}", delete,
-              "Delete an empty namespace (412 names what it still holds)."),
+        Route(
+            "PATCH",
+            "/v1/namespaces/{name}",
+            label,
+            "Set labels (an empty value removes one).",
+            body=NamespaceLabelsRequest,
+            response=NamespaceInfo,
+        ),
+        Route(
+            "DELETE",
+            "/v1/namespaces/{name}",
+            delete,
+            "Delete an empty namespace (412 names what it still holds).",
+        ),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -19,6 +20,31 @@ def _media(schema: dict[str, Any], media_type: str = "application/json") -> dict
     return {"content": {media_type: {"schema": schema}}}
 
 
+def openapi_path(path: str) -> str:
+    """``/v1/content/{digest:sha256:[0-9a-f]{64}}`` -> ``/v1/content/{digest}``."""
+    out, depth, skipping = [], 0, False
+    for char in path:
+        if char == "{":
+            depth += 1
+            if depth > 1:
+                continue
+        elif char == "}":
+            depth -= 1
+            if depth > 0:
+                continue
+            skipping = False
+        elif char == ":" and depth == 1:
+            skipping = True
+        if not skipping:
+            out.append(char)
+    return "".join(out)
+
+
+def _operation_id(route: Route) -> str:
+    words = re.sub(r"[^A-Za-z0-9]+", "_", openapi_path(route.path)).strip("_")
+    return f"{route.method.lower()}_{words}"
+
+
 def openapi_document(routes: list[Route], version: str) -> dict[str, Any]:
     """Describe every route: parameters, bodies, responses and the shared error shape."""
     types: list[Any] = [ErrorBody]
@@ -30,21 +56,33 @@ def openapi_document(routes: list[Route], version: str) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         params: list[dict[str, Any]] = [
-            {"name": NAMESPACE_HEADER, "in": "header", "required": False,
-             "schema": {"type": "string", "default": "default"}}
+            {
+                "name": NAMESPACE_HEADER,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "default": "default"},
+            }
         ]
-        for segment in route.path.split("/"):
+        for segment in openapi_path(route.path).split("/"):
             if segment.startswith("{") and segment.endswith("}"):
                 name = segment[1:-1].split(":")[0]
-                params.append({"name": name, "in": "path", "required": True,
-                               "schema": {"type": "string"}})
+                params.append(
+                    {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                )
         for q in route.query:
             schema: dict[str, Any] = {"type": "string"}
             if q.repeated:
                 schema = {"type": "array", "items": {"type": "string"}}
-            params.append({"name": q.name, "in": "query", "required": q.required,
-                           "description": q.description, "schema": schema,
-                           **({"style": "form", "explode": True} if q.repeated else {})})
+            params.append(
+                {
+                    "name": q.name,
+                    "in": "query",
+                    "required": q.required,
+                    "description": q.description,
+                    "schema": schema,
+                    **({"style": "form", "explode": True} if q.repeated else {}),
+                }
+            )
         responses: dict[str, Any] = {}
         if route.stream:
             responses[str(route.status)] = {
@@ -55,22 +93,22 @@ def openapi_document(routes: list[Route], version: str) -> dict[str, Any]:
             responses["204"] = {"description": "done"}
         else:
             responses[str(route.status)] = {
-                "description": "success", **_media(by_type[route.response])
+                "description": "success",
+                **_media(by_type[route.response]),
             }
         for status in error_codes:
-            responses.setdefault(str(status), {"description": "error",
-                                               **_media(by_type[ErrorBody])})
+            responses.setdefault(
+                str(status), {"description": "error", **_media(by_type[ErrorBody])}
+            )
         op: dict[str, Any] = {
             "summary": route.summary,
-            "operationId": f"{route.method.lower()}_{route.path.strip('/').replace('/', '_')}"
-            .replace("{", "").replace("}", "").replace(":", "_").replace(".", "_")
-            .replace("*", "").replace("+", ""),
+            "operationId": _operation_id(route),
             "parameters": params,
             "responses": responses,
         }
         if route.body is not None:
             op["requestBody"] = {"required": True, **_media(by_type[route.body])}
-        path = route.path.replace(":.*}", "}").replace(":.+}", "}")
+        path = openapi_path(route.path)
         paths.setdefault(path, {})[route.method.lower()] = op
     return {
         "openapi": "3.1.0",

@@ -66,8 +66,11 @@ async def init_server(ctx: InitContext[Any]) -> Any:
     routes: list[Route] = []
     for route_set in ctx.get_by_type("api").values():
         routes.extend(route_set)
-    server = ApiServer(build_app(routes, version=runtime.__version__, token=token),
-                       Path(api.address), api.tcp_address)
+    server = ApiServer(
+        build_app(routes, version=runtime.__version__, token=token),
+        Path(api.address),
+        api.tcp_address,
+    )
     await server.start()
     return server
 
@@ -80,15 +83,42 @@ async def close_server(server: Any) -> None:
 @hookimpl
 def moorage_plugins() -> Iterator[Registration]:
     """The admin API listener and its built-in route sets."""
-    yield Registration(type="api", id="system", init=init_system,
-                       description="version, health, plugins, events")
-    yield Registration(type="api", id="namespaces", init=init_namespaces,
-                       requires=("metadata.sqlite",), description="namespaces")
-    yield Registration(type="api", id="content", init=init_content,
-                       requires=("content.local",), description="content and ingests")
-    yield Registration(type="api", id="leases", init=init_leases,
-                       requires=("metadata.sqlite",), description="leases")
-    yield Registration(type="api", id="snapshots", init=init_snapshots,
-                       requires=("service.snapshots",), description="snapshots")
-    yield Registration(type="server", id="http", init=init_server, close=close_server,
-                       requires=("api",), description="admin HTTP API on a unix socket and TCP")
+    yield Registration(
+        type="api", id="system", init=init_system, description="version, health, plugins, events"
+    )
+    yield Registration(
+        type="api",
+        id="namespaces",
+        init=init_namespaces,
+        requires=("metadata.sqlite",),
+        description="namespaces",
+    )
+    yield Registration(
+        type="api",
+        id="content",
+        init=init_content,
+        requires=("content.local",),
+        description="content and ingests",
+    )
+    yield Registration(
+        type="api",
+        id="leases",
+        init=init_leases,
+        requires=("metadata.sqlite",),
+        description="leases",
+    )
+    yield Registration(
+        type="api",
+        id="snapshots",
+        init=init_snapshots,
+        requires=("service.snapshots",),
+        description="snapshots",
+    )
+    yield Registration(
+        type="server",
+        id="http",
+        init=init_server,
+        close=close_server,
+        requires=("api",),
+        description="admin HTTP API on a unix socket and TCP",
+    )

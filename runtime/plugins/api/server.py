@@ -25,8 +25,7 @@ log = logging.getLogger("moorage.api")
 
 _encoder = msgspec.json.Encoder()
 TCP_KEY = web.AppKey("tcp_token", str)
-Middleware = Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]],
-                      Awaitable[web.StreamResponse]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -37,12 +36,13 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 
 def _over_tcp(request: web.Request) -> bool:
     # A unix-socket peer has no (host, port) tuple.
-    return isinstance(request.transport.get_extra_info("peername") if request.transport else None,
-                      tuple)
+    return isinstance(
+        request.transport.get_extra_info("peername") if request.transport else None, tuple
+    )
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render domain errors, routing misses and crashes as ``{"error": ...}``."""
     try:
         return await handler(request)
@@ -52,7 +52,8 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return error_response(404, NotFound.code, f"no endpoint {request.method} {request.path}")
     except web.HTTPMethodNotAllowed as exc:
         return error_response(
-            405, "method_not_allowed",
+            405,
+            "method_not_allowed",
             f"{request.method} not allowed on {request.path}; allowed: "
             f"{', '.join(sorted(exc.allowed_methods))}",
         )
@@ -68,7 +69,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Requests over TCP must carry the bearer token; the unix socket relies on its mode."""
     if _over_tcp(request):
         token = request.app[TCP_KEY]
@@ -81,7 +82,7 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
 
 
 @web.middleware
-async def namespace_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def namespace_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Validate the namespace header once, for every handler."""
     namespace = request.headers.get(NAMESPACE_HEADER, DEFAULT_NAMESPACE)
     try:
@@ -98,8 +99,9 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
             return result
         if result is None and route.response is None:
             return web.Response(status=204)
-        return web.Response(status=route.status, body=_encoder.encode(result),
-                            content_type="application/json")
+        return web.Response(
+            status=route.status, body=_encoder.encode(result), content_type="application/json"
+        )
 
     return handle
 
@@ -118,8 +120,10 @@ def build_app(routes: list[Route], *, version: str, token: str = "") -> web.Appl
             doc_holder["doc"] = _encoder.encode(openapi_document(all_routes, version))
         return web.Response(body=doc_holder["doc"], content_type="application/json")
 
-    all_routes = [*routes, Route("GET", "/v1/openapi.json", openapi,
-                                 "This document.", response=dict[str, Any])]
+    all_routes = [
+        *routes,
+        Route("GET", "/v1/openapi.json", openapi, "This document.", response=dict[str, Any]),
+    ]
     for route in all_routes:
         app.router.add_route(route.method, route.path, _wrap(route))
     return app
@@ -132,8 +136,7 @@ class ApiServer:
         self.app = app
         self.socket_path = socket_path
         self.tcp_address = tcp_address
-        self.runner = web.AppRunner(app, access_log=log, shutdown_timeout=2.0,
-                                    handle_signals=False)
+        self.runner = web.AppRunner(app, access_log=log, shutdown_timeout=2.0, handle_signals=False)
 
     async def start(self) -> None:
         """Bind the listeners; a stale socket file from a dead daemon is replaced."""
@@ -153,17 +156,21 @@ class ApiServer:
         if self.tcp_address:
             host, _, port = self.tcp_address.rpartition(":")
             await web.TCPSite(self.runner, host or "127.0.0.1", int(port)).start()
-        log.info("API listening on unix://%s%s", self.socket_path,
-                 f" and tcp://{self.tcp_address}" if self.tcp_address else "")
+        log.info(
+            "API listening on unix://%s%s",
+            self.socket_path,
+            f" and tcp://{self.tcp_address}" if self.tcp_address else "",
+        )
 
     @property
     def tcp_port(self) -> int | None:
         """The bound TCP port (useful when configured as port 0)."""
         for site in self.runner.sites:
             if isinstance(site, web.TCPSite):
-                server = site._server  # noqa: SLF001 - aiohttp exposes no public accessor
-                if server is not None and getattr(server, "sockets", None):
-                    return int(server.sockets[0].getsockname()[1])
+                server = site._server
+                sockets = getattr(server, "sockets", None)
+                if sockets:
+                    return int(sockets[0].getsockname()[1])
         return None
 
     async def stop(self) -> None:

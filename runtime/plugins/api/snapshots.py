@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -19,10 +19,12 @@ from runtime.plugins.api.types import (
     SnapshotUsage,
 )
 
+T = TypeVar("T")
+
 __all__ = ["snapshot_routes"]
 
 
-def _conv(obj: Any, type_: Any) -> Any:
+def _conv(obj: Any, type_: type[T]) -> T:
     return msgspec.convert(msgspec.to_builtins(obj), type_)
 
 
@@ -69,25 +71,58 @@ def snapshot_routes(service: Any) -> RouteSet:
     async def commit(request: web.Request) -> None:
         body = await decode_body(request, SnapshotCommitRequest)
         lease = request.headers.get(LEASE_HEADER) or None
-        await sn(request).commit(namespace_of(request), body.name, key(request), body.labels,
-                                 lease)
+        await sn(request).commit(namespace_of(request), body.name, key(request), body.labels, lease)
 
     base = "/v1/snapshots/{snapshotter}"
     # Keys may hold slashes; the action routes are declared first so they win.
     one = base + "/{key:.+}"
     return [
-        Route("GET", base, walk, "Snapshots of the namespace.", response=list[SnapshotInfo],
-              query=(Query("filter", "filter (kind, name, parent, labels.<k>)", True),)),
-        Route("POST", base, create, "Prepare an active snapshot or a view; returns mounts.",
-              body=SnapshotCreateRequest, response=list[MountInfo], status=201),
-        Route("GET", base + "/{key:.+}/mounts", mounts, "Mounts of an active snapshot or view.",
-              response=list[MountInfo]),
-        Route("GET", base + "/{key:.+}/usage", usage, "Disk usage of the snapshot itself.",
-              response=SnapshotUsage),
-        Route("POST", base + "/{key:.+}/commit", commit, "Commit an active snapshot.",
-              body=SnapshotCommitRequest),
+        Route(
+            "GET",
+            base,
+            walk,
+            "Snapshots of the namespace.",
+            response=list[SnapshotInfo],
+            query=(Query("filter", "filter (kind, name, parent, labels.<k>)", True),),
+        ),
+        Route(
+            "POST",
+            base,
+            create,
+            "Prepare an active snapshot or a view; returns mounts.",
+            body=SnapshotCreateRequest,
+            response=list[MountInfo],
+            status=201,
+        ),
+        Route(
+            "GET",
+            base + "/{key:.+}/mounts",
+            mounts,
+            "Mounts of an active snapshot or view.",
+            response=list[MountInfo],
+        ),
+        Route(
+            "GET",
+            base + "/{key:.+}/usage",
+            usage,
+            "Disk usage of the snapshot itself.",
+            response=SnapshotUsage,
+        ),
+        Route(
+            "POST",
+            base + "/{key:.+}/commit",
+            commit,
+            "Commit an active snapshot.",
+            body=SnapshotCommitRequest,
+        ),
         Route("GET", one, stat, "One snapshot.", response=SnapshotInfo),
-        Route("PATCH", one, label, "Set labels (an empty value removes one).",
-              body=LabelsRequest, response=SnapshotInfo),
+        Route(
+            "PATCH",
+            one,
+            label,
+            "Set labels (an empty value removes one).",
+            body=LabelsRequest,
+            response=SnapshotInfo,
+        ),
         Route("DELETE", one, remove, "Remove a snapshot without children."),
     ]

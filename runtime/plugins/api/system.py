@@ -11,7 +11,14 @@ from aiohttp import web
 from runtime.core.errors import MoorageError, Unavailable
 from runtime.core.registration import InitContext
 from runtime.plugins.api.routes import Query, Route, RouteSet, namespace_of
-from runtime.plugins.api.types import ErrorBody, ErrorDetail, EventEnvelope, Health, PluginInfo, Version
+from runtime.plugins.api.types import (
+    ErrorBody,
+    ErrorDetail,
+    EventEnvelope,
+    Health,
+    PluginInfo,
+    Version,
+)
 
 __all__ = ["system_routes"]
 
@@ -31,9 +38,7 @@ def system_routes(ctx: InitContext[Any]) -> RouteSet:
         return Health()
 
     async def plugins(_: web.Request) -> list[PluginInfo]:
-        return [
-            msgspec.convert(msgspec.to_builtins(r), PluginInfo) for r in ctx.plugins.list()
-        ]
+        return [msgspec.convert(msgspec.to_builtins(r), PluginInfo) for r in ctx.plugins.list()]
 
     async def events(request: web.Request) -> web.StreamResponse:
         exchange = ctx.events
@@ -50,8 +55,13 @@ def system_routes(ctx: InitContext[Any]) -> RouteSet:
                     # Namespaces isolate clients: nobody observes another's events.
                     if env.namespace != namespace:
                         continue
-                    line = EventEnvelope(timestamp=env.timestamp, namespace=env.namespace,
-                                         topic=env.topic, type=env.type, event=env.event)
+                    line = EventEnvelope(
+                        timestamp=env.timestamp,
+                        namespace=env.namespace,
+                        topic=env.topic,
+                        type=env.type,
+                        event=env.event,
+                    )
                     await response.write(_encoder.encode(line) + b"\n")
             except MoorageError as exc:
                 err = ErrorBody(error=ErrorDetail(code=exc.code, message=exc.message))
@@ -60,12 +70,22 @@ def system_routes(ctx: InitContext[Any]) -> RouteSet:
 
     return [
         Route("GET", "/v1/version", get_version, "Daemon version.", response=Version),
-        Route("GET", "/v1/healthz", healthz, "Liveness: 200 while the API serves.",
-              response=Health),
-        Route("GET", "/v1/plugins", plugins, "Every plugin with its status and origin.",
-              response=list[PluginInfo]),
-        Route("GET", "/v1/events", events,
-              "Stream events of the request's namespace as NDJSON (EventEnvelope per line).",
-              query=(Query("filter", "containerd filter; repeat to OR", repeated=True),),
-              stream="application/x-ndjson"),
+        Route(
+            "GET", "/v1/healthz", healthz, "Liveness: 200 while the API serves.", response=Health
+        ),
+        Route(
+            "GET",
+            "/v1/plugins",
+            plugins,
+            "Every plugin with its status and origin.",
+            response=list[PluginInfo],
+        ),
+        Route(
+            "GET",
+            "/v1/events",
+            events,
+            "Stream events of the request's namespace as NDJSON (EventEnvelope per line).",
+            query=(Query("filter", "containerd filter; repeat to OR", repeated=True),),
+            stream="application/x-ndjson",
+        ),
     ]

@@ -46,8 +46,11 @@ class Resource(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Lease(msgspec.Struct, kw_only=True):
-    """A lease protects the resources it holds from garbage collection until it is deleted
-    or its ``containerd.io/gc.expire`` time passes."""
+    """A lease: it protects what it holds from garbage collection.
+
+    The protection ends when the lease is deleted or its ``containerd.io/gc.expire``
+    time passes.
+    """
 
     id: str
     labels: dict[str, str] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 import os
 import sqlite3
@@ -59,9 +60,12 @@ def lease_expired(labels: Mapping[str, str], at: datetime | None = None) -> bool
 def attach(conn: sqlite3.Connection, namespace: str, lease: str, resource: Resource) -> None:
     """Add ``resource`` to ``lease`` inside the caller's transaction (NotFound if no lease)."""
     _check_resource(resource)
-    if conn.execute(
-        "SELECT 1 FROM leases WHERE namespace=? AND id=?", (namespace, lease)
-    ).fetchone() is None:
+    if (
+        conn.execute(
+            "SELECT 1 FROM leases WHERE namespace=? AND id=?", (namespace, lease)
+        ).fetchone()
+        is None
+    ):
         raise NotFound(f"lease {lease!r} not found")
     conn.execute(
         "INSERT OR IGNORE INTO lease_resources(namespace, lease, type, resource) VALUES (?,?,?,?)",
@@ -78,8 +82,11 @@ def detach(conn: sqlite3.Connection, namespace: str, lease: str, resource: Resou
 
 
 def _row(row: sqlite3.Row) -> Lease:
-    return Lease(id=row["id"], labels=json.loads(row["labels"]),
-                 created_at=datetime.fromisoformat(row["created_at"]))
+    return Lease(
+        id=row["id"],
+        labels=json.loads(row["labels"]),
+        created_at=datetime.fromisoformat(row["created_at"]),
+    )
 
 
 class LeaseStore:
@@ -119,8 +126,11 @@ class LeaseStore:
 
     async def get(self, namespace: str, lease_id: str) -> Lease:
         """One lease, or NotFound."""
-        row = await self.db.read(lambda c: c.execute(
-            "SELECT * FROM leases WHERE namespace=? AND id=?", (namespace, lease_id)).fetchone())
+        row = await self.db.read(
+            lambda c: c.execute(
+                "SELECT * FROM leases WHERE namespace=? AND id=?", (namespace, lease_id)
+            ).fetchone()
+        )
         if row is None:
             raise NotFound(f"lease {lease_id!r} not found")
         return _row(row)
@@ -128,22 +138,28 @@ class LeaseStore:
     async def list(self, namespace: str, filters: list[str] | None = None) -> list[Lease]:
         """Leases of the namespace matching any filter (fields ``id``, ``labels.<k>``)."""
         flt = parse(filters or [])
-        rows = await self.db.read(lambda c: c.execute(
-            "SELECT * FROM leases WHERE namespace=? ORDER BY id", (namespace,)).fetchall())
+        rows = await self.db.read(
+            lambda c: c.execute(
+                "SELECT * FROM leases WHERE namespace=? ORDER BY id", (namespace,)
+            ).fetchall()
+        )
         leases = [_row(r) for r in rows]
-        return [lease for lease in leases
-                if flt.match(adapt({"id": lease.id, "labels": lease.labels}))]
+        return [
+            lease for lease in leases if flt.match(adapt({"id": lease.id, "labels": lease.labels}))
+        ]
 
     async def delete(self, namespace: str, lease_id: str) -> None:
         """Delete a lease; what it held becomes collectable unless referenced elsewhere."""
 
         def delete(conn: sqlite3.Connection) -> None:
-            cur = conn.execute("DELETE FROM leases WHERE namespace=? AND id=?",
-                               (namespace, lease_id))
+            cur = conn.execute(
+                "DELETE FROM leases WHERE namespace=? AND id=?", (namespace, lease_id)
+            )
             if cur.rowcount == 0:
                 raise NotFound(f"lease {lease_id!r} not found")
-            conn.execute("DELETE FROM lease_resources WHERE namespace=? AND lease=?",
-                         (namespace, lease_id))
+            conn.execute(
+                "DELETE FROM lease_resources WHERE namespace=? AND lease=?", (namespace, lease_id)
+            )
 
         await self.db.write(delete)
         self.publish(namespace, "/leases/delete", LeaseDelete(id=lease_id))
@@ -157,10 +173,14 @@ class LeaseStore:
         await self.get(namespace, lease_id)
         await self.db.write(lambda c: detach(c, namespace, lease_id, resource))
 
-    async def resources(self, namespace: str, lease_id: str) -> list[Resource]:
+    async def resources(self, namespace: str, lease_id: str) -> builtins.list[Resource]:
         """What the lease holds."""
         await self.get(namespace, lease_id)
-        rows = await self.db.read(lambda c: c.execute(
-            "SELECT type, resource FROM lease_resources WHERE namespace=? AND lease=? "
-            "ORDER BY type, resource", (namespace, lease_id)).fetchall())
+        rows = await self.db.read(
+            lambda c: c.execute(
+                "SELECT type, resource FROM lease_resources WHERE namespace=? AND lease=? "
+                "ORDER BY type, resource",
+                (namespace, lease_id),
+            ).fetchall()
+        )
         return [Resource(type=r["type"], id=r["resource"]) for r in rows]

@@ -11,7 +11,12 @@ import msgspec
 
 from runtime.core.errors import AlreadyExists, FailedPrecondition, NotFound
 from runtime.core.identifiers import validate_labels, validate_namespace
-from runtime.plugins.metadata.api import Namespace, NamespaceCreate, NamespaceDelete, NamespaceUpdate
+from runtime.plugins.metadata.api import (
+    Namespace,
+    NamespaceCreate,
+    NamespaceDelete,
+    NamespaceUpdate,
+)
 from runtime.plugins.metadata.db import Database
 
 __all__ = ["NamespaceStore", "ensure_namespace", "now"]
@@ -128,11 +133,15 @@ class NamespaceStore:
             held = [
                 f"{n} {what}"
                 for table, what in _BLOCKERS
-                if (n := conn.execute(f"SELECT count(*) FROM {table} WHERE namespace=?", (name,))
-                    .fetchone()[0])
+                if (
+                    n := conn.execute(
+                        f"SELECT count(*) FROM {table} WHERE namespace=?", (name,)
+                    ).fetchone()[0]
+                )
             ]
-            for (sn, n) in conn.execute(
-                "SELECT snapshotter, count(*) FROM snapshots WHERE namespace=? GROUP BY snapshotter",
+            for sn, n in conn.execute(
+                "SELECT snapshotter, count(*) FROM snapshots WHERE namespace=? "
+                "GROUP BY snapshotter",
                 (name,),
             ).fetchall():
                 held.append(f'{n} snapshots on "{sn}" snapshotter')

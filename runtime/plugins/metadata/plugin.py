@@ -23,7 +23,9 @@ class MetadataConfig(PluginConfig):
 async def init(ctx: InitContext[MetadataConfig]) -> MetadataStore:
     """Open the database under the plugin's root and migrate it."""
     if ctx.config.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
-        raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {ctx.config.synchronous!r}")
+        raise ValueError(
+            f"synchronous must be FULL, NORMAL or EXTRA, not {ctx.config.synchronous!r}"
+        )
     db = Database(ctx.root / "meta.db", synchronous=ctx.config.synchronous.upper())
     db.open()
     events = ctx.events

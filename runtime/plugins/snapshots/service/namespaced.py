@@ -18,6 +18,7 @@ the two leaves only unreferenced backend snapshots, which cleanup removes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -101,15 +102,25 @@ class NamespacedSnapshotter:
 
     # -- creation ---------------------------------------------------------------
 
-    async def prepare(self, ns: str, key: str, parent: str = "",
-                      labels: Mapping[str, str] | None = None,
-                      lease: str | None = None) -> list[Mount]:
+    async def prepare(
+        self,
+        ns: str,
+        key: str,
+        parent: str = "",
+        labels: Mapping[str, str] | None = None,
+        lease: str | None = None,
+    ) -> list[Mount]:
         """Create an active snapshot ``key`` on ``parent`` and return its mounts."""
         return await self._create(Kind.ACTIVE, ns, key, parent, labels, lease)
 
-    async def view(self, ns: str, key: str, parent: str = "",
-                   labels: Mapping[str, str] | None = None,
-                   lease: str | None = None) -> list[Mount]:
+    async def view(
+        self,
+        ns: str,
+        key: str,
+        parent: str = "",
+        labels: Mapping[str, str] | None = None,
+        lease: str | None = None,
+    ) -> list[Mount]:
         """Create a read-only view ``key`` of ``parent`` and return its mounts."""
         return await self._create(Kind.VIEW, ns, key, parent, labels, lease)
 
@@ -121,8 +132,15 @@ class NamespacedSnapshotter:
             raise InvalidArgument(f"parent {parent!r} is {row['kind']}, not committed")
         return str(row["backend_key"])
 
-    async def _create(self, kind: Kind, ns: str, key: str, parent: str,
-                      labels: Mapping[str, str] | None, lease: str | None) -> list[Mount]:
+    async def _create(
+        self,
+        kind: Kind,
+        ns: str,
+        key: str,
+        parent: str,
+        labels: Mapping[str, str] | None,
+        lease: str | None,
+    ) -> list[Mount]:
         validate_namespace(ns)
         _check_key(key)
         labels = validate_labels(labels or {})
@@ -134,8 +152,9 @@ class NamespacedSnapshotter:
             await self._adopt(ns, target, parent, parent_backend, lease)
         backend_key = self._new_backend_key(ns, key)
         if kind == Kind.ACTIVE:
-            mounts = await self.backend.prepare(backend_key, parent_backend,
-                                                _backend_labels(labels))
+            mounts = await self.backend.prepare(
+                backend_key, parent_backend, _backend_labels(labels)
+            )
         else:
             mounts = await self.backend.view(backend_key, parent_backend, _backend_labels(labels))
 
@@ -146,8 +165,18 @@ class NamespacedSnapshotter:
                 conn.execute(
                     "INSERT INTO snapshots(namespace, snapshotter, key, backend_key, parent, kind,"
                     " labels, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (ns, self.name, key, backend_key, parent, kind.value, json.dumps(labels),
-                     stamp, stamp))
+                    (
+                        ns,
+                        self.name,
+                        key,
+                        backend_key,
+                        parent,
+                        kind.value,
+                        json.dumps(labels),
+                        stamp,
+                        stamp,
+                    ),
+                )
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"snapshot {key!r} already exists") from None
             if lease:
@@ -159,18 +188,23 @@ class NamespacedSnapshotter:
             # Lost a race for the same key: undo the backend half.
             await self.backend.remove(backend_key)
             raise
-        self.publish(ns, "/snapshot/prepare",
-                     SnapshotPrepare(key=key, parent=parent, snapshotter=self.name))
+        self.publish(
+            ns, "/snapshot/prepare", SnapshotPrepare(key=key, parent=parent, snapshotter=self.name)
+        )
         return mounts
 
-    async def _adopt(self, ns: str, target: str, parent: str, parent_backend: str,
-                     lease: str | None) -> None:
+    async def _adopt(
+        self, ns: str, target: str, parent: str, parent_backend: str, lease: str | None
+    ) -> None:
         """Raise AlreadyExists if ``target`` exists here or can be shared from elsewhere."""
         if await self.db.read(lambda c: self._row(c, ns, target)) is not None:
             raise AlreadyExists(f"snapshot {target!r} already exists")
-        rows = await self.db.read(lambda c: c.execute(
-            "SELECT * FROM snapshots WHERE snapshotter=? AND key=? AND kind='committed'",
-            (self.name, target)).fetchall())
+        rows = await self.db.read(
+            lambda c: c.execute(
+                "SELECT * FROM snapshots WHERE snapshotter=? AND key=? AND kind='committed'",
+                (self.name, target),
+            ).fetchall()
+        )
         for row in rows:
             try:
                 info = await self.backend.stat(row["backend_key"])
@@ -186,16 +220,31 @@ class NamespacedSnapshotter:
                     "INSERT OR IGNORE INTO snapshots(namespace, snapshotter, key, backend_key,"
                     " parent, kind, labels, created_at, updated_at)"
                     " VALUES (?,?,?,?,?,'committed',?,?,?)",
-                    (ns, self.name, target, row["backend_key"], parent, row["labels"],
-                     stamp, stamp))
+                    (
+                        ns,
+                        self.name,
+                        target,
+                        row["backend_key"],
+                        parent,
+                        row["labels"],
+                        stamp,
+                        stamp,
+                    ),
+                )
                 if lease:
                     attach(conn, ns, lease, Resource(type=f"snapshots/{self.name}", id=target))
 
             await self.db.write(record)
             raise AlreadyExists(f"snapshot {target!r} already exists (shared)")
 
-    async def commit(self, ns: str, name: str, key: str,
-                     labels: Mapping[str, str] | None = None, lease: str | None = None) -> None:
+    async def commit(
+        self,
+        ns: str,
+        name: str,
+        key: str,
+        labels: Mapping[str, str] | None = None,
+        lease: str | None = None,
+    ) -> None:
         """Commit the active ``key`` as ``name``; ``key`` is gone afterwards."""
         _check_key(name, "name")
         labels = validate_labels(labels or {})
@@ -209,24 +258,38 @@ class NamespacedSnapshotter:
 
         def record(conn: sqlite3.Connection) -> None:
             stamp = now()
-            conn.execute("DELETE FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?",
-                         (ns, self.name, key))
+            conn.execute(
+                "DELETE FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?",
+                (ns, self.name, key),
+            )
             try:
                 conn.execute(
                     "INSERT INTO snapshots(namespace, snapshotter, key, backend_key, parent, kind,"
                     " labels, created_at, updated_at) VALUES (?,?,?,?,?,'committed',?,?,?)",
-                    (ns, self.name, name, backend_name, row["parent"], json.dumps(labels),
-                     stamp, stamp))
+                    (
+                        ns,
+                        self.name,
+                        name,
+                        backend_name,
+                        row["parent"],
+                        json.dumps(labels),
+                        stamp,
+                        stamp,
+                    ),
+                )
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"snapshot {name!r} already exists") from None
-            conn.execute("DELETE FROM lease_resources WHERE namespace=? AND type=? AND resource=?",
-                         (ns, f"snapshots/{self.name}", key))
+            conn.execute(
+                "DELETE FROM lease_resources WHERE namespace=? AND type=? AND resource=?",
+                (ns, f"snapshots/{self.name}", key),
+            )
             if lease:
                 attach(conn, ns, lease, Resource(type=f"snapshots/{self.name}", id=name))
 
         await self.db.write(record)
-        self.publish(ns, "/snapshot/commit",
-                     SnapshotCommit(key=key, name=name, snapshotter=self.name))
+        self.publish(
+            ns, "/snapshot/commit", SnapshotCommit(key=key, name=name, snapshotter=self.name)
+        )
 
     # -- removal ----------------------------------------------------------------
 
@@ -236,26 +299,35 @@ class NamespacedSnapshotter:
 
         def delete(conn: sqlite3.Connection) -> bool:
             child = conn.execute(
-                "SELECT key FROM snapshots WHERE namespace=? AND snapshotter=? AND parent=? LIMIT 1",
-                (ns, self.name, key)).fetchone()
+                "SELECT key FROM snapshots WHERE namespace=? AND snapshotter=? AND parent=? "
+                "LIMIT 1",
+                (ns, self.name, key),
+            ).fetchone()
             if child is not None:
                 raise FailedPrecondition(
-                    f"snapshot {key!r} has children (e.g. {child['key']!r}); remove them first")
-            conn.execute("DELETE FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?",
-                         (ns, self.name, key))
-            conn.execute("DELETE FROM lease_resources WHERE namespace=? AND type=? AND resource=?",
-                         (ns, f"snapshots/{self.name}", key))
-            return conn.execute(
-                "SELECT 1 FROM snapshots WHERE snapshotter=? AND backend_key=? LIMIT 1",
-                (self.name, row["backend_key"])).fetchone() is None
+                    f"snapshot {key!r} has children (e.g. {child['key']!r}); remove them first"
+                )
+            conn.execute(
+                "DELETE FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?",
+                (ns, self.name, key),
+            )
+            conn.execute(
+                "DELETE FROM lease_resources WHERE namespace=? AND type=? AND resource=?",
+                (ns, f"snapshots/{self.name}", key),
+            )
+            return (
+                conn.execute(
+                    "SELECT 1 FROM snapshots WHERE snapshotter=? AND backend_key=? LIMIT 1",
+                    (self.name, row["backend_key"]),
+                ).fetchone()
+                is None
+            )
 
         if await self.db.write(delete):
-            try:
+            # Still a parent in the backend for another namespace's snapshot,
+            # or already gone: cleanup settles it later.
+            with contextlib.suppress(NotFound, FailedPrecondition):
                 await self.backend.remove(row["backend_key"])
-            except (NotFound, FailedPrecondition):
-                # Still a parent in the backend for another namespace's
-                # snapshot, or already gone: cleanup settles it later.
-                pass
         self.publish(ns, "/snapshot/remove", SnapshotRemove(key=key, snapshotter=self.name))
 
     # -- queries ----------------------------------------------------------------
@@ -274,8 +346,11 @@ class NamespacedSnapshotter:
             if row is None:
                 raise NotFound(f"snapshot {key!r} not found")
             merged = {k: v for k, v in {**json.loads(row["labels"]), **labels}.items() if v}
-            conn.execute("UPDATE snapshots SET labels=?, updated_at=? WHERE namespace=? AND "
-                         "snapshotter=? AND key=?", (json.dumps(merged), now(), ns, self.name, key))
+            conn.execute(
+                "UPDATE snapshots SET labels=?, updated_at=? WHERE namespace=? AND "
+                "snapshotter=? AND key=?",
+                (json.dumps(merged), now(), ns, self.name, key),
+            )
 
         await self.db.write(update)
         return await self.stat(ns, key)
@@ -292,16 +367,25 @@ class NamespacedSnapshotter:
         """Snapshots of the namespace matching any filter."""
         validate_namespace(ns)
         flt = parse(filters)
-        rows = await self.db.read(lambda c: c.execute(
-            "SELECT * FROM snapshots WHERE namespace=? AND snapshotter=? ORDER BY key",
-            (ns, self.name)).fetchall())
+        rows = await self.db.read(
+            lambda c: c.execute(
+                "SELECT * FROM snapshots WHERE namespace=? AND snapshotter=? ORDER BY key",
+                (ns, self.name),
+            ).fetchall()
+        )
         infos = [_info(r) for r in rows]
         return [i for i in infos if flt.match(adapt(msgspec.to_builtins(i)))]
 
     async def cleanup(self) -> None:
         """Remove backend snapshots no namespace refers to, leaves first, then backend cleanup."""
-        referenced = {r["backend_key"] for r in await self.db.read(lambda c: c.execute(
-            "SELECT backend_key FROM snapshots WHERE snapshotter=?", (self.name,)).fetchall())}
+        referenced = {
+            r["backend_key"]
+            for r in await self.db.read(
+                lambda c: c.execute(
+                    "SELECT backend_key FROM snapshots WHERE snapshotter=?", (self.name,)
+                ).fetchall()
+            )
+        }
         removed = True
         while removed:
             removed = False

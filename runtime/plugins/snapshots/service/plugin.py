@@ -27,7 +27,8 @@ class SnapshotService:
             return self.snapshotters[name]
         except KeyError:
             raise NotFound(
-                f"snapshotter {name!r} is not running; running: {', '.join(sorted(self.snapshotters))}"
+                f"snapshotter {name!r} is not running; "
+                f"running: {', '.join(sorted(self.snapshotters))}"
             ) from None
 
 
