@@ -1,0 +1,1 @@
+"""The benchmark harness: images, daemons, fresh filesystems, measurements, reports."""
