@@ -1,0 +1,36 @@
+"""Registry client library: talk to OCI distribution registries (no plugin here).
+
+The images plugin pulls and pushes through :class:`RegistryClient`::
+
+    async with RegistryClient(hosts_dir=certs_d, credentials=Credentials()) as client:
+        ref = parse_reference("busybox")
+        desc, host = await client.resolve(ref)
+        manifest = await client.fetch_manifest(ref, desc)
+        async with client.fetch_blob(ref, layer) as stream:
+            async for chunk in stream:
+                ...  # write into the content store, which checks the digest
+
+Modules: :mod:`.reference` (names), :mod:`.types` (descriptors, media types),
+:mod:`.hosts` (``hosts.toml``), :mod:`.auth` (credentials and tokens),
+:mod:`.client` (HTTP). aiohttp makes the client asyncio-only.
+"""
+
+from runtime.plugins.images.registry.auth import Credentials
+from runtime.plugins.images.registry.client import BLOB_CHUNK_SIZE, BlobStream, RegistryClient
+from runtime.plugins.images.registry.hosts import HostConfig, load_hosts
+from runtime.plugins.images.registry.reference import Reference, parse_reference
+from runtime.plugins.images.registry.types import MAX_MANIFEST_SIZE, Descriptor, Platform
+
+__all__ = [
+    "BLOB_CHUNK_SIZE",
+    "MAX_MANIFEST_SIZE",
+    "BlobStream",
+    "Credentials",
+    "Descriptor",
+    "HostConfig",
+    "Platform",
+    "Reference",
+    "RegistryClient",
+    "load_hosts",
+    "parse_reference",
+]
