@@ -54,20 +54,23 @@ def default(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
-    """Validate a file against the discovered plugins; errors name file, section and key."""
+    """Validate a file against the discovered plugins; errors name file, section and key.
+
+    Plugins that could not start whatever the file says (a package that fails
+    to import, a requirement nothing provides) are listed on stderr as notes.
+    """
+    import sys
+
     from runtime.core.config import load_config
     from runtime.core.discovery import discover
-    from runtime.core.graph import order
-    from runtime.core.host import validate_plugin_configs
+    from runtime.core.host import PluginHost, PluginStatus
 
     config = load_config(args.file)
-    discovery = discover()
-    validate_plugin_configs(config, discovery)
-    disabled = set(config.disabled_plugins)
-    regs = [r for r, _ in discovery.registrations]
-    order(
-        [r for r in regs if r.name not in disabled],
-        disabled=[r for r in regs if r.name in disabled],
-    )
+    for record in PluginHost(config, discover()).plan():
+        if record.status == PluginStatus.ERROR:
+            print(
+                f"note: plugin {record.type}.{record.id} {record.status}: {record.reason}",
+                file=sys.stderr,
+            )
     print(f"{args.file}: ok")
     return 0

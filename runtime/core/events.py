@@ -148,6 +148,14 @@ class Subscription:
                 raise self._overflow from None
             raise StopAsyncIteration from None
 
+    def end(self) -> None:
+        """End the iteration after the envelopes already buffered, as at shutdown.
+
+        Unlike :meth:`aclose` this is for the publishing side (a server that
+        stops): the reader sees a clean end of the stream, not an error.
+        """
+        self._send.close()
+
     async def aclose(self) -> None:
         """Unregister from the exchange and drop whatever is still buffered."""
         self._exchange._unregister(self)
@@ -255,7 +263,7 @@ class Exchange:
         """
         self._closed = True
         for subscription in list(self._subscribers):
-            subscription._send.close()
+            subscription.end()
         self._subscribers.clear()
 
     def _unregister(self, subscription: Subscription) -> None:

@@ -18,6 +18,7 @@ from runtime.core.config import ConfigError, DaemonConfig, decode_plugin_config
 from runtime.core.discovery import Discovery, PluginSource
 from runtime.core.errors import FailedPrecondition
 from runtime.core.graph import order, providers
+from runtime.core.proxy import with_proxies
 from runtime.core.registration import (
     PLUGIN_API_VERSION,
     SUPPORTED_API_VERSIONS,
@@ -130,7 +131,8 @@ class PluginHost:
 
     def __init__(self, config: DaemonConfig, discovery: Discovery) -> None:
         self.config = config
-        self.discovery = discovery
+        # Proxy plugins join here so that every path that starts plugins gets them.
+        self.discovery = with_proxies(discovery, config)
         self.plugins = PluginSet()
         self._scopes: dict[str, list[anyio.CancelScope]] = {}
 
@@ -164,6 +166,23 @@ class PluginHost:
         if failure is not None:
             raise failure
 
+    def plan(self) -> list[PluginRecord]:
+        """Check the configuration and order the graph without starting anything.
+
+        Used by ``moorage config check``.
+
+        Returns:
+            Every record in start order; plugins that cannot start (load
+            failures, duplicates, unprovided requirements) are in status error.
+
+        Raises:
+            ConfigError: a plugin section is invalid.
+            StartupError: a required plugin cannot start, or the graph has a cycle.
+        """
+        validate_plugin_configs(self.config, self.discovery)
+        self._prepare()
+        return self.plugins.list()
+
     def _prepare(self) -> tuple[list[Registration], dict[str, PluginSource]]:
         disabled = set(self.config.disabled_plugins)
         regs = [r for r, _ in self.discovery.registrations]
@@ -194,8 +213,24 @@ class PluginHost:
                 record.status = PluginStatus.DISABLED
                 record.reason = "listed in disabled_plugins"
             self.plugins.records[reg.name] = record
+        # A requirement that nothing provides fails that plugin alone (its
+        # dependants skip): one package missing must not stop the daemon.
+        for reg in list(enabled):
+            absent = [
+                r for r in reg.requires if not [p for p in providers(r, regs) if p is not reg]
+            ]
+            if absent:
+                record = self.plugins.records[reg.name]
+                record.status = PluginStatus.ERROR
+                record.reason = f"requires {', '.join(absent)}, which no plugin provides"
+                enabled.remove(reg)
+                log.warning(
+                    "plugin %s error: %s", reg.name, record.reason, extra={"plugin": reg.name}
+                )
         for failure in self.discovery.failures:
-            self.plugins.records[f"entrypoint.{failure.source.entry_point}"] = PluginRecord(
+            # Keyed with the distribution: two packages may name their entry points alike.
+            key = f"entrypoint.{failure.source.entry_point}@{failure.source.distribution}"
+            self.plugins.records[key] = PluginRecord(
                 type="entrypoint",
                 id=failure.source.entry_point,
                 status=PluginStatus.ERROR,

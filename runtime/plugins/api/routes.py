@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -11,7 +12,16 @@ from aiohttp import web
 
 from runtime.core.errors import InvalidArgument
 
-__all__ = ["NAMESPACE_KEY", "Query", "Route", "RouteSet", "decode_body", "namespace_of"]
+__all__ = [
+    "NAMESPACE_KEY",
+    "STREAM_ENDERS",
+    "Query",
+    "Route",
+    "RouteSet",
+    "decode_body",
+    "ends_at_shutdown",
+    "namespace_of",
+]
 
 T = TypeVar("T")
 
@@ -19,6 +29,10 @@ Handler = Callable[[web.Request], Awaitable[Any]]
 
 #: Where the namespace middleware leaves the validated namespace.
 NAMESPACE_KEY = "moorage.namespace"
+
+#: Callables ending the streaming responses still open; the server calls them
+#: when it starts to stop (see :func:`ends_at_shutdown`).
+STREAM_ENDERS = web.AppKey[set[Callable[[], None]]]("moorage.stream_enders")
 
 
 @dataclass(frozen=True)
@@ -77,3 +91,19 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
         raise InvalidArgument(f"invalid request body: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise InvalidArgument(f"request body is not valid JSON: {exc}") from exc
+
+
+@contextmanager
+def ends_at_shutdown(request: web.Request, end: Callable[[], None]) -> Iterator[None]:
+    """Have the server call ``end`` if it stops while this streaming handler runs.
+
+    aiohttp waits for running handlers (up to its shutdown timeout) and then
+    cancels them, so a stream that never ends by itself, like the event stream,
+    must be told to end; its client then sees a clean end instead of a cut.
+    """
+    enders = request.app[STREAM_ENDERS]
+    enders.add(end)
+    try:
+        yield
+    finally:
+        enders.discard(end)

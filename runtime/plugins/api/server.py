@@ -16,7 +16,7 @@ from aiohttp import web
 from runtime.core.errors import InvalidArgument, MoorageError, NotFound, Unauthenticated
 from runtime.core.identifiers import validate_namespace
 from runtime.plugins.api.openapi import openapi_document
-from runtime.plugins.api.routes import NAMESPACE_KEY, Route
+from runtime.plugins.api.routes import NAMESPACE_KEY, STREAM_ENDERS, Route
 from runtime.plugins.api.types import DEFAULT_NAMESPACE, NAMESPACE_HEADER, ErrorBody, ErrorDetail
 
 __all__ = ["ApiServer", "build_app"]
@@ -113,6 +113,14 @@ def build_app(routes: list[Route], *, version: str, token: str = "") -> web.Appl
         client_max_size=64 * 1024 * 1024,
     )
     app[TCP_KEY] = token
+    enders: set[Callable[[], None]] = set()
+    app[STREAM_ENDERS] = enders
+
+    async def end_streams(_: web.Application) -> None:
+        for end in list(enders):
+            end()
+
+    app.on_shutdown.append(end_streams)
     doc_holder: dict[str, bytes] = {}
 
     async def openapi(_: web.Request) -> web.Response:
@@ -136,7 +144,13 @@ class ApiServer:
         self.app = app
         self.socket_path = socket_path
         self.tcp_address = tcp_address
-        self.runner = web.AppRunner(app, access_log=log, shutdown_timeout=2.0, handle_signals=False)
+        # aiohttp's own access logger: setup_logging keeps it quiet below debug.
+        self.runner = web.AppRunner(
+            app,
+            access_log=logging.getLogger("aiohttp.access"),
+            shutdown_timeout=2.0,
+            handle_signals=False,
+        )
 
     async def start(self) -> None:
         """Bind the listeners; a stale socket file from a dead daemon is replaced."""

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from runtime.core.errors import MoorageError, Unavailable
 from runtime.core.registration import InitContext
-from runtime.plugins.api.routes import Query, Route, RouteSet, namespace_of
+from runtime.plugins.api.routes import Query, Route, RouteSet, ends_at_shutdown, namespace_of
 from runtime.plugins.api.types import (
     ErrorBody,
     ErrorDetail,
@@ -48,25 +48,27 @@ def system_routes(ctx: InitContext[Any]) -> RouteSet:
         filters = request.query.getall("filter", [])
         # Subscribing parses the filters, so a bad one is a 400 before streaming starts.
         async with exchange.subscribe(*filters) as subscription:
-            response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-            await response.prepare(request)
-            try:
-                async for env in subscription:
-                    # Namespaces isolate clients: nobody observes another's events.
-                    if env.namespace != namespace:
-                        continue
-                    line = EventEnvelope(
-                        timestamp=env.timestamp,
-                        namespace=env.namespace,
-                        topic=env.topic,
-                        type=env.type,
-                        event=env.event,
-                    )
-                    await response.write(_encoder.encode(line) + b"\n")
-            except MoorageError as exc:
-                err = ErrorBody(error=ErrorDetail(code=exc.code, message=exc.message))
-                await response.write(_encoder.encode(err) + b"\n")
-            return response
+            # Ended by the server when it stops, so the client sees a clean end.
+            with ends_at_shutdown(request, subscription.end):
+                response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+                await response.prepare(request)
+                try:
+                    async for env in subscription:
+                        # Namespaces isolate clients: nobody observes another's events.
+                        if env.namespace != namespace:
+                            continue
+                        line = EventEnvelope(
+                            timestamp=env.timestamp,
+                            namespace=env.namespace,
+                            topic=env.topic,
+                            type=env.type,
+                            event=env.event,
+                        )
+                        await response.write(_encoder.encode(line) + b"\n")
+                except MoorageError as exc:
+                    err = ErrorBody(error=ErrorDetail(code=exc.code, message=exc.message))
+                    await response.write(_encoder.encode(err) + b"\n")
+                return response
 
     return [
         Route("GET", "/v1/version", get_version, "Daemon version.", response=Version),

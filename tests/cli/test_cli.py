@@ -1,0 +1,280 @@
+"""The ``moorage`` command against a real daemon: output formats, exit codes, stderr.
+
+Most tests call ``runtime.cli.main.main(argv)`` in process (fast); the exit-code tests
+run the command as a subprocess, as a shell would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import runtime
+from runtime.cli.main import main
+from tests.fixtures.daemon import Daemon
+
+
+@pytest.fixture(scope="module")
+def cli_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    with Daemon(tmp_path_factory.mktemp("cli")) as daemon:
+        yield daemon
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MOORAGE_ADDRESS", "MOORAGE_NAMESPACE", "MOORAGE_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+class Cli:
+    """``moorage --address <daemon> ...`` in process; returns (exit code, stdout, stderr)."""
+
+    def __init__(self, address: str, capsys: pytest.CaptureFixture[str]) -> None:
+        self.address = address
+        self.capsys = capsys
+
+    def __call__(self, *args: str) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        code = main(["--address", self.address, *args])
+        out = self.capsys.readouterr()
+        return code, out.out, out.err
+
+    def ok(self, *args: str) -> str:
+        code, out, err = self(*args)
+        assert (code, err) == (0, ""), err
+        return out
+
+
+@pytest.fixture
+def cli(cli_daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> Cli:
+    return Cli(cli_daemon.address, capsys)
+
+
+UNREACHABLE = "unix:///tmp/moorage-test-nothing-here.sock"
+
+
+# -- version and plugins ---------------------------------------------------------------
+
+
+def test_cli_version(cli: Cli) -> None:
+    v = runtime.__version__
+    assert cli.ok("version") == f"Client:\n  Version: {v}\nServer:\n  Version: {v}\n"
+
+
+def test_cli_version_json(cli: Cli, cli_daemon: Daemon) -> None:
+    doc = json.loads(cli.ok("version", "--format", "json"))
+    assert doc["client"] == runtime.__version__
+    assert doc["server"]["version"] == runtime.__version__
+    assert cli_daemon.proc is not None and doc["server"]["pid"] == cli_daemon.proc.pid
+
+
+def test_cli_plugins_ls_table(cli: Cli) -> None:
+    lines = cli.ok("plugins", "ls").splitlines()
+    assert lines[0].split() == ["TYPE", "ID", "STATUS", "ORIGIN", "REASON"]
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in lines[1:]}
+    assert rows[("events", "exchange")] == ["ok", "moorage", runtime.__version__]
+    assert rows[("server", "http")] == ["ok", "moorage", runtime.__version__]
+
+
+def test_cli_plugins_ls_json(cli: Cli) -> None:
+    plugins = json.loads(cli.ok("plugins", "ls", "--format", "json"))
+    by_name = {f"{p['type']}.{p['id']}": p for p in plugins}
+    assert by_name["metadata.sqlite"]["status"] == "ok"
+    assert by_name["metadata.sqlite"]["distribution"] == "moorage"
+    assert by_name["api.namespaces"]["requires"] == ["metadata.sqlite"]
+
+
+def test_cli_plugins_ls_quiet_prints_full_names(cli: Cli) -> None:
+    names = cli.ok("plugins", "ls", "-q").splitlines()
+    assert names[0] == "events.exchange"
+    assert {"metadata.sqlite", "api.system", "api.namespaces", "server.http"} <= set(names)
+
+
+def test_cli_plugins_ls_filters(cli: Cli) -> None:
+    assert cli.ok("plugins", "ls", "-q", "type==server") == "server.http\n"
+    assert cli.ok("plugins", "ls", "-q", "type==server", "id==system").splitlines() == [
+        "api.system",
+        "server.http",
+    ]
+
+
+def test_cli_plugins_ls_bad_filter_is_an_error(cli: Cli) -> None:
+    assert cli("plugins", "ls", "type==") == (
+        1,
+        "",
+        "moorage: invalid_argument: invalid filter 'type==': expected a value "
+        '(unquoted, or "quoted") at position 6, found the end\n',
+    )
+
+
+# -- namespaces ------------------------------------------------------------------------
+
+
+def test_cli_namespaces_create_ls_label_rm(cli: Cli) -> None:
+    assert cli.ok("namespaces", "create", "cli-ns", "team=infra", "tier=1") == ""
+    table = cli.ok("namespaces", "ls").splitlines()
+    assert table[0].split() == ["NAME", "LABELS"]
+    assert "cli-ns  team=infra,tier=1" in table
+
+    assert cli.ok("namespaces", "label", "cli-ns", "tier=", "owner=ada") == (
+        "cli-ns  owner=ada,team=infra\n"
+    )
+    listed = json.loads(cli.ok("ns", "ls", "--format", "json"))
+    [info] = [n for n in listed if n["name"] == "cli-ns"]
+    assert info["labels"] == {"owner": "ada", "team": "infra"}
+
+    assert cli.ok("namespaces", "rm", "cli-ns") == "cli-ns\n"
+    assert "cli-ns" not in cli.ok("namespaces", "ls", "-q").splitlines()
+
+
+def test_cli_namespaces_ls_quiet(cli: Cli) -> None:
+    cli.ok("namespaces", "create", "quiet-a")
+    cli.ok("namespaces", "create", "quiet-b")
+    names = cli.ok("namespaces", "ls", "-q").splitlines()
+    assert {"quiet-a", "quiet-b"} <= set(names)
+    assert names == sorted(names)
+
+
+def test_cli_namespaces_rm_reports_each_failure_and_exits_non_zero(cli: Cli) -> None:
+    cli.ok("namespaces", "create", "rm-me")
+    code, out, err = cli("namespaces", "rm", "ghost", "rm-me")
+    assert code == 1
+    assert out == "rm-me\n"
+    assert err == "moorage: not_found: namespace 'ghost' not found\n"
+
+
+def test_cli_namespaces_create_existing_is_an_error(cli: Cli) -> None:
+    cli.ok("namespaces", "create", "dup")
+    assert cli("namespaces", "create", "dup") == (
+        1,
+        "",
+        "moorage: already_exists: namespace 'dup' already exists\n",
+    )
+
+
+def test_cli_bad_label_argument(cli: Cli) -> None:
+    assert cli("namespaces", "create", "lbl", "novalue") == (
+        1,
+        "",
+        "moorage: invalid_argument: label 'novalue': expected KEY=VALUE\n",
+    )
+
+
+def test_cli_namespace_flag_sets_the_header(cli: Cli) -> None:
+    code, out, err = cli("-n", "bad/ns", "namespaces", "ls")
+    assert (code, out) == (1, "")
+    assert err.startswith("moorage: invalid_argument: header Moorage-Namespace: namespace 'bad/ns'")
+
+
+# -- unreachable daemon ----------------------------------------------------------------
+
+
+def test_cli_unreachable_daemon_is_an_error_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--address", UNREACHABLE, "version"]) == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err == (
+        f"moorage: unavailable: cannot reach the moorage daemon at {UNREACHABLE}: "
+        "No such file or directory; is it running? (moorage daemon)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "args", [["version"], ["plugins", "ls"], ["namespaces", "ls"], ["namespaces", "rm", "x"]]
+)
+def test_cli_unreachable_daemon_exits_non_zero(args: list[str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime.cli.main", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+        env={**os.environ, "MOORAGE_ADDRESS": UNREACHABLE},
+    )
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr.startswith(
+        f"moorage: unavailable: cannot reach the moorage daemon at {UNREACHABLE}: "
+    )
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_address_from_the_environment(cli_daemon: Daemon) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime.cli.main", "plugins", "ls", "-q", "type==server"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+        env={**os.environ, "MOORAGE_ADDRESS": cli_daemon.address},
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "server.http\n", "")
+
+
+def test_cli_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["namespaces"])
+    assert info.value.code == 2
+    assert "usage: moorage namespaces" in capsys.readouterr().err
+
+
+def test_cli_config_check_error_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "plugins.toml"
+    path.write_text("version = 3\n")
+    assert main(["config", "check", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f"moorage: invalid_argument: {path}: [top level] key 'version': unsupported version 3, "
+        "this daemon reads version 1\n"
+    )
+
+
+def test_cli_events_follows_until_the_daemon_stops(daemon: Daemon) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "runtime.cli.main",
+        "--address",
+        daemon.address,
+        "-n",
+        "watched",
+        "events",
+        "--format",
+        "json",
+    ]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or ()])
+        reader.start()
+        try:
+            api = daemon.client()
+            # The command subscribes asynchronously: create until its first line shows up.
+            for _ in range(100):
+                api.create_namespace("watched")
+                try:
+                    first = json.loads(lines.get(timeout=0.1))
+                    break
+                except queue.Empty:
+                    api.delete_namespace("watched")
+            else:
+                pytest.fail("moorage events printed nothing")
+            assert first["namespace"] == "watched"
+            assert first["topic"] in ("/namespaces/create", "/namespaces/delete")
+            assert daemon.stop() == 0
+            assert proc.wait(10) == 0
+            assert proc.stderr.read() == ""
+        finally:
+            proc.kill()
+            reader.join(5)
