@@ -8,12 +8,22 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from runtime.cli import config_cmd, content, namespaces, snapshots, system
+from runtime.cli import (
+    config_cmd,
+    containers,
+    content,
+    gc,
+    images,
+    namespaces,
+    run,
+    snapshots,
+    system,
+)
 
 __all__ = ["build_parser", "main"]
 
 #: Command groups in the order ``--help`` lists them; each adds its subparsers.
-GROUPS = (system, namespaces, content, snapshots, config_cmd)
+GROUPS = (system, namespaces, content, snapshots, images, containers, run, gc, config_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,8 @@ from urllib.parse import quote, urlencode
 
 import msgspec
 
+from runtime.client.containers import ContainersMixin
+from runtime.client.images import ImagesMixin
 from runtime.client.transport import Response, request
 from runtime.core.errors import MoorageError, Unauthenticated, Unavailable, from_code
 from runtime.plugins.api.types import (
@@ -36,6 +38,7 @@ from runtime.plugins.api.types import (
     SnapshotUsage,
     Version,
 )
+from runtime.plugins.gc.api import GCReport
 
 __all__ = ["Client", "default_address"]
 
@@ -49,7 +52,7 @@ def default_address() -> str:
     return os.environ.get("MOORAGE_ADDRESS") or f"unix://{DEFAULT_SOCKET}"
 
 
-class Client:
+class Client(ContainersMixin, ImagesMixin):
     """A client of one daemon, in one namespace.
 
     Args:
@@ -321,10 +324,12 @@ class Client:
         size: int | None = None,
         expected: str | None = None,
         labels: Mapping[str, str] | None = None,
+        lease: str | None = None,
     ) -> ContentInfo:
-        """Verify and publish the upload ``ref``."""
+        """Verify and publish the upload ``ref``; ``lease`` holds the new blob."""
         body = CommitRequest(size=size, expected=expected, labels=dict(labels or {}))
-        return self.call("POST", self._ref_path(ref), ContentInfo, body=body)
+        headers = {LEASE_HEADER: lease} if lease else None
+        return self.call("POST", self._ref_path(ref), ContentInfo, body=body, headers=headers)
 
     def abort_ingest(self, ref: str) -> None:
         """Abort the upload ``ref``."""
@@ -351,9 +356,16 @@ class Client:
         body = LeaseCreateRequest(id=lease_id, labels=dict(labels or {}), expire=expire)
         return self.call("POST", "/v1/leases", LeaseInfo, body=body)
 
-    def delete_lease(self, lease_id: str) -> None:
-        """Delete a lease."""
-        self.call("DELETE", f"/v1/leases/{quote(lease_id, safe='')}")
+    def delete_lease(self, lease_id: str, *, sync: bool = False) -> None:
+        """Delete a lease; ``sync`` waits for a garbage collection to free what it held."""
+        self.call("DELETE", f"/v1/leases/{quote(lease_id, safe='')}",
+                  query={"sync": "1"} if sync else None)
+
+    # -- garbage collection -----------------------------------------------------
+
+    def gc(self) -> GCReport:
+        """Run a garbage collection now, in every namespace, and return its figures."""
+        return self.call("POST", "/v1/gc", GCReport)  # type: ignore[no-any-return]
 
     def lease_resources(self, lease_id: str) -> list[LeaseResource]:
         """What a lease holds."""

@@ -9,7 +9,7 @@ from typing import Any
 from runtime.core.errors import InvalidArgument
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, Registration
-from runtime.plugins.api.routes import Route, RouteSet
+from runtime.plugins.api.routes import Middleware, Route, RouteSet
 
 
 async def init_system(ctx: InitContext[Any]) -> RouteSet:
@@ -37,7 +37,17 @@ async def init_leases(ctx: InitContext[Any]) -> RouteSet:
     """Leases over ``metadata.sqlite``."""
     from runtime.plugins.api.leases import lease_routes
 
-    return lease_routes(ctx.get("metadata.sqlite"))
+    # Looked up per request: gc.scheduler is optional and may start after this route set.
+    return lease_routes(
+        ctx.get("metadata.sqlite"), lambda: ctx.plugins.services.get("gc.scheduler")
+    )
+
+
+async def init_gc(ctx: InitContext[Any]) -> RouteSet:
+    """Garbage collection over ``gc.scheduler``."""
+    from runtime.plugins.api.gc import gc_routes
+
+    return gc_routes(ctx.get("gc.scheduler"))
 
 
 async def init_snapshots(ctx: InitContext[Any]) -> RouteSet:
@@ -45,6 +55,35 @@ async def init_snapshots(ctx: InitContext[Any]) -> RouteSet:
     from runtime.plugins.api.snapshots import snapshot_routes
 
     return snapshot_routes(ctx.get("service.snapshots"))
+
+
+async def init_containers(ctx: InitContext[Any]) -> RouteSet:
+    """Containers over ``containers.store``."""
+    from runtime.plugins.api.containers import container_routes
+
+    return container_routes(ctx.get("containers.store"), lambda: ctx.plugins.by_type("runtime"))
+
+
+async def init_tasks(ctx: InitContext[Any]) -> RouteSet:
+    """Tasks over the running ``runtime.*`` plugins."""
+    from runtime.plugins.api.tasks import task_routes
+    from runtime.plugins.runtime.tasks import TaskService
+
+    def snapshots() -> Any:
+        return ctx.plugins.services.get("service.snapshots")
+
+    service = TaskService(ctx.get("containers.store"), ctx.get_by_type("runtime"), snapshots)
+    return task_routes(service)
+
+
+async def init_images(ctx: InitContext[Any]) -> RouteSet:
+    """Images over ``images.store``."""
+    from runtime.plugins.api.images import image_routes
+
+    # Looked up per request, as for leases: gc.scheduler is optional.
+    return image_routes(
+        ctx.get("images.store"), lambda: ctx.plugins.services.get("gc.scheduler")
+    )
 
 
 async def init_server(ctx: InitContext[Any]) -> Any:
@@ -64,10 +103,12 @@ async def init_server(ctx: InitContext[Any]) -> Any:
         if len(token) < 16:
             raise InvalidArgument(f"[api] token_file {api.token_file}: token shorter than 16")
     routes: list[Route] = []
+    middlewares: list[Middleware] = []
     for route_set in ctx.get_by_type("api").values():
         routes.extend(route_set)
+        middlewares.extend(getattr(route_set, "middlewares", ()))
     server = ApiServer(
-        build_app(routes, version=runtime.__version__, token=token),
+        build_app(routes, version=runtime.__version__, token=token, middlewares=middlewares),
         Path(api.address),
         api.tcp_address,
     )
@@ -113,6 +154,34 @@ def moorage_plugins() -> Iterator[Registration]:
         init=init_snapshots,
         requires=("service.snapshots",),
         description="snapshots",
+    )
+    yield Registration(
+        type="api",
+        id="gc",
+        init=init_gc,
+        requires=("gc.scheduler",),
+        description="garbage collection",
+    )
+    yield Registration(
+        type="api",
+        id="images",
+        init=init_images,
+        requires=("images.store",),
+        description="images: pull, push, import, export",
+    )
+    yield Registration(
+        type="api",
+        id="containers",
+        init=init_containers,
+        requires=("containers.store",),
+        description="containers",
+    )
+    yield Registration(
+        type="api",
+        id="tasks",
+        init=init_tasks,
+        requires=("containers.store", "runtime"),
+        description="tasks: lifecycle, exec, logs, attach, metrics",
     )
     yield Registration(
         type="server",

@@ -1,0 +1,377 @@
+"""``moorage containers ...``, ``moorage tasks ...`` and ``moorage logs``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    """Add the containers, tasks and logs commands."""
+    from runtime.cli.main import add_output_flags
+    from runtime.cli.run import add_spec_flags
+
+    c = sub.add_parser("containers", aliases=["c"], help="container records")
+    csub = c.add_subparsers(dest="containers_command", required=True, metavar="COMMAND")
+    p = csub.add_parser("create", help="create a container (no task yet)")
+    add_spec_flags(p)
+    p.add_argument("image")
+    p.add_argument("id")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(handler=containers_create)
+    p = csub.add_parser("ls", aliases=["list"], help="list containers")
+    add_output_flags(p)
+    p.add_argument("filters", nargs="*")
+    p.set_defaults(handler=containers_ls)
+    p = csub.add_parser("info", help="a container as JSON (spec included)")
+    p.add_argument("id")
+    p.set_defaults(handler=containers_info)
+    p = csub.add_parser("rm", aliases=["delete"], help="delete containers")
+    p.add_argument("-f", "--force", action="store_true", help="kill and delete their tasks")
+    p.add_argument("ids", nargs="+")
+    p.set_defaults(handler=containers_rm)
+
+    t = sub.add_parser("tasks", aliases=["t"], help="running containers")
+    tsub = t.add_subparsers(dest="tasks_command", required=True, metavar="COMMAND")
+    p = tsub.add_parser("ls", aliases=["list"], help="list tasks")
+    add_output_flags(p)
+    p.add_argument("filters", nargs="*")
+    p.set_defaults(handler=tasks_ls)
+    p = tsub.add_parser("start", help="create and start a container's task")
+    p.add_argument("-d", "--detach", action="store_true")
+    p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    p.add_argument("id")
+    p.set_defaults(handler=tasks_start)
+    p = tsub.add_parser("kill", help="signal a task")
+    p.add_argument("-s", "--signal", default="SIGTERM")
+    p.add_argument("-a", "--all", action="store_true", help="every process of the task")
+    p.add_argument("--exec-id", default="")
+    p.add_argument("id")
+    p.set_defaults(handler=tasks_kill)
+    p = tsub.add_parser("rm", aliases=["delete"], help="delete stopped tasks")
+    p.add_argument("-f", "--force", action="store_true", help="kill running ones first")
+    p.add_argument("--exec-id", default="")
+    p.add_argument("ids", nargs="+")
+    p.set_defaults(handler=tasks_rm)
+    p = tsub.add_parser("exec", help="run another process in a task")
+    p.add_argument("--exec-id", default="", help="default: random")
+    p.add_argument("-t", "--tty", action="store_true")
+    p.add_argument("-i", "--interactive", action="store_true")
+    p.add_argument("-d", "--detach", action="store_true")
+    p.add_argument("-u", "--user", default="")
+    p.add_argument("-w", "--workdir", default="")
+    p.add_argument("-e", "--env", action="append", default=[])
+    p.add_argument("id")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(handler=tasks_exec)
+    p = tsub.add_parser("ps", help="processes of a task")
+    add_output_flags(p)
+    p.add_argument("id")
+    p.set_defaults(handler=tasks_ps)
+    for name, helptext in (("pause", "freeze tasks"), ("resume", "thaw tasks")):
+        p = tsub.add_parser(name, help=helptext)
+        p.add_argument("ids", nargs="+")
+        p.set_defaults(handler=tasks_pause if name == "pause" else tasks_resume)
+    p = tsub.add_parser("metrics", help="cgroup figures of a task")
+    add_output_flags(p)
+    p.add_argument("id")
+    p.set_defaults(handler=tasks_metrics)
+    p = tsub.add_parser("attach", help="attach to a task's stdio")
+    p.add_argument("--exec-id", default="")
+    p.add_argument("-i", "--interactive", action="store_true", help="forward stdin")
+    p.add_argument("id")
+    p.set_defaults(handler=tasks_attach)
+    p = tsub.add_parser("wait", help="wait for a task to exit; exit with its status")
+    p.add_argument("--exec-id", default="")
+    p.add_argument("id")
+    p.set_defaults(handler=tasks_wait)
+
+    p = sub.add_parser("logs", help="output of a task")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("--exec-id", default="")
+    p.add_argument("id")
+    p.set_defaults(handler=logs)
+
+
+def _age(when: Any) -> str:
+    return when.strftime("%Y-%m-%d %H:%M:%S") if when else ""
+
+
+# -- containers ----------------------------------------------------------------------
+
+
+def containers_create(args: argparse.Namespace) -> int:
+    """Create a container record from an image (or ``--rootfs``)."""
+    from runtime.cli.main import client
+    from runtime.cli.namespaces import parse_labels
+    from runtime.cli.run import prepare_rootfs, spec_options_from
+
+    api = client(args)
+    spec_options = spec_options_from(args, list(args.command))
+    prepared = None if args.rootfs else prepare_rootfs(api, args.image, args.id,
+                                                        args.snapshotter)
+    try:
+        container = api.create_container(
+            args.id, image=args.image, runtime=args.runtime, spec_options=spec_options,
+            image_config=prepared.config if prepared else None,
+            snapshotter=prepared.snapshotter if prepared else "",
+            snapshot_key=prepared.key if prepared else "", labels=parse_labels(args.label))
+    finally:
+        if prepared is not None:
+            prepared.release(api)
+    if args.rootfs:
+        # The runtime bind-mounts an absolute root.path when no snapshot is given.
+        import os
+
+        container.spec["root"]["path"] = os.path.abspath(args.rootfs)
+        api.update_container(args.id, spec=container.spec)
+    print(container.id)
+    return 0
+
+
+def containers_ls(args: argparse.Namespace) -> int:
+    """List containers."""
+    from runtime.cli.main import client
+    from runtime.cli.output import emit
+
+    emit(args, client(args).containers(args.filters),
+         headers=("ID", "IMAGE", "RUNTIME", "CREATED"),
+         row=lambda c: (c.id, c.image, c.runtime.name, _age(c.created_at)),
+         ident=lambda c: c.id)
+    return 0
+
+
+def containers_info(args: argparse.Namespace) -> int:
+    """Print one container as JSON."""
+    import msgspec
+
+    from runtime.cli.main import client
+
+    sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(
+        client(args).container(args.id))) + b"\n")
+    return 0
+
+
+def containers_rm(args: argparse.Namespace) -> int:
+    """Delete containers (with ``-f``, their tasks first)."""
+    from runtime.cli.main import client
+    from runtime.cli.run import _delete_task
+    from runtime.core.errors import MoorageError, NotFound
+
+    api, failed = client(args), False
+    for container_id in args.ids:
+        try:
+            if args.force:
+                with contextlib.suppress(NotFound):
+                    _delete_task(api, container_id)
+            api.delete_container(container_id)
+            print(container_id)
+        except MoorageError as exc:
+            print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
+
+
+# -- tasks -------------------------------------------------------------------------
+
+
+def tasks_ls(args: argparse.Namespace) -> int:
+    """List tasks."""
+    from runtime.cli.main import client
+    from runtime.cli.output import emit
+
+    emit(args, client(args).tasks(args.filters),
+         headers=("TASK", "PID", "STATUS", "EXIT", "RUNTIME"),
+         row=lambda t: (t.container_id, t.pid, t.status,
+                        "" if t.exit_status is None else t.exit_status, t.runtime),
+         ident=lambda t: t.container_id)
+    return 0
+
+
+def tasks_start(args: argparse.Namespace) -> int:
+    """Create a container's task and start it (attached unless ``-d``)."""
+    from runtime.cli.main import client
+    from runtime.cli.run import RunOptions, _attached
+
+    api = client(args)
+    container = api.container(args.id)
+    terminal = bool(container.spec.get("process", {}).get("terminal", False))
+    api.create_task(args.id, stdin=args.interactive)
+    if args.detach:
+        api.start_task(args.id)
+        return 0
+    return _attached(api, args.id, RunOptions(tty=terminal, interactive=args.interactive))
+
+
+def tasks_kill(args: argparse.Namespace) -> int:
+    """Signal a task or exec."""
+    from runtime.cli.main import client
+
+    client(args).kill_task(args.id, args.signal, all=args.all, exec_id=args.exec_id)
+    return 0
+
+
+def tasks_rm(args: argparse.Namespace) -> int:
+    """Delete tasks (``-f``: kill first) or an exec."""
+    from runtime.cli.main import client
+    from runtime.cli.run import _delete_task
+    from runtime.core.errors import MoorageError
+
+    api, failed = client(args), False
+    for task_id in args.ids:
+        try:
+            if args.exec_id:
+                api.delete_task(task_id, args.exec_id)
+            elif args.force:
+                _delete_task(api, task_id)
+            else:
+                api.delete_task(task_id)
+            print(task_id)
+        except MoorageError as exc:
+            print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
+
+
+def tasks_exec(args: argparse.Namespace) -> int:
+    """Run a command in a task; exit with its status (126/127 if it cannot run)."""
+    import os
+    import secrets
+
+    from runtime.cli.main import client
+    from runtime.cli.run import EXIT_MOORAGE_FAILED, exit_code_for
+    from runtime.cli.terminal import relay
+    from runtime.core.errors import MoorageError
+
+    if not args.command:
+        print("moorage: tasks exec needs a command", file=sys.stderr)
+        return EXIT_MOORAGE_FAILED
+    api = client(args)
+    exec_id = args.exec_id or f"exec-{secrets.token_hex(4)}"
+    try:
+        api.exec_task(args.id, exec_id, args.command, env=args.env, cwd=args.workdir,
+                      user=args.user, terminal=args.tty, stdin=args.interactive)
+        if args.detach:
+            api.start_task(args.id, exec_id)
+            print(exec_id)
+            return 0
+        attachment = api.attach_task(args.id, exec_id, stdin=args.interactive, start=True)
+    except MoorageError as exc:
+        print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)
+        _drop_exec(api, args.id, exec_id)
+        return exit_code_for(exc)
+    try:
+        status = relay(attachment, stdin=args.interactive,
+                       tty_mode=args.tty and os.isatty(sys.stdin.fileno()),
+                       on_signal=lambda signum: api.kill_task(args.id, signum, exec_id=exec_id))
+    except MoorageError as exc:
+        # The start itself failed (reported on the attach stream): not found, not executable.
+        print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)
+        _drop_exec(api, args.id, exec_id)
+        return exit_code_for(exc)
+    finally:
+        attachment.close()
+    if status is None:
+        status = api.wait_task(args.id, exec_id).exit_status
+    _drop_exec(api, args.id, exec_id)
+    return int(status)
+
+
+def _drop_exec(api: Any, task_id: str, exec_id: str) -> None:
+    from runtime.core.errors import MoorageError
+
+    with contextlib.suppress(MoorageError):
+        api.delete_task(task_id, exec_id)
+
+
+def tasks_ps(args: argparse.Namespace) -> int:
+    """Processes of a task."""
+    from runtime.cli.main import client
+    from runtime.cli.output import emit
+
+    emit(args, client(args).task_pids(args.id), headers=("PID", "EXEC"),
+         row=lambda p: (p.pid, p.exec_id), ident=lambda p: str(p.pid))
+    return 0
+
+
+def tasks_pause(args: argparse.Namespace) -> int:
+    """Freeze tasks."""
+    from runtime.cli.main import client
+
+    api = client(args)
+    for task_id in args.ids:
+        api.pause_task(task_id)
+    return 0
+
+
+def tasks_resume(args: argparse.Namespace) -> int:
+    """Thaw tasks."""
+    from runtime.cli.main import client
+
+    api = client(args)
+    for task_id in args.ids:
+        api.resume_task(task_id)
+    return 0
+
+
+def tasks_metrics(args: argparse.Namespace) -> int:
+    """CPU, memory and pids of a task."""
+    from runtime.cli.main import client
+    from runtime.cli.output import emit
+
+    def limit(value: int | None) -> str:
+        return "max" if value is None else str(value)
+
+    emit(args, client(args).task_metrics(args.id),
+         headers=("TASK", "CGROUP", "CPU_USEC", "MEMORY", "MEMORY_LIMIT", "PIDS", "OOM_KILLS"),
+         row=lambda m: (m.container_id, m.cgroup, m.cpu_usage_usec, m.memory_usage_bytes,
+                        limit(m.memory_limit_bytes), m.pids_current, m.oom_kills),
+         ident=lambda m: m.container_id)
+    return 0
+
+
+def tasks_attach(args: argparse.Namespace) -> int:
+    """Attach to a running process; exit with its status when it ends."""
+    import os
+
+    from runtime.cli.main import client
+    from runtime.cli.terminal import relay
+
+    api = client(args)
+    state = api.task(args.id)
+    terminal = state.terminal if not args.exec_id else next(
+        (e.terminal for e in state.execs if e.id == args.exec_id), False)
+    attachment = api.attach_task(args.id, args.exec_id, stdin=args.interactive)
+    try:
+        status = relay(attachment, stdin=args.interactive,
+                       tty_mode=terminal and os.isatty(sys.stdin.fileno()))
+    finally:
+        attachment.close()
+    return 0 if status is None else int(status)
+
+
+def tasks_wait(args: argparse.Namespace) -> int:
+    """Block until the process exits; exit with its status."""
+    from runtime.cli.main import client
+
+    result = client(args).wait_task(args.id, args.exec_id)
+    print(json.dumps({"exit_status": result.exit_status,
+                      "exited_at": result.exited_at.isoformat() if result.exited_at else None}))
+    return int(result.exit_status)
+
+
+def logs(args: argparse.Namespace) -> int:
+    """Print a task's output to stdout and stderr as it was written."""
+    from runtime.cli.main import client
+
+    out, err = sys.stdout, sys.stderr
+    for entry in client(args).task_logs(args.id, args.exec_id, follow=args.follow):
+        stream = err if entry.stream == "stderr" else out
+        stream.write(entry.data)
+        stream.flush()
+    return 0

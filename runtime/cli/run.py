@@ -1,0 +1,327 @@
+"""``moorage run``: create a container from an image (or a directory) and run it.
+
+:func:`run_container` is the whole flow, usable without argparse::
+
+    code = run_container(client, "busybox", ["sh", "-c", "exit 7"], RunOptions(remove=True))
+
+Exit codes follow Docker: the container's own, 125 when Moorage itself
+failed, 126 when the command cannot be executed, 127 when it is not found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "EXIT_CANNOT_EXECUTE",
+    "EXIT_MOORAGE_FAILED",
+    "EXIT_NOT_FOUND",
+    "PreparedRootfs",
+    "RunOptions",
+    "add_spec_flags",
+    "exit_code_for",
+    "prepare_rootfs",
+    "register",
+    "run_container",
+    "spec_options_from",
+]
+
+EXIT_MOORAGE_FAILED = 125
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+
+_NOT_FOUND = ("executable file not found", "no such file or directory")
+_CANNOT_EXECUTE = ("permission denied", "exec format error", "is a directory")
+
+
+@dataclass
+class RunOptions:
+    """What ``moorage run`` was asked (see its ``--help``)."""
+
+    name: str = ""
+    remove: bool = False
+    detach: bool = False
+    tty: bool = False
+    interactive: bool = False
+    runtime: str = "runc"
+    snapshotter: str = ""
+    rootfs: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    spec: Any = None  # SpecOptions without args; filled by run_container
+
+
+def parse_size(text: str) -> int:
+    """``64m``, ``1g``, ``512k`` or bytes into bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower().removesuffix("b")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def parse_mount(text: str) -> Any:
+    """``type=bind,src=/a,dst=/b,options=ro:rbind`` into a SpecMount."""
+    from runtime.core.errors import InvalidArgument
+    from runtime.plugins.runtime.api import SpecMount
+
+    fields: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep:
+            if key in ("ro", "readonly"):
+                fields["options"] = ":".join(filter(None, [fields.get("options", ""), "ro"]))
+                continue
+            raise InvalidArgument(f"--mount {text!r}: expected key=value pairs")
+        fields[key.strip()] = value.strip()
+    source = fields.get("src") or fields.get("source") or ""
+    dest = fields.get("dst") or fields.get("destination") or fields.get("target") or ""
+    if not dest:
+        raise InvalidArgument(f"--mount {text!r}: dst= is required")
+    options = [o for o in fields.get("options", "").split(":") if o]
+    return SpecMount(destination=dest, source=os.path.abspath(source) if source else "",
+                     type=fields.get("type", "bind"), options=options)
+
+
+def add_spec_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by ``run`` and ``containers create``."""
+    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-u", "--user", default="", help="uid[:gid] or name[:group]")
+    p.add_argument("-w", "--workdir", default="", help="working directory in the container")
+    p.add_argument("--entrypoint", default=None, help="replace the image's entrypoint")
+    p.add_argument("--hostname", default="")
+    p.add_argument("--mount", action="append", default=[],
+                   metavar="type=bind,src=PATH,dst=PATH[,options=ro:rbind]")
+    p.add_argument("--read-only", action="store_true", help="read-only root filesystem")
+    p.add_argument("--privileged", action="store_true")
+    p.add_argument("--cpus", type=float, default=0.0, help="CPU quota, e.g. 1.5")
+    p.add_argument("--memory", "-m", default="", help="memory limit, e.g. 64m")
+    p.add_argument("--pids-limit", type=int, default=0)
+    p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
+    p.add_argument("--runtime", default="runc", help="runtime plugin (runc, crun)")
+    p.add_argument("--snapshotter", default="", help="snapshotter for the image's rootfs")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    # Runs a plain directory instead of an image; for tests and image-less hosts.
+    p.add_argument("--rootfs", default="", help=argparse.SUPPRESS)
+
+
+def spec_options_from(args: argparse.Namespace, command: list[str]) -> Any:
+    """The SpecOptions the flags describe (``command`` empty keeps the image's)."""
+    from runtime.plugins.runtime.api import SpecOptions
+
+    return SpecOptions(
+        args=command or None,
+        entrypoint=[args.entrypoint] if args.entrypoint is not None else None,
+        env=list(args.env), cwd=args.workdir, user=args.user, hostname=args.hostname,
+        mounts=[parse_mount(m) for m in args.mount], readonly_rootfs=args.read_only,
+        privileged=args.privileged, terminal=args.tty, cpus=args.cpus,
+        memory=parse_size(args.memory) if args.memory else 0, pids_limit=args.pids_limit,
+    )  # fmt: skip
+
+
+def register(sub: Any) -> None:
+    """Add ``run``."""
+    p = sub.add_parser("run", help="run a command in a new container")
+    add_spec_flags(p)
+    p.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    p.add_argument("-d", "--detach", action="store_true", help="print the id and return")
+    p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    p.add_argument("--name", default="", help="container id (default: random)")
+    p.add_argument("image")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(handler=run)
+
+
+def exit_code_for(error: Exception) -> int:
+    """126/127 for a command that cannot run, else 125 (Moorage failed)."""
+    message = str(getattr(error, "message", error)).lower()
+    if any(s in message for s in _NOT_FOUND):
+        return EXIT_NOT_FOUND
+    if any(s in message for s in _CANNOT_EXECUTE):
+        return EXIT_CANNOT_EXECUTE
+    return EXIT_MOORAGE_FAILED
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``moorage run``."""
+    from runtime.cli.main import client
+    from runtime.cli.namespaces import parse_labels
+    from runtime.core.errors import InvalidArgument, MoorageError
+
+    try:
+        if args.rm and args.detach:
+            # Nobody would be left to remove it when it exits.
+            raise InvalidArgument("--rm and --detach cannot be combined")
+        options = RunOptions(
+            name=args.name, remove=args.rm, detach=args.detach, tty=args.tty,
+            interactive=args.interactive, runtime=args.runtime, snapshotter=args.snapshotter,
+            rootfs=args.rootfs, labels=parse_labels(args.label),
+            spec=spec_options_from(args, []),
+        )  # fmt: skip
+        return run_container(client(args), args.image, list(args.command), options)
+    except MoorageError as exc:
+        print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)
+        return exit_code_for(exc)
+
+
+@dataclass
+class PreparedRootfs:
+    """Where a new container's root filesystem comes from.
+
+    Attributes:
+        config: The image's run config (``None`` for a plain directory).
+        mounts: The mounts to hand to task create.
+        snapshotter: The snapshotter holding the container's snapshot, or ``""``.
+        key: The snapshot's key (the container id), or ``""``.
+        lease: A lease protecting the snapshot until the container refers to it.
+    """
+
+    config: Any
+    mounts: list[Any]
+    snapshotter: str = ""
+    key: str = ""
+    lease: str = ""
+
+    def release(self, api: Any) -> None:
+        """Drop the lease once the container record holds the snapshot (or on failure)."""
+        from runtime.core.errors import MoorageError
+
+        if self.lease:
+            with contextlib.suppress(MoorageError):
+                api.delete_lease(self.lease)
+            self.lease = ""
+
+
+def prepare_rootfs(api: Any, image: str, key: str, snapshotter: str = "") -> PreparedRootfs:
+    """Unpack ``image`` if needed and prepare the active snapshot ``key`` on it.
+
+    The snapshot is prepared under a short lease: until the container record
+    refers to it, only the lease keeps the garbage collector away, and it
+    expires by itself if this client dies first.
+    """
+    import msgspec
+
+    from runtime.plugins.runtime.api import ImageConfig
+    from runtime.plugins.snapshots.api import Mount
+
+    prepared = api.image_rootfs(image, snapshotter)
+    config = msgspec.convert(prepared.config or {}, ImageConfig)
+    lease = api.create_lease(labels={"moorage/operation": "run"}, expire=300).id
+    try:
+        mounts = api.prepare_snapshot(prepared.snapshotter, key, prepared.chain_id, lease=lease)
+    except BaseException:
+        PreparedRootfs(None, [], lease=lease).release(api)
+        raise
+    rootfs = [Mount(type=m.type, source=m.source, target=m.target, options=list(m.options))
+              for m in mounts]
+    return PreparedRootfs(config, rootfs, prepared.snapshotter, key, lease)
+
+
+def _rootfs_of(api: Any, image: str, container_id: str, options: RunOptions) -> PreparedRootfs:
+    from runtime.plugins.snapshots.api import Mount
+
+    if options.rootfs:
+        path = os.path.abspath(options.rootfs)
+        return PreparedRootfs(None, [Mount(type="bind", source=path, options=["rbind", "rw"])])
+    return prepare_rootfs(api, image, container_id, options.snapshotter)
+
+
+def run_container(api: Any, image: str, command: list[str], options: RunOptions) -> int:
+    """Create, start and (unless detached) follow a container; return its exit code.
+
+    Args:
+        api: A :class:`runtime.client.Client`.
+        image: Image reference (ignored for the spec with ``options.rootfs``).
+        command: Replaces the image's ``Cmd`` when not empty.
+        options: Everything else.
+
+    Raises:
+        MoorageError: Moorage failed (the caller maps it with :func:`exit_code_for`).
+    """
+    import msgspec
+
+    container_id = options.name or secrets.token_hex(6)
+    spec = msgspec.structs.replace(options.spec, args=command or None, terminal=options.tty)
+    created: list[str] = []
+    rootfs: PreparedRootfs | None = None
+    try:
+        rootfs = _rootfs_of(api, image, container_id, options)
+        api.create_container(container_id, image=image, runtime=options.runtime,
+                             spec_options=spec, image_config=rootfs.config,
+                             snapshotter=rootfs.snapshotter, snapshot_key=rootfs.key,
+                             labels=options.labels)
+        created.append("container")
+        rootfs.release(api)
+        api.create_task(container_id, rootfs=rootfs.mounts, stdin=options.interactive)
+        created.append("task")
+        if options.detach:
+            api.start_task(container_id)
+            print(container_id)
+            return 0
+        code = _attached(api, container_id, options)
+    except BaseException:
+        if options.remove or "container" not in created:
+            _cleanup(api, container_id, created, rootfs)
+        if rootfs is not None:
+            rootfs.release(api)
+        raise
+    if options.remove:
+        _cleanup(api, container_id, created, rootfs)
+    return code
+
+
+def _attached(api: Any, container_id: str, options: RunOptions) -> int:
+    from runtime.cli.terminal import relay
+
+    attachment = api.attach_task(container_id, stdin=options.interactive, start=True)
+
+    def forward(signum: int) -> None:
+        # Outside a terminal, Ctrl-C and SIGTERM are meant for the container.
+        api.kill_task(container_id, signum)
+
+    try:
+        status = relay(attachment, stdin=options.interactive,
+                       tty_mode=options.tty and os.isatty(sys.stdin.fileno()),
+                       on_signal=forward)
+    finally:
+        attachment.close()
+    if status is None:
+        status = api.wait_task(container_id).exit_status
+    return int(status)
+
+
+def _cleanup(api: Any, container_id: str, created: list[str],
+             rootfs: PreparedRootfs | None) -> None:
+    """Remove what :func:`run_container` made, best effort, reporting failures."""
+    from runtime.core.errors import MoorageError
+
+    steps: list[tuple[str, Any]] = []
+    if "task" in created:
+        steps.append(("task", lambda: _delete_task(api, container_id)))
+    if "container" in created:
+        steps.append(("container", lambda: api.delete_container(container_id)))
+    if rootfs is not None and rootfs.snapshotter:
+        steps.append(("snapshot", lambda: api.remove_snapshot(rootfs.snapshotter, rootfs.key)))
+    for what, step in steps:
+        try:
+            step()
+        except MoorageError as exc:
+            if exc.code != "not_found":
+                print(f"moorage: cannot remove {what} {container_id}: {exc.message}",
+                      file=sys.stderr)
+
+
+def _delete_task(api: Any, container_id: str) -> None:
+    from runtime.core.errors import NotFound
+
+    state = api.task(container_id)
+    if state.status in ("running", "paused"):
+        with contextlib.suppress(NotFound):
+            api.kill_task(container_id, "KILL", all=True)
+        api.wait_task(container_id)
+    api.delete_task(container_id)

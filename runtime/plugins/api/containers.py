@@ -1,0 +1,77 @@
+"""Route set ``api.containers``: ``/v1/containers`` create, get, list, update and delete."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from runtime.core.errors import FailedPrecondition
+from runtime.core.identifiers import validate_identifier
+from runtime.plugins.api.routes import Query, Route, RouteSet, decode_body, namespace_of
+from runtime.plugins.containers.api import (
+    Container,
+    ContainerCreateRequest,
+    ContainerStore,
+    ContainerUpdateRequest,
+)
+
+__all__ = ["container_routes"]
+
+
+def container_routes(store: ContainerStore, runtimes: Callable[[], dict[str, Any]]) -> RouteSet:
+    """Routes over the container store; ``runtimes()`` gives the running runtimes by id."""
+
+    async def list_(request: web.Request) -> list[Container]:
+        return await store.list(namespace_of(request), request.query.getall("filter", []))
+
+    async def get(request: web.Request) -> Container:
+        return await store.get(namespace_of(request), request.match_info["id"])
+
+    async def create(request: web.Request) -> Container:
+        body = await decode_body(request, ContainerCreateRequest)
+        ns = namespace_of(request)
+        validate_identifier(body.id, "container id")
+        spec = body.spec
+        if spec is None:
+            # The spec module is pure data manipulation: no runtime needs to run for it.
+            from runtime.plugins.runtime.runc.spec import generate_spec
+
+            spec = generate_spec(ns, body.id, body.image_config, body.spec_options)
+        container = Container(
+            id=body.id, image=body.image, runtime=body.runtime, spec=spec,
+            snapshotter=body.snapshotter, snapshot_key=body.snapshot_key, labels=body.labels,
+            extensions=body.extensions,
+        )  # fmt: skip
+        return await store.create(ns, container)
+
+    async def update(request: web.Request) -> Container:
+        body = await decode_body(request, ContainerUpdateRequest)
+        return await store.update(
+            namespace_of(request), request.match_info["id"], labels=body.labels,
+            spec=body.spec, image=body.image, snapshot_key=body.snapshot_key,
+            extensions=body.extensions,
+        )  # fmt: skip
+
+    async def delete(request: web.Request) -> None:
+        ns, container_id = namespace_of(request), request.match_info["id"]
+        for runtime in runtimes().values():
+            if runtime.has(ns, container_id):
+                raise FailedPrecondition(
+                    f"container {container_id!r} still has a task; delete the task first")
+        await store.delete(ns, container_id)
+
+    one = "/v1/containers/{id}"
+    return [
+        Route("GET", "/v1/containers", list_, "List containers.", response=list[Container],
+              query=(Query("filter", "filter (id, image, runtime.name, snapshotter, "
+                                     "snapshot_key, labels.<k>); repeat to OR", True),)),
+        Route("POST", "/v1/containers", create,
+              "Create a container; the spec is generated unless given.",
+              body=ContainerCreateRequest, response=Container, status=201),
+        Route("GET", one, get, "One container.", response=Container),
+        Route("PATCH", one, update, "Update labels, spec, image, snapshot key or extensions.",
+              body=ContainerUpdateRequest, response=Container),
+        Route("DELETE", one, delete, "Delete a container without a task."),
+    ]

@@ -1,0 +1,165 @@
+"""Route set ``api.tasks``: ``/v1/tasks`` lifecycle, processes, metrics (I/O in :mod:`.task_io`).
+
+Every call that names a process takes ``exec_id`` (body field or query
+parameter); empty means the task's init process.
+"""
+
+from __future__ import annotations
+
+import signal as signals
+from typing import Any
+
+from aiohttp import web
+
+from runtime.core.errors import InvalidArgument
+from runtime.core.filters import adapt, parse
+from runtime.plugins.api.routes import Query, Route, RouteSet, decode_body, namespace_of
+from runtime.plugins.api.task_io import io_routes
+from runtime.plugins.runtime.api import (
+    CreateTaskRequest,
+    ExecRequest,
+    ExitStatus,
+    KillRequest,
+    ProcessInfo,
+    ProcessRequest,
+    ProcessState,
+    ResizeRequest,
+    TaskMetrics,
+    TaskState,
+    UpdateTaskRequest,
+)
+from runtime.plugins.runtime.tasks import TaskService
+
+__all__ = ["parse_signal", "task_routes"]
+
+_EXEC = Query("exec_id", "exec process; empty for the init process")
+
+
+def parse_signal(value: int | str) -> int:
+    """A signal number from ``9``, ``"9"``, ``"KILL"`` or ``"SIGKILL"``."""
+    if isinstance(value, int) or value.isdigit():
+        number = int(value)
+        if not 0 < number < signals.NSIG:
+            raise InvalidArgument(f"signal {number} is out of range")
+        return number
+    name = value.upper()
+    name = name if name.startswith("SIG") else "SIG" + name
+    try:
+        return int(signals.Signals[name])
+    except KeyError:
+        raise InvalidArgument(f"unknown signal {value!r}") from None
+
+
+def _task_fields(task: TaskState) -> dict[str, Any]:
+    return {"container_id": task.container_id, "id": task.container_id, "pid": task.pid,
+            "status": str(task.status), "runtime": task.runtime}
+
+
+def task_routes(service: TaskService) -> RouteSet:
+    """Routes over the task service."""
+
+    def ids(request: web.Request) -> tuple[str, str]:
+        return namespace_of(request), request.match_info["id"]
+
+    async def list_(request: web.Request) -> list[TaskState]:
+        parsed = parse(request.query.getall("filter", []))
+        found = await service.list(namespace_of(request))
+        return [t for t in found if parsed.match(adapt(_task_fields(t)))]
+
+    async def create(request: web.Request) -> TaskState:
+        body = await decode_body(request, CreateTaskRequest)
+        return await service.create(namespace_of(request), body)
+
+    async def get(request: web.Request) -> TaskState:
+        ns, task_id = ids(request)
+        return await service.find(ns, task_id).state(ns, task_id)
+
+    async def delete(request: web.Request) -> ExitStatus:
+        ns, task_id = ids(request)
+        return await service.find(ns, task_id).delete(ns, task_id,
+                                                      request.query.get("exec_id", ""))
+
+    async def start(request: web.Request) -> ProcessState:
+        ns, task_id = ids(request)
+        body = await decode_body(request, ProcessRequest)
+        return await service.find(ns, task_id).start(ns, task_id, body.exec_id)
+
+    async def kill(request: web.Request) -> None:
+        ns, task_id = ids(request)
+        body = await decode_body(request, KillRequest)
+        await service.find(ns, task_id).kill(ns, task_id, parse_signal(body.signal),
+                                             all=body.all, exec_id=body.exec_id)
+
+    async def pause(request: web.Request) -> None:
+        ns, task_id = ids(request)
+        await service.find(ns, task_id).pause(ns, task_id)
+
+    async def resume(request: web.Request) -> None:
+        ns, task_id = ids(request)
+        await service.find(ns, task_id).resume(ns, task_id)
+
+    async def pids(request: web.Request) -> list[ProcessInfo]:
+        ns, task_id = ids(request)
+        return await service.find(ns, task_id).pids(ns, task_id)
+
+    async def wait(request: web.Request) -> ExitStatus:
+        ns, task_id = ids(request)
+        return await service.find(ns, task_id).wait(ns, task_id,
+                                                    request.query.get("exec_id", ""))
+
+    async def exec_(request: web.Request) -> ProcessState:
+        ns, task_id = ids(request)
+        body = await decode_body(request, ExecRequest)
+        return await service.find(ns, task_id).exec(ns, task_id, body)
+
+    async def resize(request: web.Request) -> None:
+        ns, task_id = ids(request)
+        body = await decode_body(request, ResizeRequest)
+        await service.find(ns, task_id).resize(ns, task_id, body.width, body.height,
+                                               body.exec_id)
+
+    async def close_stdin(request: web.Request) -> None:
+        ns, task_id = ids(request)
+        body = await decode_body(request, ProcessRequest)
+        await service.find(ns, task_id).close_stdin(ns, task_id, body.exec_id)
+
+    async def update(request: web.Request) -> None:
+        ns, task_id = ids(request)
+        body = await decode_body(request, UpdateTaskRequest)
+        await service.find(ns, task_id).update(ns, task_id, body.resources)
+
+    async def metrics(request: web.Request) -> TaskMetrics:
+        ns, task_id = ids(request)
+        return await service.find(ns, task_id).metrics(ns, task_id)
+
+    one = "/v1/tasks/{id}"
+    return [
+        Route("GET", "/v1/tasks", list_, "List tasks.", response=list[TaskState],
+              query=(Query("filter", "filter (id, container_id, pid, status, runtime)", True),)),
+        Route("POST", "/v1/tasks", create, "Create the task of a container (not started).",
+              body=CreateTaskRequest, response=TaskState, status=201),
+        Route("GET", one, get, "One task with its execs.", response=TaskState),
+        Route("DELETE", one, delete,
+              "Delete a stopped or never started task (or, with exec_id, an exec).",
+              response=ExitStatus, query=(_EXEC,)),
+        Route("POST", one + "/start", start, "Start the init process or an exec.",
+              body=ProcessRequest, response=ProcessState),
+        Route("POST", one + "/kill", kill, "Send a signal.", body=KillRequest),
+        Route("POST", one + "/pause", pause, "Freeze the task."),
+        Route("POST", one + "/resume", resume, "Thaw the task."),
+        Route("GET", one + "/pids", pids, "Processes of the task.",
+              response=list[ProcessInfo]),
+        Route("GET", one + "/wait", wait, "Block until the process exits (long poll).",
+              response=ExitStatus, query=(_EXEC,)),
+        Route("POST", one + "/exec", exec_, "Add an exec process (start it separately).",
+              body=ExecRequest, response=ProcessState, status=201),
+        Route("POST", one + "/resize", resize, "Resize a process's terminal.",
+              body=ResizeRequest),
+        Route("POST", one + "/close-stdin", close_stdin, "Close a process's stdin.",
+              body=ProcessRequest),
+        Route("POST", one + "/update", update, "Change the task's resource limits.",
+              body=UpdateTaskRequest),
+        Route("GET", one + "/metrics", metrics, "CPU, memory and pids of the task's cgroup.",
+              response=TaskMetrics),
+        *io_routes(service),
+    ]

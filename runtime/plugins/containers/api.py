@@ -1,0 +1,154 @@
+"""The container store's contract: the record, its events and the service protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Protocol
+
+import msgspec
+
+from runtime.plugins.runtime.api import ImageConfig, SpecOptions
+
+__all__ = [
+    "Container",
+    "ContainerCreate",
+    "ContainerCreateRequest",
+    "ContainerDelete",
+    "ContainerStore",
+    "ContainerUpdate",
+    "ContainerUpdateRequest",
+    "RuntimeInfo",
+]
+
+
+class RuntimeInfo(msgspec.Struct, kw_only=True):
+    """Which runtime runs the container's task, and how.
+
+    Attributes:
+        name: A runtime plugin (``runc``, ``crun``, ``runtime.runc``) or
+            containerd's ``io.containerd.runc.v2``.
+        options: Runtime-specific options, kept as given.
+    """
+
+    name: str = "runc"
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Container(msgspec.Struct, kw_only=True):
+    """A container record, as containerd defines it.
+
+    Attributes:
+        id: Unique within the namespace (identifier rules).
+        image: The image reference it was made from (free text, may be empty).
+        runtime: The runtime that runs its task.
+        spec: The OCI runtime spec (``config.json``) as a JSON object.
+        snapshotter: The snapshotter holding its root filesystem, or ``""``.
+        snapshot_key: The active snapshot's key, or ``""``.
+        labels: Free-form labels.
+        extensions: Free-form typed data other components attach.
+        created_at: Creation time (UTC).
+        updated_at: Last update time (UTC).
+    """
+
+    id: str
+    image: str = ""
+    runtime: RuntimeInfo = msgspec.field(default_factory=RuntimeInfo)
+    spec: dict[str, Any] = msgspec.field(default_factory=dict)
+    snapshotter: str = ""
+    snapshot_key: str = ""
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    extensions: dict[str, Any] = msgspec.field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class ContainerCreateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/containers``.
+
+    Give ``spec`` to store it as is; otherwise the daemon generates one from
+    its defaults, ``image_config`` (the image's ``config`` object) and
+    ``spec_options``.
+    """
+
+    id: str
+    image: str = ""
+    runtime: RuntimeInfo = msgspec.field(default_factory=RuntimeInfo)
+    spec: dict[str, Any] | None = None
+    spec_options: SpecOptions | None = None
+    image_config: ImageConfig | None = None
+    snapshotter: str = ""
+    snapshot_key: str = ""
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    extensions: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ContainerUpdateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``PATCH /v1/containers/{id}``: fields left out (``null``) stay as they are.
+
+    ``labels`` and ``extensions`` merge into the current ones; an empty label
+    value (or a ``null`` extension) removes that entry.
+    """
+
+    labels: dict[str, str] | None = None
+    spec: dict[str, Any] | None = None
+    image: str | None = None
+    snapshot_key: str | None = None
+    extensions: dict[str, Any] | None = None
+
+
+class ContainerCreate(msgspec.Struct, kw_only=True):
+    """Event ``/containers/create``."""
+
+    id: str
+    image: str = ""
+    runtime: RuntimeInfo = msgspec.field(default_factory=RuntimeInfo)
+
+
+class ContainerUpdate(msgspec.Struct, kw_only=True):
+    """Event ``/containers/update``."""
+
+    id: str
+    image: str = ""
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    snapshot_key: str = ""
+
+
+class ContainerDelete(msgspec.Struct, kw_only=True):
+    """Event ``/containers/delete``."""
+
+    id: str
+
+
+class ContainerStore(Protocol):
+    """What ``containers.store`` provides to other plugins."""
+
+    async def create(self, namespace: str, container: Container) -> Container:
+        """Store a new record; AlreadyExists if the id is taken."""
+        ...
+
+    async def get(self, namespace: str, id: str) -> Container:
+        """One record; NotFound if absent."""
+        ...
+
+    async def list(self, namespace: str, filters: list[str] | None = None) -> list[Container]:
+        """Records matching any of ``filters`` (none: all), sorted by id."""
+        ...
+
+    async def update(
+        self,
+        namespace: str,
+        id: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        spec: dict[str, Any] | None = None,
+        image: str | None = None,
+        snapshot_key: str | None = None,
+        extensions: Mapping[str, Any] | None = None,
+    ) -> Container:
+        """Change the mutable fields given; labels merge (an empty value removes one)."""
+        ...
+
+    async def delete(self, namespace: str, id: str) -> None:
+        """Remove a record; NotFound if absent."""
+        ...

@@ -1,0 +1,127 @@
+"""Build and tear down a task's OCI bundle: root filesystem mount, final spec, exec specs.
+
+The spec stored with the container is completed here, where the root
+filesystem is finally visible: user names are looked up in its ``/etc/passwd``
+(see :mod:`.user`) and ``HOME`` is set from the user's entry when the spec has
+none, as Docker does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from runtime.core.errors import InvalidArgument
+from runtime.plugins.runtime.api import ExecRequest
+from runtime.plugins.runtime.runc.layout import TaskPaths, write_durably
+from runtime.plugins.runtime.runc.spec import USER_ANNOTATION, merge_env
+from runtime.plugins.runtime.runc.user import resolve_user
+from runtime.plugins.snapshots.api import Mount
+from runtime.plugins.snapshots.mount import mount_all, unmount
+
+__all__ = ["exec_process_spec", "prepare_bundle", "remove_tree", "root_mounts", "teardown_bundle"]
+
+
+def root_mounts(spec: dict[str, Any], rootfs: Sequence[Mount]) -> list[Mount]:
+    """The mounts for ``<bundle>/rootfs``: ``rootfs``, else a bind of an absolute ``root.path``.
+
+    Raises:
+        InvalidArgument: Neither gives a root filesystem.
+    """
+    if rootfs:
+        return list(rootfs)
+    root = str(spec.get("root", {}).get("path", ""))
+    if os.path.isabs(root):
+        if not os.path.isdir(root):
+            raise InvalidArgument(f"root filesystem {root!r} is not a directory")
+        return [Mount(type="bind", source=root, options=["rbind", "rw"])]
+    raise InvalidArgument(
+        "no root filesystem: pass rootfs mounts, give the container a snapshot, "
+        "or set an absolute root.path in its spec"
+    )
+
+
+def _resolve_process_user(process: dict[str, Any], user: str | None, rootfs: Path) -> None:
+    env: list[str] = process.setdefault("env", [])
+    current = process.setdefault("user", {"uid": 0, "gid": 0})
+    if user:
+        resolved = resolve_user(rootfs, user)
+        process["user"] = {"uid": resolved.uid, "gid": resolved.gid}
+        if resolved.additional_gids:
+            process["user"]["additionalGids"] = resolved.additional_gids
+        home = resolved.home
+    else:
+        home = resolve_user(rootfs, str(current.get("uid", 0))).home
+    if not any(item.startswith("HOME=") for item in env):
+        env.append(f"HOME={home}")
+
+
+def prepare_bundle(paths: TaskPaths, spec: dict[str, Any], rootfs: Sequence[Mount]) -> None:
+    """Create the bundle, mount the root filesystem and write the final ``config.json``.
+
+    Blocking; on failure everything made so far is undone.
+    """
+    mounts = root_mounts(spec, rootfs)
+    final = copy.deepcopy(spec)
+    paths.bundle.mkdir(parents=True, exist_ok=True, mode=0o711)
+    paths.rootfs.mkdir(exist_ok=True)
+    mount_all(mounts, paths.rootfs)
+    try:
+        final.setdefault("root", {})["path"] = "rootfs"
+        annotations = final.setdefault("annotations", {})
+        _resolve_process_user(final.setdefault("process", {}),
+                              annotations.pop(USER_ANNOTATION, None), paths.rootfs)
+        write_durably(paths.config, _json(final))
+    except BaseException:
+        teardown_bundle(paths)
+        raise
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, indent=1).encode()
+
+
+def exec_process_spec(container_spec: dict[str, Any], request: ExecRequest,
+                      rootfs: Path) -> dict[str, Any]:
+    """The OCI process of an exec: the container's process with the request's changes."""
+    if not request.args:
+        raise InvalidArgument("exec needs a command (args must not be empty)")
+    process: dict[str, Any] = copy.deepcopy(container_spec.get("process", {}))
+    process["args"] = list(request.args)
+    process["terminal"] = request.terminal
+    process["env"] = merge_env(process.get("env", []), request.env)
+    if request.cwd:
+        if not request.cwd.startswith("/"):
+            raise InvalidArgument(f"working directory {request.cwd!r} must be absolute")
+        process["cwd"] = request.cwd
+    process.pop("consoleSize", None)
+    if request.user:
+        _resolve_process_user(process, request.user, rootfs)
+    return process
+
+
+def teardown_bundle(paths: TaskPaths) -> None:
+    """Unmount the root filesystem and remove the bundle directory (blocking, idempotent)."""
+    if paths.rootfs.exists():
+        try:
+            unmount(paths.rootfs)
+        except OSError:
+            # Still busy after unmount's retries: detach it so the tree can go.
+            unmount(paths.rootfs, detach=True)
+    remove_tree(paths.bundle)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory tree; refuses to descend into anything still mounted."""
+    if not path.exists():
+        return
+    for dirpath, dirnames, _ in os.walk(path):
+        for name in dirnames:
+            if os.path.ismount(os.path.join(dirpath, name)):
+                raise OSError(f"{os.path.join(dirpath, name)} is still mounted; not removing")
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,174 @@
+"""Task metrics and OOM counts from cgroup files, on v1, v2 and hybrid hosts.
+
+Hierarchies are found in ``/proc/self/mountinfo``. An absolute ``cgroupsPath``
+lives at the same path under every hierarchy, as runc places it. On a hybrid
+host (v1 controllers plus a v2 tree, often at ``/sys/fs/cgroup/unified``) each
+controller is read from its v1 hierarchy, and from the v2 tree only when v1
+lacks it; so one code path serves all three layouts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from runtime.plugins.runtime.api import TaskMetrics
+
+__all__ = ["CgroupPaths", "find_paths", "read_metrics", "remove_empty", "total_oom_kills"]
+
+# Values at or above this in v1 limit files mean "no limit" (page-rounded INT64_MAX).
+_V1_UNLIMITED = 1 << 62
+
+
+@dataclass
+class CgroupPaths:
+    """Where each controller of one cgroup lives.
+
+    Attributes:
+        mode: ``v1``, ``v2`` or ``hybrid``.
+        v1: Controller name to the cgroup's directory in its v1 hierarchy.
+        v2: The cgroup's directory in the v2 tree, if there is one.
+        v2_controllers: Controllers the v2 tree offers.
+    """
+
+    mode: str
+    v1: dict[str, Path] = field(default_factory=dict)
+    v2: Path | None = None
+    v2_controllers: frozenset[str] = frozenset()
+
+    def all_dirs(self) -> list[Path]:
+        """Every directory of the cgroup, v1 hierarchies first."""
+        dirs = list(dict.fromkeys(self.v1.values()))
+        if self.v2 is not None:
+            dirs.append(self.v2)
+        return dirs
+
+
+def _mounts() -> list[tuple[str, str, set[str]]]:
+    """``(fstype, mountpoint, options)`` of every cgroup mount."""
+    found: list[tuple[str, str, set[str]]] = []
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            left, _, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            if len(rfields) < 3 or rfields[0] not in ("cgroup", "cgroup2"):
+                continue
+            mountpoint = fields[4].replace("\\040", " ")
+            found.append((rfields[0], mountpoint, set(rfields[2].split(","))))
+    return found
+
+
+def find_paths(cgroups_path: str) -> CgroupPaths:
+    """The directories of the cgroup ``cgroups_path`` (absolute, as in the OCI spec)."""
+    inner = cgroups_path.lstrip("/")
+    v1: dict[str, Path] = {}
+    v2: Path | None = None
+    controllers: frozenset[str] = frozenset()
+    for fstype, mountpoint, options in _mounts():
+        if fstype == "cgroup2":
+            v2 = Path(mountpoint) / inner
+            try:
+                controllers = frozenset(
+                    (Path(mountpoint) / "cgroup.controllers").read_text().split())
+            except OSError:
+                controllers = frozenset()
+        else:
+            for option in options:
+                if option in ("cpu", "cpuacct", "memory", "pids", "freezer", "cpuset", "blkio",
+                              "devices", "hugetlb", "net_cls", "net_prio", "perf_event", "rdma"):
+                    v1[option] = Path(mountpoint) / inner
+    mode = "v2" if not v1 else ("hybrid" if v2 is not None else "v1")
+    return CgroupPaths(mode=mode, v1=v1, v2=v2, v2_controllers=controllers)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _int(path: Path) -> int | None:
+    text = _read(path)
+    if text is None or not text.lstrip("-").isdigit():
+        return None
+    return int(text)
+
+
+def _keyed(path: Path) -> dict[str, int]:
+    """``key value`` lines (``cpu.stat``, ``memory.events``, ``memory.oom_control``)."""
+    out: dict[str, int] = {}
+    for line in (_read(path) or "").splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            out[key] = int(value)
+    return out
+
+
+def _limit(text: str | None, v1: bool) -> int | None:
+    if text is None or text == "max":
+        return None
+    value = int(text) if text.isdigit() else None
+    if value is not None and v1 and value >= _V1_UNLIMITED:
+        return None
+    return value
+
+
+def _v2(paths: CgroupPaths, controller: str) -> Path | None:
+    if paths.v2 is not None and (controller in paths.v2_controllers or controller == "cgroup"):
+        return paths.v2
+    return None
+
+
+def total_oom_kills(paths: CgroupPaths) -> int:
+    """Processes the OOM killer killed in the cgroup (0 when unknown)."""
+    if "memory" in paths.v1:
+        return _keyed(paths.v1["memory"] / "memory.oom_control").get("oom_kill", 0)
+    v2 = _v2(paths, "memory")
+    if v2 is not None:
+        return _keyed(v2 / "memory.events").get("oom_kill", 0)
+    return 0
+
+
+def read_metrics(container_id: str, paths: CgroupPaths) -> TaskMetrics:
+    """CPU, memory and pids figures of the cgroup; missing files read as zero."""
+    metrics = TaskMetrics(container_id=container_id, timestamp=datetime.now(UTC),
+                          cgroup=paths.mode)
+    if "cpuacct" in paths.v1:
+        metrics.cpu_usage_usec = (_int(paths.v1["cpuacct"] / "cpuacct.usage") or 0) // 1000
+    elif (v2 := _v2(paths, "cgroup")) is not None:
+        # cpu.stat's usage_usec is kept even without the cpu controller enabled.
+        metrics.cpu_usage_usec = _keyed(v2 / "cpu.stat").get("usage_usec", 0)
+    if "memory" in paths.v1:
+        memory = paths.v1["memory"]
+        metrics.memory_usage_bytes = _int(memory / "memory.usage_in_bytes") or 0
+        metrics.memory_limit_bytes = _limit(_read(memory / "memory.limit_in_bytes"), True)
+    elif (v2 := _v2(paths, "memory")) is not None:
+        metrics.memory_usage_bytes = _int(v2 / "memory.current") or 0
+        metrics.memory_limit_bytes = _limit(_read(v2 / "memory.max"), False)
+    if "pids" in paths.v1:
+        metrics.pids_current = _int(paths.v1["pids"] / "pids.current") or 0
+        metrics.pids_limit = _limit(_read(paths.v1["pids"] / "pids.max"), True)
+    elif (v2 := _v2(paths, "pids")) is not None:
+        metrics.pids_current = _int(v2 / "pids.current") or 0
+        metrics.pids_limit = _limit(_read(v2 / "pids.max"), False)
+    metrics.oom_kills = total_oom_kills(paths)
+    return metrics
+
+
+def remove_empty(paths: CgroupPaths, levels: int) -> None:
+    """Remove the cgroup and up to ``levels`` parents where they are empty (best effort).
+
+    The runtime removes the container's own cgroup; the namespace directories
+    above it (``/moorage/<ns>``) would otherwise accumulate.
+    """
+    for directory in paths.all_dirs():
+        current = directory
+        for _ in range(levels + 1):
+            # Busy, not empty or gone: another task still uses the parent.
+            with contextlib.suppress(OSError):
+                os.rmdir(current)
+            current = current.parent

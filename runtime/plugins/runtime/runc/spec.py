@@ -1,0 +1,244 @@
+"""OCI runtime spec generation with containerd's (and nerdctl's) Linux defaults.
+
+:func:`default_spec` is containerd's ``populateDefaultUnixSpec``;
+:func:`generate_spec` applies an image configuration and then the user's
+:class:`~runtime.plugins.runtime.api.SpecOptions` on top of it. User *names*
+cannot be resolved here (the root filesystem is not mounted yet): they are
+recorded in the :data:`USER_ANNOTATION` annotation and resolved by the runtime
+at task create (see :mod:`.user`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+from runtime.core.errors import InvalidArgument
+from runtime.plugins.runtime.api import ImageConfig, SpecOptions
+
+__all__ = [
+    "ALL_CAPABILITIES",
+    "DEFAULT_CAPABILITIES",
+    "DEFAULT_PATH",
+    "USER_ANNOTATION",
+    "cgroups_path",
+    "default_spec",
+    "generate_spec",
+    "merge_env",
+]
+
+#: Annotation holding a ``user[:group]`` still to be looked up in the rootfs.
+USER_ANNOTATION = "io.moorage.user"
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+OCI_VERSION = "1.0.2-dev"
+CPU_PERIOD = 100_000
+
+DEFAULT_CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+    "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+)  # fmt: skip
+ALL_CAPABILITIES = (
+    *DEFAULT_CAPABILITIES, "CAP_DAC_READ_SEARCH", "CAP_LINUX_IMMUTABLE", "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_LEASE", "CAP_AUDIT_CONTROL",
+    "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)  # fmt: skip
+
+_MASKED_PATHS = (
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+    "/sys/firmware", "/sys/devices/virtual/powercap",
+)  # fmt: skip
+_READONLY_PATHS = (
+    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+)  # fmt: skip
+
+
+def _mounts() -> list[dict[str, Any]]:
+    def m(dest: str, type_: str, source: str, *options: str) -> dict[str, Any]:
+        return {"destination": dest, "type": type_, "source": source, "options": list(options)}
+
+    return [
+        m("/proc", "proc", "proc", "nosuid", "noexec", "nodev"),
+        m("/dev", "tmpfs", "tmpfs", "nosuid", "strictatime", "mode=755", "size=65536k"),
+        m("/dev/pts", "devpts", "devpts", "nosuid", "noexec", "newinstance", "ptmxmode=0666",
+          "mode=0620", "gid=5"),
+        m("/dev/shm", "tmpfs", "shm", "nosuid", "noexec", "nodev", "mode=1777", "size=65536k"),
+        m("/dev/mqueue", "mqueue", "mqueue", "nosuid", "noexec", "nodev"),
+        m("/sys", "sysfs", "sysfs", "nosuid", "noexec", "nodev", "ro"),
+        m("/sys/fs/cgroup", "cgroup", "cgroup", "ro", "nosuid", "noexec", "nodev"),
+        m("/run", "tmpfs", "tmpfs", "nosuid", "strictatime", "mode=755", "size=65536k"),
+    ]
+
+
+def cgroups_path(namespace: str, container_id: str) -> str:
+    """``/moorage/<namespace>/<id>``: one subtree per namespace, as containerd's ``/<ns>/<id>``."""
+    return f"/moorage/{namespace}/{container_id}"
+
+
+def default_spec(namespace: str, container_id: str) -> dict[str, Any]:
+    """Containerd's default Linux spec for a container (no args yet)."""
+    caps = list(DEFAULT_CAPABILITIES)
+    return {
+        "ociVersion": OCI_VERSION,
+        "root": {"path": "rootfs", "readonly": False},
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": [],
+            "env": [DEFAULT_PATH],
+            "cwd": "/",
+            "capabilities": {"bounding": caps, "permitted": list(caps),
+                             "effective": list(caps)},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
+        },
+        "hostname": container_id[:63],
+        "mounts": _mounts(),
+        "linux": {
+            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "cgroupsPath": cgroups_path(namespace, container_id),
+            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")],
+            "maskedPaths": list(_MASKED_PATHS),
+            "readonlyPaths": list(_READONLY_PATHS),
+        },
+    }
+
+
+def merge_env(base: list[str], extra: list[str]) -> list[str]:
+    """``base`` with each ``KEY=VALUE`` of ``extra`` replacing the same key, order kept."""
+    out: dict[str, str] = {}
+    for item in [*base, *extra]:
+        key = item.partition("=")[0]
+        if not key:
+            raise InvalidArgument(f"environment entry {item!r}: expected KEY=VALUE")
+        # A bare KEY (no '=') is kept as given, like Docker's pass-through form.
+        out[key] = item
+    return list(out.values())
+
+
+def _apply_user(spec: dict[str, Any], user: str) -> None:
+    """Numeric ``uid[:gid]`` goes straight in; anything with a name waits for the rootfs."""
+    process = spec["process"]
+    annotations = spec.setdefault("annotations", {})
+    name, _, group = user.partition(":")
+    if name.isdigit() and (not group or group.isdigit()):
+        process["user"] = {"uid": int(name), "gid": int(group) if group else 0}
+        # The passwd lookup still supplies the primary gid and extra groups of a bare uid.
+        if not group:
+            annotations[USER_ANNOTATION] = user
+        else:
+            annotations.pop(USER_ANNOTATION, None)
+        return
+    annotations[USER_ANNOTATION] = user
+
+
+def _apply_image(spec: dict[str, Any], image: ImageConfig) -> None:
+    process = spec["process"]
+    process["args"] = [*(image.entrypoint or []), *(image.cmd or [])]
+    process["env"] = merge_env(process["env"], image.env or [])
+    if image.working_dir:
+        process["cwd"] = image.working_dir
+    if image.user:
+        _apply_user(spec, image.user)
+
+
+def _apply_resources(spec: dict[str, Any], options: SpecOptions) -> None:
+    resources = spec["linux"].setdefault("resources", {})
+    if options.cpus < 0 or options.memory < 0 or options.pids_limit < 0:
+        raise InvalidArgument("cpus, memory and pids_limit must not be negative")
+    if options.cpus:
+        quota = math.ceil(options.cpus * CPU_PERIOD)
+        resources["cpu"] = {"quota": quota, "period": CPU_PERIOD}
+    if options.memory:
+        # Below this the kernel cannot even start the runtime's init.
+        if options.memory < 6 * 1024 * 1024:
+            raise InvalidArgument(f"memory limit {options.memory} is below the 6 MiB minimum")
+        resources["memory"] = {"limit": options.memory}
+    if options.pids_limit:
+        resources["pids"] = {"limit": options.pids_limit}
+
+
+def _apply_privileged(spec: dict[str, Any]) -> None:
+    caps = list(ALL_CAPABILITIES)
+    spec["process"]["capabilities"] = {
+        "bounding": caps, "permitted": list(caps), "effective": list(caps),
+    }
+    spec["process"]["noNewPrivileges"] = False
+    linux = spec["linux"]
+    linux["maskedPaths"] = []
+    linux["readonlyPaths"] = []
+    linux.setdefault("resources", {})["devices"] = [{"allow": True, "access": "rwm"}]
+    for mount in spec["mounts"]:
+        if mount["destination"] in ("/sys", "/sys/fs/cgroup"):
+            mount["options"] = [o for o in mount["options"] if o != "ro"]
+
+
+def _mount(entry: Any) -> dict[str, Any]:
+    if not entry.destination.startswith("/"):
+        raise InvalidArgument(f"mount destination {entry.destination!r} must be absolute")
+    options = list(entry.options)
+    if entry.type == "bind":
+        if not entry.source.startswith("/"):
+            raise InvalidArgument(f"bind mount source {entry.source!r} must be absolute")
+        if "bind" not in options and "rbind" not in options:
+            options.append("rbind")
+        if "ro" not in options and "rw" not in options:
+            options.append("rw")
+    return {"destination": entry.destination, "type": entry.type,
+            "source": entry.source or entry.type, "options": options}
+
+
+def generate_spec(
+    namespace: str,
+    container_id: str,
+    image: ImageConfig | None = None,
+    options: SpecOptions | None = None,
+) -> dict[str, Any]:
+    """The spec for a container: defaults, then the image config, then ``options``.
+
+    Raises:
+        InvalidArgument: No command results (neither image nor options give
+            one), or an option is malformed.
+    """
+    spec = default_spec(namespace, container_id)
+    if image is not None:
+        _apply_image(spec, image)
+    options = options or SpecOptions()
+    process = spec["process"]
+    if options.entrypoint is not None or options.args is not None:
+        entrypoint = (options.entrypoint if options.entrypoint is not None
+                      else (image.entrypoint if image else None)) or []
+        # As in Docker: new args replace Cmd; a new entrypoint also drops the image's Cmd.
+        cmd = options.args if options.args is not None else (
+            [] if options.entrypoint is not None else (image.cmd if image else None) or [])
+        process["args"] = [*entrypoint, *(cmd or [])]
+    if not process["args"]:
+        raise InvalidArgument(
+            f"container {container_id!r}: no command: the image has no Entrypoint or Cmd "
+            "and none was given"
+        )
+    process["env"] = merge_env(process["env"], options.env)
+    if options.cwd:
+        if not options.cwd.startswith("/"):
+            raise InvalidArgument(f"working directory {options.cwd!r} must be absolute")
+        process["cwd"] = options.cwd
+    if options.user:
+        _apply_user(spec, options.user)
+    if options.hostname:
+        spec["hostname"] = options.hostname
+    process["terminal"] = options.terminal
+    spec["root"]["readonly"] = options.readonly_rootfs
+    spec["mounts"].extend(_mount(m) for m in options.mounts)
+    _apply_resources(spec, options)
+    if options.privileged:
+        _apply_privileged(spec)
+    if options.annotations:
+        spec.setdefault("annotations", {}).update(options.annotations)
+    if image is not None and image.stop_signal:
+        spec.setdefault("annotations", {})["io.moorage.stop-signal"] = image.stop_signal
+    return copy.deepcopy(spec)
