@@ -25,4 +25,9 @@ fi
 
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -i "warning" || true
-"$PYTHON" -c "import runtime" >/dev/null
+# Plugin packages that live in this repository but ship separately; their tests
+# are part of the test run (testpaths in pyproject.toml).
+for contrib in ./contrib/moorage-snapshotter-btrfs ./contrib/moorage-proxy-example; do
+    "$PYTHON" -m pip install -q --disable-pip-version-check -e "$contrib" 2>&1 | grep -v -i "warning" || true
+done
+"$PYTHON" -c "import runtime, moorage_snapshotter_btrfs, moorage_proxy_example" >/dev/null

@@ -159,6 +159,11 @@ def disk_usage(path: Path) -> Usage:
     return Usage(size=size, inodes=len(seen))
 
 
+def _rmtree(path: Path) -> None:
+    """The default ``delete_tree``: best effort, like ``rm -rf``."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _now() -> int:
     # Microseconds since the epoch: exact round trip through datetime.
     return (datetime.now(UTC) - _EPOCH) // timedelta(microseconds=1)
@@ -208,10 +213,15 @@ class MetaStore:
 
     Args:
         root: The backend's root; created on first use, not by the constructor.
+        delete_tree: Deletes one snapshot directory (removed, orphaned or
+            half-built); blocking, best effort. The default is ``rmtree``; a
+            backend whose directories hold more than files (btrfs subvolumes,
+            read-only ones included) passes its own.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, delete_tree: Callable[[Path], None] | None = None) -> None:
         self.root = Path(root)
+        self._delete_tree = delete_tree or _rmtree
         self.snapshots_dir = self.root / "snapshots"
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
@@ -304,7 +314,7 @@ class MetaStore:
         """
         trash = await anyio.to_thread.run_sync(self._locked, self._remove, key)
         if sync and trash is not None:
-            await anyio.to_thread.run_sync(shutil.rmtree, trash, True)
+            await anyio.to_thread.run_sync(self._delete_tree, trash)
 
     async def walk(self, *filter_strings: str) -> list[Info]:
         """Return the info of the records matching ``filter_strings``, sorted by name.
@@ -329,7 +339,7 @@ class MetaStore:
         """Delete every directory under ``snapshots/`` that no record references."""
         trash = await anyio.to_thread.run_sync(self._locked, self._orphans)
         for path in trash:
-            await anyio.to_thread.run_sync(shutil.rmtree, path, True)
+            await anyio.to_thread.run_sync(self._delete_tree, path)
 
     async def close(self) -> None:
         """Close the database; later calls raise :class:`Unavailable`. Idempotent."""
@@ -435,7 +445,7 @@ class MetaStore:
                 if target.exists():
                     # Left by a crash before an insert that was rolled back, so
                     # SQLite hands out its id again: nothing references it.
-                    shutil.rmtree(target)
+                    self._delete_tree(target)
                 temp.rename(target)
                 try:
                     _fsync_dir(self.snapshots_dir)
@@ -449,7 +459,7 @@ class MetaStore:
             with self._lock:
                 self._building.discard(temp.name)
             if temp.exists():
-                shutil.rmtree(temp, ignore_errors=True)
+                self._delete_tree(temp)
 
     def _commit(
         self, name: str, key: str, labels: dict[str, str], measure: Callable[[Path], Usage]
