@@ -23,10 +23,11 @@ __all__ = [
 MAX_IDENTIFIER = 76
 MAX_LABEL = 4096
 
-_IDENTIFIER = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")
+# Used with fullmatch: with match, "$" would also accept a trailing newline.
+_IDENTIFIER = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
 # Keys: printable, no whitespace; containerd only bounds the size, but control
 # characters in keys break filters and log lines, so we refuse them.
-_LABEL_KEY = re.compile(r"^[\x21-\x7e]+$")
+_LABEL_KEY = re.compile(r"[\x21-\x7e]+")
 
 
 def validate_identifier(value: str, what: str = "identifier") -> str:
@@ -37,7 +38,7 @@ def validate_identifier(value: str, what: str = "identifier") -> str:
         raise InvalidArgument(
             f"{what} {value[:80]!r}... is longer than {MAX_IDENTIFIER} characters"
         )
-    if not _IDENTIFIER.match(value):
+    if not _IDENTIFIER.fullmatch(value):
         raise InvalidArgument(
             f"{what} {value!r} is invalid: use letters and digits joined by single '.', '_' or '-'"
         )
@@ -57,7 +58,7 @@ def validate_labels(labels: Mapping[str, str]) -> dict[str, str]:
     for key, value in labels.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise InvalidArgument(f"label {key!r}: keys and values must be strings")
-        if not _LABEL_KEY.match(key):
+        if not _LABEL_KEY.fullmatch(key):
             raise InvalidArgument(f"label key {key[:80]!r} must be non-empty printable ASCII")
         size = len(key.encode()) + len(value.encode())
         if size > MAX_LABEL:

@@ -9,7 +9,9 @@ import msgspec
 from aiohttp import web
 
 from runtime.core.errors import InvalidArgument, OutOfRange
+from runtime.core.identifiers import validate_labels
 from runtime.plugins.api.routes import Query, Route, RouteSet, decode_body, namespace_of
+from runtime.plugins.api.server import error_response
 from runtime.plugins.api.types import (
     LEASE_HEADER,
     CommitRequest,
@@ -22,7 +24,7 @@ T = TypeVar("T")
 
 __all__ = ["content_routes"]
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
 _CHUNK = 1 << 20
 
 
@@ -43,18 +45,42 @@ def _int(request: web.Request, name: str) -> int | None:
     return value
 
 
+def _labels(request: web.Request) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in request.query.getall("label", []):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"query parameter label={pair!r}: expected KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
 def _lease(request: web.Request) -> str | None:
     return request.headers.get(LEASE_HEADER) or None
 
 
-def parse_range(header: str, size: int) -> tuple[int, int]:
-    """``bytes=a-b`` (one range) into ``(offset, length)``; OutOfRange if unsatisfiable."""
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """``bytes=a-b`` (one range) into ``(offset, length)``, as RFC 9110 section 14.
+
+    Returns ``None`` when the answer is the whole blob: a suffix range of an empty
+    blob is satisfiable, but no ``Content-Range`` can describe zero bytes.
+
+    Raises:
+        InvalidArgument: Not a single ``bytes`` range.
+        OutOfRange: Unsatisfiable: starts at or past the end, ends before it
+            starts, or asks for a suffix of zero bytes.
+    """
     match = _RANGE.match(header.strip())
     if not match or match.groups() == ("", ""):
         raise InvalidArgument(f"unsupported Range {header!r}: use bytes=START-END")
     first, last = match.groups()
     if first == "":
-        length = min(int(last), size)
+        suffix = int(last)
+        if suffix == 0:
+            raise OutOfRange(f"range {header!r} is outside the blob of {size} bytes")
+        if size == 0:
+            return None
+        length = min(suffix, size)
         return size - length, length
     start = int(first)
     end = min(int(last), size - 1) if last else size - 1
@@ -95,16 +121,31 @@ def content_routes(content: Any) -> RouteSet:
             "Docker-Content-Digest": digest,
         }
         if "Range" in request.headers:
-            offset, length = parse_range(request.headers["Range"], size)
-            status = 206
-            headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{size}"
-        response = web.StreamResponse(status=status, headers=headers)
-        response.content_length = length
+            try:
+                ranged = parse_range(request.headers["Range"], size)
+            except OutOfRange as exc:
+                # RFC 9110: a 416 gives the blob's size, so the client can ask again.
+                answer = error_response(exc.http_status, exc.code, exc.message)
+                answer.headers["Content-Range"] = f"bytes */{size}"
+                return answer
+            if ranged is not None:
+                offset, length = ranged
+                status = 206
+                headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{size}"
         chunks = await content.read(ns, digest, offset, length)
-        await response.prepare(request)
-        async for chunk in chunks:
-            await response.write(chunk)
-        await response.write_eof()
+        try:
+            # The blob is opened at the first chunk: a blob removed since the look-up
+            # above is still a 404, not a response cut off after its headers.
+            first = await anext(chunks, b"")
+            response = web.StreamResponse(status=status, headers=headers)
+            response.content_length = length
+            await response.prepare(request)
+            await response.write(first)
+            async for chunk in chunks:
+                await response.write(chunk)
+            await response.write_eof()
+        finally:
+            await chunks.aclose()
         return response
 
     async def ingests(request: web.Request) -> list[IngestStatus]:
@@ -118,12 +159,14 @@ def content_routes(content: Any) -> RouteSet:
     async def write(request: web.Request) -> Any:
         ns, ref = namespace_of(request), request.match_info["ref"]
         expected = request.query.get("expected") or None
+        offset, total, size = _int(request, "offset"), _int(request, "total"), _int(request, "size")
+        commit = request.query.get("commit") in ("1", "true")
+        # What the request itself gets wrong is refused before a byte is written.
+        labels = validate_labels(_labels(request)) if commit else {}
         writer = await content.open_writer(
-            ns, ref, total=_int(request, "total"), expected=expected, lease=_lease(request)
+            ns, ref, total=total, expected=expected, lease=_lease(request)
         )
-        committed = False
         try:
-            offset = _int(request, "offset")
             first = True
             async for chunk in request.content.iter_chunked(_CHUNK):
                 await writer.write(chunk, offset if first else None)
@@ -131,28 +174,19 @@ def content_routes(content: Any) -> RouteSet:
             if first and offset is not None:
                 # An empty body still checks (or resets, at 0) the offset.
                 await writer.write(b"", offset)
-            if request.query.get("commit") in ("1", "true"):
-                labels = dict(
-                    pair.partition("=")[::2] for pair in request.query.getall("label", [])
-                )
-                committed = True
-                return web.json_response(
-                    msgspec.to_builtins(
-                        _conv(
-                            await writer.commit(_int(request, "size"), expected, labels),
-                            ContentInfo,
-                        )
-                    ),
-                    status=201,
-                )
+            if commit:
+                info = await writer.commit(size, expected, labels)
+                return web.json_response(msgspec.to_builtins(_conv(info, ContentInfo)), status=201)
             return _conv(writer.status(), IngestStatus)
         finally:
-            if not committed:
-                await writer.close()
+            # The ingest stays for a resume; a no-op after a commit, failed or not.
+            await writer.close()
 
     async def commit(request: web.Request) -> ContentInfo:
         ns, ref = namespace_of(request), request.match_info["ref"]
         body = await decode_body(request, CommitRequest)
+        # Committing an unknown ref would otherwise open, and publish, an empty ingest.
+        await content.status(ns, ref)
         writer = await content.open_writer(ns, ref, lease=_lease(request))
         try:
             info = await writer.commit(body.size, body.expected, body.labels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -20,8 +21,12 @@ def _lease(obj: Any) -> LeaseInfo:
     return msgspec.convert(msgspec.to_builtins(obj), LeaseInfo)
 
 
-def lease_routes(metadata: Any) -> RouteSet:
-    """Routes over the metadata plugin's lease store."""
+def lease_routes(metadata: Any, gc: Callable[[], Any] | None = None) -> RouteSet:
+    """Routes over the metadata plugin's lease store.
+
+    ``gc`` returns the ``gc.scheduler`` service, or None when it is not running:
+    ``DELETE ?sync=1`` then waits for a collection, or just deletes without one.
+    """
     leases = metadata.leases
 
     async def list_(request: web.Request) -> list[LeaseInfo]:
@@ -40,6 +45,9 @@ def lease_routes(metadata: Any) -> RouteSet:
 
     async def delete(request: web.Request) -> None:
         await leases.delete(namespace_of(request), request.match_info["id"])
+        scheduler = gc() if gc is not None else None
+        if request.query.get("sync", "") in ("1", "true") and scheduler is not None:
+            await scheduler.schedule_and_wait()
 
     async def resources(request: web.Request) -> list[LeaseResource]:
         found = await leases.resources(namespace_of(request), request.match_info["id"])
@@ -77,7 +85,8 @@ def lease_routes(metadata: Any) -> RouteSet:
             status=201,
         ),
         Route("GET", one, get, "One lease.", response=LeaseInfo),
-        Route("DELETE", one, delete, "Delete a lease."),
+        Route("DELETE", one, delete, "Delete a lease.",
+              query=(Query("sync", "1: wait for a garbage collection to free what it held"),)),
         Route(
             "GET",
             one + "/resources",

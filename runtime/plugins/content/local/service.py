@@ -8,17 +8,26 @@ and removed from disk only when no namespace refers to it any more.
 Crash safety: the backend's rename into ``blobs/`` happens before the
 namespace record is written, so a crash between the two leaves an
 unreferenced blob for garbage collection, never a record without bytes.
+
+Concurrency: that same gap must not let a delete in another namespace remove
+the blob (it saw no record yet). :class:`_BlobGate` keeps the removal of
+unreferenced blobs apart from commits.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import functools
 import json
+import logging
 import sqlite3
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import datetime
 
-from runtime.core.errors import AlreadyExists, NotFound
+import anyio
+
+from runtime.core.errors import AlreadyExists, MoorageError, NotFound, Unavailable
 from runtime.core.filters import adapt, parse
 from runtime.core.identifiers import validate_labels, validate_namespace
 from runtime.plugins.content.api import (
@@ -37,11 +46,96 @@ from runtime.plugins.metadata.namespaces import Publish, ensure_namespace, now
 
 __all__ = ["ContentService", "NamespacedWriter"]
 
+log = logging.getLogger("moorage.content")
+
 
 def _backend_ref(namespace: str, ref: str) -> str:
     # Namespaces must not collide on a ref; the backend hashes refs into
     # directory names, so any characters are safe here.
     return f"{namespace}/{ref}"
+
+
+@contextlib.contextmanager
+def _client_ref(backend: str, ref: str) -> Iterator[None]:
+    """Name the client's ref, not the backend's, in errors of the backend store.
+
+    The backend ref (``<namespace>/<ref>``) is an internal name: a client told
+    "ref default/layer-1 locked" would look for a ref it never used.
+    """
+    try:
+        yield
+    except BlobExists:
+        raise  # carries a digest, not a ref
+    except MoorageError as exc:
+        if backend not in exc.message:
+            raise
+        raise type(exc)(exc.message.replace(backend, ref)) from exc
+
+
+class _Vanished(Unavailable):
+    """The blob a commit was about to record was removed in the meantime."""
+
+
+class _BlobGate:
+    """Commits run together; removals of unreferenced blobs run alone, between them.
+
+    A commit puts bytes into ``blobs/`` and records them for its namespace a moment
+    later. A delete that found no record left, removing the blob in that moment,
+    would leave a record without bytes, or fail the commit. So a removal is queued:
+    it runs once no commit is in flight (by the delete itself, or else by the last
+    commit to finish), as one transaction that re-checks the records; commits that
+    start meanwhile wait for it. A delete returns once its removal ran or was queued.
+    """
+
+    def __init__(self, db: Database, store: ContentStore) -> None:
+        self._db = db
+        self._store = store
+        self._commits = 0
+        self._doomed: set[str] = set()
+        self._sweep_done: anyio.Event | None = None  # set while a removal runs
+
+    @contextlib.asynccontextmanager
+    async def commit(self) -> AsyncIterator[None]:
+        """Hold off removals while the block publishes and records a blob."""
+        while self._sweep_done is not None:
+            await self._sweep_done.wait()
+        self._commits += 1
+        try:
+            yield
+        finally:
+            self._commits -= 1
+            if self._commits == 0 and self._doomed:
+                with anyio.CancelScope(shield=True):
+                    await self._sweep()
+
+    async def remove(self, digest: str) -> None:
+        """Remove the blob from disk unless a namespace refers to it again by then."""
+        self._doomed.add(digest)
+        if self._sweep_done is not None:
+            await self._sweep_done.wait()  # the running removal takes this digest too
+        elif self._commits == 0:
+            await self._sweep()
+
+    async def _sweep(self) -> None:
+        self._sweep_done = done = anyio.Event()
+        try:
+            while self._doomed:
+                doomed, self._doomed = self._doomed, set()
+                try:
+                    await self._db.write(functools.partial(self._remove_unreferenced, doomed))
+                except MoorageError as exc:
+                    # The records are gone already; the bytes wait for garbage collection.
+                    log.warning("removing unreferenced blobs failed: %s", exc.message)
+        finally:
+            self._sweep_done = None
+            done.set()
+
+    def _remove_unreferenced(self, digests: set[str], conn: sqlite3.Connection) -> None:
+        # Inside the transaction: no record can appear between the check and the unlink.
+        for digest in digests:
+            if conn.execute("SELECT 1 FROM content WHERE digest=? LIMIT 1", (digest,)).fetchone():
+                continue
+            self._store.remove_blob(digest)
 
 
 def _info(row: sqlite3.Row) -> ContentInfo:
@@ -95,7 +189,8 @@ class NamespacedWriter:
 
     async def write(self, data: bytes | bytearray | memoryview, offset: int | None = None) -> None:
         """Write at ``offset`` (see the backend writer)."""
-        await self.writer.write(data, offset)
+        with _client_ref(self.writer.ref, self.ref):
+            await self.writer.write(data, offset)
 
     async def commit(
         self, size: int | None = None, expected: str | None = None,
@@ -108,22 +203,29 @@ class NamespacedWriter:
             AlreadyExists: the namespace already had this blob.
         """
         labels = validate_labels(labels or {})
-        try:
-            digest = await self.writer.commit(size, expected)
-        except BlobExists as exc:
-            # Committed concurrently under another ref or by another namespace:
-            # the bytes are there, verified; only this namespace's record is new.
-            digest = exc.digest
-        await self.service._drop_ingest(self.namespace, self.ref)
-        return await self.service._record(self.namespace, digest, labels, self.lease)
+        async with self.service._gate.commit():
+            try:
+                with _client_ref(self.writer.ref, self.ref):
+                    digest = await self.writer.commit(size, expected)
+            except BlobExists as exc:
+                # Committed concurrently under another ref or by another namespace:
+                # the bytes are there, verified; only this namespace's record is new.
+                digest = exc.digest
+            try:
+                return await self.service._record(self.namespace, digest, labels, self.lease)
+            finally:
+                # After the record: until then the ingest row names what is being committed.
+                await self.service._drop_ingest(self.namespace, self.ref)
 
     async def close(self) -> None:
-        """Release the ref; the ingest stays for a resume."""
-        await self.writer.close()
+        """Release the ref; the ingest stays for a resume. Idempotent."""
+        with _client_ref(self.writer.ref, self.ref):
+            await self.writer.close()
 
     async def abort(self) -> None:
         """Drop the ingest."""
-        await self.writer.abort()
+        with _client_ref(self.writer.ref, self.ref):
+            await self.writer.abort()
         await self.service._drop_ingest(self.namespace, self.ref)
 
 
@@ -134,6 +236,7 @@ class ContentService:
         self.store = store
         self.db = db
         self.publish = publish
+        self._gate = _BlobGate(db, store)
 
     # -- records --------------------------------------------------------------
 
@@ -191,8 +294,7 @@ class ContentService:
 
         unreferenced = await self.db.write(delete)
         if unreferenced:
-            with contextlib.suppress(NotFound):
-                await self.store.delete(digest)
+            await self._gate.remove(digest)
         self.publish(namespace, "/content/delete", ContentDelete(digest=digest))
 
     async def read(
@@ -205,12 +307,19 @@ class ContentService:
     async def _record(
         self, namespace: str, digest: str, labels: Mapping[str, str], lease: str | None
     ) -> ContentInfo:
-        blob = await self.store.info(digest)
-        created = await self.db.write(
-            lambda c: _add_record(c, namespace, digest, blob.size, labels, lease))
+        def add(conn: sqlite3.Connection) -> tuple[bool, int]:
+            # The blob is looked at inside the transaction: garbage collection unlinks
+            # in one too, so a blob seen here is still there once the record is written.
+            size = self.store.blob_size(digest)
+            if size is None:
+                raise _Vanished(f"content {digest} was removed while being committed; "
+                                "upload it again")
+            return _add_record(conn, namespace, digest, size, labels, lease), size
+
+        created, size = await self.db.write(add)
         if not created:
             raise AlreadyExists(f"content {digest} already exists")
-        self.publish(namespace, "/content/create", ContentCreate(digest=digest, size=blob.size))
+        self.publish(namespace, "/content/create", ContentCreate(digest=digest, size=size))
         return await self.info(namespace, digest)
 
     # -- ingests --------------------------------------------------------------
@@ -233,12 +342,31 @@ class ContentService:
         validate_namespace(namespace)
         if expected is not None:
             validate_digest(expected)
-            if await self.store.exists(expected):
-                with contextlib.suppress(AlreadyExists):
-                    await self._record(namespace, expected, {}, lease)
+            present = False
+            async with self._gate.commit():
+                if await self.store.exists(expected):
+                    present = True
+                    try:
+                        await self._record(namespace, expected, {}, lease)
+                    except AlreadyExists:
+                        pass
+                    except _Vanished:
+                        present = False  # removed meanwhile: upload it after all
+            if present:
                 raise AlreadyExists(f"content {expected} already exists")
         backend = _backend_ref(namespace, ref)
-        writer = await self.store.open_writer(backend, total=total, expected=expected)
+
+        def known(conn: sqlite3.Connection) -> bool:
+            # An unknown lease fails before any file is touched.
+            if lease and conn.execute("SELECT 1 FROM leases WHERE namespace=? AND id=?",
+                                      (namespace, lease)).fetchone() is None:
+                raise NotFound(f"lease {lease!r} not found")
+            return conn.execute("SELECT 1 FROM ingests WHERE namespace=? AND ref=?",
+                                (namespace, ref)).fetchone() is not None
+
+        resuming = await self.db.read(known)
+        with _client_ref(backend, ref):
+            writer = await self.store.open_writer(backend, total=total, expected=expected)
 
         def register(conn: sqlite3.Connection) -> None:
             ensure_namespace(conn, namespace)
@@ -251,7 +379,8 @@ class ContentService:
         try:
             await self.db.write(register)
         except BaseException:
-            await writer.close()
+            # An ingest no namespace records would never be listed, resumed or removed.
+            await (writer.close() if resuming else writer.abort())
             raise
         return NamespacedWriter(self, namespace, ref, writer, lease)
 
@@ -273,16 +402,18 @@ class ContentService:
 
     async def status(self, namespace: str, ref: str) -> Status:
         """The state of the namespace's ingest ``ref``."""
-        status = await self.store.status(await self._owned(namespace, ref))
+        backend = await self._owned(namespace, ref)
+        with _client_ref(backend, ref):
+            status = await self.store.status(backend)
         return Status(ref=ref, offset=status.offset, total=status.total,
                       expected=status.expected, started_at=status.started_at,
                       updated_at=status.updated_at)
 
-    async def list_statuses(self, namespace: str) -> list[Status]:
+    async def list_statuses(self, namespace: str) -> builtins.list[Status]:
         """Every ingest of the namespace."""
         rows = await self.db.read(lambda c: c.execute(
             "SELECT ref FROM ingests WHERE namespace=? ORDER BY ref", (namespace,)).fetchall())
-        out: list[Status] = []
+        out: builtins.list[Status] = []  # ``list`` is a method here
         for row in rows:
             try:
                 out.append(await self.status(namespace, row["ref"]))
@@ -293,6 +424,6 @@ class ContentService:
     async def abort(self, namespace: str, ref: str) -> None:
         """Delete the namespace's ingest ``ref`` (Unavailable while a writer holds it)."""
         backend = await self._owned(namespace, ref)
-        with contextlib.suppress(NotFound):
+        with contextlib.suppress(NotFound), _client_ref(backend, ref):
             await self.store.abort(backend)
         await self._drop_ingest(namespace, ref)

@@ -197,6 +197,17 @@ def _pwrite_all(fd: int, buf: bytes | bytearray | memoryview, offset: int) -> No
         offset += n
 
 
+def _touch_ctime(blob: Path) -> None:
+    """Mark a blob as just committed again (its ctime), as a new link would be.
+
+    Garbage collection leaves blobs changed after it started for the next run: a
+    commit deduplicated onto an old, unreferenced blob is about to record it.
+    Same mode, so only the ctime changes.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(blob, 0o444)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -633,6 +644,36 @@ class ContentStore:
         with _os_errors(f"delete {digest}", missing=f"content {digest}: not found"):
             await to_thread.run_sync(os.unlink, path)
 
+    def blob_size(self, digest: str) -> int | None:
+        """Return a committed blob's size, or None if there is none; blocking (one ``stat``).
+
+        Raises:
+            InvalidArgument: Malformed digest.
+        """
+        path = self._blob_path(digest)
+        with _os_errors(f"stat {digest}"):
+            try:
+                return os.stat(path).st_size
+            except FileNotFoundError:
+                return None
+
+    def remove_blob(self, digest: str) -> bool:
+        """Unlink a committed blob, blocking; return whether it was there.
+
+        For callers already in a worker thread, such as a metadata transaction
+        that checks no namespace refers to the blob before removing it.
+
+        Raises:
+            InvalidArgument: Malformed digest.
+        """
+        path = self._blob_path(digest)
+        with _os_errors(f"delete {digest}"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                return False
+        return True
+
     async def walk(self) -> list[BlobInfo]:
         """Return every committed blob, sorted by digest."""
 
@@ -874,6 +915,7 @@ class ContentStore:
             # link, unlike rename, refuses to replace: an existing blob stays untouched.
             os.link(data, target)
         except FileExistsError:
+            _touch_ctime(target)
             shutil.rmtree(ingest, ignore_errors=True)
             raise BlobExists(digest) from None
         except OSError as exc:
@@ -883,6 +925,7 @@ class ContentStore:
             # No hard links on this filesystem: check then rename. Two racing commits of
             # the same digest may both succeed; the bytes are the same either way.
             if target.exists():
+                _touch_ctime(target)
                 shutil.rmtree(ingest, ignore_errors=True)
                 raise BlobExists(digest) from None
             os.rename(data, target)
