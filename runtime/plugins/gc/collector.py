@@ -1,0 +1,222 @@
+"""One collection: mark on a read snapshot, sweep records in a short exclusive phase, then disk.
+
+Phases, and what writers (every other plugin) experience during each:
+
+1. **Start** (a tiny write): the change log starts recording writes.
+2. **Mark** (no lock): a second, read-only SQLite connection opens a WAL read
+   transaction, loads the records and marks from the roots, in a worker
+   thread. Writers go on; their writes land in the change log.
+3. **Sweep** (one write transaction: the pause): the change log is drained,
+   whatever it made reachable is taken out of the candidates
+   (:func:`runtime.plugins.gc.mark.rescue`) and the remaining candidates'
+   records are deleted. Its cost follows what changed and what is deleted,
+   not the size of the store.
+4. **Disk** (brief locks): backend objects no record refers to are removed
+   (:mod:`runtime.plugins.gc.disk`).
+
+A crash between 3 and 4 (fault point ``gc.after-sweep``) leaves unreferenced
+bytes, which phase 4 of the next collection finds from the records alone.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+
+from runtime.core.errors import NotFound
+from runtime.core.faults import fault_point
+from runtime.plugins.content.local.store import ContentStore
+from runtime.plugins.gc import changes
+from runtime.plugins.gc.api import LABEL_EXPIRE, GCReport
+from runtime.plugins.gc.disk import DiskSweeper, Since, fs_clock_ns
+from runtime.plugins.gc.graph import Loaded, Node, load, roots
+from runtime.plugins.gc.labels import expire_time, parse_time
+from runtime.plugins.gc.locking import timed_write
+from runtime.plugins.gc.mark import Marking, mark
+from runtime.plugins.gc.sweep import SweepResult, sweep
+from runtime.plugins.metadata.db import Database, sqlite_errors
+from runtime.plugins.snapshots.api import Snapshotter
+
+__all__ = ["Collector", "Marked"]
+
+T = TypeVar("T")
+
+#: The fault point between the record sweep and the disk phase.
+FAULT_AFTER_SWEEP = "gc.after-sweep"
+
+
+@dataclass
+class Marked:
+    """The outcome of :meth:`Collector.mark`, input of :meth:`Collector.sweep`.
+
+    Attributes:
+        since: When the collection started.
+        loaded: The records of the read snapshot.
+        marking: What the mark reached.
+        candidates: Existing nodes it did not reach: what the sweep deletes
+            unless a concurrent write rescues them.
+        held: Seconds the writer lock was held (to start the change log).
+    """
+
+    since: Since
+    loaded: Loaded
+    marking: Marking
+    candidates: set[Node]
+    held: float = 0.0
+
+
+class Collector:
+    """Garbage collection over the metadata database and the backends.
+
+    Args:
+        db: The metadata database.
+        store: The content backend, or None (content bytes are then left alone).
+        snapshotters: Snapshotter backends by name, as the records name them.
+
+    One collection runs at a time; :meth:`collect` callers queue. Use one
+    collector per database: the change log lives on the database's connection.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        store: ContentStore | None = None,
+        snapshotters: Mapping[str, Snapshotter] | None = None,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.disk = DiskSweeper(db, store, snapshotters or {})
+        self._lock = anyio.Lock()
+
+    async def collect(self) -> GCReport:
+        """Run a whole collection and return its figures."""
+        async with self._lock:
+            started = time.perf_counter()
+            marked = await self.mark()
+            report = GCReport(started_at=marked.since.wall)
+            report.mark_seconds = time.perf_counter() - started
+            await self.sweep(marked, report)
+            # Records are gone, bytes not yet: a crash here must leave a consistent store.
+            fault_point(FAULT_AFTER_SWEEP)
+            disk_started = time.perf_counter()
+            await self.disk.run(marked.since, report)
+            report.disk_seconds = time.perf_counter() - disk_started
+            report.total_seconds = time.perf_counter() - started
+            return report
+
+    async def mark(self) -> Marked:
+        """Phases 1 and 2: start the change log, then mark on a read snapshot."""
+        # Taken before the log starts, so "created after the start" errs towards keeping.
+        since = Since(wall=datetime.now(UTC), fs_ns=fs_clock_ns())
+        _, held = await timed_write(self.db, changes.start)
+        try:
+            loaded = await self._snapshot(load)
+            # Listed after the snapshot began: an ingest recorded in it was on disk first.
+            active = (
+                {s.ref for s in await self.store.list_statuses()}
+                if self.store is not None
+                else set()
+            )
+
+            def compute() -> tuple[Marking, set[Node]]:
+                marking = mark(loaded, roots(loaded, since.wall, active))
+                return marking, {n for n in loaded.nodes() if n not in marking.kept}
+
+            marking, candidates = await anyio.to_thread.run_sync(compute)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.db.write(changes.stop)
+            raise
+        return Marked(since, loaded, marking, candidates, held)
+
+    async def sweep(self, marked: Marked, report: GCReport) -> SweepResult:
+        """Phase 3: the exclusive re-check and deletion of records; fills ``report``."""
+        await self._recheck_ingests(marked)
+        try:
+            result, held = await timed_write(
+                self.db, lambda conn: sweep(conn, marked.candidates, marked.marking)
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.db.write(changes.stop)
+            raise
+        report.pause_seconds = held
+        report.lock_seconds += marked.held + held
+        report.rescued = result.rescued
+        report.live = len(marked.loaded) - sum(result.deleted.values())
+        for kind, count in result.deleted.items():
+            report.kind(kind).records += count
+        return result
+
+    async def next_expiry(self, after: datetime | None = None) -> datetime | None:
+        """The earliest ``containerd.io/gc.expire`` among leases and images, later than ``after``.
+
+        Read on a snapshot connection: it never waits for, nor holds back, writers.
+        """
+        pattern = f"%{LABEL_EXPIRE}%"
+
+        def query(conn: sqlite3.Connection) -> list[str]:
+            return [
+                r[0]
+                for r in conn.execute(
+                    "SELECT labels FROM leases WHERE labels LIKE ? "
+                    "UNION ALL SELECT labels FROM images WHERE labels LIKE ?",
+                    (pattern, pattern),
+                )
+            ]
+
+        times = [expire_time(json.loads(raw)) for raw in await self._snapshot(query)]
+        found = [t for t in times if t is not None and (after is None or t > after)]
+        return min(found, default=None)
+
+    async def _recheck_ingests(self, marked: Marked) -> None:
+        """Keep candidate ingests whose backend appeared since the mark listed them.
+
+        An ingest row has no timestamp a resumed upload would bump, so the
+        change log cannot see it come back to life; the backend can.
+        """
+        if self.store is None:
+            return
+        for node in [n for n in marked.candidates if n[0] == "ingests"]:
+            _, ns, ref = node
+            _, expires_at, backend_ref = marked.loaded.ingest_rows[(ns, ref)]
+            if parse_time(expires_at) is not None:
+                continue  # expired: the expiry decides, not the backend
+            try:
+                await self.store.status(backend_ref)
+            except NotFound:
+                continue
+            marked.candidates.discard(node)
+
+    async def _snapshot(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one read transaction on a private read-only connection.
+
+        In WAL mode the transaction sees the database as of its first read
+        while the writer connection commits on: that is what lets the mark
+        run without holding writers back.
+        """
+        uri = self.db.path.resolve().as_uri() + "?mode=ro"
+
+        def run() -> T:
+            with sqlite_errors():
+                conn = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30
+                )
+                try:
+                    conn.execute("BEGIN")
+                    try:
+                        return fn(conn)
+                    finally:
+                        conn.execute("COMMIT")
+                finally:
+                    conn.close()
+
+        return await anyio.to_thread.run_sync(run)
