@@ -165,6 +165,21 @@ def edges(source: Source, node: Node) -> Iterator[tuple[Node, bool]]:
             yield ("content", ns, expected), True
 
 
+def parent_of(source: Source, node: Node) -> Node | None:
+    """A snapshot's parent, or None.
+
+    Kept even through a flat lease: a snapshot without its parent cannot be
+    mounted, and the backend refuses to remove a parent anyway.
+    """
+    kind, ns, key = node
+    if not kind.startswith("snapshots/"):
+        return None
+    found = source.snapshot(ns, kind[len("snapshots/") :], key)
+    if found is None or not found[0]:
+        return None
+    return (kind, ns, found[0])
+
+
 def _refs(ns: str, labels: Labels) -> Iterator[tuple[Node, bool]]:
     for kind, key in label_refs(labels):
         yield (kind, ns, key), True

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from runtime.plugins.gc.graph import Node, Source, edges
+from runtime.plugins.gc.graph import Node, Source, edges, parent_of
 
 __all__ = ["Marking", "mark", "rescue"]
 
@@ -45,7 +45,12 @@ def mark(source: Source, roots: Iterable[Node]) -> Marking:
     while gray:
         node, follow = gray.pop()
         kept.add(node)
-        if not follow or node in expanded:
+        if not follow:
+            parent = parent_of(source, node)
+            if parent is not None and parent not in kept:
+                gray.append((parent, False))
+            continue
+        if node in expanded:
             continue
         expanded.add(node)
         for child, child_follow in edges(source, node):
@@ -79,7 +84,12 @@ def rescue(
         if node in candidates:
             candidates.discard(node)
             rescued.add(node)
-        if not follow or node in done or (not changed_node and node in marking.expanded):
+        if not follow:
+            parent = parent_of(source, node)
+            if parent is not None and parent in candidates:
+                gray.append((parent, False, False))
+            continue
+        if node in done or (not changed_node and node in marking.expanded):
             continue
         done.add(node)
         for child, child_follow in edges(source, node):

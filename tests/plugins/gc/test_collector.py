@@ -279,6 +279,9 @@ def survivors(spec: dict[str, Namespace]) -> set[tuple[str, str, str]]:
         while gray:
             node, follow = gray.pop()
             kept.add((node[0], ns, node[1]))
+            if not follow and node[0] == "snapshots/native" and node[1] in parents:
+                # A snapshot needs its parent chain whatever the lease says.
+                gray.append((("snapshots/native", parents[node[1]]), False))
             if not follow or node in followed:
                 continue
             followed.add(node)
