@@ -1,33 +1,50 @@
-"""``moorage``: argument parsing and dispatch; errors go to stderr with a non-zero exit."""
+"""``moorage``: argument parsing and dispatch; errors go to stderr with a non-zero exit.
+
+Scripts call the CLI by the dozen, so a call imports only what its command
+needs: the parser holds just the group of the command named on the command
+line (every group for ``--help`` or a word no group claims), and ``version``
+skips argparse altogether. ``python -X importtime -m runtime.cli.main version``
+shows what is left.
+"""
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from runtime.cli import (
-    config_cmd,
-    containers,
-    content,
-    gc,
-    images,
-    namespaces,
-    run,
-    snapshots,
-    system,
-)
+if TYPE_CHECKING:
+    import argparse
 
-__all__ = ["build_parser", "main"]
+__all__ = ["COMMANDS", "GROUPS", "build_parser", "main"]
 
-#: Command groups in the order ``--help`` lists them; each adds its subparsers.
-GROUPS = (system, namespaces, content, snapshots, images, containers, run, gc, config_cmd)
+#: Command groups (modules of ``runtime.cli``) in the order ``--help`` lists
+#: them; each module's ``register(sub)`` adds its commands.
+GROUPS = ("system", "namespaces", "content", "snapshots", "images", "containers", "run", "gc",
+          "config_cmd")
+
+#: The group adding each top-level command and alias (a test keeps it complete).
+COMMANDS = {
+    "daemon": "system", "version": "system", "plugins": "system", "events": "system",
+    "namespaces": "namespaces", "ns": "namespaces",
+    "content": "content", "leases": "content",
+    "snapshots": "snapshots", "snapshot": "snapshots",
+    "images": "images", "image": "images", "i": "images", "pull": "images",
+    "containers": "containers", "c": "containers", "tasks": "containers", "t": "containers",
+    "logs": "containers",
+    "run": "run", "gc": "gc", "config": "config_cmd",
+}  # fmt: skip
+
+#: Global options taking a value (for finding the command word without argparse).
+_VALUED = ("--address", "-n", "--namespace", "--token-file")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command tree."""
+def build_parser(groups: Iterable[str] = GROUPS) -> argparse.ArgumentParser:
+    """The command tree of ``groups`` (default: every command)."""
+    import argparse
+
     parser = argparse.ArgumentParser(prog="moorage", description="Moorage container runtime")
     parser.add_argument(
         "--address",
@@ -46,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="bearer token for a TCP address",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in GROUPS:
-        group.register(sub)
+    for group in groups:
+        import_module(f"runtime.cli.{group}").register(sub)
     return parser
 
 
@@ -64,13 +81,75 @@ def client(args: Any) -> Any:
     return Client(args.address, namespace=args.namespace, token_file=args.token_file)
 
 
+def lean_client(args: Any) -> Any:
+    """The standard-library client (:mod:`runtime.client.lean`) for the global flags."""
+    from runtime.client.lean import LeanClient
+
+    return LeanClient(args.address, namespace=args.namespace, token_file=args.token_file)
+
+
+def _split_globals(argv: Sequence[str]) -> tuple[dict[str, str], list[str]] | None:
+    """Global options by name and the words from the command on; ``None`` for help."""
+    found: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        name, eq, value = word.partition("=")
+        if name in _VALUED:
+            if not eq:
+                if i + 1 >= len(argv):
+                    return None
+                value = argv[i + 1]
+                i += 1
+            found["namespace" if name == "-n" else name.lstrip("-").replace("-", "_")] = value
+        elif word.startswith("-"):
+            return None  # --help, or something argparse should judge
+        else:
+            return found, list(argv[i:])
+        i += 1
+    return None
+
+
+def _fast_version(options: dict[str, str], rest: list[str]) -> int | None:
+    """``moorage version [--format table|json]`` without argparse; ``None``: not that."""
+    fmt = "table"
+    if rest[1:] in (["--format", "json"], ["--format=json"]):
+        fmt = "json"
+    elif rest[1:] not in ([], ["--format", "table"], ["--format=table"]):
+        return None
+    import runtime
+    from runtime.client.lean import LeanClient
+
+    env = os.environ.get
+    server = LeanClient(options.get("address") or env("MOORAGE_ADDRESS"),
+                        namespace=options.get("namespace") or env("MOORAGE_NAMESPACE"),
+                        token_file=options.get("token_file") or env("MOORAGE_TOKEN_FILE"),
+                        ).version()
+    if fmt == "json":
+        import json
+
+        print(json.dumps({"client": runtime.__version__, "server": vars(server)},
+                         separators=(",", ":")))
+    else:
+        print(f"Client:\n  Version: {runtime.__version__}\nServer:\n  Version: {server.version}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns (and, as a console script, exits with) its exit code."""
     from runtime.core.errors import MoorageError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = _split_globals(argv)
+    groups: Iterable[str] = GROUPS
     try:
+        if split is not None:
+            options, rest = split
+            if rest[0] == "version" and (code := _fast_version(options, rest)) is not None:
+                return code
+            if rest[0] in COMMANDS:
+                groups = (COMMANDS[rest[0]],)
+        args = build_parser(groups).parse_args(argv)
         code = args.handler(args)
     except MoorageError as exc:
         print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)

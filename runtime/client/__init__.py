@@ -2,9 +2,24 @@
 
 :class:`Client` is synchronous, built on the standard library's HTTP client
 (no aiohttp import: the CLI starts fast); it speaks to ``unix:///path`` or
-``http://host:port`` addresses.
+``http://host:port`` addresses. Both names resolve on first use, so that
+``runtime.client.lean`` (the CLI's hot commands) does not import msgspec
+through this package.
 """
 
-from runtime.client.sync import Client, default_address
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runtime.client.sync import Client, default_address
 
 __all__ = ["Client", "default_address"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from runtime.client import sync
+
+        return getattr(sync, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,172 @@
+"""Registration of ``diff.walking``: apply layer blobs onto snapshot mounts.
+
+The service picks the cheapest way to reach the snapshot's files:
+
+* one ``overlay`` mount: write straight into its ``upperdir`` with overlayfs
+  whiteouts (containerd's fast path; nothing is mounted);
+* one read-write ``bind`` mount: write into its source directory;
+* anything else: mount under ``<root>/tmpmounts``, apply, unmount.
+
+Applying is blocking work (decompression, hashing, file system calls) and runs
+in a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import anyio.to_thread
+
+from runtime.core.hookspecs import hookimpl
+from runtime.core.registration import InitContext, PluginConfig, Registration
+from runtime.plugins.diff.walking import staging
+from runtime.plugins.diff.walking.apply import ApplyResult, apply_layer
+from runtime.plugins.diff.walking.staging import StagedLayer
+from runtime.plugins.snapshots.api import Mount
+from runtime.plugins.snapshots.mount import mount_all, unmount
+
+__all__ = ["WalkingConfig", "WalkingDiff"]
+
+
+class WalkingConfig(PluginConfig):
+    """``[plugins."diff.walking"]``."""
+
+    #: Refuse layers that decompress to more than this many bytes (0: no limit).
+    max_uncompressed: int = 0
+
+
+def _media_type(desc: Any) -> str:
+    # Registry descriptors spell it as on the wire, other records in snake case.
+    return str(getattr(desc, "mediaType", "") or getattr(desc, "media_type", ""))
+
+
+def _option(mount: Mount, key: str) -> str | None:
+    prefix = key + "="
+    return next((o[len(prefix) :] for o in mount.options if o.startswith(prefix)), None)
+
+
+class WalkingDiff:
+    """Applies layers to the mounts of a snapshot.
+
+    Args:
+        tmp_root: Where temporary mount points are made.
+        max_uncompressed: Per-layer limit on uncompressed bytes (``None``: none).
+    """
+
+    def __init__(self, tmp_root: Path, max_uncompressed: int | None = None) -> None:
+        self.tmp_root = tmp_root
+        self.max_uncompressed = max_uncompressed
+
+    async def apply(
+        self, desc: Any, mounts: Sequence[Mount], reader: Callable[[], BinaryIO]
+    ) -> ApplyResult:
+        """Apply the layer ``desc`` (read through ``reader()``) onto ``mounts``.
+
+        Args:
+            desc: The layer's descriptor; its media type selects decompression.
+            mounts: The mounts of an active snapshot, as its snapshotter gave them.
+            reader: Opens the blob (called in the worker thread).
+
+        Returns:
+            The diffID and size of the uncompressed layer.
+
+        Raises:
+            NotImplementedYet: A media type this differ does not handle.
+            InvalidArgument: A corrupt or hostile layer.
+        """
+        return await anyio.to_thread.run_sync(self._apply, _media_type(desc), list(mounts), reader)
+
+    def _apply(
+        self, media_type: str, mounts: list[Mount], reader: Callable[[], BinaryIO]
+    ) -> ApplyResult:
+        with reader() as stream, self._target(mounts) as (target, upper):
+            return apply_layer(
+                stream,
+                target,
+                media_type=media_type,
+                overlay_upper=upper,
+                max_uncompressed=self.max_uncompressed,
+            )
+
+    async def stage(self, desc: Any, reader: Callable[[], BinaryIO], scratch: Path) -> StagedLayer:
+        """Apply a layer into a new directory under ``scratch``, for :meth:`graft` later.
+
+        Lets an unpacker apply the layers of an image side by side; see
+        :mod:`.staging`. ``scratch`` should be on the snapshotter's file system.
+        """
+
+        def work() -> StagedLayer:
+            with reader() as stream:
+                return staging.stage(
+                    stream,
+                    scratch,
+                    media_type=_media_type(desc),
+                    max_uncompressed=self.max_uncompressed,
+                )
+
+        return await anyio.to_thread.run_sync(work)
+
+    async def graft(self, staged: StagedLayer, mounts: Sequence[Mount]) -> bool:
+        """Move a staged layer into the snapshot of ``mounts`` if it is one overlay mount.
+
+        Returns:
+            ``False`` (nothing changed) when the mounts are not a single overlay
+            mount, or its upperdir cannot take the layer by renames: apply instead.
+        """
+        if len(mounts) != 1 or mounts[0].type != "overlay" or os.geteuid() != 0:
+            return False
+        upperdir = _option(mounts[0], "upperdir")
+        if upperdir is None:
+            return False
+        return await anyio.to_thread.run_sync(staging.graft, staged, Path(upperdir))
+
+    async def discard(self, staged: StagedLayer) -> None:
+        """Remove a staged layer that will not be grafted."""
+        await anyio.to_thread.run_sync(staging.discard, staged)
+
+    @contextmanager
+    def _target(self, mounts: list[Mount]) -> Iterator[tuple[Path, bool]]:
+        """Yield ``(directory to apply into, is an overlay upperdir)``."""
+        if len(mounts) == 1:
+            mount = mounts[0]
+            upperdir = _option(mount, "upperdir") if mount.type == "overlay" else None
+            # Whiteouts are character devices: only root may make them.
+            if upperdir is not None and os.geteuid() == 0:
+                yield Path(upperdir), True
+                return
+            if mount.type == "bind" and "ro" not in mount.options:
+                yield Path(mount.source), False
+                return
+        self.tmp_root.mkdir(parents=True, exist_ok=True)
+        where = Path(tempfile.mkdtemp(prefix="apply-", dir=self.tmp_root))
+        try:
+            mount_all(mounts, where)
+            try:
+                yield where, False
+            finally:
+                unmount(where)
+        finally:
+            os.rmdir(where)
+
+
+async def init(ctx: InitContext[WalkingConfig]) -> WalkingDiff:
+    """The differ, with temporary mounts under the plugin's state directory."""
+    limit = ctx.config.max_uncompressed or None
+    return WalkingDiff(ctx.state / "tmpmounts", limit)
+
+
+@hookimpl
+def moorage_plugins() -> Iterator[Registration]:
+    """The walking differ."""
+    yield Registration(
+        type="diff",
+        id="walking",
+        init=init,
+        config=WalkingConfig,
+        description="apply layers onto snapshots (overlay upperdir fast path)",
+    )
