@@ -53,12 +53,13 @@ async def test_keyed_locks_serialise_per_key_and_report_waiting() -> None:
         async with locks.hold(key) as w:
             waited.append(w)
             order.append(f"{name}+")
-            await anyio.sleep(0.01)
+            # Long enough that b queues behind a even on a loaded machine.
+            await anyio.sleep(0.3)
             order.append(f"{name}-")
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(user, "a", "k")
-        await anyio.sleep(0.001)
+        await anyio.sleep(0.05)
         tg.start_soon(user, "b", "k")
         tg.start_soon(user, "c", "other")
     assert order.index("a-") < order.index("b+")
