@@ -10,6 +10,7 @@ PACKAGES=(
     docker-registry skopeo umoci           # registry and image tools (tests, interop)
     busybox-static                         # test images are built from it
     containernetworking-plugins iproute2   # CNI networking
+    iptables                               # CNI port publishing (portmap) and NAT
     btrfs-progs e2fsprogs util-linux       # btrfs snapshotter, loop filesystems
     containerd                             # the benchmark's reference
     apache2-utils                          # htpasswd for the auth registry tests

@@ -158,18 +158,17 @@ def containers_info(args: argparse.Namespace) -> int:
 
 
 def containers_rm(args: argparse.Namespace) -> int:
-    """Delete containers (with ``-f``, their tasks first)."""
-    from runtime.cli.main import client
-    from runtime.cli.run import _delete_task
-    from runtime.core.errors import MoorageError, NotFound
+    """Delete containers (with ``-f``, their tasks first: one request each)."""
+    from runtime.cli.main import lean_client
+    from runtime.core.errors import MoorageError
 
-    api, failed = client(args), False
+    api, failed = lean_client(args), False
     for container_id in args.ids:
         try:
             if args.force:
-                with contextlib.suppress(NotFound):
-                    _delete_task(api, container_id)
-            api.delete_container(container_id)
+                api.remove(container_id, force=True)
+            else:
+                api.delete_container(container_id)
             print(container_id)
         except MoorageError as exc:
             print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)
@@ -210,25 +209,24 @@ def tasks_start(args: argparse.Namespace) -> int:
 
 def tasks_kill(args: argparse.Namespace) -> int:
     """Signal a task or exec."""
-    from runtime.cli.main import client
+    from runtime.cli.main import lean_client
 
-    client(args).kill_task(args.id, args.signal, all=args.all, exec_id=args.exec_id)
+    lean_client(args).kill_task(args.id, args.signal, all=args.all, exec_id=args.exec_id)
     return 0
 
 
 def tasks_rm(args: argparse.Namespace) -> int:
     """Delete tasks (``-f``: kill first) or an exec."""
-    from runtime.cli.main import client
-    from runtime.cli.run import _delete_task
+    from runtime.cli.main import lean_client
     from runtime.core.errors import MoorageError
 
-    api, failed = client(args), False
+    api, failed = lean_client(args), False
     for task_id in args.ids:
         try:
             if args.exec_id:
                 api.delete_task(task_id, args.exec_id)
             elif args.force:
-                _delete_task(api, task_id)
+                api.delete_task(task_id, force=True)
             else:
                 api.delete_task(task_id)
             print(task_id)
@@ -319,18 +317,31 @@ def tasks_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bytes(value: int) -> str:
+    """``52.4 MiB``: binary units, one decimal."""
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{value} B"
+
+
 def tasks_metrics(args: argparse.Namespace) -> int:
-    """CPU, memory and pids of a task."""
+    """CPU, memory, pids and IO of a task (``--format json``: the raw figures)."""
     from runtime.cli.main import client
     from runtime.cli.output import emit
 
-    def limit(value: int | None) -> str:
-        return "max" if value is None else str(value)
+    def limit(value: int | None, fmt: Any = str) -> str:
+        return "max" if value is None else str(fmt(value))
 
     emit(args, client(args).task_metrics(args.id),
-         headers=("TASK", "CGROUP", "CPU_USEC", "MEMORY", "MEMORY_LIMIT", "PIDS", "OOM_KILLS"),
-         row=lambda m: (m.container_id, m.cgroup, m.cpu_usage_usec, m.memory_usage_bytes,
-                        limit(m.memory_limit_bytes), m.pids_current, m.oom_kills),
+         headers=("TASK", "CPU", "MEMORY", "PIDS", "IO_READ", "IO_WRITE", "OOM_KILLS",
+                  "CGROUP"),
+         row=lambda m: (m.container_id, f"{m.cpu_usage_usec / 1e6:.2f}s",
+                        f"{_bytes(m.memory_usage_bytes)} / {limit(m.memory_limit_bytes, _bytes)}",
+                        f"{m.pids_current} / {limit(m.pids_limit)}", _bytes(m.io_read_bytes),
+                        _bytes(m.io_write_bytes), m.oom_kills, m.cgroup),
          ident=lambda m: m.container_id)
     return 0
 

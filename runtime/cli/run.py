@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import secrets
 import sys
-from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
@@ -40,20 +38,31 @@ _NOT_FOUND = ("executable file not found", "no such file or directory")
 _CANNOT_EXECUTE = ("permission denied", "exec format error", "is a directory")
 
 
-@dataclass
 class RunOptions:
-    """What ``moorage run`` was asked (see its ``--help``)."""
+    """What ``moorage run`` was asked (see its ``--help``).
 
-    name: str = ""
-    remove: bool = False
-    detach: bool = False
-    tty: bool = False
-    interactive: bool = False
-    runtime: str = "runc"
-    snapshotter: str = ""
-    rootfs: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
-    spec: Any = None  # SpecOptions without args; filled by run_container
+    A plain class: ``dataclasses`` (with ``inspect``) would be the largest
+    import of ``moorage run``.
+    """
+
+    def __init__(self, name: str = "", remove: bool = False, detach: bool = False,
+                 tty: bool = False, interactive: bool = False, runtime: str = "runc",
+                 snapshotter: str = "", rootfs: str = "",
+                 labels: dict[str, str] | None = None, spec: Any = None) -> None:
+        self.name = name
+        self.remove = remove
+        self.detach = detach
+        self.tty = tty
+        self.interactive = interactive
+        self.runtime = runtime
+        self.snapshotter = snapshotter
+        self.rootfs = rootfs
+        self.labels: dict[str, str] = dict(labels or {})
+        #: SpecOptions (a Struct or its JSON object) without args; completed by run_container.
+        self.spec = spec
+
+    def __repr__(self) -> str:
+        return f"RunOptions({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
 def parse_size(text: str) -> int:
@@ -65,10 +74,9 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
-def parse_mount(text: str) -> Any:
-    """``type=bind,src=/a,dst=/b,options=ro:rbind`` into a SpecMount."""
+def parse_mount(text: str) -> dict[str, Any]:
+    """``type=bind,src=/a,dst=/b,options=ro:rbind`` into a SpecMount JSON object."""
     from runtime.core.errors import InvalidArgument
-    from runtime.plugins.runtime.api import SpecMount
 
     fields: dict[str, str] = {}
     for part in text.split(","):
@@ -84,8 +92,8 @@ def parse_mount(text: str) -> Any:
     if not dest:
         raise InvalidArgument(f"--mount {text!r}: dst= is required")
     options = [o for o in fields.get("options", "").split(":") if o]
-    return SpecMount(destination=dest, source=os.path.abspath(source) if source else "",
-                     type=fields.get("type", "bind"), options=options)
+    return {"destination": dest, "source": os.path.abspath(source) if source else "",
+            "type": fields.get("type", "bind"), "options": options}
 
 
 def add_spec_flags(p: argparse.ArgumentParser) -> None:
@@ -106,22 +114,60 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", default="runc", help="runtime plugin (runc, crun)")
     p.add_argument("--snapshotter", default="", help="snapshotter for the image's rootfs")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--net", "--network", dest="network", default="bridge", metavar="NETWORK",
+                   help="bridge (default), host, none, or a network's name")
+    p.add_argument("-p", "--publish", action="append", default=[],
+                   metavar="[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]",
+                   help="publish a container port on the host")
     # Runs a plain directory instead of an image; for tests and image-less hosts.
     p.add_argument("--rootfs", default="", help=argparse.SUPPRESS)
 
 
 def spec_options_from(args: argparse.Namespace, command: list[str]) -> Any:
     """The SpecOptions the flags describe (``command`` empty keeps the image's)."""
+    import msgspec
+
     from runtime.plugins.runtime.api import SpecOptions
 
-    return SpecOptions(
-        args=command or None,
-        entrypoint=[args.entrypoint] if args.entrypoint is not None else None,
-        env=list(args.env), cwd=args.workdir, user=args.user, hostname=args.hostname,
-        mounts=[parse_mount(m) for m in args.mount], readonly_rootfs=args.read_only,
-        privileged=args.privileged, terminal=args.tty, cpus=args.cpus,
-        memory=parse_size(args.memory) if args.memory else 0, pids_limit=args.pids_limit,
-    )  # fmt: skip
+    return msgspec.convert(spec_dict_from(args, command), SpecOptions)
+
+
+#: As runtime.plugins.network.api.NETWORK_ANNOTATION and PORTS_ANNOTATION: that
+#: module imports msgspec, which ``moorage run`` does without (tests keep them equal).
+NETWORK_ANNOTATION = "io.moorage.network"
+PORTS_ANNOTATION = "io.moorage.ports"
+
+
+def _network_mode(text: str) -> str:
+    """As runtime.plugins.network.api.parse_mode."""
+    from runtime.core.errors import InvalidArgument
+
+    value = text.strip()
+    if not value or not all(c.isalnum() or c in "._-" for c in value):
+        raise InvalidArgument(f"network {text!r}: use bridge, host, none or a network name")
+    return value
+
+
+def spec_dict_from(args: argparse.Namespace, command: list[str]) -> dict[str, Any]:
+    """The flags as a SpecOptions JSON object, defaults left out (the daemon validates it)."""
+    # The network travels in the spec's annotations; the runtime acts on them at task create.
+    annotations = {NETWORK_ANNOTATION: _network_mode(args.network)}
+    if args.publish:
+        from runtime.plugins.network.api import encode_ports, parse_publish
+
+        annotations[PORTS_ANNOTATION] = encode_ports([parse_publish(p) for p in args.publish])
+    spec: dict[str, Any] = {
+        "args": command or None,
+        "entrypoint": [args.entrypoint] if args.entrypoint is not None else None,
+        "env": list(args.env), "cwd": args.workdir, "user": args.user,
+        "hostname": args.hostname, "mounts": [parse_mount(m) for m in args.mount],
+        "readonly_rootfs": args.read_only, "privileged": args.privileged,
+        "terminal": args.tty, "cpus": args.cpus,
+        "memory": parse_size(args.memory) if args.memory else 0,
+        "pids_limit": args.pids_limit, "annotations": annotations,
+    }  # fmt: skip
+    # Defaults are left out; an empty entrypoint list still means "none".
+    return {k: v for k, v in spec.items() if v or (k == "entrypoint" and v is not None)}
 
 
 def register(sub: Any) -> None:
@@ -149,7 +195,7 @@ def exit_code_for(error: Exception) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``moorage run``."""
-    from runtime.cli.main import client
+    from runtime.cli.main import lean_client
     from runtime.cli.namespaces import parse_labels
     from runtime.core.errors import InvalidArgument, MoorageError
 
@@ -161,15 +207,14 @@ def run(args: argparse.Namespace) -> int:
             name=args.name, remove=args.rm, detach=args.detach, tty=args.tty,
             interactive=args.interactive, runtime=args.runtime, snapshotter=args.snapshotter,
             rootfs=args.rootfs, labels=parse_labels(args.label),
-            spec=spec_options_from(args, []),
+            spec=spec_dict_from(args, []),
         )  # fmt: skip
-        return run_container(client(args), args.image, list(args.command), options)
+        return run_container(lean_client(args), args.image, list(args.command), options)
     except MoorageError as exc:
         print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)
         return exit_code_for(exc)
 
 
-@dataclass
 class PreparedRootfs:
     """Where a new container's root filesystem comes from.
 
@@ -181,11 +226,13 @@ class PreparedRootfs:
         lease: A lease protecting the snapshot until the container refers to it.
     """
 
-    config: Any
-    mounts: list[Any]
-    snapshotter: str = ""
-    key: str = ""
-    lease: str = ""
+    def __init__(self, config: Any, mounts: list[Any], snapshotter: str = "", key: str = "",
+                 lease: str = "") -> None:
+        self.config = config
+        self.mounts = mounts
+        self.snapshotter = snapshotter
+        self.key = key
+        self.lease = lease
 
     def release(self, api: Any) -> None:
         """Drop the lease once the container record holds the snapshot (or on failure)."""
@@ -200,9 +247,11 @@ class PreparedRootfs:
 def prepare_rootfs(api: Any, image: str, key: str, snapshotter: str = "") -> PreparedRootfs:
     """Unpack ``image`` if needed and prepare the active snapshot ``key`` on it.
 
-    The snapshot is prepared under a short lease: until the container record
-    refers to it, only the lease keeps the garbage collector away, and it
-    expires by itself if this client dies first.
+    For ``containers create``, which makes the record after the snapshot: the
+    snapshot is prepared under a short lease, so that until the record refers
+    to it only the lease keeps the garbage collector away, and the lease
+    expires by itself if this client dies first. (``run`` makes both in one
+    call, record first: see :func:`run_container`.)
     """
     import msgspec
 
@@ -222,20 +271,26 @@ def prepare_rootfs(api: Any, image: str, key: str, snapshotter: str = "") -> Pre
     return PreparedRootfs(config, rootfs, prepared.snapshotter, key, lease)
 
 
-def _rootfs_of(api: Any, image: str, container_id: str, options: RunOptions) -> PreparedRootfs:
-    from runtime.plugins.snapshots.api import Mount
+def _spec_dict(spec: Any) -> dict[str, Any]:
+    """SpecOptions (a Struct, a JSON object or ``None``) as a JSON object."""
+    if spec is None:
+        return {}
+    if isinstance(spec, dict):
+        return dict(spec)
+    import msgspec
 
-    if options.rootfs:
-        path = os.path.abspath(options.rootfs)
-        return PreparedRootfs(None, [Mount(type="bind", source=path, options=["rbind", "rw"])])
-    return prepare_rootfs(api, image, container_id, options.snapshotter)
+    return dict(msgspec.to_builtins(spec))
 
 
 def run_container(api: Any, image: str, command: list[str], options: RunOptions) -> int:
     """Create, start and (unless detached) follow a container; return its exit code.
 
+    Two requests make a detached container (the image's root filesystem, then
+    ``POST /v1/run``); an attached one adds the attach websocket, which starts
+    the process, and with ``remove`` one ``DELETE /v1/run/{id}`` at the end.
+
     Args:
-        api: A :class:`runtime.client.Client`.
+        api: A :class:`runtime.client.Client` or :class:`runtime.client.lean.LeanClient`.
         image: Image reference (ignored for the spec with ``options.rootfs``).
         command: Replaces the image's ``Cmd`` when not empty.
         options: Everything else.
@@ -243,35 +298,37 @@ def run_container(api: Any, image: str, command: list[str], options: RunOptions)
     Raises:
         MoorageError: Moorage failed (the caller maps it with :func:`exit_code_for`).
     """
-    import msgspec
-
-    container_id = options.name or secrets.token_hex(6)
-    spec = msgspec.structs.replace(options.spec, args=command or None, terminal=options.tty)
-    created: list[str] = []
-    rootfs: PreparedRootfs | None = None
+    container_id = options.name or os.urandom(6).hex()
+    spec = _spec_dict(options.spec)
+    spec["args"] = command or None
+    spec["terminal"] = options.tty
+    container: dict[str, Any] = {
+        "id": container_id, "image": image, "runtime": {"name": options.runtime},
+        "spec_options": spec, "labels": dict(options.labels),
+    }  # fmt: skip
+    parent, rootfs = "", []
+    if options.rootfs:
+        path = os.path.abspath(options.rootfs)
+        rootfs = [{"type": "bind", "source": path, "options": ["rbind", "rw"]}]
+    else:
+        prepared = api.image_rootfs(image, options.snapshotter)
+        container.update(image_config=prepared.config or None,
+                         snapshotter=prepared.snapshotter, snapshot_key=container_id)
+        parent = prepared.chain_id
+    # The daemon undoes everything it made if this fails.
+    api.run(container, parent=parent, rootfs=rootfs, stdin=options.interactive,
+            start=options.detach)
+    if options.detach:
+        print(container_id)
+        return 0
     try:
-        rootfs = _rootfs_of(api, image, container_id, options)
-        api.create_container(container_id, image=image, runtime=options.runtime,
-                             spec_options=spec, image_config=rootfs.config,
-                             snapshotter=rootfs.snapshotter, snapshot_key=rootfs.key,
-                             labels=options.labels)
-        created.append("container")
-        rootfs.release(api)
-        api.create_task(container_id, rootfs=rootfs.mounts, stdin=options.interactive)
-        created.append("task")
-        if options.detach:
-            api.start_task(container_id)
-            print(container_id)
-            return 0
         code = _attached(api, container_id, options)
     except BaseException:
-        if options.remove or "container" not in created:
-            _cleanup(api, container_id, created, rootfs)
-        if rootfs is not None:
-            rootfs.release(api)
+        if options.remove:
+            _cleanup(api, container_id)
         raise
     if options.remove:
-        _cleanup(api, container_id, created, rootfs)
+        _cleanup(api, container_id)
     return code
 
 
@@ -295,33 +352,13 @@ def _attached(api: Any, container_id: str, options: RunOptions) -> int:
     return int(status)
 
 
-def _cleanup(api: Any, container_id: str, created: list[str],
-             rootfs: PreparedRootfs | None) -> None:
+def _cleanup(api: Any, container_id: str) -> None:
     """Remove what :func:`run_container` made, best effort, reporting failures."""
     from runtime.core.errors import MoorageError
 
-    steps: list[tuple[str, Any]] = []
-    if "task" in created:
-        steps.append(("task", lambda: _delete_task(api, container_id)))
-    if "container" in created:
-        steps.append(("container", lambda: api.delete_container(container_id)))
-    if rootfs is not None and rootfs.snapshotter:
-        steps.append(("snapshot", lambda: api.remove_snapshot(rootfs.snapshotter, rootfs.key)))
-    for what, step in steps:
-        try:
-            step()
-        except MoorageError as exc:
-            if exc.code != "not_found":
-                print(f"moorage: cannot remove {what} {container_id}: {exc.message}",
-                      file=sys.stderr)
-
-
-def _delete_task(api: Any, container_id: str) -> None:
-    from runtime.core.errors import NotFound
-
-    state = api.task(container_id)
-    if state.status in ("running", "paused"):
-        with contextlib.suppress(NotFound):
-            api.kill_task(container_id, "KILL", all=True)
-        api.wait_task(container_id)
-    api.delete_task(container_id)
+    try:
+        api.remove(container_id, force=True, snapshot=True)
+    except MoorageError as exc:
+        if exc.code != "not_found":
+            print(f"moorage: cannot remove container {container_id}: {exc.message}",
+                  file=sys.stderr)

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
-from aiohttp import web
+from aiohttp import typedefs, web
 
 from runtime.core.errors import InvalidArgument
 
 __all__ = [
     "NAMESPACE_KEY",
     "STREAM_ENDERS",
+    "Middleware",
     "Query",
     "Route",
     "RouteSet",
+    "RouteSetWithMiddlewares",
     "decode_body",
     "ends_at_shutdown",
     "namespace_of",
@@ -75,6 +77,21 @@ class Route:
 
 #: The service an ``api.*`` plugin returns: the routes it contributes.
 RouteSet = list[Route]
+
+#: An aiohttp middleware: ``async def mw(request, handler) -> response``.
+Middleware = typedefs.Middleware
+
+
+class RouteSetWithMiddlewares(list[Route]):
+    """A route set that also wraps *every* request the server answers.
+
+    The server puts these middlewares outermost, so they see each request's
+    final status, errors included (``api.metrics`` counts and times requests).
+    """
+
+    def __init__(self, routes: Iterable[Route], middlewares: Iterable[Middleware]) -> None:
+        super().__init__(routes)
+        self.middlewares = tuple(middlewares)
 
 
 def namespace_of(request: web.Request) -> str:

@@ -6,7 +6,7 @@ import hmac
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from aiohttp import web
 from runtime.core.errors import InvalidArgument, MoorageError, NotFound, Unauthenticated
 from runtime.core.identifiers import validate_namespace
 from runtime.plugins.api.openapi import openapi_document
-from runtime.plugins.api.routes import NAMESPACE_KEY, STREAM_ENDERS, Route
+from runtime.plugins.api.routes import NAMESPACE_KEY, STREAM_ENDERS, Middleware, Route
 from runtime.plugins.api.types import DEFAULT_NAMESPACE, NAMESPACE_HEADER, ErrorBody, ErrorDetail
 
 __all__ = ["ApiServer", "build_app"]
@@ -106,10 +106,17 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
     return handle
 
 
-def build_app(routes: list[Route], *, version: str, token: str = "") -> web.Application:
-    """An aiohttp application serving ``routes`` plus ``GET /v1/openapi.json``."""
+def build_app(routes: list[Route], *, version: str, token: str = "",
+              middlewares: Sequence[Middleware] = ()) -> web.Application:
+    """An aiohttp application serving ``routes`` plus ``GET /v1/openapi.json``.
+
+    ``middlewares`` (from route sets) wrap the built-in ones, so they see
+    every request with its final status, errors rendered.
+    """
+    stack: list[Middleware] = [*middlewares, error_middleware, auth_middleware,
+                               namespace_middleware]
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware, namespace_middleware],
+        middlewares=stack,
         client_max_size=64 * 1024 * 1024,
     )
     app[TCP_KEY] = token

@@ -224,6 +224,8 @@ class TaskMetrics(msgspec.Struct, kw_only=True):
         pids_current: Processes and threads now.
         pids_limit: The pids limit; ``None`` when unlimited.
         oom_kills: Processes killed by the OOM killer in this cgroup.
+        io_read_bytes: Bytes read from block devices (page-cache hits not counted).
+        io_write_bytes: Bytes written to block devices.
     """
 
     container_id: str
@@ -235,6 +237,8 @@ class TaskMetrics(msgspec.Struct, kw_only=True):
     pids_current: int = 0
     pids_limit: int | None = None
     oom_kills: int = 0
+    io_read_bytes: int = 0
+    io_write_bytes: int = 0
 
 
 class LogEntry(msgspec.Struct, kw_only=True):

@@ -7,13 +7,24 @@ even if its container record was changed or removed meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Mapping
+import signal
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from runtime.core.errors import AlreadyExists, NotFound
+import anyio
+
+from runtime.core.errors import AlreadyExists, FailedPrecondition, MoorageError, NotFound
 from runtime.plugins.containers.api import Container, ContainerStore
-from runtime.plugins.runtime.api import CreateTaskRequest, Runtime, TaskState, runtime_plugin_id
+from runtime.plugins.runtime.api import (
+    CreateTaskRequest,
+    ExitStatus,
+    Runtime,
+    Status,
+    TaskState,
+    runtime_plugin_id,
+)
 from runtime.plugins.snapshots.api import Mount
 
 __all__ = ["TaskService"]
@@ -64,6 +75,116 @@ class TaskService:
             spec.setdefault("process", {})["terminal"] = request.terminal
         rootfs = list(request.rootfs) or await self._snapshot_mounts(namespace, container)
         return await runtime.create(namespace, container.id, spec, rootfs, stdin=request.stdin)
+
+    async def run(self, namespace: str, container: Container, *, parent: str = "",
+                  rootfs: Sequence[Mount] = (), stdin: bool = False,
+                  start: bool = False) -> TaskState:
+        """Create ``container``, prepare its snapshot on ``parent``, create (and start) its task.
+
+        The record goes first: once written it keeps the garbage collector off
+        the snapshot, so no lease is needed. On failure, everything made is undone.
+
+        Raises:
+            AlreadyExists: The container or its task exists.
+            NotFound: The runtime or snapshotter is not running, or ``parent`` is unknown.
+        """
+        for runtime in self.runtimes.values():
+            if runtime.has(namespace, container.id):
+                raise AlreadyExists(f"task {container.id!r} already exists")
+        runtime = self.runtime_for(container)
+        await self.containers.create(namespace, container)
+        made: list[str] = ["container"]
+        try:
+            mounts = list(rootfs)
+            if parent and container.snapshotter and container.snapshot_key:
+                found = await self._snapshot_service().get(container.snapshotter).prepare(
+                    namespace, container.snapshot_key, parent)
+                made.append("snapshot")
+                mounts = [Mount(type=m.type, source=m.source, target=m.target,
+                                options=list(m.options)) for m in found]
+            elif not mounts:
+                mounts = await self._snapshot_mounts(namespace, container)
+            state = await runtime.create(namespace, container.id, copy.deepcopy(container.spec),
+                                         mounts, stdin=stdin)
+            made.append("task")
+            if start:
+                await runtime.start(namespace, container.id)
+                state = await runtime.state(namespace, container.id)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._undo(namespace, container, runtime, made)
+            raise
+        return state
+
+    async def _undo(self, namespace: str, container: Container, runtime: Runtime,
+                    made: list[str]) -> None:
+        with contextlib.suppress(MoorageError):
+            if "task" in made:
+                await self._delete_task(namespace, container.id, runtime, force=True)
+            await self.containers.delete(namespace, container.id)
+            if "snapshot" in made:
+                await self._snapshot_service().get(container.snapshotter).remove(
+                    namespace, container.snapshot_key)
+
+    async def remove(self, namespace: str, container_id: str, *, force: bool = False,
+                     snapshot: bool = False) -> None:
+        """Delete a container's task (``force``: kill it first), the container and its snapshot.
+
+        Raises:
+            FailedPrecondition: The task runs and ``force`` is not set.
+            NotFound: Neither the container nor a task exists.
+        """
+        runtime = next((r for r in self.runtimes.values() if r.has(namespace, container_id)),
+                       None)
+        if runtime is not None:
+            await self._delete_task(namespace, container_id, runtime, force=force)
+        try:
+            container = await self.containers.get(namespace, container_id)
+        except NotFound:
+            if runtime is None:
+                raise
+            return
+        await self.containers.delete(namespace, container_id)
+        if snapshot and container.snapshotter and container.snapshot_key:
+            service = self._snapshots()
+            if service is not None:
+                with contextlib.suppress(NotFound):
+                    await service.get(container.snapshotter).remove(namespace,
+                                                                    container.snapshot_key)
+
+    async def delete_task(self, namespace: str, container_id: str, *,
+                          force: bool = False) -> ExitStatus:
+        """Delete a task (``force``: kill a running one and wait for its exit first).
+
+        Raises:
+            NotFound: No runtime holds the task.
+            FailedPrecondition: The task runs and ``force`` is not set.
+        """
+        return await self._delete_task(namespace, container_id,
+                                       self.find(namespace, container_id), force=force)
+
+    @staticmethod
+    async def _delete_task(namespace: str, container_id: str, runtime: Runtime, *,
+                           force: bool) -> ExitStatus:
+        state = await runtime.state(namespace, container_id)
+        if state.status in (Status.RUNNING, Status.PAUSED):
+            if not force:
+                raise FailedPrecondition(f"task {container_id!r} is {state.status}; "
+                                         "kill it first or force the removal")
+            with contextlib.suppress(NotFound):
+                await runtime.kill(namespace, container_id, signal.SIGKILL, all=True)
+            if state.status == Status.PAUSED:
+                # A frozen process receives its SIGKILL only once thawed.
+                with contextlib.suppress(MoorageError):
+                    await runtime.resume(namespace, container_id)
+            await runtime.wait(namespace, container_id)
+        return await runtime.delete(namespace, container_id)
+
+    def _snapshot_service(self) -> Any:
+        service = self._snapshots()
+        if service is None:
+            raise NotFound("the snapshot service is not running")
+        return service
 
     async def _snapshot_mounts(self, namespace: str, container: Container) -> list[Mount]:
         if not (container.snapshotter and container.snapshot_key):

@@ -76,14 +76,15 @@ def prepare_bundle(paths: TaskPaths, spec: dict[str, Any], rootfs: Sequence[Moun
         annotations = final.setdefault("annotations", {})
         _resolve_process_user(final.setdefault("process", {}),
                               annotations.pop(USER_ANNOTATION, None), paths.rootfs)
-        write_durably(paths.config, _json(final))
+        # The bundle does not outlive the host: no fsync.
+        write_durably(paths.config, _json(final), sync=False)
     except BaseException:
         teardown_bundle(paths)
         raise
 
 
 def _json(value: Any) -> bytes:
-    return json.dumps(value, indent=1).encode()
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def exec_process_spec(container_spec: dict[str, Any], request: ExecRequest,

@@ -17,7 +17,15 @@ from pathlib import Path
 
 from runtime.plugins.runtime.api import TaskMetrics
 
-__all__ = ["CgroupPaths", "find_paths", "read_metrics", "remove_empty", "total_oom_kills"]
+__all__ = [
+    "CgroupPaths",
+    "OomNotifier",
+    "find_paths",
+    "oom_notifier",
+    "read_metrics",
+    "remove_empty",
+    "total_oom_kills",
+]
 
 # Values at or above this in v1 limit files mean "no limit" (page-rounded INT64_MAX).
 _V1_UNLIMITED = 1 << 62
@@ -133,8 +141,88 @@ def total_oom_kills(paths: CgroupPaths) -> int:
     return 0
 
 
+class OomNotifier:
+    """A file descriptor that turns readable when the cgroup may have seen an OOM kill.
+
+    On v1 it is an eventfd registered through ``cgroup.event_control`` against
+    ``memory.oom_control`` (as containerd does); on v2 an inotify watch of
+    ``memory.events``, which the kernel marks modified on each change. Either
+    replaces polling the counters of every running task.
+    """
+
+    def __init__(self, fd: int, keep: tuple[int, ...] = ()) -> None:
+        self.fd = fd
+        self._keep = keep
+
+    def fileno(self) -> int:
+        """The descriptor to wait on."""
+        return self.fd
+
+    def drain(self) -> None:
+        """Consume what made the descriptor readable."""
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while os.read(self.fd, 4096):
+                pass
+
+    def close(self) -> None:
+        """Release the descriptors."""
+        for fd in (self.fd, *self._keep):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def oom_notifier(paths: CgroupPaths) -> OomNotifier | None:
+    """An :class:`OomNotifier` for the cgroup, or ``None`` if the host offers none (poll then)."""
+    try:
+        if "memory" in paths.v1:
+            return _v1_notifier(paths.v1["memory"])
+        v2 = _v2(paths, "memory")
+        if v2 is not None:
+            return _v2_notifier(v2 / "memory.events")
+    except OSError:
+        return None
+    return None
+
+
+def _v1_notifier(memory: Path) -> OomNotifier:
+    efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    try:
+        control = os.open(memory / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        os.close(efd)
+        raise
+    try:
+        with open(memory / "cgroup.event_control", "w") as handle:
+            handle.write(f"{efd} {control}")
+    except OSError:
+        os.close(efd)
+        os.close(control)
+        raise
+    return OomNotifier(efd, (control,))
+
+
+_IN_MODIFY = 0x2
+_IN_NONBLOCK = os.O_NONBLOCK
+_IN_CLOEXEC = os.O_CLOEXEC
+
+
+def _v2_notifier(events: Path) -> OomNotifier:
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "inotify_init1")
+    if libc.inotify_add_watch(fd, str(events).encode(), _IN_MODIFY) < 0:
+        err = ctypes.get_errno()
+        os.close(fd)
+        raise OSError(err, f"inotify_add_watch {events}")
+    return OomNotifier(fd)
+
+
 def read_metrics(container_id: str, paths: CgroupPaths) -> TaskMetrics:
-    """CPU, memory and pids figures of the cgroup; missing files read as zero."""
+    """CPU, memory, pids and IO figures of the cgroup; missing files read as zero."""
     metrics = TaskMetrics(container_id=container_id, timestamp=datetime.now(UTC),
                           cgroup=paths.mode)
     if "cpuacct" in paths.v1:
@@ -156,7 +244,35 @@ def read_metrics(container_id: str, paths: CgroupPaths) -> TaskMetrics:
         metrics.pids_current = _int(v2 / "pids.current") or 0
         metrics.pids_limit = _limit(_read(v2 / "pids.max"), False)
     metrics.oom_kills = total_oom_kills(paths)
+    metrics.io_read_bytes, metrics.io_write_bytes = _io_bytes(paths)
     return metrics
+
+
+def _io_bytes(paths: CgroupPaths) -> tuple[int, int]:
+    """Bytes read and written, summed over devices: v1 ``blkio``, else v2 ``io.stat``."""
+    read = write = 0
+    if "blkio" in paths.v1:
+        # "MAJ:MIN Read N" lines plus a "Total N" line; throttle's file counts every
+        # IO (the CFQ/BFQ ones only what their scheduler saw).
+        text = _read(paths.v1["blkio"] / "blkio.throttle.io_service_bytes") or ""
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) == 3 and fields[2].isdigit():
+                if fields[1] == "Read":
+                    read += int(fields[2])
+                elif fields[1] == "Write":
+                    write += int(fields[2])
+    elif (v2 := _v2(paths, "io")) is not None:
+        # "MAJ:MIN rbytes=N wbytes=N rios=N ..." per device.
+        for line in (_read(v2 / "io.stat") or "").splitlines():
+            for item in line.split()[1:]:
+                key, _, value = item.partition("=")
+                if value.isdigit() and key in ("rbytes", "wbytes"):
+                    if key == "rbytes":
+                        read += int(value)
+                    else:
+                        write += int(value)
+    return read, write
 
 
 def remove_empty(paths: CgroupPaths, levels: int) -> None:

@@ -111,6 +111,32 @@ class MonitorOptions:
         return args
 
 
+def _parse_json_line(buf: bytes) -> dict[str, object] | None:
+    line = buf.split(b"\n", 1)[0].strip()
+    if not line:
+        return None
+    try:
+        parsed = json.loads(line)
+    except ValueError:
+        # conmon does not escape every control character; keep the text readable.
+        return {"data": -1, "message": line.decode(errors="replace")}
+    return parsed if isinstance(parsed, dict) else None
+
+
+async def _read_json_line_async(fd: int) -> dict[str, object] | None:
+    """As :func:`_read_json_line`, waiting in the event loop (the caller sets the deadline)."""
+    import anyio
+
+    buf = b""
+    while b"\n" not in buf:
+        await anyio.wait_readable(fd)
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    return _parse_json_line(buf)
+
+
 def _read_json_line(fd: int, deadline: float, what: str) -> dict[str, object] | None:
     """One JSON object from a conmon pipe; ``None`` if it closed without writing."""
     buf = b""
@@ -125,15 +151,7 @@ def _read_json_line(fd: int, deadline: float, what: str) -> dict[str, object] | 
         if not chunk:
             break
         buf += chunk
-    line = buf.split(b"\n", 1)[0].strip()
-    if not line:
-        return None
-    try:
-        parsed = json.loads(line)
-    except ValueError:
-        # conmon does not escape every control character; keep the text readable.
-        return {"data": -1, "message": line.decode(errors="replace")}
-    return parsed if isinstance(parsed, dict) else None
+    return _parse_json_line(buf)
 
 
 class Monitor:
@@ -210,7 +228,7 @@ class Monitor:
             self._start_w = -1
 
     def wait_created(self) -> int:
-        """The process's pid once the runtime created it.
+        """The process's pid once the runtime created it (blocking).
 
         Raises:
             FailedPrecondition: The runtime refused; the message is its own.
@@ -221,6 +239,31 @@ class Monitor:
             message = self._expect(self._sync_r, "pid")
         finally:
             self.close()
+        return self._created(message)
+
+    async def created(self) -> int:
+        """:meth:`wait_created` without holding a worker thread while the runtime works.
+
+        A burst of containers would otherwise park one thread per ``runtime
+        create`` in progress.
+        """
+        import anyio
+
+        self.release()
+        try:
+            try:
+                with anyio.fail_after(self.options.timeout):
+                    message = await _read_json_line_async(self._sync_r)
+            except TimeoutError:
+                self.kill()
+                raise DeadlineExceeded("conmon sent no pid in time") from None
+            if message is None:
+                message = {"data": -1, "message": self._exit_hint()}
+        finally:
+            self.close()
+        return self._created(message)
+
+    def _created(self, message: dict[str, object]) -> int:
         pid = message.get("data")
         if isinstance(pid, int) and pid > 0:
             return pid

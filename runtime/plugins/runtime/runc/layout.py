@@ -192,16 +192,27 @@ class TaskPaths:
         return sorted(p.name for p in execs.iterdir() if (p / "exec.json").is_file())
 
 
-def write_durably(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new content."""
+def write_durably(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new content.
+
+    ``sync=False`` skips both fsyncs: the replacement is still atomic for
+    readers and survives a crash of the daemon (the page cache outlives it),
+    but a power loss may leave the old content, or none. That is enough for
+    whatever dies with the host anyway: bundles, and the records of tasks that
+    a reboot ends (recovery removes a record it cannot read). Exits are
+    written with ``sync=True``: they are the one fact that outlives the task.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    if not sync:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dir_fd)
@@ -209,9 +220,9 @@ def write_durably(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def write_record(path: Path, record: msgspec.Struct) -> None:
+def write_record(path: Path, record: msgspec.Struct, *, sync: bool = True) -> None:
     """Write a record as JSON with :func:`write_durably`."""
-    write_durably(path, msgspec.json.encode(record))
+    write_durably(path, msgspec.json.encode(record), sync=sync)
 
 
 def read_record(path: Path, type_: type[S]) -> S | None:

@@ -80,6 +80,8 @@ def _init_for(default_binary: str) -> Callable[[InitContext[RuntimeConfig]], Awa
                            systemd_cgroup=config.systemd_cgroup),
             runtime_path=binary, conmon=conmon, root=ctx.root, state=ctx.state,
             publish=publish, supervisor=supervisor, timeout=config.timeout,
+            # Looked up per task, not required: the runtime works without a network plugin.
+            network=lambda: next(iter(ctx.plugins.by_type("network").values()), None),
         )  # fmt: skip
         await recover(runtime)
         await ctx.start(supervisor.run, name=f"{ctx.registration.name} supervisor")

@@ -12,6 +12,7 @@ import errno
 import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 
@@ -106,17 +107,34 @@ class Process:
             return None
         return fd
 
-    async def watch(self, tick: Callable[[], Awaitable[None]], interval: float) -> None:
-        """Return once the monitor has exited, calling ``tick()`` every ``interval`` seconds."""
+    async def watch(self, tick: Callable[[], Awaitable[None]], interval: float,
+                    notifier: Any = None) -> None:
+        """Return once the monitor has exited, calling ``tick()`` meanwhile.
+
+        ``tick()`` runs each time ``notifier`` (an object with ``fileno()`` and
+        ``drain()``) turns readable or, without one, every ``interval`` seconds.
+        """
         fd = self.open_monitor()
         if fd is None:
             return
         try:
-            while True:
-                with anyio.move_on_after(interval):
-                    await anyio.wait_readable(fd)
-                    return
-                await tick()
+            if notifier is None:
+                while True:
+                    with anyio.move_on_after(interval):
+                        await anyio.wait_readable(fd)
+                        return
+                    await tick()
+
+            async def on_notice() -> None:
+                while True:
+                    await anyio.wait_readable(notifier.fileno())
+                    notifier.drain()
+                    await tick()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(on_notice)
+                await anyio.wait_readable(fd)
+                tg.cancel_scope.cancel()
         finally:
             os.close(fd)
 
@@ -152,5 +170,6 @@ class Process:
         if self.exit is not None and not self.exit.published:
             self.exit.published = True
             # The task may have been deleted meanwhile; then nothing is left to mark.
+            # Not synced: after a power loss the exit is at worst published again.
             with contextlib.suppress(FileNotFoundError):
-                write_record(self.paths.exit_record, self.exit)
+                write_record(self.paths.exit_record, self.exit, sync=False)

@@ -64,6 +64,8 @@ async def _recover_task(runtime: RuncRuntime, namespace: str, container_id: str)
             task.execs[exec_id] = Process(container_id, exec_record, paths.exec(exec_id))
     for process in task.processes():
         await _recover_process(runtime, task, process)
+    if task.init.status == Status.CREATED:
+        await _settle_start(runtime, task)
     if task.init.status == Status.STOPPED:
         # Dead while we were away: free runtime state, cgroup, mounts and monitor files now.
         await runtime.oci.delete(namespace, container_id, force=True)
@@ -75,6 +77,24 @@ async def _recover_task(runtime: RuncRuntime, namespace: str, container_id: str)
     runtime.tasks[(namespace, container_id)] = task
     log.info("task %s recovered: %s", container_id, task.init.status,
              extra={"namespace": namespace})
+
+
+async def _settle_start(runtime: RuncRuntime, task: Task) -> None:
+    """Believe the runtime when a crash came between ``runtime start`` and the record.
+
+    The record says "not started", but the user process may run already: left as
+    created, the task could be neither started (the runtime refuses) nor deleted
+    (it is not stopped).
+    """
+    state = await runtime.oci.state(task.namespace, task.id)
+    status = state.get("status") if state is not None else None
+    if status not in ("running", "paused"):
+        return
+    log.info("task %s was started just before the restart", task.id,
+             extra={"namespace": task.namespace})
+    task.init.record.started = True
+    task.init.status = Status.RUNNING
+    await anyio.to_thread.run_sync(task.save)
 
 
 async def _recover_process(runtime: RuncRuntime, task: Task, process: Process) -> None:

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,9 @@ from runtime.core.errors import (
     MoorageError,
     NotFound,
 )
+from runtime.core.faults import fault_point
 from runtime.core.identifiers import validate_identifier, validate_namespace
+from runtime.plugins.network.task import setup_task_network, teardown_task_network
 from runtime.plugins.runtime.api import (
     ExecRequest,
     ExitStatus,
@@ -79,12 +81,14 @@ class RuncRuntime(TaskTable):
         publish: ``publish(namespace, topic, event)``.
         supervisor: Watches processes and publishes their exits.
         timeout: Seconds for each monitor or runtime call.
+        network: Returns the running ``network.*`` service, or ``None`` (optional).
     """
 
     def __init__(self, *, name: str, oci: OciRuntime, runtime_path: str, conmon: str,
                  root: Path, state: Path, publish: Publish, supervisor: Supervisor,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, network: Callable[[], Any] | None = None) -> None:
         super().__init__(name, oci, root, state)
+        self.network = network or (lambda: None)
         self.runtime_path = runtime_path
         self.conmon = conmon
         self.publish = publish
@@ -127,20 +131,30 @@ class RuncRuntime(TaskTable):
             init=ProcessRecord(terminal=terminal, stdin=stdin, created_at=now), created_at=now,
         )  # fmt: skip
         task = Task(record, paths)
-        # A leftover of an earlier task with this id (cleaned at startup) must not leak in.
-        await anyio.to_thread.run_sync(remove_tree, paths.record)
-        paths.record.mkdir(parents=True, mode=0o700)
-        await anyio.to_thread.run_sync(task.save)
+
+        def fresh_record() -> None:
+            # A leftover of an earlier task with this id (cleaned at startup) must not leak in.
+            remove_tree(paths.record)
+            paths.record.mkdir(parents=True, mode=0o700)
+            task.save()
+
+        await anyio.to_thread.run_sync(fresh_record)
         monitor = Monitor(self._monitor_options(namespace, container_id, task.init,
                                                 paths.bundle))
         try:
+            spec = await setup_task_network(self.network(), namespace, container_id, spec,
+                                            paths.bundle)
             await anyio.to_thread.run_sync(prepare_bundle, paths, spec, rootfs)
+            # Crash tests: rootfs mounted in the bundle, no runtime container yet.
+            fault_point("task.create.before-runtime")
             await anyio.to_thread.run_sync(monitor.spawn)
-            pid = await anyio.to_thread.run_sync(monitor.wait_created)
+            pid = await monitor.created()
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._discard(task, monitor)
             raise
+        # Crash tests: the runtime created the container; the record still says "creating".
+        fault_point("task.create.after-runtime")
         record.init.pid = pid
         record.init.monitor_pid = monitor.monitor_pid
         record.init.monitor_start = monitor.monitor_start
@@ -173,6 +187,7 @@ class RuncRuntime(TaskTable):
             await self.oci.delete(task.namespace, task.id, force=True)
         except Exception:
             log.debug("runtime delete of %s failed", task.id, exc_info=True)
+        await teardown_task_network(self.network(), task.namespace, task.id)
         await anyio.to_thread.run_sync(teardown_bundle, task.paths)
         await anyio.to_thread.run_sync(remove_tree, task.paths.record)
 
@@ -209,6 +224,8 @@ class RuncRuntime(TaskTable):
             try:
                 async with task.order:
                     await self.oci.start(namespace, container_id)
+                    # Crash tests: running, but the record still says created.
+                    fault_point("task.start.after-runtime")
                     process.record.started = True
                     process.status = Status.RUNNING
                     await anyio.to_thread.run_sync(task.save)
@@ -233,7 +250,7 @@ class RuncRuntime(TaskTable):
                 if connect:
                     connection = await anyio.to_thread.run_sync(connect_attach,
                                                                 process.paths.bundle)
-                pid = await anyio.to_thread.run_sync(monitor.wait_created)
+                pid = await monitor.created()
             except BaseException:
                 monitor.kill()
                 if connection is not None:
@@ -271,7 +288,7 @@ class RuncRuntime(TaskTable):
             def write() -> None:
                 paths.bundle.mkdir(parents=True, exist_ok=True, mode=0o711)
                 paths.record.mkdir(parents=True, exist_ok=True, mode=0o700)
-                write_durably(paths.process_spec, _json(process_spec))
+                write_durably(paths.process_spec, _json(process_spec), sync=False)
                 task.save_exec(process)
 
             await anyio.to_thread.run_sync(write)
@@ -295,6 +312,8 @@ class RuncRuntime(TaskTable):
         if process.status == Status.STOPPED:
             raise NotFound(f"process {process.event_id!r} already finished")
         if process is task.init:
+            if not all and _signal_directly(process, signal):
+                return
             await self.oci.kill(namespace, container_id, signal, all=all)
             return
         task.require(process, "signal", Status.RUNNING)
@@ -355,7 +374,11 @@ class RuncRuntime(TaskTable):
             await self.supervisor.flush(task)
             with anyio.CancelScope(shield=True):
                 await self.oci.delete(namespace, container_id, force=True)
+                # Crash tests: gone from the runtime, bundle and record still there.
+                fault_point("task.delete.after-runtime")
                 await anyio.to_thread.run_sync(self._release, task)
+                await teardown_task_network(self.network(), namespace, container_id)
+            fault_point("task.delete.after-release")
             self.tasks.pop((namespace, container_id), None)
             result = task.init.exit_status()
             async with task.order:
@@ -402,3 +425,42 @@ class RuncRuntime(TaskTable):
 
 def _json(value: Any) -> bytes:
     return json.dumps(value).encode()
+
+
+def _signal_directly(process: Process, signum: int) -> bool:
+    """Signal a task's init process without running the OCI runtime; False if unsure.
+
+    ``runc kill`` without ``--all`` only signals the init process after
+    checking it is the container's; a runtime process costs far more than that
+    (each teardown of a burst of containers starts one per container). The
+    same check, here: the pid, pinned with a pidfd, must still be a child of
+    the task's live monitor (conmon is its subreaper). Otherwise the runtime
+    decides, and reports what is wrong.
+    """
+    pid = process.record.pid
+    if not pid or not process.monitor_alive():
+        return False
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        if _parent_pid(pid) != process.record.monitor_pid:
+            return False
+        signal.pidfd_send_signal(pidfd, signum)
+    except OSError:
+        return False
+    finally:
+        os.close(pidfd)
+    return True
+
+
+def _parent_pid(pid: int) -> int:
+    """The parent of ``pid`` from ``/proc`` (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return 0
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    return int(stat[stat.rfind(b")") + 2 :].split()[1])

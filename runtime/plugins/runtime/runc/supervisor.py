@@ -25,7 +25,7 @@ import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
 from runtime.plugins.runtime.api import UNKNOWN_EXIT_STATUS, TaskExit, TaskOOM
-from runtime.plugins.runtime.runc.cgroups import total_oom_kills
+from runtime.plugins.runtime.runc.cgroups import OomNotifier, oom_notifier, total_oom_kills
 from runtime.plugins.runtime.runc.process import Process
 from runtime.plugins.runtime.runc.task import Task
 
@@ -34,6 +34,10 @@ __all__ = ["Publish", "Supervisor"]
 log = logging.getLogger("moorage.runtime.runc")
 
 Publish = Callable[[str, str, msgspec.Struct], object]
+
+
+def _oom_notifier(task: Task) -> OomNotifier | None:
+    return oom_notifier(task.cgroups)
 
 
 class Supervisor:
@@ -107,7 +111,16 @@ class Supervisor:
                 async with task.order:
                     await self.check_oom(task)
 
-        await process.watch(tick, self.interval)
+        # OOM kills of the init process's cgroup: from the kernel's notification
+        # where the host gives one, else by polling the counter every interval.
+        notifier = None
+        if process is task.init:
+            notifier = await anyio.to_thread.run_sync(_oom_notifier, task)
+        try:
+            await process.watch(tick, self.interval, notifier)
+        finally:
+            if notifier is not None:
+                notifier.close()
         exit_status, exited_at = await self.final_status(task, process)
         async with task.order:
             if process is task.init:

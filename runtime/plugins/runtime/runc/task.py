@@ -88,12 +88,12 @@ class Task:
         return spec
 
     def save(self) -> None:
-        """Persist ``task.json`` (blocking)."""
-        write_record(self.paths.task_file, self.record)
+        """Persist ``task.json`` (blocking; not synced: the task dies with the host)."""
+        write_record(self.paths.task_file, self.record, sync=False)
 
     def save_exec(self, process: Process) -> None:
-        """Persist an exec's ``exec.json`` (blocking)."""
-        write_record(self.paths.exec_file(process.id), process.record)
+        """Persist an exec's ``exec.json`` (blocking; not synced, as :meth:`save`)."""
+        write_record(self.paths.exec_file(process.id), process.record, sync=False)
 
     def state(self, runtime: str) -> TaskState:
         """The public view of the task."""

@@ -1,0 +1,440 @@
+"""``CniNetwork``: the service of ``network.cni``; attachments made and undone with CNI plugins.
+
+An attachment is a network namespace pinned under the plugin's state
+directory plus what the network's plugins set up in it. Its record (a JSON
+file under the plugin's root) is written *before* anything is created and
+removed only once everything is undone, so after a crash at any point the
+record names what may have to be cleaned: :meth:`CniNetwork.cleanup_stale`
+runs DEL for it (CNI plugins must accept a DEL for something half made or
+already gone) and removes the namespace.
+
+Per the CNI specification, each plugin of a list gets the previous plugin's
+result as ``prevResult`` on ADD; DEL runs the list in reverse with the final
+ADD result (version 0.4.0 and later). The loopback interface is brought up
+by the ``loopback`` plugin separately, before the list, and also alone for
+``none``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import msgspec
+
+from runtime.core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    MoorageError,
+    NotFound,
+)
+from runtime.core.identifiers import validate_identifier, validate_namespace
+from runtime.plugins.network.api import (
+    BRIDGE,
+    HOST,
+    NONE,
+    Attachment,
+    Interface,
+    IPConfig,
+    PortMapping,
+)
+from runtime.plugins.network.cni import netns
+from runtime.plugins.network.cni.conflist import ConfList, find_conflist, list_conflists
+from runtime.plugins.network.cni.invoke import CniPluginError, Invocation, invoke, version_tuple
+
+__all__ = ["AttachmentRecord", "CniNetwork"]
+
+log = logging.getLogger("moorage.network.cni")
+
+IFNAME = "eth0"
+_LOOPBACK = "lo"
+#: DEL receives the cached ADD result from this version on.
+_DEL_PREV_RESULT = (0, 4, 0)
+
+
+class AttachmentRecord(msgspec.Struct, kw_only=True):
+    """What is kept on disk about one attachment.
+
+    Attributes:
+        namespace: The container's namespace.
+        container_id: The container.
+        network: The network's name, or ``none``.
+        cni_id: ``CNI_CONTAINERID``: unique over namespaces.
+        netns: Path of the pinned namespace.
+        conflist: The network configuration ADD ran with; DEL runs the same,
+            even if the file changed since. ``None`` for ``none``.
+        ports: Published ports (``runtimeConfig.portMappings``).
+        result: The final ADD result, once ADD finished.
+        state: ``adding`` until ADD finished, then ``added``.
+        created_at: When the attachment began.
+    """
+
+    namespace: str
+    container_id: str
+    network: str
+    cni_id: str
+    netns: str
+    conflist: dict[str, Any] | None = None
+    ports: list[PortMapping] = msgspec.field(default_factory=list)
+    result: dict[str, Any] | None = None
+    state: str = "adding"
+    created_at: datetime | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """``(namespace, container id)``."""
+        return (self.namespace, self.container_id)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _attachment(record: AttachmentRecord) -> Attachment:
+    result = record.result or {}
+    raw_interfaces = result.get("interfaces") or []
+    interfaces = [Interface(name=str(i.get("name", "")), mac=str(i.get("mac", "")),
+                            sandbox=str(i.get("sandbox", "")))
+                  for i in raw_interfaces if isinstance(i, dict)]
+    ips = []
+    for ip in result.get("ips") or []:
+        if not isinstance(ip, dict) or "address" not in ip:
+            continue
+        index = ip.get("interface")
+        name = interfaces[index].name if isinstance(index, int) and \
+            0 <= index < len(interfaces) else ""
+        ips.append(IPConfig(address=str(ip["address"]), gateway=str(ip.get("gateway", "")),
+                            interface=name))
+    return Attachment(
+        namespace=record.namespace, container_id=record.container_id, network=record.network,
+        netns=record.netns, interfaces=interfaces, ips=ips, ports=list(record.ports),
+        created_at=record.created_at,
+    )  # fmt: skip
+
+
+class CniNetwork:
+    """Attachments of containers to CNI networks (implements ``network.api.Network``).
+
+    Args:
+        conf_dir: Where the networks' configuration lists are.
+        bin_dirs: Where the CNI plugin binaries are, in search order.
+        default_network: The network ``bridge`` stands for.
+        records_dir: Attachment records (persistent).
+        netns_dir: Pinned network namespaces (volatile).
+        timeout: Seconds each plugin run may take.
+    """
+
+    def __init__(self, *, conf_dir: Path, bin_dirs: Sequence[Path], default_network: str,
+                 records_dir: Path, netns_dir: Path, timeout: float = 30.0) -> None:
+        self.conf_dir = conf_dir
+        self.bin_dirs = list(bin_dirs)
+        self.default_network = default_network
+        self.records_dir = records_dir
+        self.netns_dir = netns_dir
+        self.timeout = timeout
+        self._locks: dict[tuple[str, str], anyio.Lock] = {}
+
+    # -- records ----------------------------------------------------------------------
+
+    def _record_path(self, namespace: str, container_id: str) -> Path:
+        return self.records_dir / namespace / f"{container_id}.json"
+
+    def _read(self, namespace: str, container_id: str) -> AttachmentRecord | None:
+        path = self._record_path(namespace, container_id)
+        try:
+            return msgspec.json.decode(path.read_bytes(), type=AttachmentRecord)
+        except FileNotFoundError:
+            return None
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # A torn write cannot happen (rename); a hand-edited file can.
+            log.warning("attachment record %s is unreadable: %s", path, exc)
+            return None
+
+    def _save(self, record: AttachmentRecord) -> None:
+        _write_durably(self._record_path(*record.key), msgspec.json.encode(record))
+
+    def _drop(self, record: AttachmentRecord) -> None:
+        self._record_path(*record.key).unlink(missing_ok=True)
+        # Fails while other containers of the namespace are still attached.
+        with contextlib.suppress(OSError):
+            self._record_path(*record.key).parent.rmdir()
+
+    def _records(self) -> list[AttachmentRecord]:
+        found: list[AttachmentRecord] = []
+        if not self.records_dir.is_dir():
+            return found
+        for ns_dir in sorted(self.records_dir.iterdir()):
+            if not ns_dir.is_dir():
+                continue
+            for path in sorted(ns_dir.glob("*.json")):
+                record = self._read(ns_dir.name, path.stem)
+                if record is not None:
+                    found.append(record)
+        return found
+
+    def _lock(self, key: tuple[str, str]) -> anyio.Lock:
+        return self._locks.setdefault(key, anyio.Lock())
+
+    # -- the service ------------------------------------------------------------------
+
+    def networks(self) -> list[str]:
+        """Names of the networks in ``conf_dir``."""
+        return sorted(list_conflists(self.conf_dir))
+
+    def _resolve(self, network: str) -> ConfList | None:
+        if network == HOST:
+            raise InvalidArgument("host networking needs no attachment: the task keeps the "
+                                  "host's network namespace")
+        if network == NONE:
+            return None
+        return find_conflist(self.conf_dir, self.default_network if network == BRIDGE
+                             else network)
+
+    async def attach(self, namespace: str, container_id: str, network: str = BRIDGE,
+                     ports: Sequence[PortMapping] = ()) -> Attachment:
+        """Create a network namespace for the container and run the network's ADD in it.
+
+        Raises:
+            AlreadyExists: The container is attached already.
+            NotFound: No such network, or a plugin binary is missing.
+            InvalidArgument: ``host``, or ports without a network (``none``).
+            FailedPrecondition: A plugin failed; everything made is undone.
+        """
+        validate_namespace(namespace)
+        validate_identifier(container_id, "container id")
+        conf = await anyio.to_thread.run_sync(self._resolve, network)
+        if conf is None and ports:
+            raise InvalidArgument("ports cannot be published without a network "
+                                  f"(network {network!r} has loopback only)")
+        key = (namespace, container_id)
+        async with self._lock(key):
+            earlier = await anyio.to_thread.run_sync(self._read, namespace, container_id)
+            if earlier is not None:
+                await self._retire(earlier)
+            # '--' cannot occur inside an identifier, so the pair stays unique.
+            name = f"{namespace}--{container_id}"
+            record = AttachmentRecord(
+                namespace=namespace, container_id=container_id,
+                network=conf.name if conf else NONE, cni_id=name,
+                netns=str(self.netns_dir / name), conflist=conf.to_json() if conf else None,
+                ports=list(ports), created_at=datetime.now(UTC),
+            )  # fmt: skip
+            # Recorded before anything exists: a crash from here on leaves a record to clean.
+            await anyio.to_thread.run_sync(self._save, record)
+            try:
+                await self._add(record, conf)
+                record.state = "added"
+                await anyio.to_thread.run_sync(self._save, record)
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    await self._undo(record, log_errors=True)
+                if isinstance(exc, OSError):
+                    raise FailedPrecondition(
+                        f"cannot create the network namespace of {container_id!r}: {exc}"
+                    ) from exc
+                raise
+        log.info("container %s attached to %s: %s", container_id, record.network,
+                 ", ".join(ip.address for ip in _attachment(record).ips) or "loopback only",
+                 extra={"namespace": namespace})
+        return _attachment(record)
+
+    async def _retire(self, earlier: AttachmentRecord) -> None:
+        """Finish an earlier attachment's teardown that failed, if nothing uses it."""
+        used = await anyio.to_thread.run_sync(netns.in_use, [Path(earlier.netns)])
+        if used:
+            raise AlreadyExists(f"container {earlier.container_id!r} is already attached")
+        errors = await self._undo(earlier, log_errors=False)
+        if errors:
+            raise FailedPrecondition(
+                f"the earlier network of {earlier.container_id!r} cannot be torn down: "
+                f"{'; '.join(e.message for e in errors)}"
+            )
+
+    async def _add(self, record: AttachmentRecord, conf: ConfList | None) -> None:
+        path = Path(record.netns)
+        await anyio.to_thread.run_sync(self._create_netns, path)
+        version = conf.cni_version if conf else "1.0.0"
+        await invoke("ADD", _loopback(version), self._call(record, _LOOPBACK))
+        if conf is None:
+            return
+        call = self._call(record, IFNAME)
+        prev: dict[str, Any] | None = None
+        for plugin in conf.plugins:
+            config = _plugin_config(conf, plugin, prev, record.ports)
+            prev = await invoke("ADD", config, call) or prev
+        record.result = prev
+
+    def _create_netns(self, path: Path) -> None:
+        if path.exists():
+            # A pinned leftover of this very name (a crash mid-detach): replace it.
+            netns.remove(path)
+        netns.create(path)
+
+    def _call(self, record: AttachmentRecord, ifname: str) -> Invocation:
+        return Invocation(container_id=record.cni_id, netns=record.netns, ifname=ifname,
+                          bin_dirs=self.bin_dirs, timeout=self.timeout)
+
+    async def detach(self, namespace: str, container_id: str) -> None:
+        """Run the network's DEL in reverse and remove the namespace; idempotent.
+
+        Raises:
+            FailedPrecondition: A plugin's DEL failed. The namespace is removed
+                anyway; the record stays, so that DEL is tried again at the next
+                start (releasing the address).
+        """
+        validate_namespace(namespace)
+        validate_identifier(container_id, "container id")
+        key = (namespace, container_id)
+        async with self._lock(key):
+            record = await anyio.to_thread.run_sync(self._read, namespace, container_id)
+            if record is None:
+                return
+            errors = await self._undo(record, log_errors=False)
+        if errors:
+            raise FailedPrecondition(
+                f"network teardown of {container_id!r} incomplete (retried at the next "
+                f"start): {'; '.join(e.message for e in errors)}"
+            )
+        log.info("container %s detached from %s", container_id, record.network,
+                 extra={"namespace": namespace})
+
+    async def _undo(self, record: AttachmentRecord, *, log_errors: bool) -> list[MoorageError]:
+        """DEL everything the record may have made; drop the record if all went."""
+        errors: list[MoorageError] = []
+        conf = (ConfList.from_json(record.conflist, f"attachment {record.cni_id}")
+                if record.conflist else None)
+        present = os.path.ismount(record.netns)
+        if conf is not None:
+            call = self._call(record, IFNAME)
+            cached = record.result if version_tuple(conf.cni_version) >= _DEL_PREV_RESULT \
+                else None
+            for plugin in reversed(conf.plugins):
+                config = _plugin_config(conf, plugin, cached, record.ports)
+                try:
+                    await invoke("DEL", config, call)
+                except CniPluginError as exc:
+                    if not exc.gone:
+                        errors.append(exc)
+                except MoorageError as exc:
+                    errors.append(exc)
+        if present:
+            # Loopback goes with the namespace anyway: its DEL may fail harmlessly.
+            with contextlib.suppress(MoorageError):
+                await invoke("DEL", _loopback(conf.cni_version if conf else "1.0.0"),
+                             self._call(record, _LOOPBACK))
+        try:
+            await anyio.to_thread.run_sync(netns.remove, Path(record.netns))
+        except OSError as exc:
+            errors.append(FailedPrecondition(f"cannot remove network namespace "
+                                             f"{record.netns}: {exc.strerror or exc}"))
+        for error in errors if log_errors else []:
+            log.warning("undoing attachment of %s: %s", record.container_id, error.message,
+                        extra={"namespace": record.namespace})
+        if not errors:
+            await anyio.to_thread.run_sync(self._drop, record)
+        return errors
+
+    async def get(self, namespace: str, container_id: str) -> Attachment:
+        """The container's attachment; NotFound if it has none."""
+        validate_namespace(namespace)
+        validate_identifier(container_id, "container id")
+        record = await anyio.to_thread.run_sync(self._read, namespace, container_id)
+        if record is None:
+            raise NotFound(f"container {container_id!r} has no network attachment")
+        return _attachment(record)
+
+    async def attachments(self) -> list[Attachment]:
+        """Every attachment, sorted by namespace and container id."""
+        return [_attachment(r) for r in await anyio.to_thread.run_sync(self._records)]
+
+    async def live_keys(self) -> set[tuple[str, str]]:
+        """Attachments some process still runs in: their containers are alive.
+
+        Used at startup, when no container is being created: a namespace
+        nobody is in belongs to a container that exited (or was never started
+        because the daemon died first).
+        """
+        records = await anyio.to_thread.run_sync(self._records)
+        by_path = {Path(r.netns): r.key for r in records}
+        used = await anyio.to_thread.run_sync(netns.in_use, list(by_path))
+        return {by_path[p] for p in used}
+
+    async def cleanup_stale(self, live: Collection[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Detach every attachment not in ``live``; namespaces without a record go too.
+
+        Failures are logged, not raised: this runs at startup and one broken
+        attachment must not stop the daemon.
+
+        Returns:
+            The ``(namespace, container id)`` pairs detached.
+        """
+        cleaned: list[tuple[str, str]] = []
+        records = await anyio.to_thread.run_sync(self._records)
+        for record in records:
+            if record.key in live:
+                continue
+            log.info("container %s no longer runs; releasing its network %s", record.container_id,
+                     record.network, extra={"namespace": record.namespace})
+            try:
+                await self.detach(*record.key)
+                cleaned.append(record.key)
+            except MoorageError as exc:
+                log.warning("%s", exc.message, extra={"namespace": record.namespace})
+        known = {Path(r.netns).name for r in records}
+        await anyio.to_thread.run_sync(self._remove_orphan_netns, known)
+        return cleaned
+
+    def _remove_orphan_netns(self, known: set[str]) -> None:
+        if not self.netns_dir.is_dir():
+            return
+        orphans = [p for p in self.netns_dir.iterdir() if p.name not in known]
+        used = netns.in_use(orphans)
+        for path in orphans:
+            if path not in used:
+                netns.remove(path)
+
+
+def _loopback(version: str) -> dict[str, Any]:
+    return {"cniVersion": version, "name": "moorage-loopback", "type": "loopback"}
+
+
+def _plugin_config(conf: ConfList, plugin: dict[str, Any], prev: dict[str, Any] | None,
+                   ports: Sequence[PortMapping]) -> dict[str, Any]:
+    """One plugin's stdin: its own keys, the list's name and version, prevResult, runtimeConfig."""
+    config = dict(plugin)
+    config["cniVersion"] = conf.cni_version
+    config["name"] = conf.name
+    if prev is not None:
+        config["prevResult"] = prev
+    capabilities = plugin.get("capabilities") or {}
+    runtime_config: dict[str, Any] = {}
+    # Only the capabilities a plugin declares are passed to it (CNI conventions).
+    if capabilities.get("portMappings") and ports:
+        runtime_config["portMappings"] = [
+            {"hostPort": p.host_port, "containerPort": p.container_port,
+             "protocol": p.protocol, **({"hostIP": p.host_ip} if p.host_ip else {})}
+            for p in ports
+        ]
+    if runtime_config:
+        config["runtimeConfig"] = runtime_config
+    return config

@@ -1,0 +1,409 @@
+"""``network.cni``: containers on a bridge, published ports, ``--net none|host|NAME``, crashes.
+
+The first classes check the pieces that need no root (port syntax, conflists,
+generated ``/etc`` files, the CNI stdin). The others drive a real daemon with
+``moorage run`` on a busybox directory, as the runtime's CLI tests do; all
+traffic stays on 127.0.0.1 and the bridge's private subnet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from runtime.plugins.network import task as network_task
+from runtime.plugins.network.api import (
+    NETWORK_ANNOTATION,
+    PORTS_ANNOTATION,
+    Attachment,
+    IPConfig,
+    PortMapping,
+    decode_ports,
+    encode_ports,
+    parse_publish,
+)
+from runtime.plugins.network.cni import conflist
+from runtime.plugins.network.cni.conflist import ConfList, check_subnet, default_conflist
+from runtime.plugins.network.cni.service import _plugin_config
+from tests.fixtures.system import require_binary, unavailable
+from tests.plugins.runtime.helpers import RuntimeDaemon, moorage, wait_until
+
+pytest_plugins = ["tests.plugins.runtime.runtime_fixtures"]
+
+SERVE = "while true; do nc -l -p 80 -e echo {word}; done"
+
+
+# -- pieces ---------------------------------------------------------------------------
+
+
+class TestPublishSyntax:
+    @pytest.mark.parametrize(("text", "expected"), [
+        ("8080:80", PortMapping(host_port=8080, container_port=80)),
+        ("127.0.0.1:8080:80", PortMapping(host_port=8080, container_port=80,
+                                          host_ip="127.0.0.1")),
+        ("5353:53/udp", PortMapping(host_port=5353, container_port=53, protocol="udp")),
+        ("[::1]:8080:80/tcp", PortMapping(host_port=8080, container_port=80, host_ip="::1")),
+    ])
+    def test_accepted_forms(self, text: str, expected: PortMapping) -> None:
+        assert parse_publish(text) == expected
+
+    @pytest.mark.parametrize(("text", "message"), [
+        ("80", "expected [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]"),
+        ("a:80", "expected [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]"),
+        ("70000:80", "Expected `int` <= 65535"),
+        ("8080:80/sctp", "port protocol 'sctp': use tcp or udp"),
+        ("300.1.1.1:8080:80", "host address '300.1.1.1' is not an IP"),
+    ])
+    def test_refused_forms(self, text: str, message: str) -> None:
+        with pytest.raises(InvalidArgument, match=re.escape(message)):
+            parse_publish(text)
+
+    def test_cli_mirrors_the_annotation_names(self) -> None:
+        """``moorage run`` keeps its own copies (it avoids importing msgspec): they agree."""
+        from runtime.cli import run as run_cli
+
+        assert (run_cli.NETWORK_ANNOTATION, run_cli.PORTS_ANNOTATION) == (
+            NETWORK_ANNOTATION, PORTS_ANNOTATION)
+
+    def test_annotation_round_trip(self) -> None:
+        ports = [parse_publish("127.0.0.1:8080:80"), parse_publish("53:53/udp")]
+        assert decode_ports(encode_ports(ports)) == ports
+        assert decode_ports("") == []
+
+
+class TestConflists:
+    def test_single_plugin_conf_is_a_list_of_one(self) -> None:
+        conf = ConfList.from_json({"cniVersion": "0.4.0", "name": "n", "type": "bridge",
+                                   "bridge": "b0"}, "x.conf")
+        assert conf.plugins == ({"type": "bridge", "bridge": "b0"},)
+
+    @pytest.mark.parametrize(("data", "message"), [
+        ([], "x: not a JSON object"),
+        ({"cniVersion": "1.0.0", "plugins": []}, 'x: missing "name"'),
+        ({"cniVersion": "1.0.0", "name": "n"}, 'x: neither "plugins" nor "type"'),
+        ({"cniVersion": "1.0.0", "name": "n", "plugins": [{}]},
+         'x: "plugins" must list objects with a "type"'),
+        ({"cniVersion": "0.2.0", "name": "n", "type": "bridge"},
+         "x: cniVersion 0.2.0 is not supported (0.3.0 or later)"),
+    ])
+    def test_broken_configurations_are_named(self, data: Any, message: str) -> None:
+        with pytest.raises(InvalidArgument) as exc:
+            ConfList.from_json(data, "x")
+        assert exc.value.message == message
+
+    def test_find_by_name_first_file_wins(self, tmp_path: Path) -> None:
+        (tmp_path / "10-a.conflist").write_text(json.dumps(
+            {"cniVersion": "1.0.0", "name": "a", "plugins": [{"type": "bridge"}]}))
+        (tmp_path / "20-a.conflist").write_text(json.dumps(
+            {"cniVersion": "1.0.0", "name": "a", "plugins": [{"type": "ptp"}]}))
+        (tmp_path / "30-broken.conflist").write_text("{")
+        assert conflist.find_conflist(tmp_path, "a").plugins == ({"type": "bridge"},)
+        with pytest.raises(NotFound, match=r"network 'b' not found in .* \(networks: a\)"):
+            conflist.find_conflist(tmp_path, "b")
+
+    def test_default_network(self, tmp_path: Path) -> None:
+        data = default_conflist(name="moorage", bridge="moorage0", subnet="10.88.0.0/16",
+                                ipam_dir=tmp_path, firewall=False)
+        conf = ConfList.from_json(data)
+        assert [p["type"] for p in conf.plugins] == ["bridge", "portmap"]
+        ipam = conf.plugins[0]["ipam"]
+        assert ipam["ranges"] == [[{"subnet": "10.88.0.0/16", "gateway": "10.88.0.1"}]]
+        assert ipam["dataDir"] == str(tmp_path)
+
+    def test_subnet_must_be_private_and_clear_of_host_routes(
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import ipaddress
+
+        routes = [("eth0", ipaddress.IPv4Network("10.88.0.0/24")),
+                  ("moorage0", ipaddress.IPv4Network("10.89.0.0/16")),
+                  ("eth0", ipaddress.IPv4Network("0.0.0.0/0"))]
+        monkeypatch.setattr(conflist, "_host_routes", lambda: routes)
+        overlap = re.escape("overlaps the host route 10.88.0.0/24 on eth0")
+        with pytest.raises(InvalidArgument, match=overlap):
+            check_subnet("10.88.0.0/16", "moorage0")
+        # Our own bridge's route (an earlier run) and the default route are fine.
+        assert check_subnet("10.89.0.0/16", "moorage0") == "10.89.0.0/16"
+        with pytest.raises(InvalidArgument, match=re.escape("8.8.0.0/16 is not a private range")):
+            check_subnet("8.8.0.0/16", "moorage0")
+
+
+class TestPluginStdin:
+    def test_prev_result_and_declared_capabilities_only(self) -> None:
+        conf = ConfList(name="n", cni_version="1.0.0", plugins=(
+            {"type": "bridge"}, {"type": "portmap", "capabilities": {"portMappings": True}}))
+        ports = [parse_publish("127.0.0.1:8080:80")]
+        first = _plugin_config(conf, conf.plugins[0], None, ports)
+        assert first == {"type": "bridge", "cniVersion": "1.0.0", "name": "n"}
+        second = _plugin_config(conf, conf.plugins[1], {"ips": []}, ports)
+        assert second["prevResult"] == {"ips": []}
+        assert second["runtimeConfig"] == {"portMappings": [
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"}]}
+
+
+class TestEtcFiles:
+    def test_resolv_conf_drops_loopback_servers(self, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+        host = tmp_path / "resolv.conf"
+        host.write_text("search example\nnameserver 127.0.0.53\nnameserver ::1\n"
+                        "nameserver 10.0.0.2\noptions edns0\n")
+        monkeypatch.setattr(network_task, "HOST_RESOLV", host)
+        monkeypatch.setattr(network_task, "RESOLVED_UPSTREAM", tmp_path / "absent")
+        assert network_task.resolv_conf() == "search example\nnameserver 10.0.0.2\noptions edns0\n"
+        assert network_task.resolv_conf(host=True) == host.read_text()
+
+    def test_resolved_upstream_replaces_a_stub_only_file(self, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+        (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.53\n")
+        (tmp_path / "upstream").write_text("nameserver 10.1.2.3\n")
+        monkeypatch.setattr(network_task, "HOST_RESOLV", tmp_path / "resolv.conf")
+        monkeypatch.setattr(network_task, "RESOLVED_UPSTREAM", tmp_path / "upstream")
+        assert network_task.resolv_conf() == "nameserver 10.1.2.3\n"
+
+    def test_hosts_names_the_container(self) -> None:
+        attachment = Attachment(namespace="default", container_id="c1", network="moorage",
+                                netns="/x", ips=[IPConfig(address="10.88.0.5/16")])
+        hosts = network_task.etc_hosts("c1", attachment)
+        assert hosts.startswith("127.0.0.1\tlocalhost\n")
+        assert hosts.endswith("10.88.0.5\tc1\n")
+        assert "c1" not in network_task.etc_hosts("c1", None)
+
+    async def test_spec_without_annotation_is_untouched(self, tmp_path: Path) -> None:
+        spec: dict[str, Any] = {"linux": {"namespaces": [{"type": "network"}]}}
+        assert await network_task.setup_task_network(None, "default", "c1", spec,
+                                                     tmp_path) is spec
+        assert not tmp_path.joinpath("hosts").exists()
+
+    async def test_without_network_plugin_ports_are_refused(self, tmp_path: Path) -> None:
+        spec = {"annotations": {NETWORK_ANNOTATION: "bridge",
+                                PORTS_ANNOTATION: encode_ports([parse_publish("8080:80")])}}
+        with pytest.raises(FailedPrecondition, match="no network plugin is running"):
+            await network_task.setup_task_network(None, "default", "c1", spec, tmp_path)
+
+    async def test_host_mode_leaves_the_network_namespace(self, tmp_path: Path) -> None:
+        spec = {"hostname": "boat", "annotations": {NETWORK_ANNOTATION: "host"},
+                "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}]}, "mounts": []}
+        final = await network_task.setup_task_network(None, "default", "c1", spec, tmp_path)
+        assert final["linux"]["namespaces"] == [{"type": "pid"}]
+        assert [m["destination"] for m in final["mounts"]] == [
+            "/etc/hosts", "/etc/hostname", "/etc/resolv.conf"]
+        assert all("ro" in m["options"] for m in final["mounts"])
+        assert (tmp_path / "hostname").read_text() == "boat\n"
+        assert spec["linux"]["namespaces"][1] == {"type": "network"}  # the input is kept
+
+
+# -- a real daemon --------------------------------------------------------------------------
+
+
+def require_network_host() -> None:
+    require_binary("iptables")
+    require_binary("ip")
+    for plugin in ("bridge", "host-local", "loopback", "portmap"):
+        if not Path("/usr/lib/cni", plugin).is_file():
+            unavailable(f"CNI plugin {plugin} missing "
+                        "(apt-get install containernetworking-plugins)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(rd: RuntimeDaemon, rootfs: Path, *args: str,
+        flags: tuple[str, ...] = ("--rm",)) -> subprocess.CompletedProcess[str]:
+    return moorage(rd.address, "run", *flags, "--rootfs", str(rootfs), "busybox", *args)
+
+
+def attachment(rd: RuntimeDaemon, container_id: str) -> dict[str, Any]:
+    found: dict[str, Any] = rd.client().call(
+        "GET", f"/v1/networks/attachments/{container_id}", dict)
+    return found
+
+
+def ip_of(found: dict[str, Any]) -> str:
+    return str(found["ips"][0]["address"]).partition("/")[0]
+
+
+def veths(found: dict[str, Any]) -> list[str]:
+    """The host ends of the container's veth pair (not the bridge)."""
+    return [i["name"] for i in found["interfaces"]
+            if not i.get("sandbox") and i["name"].startswith("veth")]
+
+
+def link_exists(name: str) -> bool:
+    return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
+
+
+def ipam_file(rd: RuntimeDaemon, ip: str) -> Path:
+    return rd.root / "network.cni" / "ipam" / "moorage" / ip
+
+
+def fetch(host: str, port: int, timeout: float = 20.0) -> bytes:
+    """What a server sends right after connecting, retried until it listens."""
+    def attempt() -> bytes | None:
+        try:
+            with socket.create_connection((host, port), timeout=2) as conn:
+                data = conn.recv(100)
+                return data or None
+        except OSError:
+            return None
+
+    data: bytes = wait_until(attempt, timeout, f"a server on {host}:{port}")
+    return data
+
+
+def interfaces(proc_net_dev: str) -> set[str]:
+    return {line.split(":")[0].strip() for line in proc_net_dev.splitlines()[2:] if ":" in line}
+
+
+@pytest.fixture
+def net(rd: RuntimeDaemon) -> RuntimeDaemon:
+    """The runtime daemon, with the CNI plugins required and ``network.cni`` running."""
+    require_network_host()
+    status = {f"{p.type}.{p.id}": p for p in rd.client().plugins()}["network.cni"]
+    assert status.status == "ok", status.reason
+    return rd
+
+
+@pytest.mark.root
+class TestBridge:
+    def test_published_port_reaches_the_container(self, net: RuntimeDaemon,
+                                                  rootfs: Path) -> None:
+        """-p 127.0.0.1:PORT:80 reaches the server; rm releases veth, address and rules."""
+        port = free_port()
+        started = run(net, rootfs, "sh", "-c", SERVE.format(word="hello"),
+                      flags=("-d", "--name", "web", "-p", f"127.0.0.1:{port}:80"))
+        assert started.returncode == 0, started.stderr
+        found = attachment(net, "web")
+        assert found["network"] == "moorage"
+        assert found["ports"] == [{"host_port": port, "container_port": 80, "protocol": "tcp",
+                                   "host_ip": "127.0.0.1"}]
+        assert fetch("127.0.0.1", port) == b"hello\n"
+        ip = ip_of(found)
+        assert ip.startswith("10.88.")
+        assert ipam_file(net, ip).is_file()
+        [veth] = veths(found)
+        assert link_exists(veth)
+
+        removed = moorage(net.address, "containers", "rm", "-f", "web")
+        assert removed.returncode == 0, removed.stderr
+        assert not link_exists(veth)
+        assert not ipam_file(net, ip).exists()
+        rules = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True,
+                               text=True, check=True).stdout
+        assert f"--dport {port}" not in rules
+        assert net.client().call("GET", "/v1/networks/attachments", list) == []
+
+    def test_containers_on_the_bridge_reach_each_other(self, net: RuntimeDaemon,
+                                                       rootfs: Path) -> None:
+        started = run(net, rootfs, "sh", "-c", SERVE.format(word="pong"),
+                      flags=("-d", "--name", "server"))
+        assert started.returncode == 0, started.stderr
+        server_ip = ip_of(attachment(net, "server"))
+        script = (f"for i in $(seq 100); do nc -w 2 {server_ip} 80 && break; sleep 0.1; done; "
+                  "cat /etc/hosts /etc/hostname /etc/resolv.conf; ip -4 -o addr show eth0")
+        result = run(net, rootfs, "sh", "-c", script, flags=("--rm", "--name", "client"))
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0] == "pong"
+        assert "127.0.0.1\tlocalhost" in lines
+        client_ip = re.search(r"inet (10\.88\.[\d.]+)/16", result.stdout)
+        assert client_ip is not None, result.stdout
+        assert f"{client_ip.group(1)}\tclient" in lines
+        assert "client" in lines  # /etc/hostname
+        assert client_ip.group(1) != server_ip
+        assert not [line for line in lines
+                    if line.startswith("nameserver 127.") or line == "nameserver ::1"]
+
+    def test_etc_files_are_read_only(self, net: RuntimeDaemon, rootfs: Path) -> None:
+        result = run(net, rootfs, "sh", "-c", "echo x >> /etc/hosts || echo refused")
+        assert (result.returncode, result.stdout.strip().splitlines()[-1]) == (0, "refused")
+
+    def test_named_network(self, net: RuntimeDaemon, rootfs: Path) -> None:
+        """--net NAME runs the conflist of that name from conf_dir."""
+        try:
+            check_subnet("10.89.0.0/24", "mtest0")
+        except InvalidArgument as exc:
+            pytest.skip(str(exc))
+        conf = default_conflist(name="side", bridge="mtest0", subnet="10.89.0.0/24",
+                                ipam_dir=net.root / "side-ipam", firewall=False)
+        (net.root / "net.d" / "20-side.conflist").write_text(json.dumps(conf))
+        try:
+            result = run(net, rootfs, "ip", "-4", "-o", "addr", "show", "eth0",
+                         flags=("--rm", "--net", "side"))
+            assert result.returncode == 0, result.stderr
+            assert "inet 10.89.0.2/24" in result.stdout
+            listed = {n["name"]: n for n in net.client().call("GET", "/v1/networks", list)}
+            assert listed["side"]["plugins"] == ["bridge", "portmap"]
+            assert listed["moorage"]["default"] is True
+            missing = run(net, rootfs, "true", flags=("--rm", "--net", "nosuch"))
+            assert missing.returncode == 125
+            assert "network 'nosuch' not found" in missing.stderr
+        finally:
+            subprocess.run(["ip", "link", "delete", "mtest0"], capture_output=True, check=False)
+
+
+@pytest.mark.root
+class TestModes:
+    def test_none_has_only_loopback(self, net: RuntimeDaemon, rootfs: Path) -> None:
+        result = run(net, rootfs, "sh", "-c", "cat /proc/net/dev; echo --; ip -o addr show lo",
+                     flags=("--rm", "--net", "none"))
+        assert result.returncode == 0, result.stderr
+        dev, _, addresses = result.stdout.partition("--\n")
+        assert interfaces(dev) == {"lo"}
+        assert "inet 127.0.0.1/8" in addresses  # brought up by the loopback plugin
+
+    def test_none_refuses_ports(self, net: RuntimeDaemon, rootfs: Path) -> None:
+        result = run(net, rootfs, "true", flags=("--rm", "--net", "none", "-p", "8080:80"))
+        assert result.returncode == 125
+        assert "ports cannot be published without a network" in result.stderr
+
+    def test_host_shares_the_host_namespace(self, net: RuntimeDaemon, rootfs: Path) -> None:
+        result = run(net, rootfs, "cat", "/proc/net/dev", flags=("--rm", "--net", "host"))
+        assert result.returncode == 0, result.stderr
+        assert interfaces(result.stdout) == interfaces(Path("/proc/net/dev").read_text())
+        assert net.client().call("GET", "/v1/networks/attachments", list) == []
+
+
+@pytest.mark.root
+class TestCrash:
+    def test_attachments_of_dead_containers_are_released_after_restart(
+            self, net: RuntimeDaemon, rootfs: Path) -> None:
+        """SIGKILL the daemon, kill the container meanwhile: the restart frees veth and IP."""
+        for name in ("dies", "lives"):
+            started = run(net, rootfs, "sh", "-c", "sleep 1000", flags=("-d", "--name", name))
+            assert started.returncode == 0, started.stderr
+        dead, alive = attachment(net, "dies"), attachment(net, "lives")
+        [dead_veth], [live_veth] = veths(dead), veths(alive)
+        pid = net.client().task("dies").pid
+        net.kill()
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not Path(f"/proc/{pid}").exists(), what=f"pid {pid} to exit")
+        assert link_exists(dead_veth)  # nobody cleaned it while the daemon was down
+        net.restart()
+        assert not link_exists(dead_veth)
+        assert not ipam_file(net, ip_of(dead)).exists()
+        assert not Path(dead["netns"]).exists()
+        with pytest.raises(NotFound):
+            attachment(net, "dies")
+        # The one still running keeps everything.
+        assert link_exists(live_veth)
+        assert ipam_file(net, ip_of(alive)).is_file()
+        assert attachment(net, "lives")["netns"] == alive["netns"]
+        deadline = time.monotonic() + 30
+        while net.client().task("dies").status != "stopped" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for name in ("dies", "lives"):
+            assert moorage(net.address, "containers", "rm", "-f", name).returncode == 0
+        assert not link_exists(live_veth)
+        assert not ipam_file(net, ip_of(alive)).exists()
