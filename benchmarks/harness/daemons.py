@@ -151,11 +151,21 @@ class Moorage(_Daemon):
         return [self.exe(), "daemon", "--config", str(self.base / "plugins.toml"),
                 "--log-level", "warning"]
 
-    @staticmethod
-    def exe() -> str:
-        """The console script next to this interpreter (skips any shell shim)."""
-        candidate = Path(sys.executable).parent / "moorage"
+    #: Where the measured installation's scripts are (set by ``run.py``); ``None``: the
+    #: console script next to this interpreter (the development install).
+    bin_dir: Path | None = None
+
+    @classmethod
+    def exe(cls) -> str:
+        """The ``moorage`` console script measured (skips any shell shim)."""
+        candidate = (cls.bin_dir or Path(sys.executable).parent) / "moorage"
         return str(candidate) if candidate.exists() else shutil.which("moorage") or "moorage"
+
+    @classmethod
+    def python(cls) -> str:
+        """The interpreter that console script runs."""
+        candidate = (cls.bin_dir or Path(sys.executable).parent) / "python"
+        return str(candidate) if candidate.exists() else sys.executable
 
     def cli(self, *args: str) -> list[str]:
         """A ``moorage`` command against this daemon in namespace ``bench``."""
@@ -165,13 +175,17 @@ class Moorage(_Daemon):
         """Pull (with unpack) over plain HTTP."""
         return self.cli("images", "pull", "--plain-http", "--quiet", ref)
 
+    # ``--net none``: ``ctr run`` sets up no network either (its containers get a
+    # new, unconfigured network namespace); Moorage's default, ``bridge``, runs
+    # the CNI bridge and IPAM plugins for every container.
+
     def run_rm(self, ref: str, cid: str, *args: str) -> list[str]:
-        """``moorage run --rm``."""
-        return self.cli("run", "--rm", "--name", cid, ref, *args)
+        """``moorage run --rm --net none``."""
+        return self.cli("run", "--rm", "--net", "none", "--name", cid, ref, *args)
 
     def run_detached(self, ref: str, cid: str, *args: str) -> list[str]:
-        """``moorage run -d``."""
-        return self.cli("run", "-d", "--name", cid, ref, *args)
+        """``moorage run -d --net none``."""
+        return self.cli("run", "-d", "--net", "none", "--name", cid, ref, *args)
 
     def teardown(self, cid: str) -> list[list[str]]:
         """Kill, delete the task, delete the container."""

@@ -126,11 +126,15 @@ def _warm(ctx: Context, cls: type[Containerd] | type[Moorage]) -> Runtime:
 
 
 def run_rm(ctx: Context) -> dict[str, Any]:
-    """``run --rm IMAGE echo hi`` end to end, warm image."""
+    """``run --rm IMAGE echo hi`` end to end, warm image.
+
+    Repetitions alternate between the runtimes, so that a change in the
+    machine's load meanwhile weighs on both alike.
+    """
     series = {"containerd": Series(), "moorage": Series()}
-    for cls in (Containerd, Moorage):
-        daemon = _warm(ctx, cls)
-        for i in range(ctx.reps(20)):
+    daemons = [_warm(ctx, cls) for cls in (Containerd, Moorage)]
+    for i in range(ctx.reps(20)):
+        for daemon in daemons:
             cid = f"rm{i}"
             series[daemon.name].add(
                 measure(lambda d=daemon, c=cid: run(d.run_rm(ctx.small_ref, c, "echo", "hi"))))
@@ -161,41 +165,62 @@ def _parallel(cmds: list[list[str]]) -> None:
 
 
 def burst_and_teardown(ctx: Context) -> dict[str, Any]:
-    """50 detached containers started at once, memory while running, then their teardown."""
+    """N detached containers started at once, memory while running, then their teardown.
+
+    Repetitions alternate between the runtimes (and which goes first), with a
+    pause between them for background work (garbage collection) to settle:
+    one sample each would measure the machine's load as much as the runtimes.
+    Memory is read on the first repetition.
+    """
     n = 10 if ctx.quick else 50
     burst = {"containerd": Series(), "moorage": Series()}
     teardown = {"containerd": Series(), "moorage": Series()}
     memory: dict[str, Any] = {}
-    for cls in (Containerd, Moorage):
-        daemon = _warm(ctx, cls)
-        ids = [f"b{i}" for i in range(n)]
-        burst[daemon.name].add(measure(lambda d=daemon: _parallel(
-            [d.run_detached(ctx.small_ref, c, "sleep", "600") for c in ids])))
-        time.sleep(1.0)
-        sup = pids_named(daemon.supervisor)
-        memory[daemon.name] = {
-            "supervisors": len(sup),
-            "rss_kib_mean": statistics.mean(rss_kib(p) for p in sup) if sup else None,
-            "pss_kib_mean": statistics.mean(pss_kib(p) for p in sup) if sup else None,
-            "daemon_rss_kib_with_n": daemon.rss_kib(),
-        }
+    daemons = [_warm(ctx, cls) for cls in (Containerd, Moorage)]
+    for rep in range(ctx.reps(3) if ctx.quick else 3):
+        ids = [f"b{rep}-{i}" for i in range(n)]
+        for daemon in daemons[::-1] if rep % 2 else daemons:
+            time.sleep(3.0)
+            burst[daemon.name].add(measure(lambda d=daemon, ids=ids: _parallel(
+                [d.run_detached(ctx.small_ref, c, "sleep", "600") for c in ids])))
+            time.sleep(1.0)
+            if daemon.name not in memory:
+                memory[daemon.name] = _memory(daemon)
 
-        def tear(d: Runtime = daemon) -> None:
-            steps = [d.teardown(c) for c in ids]
-            for stage in range(3):
-                _parallel([s[stage] for s in steps])
+            def tear(d: Runtime = daemon, ids: list[str] = ids) -> None:
+                steps = [d.teardown(c) for c in ids]
+                for stage in range(3):
+                    _parallel([s[stage] for s in steps])
 
-        teardown[daemon.name].add(measure(tear))
+            teardown[daemon.name].add(measure(tear))
     return {"burst": _pair(burst), "teardown": _pair(teardown), "memory": memory, "n": n}
 
 
+def _memory(daemon: Runtime) -> dict[str, Any]:
+    sup = pids_named(daemon.supervisor, str(daemon.base))
+    rss = [rss_kib(p) for p in sup]
+    pss = [pss_kib(p) for p in sup]
+    return {
+        "supervisors": len(sup),
+        "rss_kib_mean": statistics.mean(rss) if rss else None,
+        "pss_kib_mean": statistics.mean(pss) if pss else None,
+        "daemon_rss_kib_with_n": daemon.rss_kib(),
+    }
+
+
 def cli_round_trip(ctx: Context) -> dict[str, Any]:
-    """``version`` against a running daemon."""
-    series = {"containerd": Series(), "moorage": Series()}
-    for cls in (Containerd, Moorage):
-        daemon = _warm(ctx, cls)
-        for _ in range(ctx.reps(20)):
+    """``version`` against a running daemon, alternating, plus the interpreter's own start.
+
+    ``floor_interpreter`` is ``python -c pass`` with the interpreter the
+    ``moorage`` script runs: what any Python command costs on this machine
+    before its first import (``site`` and its ``.pth`` files included).
+    """
+    series = {"containerd": Series(), "moorage": Series(), "floor_interpreter": Series()}
+    daemons = [_warm(ctx, cls) for cls in (Containerd, Moorage)]
+    for _ in range(ctx.reps(20)):
+        for daemon in daemons:
             series[daemon.name].add(measure(lambda d=daemon: run(d.version())))
+        series["floor_interpreter"].add(measure(lambda: run([Moorage.python(), "-c", "pass"])))
     return _pair(series)
 
 

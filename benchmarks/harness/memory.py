@@ -23,16 +23,23 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
-def pids_named(name: str) -> list[int]:
-    """Pids whose command name (comm) is ``name``."""
+def pids_named(name: str, marker: str = "") -> list[int]:
+    """Pids whose command name (comm) is ``name`` and whose command line holds ``marker``.
+
+    The marker (a daemon's base directory) keeps out the supervisors of other
+    daemons on the machine, such as those of a test run going on meanwhile.
+    """
     found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if (proc / "comm").read_text().strip() == name:
-                    found.append(int(proc.name))
+                if (proc / "comm").read_text().strip() != name:
+                    continue
+                if marker and marker.encode() not in (proc / "cmdline").read_bytes():
+                    continue
             except OSError:
                 continue
+            found.append(int(proc.name))
     return found
 
 

@@ -73,6 +73,7 @@ def render_markdown(record: dict[str, Any]) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()) + ".  ",
         f"Large image: {record['image']['uncompressed_bytes'] / 1e6:.0f} MB uncompressed, "
         f"{record['image']['entries']} entries. Quick mode: {record['quick']}. "
+        f"Moorage installed: {record.get('install', 'editable')}. "
         f"Run took {record['seconds']} s.",
         "",
         "| figure | what | moorage | containerd | ratio | target | met |",
@@ -95,6 +96,9 @@ def render_markdown(record: dict[str, Any]) -> str:
         lines.append(f"- {name}: {_fmt(floor.get('median'))}")
     tar = record["results"].get("cold_pull", {}).get("floor_tar_xzf", {})
     lines.append(f"- tar -xzf of the large image's layers (fresh fs): {_fmt(tar.get('median'))}")
+    py = record["results"].get("cli_round_trip", {}).get("floor_interpreter", {})
+    lines.append(f"- python -c pass (the CLI's interpreter start, site included): "
+                 f"{_fmt(py.get('median'))}")
     errors = {k: v["error"] for k, v in record["results"].items()
               if isinstance(v, dict) and "error" in v}
     if errors:

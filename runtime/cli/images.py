@@ -128,6 +128,8 @@ def register(sub: Any) -> None:
 
     p = isub.add_parser("check", help="are all blobs of the images present?")
     add_output_flags(p)
+    p.add_argument("--platform", action="append", default=[],
+                   help="only what these platforms need (os/arch; repeat; default: all)")
     p.add_argument("names", nargs="*", help="images (default: all)")
     p.set_defaults(handler=check)
 
@@ -411,7 +413,7 @@ def check(args: argparse.Namespace) -> int:
 
     api = client(args)
     names = args.names or [i.name for i in api.images()]
-    results = [api.check_image(n) for n in names]
+    results = [api.check_image(n, args.platform) for n in names]
     emit(
         args,
         results,

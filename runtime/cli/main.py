@@ -3,20 +3,23 @@
 Scripts call the CLI by the dozen, so a call imports only what its command
 needs: the parser holds just the group of the command named on the command
 line (every group for ``--help`` or a word no group claims), and ``version``
-skips argparse altogether. ``python -X importtime -m runtime.cli.main version``
-shows what is left.
+and the teardown commands (``tasks kill``, ``tasks rm``, ``containers rm``)
+skip argparse altogether unless their command line holds something unusual.
+``python -X importtime -m runtime.cli.main version`` shows what is left.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Sequence
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
 
+# typing.TYPE_CHECKING without importing typing (a few ms of every call).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Iterable, Sequence
+    from typing import Any
 
 __all__ = ["COMMANDS", "GROUPS", "build_parser", "main"]
 
@@ -135,6 +138,74 @@ def _fast_version(options: dict[str, str], rest: list[str]) -> int | None:
     return 0
 
 
+#: Teardown commands scripts run by the dozen, parsed without argparse (whose import
+#: and the group's parser cost more than the request): (group word, command word)
+#: -> (module, handler, {flag: (dest, takes a value)}, positional dest, defaults).
+#: A word this table does not expect sends the command line to argparse, which
+#: then judges it (and prints the usual errors).
+_FAST: dict[tuple[str, str], tuple[str, str, dict[str, tuple[str, bool]], str,
+                                   dict[str, Any]]] = {
+    ("tasks", "kill"): (
+        "containers", "tasks_kill",
+        {"-s": ("signal", True), "--signal": ("signal", True), "-a": ("all", False),
+         "--all": ("all", False), "--exec-id": ("exec_id", True)},
+        "id", {"signal": "SIGTERM", "all": False, "exec_id": ""}),
+    ("tasks", "rm"): (
+        "containers", "tasks_rm",
+        {"-f": ("force", False), "--force": ("force", False),
+         "--exec-id": ("exec_id", True)},
+        "ids", {"force": False, "exec_id": ""}),
+    ("containers", "rm"): (
+        "containers", "containers_rm",
+        {"-f": ("force", False), "--force": ("force", False),
+         "--keep-snapshot": ("keep_snapshot", False)},
+        "ids", {"force": False, "keep_snapshot": False}),
+}  # fmt: skip
+_FAST_ALIASES = {"t": "tasks", "c": "containers", "delete": "rm"}
+
+
+def _fast_args(options: dict[str, str], rest: list[str]) -> Any:
+    """The namespace argparse would make for a :data:`_FAST` command; ``None``: not one."""
+    if len(rest) < 3:
+        return None
+    key = (_FAST_ALIASES.get(rest[0], rest[0]), _FAST_ALIASES.get(rest[1], rest[1]))
+    if key not in _FAST:
+        return None
+    module, handler, flags, positional, defaults = _FAST[key]
+    values = dict(defaults)
+    words: list[str] = []
+    i = 2
+    while i < len(rest):
+        word = rest[i]
+        if word.startswith("-"):
+            name, eq, value = word.partition("=")
+            if name not in flags or (eq and not name.startswith("--")):
+                return None  # argparse reads "-s=KILL" as "=KILL": let it
+            dest, takes_value = flags[name]
+            if takes_value and not eq:
+                if i + 1 >= len(rest) or rest[i + 1].startswith("-"):
+                    return None
+                value = rest[i + 1]
+                i += 1
+            elif not takes_value and eq:
+                return None
+            values[dest] = value if takes_value else True
+        else:
+            words.append(word)
+        i += 1
+    if not words or (positional == "id" and len(words) != 1):
+        return None
+    values[positional] = words[0] if positional == "id" else words
+    from types import SimpleNamespace
+
+    env = os.environ.get
+    return SimpleNamespace(
+        address=options.get("address") or env("MOORAGE_ADDRESS"),
+        namespace=options.get("namespace") or env("MOORAGE_NAMESPACE"),
+        token_file=options.get("token_file") or env("MOORAGE_TOKEN_FILE"),
+        handler=getattr(import_module(f"runtime.cli.{module}"), handler), **values)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns (and, as a console script, exits with) its exit code."""
     from runtime.core.errors import MoorageError
@@ -147,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             options, rest = split
             if rest[0] == "version" and (code := _fast_version(options, rest)) is not None:
                 return code
+            if (args := _fast_args(options, rest)) is not None:
+                return int(args.handler(args) or 0)
             if rest[0] in COMMANDS:
                 groups = (COMMANDS[rest[0]],)
         args = build_parser(groups).parse_args(argv)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 from runtime.client.websocket import BINARY, CLOSE, TEXT, WebSocket
 from runtime.core.errors import from_code
@@ -11,27 +10,56 @@ from runtime.core.errors import from_code
 __all__ = ["Attachment", "Exited", "Output", "Started"]
 
 
-@dataclass(frozen=True)
-class Output:
+class _Message:
+    """Value semantics for the message classes below.
+
+    Plain classes rather than frozen dataclasses or NamedTuples: ``dataclasses``
+    (with ``inspect``) or ``typing`` would be the largest imports of ``moorage run``.
+    """
+
+    __slots__: tuple[str, ...] = ()
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._values()))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class Output(_Message):
     """Output of the process: ``stream`` is 2 (stdout) or 3 (stderr)."""
 
-    stream: int
-    data: bytes
+    __slots__ = ("stream", "data")  # noqa: RUF023 - the constructor's order
+
+    def __init__(self, stream: int, data: bytes) -> None:
+        self.stream = stream
+        self.data = data
 
 
-@dataclass(frozen=True)
-class Started:
+class Started(_Message):
     """The server is attached (and started the process, if asked); ``pid`` is its pid."""
 
-    pid: int
+    __slots__ = ("pid",)
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
 
 
-@dataclass(frozen=True)
-class Exited:
+class Exited(_Message):
     """The process ended; ``exit_status`` is ``None`` when the connection just closed."""
 
-    exit_status: int | None
-    exited_at: str | None = None
+    __slots__ = ("exit_status", "exited_at")
+
+    def __init__(self, exit_status: int | None, exited_at: str | None = None) -> None:
+        self.exit_status = exit_status
+        self.exited_at = exited_at
 
 
 Message = Output | Started | Exited

@@ -87,14 +87,19 @@ class ContainersMixin:
         snapshot_key: str = "",
         labels: Mapping[str, str] | None = None,
         extensions: Mapping[str, Any] | None = None,
+        allow_privileged: bool = False,
     ) -> Container:
-        """Create a container; the daemon generates the spec unless ``spec`` is given."""
+        """Create a container; the daemon generates the spec unless ``spec`` is given.
+
+        ``allow_privileged`` must be set for a spec with host namespaces or extra
+        privileges (``spec_options.privileged`` included); the daemon refuses it otherwise.
+        """
         body = ContainerCreateRequest(
             id=container_id, image=image,
             runtime=RuntimeInfo(name=runtime, options=dict(runtime_options or {})),
             spec=spec, spec_options=spec_options, image_config=image_config,
             snapshotter=snapshotter, snapshot_key=snapshot_key, labels=dict(labels or {}),
-            extensions=dict(extensions or {}),
+            extensions=dict(extensions or {}), allow_privileged=allow_privileged,
         )  # fmt: skip
         result: Container = self.call("POST", "/v1/containers", Container, body=body)
         return result
@@ -108,12 +113,14 @@ class ContainersMixin:
         image: str | None = None,
         snapshot_key: str | None = None,
         extensions: Mapping[str, Any] | None = None,
+        allow_privileged: bool = False,
     ) -> Container:
         """Update mutable fields; labels merge and an empty value removes one."""
         body = ContainerUpdateRequest(
             labels=dict(labels) if labels is not None else None, spec=spec, image=image,
             snapshot_key=snapshot_key,
             extensions=dict(extensions) if extensions is not None else None,
+            allow_privileged=allow_privileged,
         )  # fmt: skip
         result: Container = self.call("PATCH", f"/v1/containers/{_id(container_id)}",
                                       Container, body=body)
@@ -122,6 +129,33 @@ class ContainersMixin:
     def delete_container(self, container_id: str) -> None:
         """Delete a container that has no task."""
         self.call("DELETE", f"/v1/containers/{_id(container_id)}")
+
+    def run(self, container: ContainerCreateRequest | Mapping[str, Any], *, parent: str = "",
+            rootfs: Sequence[Mount | Mapping[str, Any]] | None = None, stdin: bool = False,
+            start: bool = False) -> TaskState:
+        """Create a container, prepare its snapshot on ``parent`` and create its task at once.
+
+        Args:
+            container: The container, as for :meth:`create_container` (a request or
+                the equivalent JSON object); its ``snapshotter`` and ``snapshot_key``
+                name the snapshot to prepare.
+            parent: The image's top chain ID (:meth:`image_rootfs`); empty: no snapshot.
+            rootfs: Root filesystem mounts when there is no snapshot.
+            stdin: Keep the init process's stdin open for attaching.
+            start: Start the task too; otherwise attach with ``start=True``.
+        """
+        body = {"container": container, "parent": parent, "rootfs": list(rootfs or []),
+                "stdin": stdin, "start": start}
+        result: TaskState = self.call("POST", "/v1/run", TaskState, body=body)
+        return result
+
+    def remove(self, container_id: str, *, force: bool = False, snapshot: bool = False) -> None:
+        """Delete a container with its task and, with ``snapshot``, its snapshot.
+
+        ``force`` kills a running task first (otherwise a running task is an error).
+        """
+        query = {k: "1" for k, on in (("force", force), ("snapshot", snapshot)) if on}
+        self.call("DELETE", f"/v1/run/{_id(container_id)}", query=query or None)
 
     # -- tasks --------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterable, Iterator, Mapping
-from urllib.parse import urlsplit
 
 from runtime.core.errors import InvalidArgument
 
@@ -96,19 +95,28 @@ class Response:
         self.sock.close()
 
 
+def _unix(path: str, timeout: float | None) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def _connect(address: str, timeout: float | None) -> tuple[socket.socket, str]:
     if address.startswith("/"):
-        address = "unix://" + address
+        return _unix(address, timeout), "localhost"
+    if address.startswith("unix://"):
+        # The common case, without urllib.parse (a few ms of every CLI call).
+        return _unix(address[len("unix://"):], timeout), "localhost"
+    from urllib.parse import urlsplit
+
     parts = urlsplit(address)
     if parts.scheme == "unix":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(parts.path)
-        except OSError:
-            sock.close()
-            raise
-        return sock, "localhost"
+        return _unix(parts.path, timeout), "localhost"
     if parts.scheme == "http" and parts.hostname:
         sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout)
         return sock, parts.netloc

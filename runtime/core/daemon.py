@@ -77,6 +77,7 @@ def run_daemon(config_path: str | None) -> int:
     except MoorageError as exc:
         log.error("%s", exc)
         return 1
+    _watch_children_with_pidfds()
     try:
         anyio.run(serve, config, backend="asyncio")
     except MoorageError as exc:
@@ -92,6 +93,27 @@ def run_daemon(config_path: str | None) -> int:
     finally:
         lock.release()
     return 0
+
+
+def _watch_children_with_pidfds() -> None:
+    """Have asyncio wait for subprocesses on pidfds instead of one thread each.
+
+    Python 3.11's default child watcher starts a thread per subprocess to
+    block in ``waitpid``; the daemon runs the OCI runtime for every start,
+    delete and ``kill --all``, so a burst of containers meant a burst of
+    threads. 3.12 picks the pidfd watcher by itself (and deprecates choosing).
+    """
+    import sys
+
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    import asyncio
+
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return  # a kernel without pidfds (before 5.3): keep the threads
+    asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -24,7 +24,11 @@ at the boundary where they occur.
 
 from __future__ import annotations
 
-from typing import ClassVar
+# typing.TYPE_CHECKING without importing typing: the CLI imports this module
+# on every call, and annotations here are never evaluated.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 __all__ = [
     "AlreadyExists",

@@ -1,0 +1,1 @@
+"""Built-in plugins: each subpackage registers through the ``moorage.plugins`` entry points."""

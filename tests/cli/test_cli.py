@@ -278,3 +278,82 @@ def test_cli_events_follows_until_the_daemon_stops(daemon: Daemon) -> None:
         finally:
             proc.kill()
             reader.join(5)
+
+
+def test_cli_commands_table_names_every_top_level_command() -> None:
+    """``main`` builds only the group of the command it runs: the table must know them all."""
+    from runtime.cli.main import COMMANDS, GROUPS, build_parser
+
+    found: dict[str, str] = {}
+    for group in GROUPS:
+        sub = build_parser([group])._subparsers._group_actions[0]  # type: ignore[union-attr]
+        found.update(dict.fromkeys(sub.choices, group))
+    assert found == COMMANDS
+
+
+def test_cli_version_skips_argparse_and_msgspec(cli_daemon: Daemon) -> None:
+    """The hot path imports neither argparse, msgspec nor any plugin."""
+    code = ("import sys; from runtime.cli.main import main; main(sys.argv[1:]); "
+            "print(sorted(m for m in ('argparse', 'msgspec', 'runtime.plugins', "
+            "'runtime.client.sync') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code, "--address", cli_daemon.address,
+                             "version"], capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_cli_run_path_imports_no_msgspec() -> None:
+    """``run`` and the teardown commands use the standard-library client."""
+    code = ("import sys; import runtime.cli.run, runtime.cli.containers, runtime.client.lean, "
+            "runtime.cli.terminal; print('msgspec' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_cli_run_annotations_match_the_network_contract() -> None:
+    """``runtime.cli.run`` copies two constants to avoid importing the network contract."""
+    from runtime.cli import run
+    from runtime.plugins.network import api
+
+    assert (run.NETWORK_ANNOTATION, run.PORTS_ANNOTATION) == (
+        api.NETWORK_ANNOTATION, api.PORTS_ANNOTATION)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["tasks", "kill", "c1"], {"id": "c1", "signal": "SIGTERM", "all": False, "exec_id": ""}),
+    (["t", "kill", "-s", "KILL", "--all", "c1"],
+     {"id": "c1", "signal": "KILL", "all": True, "exec_id": ""}),
+    (["tasks", "kill", "--signal=9", "--exec-id", "e1", "c1"],
+     {"id": "c1", "signal": "9", "all": False, "exec_id": "e1"}),
+    (["tasks", "rm", "-f", "a", "b"], {"ids": ["a", "b"], "force": True, "exec_id": ""}),
+    (["containers", "delete", "a"], {"ids": ["a"], "force": False, "keep_snapshot": False}),
+    (["c", "rm", "--force", "--keep-snapshot", "a"],
+     {"ids": ["a"], "force": True, "keep_snapshot": True}),
+])
+def test_cli_teardown_commands_parse_as_argparse_would(argv: list[str],
+                                                       expected: dict[str, object]) -> None:
+    """The argparse-free path gives the handlers what argparse gives them."""
+    from runtime.cli.main import _fast_args, build_parser
+
+    fast = vars(_fast_args({"namespace": "ns1"}, argv))
+    slow = vars(build_parser().parse_args(["-n", "ns1", *argv]))
+    for name, value in {**expected, "namespace": "ns1"}.items():
+        assert fast[name] == slow[name] == value
+    assert fast["handler"] is slow["handler"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["tasks", "kill"],  # no id
+    ["tasks", "kill", "a", "b"],  # one id only
+    ["tasks", "kill", "-s"],  # a flag without its value
+    ["tasks", "kill", "--bogus", "a"],
+    ["tasks", "kill", "-h"],
+    ["tasks", "ls"],
+    ["containers", "rm", "-f=1", "a"],
+    ["tasks", "kill", "-s=KILL", "a"],
+    ["tasks", "kill", "--sig", "KILL", "a"],  # an abbreviation: argparse's to expand
+])
+def test_cli_unusual_teardown_command_lines_go_to_argparse(argv: list[str]) -> None:
+    from runtime.cli.main import _fast_args
+
+    assert _fast_args({}, argv) is None

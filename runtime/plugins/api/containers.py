@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from runtime.core.errors import FailedPrecondition
+from runtime.core.errors import FailedPrecondition, PermissionDenied
 from runtime.core.identifiers import validate_identifier
 from runtime.plugins.api.routes import Query, Route, RouteSet, decode_body, namespace_of
 from runtime.plugins.containers.api import (
@@ -17,7 +17,40 @@ from runtime.plugins.containers.api import (
     ContainerUpdateRequest,
 )
 
-__all__ = ["container_routes"]
+__all__ = ["check_privileges", "container_routes", "new_container"]
+
+
+def check_privileges(container_id: str, spec: dict[str, Any], allowed: bool) -> None:
+    """Refuse a spec that reaches past the container unless the request allows it.
+
+    Raises:
+        PermissionDenied: Naming what the spec asks for and how to allow it.
+    """
+    from runtime.plugins.containers.privileges import privileged_reasons
+
+    reasons = privileged_reasons(spec)
+    if reasons and not allowed:
+        raise PermissionDenied(
+            f"container {container_id!r} asks for {'; '.join(reasons)}: set "
+            "allow_privileged in the request (moorage run --privileged) to allow it"
+        )
+
+
+def new_container(namespace: str, body: ContainerCreateRequest) -> Container:
+    """The record ``body`` asks for; its spec is generated unless given."""
+    validate_identifier(body.id, "container id")
+    spec = body.spec
+    if spec is None:
+        # The spec module is pure data manipulation: no runtime needs to run for it.
+        from runtime.plugins.runtime.runc.spec import generate_spec
+
+        spec = generate_spec(namespace, body.id, body.image_config, body.spec_options)
+    check_privileges(body.id, spec, body.allow_privileged)
+    return Container(
+        id=body.id, image=body.image, runtime=body.runtime, spec=spec,
+        snapshotter=body.snapshotter, snapshot_key=body.snapshot_key, labels=body.labels,
+        extensions=body.extensions,
+    )  # fmt: skip
 
 
 def container_routes(store: ContainerStore, runtimes: Callable[[], dict[str, Any]]) -> RouteSet:
@@ -32,22 +65,12 @@ def container_routes(store: ContainerStore, runtimes: Callable[[], dict[str, Any
     async def create(request: web.Request) -> Container:
         body = await decode_body(request, ContainerCreateRequest)
         ns = namespace_of(request)
-        validate_identifier(body.id, "container id")
-        spec = body.spec
-        if spec is None:
-            # The spec module is pure data manipulation: no runtime needs to run for it.
-            from runtime.plugins.runtime.runc.spec import generate_spec
-
-            spec = generate_spec(ns, body.id, body.image_config, body.spec_options)
-        container = Container(
-            id=body.id, image=body.image, runtime=body.runtime, spec=spec,
-            snapshotter=body.snapshotter, snapshot_key=body.snapshot_key, labels=body.labels,
-            extensions=body.extensions,
-        )  # fmt: skip
-        return await store.create(ns, container)
+        return await store.create(ns, new_container(ns, body))
 
     async def update(request: web.Request) -> Container:
         body = await decode_body(request, ContainerUpdateRequest)
+        if body.spec is not None:
+            check_privileges(request.match_info["id"], body.spec, body.allow_privileged)
         return await store.update(
             namespace_of(request), request.match_info["id"], labels=body.labels,
             spec=body.spec, image=body.image, snapshot_key=body.snapshot_key,

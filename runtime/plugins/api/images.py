@@ -41,7 +41,12 @@ _NAME = "{name:.+}"
 
 
 def _conv(obj: Any, type_: type[T]) -> T:
-    return msgspec.convert(msgspec.to_builtins(obj), type_)
+    try:
+        return msgspec.convert(msgspec.to_builtins(obj), type_)
+    except msgspec.ValidationError as exc:
+        # The wire types are looser than the records (a platform without an
+        # architecture decodes, but is no Platform): the request is at fault, not us.
+        raise InvalidArgument(f"invalid request body: {exc}") from None
 
 
 def _flag(request: web.Request, name: str, default: bool = False) -> bool:

@@ -14,7 +14,10 @@ from runtime.plugins.api.routes import Query, Route, RouteSet, decode_body, name
 from runtime.plugins.api.types import LeaseCreateRequest, LeaseInfo, LeaseResource
 from runtime.plugins.metadata.api import Resource
 
-__all__ = ["lease_routes"]
+__all__ = ["MAX_EXPIRE", "lease_routes"]
+
+#: The longest lease expiry a request may ask for, in seconds (100 years).
+MAX_EXPIRE = 100 * 365.25 * 24 * 3600
 
 
 def _lease(obj: Any) -> LeaseInfo:
@@ -35,8 +38,10 @@ def lease_routes(metadata: Any, gc: Callable[[], Any] | None = None) -> RouteSet
 
     async def create(request: web.Request) -> LeaseInfo:
         body = await decode_body(request, LeaseCreateRequest)
-        if body.expire is not None and body.expire <= 0:
-            raise InvalidArgument("expire must be a positive number of seconds")
+        # Bounded above too: a date past year 9999 does not exist (it was a 500).
+        if body.expire is not None and not 0 < body.expire <= MAX_EXPIRE:
+            raise InvalidArgument(
+                f"expire must be a positive number of seconds, at most {MAX_EXPIRE:.0f}")
         expire = timedelta(seconds=body.expire) if body.expire is not None else None
         return _lease(await leases.create(namespace_of(request), body.id, body.labels, expire))
 

@@ -13,8 +13,10 @@ from aiohttp import web
 
 from runtime.core.errors import InvalidArgument
 from runtime.core.filters import adapt, parse
+from runtime.plugins.api.containers import new_container
 from runtime.plugins.api.routes import Query, Route, RouteSet, decode_body, namespace_of
 from runtime.plugins.api.task_io import io_routes
+from runtime.plugins.containers.api import RunRequest
 from runtime.plugins.runtime.api import (
     CreateTaskRequest,
     ExecRequest,
@@ -50,6 +52,10 @@ def parse_signal(value: int | str) -> int:
         raise InvalidArgument(f"unknown signal {value!r}") from None
 
 
+def _true(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "") in ("1", "true", "yes")
+
+
 def _task_fields(task: TaskState) -> dict[str, Any]:
     return {"container_id": task.container_id, "id": task.container_id, "pid": task.pid,
             "status": str(task.status), "runtime": task.runtime}
@@ -70,14 +76,27 @@ def task_routes(service: TaskService) -> RouteSet:
         body = await decode_body(request, CreateTaskRequest)
         return await service.create(namespace_of(request), body)
 
+    async def run(request: web.Request) -> TaskState:
+        body = await decode_body(request, RunRequest)
+        ns = namespace_of(request)
+        return await service.run(ns, new_container(ns, body.container), parent=body.parent,
+                                 rootfs=body.rootfs, stdin=body.stdin, start=body.start)
+
+    async def remove(request: web.Request) -> None:
+        ns, container_id = namespace_of(request), request.match_info["id"]
+        await service.remove(ns, container_id, force=_true(request, "force"),
+                             snapshot=_true(request, "snapshot"))
+
     async def get(request: web.Request) -> TaskState:
         ns, task_id = ids(request)
         return await service.find(ns, task_id).state(ns, task_id)
 
     async def delete(request: web.Request) -> ExitStatus:
         ns, task_id = ids(request)
-        return await service.find(ns, task_id).delete(ns, task_id,
-                                                      request.query.get("exec_id", ""))
+        exec_id = request.query.get("exec_id", "")
+        if _true(request, "force") and not exec_id:
+            return await service.delete_task(ns, task_id, force=True)
+        return await service.find(ns, task_id).delete(ns, task_id, exec_id)
 
     async def start(request: web.Request) -> ProcessState:
         ns, task_id = ids(request)
@@ -140,8 +159,10 @@ def task_routes(service: TaskService) -> RouteSet:
               body=CreateTaskRequest, response=TaskState, status=201),
         Route("GET", one, get, "One task with its execs.", response=TaskState),
         Route("DELETE", one, delete,
-              "Delete a stopped or never started task (or, with exec_id, an exec).",
-              response=ExitStatus, query=(_EXEC,)),
+              "Delete a stopped or never started task (or, with exec_id, an exec); "
+              "force=1 kills a running task and waits for its exit first.",
+              response=ExitStatus,
+              query=(_EXEC, Query("force", "1 to kill a running task first"))),
         Route("POST", one + "/start", start, "Start the init process or an exec.",
               body=ProcessRequest, response=ProcessState),
         Route("POST", one + "/kill", kill, "Send a signal.", body=KillRequest),
@@ -162,4 +183,12 @@ def task_routes(service: TaskService) -> RouteSet:
         Route("GET", one + "/metrics", metrics, "CPU, memory and pids of the task's cgroup.",
               response=TaskMetrics),
         *io_routes(service),
+        Route("POST", "/v1/run", run,
+              "Create a container, prepare its snapshot and create its task (start=true: "
+              "start it too) in one call.", body=RunRequest, response=TaskState, status=201),
+        Route("DELETE", "/v1/run/{id}", remove,
+              "Delete a container (force=1: with its task, killed first if it runs) and, "
+              "with snapshot=1, its snapshot.",
+              query=(Query("force", "1 to delete its task too, killing it first if it runs"),
+                     Query("snapshot", "1 to remove the container's snapshot too"))),
     ]

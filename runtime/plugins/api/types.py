@@ -207,3 +207,152 @@ class SnapshotCommitRequest(Body):
 
     name: str
     labels: dict[str, str] = {}
+
+
+# -- images -------------------------------------------------------------------------------
+
+
+class ImageDescriptor(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """An OCI descriptor, with the OCI field names (``mediaType``)."""
+
+    mediaType: str
+    digest: str
+    size: int
+    annotations: dict[str, str] = {}
+    platform: dict[str, str] | None = None
+
+
+class ImageInfo(msgspec.Struct, kw_only=True):
+    """An image: a full reference naming a manifest or index."""
+
+    name: str
+    target: ImageDescriptor
+    labels: dict[str, str] = {}
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class ImageCreateRequest(Body):
+    """``POST /v1/images``: record an image over content already stored."""
+
+    name: str
+    target: ImageDescriptor
+    labels: dict[str, str] = {}
+
+
+class ImageUpdateRequest(Body):
+    """``PATCH /v1/images/{name}``.
+
+    Without ``fieldpaths``: each given label is set (an empty value removes
+    it) and a given ``target`` replaces the old one. With ``fieldpaths``,
+    containerd's rules: ``labels``, ``labels.KEY``, ``annotations[.KEY]``, ``target``.
+    """
+
+    labels: dict[str, str] = {}
+    target: ImageDescriptor | None = None
+    fieldpaths: list[str] = []
+
+
+class ImagePullRequest(Body):
+    """``POST /v1/images/pull``; the answer is NDJSON progress (:data:`ImageProgress`)."""
+
+    ref: str
+    platforms: list[str] = []
+    all_platforms: bool = False
+    snapshotter: str = ""
+    unpack: bool = True
+    plain_http: bool = False
+    hosts_dir: str = ""
+    user: str = ""
+    password: str = ""
+    max_concurrent_downloads: int = 0
+
+
+class ImagePushRequest(Body):
+    """``POST /v1/images/push``: push image ``name`` to ``ref`` (default: ``name``)."""
+
+    name: str
+    ref: str = ""
+    platforms: list[str] = []
+    plain_http: bool = False
+    hosts_dir: str = ""
+    user: str = ""
+    password: str = ""
+
+
+class ProgressResolved(msgspec.Struct, tag="resolved", kw_only=True):
+    """Progress line: the reference resolved to a root descriptor on ``host``."""
+
+    name: str
+    digest: str
+    media_type: str
+    size: int
+    host: str = ""
+
+
+class ProgressBlob(msgspec.Struct, tag="blob", kw_only=True):
+    """Progress line: the state of one blob (``status``) and of its unpack (``unpack``)."""
+
+    digest: str
+    kind: str
+    media_type: str = ""
+    status: str = "waiting"
+    offset: int = 0
+    total: int = 0
+    resumed: int = 0
+    host: str = ""
+    unpack: str = ""
+    chain_id: str = ""
+    seconds: float = 0.0
+
+
+class ProgressDone(msgspec.Struct, tag="done", kw_only=True):
+    """Last progress line of a success: the image, the duration and where it went."""
+
+    image: ImageInfo | None = None
+    seconds: float = 0.0
+    bytes: int = 0
+    timings: dict[str, float] = {}
+
+
+class ProgressError(msgspec.Struct, tag="error", kw_only=True):
+    """Last progress line of a failure, with the error's code and message."""
+
+    code: str
+    message: str
+
+
+#: One NDJSON line of a pull or push.
+ImageProgress = ProgressResolved | ProgressBlob | ProgressDone | ProgressError
+
+
+class ImageRootfs(msgspec.Struct, kw_only=True):
+    """``GET /v1/images/{name}/rootfs``: the top chain ID to prepare a container on."""
+
+    name: str
+    snapshotter: str
+    chain_id: str
+    config: dict[str, Any] = {}
+
+
+class ImageCheck(msgspec.Struct, kw_only=True):
+    """``GET /v1/images/{name}/check``: whether every needed blob is present."""
+
+    name: str
+    complete: bool
+    present: int
+    total: int
+    missing: list[str] = []
+    size: int = 0
+    unpacked: dict[str, str] = {}
+
+
+class ImageUsageInfo(msgspec.Struct, kw_only=True):
+    """``GET /v1/images/{name}/usage``: bytes of blobs and of unpacked snapshots."""
+
+    name: str
+    content_size: int
+    blobs: int
+    snapshotter: str = ""
+    snapshot_size: int = 0
+    snapshots: int = 0

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import msgspec
 
 from runtime.plugins.runtime.api import ImageConfig, SpecOptions
+from runtime.plugins.snapshots.api import Mount
 
 __all__ = [
     "Container",
@@ -18,6 +19,7 @@ __all__ = [
     "ContainerStore",
     "ContainerUpdate",
     "ContainerUpdateRequest",
+    "RunRequest",
     "RuntimeInfo",
 ]
 
@@ -68,7 +70,8 @@ class ContainerCreateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields
 
     Give ``spec`` to store it as is; otherwise the daemon generates one from
     its defaults, ``image_config`` (the image's ``config`` object) and
-    ``spec_options``.
+    ``spec_options``. A spec asking for host namespaces or privileges beyond
+    the defaults is refused (403) unless ``allow_privileged`` is true.
     """
 
     id: str
@@ -81,13 +84,42 @@ class ContainerCreateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields
     snapshot_key: str = ""
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     extensions: dict[str, Any] = msgspec.field(default_factory=dict)
+    allow_privileged: bool = False
+
+
+class RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/run``: a container, its root filesystem and its task in one call.
+
+    ``moorage run`` would otherwise need a lease, a snapshot, a container and a
+    task request (and the lease's removal): each is a round trip, and a burst
+    of containers pays them all. The container record is written before its
+    snapshot is prepared, so the record protects the snapshot from the garbage
+    collector without a lease.
+
+    Attributes:
+        container: As for ``POST /v1/containers``; ``snapshotter`` and
+            ``snapshot_key`` name the active snapshot to prepare.
+        parent: The snapshot's parent (the image's top chain ID from
+            ``GET /v1/images/{name}/rootfs``); empty prepares no snapshot.
+        rootfs: The root filesystem's mounts when there is no snapshot.
+        stdin: Keep the init process's stdin open for attaching.
+        start: Start the task as well (``run -d``); otherwise attach with
+            ``start=1`` so that no output is lost.
+    """
+
+    container: ContainerCreateRequest
+    parent: str = ""
+    rootfs: list[Mount] = msgspec.field(default_factory=list)
+    stdin: bool = False
+    start: bool = False
 
 
 class ContainerUpdateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """``PATCH /v1/containers/{id}``: fields left out (``null``) stay as they are.
 
     ``labels`` and ``extensions`` merge into the current ones; an empty label
-    value (or a ``null`` extension) removes that entry.
+    value (or a ``null`` extension) removes that entry. A new ``spec`` is held
+    to the same rule as at create: privileged only with ``allow_privileged``.
     """
 
     labels: dict[str, str] | None = None
@@ -95,6 +127,7 @@ class ContainerUpdateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields
     image: str | None = None
     snapshot_key: str | None = None
     extensions: dict[str, Any] | None = None
+    allow_privileged: bool = False
 
 
 class ContainerCreate(msgspec.Struct, kw_only=True):

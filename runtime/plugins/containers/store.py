@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from runtime.core.errors import AlreadyExists, InvalidArgument, NotFound
+from runtime.core.faults import fault_point
 from runtime.core.filters import adapt, parse
 from runtime.core.identifiers import validate_identifier, validate_labels, validate_namespace
 from runtime.plugins.containers.api import (
@@ -89,7 +90,10 @@ class SqliteContainerStore:
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"container {container.id!r} already exists") from None
 
+        # Crash tests: before and after the one transaction that creates the record.
+        fault_point("container.create.before-record")
         await self.db.write(insert)
+        fault_point("container.create.after-record")
         self.publish(namespace, "/containers/create", ContainerCreate(
             id=container.id, image=container.image, runtime=container.runtime))
         return await self.get(namespace, container.id)
@@ -177,5 +181,7 @@ class SqliteContainerStore:
             if cur.rowcount == 0:
                 raise NotFound(f"container {id!r} not found")
 
+        fault_point("container.delete.before-record")
         await self.db.write(remove)
+        fault_point("container.delete.after-record")
         self.publish(namespace, "/containers/delete", ContainerDelete(id=id))

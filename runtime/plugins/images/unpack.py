@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
+import shutil
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -34,7 +36,7 @@ from typing import Any, BinaryIO
 
 import anyio
 
-from runtime.core.errors import AlreadyExists, FailedPrecondition, NotFound
+from runtime.core.errors import AlreadyExists, FailedPrecondition, MoorageError, NotFound
 from runtime.core.faults import fault_point
 from runtime.plugins.images.api import LABEL_GC_REF_SNAPSHOT, LABEL_UNCOMPRESSED, UnpackStatus
 from runtime.plugins.images.fetch import Keep
@@ -293,7 +295,11 @@ class Unpacker:
                 await self._remove(key)
             self._time("unpack.commit", time.monotonic() - applied)
         except BaseException:
-            await self._remove(key)
+            with anyio.CancelScope(shield=True):
+                # On a full disk the snapshot's removal needs a database write, which
+                # needs a little space: free what the apply wrote first.
+                await anyio.to_thread.run_sync(_empty_layer, mounts)
+            await self._remove(key, quiet=True)
             raise
         self._status(layer, UnpackStatus.APPLIED, chain)
         return used
@@ -311,6 +317,32 @@ class Unpacker:
 
         return open_blob
 
-    async def _remove(self, key: str) -> None:
+    async def _remove(self, key: str, *, quiet: bool = False) -> None:
+        """Remove an extract snapshot; ``quiet``: log a failure (the caller has an error)."""
         with anyio.CancelScope(shield=True), contextlib.suppress(NotFound, FailedPrecondition):
-            await self.snapshotter.remove(self.namespace, key)
+            try:
+                await self.snapshotter.remove(self.namespace, key)
+            except MoorageError as exc:
+                if not quiet:
+                    raise
+                # The lease still holds the snapshot: garbage collection takes it later.
+                log.warning("cannot remove extract snapshot %r: %s", key, exc.message)
+
+
+def _empty_layer(mounts: Sequence[Mount]) -> None:
+    """Delete the files a failed apply left in an extract snapshot's writable directory."""
+    if len(mounts) != 1:
+        return
+    mount = mounts[0]
+    upper = next((o[len("upperdir="):] for o in mount.options if o.startswith("upperdir=")), None)
+    if mount.type == "bind" and "ro" not in mount.options:
+        upper = mount.source
+    if not upper:
+        return
+    with contextlib.suppress(OSError), os.scandir(upper) as entries:
+        for entry in list(entries):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)

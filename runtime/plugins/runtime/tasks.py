@@ -128,16 +128,23 @@ class TaskService:
 
     async def remove(self, namespace: str, container_id: str, *, force: bool = False,
                      snapshot: bool = False) -> None:
-        """Delete a container's task (``force``: kill it first), the container and its snapshot.
+        """Delete a container and, with ``snapshot``, its snapshot; ``force`` deletes its task too.
+
+        Without ``force`` a container that still has a task (in any state) is
+        refused, as ``DELETE /v1/containers/{id}`` refuses it; with ``force``
+        a running task is killed and its exit awaited first.
 
         Raises:
-            FailedPrecondition: The task runs and ``force`` is not set.
+            FailedPrecondition: The container has a task and ``force`` is not set.
             NotFound: Neither the container nor a task exists.
         """
         runtime = next((r for r in self.runtimes.values() if r.has(namespace, container_id)),
                        None)
         if runtime is not None:
-            await self._delete_task(namespace, container_id, runtime, force=force)
+            if not force:
+                raise FailedPrecondition(
+                    f"container {container_id!r} still has a task; delete the task first")
+            await self._delete_task(namespace, container_id, runtime, force=True)
         try:
             container = await self.containers.get(namespace, container_id)
         except NotFound:

@@ -47,6 +47,7 @@ from runtime.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from runtime.core.faults import fault_point
 from runtime.plugins.snapshots.api import Info, Kind, Usage
 
 __all__ = ["MetaStore", "Populate", "Record", "disk_usage"]
@@ -313,6 +314,8 @@ class MetaStore:
             FailedPrecondition: The snapshot has children.
         """
         trash = await anyio.to_thread.run_sync(self._locked, self._remove, key)
+        # Crash tests: the record is gone and the data renamed to rm-*, not yet deleted.
+        fault_point("snapshotter.remove.before-delete")
         if sync and trash is not None:
             await anyio.to_thread.run_sync(self._delete_tree, trash)
 

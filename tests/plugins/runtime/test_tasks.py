@@ -451,3 +451,76 @@ def test_user_names_resolve_in_the_rootfs(rd: RuntimeDaemon, rootfs: Path) -> No
     api.delete_container("c2")
     assert leftovers(rd, "default", "c2") == []
     assert os.listdir(rd.state / "runtime.runc" / "default") == []
+
+
+class TestRunInOneCall:
+    """``POST /v1/run`` and ``DELETE /v1/run/{id}``: what ``moorage run`` and ``rm -f`` use."""
+
+    def test_run_starts_and_remove_needs_force(self, rd: RuntimeDaemon, rootfs: Path) -> None:
+        api = rd.client()
+        state = api.run({"id": "c1", "spec_options": {"args": ["sh", "-c", TERM_42]}},
+                        rootfs=bind(rootfs), start=True)
+        assert (state.container_id, state.status) == ("c1", "running")
+        assert state.pid > 0
+        with pytest.raises(FailedPrecondition, match="'c1' still has a task"):
+            api.remove("c1")
+        api.remove("c1", force=True)
+        assert api.containers() == []
+        with pytest.raises(NotFound):
+            api.task("c1")
+        with pytest.raises(NotFound, match="container 'c1' not found"):
+            api.remove("c1", force=True)
+        assert leftovers(rd, "default", "c1") == []
+
+    def test_run_without_start_leaves_a_created_task(self, rd: RuntimeDaemon,
+                                                     rootfs: Path) -> None:
+        api = rd.client()
+        state = api.run({"id": "c1", "spec_options": {"args": ["true"]}}, rootfs=bind(rootfs))
+        assert state.status == "created"
+        api.start_task("c1")
+        assert api.wait_task("c1", timeout=30).exit_status == 0
+        with pytest.raises(FailedPrecondition, match="'c1' still has a task"):
+            api.remove("c1")
+        api.delete_task("c1")
+        api.remove("c1")
+        assert leftovers(rd, "default", "c1") == []
+
+    def test_failed_run_undoes_the_container(self, rd: RuntimeDaemon, rootfs: Path) -> None:
+        api = rd.client()
+        with pytest.raises(FailedPrecondition, match="no-such-command"):
+            api.run({"id": "c1", "spec_options": {"args": ["no-such-command"]}},
+                    rootfs=bind(rootfs), start=True)
+        assert api.containers() == []
+        assert leftovers(rd, "default", "c1") == []
+
+    def test_run_of_an_existing_container_is_refused(self, rd: RuntimeDaemon,
+                                                     rootfs: Path) -> None:
+        api = rd.client()
+        run_task(api, rootfs, "c1", "sleep 100", start=False)
+        with pytest.raises(Exception, match="already exists"):
+            api.run({"id": "c1", "spec_options": {"args": ["true"]}}, rootfs=bind(rootfs))
+        api.remove("c1", force=True)
+
+    def test_remove_takes_the_snapshot_along_unless_asked(self, rd: RuntimeDaemon) -> None:
+        """As ``ctr containers rm``: the container's snapshot goes with it."""
+        api = rd.client()
+        for cid in ("c1", "c2"):
+            api.prepare_snapshot("native", f"{cid}-root")
+            api.create_container(cid, snapshotter="native", snapshot_key=f"{cid}-root",
+                                 spec_options=SpecOptions(args=["true"]))
+        api.remove("c1", snapshot=True)
+        api.remove("c2")
+        assert {s.name for s in api.snapshots("native")} == {"c2-root"}
+        assert api.containers() == []
+
+    def test_forced_task_delete_kills_and_waits(self, rd: RuntimeDaemon, rootfs: Path) -> None:
+        """``DELETE /v1/tasks/{id}?force=1``, through the standard-library client."""
+        from runtime.client.lean import LeanClient
+
+        api, lean = rd.client(), LeanClient(rd.address)
+        run_task(api, rootfs, "c1", TERM_42)
+        assert lean.delete_task("c1", force=True).exit_status == 137
+        with pytest.raises(NotFound, match="task 'c1' not found"):
+            lean.delete_task("c1", force=True)
+        lean.delete_container("c1")
+        assert leftovers(rd, "default", "c1") == []

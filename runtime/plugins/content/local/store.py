@@ -56,6 +56,7 @@ from runtime.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from runtime.core.faults import fault_point
 from runtime.plugins.content.api import BlobExists, BlobInfo, Status, validate_digest
 
 if TYPE_CHECKING:
@@ -911,6 +912,8 @@ class ContentStore:
         os.fsync(fd)
         os.fchmod(fd, 0o444)
         data, target = ingest / "data", self._blobs / validate_digest(digest)
+        # Crash tests: verified and durable, not yet a blob (the ingest must resume).
+        fault_point("content.commit.before-link")
         try:
             # link, unlike rename, refuses to replace: an existing blob stays untouched.
             os.link(data, target)
@@ -930,4 +933,6 @@ class ContentStore:
                 raise BlobExists(digest) from None
             os.rename(data, target)
         _fsync_dir(self._blobs)
+        # Crash tests: a blob, and its ingest still there as a second name of it.
+        fault_point("content.commit.after-link")
         shutil.rmtree(ingest)

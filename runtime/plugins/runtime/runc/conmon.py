@@ -37,8 +37,12 @@ from runtime.plugins.runtime.runc.oci import runtime_message
 __all__ = ["Monitor", "MonitorOptions", "process_start_time"]
 
 
-def process_start_time(pid: int) -> int:
-    """The start time of ``pid`` in clock ticks since boot, 0 if it does not exist."""
+def process_start_time(pid: int, *, running: bool = False) -> int:
+    """The start time of ``pid`` in clock ticks since boot, 0 if it does not exist.
+
+    With ``running``, also 0 for a zombie: it has exited, only nobody reaped it
+    yet (a monitor orphaned by a daemon crash waits for the host's init).
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read()
@@ -46,6 +50,8 @@ def process_start_time(pid: int) -> int:
         return 0
     # The command name may hold spaces and parentheses: split after the last ')'.
     fields = stat[stat.rfind(b")") + 2 :].split()
+    if running and fields[:1] == [b"Z"]:
+        return 0
     return int(fields[19]) if len(fields) > 19 else 0
 
 

@@ -88,7 +88,7 @@ class Process:
     def monitor_alive(self) -> bool:
         """Whether the recorded monitor is still running."""
         pid = self.record.monitor_pid
-        return bool(pid) and process_start_time(pid) == self.record.monitor_start
+        return bool(pid) and process_start_time(pid, running=True) == self.record.monitor_start
 
     def open_monitor(self) -> int | None:
         """A pidfd of the live monitor, or ``None`` if it is gone."""

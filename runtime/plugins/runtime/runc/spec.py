@@ -11,6 +11,7 @@ at task create (see :mod:`.user`).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "default_spec",
     "generate_spec",
     "merge_env",
+    "privileged_capabilities",
 ]
 
 #: Annotation holding a ``user[:group]`` still to be looked up in the rootfs.
@@ -163,8 +165,48 @@ def _apply_resources(spec: dict[str, Any], options: SpecOptions) -> None:
         resources["pids"] = {"limit": options.pids_limit}
 
 
+# Capability numbers (<linux/capability.h>), to read the daemon's own bounding set.
+_CAP_NUMBERS = {name: number for number, name in enumerate((
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
+    "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+))}  # fmt: skip
+
+
+@functools.cache
+def _bounding_set() -> int | None:
+    """The daemon's capability bounding set as a bit mask (``None`` if unknown)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapBnd:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def privileged_capabilities() -> list[str]:
+    """Every capability the daemon itself may hand on (Docker's rule for privileged).
+
+    The runtime cannot raise a capability outside its own bounding set: asking for it
+    fails the container ("unable to apply caps"), as on hosts or in containers that
+    drop a few.
+    """
+    bounding = _bounding_set()
+    if bounding is None:
+        return list(ALL_CAPABILITIES)
+    return [c for c in ALL_CAPABILITIES if bounding >> _CAP_NUMBERS.get(c, 63) & 1]
+
+
 def _apply_privileged(spec: dict[str, Any]) -> None:
-    caps = list(ALL_CAPABILITIES)
+    caps = privileged_capabilities()
     spec["process"]["capabilities"] = {
         "bounding": caps, "permitted": list(caps), "effective": list(caps),
     }

@@ -13,13 +13,19 @@ and answers AlreadyExists, so the unpacker skips the layer. A backend snapshot
 is removed only when no namespace record points at it.
 
 Crash safety: backend changes come first, records after, so a crash between
-the two leaves only unreferenced backend snapshots, which cleanup removes.
+the two leaves only unreferenced backend snapshots, which cleanup removes. A
+commit is the exception: once the backend has renamed the active snapshot, the
+active record points at nothing. The backend commit therefore carries the
+record's intent in the label :data:`COMMIT_LABEL`, and :meth:`recover` (run at
+start) finishes such commits from it, or drops a record whose backend snapshot
+is gone for good.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Mapping
@@ -29,6 +35,7 @@ from typing import Any
 import msgspec
 
 from runtime.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from runtime.core.faults import fault_point
 from runtime.core.filters import adapt, parse
 from runtime.core.identifiers import validate_labels, validate_namespace
 from runtime.plugins.metadata.api import Resource
@@ -42,10 +49,15 @@ from runtime.plugins.snapshots.service.events import (
     SnapshotRemove,
 )
 
-__all__ = ["SNAPSHOT_REF_LABEL", "NamespacedSnapshotter"]
+__all__ = ["COMMIT_LABEL", "SNAPSHOT_REF_LABEL", "NamespacedSnapshotter"]
+
+log = logging.getLogger("moorage.snapshots")
 
 #: The label naming the committed snapshot a prepare is meant to become.
 SNAPSHOT_REF_LABEL = "containerd.io/snapshot.ref"
+#: Backend label of a committed snapshot: the record change its commit stands for
+#: (JSON: ``from`` backend key, ``namespace``, ``key``, ``name``, ``labels``, ``lease``).
+COMMIT_LABEL = "containerd.io/snapshot/moorage.commit"
 # Only these labels reach the backend (containerd's inherited-label rule).
 _BACKEND_PREFIXES = ("containerd.io/snapshot/", SNAPSHOT_REF_LABEL)
 _MAX_KEY = 4096
@@ -157,6 +169,8 @@ class NamespacedSnapshotter:
             )
         else:
             mounts = await self.backend.view(backend_key, parent_backend, _backend_labels(labels))
+        # Crash tests: a backend snapshot no record refers to (cleanup's to remove).
+        fault_point("snapshot.prepare.after-backend")
 
         def record(conn: sqlite3.Connection) -> None:
             ensure_namespace(conn, ns)
@@ -188,6 +202,7 @@ class NamespacedSnapshotter:
             # Lost a race for the same key: undo the backend half.
             await self.backend.remove(backend_key)
             raise
+        fault_point("snapshot.prepare.after-record")
         self.publish(
             ns, "/snapshot/prepare", SnapshotPrepare(key=key, parent=parent, snapshotter=self.name)
         )
@@ -254,42 +269,97 @@ class NamespacedSnapshotter:
         if await self.db.read(lambda c: self._row(c, ns, name)) is not None:
             raise AlreadyExists(f"snapshot {name!r} already exists")
         backend_name = self._new_backend_key(ns, name)
-        await self.backend.commit(backend_name, row["backend_key"], _backend_labels(labels))
-
-        def record(conn: sqlite3.Connection) -> None:
-            stamp = now()
-            conn.execute(
-                "DELETE FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?",
-                (ns, self.name, key),
-            )
-            try:
-                conn.execute(
-                    "INSERT INTO snapshots(namespace, snapshotter, key, backend_key, parent, kind,"
-                    " labels, created_at, updated_at) VALUES (?,?,?,?,?,'committed',?,?,?)",
-                    (
-                        ns,
-                        self.name,
-                        name,
-                        backend_name,
-                        row["parent"],
-                        json.dumps(labels),
-                        stamp,
-                        stamp,
-                    ),
-                )
-            except sqlite3.IntegrityError:
-                raise AlreadyExists(f"snapshot {name!r} already exists") from None
-            conn.execute(
-                "DELETE FROM lease_resources WHERE namespace=? AND type=? AND resource=?",
-                (ns, f"snapshots/{self.name}", key),
-            )
-            if lease:
-                attach(conn, ns, lease, Resource(type=f"snapshots/{self.name}", id=name))
-
-        await self.db.write(record)
+        intent = {"from": row["backend_key"], "namespace": ns, "key": key, "name": name,
+                  "labels": labels, "lease": lease or ""}  # fmt: skip
+        backend_labels = {**_backend_labels(labels), COMMIT_LABEL: json.dumps(intent)}
+        await self.backend.commit(backend_name, row["backend_key"], backend_labels)
+        # Crash tests: committed in the backend, still active in the records (whose
+        # backend key no longer exists): recover() finishes the commit at restart.
+        fault_point("snapshot.commit.after-backend")
+        await self.db.write(
+            lambda conn: self._record_commit(conn, ns, key, name, backend_name, row["parent"],
+                                             labels, lease))
+        fault_point("snapshot.commit.after-record")
         self.publish(
             ns, "/snapshot/commit", SnapshotCommit(key=key, name=name, snapshotter=self.name)
         )
+
+    def _record_commit(
+        self, conn: sqlite3.Connection, ns: str, key: str, name: str, backend_name: str,
+        parent: str, labels: Mapping[str, str], lease: str | None,
+    ) -> None:
+        """Replace the active record ``key`` by the committed ``name`` (one transaction)."""
+        stamp = now()
+        conn.execute(
+            "DELETE FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?",
+            (ns, self.name, key),
+        )
+        try:
+            conn.execute(
+                "INSERT INTO snapshots(namespace, snapshotter, key, backend_key, parent, kind,"
+                " labels, created_at, updated_at) VALUES (?,?,?,?,?,'committed',?,?,?)",
+                (ns, self.name, name, backend_name, parent, json.dumps(dict(labels)), stamp,
+                 stamp),
+            )  # fmt: skip
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"snapshot {name!r} already exists") from None
+        conn.execute(
+            "DELETE FROM lease_resources WHERE namespace=? AND type=? AND resource=?",
+            (ns, f"snapshots/{self.name}", key),
+        )
+        if lease and conn.execute("SELECT 1 FROM leases WHERE namespace=? AND id=?",
+                                  (ns, lease)).fetchone():
+            attach(conn, ns, lease, Resource(type=f"snapshots/{self.name}", id=name))
+
+    async def recover(self) -> int:
+        """Settle records left pointing at backend snapshots that do not exist; return how many.
+
+        Only a crash inside :meth:`commit` leaves such a record (the active one, after
+        the backend renamed its snapshot): the commit is finished from the intent the
+        committed backend snapshot carries. Any other such record is dropped, with a
+        warning, so that no caller is handed a snapshot without data.
+        """
+        rows = await self.db.read(lambda c: c.execute(
+            "SELECT * FROM snapshots WHERE snapshotter=?", (self.name,)).fetchall())
+        if not rows:
+            return 0
+        infos = await self.backend.walk()
+        present = {info.name for info in infos}
+        missing = [r for r in rows if r["backend_key"] not in present]
+        if not missing:
+            return 0
+        intents: dict[str, tuple[str, dict[str, Any]]] = {}
+        for info in infos:
+            with contextlib.suppress(ValueError, TypeError):
+                intent = json.loads(info.labels.get(COMMIT_LABEL, ""))
+                intents[str(intent["from"])] = (info.name, intent)
+        for row in missing:
+            ns, key = row["namespace"], row["key"]
+            found = intents.get(row["backend_key"]) if row["kind"] == Kind.ACTIVE else None
+            if found is not None and found[1].get("namespace") == ns and found[1].get("key") == key:
+                backend_name, intent = found
+                log.warning("finishing the commit of snapshot %r as %r, cut short by a crash",
+                            key, intent["name"], extra={"namespace": ns})
+
+                def finish(conn: sqlite3.Connection, r: sqlite3.Row = row,
+                           b: str = backend_name, i: dict[str, Any] = intent) -> None:
+                    self._record_commit(conn, r["namespace"], r["key"], str(i["name"]), b,
+                                        r["parent"], dict(i.get("labels") or {}),
+                                        str(i.get("lease") or "") or None)
+
+                await self.db.write(finish)
+                continue
+            log.warning("dropping the record of snapshot %r: its backend snapshot %r is gone",
+                        key, row["backend_key"], extra={"namespace": ns})
+
+            def drop(conn: sqlite3.Connection, r: sqlite3.Row = row) -> None:
+                conn.execute("DELETE FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?",
+                             (r["namespace"], self.name, r["key"]))
+                conn.execute("DELETE FROM lease_resources WHERE namespace=? AND type=? AND "
+                             "resource=?", (r["namespace"], f"snapshots/{self.name}", r["key"]))
+
+            await self.db.write(drop)
+        return len(missing)
 
     # -- removal ----------------------------------------------------------------
 
@@ -323,7 +393,10 @@ class NamespacedSnapshotter:
                 is None
             )
 
-        if await self.db.write(delete):
+        unreferenced = await self.db.write(delete)
+        # Crash tests: the record is gone, the backend snapshot not yet.
+        fault_point("snapshot.remove.after-record")
+        if unreferenced:
             # Still a parent in the backend for another namespace's snapshot,
             # or already gone: cleanup settles it later.
             with contextlib.suppress(NotFound, FailedPrecondition):

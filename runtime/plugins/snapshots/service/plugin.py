@@ -42,6 +42,9 @@ async def init(ctx: InitContext[Any]) -> SnapshotService:
 
     backends = ctx.get_by_type("snapshotter")
     wrapped = {n: NamespacedSnapshotter(n, b, db, publish) for n, b in backends.items()}
+    for snapshotter in wrapped.values():
+        # Before anyone is served: records a crash left without backend snapshots.
+        await snapshotter.recover()
     default = "overlayfs" if "overlayfs" in wrapped else sorted(wrapped)[0]
     return SnapshotService(wrapped, default)
 

@@ -1,0 +1,214 @@
+"""The CLI's hot commands over the standard library alone: JSON in, plain objects out.
+
+``moorage version``, ``run``, ``tasks kill|rm`` and ``containers rm`` are the
+commands scripts call by the dozen (a burst of containers, their teardown).
+The typed :class:`runtime.client.Client` imports msgspec and every record type
+of the API, about 40 ms of CPU on this class of machine before the first
+byte is sent; this client imports ``json`` and ``socket`` and answers with
+:class:`types.SimpleNamespace` objects (or plain values), so that each call
+costs about what the daemon spends on it. The daemon still validates every
+body against its types.
+
+Both clients offer the methods :mod:`runtime.cli.run` calls, with the same
+names and arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+
+from runtime.client.transport import Response, request
+from runtime.core.errors import MoorageError, Unauthenticated, Unavailable, from_code
+
+# typing.TYPE_CHECKING without importing typing (nor urllib.parse, below, for plain
+# names): each costs a few ms of every call of the CLI.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+__all__ = ["LeanClient"]
+
+DEFAULT_SOCKET = "/run/moorage/moorage.sock"  # as runtime.client.sync.DEFAULT_SOCKET
+NAMESPACE_HEADER = "Moorage-Namespace"  # as runtime.plugins.api.types.NAMESPACE_HEADER
+
+
+_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+
+
+def quote(value: str, safe: str = "/") -> str:
+    """:func:`urllib.parse.quote`, importing it only for a value that needs it."""
+    if all(c in _PLAIN or c in safe for c in value):
+        return value
+    from urllib.parse import quote as quote_
+
+    return quote_(value, safe=safe)
+
+
+def urlencode(query: Mapping[str, str]) -> str:
+    """:func:`urllib.parse.urlencode` of plain strings, as :func:`quote` does."""
+    return "&".join(f"{quote(k, '')}={quote(v, '')}" for k, v in query.items())
+
+
+def _id(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _namespace(value: Any) -> Any:
+    """JSON objects as attribute bags (recursively), the rest as is."""
+    if isinstance(value, dict):
+        return SimpleNamespace(**{k: _namespace(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [_namespace(v) for v in value]
+    return value
+
+
+class LeanClient:
+    """A client of one daemon, in one namespace, for the hot commands.
+
+    Args:
+        address: ``unix:///path`` or ``http://host:port`` (default from the environment).
+        namespace: Sent as the ``Moorage-Namespace`` header on every request.
+        token_file: File holding the bearer token for a TCP address.
+        timeout: Socket timeout in seconds.
+    """
+
+    def __init__(self, address: str | None = None, *, namespace: str | None = None,
+                 token_file: str | None = None, timeout: float | None = 60.0) -> None:
+        self.address = (address or os.environ.get("MOORAGE_ADDRESS")
+                        or f"unix://{DEFAULT_SOCKET}")
+        self.namespace = namespace or os.environ.get("MOORAGE_NAMESPACE") or "default"
+        self.token = ""
+        if token_file:
+            with open(token_file) as handle:
+                self.token = handle.read().strip()
+        self.timeout = timeout
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def _headers(self) -> dict[str, str]:
+        headers = {NAMESPACE_HEADER: self.namespace, "Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def open(self, method: str, path: str, body: Any = None,
+             query: Mapping[str, str] | None = None, timeout: float | None = -1.0) -> Response:
+        """Send a request; return the response once its status is a success.
+
+        Raises:
+            MoorageError: The server's error, rebuilt as the matching class.
+            Unavailable: The daemon cannot be reached.
+        """
+        if query:
+            path = f"{path}?{urlencode(query)}"
+        headers = self._headers()
+        data = None
+        if body is not None:
+            data = json.dumps(body, separators=(",", ":")).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            response = request(self.address, method, path, headers=headers, body=data,
+                               timeout=self.timeout if timeout == -1.0 else timeout)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise Unavailable(
+                f"cannot reach the moorage daemon at {self.address}: {exc.strerror}; "
+                "is it running? (moorage daemon)") from exc
+        except PermissionError as exc:
+            raise Unavailable(f"cannot open {self.address}: permission denied") from exc
+        except OSError as exc:
+            raise Unavailable(f"cannot reach the moorage daemon at {self.address}: {exc}") from exc
+        if response.status >= 400:
+            raise self._error(response.status, response.read())
+        return response
+
+    @staticmethod
+    def _error(status: int, raw: bytes) -> MoorageError:
+        try:
+            detail = json.loads(raw)["error"]
+            return from_code(str(detail["code"]), str(detail["message"]))
+        except (ValueError, KeyError, TypeError):
+            if status == 401:
+                return Unauthenticated("unauthenticated")
+            return MoorageError(f"HTTP {status}: {raw[:200]!r}")
+
+    def call(self, method: str, path: str, body: Any = None,
+             query: Mapping[str, str] | None = None, timeout: float | None = -1.0) -> Any:
+        """Send a request; the JSON answer as attribute bags (``None`` without a body)."""
+        raw = self.open(method, path, body, query, timeout).read()
+        return _namespace(json.loads(raw)) if raw else None
+
+    # -- the hot endpoints --------------------------------------------------------
+
+    def version(self) -> Any:
+        """The daemon's version (``.version``, ``.api_version``...)."""
+        return self.call("GET", "/v1/version")
+
+    def image_rootfs(self, name: str, snapshotter: str = "") -> Any:
+        """Unpack if needed; ``.snapshotter``, ``.chain_id`` and ``.config`` (a dict)."""
+        raw = self.open("GET", "/v1/images/" + quote(name, safe="/:@") + "/rootfs",
+                        query={"snapshotter": snapshotter} if snapshotter else None,
+                        timeout=None).read()
+        found = json.loads(raw)
+        return SimpleNamespace(name=found.get("name", name), snapshotter=found["snapshotter"],
+                               chain_id=found["chain_id"], config=found.get("config") or {})
+
+    def run(self, container: Mapping[str, Any], *, parent: str = "",
+            rootfs: list[Mapping[str, Any]] | None = None, stdin: bool = False,
+            start: bool = False) -> Any:
+        """``POST /v1/run``: the container, its snapshot and its task; the task's state."""
+        body = {"container": container, "parent": parent, "rootfs": list(rootfs or []),
+                "stdin": stdin, "start": start}
+        return self.call("POST", "/v1/run", body)
+
+    def remove(self, container_id: str, *, force: bool = False, snapshot: bool = False) -> None:
+        """``DELETE /v1/run/{id}``: a container with its task and (``snapshot``) snapshot.
+
+        ``force`` kills a running task first.
+        """
+        query = {k: "1" for k, on in (("force", force), ("snapshot", snapshot)) if on}
+        self.open("DELETE", f"/v1/run/{_id(container_id)}", query=query).read()
+
+    def task(self, container_id: str) -> Any:
+        """A task's state."""
+        return self.call("GET", f"/v1/tasks/{_id(container_id)}")
+
+    def kill_task(self, container_id: str, signal: int | str = 15, *, all: bool = False,
+                  exec_id: str = "") -> None:
+        """Signal a task's init process (``all``: every process) or an exec."""
+        self.open("POST", f"/v1/tasks/{_id(container_id)}/kill",
+                  {"signal": signal, "all": all, "exec_id": exec_id}).read()
+
+    def wait_task(self, container_id: str, exec_id: str = "") -> Any:
+        """Block until the process exits; ``.exit_status``."""
+        return self.call("GET", f"/v1/tasks/{_id(container_id)}/wait",
+                         query={"exec_id": exec_id} if exec_id else None, timeout=None)
+
+    def delete_task(self, container_id: str, exec_id: str = "", *, force: bool = False) -> Any:
+        """Delete a stopped task or an exec (``force``: kill a running task first)."""
+        query = {"exec_id": exec_id} if exec_id else {"force": "1"} if force else None
+        return self.call("DELETE", f"/v1/tasks/{_id(container_id)}", query=query)
+
+    def delete_container(self, container_id: str) -> None:
+        """Delete a container without a task."""
+        self.open("DELETE", f"/v1/containers/{_id(container_id)}").read()
+
+    def attach_task(self, container_id: str, exec_id: str = "", *, stdin: bool = False,
+                    start: bool = False) -> Any:
+        """Open a websocket to a process's stdio; ``start`` starts it once attached."""
+        from runtime.client.attach import Attachment
+        from runtime.client.websocket import HandshakeError, WebSocket
+
+        query = {"exec_id": exec_id, "stdin": "1" if stdin else "",
+                 "start": "1" if start else ""}
+        target = f"/v1/tasks/{_id(container_id)}/attach?" + urlencode(
+            {k: v for k, v in query.items() if v})
+        try:
+            ws = WebSocket.connect(self.address, target, self._headers(), timeout=self.timeout)
+        except HandshakeError as exc:
+            raise self._error(exc.status, exc.body) from None
+        except OSError as exc:
+            raise Unavailable(f"cannot reach the moorage daemon at {self.address}: {exc}") from exc
+        return Attachment(ws)
