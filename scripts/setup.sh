@@ -32,3 +32,6 @@ for contrib in ./contrib/moorage-snapshotter-btrfs ./contrib/moorage-proxy-examp
     "$PYTHON" -m pip install -q --disable-pip-version-check -e "$contrib" 2>&1 | grep -v -i "warning" || true
 done
 "$PYTHON" -c "import runtime, moorage_snapshotter_btrfs, moorage_proxy_example" >/dev/null
+# These machines set PYTHONDONTWRITEBYTECODE: without compiled bytecode every
+# `moorage` process (the CLI, each test's daemon) recompiles what it imports.
+"$PYTHON" -m compileall -q runtime contrib >/dev/null || true

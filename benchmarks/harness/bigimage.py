@@ -94,9 +94,12 @@ def _tar_layer(src: Path, out_dir: Path) -> tuple[dict[str, Any], str]:
         while chunk := fh.read(1 << 20):
             diff.update(chunk)
     gz_path = out_dir / "layer.tar.gz"
-    with open(tar_path, "rb") as src_fh, open(gz_path, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
-            shutil.copyfileobj(src_fh, gz, 1 << 20)
+    with (
+        open(tar_path, "rb") as src_fh,
+        open(gz_path, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz,
+    ):
+        shutil.copyfileobj(src_fh, gz, 1 << 20)
     tar_path.unlink()
     digest = hashlib.sha256(gz_path.read_bytes()).hexdigest()
     blob = out_dir / "blobs" / "sha256" / digest

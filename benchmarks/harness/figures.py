@@ -19,7 +19,7 @@ from harness.freshfs import fresh_filesystem
 from harness.memory import pids_named, pss_kib, rss_kib
 from harness.stats import Sample, Series, measure
 
-__all__ = ["Context", "FIGURES"]
+__all__ = ["FIGURES", "Context"]
 
 Runtime = Containerd | Moorage
 

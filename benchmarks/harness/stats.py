@@ -76,6 +76,7 @@ def measure(fn: Callable[[], Any]) -> Sample:
 
 def proc_cpu(pid: int) -> tuple[float, float]:
     """User and system CPU seconds a (still running) process has used."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
