@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,7 +97,7 @@ def main() -> int:
                 print(f"== {name}", file=sys.stderr, flush=True)
                 try:
                     results[name] = FIGURES[name](ctx)
-                except Exception as exc:  # noqa: BLE001 - report and go on
+                except Exception as exc:
                     traceback.print_exc()
                     results[name] = {"error": f"{type(exc).__name__}: {exc}"}
         finally:
@@ -104,6 +105,7 @@ def main() -> int:
                 daemon.stop()
                 daemon.wipe()
         results["daemon_idle_rss_kib"] = ctx.extra.get("daemon_idle_rss_kib", {})
+    shutil.rmtree(work, ignore_errors=True)
     record = {
         "date": datetime.now(UTC).isoformat(),
         "machine": {"nproc": subprocess.run(["nproc"], capture_output=True, text=True)

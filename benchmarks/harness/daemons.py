@@ -80,9 +80,9 @@ class _Daemon:
         self.proc = None
 
     def wipe(self) -> None:
-        """Remove root and state (after stop)."""
+        """Remove root, state and the rest of the base directory (after stop)."""
         subprocess.run(["umount", "-R", str(self.state)], capture_output=True, check=False)
-        for d in (self.root, self.state):
+        for d in (self.root, self.state, self.base):
             shutil.rmtree(d, ignore_errors=True)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import sys
 
 # typing.TYPE_CHECKING without importing typing (a few ms of every CLI call).
@@ -236,11 +234,11 @@ def tasks_rm(args: argparse.Namespace) -> int:
     for task_id in args.ids:
         try:
             if args.exec_id:
-                api.delete_task(task_id, args.exec_id)
+                api.delete_task(task_id, args.exec_id, result=False)
             elif args.force:
-                api.delete_task(task_id, force=True)
+                api.delete_task(task_id, force=True, result=False)
             else:
-                api.delete_task(task_id)
+                api.delete_task(task_id, result=False)
             print(task_id)
         except MoorageError as exc:
             print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)
@@ -293,6 +291,8 @@ def tasks_exec(args: argparse.Namespace) -> int:
 
 
 def _drop_exec(api: Any, task_id: str, exec_id: str) -> None:
+    import contextlib
+
     from runtime.core.errors import MoorageError
 
     with contextlib.suppress(MoorageError):
@@ -380,6 +380,8 @@ def tasks_attach(args: argparse.Namespace) -> int:
 
 def tasks_wait(args: argparse.Namespace) -> int:
     """Block until the process exits; exit with its status."""
+    import json
+
     from runtime.cli.main import client
 
     result = client(args).wait_task(args.id, args.exec_id)

@@ -15,15 +15,14 @@ names and arguments.
 
 from __future__ import annotations
 
-import json
 import os
 from types import SimpleNamespace
 
 from runtime.client.transport import Response, request
 from runtime.core.errors import MoorageError, Unauthenticated, Unavailable, from_code
 
-# typing.TYPE_CHECKING without importing typing (nor urllib.parse, below, for plain
-# names): each costs a few ms of every call of the CLI.
+# typing.TYPE_CHECKING without importing typing (nor urllib.parse or json, below,
+# when a call does without them): each costs a few ms of every call of the CLI.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -45,6 +44,44 @@ def quote(value: str, safe: str = "/") -> str:
     from urllib.parse import quote as quote_
 
     return quote_(value, safe=safe)
+
+
+def _plain_json(value: Any) -> str | None:
+    """``value`` as JSON when it needs no escaping (the teardown commands' bodies), else None.
+
+    ``json`` imports ``re`` and compiles its patterns: about as much CPU as the
+    interpreter's own start, for ``{"signal": "SIGKILL", "all": false}``.
+    """
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return f'"{value}"' if all(c in _PLAIN or c in "/:@ " for c in value) else None
+    if isinstance(value, dict):
+        parts = []
+        for key, item in value.items():
+            k, v = _plain_json(str(key)), _plain_json(item)
+            if k is None or v is None:
+                return None
+            parts.append(f"{k}:{v}")
+        return "{" + ",".join(parts) + "}"
+    return None
+
+
+def _dumps(value: Any) -> bytes:
+    text = _plain_json(value)
+    if text is None:
+        import json
+
+        text = json.dumps(value, separators=(",", ":"))
+    return text.encode()
+
+
+def _loads(raw: bytes) -> Any:
+    import json
+
+    return json.loads(raw)
 
 
 def urlencode(query: Mapping[str, str]) -> str:
@@ -107,7 +144,7 @@ class LeanClient:
         headers = self._headers()
         data = None
         if body is not None:
-            data = json.dumps(body, separators=(",", ":")).encode()
+            data = _dumps(body)
             headers["Content-Type"] = "application/json"
         try:
             response = request(self.address, method, path, headers=headers, body=data,
@@ -127,7 +164,7 @@ class LeanClient:
     @staticmethod
     def _error(status: int, raw: bytes) -> MoorageError:
         try:
-            detail = json.loads(raw)["error"]
+            detail = _loads(raw)["error"]
             return from_code(str(detail["code"]), str(detail["message"]))
         except (ValueError, KeyError, TypeError):
             if status == 401:
@@ -138,7 +175,7 @@ class LeanClient:
              query: Mapping[str, str] | None = None, timeout: float | None = -1.0) -> Any:
         """Send a request; the JSON answer as attribute bags (``None`` without a body)."""
         raw = self.open(method, path, body, query, timeout).read()
-        return _namespace(json.loads(raw)) if raw else None
+        return _namespace(_loads(raw)) if raw else None
 
     # -- the hot endpoints --------------------------------------------------------
 
@@ -151,7 +188,7 @@ class LeanClient:
         raw = self.open("GET", "/v1/images/" + quote(name, safe="/:@") + "/rootfs",
                         query={"snapshotter": snapshotter} if snapshotter else None,
                         timeout=None).read()
-        found = json.loads(raw)
+        found = _loads(raw)
         return SimpleNamespace(name=found.get("name", name), snapshotter=found["snapshotter"],
                                chain_id=found["chain_id"], config=found.get("config") or {})
 
@@ -186,10 +223,19 @@ class LeanClient:
         return self.call("GET", f"/v1/tasks/{_id(container_id)}/wait",
                          query={"exec_id": exec_id} if exec_id else None, timeout=None)
 
-    def delete_task(self, container_id: str, exec_id: str = "", *, force: bool = False) -> Any:
-        """Delete a stopped task or an exec (``force``: kill a running task first)."""
+    def delete_task(self, container_id: str, exec_id: str = "", *, force: bool = False,
+                    result: bool = True) -> Any:
+        """Delete a stopped task or an exec (``force``: kill a running task first).
+
+        Returns its exit status (``.exit_status``...), or ``None`` when ``result``
+        is false: the caller does not need it, and parsing it costs a JSON import.
+        """
         query = {"exec_id": exec_id} if exec_id else {"force": "1"} if force else None
-        return self.call("DELETE", f"/v1/tasks/{_id(container_id)}", query=query)
+        path = f"/v1/tasks/{_id(container_id)}"
+        if result:
+            return self.call("DELETE", path, query=query)
+        self.open("DELETE", path, query=query).read()
+        return None
 
     def delete_container(self, container_id: str) -> None:
         """Delete a container without a task."""

@@ -7,10 +7,16 @@ needs one request per connection with Content-Length or chunked answers.
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterable, Iterator, Mapping
+# ``_socket`` rather than ``socket`` for unix sockets: the wrapper module pulls in
+# ``enum`` and ``selectors`` (several ms of every CLI call) for nothing used here.
+import _socket
 
 from runtime.core.errors import InvalidArgument
+
+# typing.TYPE_CHECKING without importing typing (nor collections.abc) at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Mapping
 
 __all__ = ["Response", "request"]
 
@@ -20,7 +26,7 @@ _CHUNK = 256 * 1024
 class Response:
     """A response whose body is read lazily from the socket."""
 
-    def __init__(self, sock: socket.socket, status: int, headers: dict[str, str], rest: bytes):
+    def __init__(self, sock: _socket.socket, status: int, headers: dict[str, str], rest: bytes):
         self.sock = sock
         self.status = status
         self.headers = headers
@@ -95,8 +101,8 @@ class Response:
         self.sock.close()
 
 
-def _unix(path: str, timeout: float | None) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def _unix(path: str, timeout: float | None) -> _socket.socket:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(path)
@@ -106,7 +112,7 @@ def _unix(path: str, timeout: float | None) -> socket.socket:
     return sock
 
 
-def _connect(address: str, timeout: float | None) -> tuple[socket.socket, str]:
+def _connect(address: str, timeout: float | None) -> tuple[_socket.socket, str]:
     if address.startswith("/"):
         return _unix(address, timeout), "localhost"
     if address.startswith("unix://"):
@@ -118,6 +124,8 @@ def _connect(address: str, timeout: float | None) -> tuple[socket.socket, str]:
     if parts.scheme == "unix":
         return _unix(parts.path, timeout), "localhost"
     if parts.scheme == "http" and parts.hostname:
+        import socket
+
         sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout)
         return sock, parts.netloc
     raise InvalidArgument(f"address {address!r}: use unix:///path or http://host:port")

@@ -8,11 +8,11 @@ then consumes what arrived without blocking on a partial frame.
 
 from __future__ import annotations
 
+import _socket
 import base64
 import contextlib
 import hashlib
 import os
-import socket
 import struct
 from collections.abc import Mapping
 
@@ -46,7 +46,7 @@ def _mask(data: bytes, key: bytes) -> bytes:
 class WebSocket:
     """One client websocket; frames are sent masked, as a client must."""
 
-    def __init__(self, sock: socket.socket, buffered: bytes = b"") -> None:
+    def __init__(self, sock: _socket.socket, buffered: bytes = b"") -> None:
         self.sock = sock
         self._buf = buffered
         self._fragments: list[bytes] = []

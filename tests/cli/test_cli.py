@@ -357,3 +357,26 @@ def test_cli_unusual_teardown_command_lines_go_to_argparse(argv: list[str]) -> N
     from runtime.cli.main import _fast_args
 
     assert _fast_args({}, argv) is None
+
+
+def test_cli_teardown_path_imports_no_json_nor_socket_module() -> None:
+    """``tasks kill|rm`` and ``containers rm`` import neither ``json`` (with ``re``),
+    ``socket`` (with ``enum``), ``typing`` nor argparse."""
+    code = ("import sys; from runtime.cli import main; "
+            "main._fast_args({}, ['tasks', 'kill', 'x']); "
+            "import runtime.client.lean as lean; lean._dumps({'signal': 'SIGKILL', 'all': False}); "
+            "print(sorted(m for m in ('argparse', 'json', 're', 'socket', 'typing', 'msgspec') "
+            "if m in sys.modules))")
+    # -S: only what Moorage imports counts, not what site's .pth files do.
+    env = {**os.environ, "PYTHONPATH": str(Path(runtime.__file__).parents[1])}
+    result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                            check=True, env=env)
+    assert result.stdout.strip() == "[]"
+
+
+def test_cli_plain_json_matches_json_dumps() -> None:
+    from runtime.client.lean import _dumps
+
+    for value in ({"signal": "SIGKILL", "all": False, "exec_id": ""}, {"a": 1, "b": None},
+                  {"s": 'needs "escaping" \\ é'}, {"nested": {"x": [1, 2]}}):
+        assert json.loads(_dumps(value)) == value

@@ -12,7 +12,7 @@ last test collects garbage and requires that nothing unreferenced is left.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -90,7 +90,7 @@ def _ingest(name: str, size: int, *, lease: bool = False, dedup: bool = False) -
 # -- snapshots --------------------------------------------------------------------------
 
 
-def _write_into(mounts: list[Mount] | list[object], name: str, text: str) -> None:
+def _write_into(mounts: Sequence[object], name: str, text: str) -> None:
     """Put a file into an active snapshot through its bind mount's source (native)."""
     for mount in mounts:
         source = getattr(mount, "source", "")

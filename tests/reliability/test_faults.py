@@ -18,20 +18,22 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from runtime.client import Client
 from runtime.core.errors import MoorageError, NotFound, ResourceExhausted
+from runtime.plugins.api.types import ContentInfo
 from runtime.plugins.runtime.api import SpecOptions
 from runtime.plugins.snapshots.api import Mount
 from tests.fixtures.daemon import Daemon, assert_error
 from tests.fixtures.images import LayerBuilder
 from tests.fixtures.system import require_binary, require_root
-from tests.reliability.blobs import Member, memory_image, raw_layer
+from tests.reliability.blobs import Member, MemoryImage, memory_image, raw_layer
 from tests.reliability.fake_registry import FakeRegistry, Fault
 from tests.reliability.store_check import assert_store_ok, mounts_under
 
@@ -56,9 +58,9 @@ def _pull(client: Client, ref: str) -> None:
         pass
 
 
-def _unique_image(tag: str, size: int = 200_000) -> tuple[str, object]:
+def _unique_image(tag: str, size: int = 200_000) -> MemoryImage:
     data = os.urandom(size)  # incompressible: the blob is as big as the file
-    return tag, memory_image([LayerBuilder().dir("/data").file(f"/data/{tag}", data)])
+    return memory_image([LayerBuilder().dir("/data").file(f"/data/{tag}", data)])
 
 
 # -- a misbehaving registry -------------------------------------------------------------
@@ -87,9 +89,9 @@ def test_registry_fault_fails_the_pull_cleanly(
     pull_daemon: Daemon, fake_registry: FakeRegistry, fault: Fault, code: str, says: str
 ) -> None:
     """A clear error, no record of the bad blob or of the image, and the next pull works."""
-    _, image = _unique_image(fault.value)
-    ref = fake_registry.add(f"faults/{fault.value}", image)  # type: ignore[arg-type]
-    layer = image.layers[0].digest  # type: ignore[attr-defined]
+    image = _unique_image(fault.value)
+    ref = fake_registry.add(f"faults/{fault.value}", image)
+    layer = image.layers[0].digest
     fake_registry.fault(layer, fault)
     api = pull_daemon.client("faults")
     started = time.monotonic()
@@ -115,9 +117,9 @@ def test_dropped_connection_is_resumed_where_it_broke(
     pull_daemon: Daemon, fake_registry: FakeRegistry
 ) -> None:
     """One cut is no error: the download resumes with a Range request."""
-    _, image = _unique_image("resume")
-    ref = fake_registry.add("faults/resume", image)  # type: ignore[arg-type]
-    layer = image.layers[0].digest  # type: ignore[attr-defined]
+    image = _unique_image("resume")
+    ref = fake_registry.add("faults/resume", image)
+    layer = image.layers[0].digest
     fake_registry.fault(layer, Fault.DROP, times=1)
     _pull(pull_daemon.client("faults"), ref)
     assert fake_registry.requests[("blob", layer)] == 2
@@ -162,7 +164,8 @@ def test_full_disk_ingest_is_resource_exhausted_and_nothing_half_committed(
             api.abort_ingest("too-big")
         assert api.ingests() == []
         small = api.write_content("small", b"fits" * 1000, commit=True)
-        assert api.content_info(small.digest).size == 4000  # type: ignore[union-attr]
+        assert isinstance(small, ContentInfo)
+        assert api.content_info(small.digest).size == 4000
         assert_store_ok(daemon, context="a full disk")
 
 
@@ -344,7 +347,8 @@ def test_stalled_proxy_plugin_cannot_freeze_the_daemon(tmp_path: Path) -> None:
             api.write_content("garbage", b"collect me", commit=True)
             with ThreadPoolExecutor(2) as pool:
                 started = time.monotonic()
-                calls = [pool.submit(api.prepare_snapshot, "stalled", "k"), pool.submit(api.gc)]
+                calls: list[Future[Any]] = [pool.submit(api.prepare_snapshot, "stalled", "k"),
+                                            pool.submit(api.gc)]
                 slowest = 0.0
                 while not all(c.done() for c in calls):
                     before = time.monotonic()

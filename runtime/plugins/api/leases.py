@@ -38,10 +38,11 @@ def lease_routes(metadata: Any, gc: Callable[[], Any] | None = None) -> RouteSet
 
     async def create(request: web.Request) -> LeaseInfo:
         body = await decode_body(request, LeaseCreateRequest)
+        if body.expire is not None and not body.expire > 0:  # NaN too
+            raise InvalidArgument("expire must be a positive number of seconds")
         # Bounded above too: a date past year 9999 does not exist (it was a 500).
-        if body.expire is not None and not 0 < body.expire <= MAX_EXPIRE:
-            raise InvalidArgument(
-                f"expire must be a positive number of seconds, at most {MAX_EXPIRE:.0f}")
+        if body.expire is not None and body.expire > MAX_EXPIRE:
+            raise InvalidArgument(f"expire must be at most {MAX_EXPIRE:.0f} seconds (100 years)")
         expire = timedelta(seconds=body.expire) if body.expire is not None else None
         return _lease(await leases.create(namespace_of(request), body.id, body.labels, expire))
 

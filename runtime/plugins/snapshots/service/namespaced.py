@@ -268,6 +268,10 @@ class NamespacedSnapshotter:
             raise FailedPrecondition(f"snapshot {key!r} is {row['kind']}; only active ones commit")
         if await self.db.read(lambda c: self._row(c, ns, name)) is not None:
             raise AlreadyExists(f"snapshot {name!r} already exists")
+        if lease and await self.db.read(lambda c: c.execute(
+                "SELECT 1 FROM leases WHERE namespace=? AND id=?", (ns, lease)).fetchone()) is None:
+            # Refused before the backend commits: afterwards there is no going back.
+            raise NotFound(f"lease {lease!r} not found")
         backend_name = self._new_backend_key(ns, name)
         intent = {"from": row["backend_key"], "namespace": ns, "key": key, "name": name,
                   "labels": labels, "lease": lease or ""}  # fmt: skip
@@ -286,9 +290,12 @@ class NamespacedSnapshotter:
 
     def _record_commit(
         self, conn: sqlite3.Connection, ns: str, key: str, name: str, backend_name: str,
-        parent: str, labels: Mapping[str, str], lease: str | None,
+        parent: str, labels: Mapping[str, str], lease: str | None, *, recovering: bool = False,
     ) -> None:
-        """Replace the active record ``key`` by the committed ``name`` (one transaction)."""
+        """Replace the active record ``key`` by the committed ``name`` (one transaction).
+
+        ``recovering``: a lease gone since the crash is skipped instead of refused.
+        """
         stamp = now()
         conn.execute(
             "DELETE FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?",
@@ -307,8 +314,8 @@ class NamespacedSnapshotter:
             "DELETE FROM lease_resources WHERE namespace=? AND type=? AND resource=?",
             (ns, f"snapshots/{self.name}", key),
         )
-        if lease and conn.execute("SELECT 1 FROM leases WHERE namespace=? AND id=?",
-                                  (ns, lease)).fetchone():
+        if lease and (not recovering or conn.execute(
+                "SELECT 1 FROM leases WHERE namespace=? AND id=?", (ns, lease)).fetchone()):
             attach(conn, ns, lease, Resource(type=f"snapshots/{self.name}", id=name))
 
     async def recover(self) -> int:
@@ -345,7 +352,7 @@ class NamespacedSnapshotter:
                            b: str = backend_name, i: dict[str, Any] = intent) -> None:
                     self._record_commit(conn, r["namespace"], r["key"], str(i["name"]), b,
                                         r["parent"], dict(i.get("labels") or {}),
-                                        str(i.get("lease") or "") or None)
+                                        str(i.get("lease") or "") or None, recovering=True)
 
                 await self.db.write(finish)
                 continue
