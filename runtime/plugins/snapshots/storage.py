@@ -26,7 +26,6 @@ import os
 import secrets
 import shutil
 import sqlite3
-import stat
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -49,6 +48,11 @@ from runtime.core.errors import (
 )
 from runtime.core.faults import fault_point
 from runtime.plugins.snapshots.api import Info, Kind, Usage
+
+# Record and disk_usage have their own modules; they stay importable from here
+# because backends built against plugin API 1 import them from this module.
+from runtime.plugins.snapshots.disk import disk_usage
+from runtime.plugins.snapshots.record import Record
 
 __all__ = ["MetaStore", "Populate", "Record", "disk_usage"]
 
@@ -88,76 +92,6 @@ SELECT id FROM chain WHERE depth > 0 ORDER BY depth
 """
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@final
-class Record(msgspec.Struct, frozen=True, kw_only=True):
-    """One stored snapshot.
-
-    Attributes:
-        id: The integer id; the data lives in ``<root>/snapshots/<id>``. Kept
-            short on purpose: overlay option strings hold one path per layer.
-        key: The key (active, view) or name (committed).
-        kind: Active, view or committed.
-        parent: The parent's name, ``""`` for none.
-        parent_id: The parent's id, ``None`` for none.
-        labels: The labels.
-        created: Creation (or commit) time, UTC.
-        updated: Last label change, UTC.
-        size: Bytes recorded at commit (0 until then).
-        inodes: Inodes recorded at commit (0 until then).
-    """
-
-    id: int
-    key: str
-    kind: Kind
-    parent: str
-    parent_id: int | None
-    labels: dict[str, str]
-    created: datetime
-    updated: datetime
-    size: int = 0
-    inodes: int = 0
-
-    def info(self) -> Info:
-        """The public view of this record."""
-        return Info(
-            kind=self.kind,
-            name=self.key,
-            parent=self.parent,
-            labels=dict(self.labels),
-            created_at=self.created,
-            updated_at=self.updated,
-        )
-
-    def usage(self) -> Usage:
-        """The usage recorded at commit (zero for active and view snapshots)."""
-        return Usage(size=self.size, inodes=self.inodes)
-
-
-def disk_usage(path: Path) -> Usage:
-    """Measure a tree like ``du``: allocated bytes and inodes, hardlinks counted once.
-
-    Symlinks are not followed; the root directory itself counts. Files that
-    vanish during the walk (a container still running) are skipped.
-    """
-    seen: set[tuple[int, int]] = set()
-    size = 0
-    pending = [path]
-    while pending:
-        current = pending.pop()
-        try:
-            st = current.lstat()
-        except FileNotFoundError:
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        size += st.st_blocks * 512
-        if stat.S_ISDIR(st.st_mode):
-            with contextlib.suppress(FileNotFoundError), os.scandir(current) as it:
-                pending.extend(Path(entry.path) for entry in it)
-    return Usage(size=size, inodes=len(seen))
 
 
 def _rmtree(path: Path) -> None:
