@@ -1,6 +1,6 @@
 """The btrfs snapshotter: every snapshot is a subvolume (it does not know it is a plugin).
 
-Layout under ``root`` (bookkeeping in :mod:`runtime.plugins.snapshots.storage`)::
+Layout under ``root`` (bookkeeping in :mod:`runtime.plugins.snapshots.backend`)::
 
     metadata.db
     snapshots/<id>/fs      a btrfs subvolume
@@ -20,16 +20,17 @@ slow every write on the filesystem.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import final
 
 import anyio.to_thread
 
 from moorage_snapshotter_btrfs import btrfs
-from runtime.core.errors import FailedPrecondition, NotImplementedYet
-from runtime.plugins.snapshots.api import Info, Kind, Mount, Usage
-from runtime.plugins.snapshots.storage import MetaStore, Record, disk_usage
+from runtime.core.errors import NotImplementedYet
+from runtime.plugins.snapshots.api import Kind
+from runtime.plugins.snapshots.backend import MetaStoreSnapshotter
+from runtime.plugins.snapshots.record import Record
 
 __all__ = ["BtrfsSnapshotter", "check_supported"]
 
@@ -50,8 +51,10 @@ def check_supported(root: Path) -> None:
 
 
 @final
-class BtrfsSnapshotter:
+class BtrfsSnapshotter(MetaStoreSnapshotter):
     """A :class:`~runtime.plugins.snapshots.api.Snapshotter` on btrfs subvolumes.
+
+    Mounts are the base class's: one ``rbind`` of the snapshot's subvolume.
 
     Args:
         root: Directory on a btrfs filesystem, owned by this snapshotter
@@ -61,89 +64,24 @@ class BtrfsSnapshotter:
     """
 
     def __init__(self, root: Path, *, sync_remove: bool = True) -> None:
-        self.root = Path(root)
-        self._store = MetaStore(self.root, delete_tree=btrfs.delete_tree)
-        self._sync_remove = sync_remove
+        # Subvolumes, read-only ones included, are not removed by rmtree.
+        super().__init__(root, sync_remove=sync_remove, delete_tree=btrfs.delete_tree)
 
-    async def stat(self, key: str) -> Info:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.stat`."""
-        return (await self._store.get(key)).info()
+    def populate(self, kind: Kind, new: Path, parents: Sequence[Path]) -> None:
+        """Make ``new/fs`` a snapshot of the nearest parent, or an empty subvolume.
 
-    async def update(self, key: str, labels: Mapping[str, str]) -> Info:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.update`."""
-        return (await self._store.update(key, labels)).info()
+        A view's subvolume is read-only, an active one's writable.
+        """
+        read_only = kind is Kind.VIEW
+        if parents:
+            btrfs.snapshot_subvolume(parents[0] / "fs", new / "fs", read_only=read_only)
+            return
+        btrfs.create_subvolume(new / "fs")
+        if read_only:
+            btrfs.set_read_only(new / "fs")
 
-    async def usage(self, key: str) -> Usage:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.usage`."""
-        record = await self._store.get(key)
-        if record.kind is Kind.ACTIVE:
-            return await anyio.to_thread.run_sync(disk_usage, self._fs(record.id))
-        return record.usage()
-
-    async def mounts(self, key: str) -> list[Mount]:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.mounts`."""
-        record = await self._store.get(key)
-        if record.kind is Kind.COMMITTED:
-            raise FailedPrecondition(f"snapshot {key!r} is committed: it has no mounts")
-        return self._mounts(record)
-
-    async def prepare(
-        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
-    ) -> list[Mount]:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.prepare`."""
-        record, _ = await self._store.create(Kind.ACTIVE, key, parent, labels, _populate_active)
-        return self._mounts(record)
-
-    async def view(
-        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
-    ) -> list[Mount]:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.view`."""
-        record, _ = await self._store.create(Kind.VIEW, key, parent, labels, _populate_view)
-        return self._mounts(record)
-
-    async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.commit`."""
-        record = await self._store.commit(name, key, labels, lambda path: disk_usage(path / "fs"))
+    async def on_commit(self, record: Record) -> None:
+        """Make the committed layer's subvolume read-only, as children share it."""
         # Read-only only once the commit is recorded: a commit that fails
         # (name taken) must leave the active snapshot writable.
-        await anyio.to_thread.run_sync(btrfs.set_read_only, self._fs(record.id))
-
-    async def remove(self, key: str) -> None:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.remove`."""
-        await self._store.remove(key, sync=self._sync_remove)
-
-    async def walk(self, *filters: str) -> list[Info]:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.walk`."""
-        return await self._store.walk(*filters)
-
-    async def cleanup(self) -> None:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.cleanup`."""
-        await self._store.cleanup()
-
-    async def close(self) -> None:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.close`."""
-        await self._store.close()
-
-    def _fs(self, id: int) -> Path:
-        return self._store.path(id) / "fs"
-
-    def _mounts(self, record: Record) -> list[Mount]:
-        mode = "rw" if record.kind is Kind.ACTIVE else "ro"
-        return [Mount(type="bind", source=str(self._fs(record.id)), options=[mode, "rbind"])]
-
-
-def _populate_active(new: Path, parents: Sequence[Path]) -> None:
-    """Make ``new/fs`` a writable snapshot of the nearest parent, or an empty subvolume."""
-    if parents:
-        btrfs.snapshot_subvolume(parents[0] / "fs", new / "fs")
-    else:
-        btrfs.create_subvolume(new / "fs")
-
-
-def _populate_view(new: Path, parents: Sequence[Path]) -> None:
-    """Make ``new/fs`` a read-only snapshot of the nearest parent, or an empty read-only one."""
-    if parents:
-        btrfs.snapshot_subvolume(parents[0] / "fs", new / "fs", read_only=True)
-    else:
-        btrfs.create_subvolume(new / "fs")
-        btrfs.set_read_only(new / "fs")
+        await anyio.to_thread.run_sync(btrfs.set_read_only, self.fs(record.id))

@@ -1,6 +1,6 @@
 """The overlayfs snapshotter (it does not know it is a plugin; see :mod:`.plugin`).
 
-Layout under ``root`` (the bookkeeping is :mod:`runtime.plugins.snapshots.storage`)::
+Layout under ``root`` (the bookkeeping is :mod:`runtime.plugins.snapshots.backend`)::
 
     metadata.db
     snapshots/<id>/fs      the layer: upperdir while active, a lowerdir once committed
@@ -31,22 +31,21 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, final
 
-import anyio.to_thread
-
-from runtime.core.errors import FailedPrecondition, NotImplementedYet
-from runtime.plugins.snapshots.api import Info, Kind, Mount, Usage
+from runtime.core.errors import NotImplementedYet
+from runtime.plugins.snapshots.api import Kind, Mount
+from runtime.plugins.snapshots.backend import MetaStoreSnapshotter
 from runtime.plugins.snapshots.mount import mount_all, unmount
-from runtime.plugins.snapshots.storage import MetaStore, Record, disk_usage
+from runtime.plugins.snapshots.record import Record
 
 __all__ = ["OverlaySnapshotter", "check_supported"]
 
 
 @final
-class OverlaySnapshotter:
+class OverlaySnapshotter(MetaStoreSnapshotter):
     """A :class:`~runtime.plugins.snapshots.api.Snapshotter` backed by overlayfs.
 
     Args:
@@ -61,111 +60,44 @@ class OverlaySnapshotter:
     def __init__(
         self, root: Path, *, mount_options: Sequence[str] = (), sync_remove: bool = True
     ) -> None:
-        self.root = Path(root)
-        self._store = MetaStore(self.root)
+        super().__init__(root, sync_remove=sync_remove)
         self._extra_options = list(mount_options)
-        self._sync_remove = sync_remove
 
-    async def stat(self, key: str) -> Info:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.stat`."""
-        return (await self._store.get(key)).info()
+    def populate(self, kind: Kind, new: Path, parents: Sequence[Path]) -> None:
+        """Create the empty layer (and workdir when active) of a new snapshot."""
+        fs = new / "fs"
+        fs.mkdir()
+        if kind is Kind.ACTIVE:
+            (new / "work").mkdir(mode=0o711)
+        if parents:
+            # The merged root directory *is* the upper fs directory, so it must
+            # carry the parent's root ownership and mode or the container's "/"
+            # would change on every layer.
+            st = (parents[0] / "fs").lstat()
+            os.lchown(fs, st.st_uid, st.st_gid)
+            os.chmod(fs, stat.S_IMODE(st.st_mode))
+        else:
+            os.chmod(fs, 0o755)  # not subject to the daemon's umask
 
-    async def update(self, key: str, labels: Mapping[str, str]) -> Info:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.update`."""
-        return (await self._store.update(key, labels)).info()
-
-    async def usage(self, key: str) -> Usage:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.usage`."""
-        record = await self._store.get(key)
-        if record.kind is Kind.ACTIVE:
-            # Only the upper layer: the parents are counted by their own usage.
-            return await anyio.to_thread.run_sync(disk_usage, self._fs(record.id))
-        return record.usage()
-
-    async def mounts(self, key: str) -> list[Mount]:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.mounts`."""
-        record, parents = await self._store.get_with_parents(key)
-        if record.kind is Kind.COMMITTED:
-            raise FailedPrecondition(f"snapshot {key!r} is committed: it has no mounts")
-        return self._mounts(record, parents)
-
-    async def prepare(
-        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
-    ) -> list[Mount]:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.prepare`."""
-        record, parents = await self._store.create(
-            Kind.ACTIVE, key, parent, labels, functools.partial(_populate, Kind.ACTIVE)
-        )
-        return self._mounts(record, parents)
-
-    async def view(
-        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
-    ) -> list[Mount]:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.view`."""
-        record, parents = await self._store.create(
-            Kind.VIEW, key, parent, labels, functools.partial(_populate, Kind.VIEW)
-        )
-        return self._mounts(record, parents)
-
-    async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.commit`."""
-        await self._store.commit(name, key, labels, lambda path: disk_usage(path / "fs"))
-
-    async def remove(self, key: str) -> None:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.remove`."""
-        await self._store.remove(key, sync=self._sync_remove)
-
-    async def walk(self, *filters: str) -> list[Info]:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.walk`."""
-        return await self._store.walk(*filters)
-
-    async def cleanup(self) -> None:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.cleanup`."""
-        await self._store.cleanup()
-
-    async def close(self) -> None:
-        """See :meth:`runtime.plugins.snapshots.api.Snapshotter.close`."""
-        await self._store.close()
-
-    def _fs(self, id: int) -> Path:
-        return self._store.path(id) / "fs"
-
-    def _mounts(self, record: Record, parents: Sequence[int]) -> list[Mount]:
-        lowerdir = "lowerdir=" + ":".join(str(self._fs(p)) for p in parents)
+    def mounts_of(self, record: Record, parents: Sequence[int]) -> list[Mount]:
+        """The mounts of the module docstring: a bind without parents, else overlay."""
         if not parents:
-            mode = "rw" if record.kind is Kind.ACTIVE else "ro"
-            return [Mount(type="bind", source=str(self._fs(record.id)), options=[mode, "rbind"])]
+            return super().mounts_of(record, parents)
+        lowerdir = "lowerdir=" + ":".join(str(self.fs(p)) for p in parents)
         if record.kind is Kind.ACTIVE:
             options = [
                 *_kernel_options(),
                 *self._extra_options,
-                f"workdir={self._store.path(record.id) / 'work'}",
-                f"upperdir={self._fs(record.id)}",
+                f"workdir={self.snapshot_dir(record.id) / 'work'}",
+                f"upperdir={self.fs(record.id)}",
                 lowerdir,
             ]
             return [Mount(type="overlay", source="overlay", options=options)]
         if len(parents) == 1:
             # Overlay wants two lowers when there is no upper; one is just a bind.
-            return [Mount(type="bind", source=str(self._fs(parents[0])), options=["ro", "rbind"])]
+            return [Mount(type="bind", source=str(self.fs(parents[0])), options=["ro", "rbind"])]
         options = ["ro", *_kernel_options(), *self._extra_options, lowerdir]
         return [Mount(type="overlay", source="overlay", options=options)]
-
-
-def _populate(kind: Kind, new: Path, parents: Sequence[Path]) -> None:
-    """Create the empty layer (and workdir when active) of a new snapshot."""
-    fs = new / "fs"
-    fs.mkdir()
-    if kind is Kind.ACTIVE:
-        (new / "work").mkdir(mode=0o711)
-    if parents:
-        # The merged root directory *is* the upper fs directory, so it must
-        # carry the parent's root ownership and mode or the container's "/"
-        # would change on every layer.
-        st = (parents[0] / "fs").lstat()
-        os.lchown(fs, st.st_uid, st.st_gid)
-        os.chmod(fs, stat.S_IMODE(st.st_mode))
-    else:
-        os.chmod(fs, 0o755)  # not subject to the daemon's umask
 
 
 @functools.cache
