@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,78 +14,84 @@ from runtime.core.registration import InitContext, Registration
 from runtime.plugins.api.routes import Middleware, Route, RouteSet
 
 
-async def init_system(ctx: InitContext[Any]) -> RouteSet:
-    """Version, health, plugins and events."""
-    from runtime.plugins.api.system import system_routes
-
-    return system_routes(ctx)
+def _required(ctx: InitContext[Any]) -> tuple[Any, ...]:
+    """The services of the route set's required plugins, in the order it lists them."""
+    return tuple(ctx.get(name) for name in ctx.registration.requires)
 
 
-async def init_namespaces(ctx: InitContext[Any]) -> RouteSet:
-    """Namespaces over ``metadata.sqlite``."""
-    from runtime.plugins.api.namespaces import namespace_routes
-
-    return namespace_routes(ctx.get("metadata.sqlite"))
+def _gc_scheduler(ctx: InitContext[Any]) -> Callable[[], Any]:
+    # Looked up per request: gc.scheduler is optional and may start after the route set.
+    return lambda: ctx.plugins.services.get("gc.scheduler")
 
 
-async def init_content(ctx: InitContext[Any]) -> RouteSet:
-    """Content over ``content.local``."""
-    from runtime.plugins.api.content import content_routes
-
-    return content_routes(ctx.get("content.local"))
-
-
-async def init_leases(ctx: InitContext[Any]) -> RouteSet:
-    """Leases over ``metadata.sqlite``."""
-    from runtime.plugins.api.leases import lease_routes
-
-    # Looked up per request: gc.scheduler is optional and may start after this route set.
-    return lease_routes(
-        ctx.get("metadata.sqlite"), lambda: ctx.plugins.services.get("gc.scheduler")
-    )
-
-
-async def init_gc(ctx: InitContext[Any]) -> RouteSet:
-    """Garbage collection over ``gc.scheduler``."""
-    from runtime.plugins.api.gc import gc_routes
-
-    return gc_routes(ctx.get("gc.scheduler"))
-
-
-async def init_snapshots(ctx: InitContext[Any]) -> RouteSet:
-    """Snapshots over ``service.snapshots``."""
-    from runtime.plugins.api.snapshots import snapshot_routes
-
-    return snapshot_routes(ctx.get("service.snapshots"))
-
-
-async def init_containers(ctx: InitContext[Any]) -> RouteSet:
-    """Containers over ``containers.store``."""
-    from runtime.plugins.api.containers import container_routes
-
-    return container_routes(ctx.get("containers.store"), lambda: ctx.plugins.by_type("runtime"))
-
-
-async def init_tasks(ctx: InitContext[Any]) -> RouteSet:
-    """Tasks over the running ``runtime.*`` plugins."""
-    from runtime.plugins.api.tasks import task_routes
+def _task_service(ctx: InitContext[Any]) -> tuple[Any, ...]:
     from runtime.plugins.runtime.tasks import TaskService
 
     def snapshots() -> Any:
         return ctx.plugins.services.get("service.snapshots")
 
-    service = TaskService(ctx.get("containers.store"), ctx.get_by_type("runtime"), snapshots)
-    return task_routes(service)
+    return (TaskService(ctx.get("containers.store"), ctx.get_by_type("runtime"), snapshots),)
 
 
-async def init_images(ctx: InitContext[Any]) -> RouteSet:
-    """Images over ``images.store``."""
-    from runtime.plugins.api.images import image_routes
+@dataclass(frozen=True)
+class _RouteSet:
+    """One built-in ``api.<id>`` plugin: a route set over the services it requires.
 
-    # Looked up per request, as for leases: gc.scheduler is optional.
-    return image_routes(
-        ctx.get("images.store"), lambda: ctx.plugins.services.get("gc.scheduler")
-    )
+    ``factory`` names the function building the routes, in a module of this
+    package; it is imported at init, so that loading this module at every
+    daemon start imports no handlers.
+    """
+
+    id: str
+    requires: tuple[str, ...]
+    description: str
+    factory: str
+    args: Callable[[InitContext[Any]], tuple[Any, ...]] = _required
+
+    def registration(self) -> Registration:
+        """The plugin's registration; its init calls the factory with :attr:`args`."""
+
+        async def init(ctx: InitContext[Any]) -> RouteSet:
+            module, _, function = self.factory.partition(":")
+            build = getattr(importlib.import_module(f"runtime.plugins.api.{module}"), function)
+            routes: RouteSet = build(*self.args(ctx))
+            return routes
+
+        return Registration(
+            type="api",
+            id=self.id,
+            init=init,
+            requires=self.requires,
+            description=self.description,
+        )
+
+
+_ROUTE_SETS = (
+    _RouteSet(
+        "system", (), "version, health, plugins, events", "system:system_routes",
+        lambda ctx: (ctx,),
+    ),
+    _RouteSet("namespaces", ("metadata.sqlite",), "namespaces", "namespaces:namespace_routes"),
+    _RouteSet("content", ("content.local",), "content and ingests", "content:content_routes"),
+    _RouteSet(
+        "leases", ("metadata.sqlite",), "leases", "leases:lease_routes",
+        lambda ctx: (*_required(ctx), _gc_scheduler(ctx)),
+    ),
+    _RouteSet("snapshots", ("service.snapshots",), "snapshots", "snapshots:snapshot_routes"),
+    _RouteSet("gc", ("gc.scheduler",), "garbage collection", "gc:gc_routes"),
+    _RouteSet(
+        "images", ("images.store",), "images: pull, push, import, export", "images:image_routes",
+        lambda ctx: (*_required(ctx), _gc_scheduler(ctx)),
+    ),
+    _RouteSet(
+        "containers", ("containers.store",), "containers", "containers:container_routes",
+        lambda ctx: (*_required(ctx), lambda: ctx.plugins.by_type("runtime")),
+    ),
+    _RouteSet(
+        "tasks", ("containers.store", "runtime"), "tasks: lifecycle, exec, logs, attach, metrics",
+        "tasks:task_routes", _task_service,
+    ),
+)  # fmt: skip
 
 
 async def init_server(ctx: InitContext[Any]) -> Any:
@@ -124,65 +132,8 @@ async def close_server(server: Any) -> None:
 @hookimpl
 def moorage_plugins() -> Iterator[Registration]:
     """The admin API listener and its built-in route sets."""
-    yield Registration(
-        type="api", id="system", init=init_system, description="version, health, plugins, events"
-    )
-    yield Registration(
-        type="api",
-        id="namespaces",
-        init=init_namespaces,
-        requires=("metadata.sqlite",),
-        description="namespaces",
-    )
-    yield Registration(
-        type="api",
-        id="content",
-        init=init_content,
-        requires=("content.local",),
-        description="content and ingests",
-    )
-    yield Registration(
-        type="api",
-        id="leases",
-        init=init_leases,
-        requires=("metadata.sqlite",),
-        description="leases",
-    )
-    yield Registration(
-        type="api",
-        id="snapshots",
-        init=init_snapshots,
-        requires=("service.snapshots",),
-        description="snapshots",
-    )
-    yield Registration(
-        type="api",
-        id="gc",
-        init=init_gc,
-        requires=("gc.scheduler",),
-        description="garbage collection",
-    )
-    yield Registration(
-        type="api",
-        id="images",
-        init=init_images,
-        requires=("images.store",),
-        description="images: pull, push, import, export",
-    )
-    yield Registration(
-        type="api",
-        id="containers",
-        init=init_containers,
-        requires=("containers.store",),
-        description="containers",
-    )
-    yield Registration(
-        type="api",
-        id="tasks",
-        init=init_tasks,
-        requires=("containers.store", "runtime"),
-        description="tasks: lifecycle, exec, logs, attach, metrics",
-    )
+    for route_set in _ROUTE_SETS:
+        yield route_set.registration()
     yield Registration(
         type="server",
         id="http",
