@@ -172,18 +172,13 @@ def containers_rm(args: argparse.Namespace) -> int:
     The snapshot goes at once, as with ``ctr containers rm``: left to the garbage
     collector, it would keep the container's id (its key) taken a while longer.
     """
+    from runtime.cli.each import for_each
     from runtime.cli.main import lean_client
-    from runtime.core.errors import MoorageError
 
-    api, failed = lean_client(args), False
-    for container_id in args.ids:
-        try:
-            api.remove(container_id, force=args.force, snapshot=not args.keep_snapshot)
-            print(container_id)
-        except MoorageError as exc:
-            print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)
-            failed = True
-    return 1 if failed else 0
+    api = lean_client(args)
+    return for_each(
+        args.ids, lambda cid: api.remove(cid, force=args.force, snapshot=not args.keep_snapshot)
+    )
 
 
 # -- tasks -------------------------------------------------------------------------
@@ -227,23 +222,20 @@ def tasks_kill(args: argparse.Namespace) -> int:
 
 def tasks_rm(args: argparse.Namespace) -> int:
     """Delete tasks (``-f``: kill first) or an exec."""
+    from runtime.cli.each import for_each
     from runtime.cli.main import lean_client
-    from runtime.core.errors import MoorageError
 
-    api, failed = lean_client(args), False
-    for task_id in args.ids:
-        try:
-            if args.exec_id:
-                api.delete_task(task_id, args.exec_id, result=False)
-            elif args.force:
-                api.delete_task(task_id, force=True, result=False)
-            else:
-                api.delete_task(task_id, result=False)
-            print(task_id)
-        except MoorageError as exc:
-            print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)
-            failed = True
-    return 1 if failed else 0
+    api = lean_client(args)
+
+    def delete(task_id: str) -> None:
+        if args.exec_id:
+            api.delete_task(task_id, args.exec_id, result=False)
+        elif args.force:
+            api.delete_task(task_id, force=True, result=False)
+        else:
+            api.delete_task(task_id, result=False)
+
+    return for_each(args.ids, delete)
 
 
 def tasks_exec(args: argparse.Namespace) -> int:

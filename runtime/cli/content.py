@@ -152,18 +152,10 @@ def ingest(args: argparse.Namespace) -> int:
 
 def rm(args: argparse.Namespace) -> int:
     """Remove blobs, reporting each failure."""
+    from runtime.cli.each import for_each
     from runtime.cli.main import client
-    from runtime.core.errors import MoorageError
 
-    api, failed = client(args), False
-    for digest in args.digests:
-        try:
-            api.delete_content(digest)
-            print(digest)
-        except MoorageError as exc:
-            print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)
-            failed = True
-    return 1 if failed else 0
+    return for_each(args.digests, client(args).delete_content)
 
 
 def label(args: argparse.Namespace) -> int:

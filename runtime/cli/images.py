@@ -238,18 +238,11 @@ def ls(args: argparse.Namespace) -> int:
 
 def rm(args: argparse.Namespace) -> int:
     """Remove images, reporting each failure."""
+    from runtime.cli.each import for_each
     from runtime.cli.main import client
-    from runtime.core.errors import MoorageError
 
-    api, failed = client(args), False
-    for name in args.names:
-        try:
-            api.delete_image(name, sync=args.sync)
-            print(name)
-        except MoorageError as exc:
-            print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)
-            failed = True
-    return 1 if failed else 0
+    api = client(args)
+    return for_each(args.names, lambda name: api.delete_image(name, sync=args.sync))
 
 
 def tag(args: argparse.Namespace) -> int:

@@ -76,20 +76,10 @@ def create(args: argparse.Namespace) -> int:
 
 def rm(args: argparse.Namespace) -> int:
     """Remove namespaces; report each failure, exit 1 if any."""
-    import sys
-
+    from runtime.cli.each import for_each
     from runtime.cli.main import client
-    from runtime.core.errors import MoorageError
 
-    api, failed = client(args), False
-    for name in args.names:
-        try:
-            api.delete_namespace(name)
-            print(name)
-        except MoorageError as exc:
-            print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)
-            failed = True
-    return 1 if failed else 0
+    return for_each(args.names, client(args).delete_namespace)
 
 
 def label(args: argparse.Namespace) -> int:

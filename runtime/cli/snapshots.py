@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from typing import Any
 
 __all__ = ["mount_command", "register"]
@@ -112,17 +111,11 @@ def commit(args: argparse.Namespace) -> int:
 
 def rm(args: argparse.Namespace) -> int:
     """Remove snapshots."""
+    from runtime.cli.each import for_each
     from runtime.cli.main import client
-    from runtime.core.errors import MoorageError
 
-    api, failed = client(args), False
-    for key in args.keys:
-        try:
-            api.remove_snapshot(args.snapshotter, key)
-        except MoorageError as exc:
-            print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)
-            failed = True
-    return 1 if failed else 0
+    api = client(args)
+    return for_each(args.keys, lambda key: api.remove_snapshot(args.snapshotter, key), echo=False)
 
 
 def mounts(args: argparse.Namespace) -> int:
