@@ -7,6 +7,14 @@ namespace at the attachment's, and writes ``hosts``, ``hostname`` and
 container's ``/etc`` files. :func:`teardown_task_network` undoes the
 attachment. A spec without the annotation is returned unchanged.
 
+Two modes need no network plugin and make no attachment: ``host`` (no
+namespace of its own) and ``none``, for which the OCI runtime makes the
+namespace, as for a spec without the annotation, and brings its ``lo`` up
+itself (runc's "loopback" network, crun's ``libcrun_configure_network``).
+Nothing of a ``none`` container exists outside it: no record, no pinned
+namespace, nothing for a crash to leave behind; the namespace goes with
+its last process, as under ``ctr run``.
+
 When no network plugin runs, a container asking for a network still runs,
 in the unconfigured namespace the OCI runtime makes (as with containerd),
 unless it publishes ports: those could not work, so that is an error.
@@ -14,7 +22,6 @@ unless it publishes ports: those could not work, so that is an error.
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 import logging
 from pathlib import Path
@@ -27,6 +34,7 @@ from runtime.core.errors import FailedPrecondition, InvalidArgument, MoorageErro
 from runtime.plugins.network.api import (
     HOST,
     NETWORK_ANNOTATION,
+    NONE,
     PORTS_ANNOTATION,
     Attachment,
     Network,
@@ -122,13 +130,29 @@ def resolv_conf(host: bool = False) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def _set_network_namespace(spec: dict[str, Any], path: str | None) -> None:
-    """Join ``path`` (``None``: no network namespace, the host's)."""
-    linux = spec.setdefault("linux", {})
+def _set_network_namespace(spec: dict[str, Any], namespace: dict[str, str] | None) -> None:
+    """Replace the spec's network namespace entry (``None``: none, the host's namespace).
+
+    Changes only what :func:`_copy_for_network` copied.
+    """
+    linux = spec["linux"]
     namespaces = [n for n in linux.get("namespaces", []) if n.get("type") != "network"]
-    if path is not None:
-        namespaces.append({"type": "network", "path": path})
+    if namespace is not None:
+        namespaces.append(namespace)
     linux["namespaces"] = namespaces
+
+
+def _copy_for_network(spec: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``spec`` whose namespace list and mounts can be replaced or added to.
+
+    Only the containers along those paths are copied (the caller's spec stays
+    as it was): a deep copy of a whole spec cost 0.4 ms of the event loop's
+    time per task.
+    """
+    copied = dict(spec)
+    copied["linux"] = dict(spec.get("linux") or {})
+    copied["mounts"] = list(spec.get("mounts") or [])
+    return copied
 
 
 def _write_files(bundle: Path, files: dict[str, str]) -> None:
@@ -167,7 +191,8 @@ async def setup_task_network(
         bundle: The task's bundle directory (the files are written there).
 
     Raises:
-        InvalidArgument: A bad mode or ports annotation, or ports with ``host``.
+        InvalidArgument: A bad mode or ports annotation, or ports with ``host``
+            or ``none``.
         FailedPrecondition: Ports asked for, but no network plugin runs.
         MoorageError: From the network's attach.
     """
@@ -176,13 +201,21 @@ async def setup_task_network(
         return spec
     mode = parse_mode(str(annotations[NETWORK_ANNOTATION]))
     ports = decode_ports(str(annotations.get(PORTS_ANNOTATION, "")))
-    spec = copy.deepcopy(spec)
+    spec = _copy_for_network(spec)
     attachment: Attachment | None = None
     if mode == HOST:
         if ports:
             raise InvalidArgument("ports cannot be published with host networking: the "
                                   "container's ports are the host's")
         _set_network_namespace(spec, None)
+    elif mode == NONE:
+        if ports:
+            raise InvalidArgument("ports cannot be published without a network "
+                                  f"(network {NONE!r} has loopback only)")
+        # A namespace of its own that the OCI runtime makes, lo up (see the module's
+        # docstring). Pinning one ourselves, running the loopback plugin and recording
+        # it durably cost about 25 ms per container, for nothing anyone outside enters.
+        _set_network_namespace(spec, {"type": "network"})
     elif network is None:
         if ports:
             raise FailedPrecondition(f"cannot publish ports of {container_id!r}: "
@@ -194,7 +227,7 @@ async def setup_task_network(
         attachment = await network.attach(namespace, container_id, mode, ports)
     try:
         if attachment is not None:
-            _set_network_namespace(spec, attachment.netns)
+            _set_network_namespace(spec, {"type": "network", "path": attachment.netns})
         hostname = str(spec.get("hostname") or "")
         files = {"hosts": etc_hosts(hostname, attachment, host=mode == HOST),
                  "hostname": f"{hostname}\n" if hostname else "",

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from runtime.core.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -32,10 +33,10 @@ from runtime.plugins.network.api import (
     encode_ports,
     parse_publish,
 )
-from runtime.plugins.network.cni import conflist
+from runtime.plugins.network.cni import conflist, netns
 from runtime.plugins.network.cni.conflist import ConfList, check_subnet, default_conflist
-from runtime.plugins.network.cni.service import _plugin_config
-from tests.fixtures.system import require_binary, unavailable
+from runtime.plugins.network.cni.service import AttachmentRecord, CniNetwork, _plugin_config
+from tests.fixtures.system import require_binary, require_root, unavailable
 from tests.plugins.runtime.helpers import RuntimeDaemon, moorage, wait_until
 
 pytest_plugins = ["tests.plugins.runtime.runtime_fixtures"]
@@ -201,6 +202,101 @@ class TestEtcFiles:
         assert spec["linux"]["namespaces"][1] == {"type": "network"}  # the input is kept
 
 
+class RefusingNetwork:
+    """A network service that fails the test if anything is attached."""
+
+    async def attach(self, *args: Any) -> Attachment:
+        raise AssertionError(f"attach{args} called")
+
+    async def detach(self, namespace: str, container_id: str) -> None:
+        pass
+
+
+class TestNoneMode:
+    async def test_the_runtime_makes_the_namespace(self, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+        """none: a namespace entry without a path (the OCI runtime's own), no attachment."""
+        joined = {"type": "network", "path": "/proc/1/ns/net"}
+        spec = {"hostname": "boat", "annotations": {NETWORK_ANNOTATION: "none"},
+                "linux": {"namespaces": [{"type": "pid"}, joined]},
+                "mounts": [{"destination": "/data", "type": "bind", "source": "/srv"}]}
+        for network in (RefusingNetwork(), None):
+            final = await network_task.setup_task_network(network, "default", "c1", spec,
+                                                          tmp_path)
+            assert final["linux"]["namespaces"] == [{"type": "pid"}, {"type": "network"}]
+            assert [m["destination"] for m in final["mounts"]] == [
+                "/data", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf"]
+            assert (tmp_path / "hostname").read_text() == "boat\n"
+            assert (tmp_path / "hosts").read_text() == network_task.etc_hosts("boat", None)
+        # Without a network plugin, none is complete: nothing to warn about.
+        assert "no network plugin" not in caplog.text
+        # The input is kept.
+        assert spec["linux"]["namespaces"] == [{"type": "pid"}, joined]
+        assert len(spec["mounts"]) == 1
+
+    async def test_ports_are_refused(self, tmp_path: Path) -> None:
+        spec = {"annotations": {NETWORK_ANNOTATION: "none",
+                                PORTS_ANNOTATION: encode_ports([parse_publish("8080:80")])}}
+        for network in (RefusingNetwork(), None):
+            with pytest.raises(InvalidArgument,
+                               match="ports cannot be published without a network"):
+                await network_task.setup_task_network(network, "default", "c1", spec, tmp_path)
+
+
+def cni_network(tmp_path: Path) -> CniNetwork:
+    return CniNetwork(conf_dir=tmp_path / "net.d", bin_dirs=[], default_network="moorage",
+                      records_dir=tmp_path / "attachments", netns_dir=tmp_path / "netns")
+
+
+class TestDetach:
+    async def test_a_container_never_attached_costs_no_disk_access(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """After the startup scan, detach of a host or none task reads no record."""
+        service = cni_network(tmp_path)
+        assert await service.live_keys() == set()
+
+        def no_read(*args: Any) -> None:
+            raise AssertionError("record read")
+
+        monkeypatch.setattr(service, "_read", no_read)
+        await service.detach("default", "c1")
+
+    async def test_records_of_an_earlier_daemon_are_still_detached(self,
+                                                                   tmp_path: Path) -> None:
+        """A record found by the startup scan is undone by detach, not skipped."""
+        require_root()  # unpinning: umount(2) of the (absent) namespace file
+        record = AttachmentRecord(namespace="default", container_id="old", network="none",
+                                  cni_id="default--old",
+                                  netns=str(tmp_path / "netns" / "default--old"))
+        path = tmp_path / "attachments" / "default" / "old.json"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(msgspec.json.encode(record))
+        service = cni_network(tmp_path)
+        assert await service.live_keys() == set()  # the scan
+        await service.detach("default", "old")
+        assert not path.exists()
+
+
+def test_created_namespace_has_loopback_up(tmp_path: Path) -> None:
+    """netns.create brings lo up in-process: no loopback plugin runs."""
+    require_root()
+    require_binary("nsenter")
+    require_binary("ip")
+    pinned = tmp_path / "ns"
+    netns.create(pinned)
+    try:
+        links = subprocess.run(["nsenter", f"--net={pinned}", "ip", "-o", "link", "show"],
+                               capture_output=True, text=True, check=True).stdout
+        addresses = subprocess.run(["nsenter", f"--net={pinned}", "ip", "-o", "addr", "show"],
+                                   capture_output=True, text=True, check=True).stdout
+    finally:
+        netns.remove(pinned)
+    [lo] = links.splitlines()
+    assert re.match(r"1: lo: <[A-Z_,]*\bUP\b", lo), lo
+    assert "inet 127.0.0.1/8" in addresses
+    assert not pinned.exists()
+
+
 # -- a real daemon --------------------------------------------------------------------------
 
 
@@ -353,15 +449,42 @@ class TestBridge:
             subprocess.run(["ip", "link", "delete", "mtest0"], capture_output=True, check=False)
 
 
+def namespace_pinned(inode: int) -> bool:
+    """Whether a bind mount (ours, ``ip netns``...) holds the network namespace ``inode``."""
+    return f"net:[{inode}]" in Path("/proc/self/mountinfo").read_text()
+
+
+def nothing_attached(rd: RuntimeDaemon) -> list[str]:
+    """What the network plugin holds: records and pinned namespaces (none expected)."""
+    found = [str(p) for p in (rd.root / "network.cni" / "attachments").glob("*/*.json")]
+    return found + [str(p) for p in (rd.state / "network.cni" / "netns").iterdir()]
+
+
 @pytest.mark.root
 class TestModes:
     def test_none_has_only_loopback(self, net: RuntimeDaemon, rootfs: Path) -> None:
-        result = run(net, rootfs, "sh", "-c", "cat /proc/net/dev; echo --; ip -o addr show lo",
-                     flags=("--rm", "--net", "none"))
+        """lo up (TCP over 127.0.0.1 works), no other link, the /etc files as before."""
+        script = ("cat /proc/net/dev; echo --; ip -o link; ip -o addr show lo; echo --; "
+                  "nc -l -p 9000 -e echo over-lo & "
+                  "for i in $(seq 100); do nc 127.0.0.1 9000 && break; sleep 0.05; done; "
+                  "cat /etc/hosts /etc/hostname /etc/resolv.conf")
+        result = run(net, rootfs, "sh", "-c", script,
+                     flags=("--rm", "--net", "none", "--name", "alone"))
         assert result.returncode == 0, result.stderr
-        dev, _, addresses = result.stdout.partition("--\n")
+        dev, links, rest = result.stdout.split("--\n")
         assert interfaces(dev) == {"lo"}
-        assert "inet 127.0.0.1/8" in addresses  # brought up by the loopback plugin
+        [lo, *addresses] = links.splitlines()
+        assert re.match(r"1: lo: <[A-Z_,]*\bUP\b", lo), lo  # brought up by the OCI runtime
+        assert "inet 127.0.0.1/8" in "".join(addresses)
+        lines = rest.splitlines()
+        assert lines[0] == "over-lo"
+        assert "127.0.0.1\tlocalhost" in lines
+        assert "alone" in lines  # /etc/hostname
+        assert not [line for line in lines
+                    if line.startswith("nameserver 127.") or line == "nameserver ::1"]
+        # No attachment: nothing recorded, listed or pinned for it.
+        assert net.client().call("GET", "/v1/networks/attachments", list) == []
+        assert nothing_attached(net) == []
 
     def test_none_refuses_ports(self, net: RuntimeDaemon, rootfs: Path) -> None:
         result = run(net, rootfs, "true", flags=("--rm", "--net", "none", "-p", "8080:80"))
@@ -407,3 +530,26 @@ class TestCrash:
             assert moorage(net.address, "containers", "rm", "-f", name).returncode == 0
         assert not link_exists(live_veth)
         assert not ipam_file(net, ip_of(alive)).exists()
+
+    def test_none_leaves_nothing_behind_after_a_crash(self, net: RuntimeDaemon,
+                                                      rootfs: Path) -> None:
+        """A none container's namespace is held by its processes only: it dies with them."""
+        started = run(net, rootfs, "sleep", "1000", flags=("-d", "--name", "quiet",
+                                                           "--net", "none"))
+        assert started.returncode == 0, started.stderr
+        pid = net.client().task("quiet").pid
+        inode = os.stat(f"/proc/{pid}/ns/net").st_ino
+        assert inode != os.stat("/proc/self/ns/net").st_ino  # a namespace of its own
+        assert not namespace_pinned(inode)
+        assert nothing_attached(net) == []
+        net.kill()
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not Path(f"/proc/{pid}").exists(), what=f"pid {pid} to exit")
+        assert not namespace_pinned(inode)
+        net.restart()
+        assert nothing_attached(net) == []
+        wait_until(lambda: net.client().task("quiet").status == "stopped",
+                   what="the task to be stopped")
+        removed = moorage(net.address, "containers", "rm", "-f", "quiet")
+        assert removed.returncode == 0, removed.stderr
+        assert nothing_attached(net) == []

@@ -3,8 +3,9 @@
 A namespace lives as long as something holds it: a process inside it or a
 bind mount of its ``nsfs`` file. :func:`create` makes a namespace in a
 throwaway thread (``unshare(CLONE_NEWNET)`` affects only the calling thread,
-and the thread exits right after) and bind-mounts it on a file, so it outlives
-the thread until :func:`remove` unmounts it.
+and the thread exits right after), brings its loopback interface up from
+that thread, and bind-mounts it on a file, so it outlives the thread until
+:func:`remove` unmounts it.
 
 All functions block; call them from a worker thread.
 """
@@ -13,16 +14,26 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
+import socket
+import struct
 import threading
 from collections.abc import Collection
 from pathlib import Path
 
 from runtime.plugins.snapshots.mount import MS_BIND, unmount
 
-__all__ = ["create", "in_use", "remove"]
+__all__ = ["create", "in_use", "loopback_up", "remove"]
 
 CLONE_NEWNET = 0x40000000
+# <linux/sockios.h>, <net/if.h>
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+# struct ifreq: the name (IFNAMSIZ) then a 24-byte union, whose first member
+# for these two requests is the short ifr_flags.
+_IFREQ = struct.Struct("16sH22x")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -33,8 +44,23 @@ def _mount(source: str, target: str, flags: int) -> None:
         raise OSError(err, f"mount {target}: {os.strerror(err)}")
 
 
+def loopback_up() -> None:
+    """Bring ``lo`` up in the calling thread's network namespace.
+
+    What the CNI ``loopback`` plugin and the OCI runtimes (for a namespace they
+    create) do, without starting a process: the kernel gives a new namespace
+    its ``lo`` with 127.0.0.1/8 and ::1, but down. A socket belongs to the
+    namespace of the thread that opens it, so the ioctl reaches that ``lo``.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = _IFREQ.pack(b"lo", 0)
+        flags = _IFREQ.unpack(fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, request))[1]
+        if not flags & _IFF_UP:
+            fcntl.ioctl(sock.fileno(), _SIOCSIFFLAGS, _IFREQ.pack(b"lo", flags | _IFF_UP))
+
+
 def create(path: Path) -> None:
-    """Create a new network namespace and pin it on ``path``.
+    """Create a new network namespace with ``lo`` up and pin it on ``path``.
 
     Raises:
         FileExistsError: ``path`` exists (a namespace of that name is pinned).
@@ -49,6 +75,7 @@ def create(path: Path) -> None:
             if _libc.unshare(CLONE_NEWNET) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+            loopback_up()
             own = f"/proc/self/task/{threading.get_native_id()}/ns/net"
             _mount(own, str(path), MS_BIND)
         except BaseException as exc:

@@ -11,8 +11,13 @@ already gone) and removes the namespace.
 Per the CNI specification, each plugin of a list gets the previous plugin's
 result as ``prevResult`` on ADD; DEL runs the list in reverse with the final
 ADD result (version 0.4.0 and later). The loopback interface is brought up
-by the ``loopback`` plugin separately, before the list, and also alone for
-``none``.
+as the namespace is made (:func:`.netns.create`), in-process: the CNI
+``loopback`` plugin did the same with a process for ADD and one for DEL.
+
+Tasks in ``none`` or ``host`` mode are never attached (see
+:mod:`runtime.plugins.network.task`); their delete still calls
+:meth:`CniNetwork.detach`, which answers from memory, without a lock or a
+disk access, once the records were scanned at startup.
 """
 
 from __future__ import annotations
@@ -55,7 +60,6 @@ __all__ = ["AttachmentRecord", "CniNetwork"]
 log = logging.getLogger("moorage.network.cni")
 
 IFNAME = "eth0"
-_LOOPBACK = "lo"
 #: DEL receives the cached ADD result from this version on.
 _DEL_PREV_RESULT = (0, 4, 0)
 
@@ -153,6 +157,13 @@ class CniNetwork:
         self.netns_dir = netns_dir
         self.timeout = timeout
         self._locks: dict[tuple[str, str], anyio.Lock] = {}
+        # Keys that may have a record on disk: every key attach recorded, plus
+        # what scans of records_dir found. Only the event loop's thread changes
+        # it, and a scan only adds, so an attachment in flight is never missed.
+        self._recorded: set[tuple[str, str]] = set()
+        # Once records_dir was scanned (at startup, by live_keys), a key outside
+        # _recorded has no record: detach has nothing to read.
+        self._scanned = False
 
     # -- records ----------------------------------------------------------------------
 
@@ -191,6 +202,13 @@ class CniNetwork:
                 if record is not None:
                     found.append(record)
         return found
+
+    async def _scan(self) -> list[AttachmentRecord]:
+        """Every record on disk; their keys join ``_recorded``."""
+        records = await anyio.to_thread.run_sync(self._records)
+        self._recorded.update(r.key for r in records)
+        self._scanned = True
+        return records
 
     def _lock(self, key: tuple[str, str]) -> anyio.Lock:
         return self._locks.setdefault(key, anyio.Lock())
@@ -240,6 +258,7 @@ class CniNetwork:
                 ports=list(ports), created_at=datetime.now(UTC),
             )  # fmt: skip
             # Recorded before anything exists: a crash from here on leaves a record to clean.
+            self._recorded.add(key)
             await anyio.to_thread.run_sync(self._save, record)
             try:
                 await self._add(record, conf)
@@ -272,9 +291,8 @@ class CniNetwork:
 
     async def _add(self, record: AttachmentRecord, conf: ConfList | None) -> None:
         path = Path(record.netns)
+        # With lo up already: no loopback plugin to run.
         await anyio.to_thread.run_sync(self._create_netns, path)
-        version = conf.cni_version if conf else "1.0.0"
-        await invoke("ADD", _loopback(version), self._call(record, _LOOPBACK))
         if conf is None:
             return
         call = self._call(record, IFNAME)
@@ -305,9 +323,14 @@ class CniNetwork:
         validate_namespace(namespace)
         validate_identifier(container_id, "container id")
         key = (namespace, container_id)
+        if self._scanned and key not in self._recorded:
+            # Never attached (none, host), or detached already: the common case
+            # for every task's delete, answered without a thread hop or a lock.
+            return
         async with self._lock(key):
             record = await anyio.to_thread.run_sync(self._read, namespace, container_id)
             if record is None:
+                self._recorded.discard(key)
                 return
             errors = await self._undo(record, log_errors=False)
         if errors:
@@ -323,7 +346,6 @@ class CniNetwork:
         errors: list[MoorageError] = []
         conf = (ConfList.from_json(record.conflist, f"attachment {record.cni_id}")
                 if record.conflist else None)
-        present = os.path.ismount(record.netns)
         if conf is not None:
             call = self._call(record, IFNAME)
             cached = record.result if version_tuple(conf.cni_version) >= _DEL_PREV_RESULT \
@@ -337,11 +359,7 @@ class CniNetwork:
                         errors.append(exc)
                 except MoorageError as exc:
                     errors.append(exc)
-        if present:
-            # Loopback goes with the namespace anyway: its DEL may fail harmlessly.
-            with contextlib.suppress(MoorageError):
-                await invoke("DEL", _loopback(conf.cni_version if conf else "1.0.0"),
-                             self._call(record, _LOOPBACK))
+        # lo needs no DEL: it goes with the namespace.
         try:
             await anyio.to_thread.run_sync(netns.remove, Path(record.netns))
         except OSError as exc:
@@ -352,6 +370,7 @@ class CniNetwork:
                         extra={"namespace": record.namespace})
         if not errors:
             await anyio.to_thread.run_sync(self._drop, record)
+            self._recorded.discard(record.key)
         return errors
 
     async def get(self, namespace: str, container_id: str) -> Attachment:
@@ -365,7 +384,7 @@ class CniNetwork:
 
     async def attachments(self) -> list[Attachment]:
         """Every attachment, sorted by namespace and container id."""
-        return [_attachment(r) for r in await anyio.to_thread.run_sync(self._records)]
+        return [_attachment(r) for r in await self._scan()]
 
     async def live_keys(self) -> set[tuple[str, str]]:
         """Attachments some process still runs in: their containers are alive.
@@ -374,7 +393,7 @@ class CniNetwork:
         nobody is in belongs to a container that exited (or was never started
         because the daemon died first).
         """
-        records = await anyio.to_thread.run_sync(self._records)
+        records = await self._scan()
         by_path = {Path(r.netns): r.key for r in records}
         used = await anyio.to_thread.run_sync(netns.in_use, list(by_path))
         return {by_path[p] for p in used}
@@ -389,7 +408,7 @@ class CniNetwork:
             The ``(namespace, container id)`` pairs detached.
         """
         cleaned: list[tuple[str, str]] = []
-        records = await anyio.to_thread.run_sync(self._records)
+        records = await self._scan()
         for record in records:
             if record.key in live:
                 continue
@@ -412,10 +431,6 @@ class CniNetwork:
         for path in orphans:
             if path not in used:
                 netns.remove(path)
-
-
-def _loopback(version: str) -> dict[str, Any]:
-    return {"cniVersion": version, "name": "moorage-loopback", "type": "loopback"}
 
 
 def _plugin_config(conf: ConfList, plugin: dict[str, Any], prev: dict[str, Any] | None,
