@@ -15,11 +15,21 @@ Modules: :mod:`.reference` (names), :mod:`.types` (descriptors, media types),
 :mod:`.client` (HTTP). aiohttp makes the client asyncio-only.
 """
 
-from runtime.plugins.images.registry.auth import Credentials
-from runtime.plugins.images.registry.client import BLOB_CHUNK_SIZE, BlobStream, RegistryClient
-from runtime.plugins.images.registry.hosts import HostConfig, load_hosts
-from runtime.plugins.images.registry.reference import Reference, parse_reference
-from runtime.plugins.images.registry.types import MAX_MANIFEST_SIZE, Descriptor, Platform
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runtime.plugins.images.registry.auth import Credentials
+    from runtime.plugins.images.registry.client import (
+        BLOB_CHUNK_SIZE,
+        BlobStream,
+        RegistryClient,
+    )
+    from runtime.plugins.images.registry.hosts import HostConfig, load_hosts
+    from runtime.plugins.images.registry.reference import Reference, parse_reference
+    from runtime.plugins.images.registry.types import MAX_MANIFEST_SIZE, Descriptor, Platform
 
 __all__ = [
     "BLOB_CHUNK_SIZE",
@@ -34,3 +44,26 @@ __all__ = [
     "load_hosts",
     "parse_reference",
 ]
+
+# The names resolve on first use: importing one light submodule (``.types``, as
+# the images contract does, and through it the CLI's client) runs this file, and
+# must not import aiohttp along with ``.auth`` and ``.client``.
+_MODULES = {
+    "BLOB_CHUNK_SIZE": "client",
+    "BlobStream": "client",
+    "Credentials": "auth",
+    "Descriptor": "types",
+    "HostConfig": "hosts",
+    "MAX_MANIFEST_SIZE": "types",
+    "Platform": "types",
+    "Reference": "reference",
+    "RegistryClient": "client",
+    "load_hosts": "hosts",
+    "parse_reference": "reference",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
