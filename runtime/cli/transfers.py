@@ -29,7 +29,7 @@ def _short(digest: str) -> str:
 
 def follow(events: Iterator[Any], *, quiet: bool) -> Any:
     """Show progress of a pull or push; return its ``done`` line."""
-    from runtime.plugins.api.types import ProgressBlob, ProgressDone, ProgressResolved
+    from runtime.plugins.api.types import ProgressBlob, ProgressDone, Resolved
 
     if quiet or not sys.stderr.isatty():
         done = None
@@ -37,7 +37,7 @@ def follow(events: Iterator[Any], *, quiet: bool) -> Any:
         for event in events:
             if isinstance(event, ProgressDone):
                 done = event
-            elif isinstance(event, ProgressResolved) and not quiet:
+            elif isinstance(event, Resolved) and not quiet:
                 print(f"{event.name}: resolved to {event.digest} on {event.host}", file=sys.stderr)
             elif isinstance(event, ProgressBlob) and not quiet:
                 state = (event.status, event.unpack)
@@ -68,7 +68,7 @@ def _follow_rich(events: Iterator[Any]) -> Any:
         TransferSpeedColumn,
     )
 
-    from runtime.plugins.api.types import ProgressBlob, ProgressDone, ProgressResolved
+    from runtime.plugins.api.types import ProgressBlob, ProgressDone, Resolved
 
     console = Console(stderr=True)
     columns = (
@@ -85,7 +85,7 @@ def _follow_rich(events: Iterator[Any]) -> Any:
     with Progress(*columns, console=console) as progress:
         total = progress.add_task("[bold]total", total=0, state="")
         for event in events:
-            if isinstance(event, ProgressResolved):
+            if isinstance(event, Resolved):
                 console.print(f"{event.name} → {event.digest} ({event.host})")
             elif isinstance(event, ProgressBlob):
                 blobs[event.digest] = event

@@ -10,7 +10,8 @@ import msgspec
 
 from runtime.core.errors import from_code
 from runtime.plugins.api.types import (
-    ImageCheck,
+    CheckResult,
+    Failed,
     ImageCreateRequest,
     ImageDescriptor,
     ImageInfo,
@@ -19,8 +20,7 @@ from runtime.plugins.api.types import (
     ImagePushRequest,
     ImageRootfs,
     ImageUpdateRequest,
-    ImageUsageInfo,
-    ProgressError,
+    ImageUsage,
 )
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class ImagesMixin:
     def _progress(self, path: str, body: msgspec.Struct) -> Iterator[ImageProgress]:
         for line in self.stream_lines("POST", path, body=body):
             message = _progress.decode(line)
-            if isinstance(message, ProgressError):
+            if isinstance(message, Failed):
                 raise from_code(message.code, message.message)
             yield message
 
@@ -192,17 +192,17 @@ class ImagesMixin:
         finally:
             response.close()
 
-    def check_image(self, name: str, platforms: Sequence[str] = ()) -> ImageCheck:
+    def check_image(self, name: str, platforms: Sequence[str] = ()) -> CheckResult:
         """Whether every blob of the image is present."""
-        result: ImageCheck = self.call(
-            "GET", _path(name, "check"), ImageCheck, query={"platform": list(platforms)}
+        result: CheckResult = self.call(
+            "GET", _path(name, "check"), CheckResult, query={"platform": list(platforms)}
         )
         return result
 
-    def image_usage(self, name: str, snapshotter: str = "") -> ImageUsageInfo:
+    def image_usage(self, name: str, snapshotter: str = "") -> ImageUsage:
         """Bytes of the image's blobs and snapshots."""
-        result: ImageUsageInfo = self.call(
-            "GET", _path(name, "usage"), ImageUsageInfo, query={"snapshotter": snapshotter}
+        result: ImageUsage = self.call(
+            "GET", _path(name, "usage"), ImageUsage, query={"snapshotter": snapshotter}
         )
         return result
 

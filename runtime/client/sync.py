@@ -24,18 +24,18 @@ from runtime.plugins.api.types import (
     Health,
     IngestStatus,
     LabelsRequest,
+    Lease,
     LeaseCreateRequest,
-    LeaseInfo,
     LeaseResource,
-    MountInfo,
+    Mount,
+    Namespace,
     NamespaceCreateRequest,
-    NamespaceInfo,
     NamespaceLabelsRequest,
     PluginInfo,
     SnapshotCommitRequest,
     SnapshotCreateRequest,
     SnapshotInfo,
-    SnapshotUsage,
+    Usage,
     Version,
 )
 from runtime.plugins.gc.api import GCReport
@@ -202,26 +202,26 @@ class Client(ContainersMixin, ImagesMixin):
 
     # -- namespaces -------------------------------------------------------------
 
-    def namespaces(self) -> list[NamespaceInfo]:
+    def namespaces(self) -> list[Namespace]:
         """Every namespace."""
-        return self.call("GET", "/v1/namespaces", list[NamespaceInfo])
+        return self.call("GET", "/v1/namespaces", list[Namespace])
 
-    def get_namespace(self, name: str) -> NamespaceInfo:
+    def get_namespace(self, name: str) -> Namespace:
         """One namespace."""
-        return self.call("GET", f"/v1/namespaces/{quote(name, safe='')}", NamespaceInfo)
+        return self.call("GET", f"/v1/namespaces/{quote(name, safe='')}", Namespace)
 
-    def create_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> NamespaceInfo:
+    def create_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> Namespace:
         """Create a namespace."""
         body = NamespaceCreateRequest(name=name, labels=dict(labels or {}))
-        return self.call("POST", "/v1/namespaces", NamespaceInfo, body=body)
+        return self.call("POST", "/v1/namespaces", Namespace, body=body)
 
-    def label_namespace(self, name: str, labels: Mapping[str, str]) -> NamespaceInfo:
+    def label_namespace(self, name: str, labels: Mapping[str, str]) -> Namespace:
         """Set namespace labels; an empty value removes one."""
         body = NamespaceLabelsRequest(labels=dict(labels))
         return self.call(
             "PATCH",
             f"/v1/namespaces/{quote(name, safe='')}",
-            NamespaceInfo,
+            Namespace,
             body=body,
         )
 
@@ -337,12 +337,12 @@ class Client(ContainersMixin, ImagesMixin):
 
     # -- leases -----------------------------------------------------------------
 
-    def leases(self, filters: list[str] | None = None) -> list[LeaseInfo]:
+    def leases(self, filters: list[str] | None = None) -> list[Lease]:
         """Leases of the namespace."""
         return self.call(
             "GET",
             "/v1/leases",
-            list[LeaseInfo],
+            list[Lease],
             query={"filter": filters or []},
         )
 
@@ -351,10 +351,10 @@ class Client(ContainersMixin, ImagesMixin):
         lease_id: str = "",
         labels: Mapping[str, str] | None = None,
         expire: float | None = None,
-    ) -> LeaseInfo:
+    ) -> Lease:
         """Create a lease; ``expire`` in seconds."""
         body = LeaseCreateRequest(id=lease_id, labels=dict(labels or {}), expire=expire)
-        return self.call("POST", "/v1/leases", LeaseInfo, body=body)
+        return self.call("POST", "/v1/leases", Lease, body=body)
 
     def delete_lease(self, lease_id: str, *, sync: bool = False) -> None:
         """Delete a lease; ``sync`` waits for a garbage collection to free what it held."""
@@ -410,7 +410,7 @@ class Client(ContainersMixin, ImagesMixin):
         view: bool = False,
         labels: Mapping[str, str] | None = None,
         lease: str | None = None,
-    ) -> list[MountInfo]:
+    ) -> list[Mount]:
         """Prepare an active snapshot (or a view) and return its mounts."""
         body = SnapshotCreateRequest(
             key=key, parent=parent, kind="view" if view else "active", labels=dict(labels or {})
@@ -419,7 +419,7 @@ class Client(ContainersMixin, ImagesMixin):
         return self.call(
             "POST",
             self._sn(snapshotter),
-            list[MountInfo],
+            list[Mount],
             body=body,
             headers=headers,
         )
@@ -442,13 +442,13 @@ class Client(ContainersMixin, ImagesMixin):
         """Remove a snapshot."""
         self.call("DELETE", self._sn(snapshotter, key))
 
-    def snapshot_mounts(self, snapshotter: str, key: str) -> list[MountInfo]:
+    def snapshot_mounts(self, snapshotter: str, key: str) -> list[Mount]:
         """Mounts of an active snapshot or view."""
-        return self.call("GET", self._sn(snapshotter, key, "mounts"), list[MountInfo])
+        return self.call("GET", self._sn(snapshotter, key, "mounts"), list[Mount])
 
-    def snapshot_usage(self, snapshotter: str, key: str) -> SnapshotUsage:
+    def snapshot_usage(self, snapshotter: str, key: str) -> Usage:
         """Disk usage of a snapshot."""
-        return self.call("GET", self._sn(snapshotter, key, "usage"), SnapshotUsage)
+        return self.call("GET", self._sn(snapshotter, key, "usage"), Usage)
 
     def label_snapshot(self, snapshotter: str, key: str, labels: Mapping[str, str]) -> SnapshotInfo:
         """Set labels on a snapshot."""

@@ -20,14 +20,14 @@ from aiohttp import web
 from runtime.core.errors import InvalidArgument, MoorageError
 from runtime.plugins.api.routes import Query, Route, RouteSet, decode_body, namespace_of
 from runtime.plugins.api.types import (
-    ImageCheck,
+    CheckResult,
     ImageCreateRequest,
     ImageInfo,
     ImagePullRequest,
     ImagePushRequest,
     ImageRootfs,
     ImageUpdateRequest,
-    ImageUsageInfo,
+    ImageUsage,
 )
 
 __all__ = ["image_routes"]
@@ -236,17 +236,17 @@ def image_routes(service: Any, gc: Callable[[], Any] | None = None) -> RouteSet:
         await response.write_eof()
         return response
 
-    async def check(request: web.Request) -> ImageCheck:
+    async def check(request: web.Request) -> CheckResult:
         result = await service.check(
             namespace_of(request), name_of(request), request.query.getall("platform", [])
         )
-        return _conv(result, ImageCheck)
+        return _conv(result, CheckResult)
 
-    async def usage(request: web.Request) -> ImageUsageInfo:
+    async def usage(request: web.Request) -> ImageUsage:
         result = await service.usage(
             namespace_of(request), name_of(request), request.query.get("snapshotter", "")
         )
-        return _conv(result, ImageUsageInfo)
+        return _conv(result, ImageUsage)
 
     async def rootfs(request: web.Request) -> ImageRootfs:
         ns, name = namespace_of(request), name_of(request)
@@ -327,7 +327,7 @@ def image_routes(service: Any, gc: Callable[[], Any] | None = None) -> RouteSet:
             item + "/check",
             check,
             "Whether every blob of the image is present.",
-            response=ImageCheck,
+            response=CheckResult,
             query=(platform_q,),
         ),
         Route(
@@ -335,7 +335,7 @@ def image_routes(service: Any, gc: Callable[[], Any] | None = None) -> RouteSet:
             item + "/usage",
             usage,
             "Disk use of the image's blobs and snapshots.",
-            response=ImageUsageInfo,
+            response=ImageUsage,
             query=(Query("snapshotter", "snapshotter"),),
         ),
         Route(

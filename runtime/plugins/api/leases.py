@@ -11,7 +11,7 @@ from aiohttp import web
 
 from runtime.core.errors import InvalidArgument
 from runtime.plugins.api.routes import Query, Route, RouteSet, decode_body, namespace_of
-from runtime.plugins.api.types import LeaseCreateRequest, LeaseInfo, LeaseResource
+from runtime.plugins.api.types import Lease, LeaseCreateRequest, LeaseResource
 from runtime.plugins.metadata.api import Resource
 
 __all__ = ["MAX_EXPIRE", "lease_routes"]
@@ -20,8 +20,8 @@ __all__ = ["MAX_EXPIRE", "lease_routes"]
 MAX_EXPIRE = 100 * 365.25 * 24 * 3600
 
 
-def _lease(obj: Any) -> LeaseInfo:
-    return msgspec.convert(msgspec.to_builtins(obj), LeaseInfo)
+def _lease(obj: Any) -> Lease:
+    return msgspec.convert(msgspec.to_builtins(obj), Lease)
 
 
 def lease_routes(metadata: Any, gc: Callable[[], Any] | None = None) -> RouteSet:
@@ -32,11 +32,11 @@ def lease_routes(metadata: Any, gc: Callable[[], Any] | None = None) -> RouteSet
     """
     leases = metadata.leases
 
-    async def list_(request: web.Request) -> list[LeaseInfo]:
+    async def list_(request: web.Request) -> list[Lease]:
         found = await leases.list(namespace_of(request), request.query.getall("filter", []))
         return [_lease(lease) for lease in found]
 
-    async def create(request: web.Request) -> LeaseInfo:
+    async def create(request: web.Request) -> Lease:
         body = await decode_body(request, LeaseCreateRequest)
         if body.expire is not None and not body.expire > 0:  # NaN too
             raise InvalidArgument("expire must be a positive number of seconds")
@@ -46,7 +46,7 @@ def lease_routes(metadata: Any, gc: Callable[[], Any] | None = None) -> RouteSet
         expire = timedelta(seconds=body.expire) if body.expire is not None else None
         return _lease(await leases.create(namespace_of(request), body.id, body.labels, expire))
 
-    async def get(request: web.Request) -> LeaseInfo:
+    async def get(request: web.Request) -> Lease:
         return _lease(await leases.get(namespace_of(request), request.match_info["id"]))
 
     async def delete(request: web.Request) -> None:
@@ -78,7 +78,7 @@ def lease_routes(metadata: Any, gc: Callable[[], Any] | None = None) -> RouteSet
             "/v1/leases",
             list_,
             "List leases.",
-            response=list[LeaseInfo],
+            response=list[Lease],
             query=(Query("filter", "filter (id, labels.<k>); repeat to OR", True),),
         ),
         Route(
@@ -87,10 +87,10 @@ def lease_routes(metadata: Any, gc: Callable[[], Any] | None = None) -> RouteSet
             create,
             "Create a lease.",
             body=LeaseCreateRequest,
-            response=LeaseInfo,
+            response=Lease,
             status=201,
         ),
-        Route("GET", one, get, "One lease.", response=LeaseInfo),
+        Route("GET", one, get, "One lease.", response=Lease),
         Route("DELETE", one, delete, "Delete a lease.",
               query=(Query("sync", "1: wait for a garbage collection to free what it held"),)),
         Route(

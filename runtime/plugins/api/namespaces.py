@@ -6,31 +6,30 @@ import msgspec
 from aiohttp import web
 
 from runtime.plugins.api.routes import Route, RouteSet, decode_body
-from runtime.plugins.api.types import NamespaceCreateRequest, NamespaceInfo, NamespaceLabelsRequest
-from runtime.plugins.metadata.api import Namespace
+from runtime.plugins.api.types import Namespace, NamespaceCreateRequest, NamespaceLabelsRequest
 
 __all__ = ["namespace_routes"]
 
 
-def _info(ns: Namespace) -> NamespaceInfo:
-    return msgspec.convert(msgspec.to_builtins(ns), NamespaceInfo)
+def _info(ns: Namespace) -> Namespace:
+    return msgspec.convert(msgspec.to_builtins(ns), Namespace)
 
 
 def namespace_routes(metadata: object) -> RouteSet:
     """Routes over the metadata plugin's namespace store."""
     store = metadata.namespaces  # type: ignore[attr-defined]
 
-    async def list_(_: web.Request) -> list[NamespaceInfo]:
+    async def list_(_: web.Request) -> list[Namespace]:
         return [_info(ns) for ns in await store.list()]
 
-    async def get(request: web.Request) -> NamespaceInfo:
+    async def get(request: web.Request) -> Namespace:
         return _info(await store.get(request.match_info["name"]))
 
-    async def create(request: web.Request) -> NamespaceInfo:
+    async def create(request: web.Request) -> Namespace:
         body = await decode_body(request, NamespaceCreateRequest)
         return _info(await store.create(body.name, body.labels))
 
-    async def label(request: web.Request) -> NamespaceInfo:
+    async def label(request: web.Request) -> Namespace:
         body = await decode_body(request, NamespaceLabelsRequest)
         return _info(await store.update_labels(request.match_info["name"], body.labels))
 
@@ -38,24 +37,24 @@ def namespace_routes(metadata: object) -> RouteSet:
         await store.delete(request.match_info["name"])
 
     return [
-        Route("GET", "/v1/namespaces", list_, "List namespaces.", response=list[NamespaceInfo]),
+        Route("GET", "/v1/namespaces", list_, "List namespaces.", response=list[Namespace]),
         Route(
             "POST",
             "/v1/namespaces",
             create,
             "Create a namespace.",
             body=NamespaceCreateRequest,
-            response=NamespaceInfo,
+            response=Namespace,
             status=201,
         ),
-        Route("GET", "/v1/namespaces/{name}", get, "One namespace.", response=NamespaceInfo),
+        Route("GET", "/v1/namespaces/{name}", get, "One namespace.", response=Namespace),
         Route(
             "PATCH",
             "/v1/namespaces/{name}",
             label,
             "Set labels (an empty value removes one).",
             body=NamespaceLabelsRequest,
-            response=NamespaceInfo,
+            response=Namespace,
         ),
         Route(
             "DELETE",

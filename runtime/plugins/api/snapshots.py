@@ -12,11 +12,11 @@ from runtime.plugins.api.routes import Query, Route, RouteSet, decode_body, name
 from runtime.plugins.api.types import (
     LEASE_HEADER,
     LabelsRequest,
-    MountInfo,
+    Mount,
     SnapshotCommitRequest,
     SnapshotCreateRequest,
     SnapshotInfo,
-    SnapshotUsage,
+    Usage,
 )
 
 T = TypeVar("T")
@@ -41,14 +41,14 @@ def snapshot_routes(service: Any) -> RouteSet:
         infos = await sn(request).walk(namespace_of(request), *request.query.getall("filter", []))
         return [_conv(i, SnapshotInfo) for i in infos]
 
-    async def create(request: web.Request) -> list[MountInfo]:
+    async def create(request: web.Request) -> list[Mount]:
         body = await decode_body(request, SnapshotCreateRequest)
         lease = request.headers.get(LEASE_HEADER) or None
         if body.kind not in ("active", "view"):
             raise InvalidArgument(f"kind {body.kind!r}: use active or view")
         make = sn(request).prepare if body.kind == "active" else sn(request).view
         mounts = await make(namespace_of(request), body.key, body.parent, body.labels, lease)
-        return [_conv(m, MountInfo) for m in mounts]
+        return [_conv(m, Mount) for m in mounts]
 
     async def stat(request: web.Request) -> SnapshotInfo:
         return _conv(await sn(request).stat(namespace_of(request), key(request)), SnapshotInfo)
@@ -61,12 +61,12 @@ def snapshot_routes(service: Any) -> RouteSet:
     async def remove(request: web.Request) -> None:
         await sn(request).remove(namespace_of(request), key(request))
 
-    async def mounts(request: web.Request) -> list[MountInfo]:
+    async def mounts(request: web.Request) -> list[Mount]:
         found = await sn(request).mounts(namespace_of(request), key(request))
-        return [_conv(m, MountInfo) for m in found]
+        return [_conv(m, Mount) for m in found]
 
-    async def usage(request: web.Request) -> SnapshotUsage:
-        return _conv(await sn(request).usage(namespace_of(request), key(request)), SnapshotUsage)
+    async def usage(request: web.Request) -> Usage:
+        return _conv(await sn(request).usage(namespace_of(request), key(request)), Usage)
 
     async def commit(request: web.Request) -> None:
         body = await decode_body(request, SnapshotCommitRequest)
@@ -91,7 +91,7 @@ def snapshot_routes(service: Any) -> RouteSet:
             create,
             "Prepare an active snapshot or a view; returns mounts.",
             body=SnapshotCreateRequest,
-            response=list[MountInfo],
+            response=list[Mount],
             status=201,
         ),
         Route(
@@ -99,14 +99,14 @@ def snapshot_routes(service: Any) -> RouteSet:
             base + "/{key:.+}/mounts",
             mounts,
             "Mounts of an active snapshot or view.",
-            response=list[MountInfo],
+            response=list[Mount],
         ),
         Route(
             "GET",
             base + "/{key:.+}/usage",
             usage,
             "Disk usage of the snapshot itself.",
-            response=SnapshotUsage,
+            response=Usage,
         ),
         Route(
             "POST",

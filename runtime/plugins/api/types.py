@@ -1,4 +1,13 @@
-"""Wire types of the admin API: request and response bodies shared with the client."""
+"""Wire types of the admin API: request and response bodies shared with the client.
+
+A record a plugin owns travels as the plugin defines it: its one definition is
+in the plugin's ``api.py`` and this module re-exports it (``ContentInfo``,
+``Namespace``, ``Lease``, ``Mount``, ``Usage``, ``CheckResult``, ``ImageUsage``,
+``Resolved``, ``Failed``), so that route sets and the client import every wire
+type from here. What is defined here is the API's own: request bodies, and
+answers whose wire form deliberately differs from the record (looser, or
+without the record's enums).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +16,50 @@ from typing import Any
 
 import msgspec
 
+from runtime.plugins.content.api import ContentInfo
+from runtime.plugins.images.api import CheckResult, Failed, ImageUsage, Resolved
+from runtime.plugins.metadata.api import Lease, Namespace
+from runtime.plugins.snapshots.api import Mount, Usage
+
 __all__ = [
+    "DEFAULT_NAMESPACE",
+    "LEASE_HEADER",
     "NAMESPACE_HEADER",
+    "Body",
+    "CheckResult",
+    "CommitRequest",
+    "ContentInfo",
     "ErrorBody",
     "ErrorDetail",
     "EventEnvelope",
+    "Failed",
     "Health",
+    "ImageCreateRequest",
+    "ImageDescriptor",
+    "ImageInfo",
+    "ImageProgress",
+    "ImagePullRequest",
+    "ImagePushRequest",
+    "ImageRootfs",
+    "ImageUpdateRequest",
+    "ImageUsage",
+    "IngestStatus",
+    "LabelsRequest",
+    "Lease",
+    "LeaseCreateRequest",
+    "LeaseResource",
+    "Mount",
+    "Namespace",
     "NamespaceCreateRequest",
-    "NamespaceInfo",
     "NamespaceLabelsRequest",
     "PluginInfo",
+    "ProgressBlob",
+    "ProgressDone",
+    "Resolved",
+    "SnapshotCommitRequest",
+    "SnapshotCreateRequest",
+    "SnapshotInfo",
+    "Usage",
     "Version",
 ]
 
@@ -82,14 +125,6 @@ class EventEnvelope(msgspec.Struct, kw_only=True):
     event: Any
 
 
-class NamespaceInfo(msgspec.Struct, kw_only=True):
-    """A namespace and its labels."""
-
-    name: str
-    labels: dict[str, str] = {}
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
-
 
 class NamespaceCreateRequest(Body):
     """``POST /v1/namespaces``."""
@@ -114,15 +149,6 @@ class LabelsRequest(Body):
     labels: dict[str, str]
 
 
-class ContentInfo(msgspec.Struct, kw_only=True):
-    """A blob as the namespace sees it."""
-
-    digest: str
-    size: int
-    labels: dict[str, str] = {}
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
-
 
 class IngestStatus(msgspec.Struct, kw_only=True):
     """The state of an upload in progress."""
@@ -143,13 +169,6 @@ class CommitRequest(Body):
     labels: dict[str, str] = {}
 
 
-class LeaseInfo(msgspec.Struct, kw_only=True):
-    """A lease."""
-
-    id: str
-    labels: dict[str, str] = {}
-    created_at: datetime | None = None
-
 
 class LeaseCreateRequest(Body):
     """``POST /v1/leases``: ``id`` empty to generate one; ``expire`` in seconds."""
@@ -166,14 +185,6 @@ class LeaseResource(Body):
     id: str
 
 
-class MountInfo(msgspec.Struct, kw_only=True):
-    """One mount of a snapshot, in ``mount(8)`` terms."""
-
-    type: str
-    source: str
-    target: str = ""
-    options: list[str] = []
-
 
 class SnapshotInfo(msgspec.Struct, kw_only=True):
     """A snapshot as the namespace sees it."""
@@ -185,12 +196,6 @@ class SnapshotInfo(msgspec.Struct, kw_only=True):
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
-
-class SnapshotUsage(msgspec.Struct, kw_only=True):
-    """Bytes and inodes a snapshot holds itself."""
-
-    size: int = 0
-    inodes: int = 0
 
 
 class SnapshotCreateRequest(Body):
@@ -280,16 +285,9 @@ class ImagePushRequest(Body):
     password: str = ""
 
 
-class ProgressResolved(msgspec.Struct, tag="resolved", kw_only=True):
-    """Progress line: the reference resolved to a root descriptor on ``host``."""
-
-    name: str
-    digest: str
-    media_type: str
-    size: int
-    host: str = ""
-
-
+# Not the plugin's BlobProgress and Done: the client decodes statuses as plain
+# strings (a newer daemon may send one it does not know) and the image as the
+# wire's ImageInfo. Resolved and Failed are the plugin's own.
 class ProgressBlob(msgspec.Struct, tag="blob", kw_only=True):
     """Progress line: the state of one blob (``status``) and of its unpack (``unpack``)."""
 
@@ -315,15 +313,9 @@ class ProgressDone(msgspec.Struct, tag="done", kw_only=True):
     timings: dict[str, float] = {}
 
 
-class ProgressError(msgspec.Struct, tag="error", kw_only=True):
-    """Last progress line of a failure, with the error's code and message."""
-
-    code: str
-    message: str
-
 
 #: One NDJSON line of a pull or push.
-ImageProgress = ProgressResolved | ProgressBlob | ProgressDone | ProgressError
+ImageProgress = Resolved | ProgressBlob | ProgressDone | Failed
 
 
 class ImageRootfs(msgspec.Struct, kw_only=True):
@@ -333,26 +325,3 @@ class ImageRootfs(msgspec.Struct, kw_only=True):
     snapshotter: str
     chain_id: str
     config: dict[str, Any] = {}
-
-
-class ImageCheck(msgspec.Struct, kw_only=True):
-    """``GET /v1/images/{name}/check``: whether every needed blob is present."""
-
-    name: str
-    complete: bool
-    present: int
-    total: int
-    missing: list[str] = []
-    size: int = 0
-    unpacked: dict[str, str] = {}
-
-
-class ImageUsageInfo(msgspec.Struct, kw_only=True):
-    """``GET /v1/images/{name}/usage``: bytes of blobs and of unpacked snapshots."""
-
-    name: str
-    content_size: int
-    blobs: int
-    snapshotter: str = ""
-    snapshot_size: int = 0
-    snapshots: int = 0
