@@ -2,9 +2,9 @@
 
 Scripts call the CLI by the dozen, so a call imports only what its command
 needs: the parser holds just the group of the command named on the command
-line (every group for ``--help`` or a word no group claims), and ``version``
-and the teardown commands (``tasks kill``, ``tasks rm``, ``containers rm``)
-skip argparse altogether unless their command line holds something unusual.
+line (every group for ``--help`` or a word no group claims), and ``version``,
+``run`` and the teardown commands (``tasks kill``, ``tasks rm``, ``containers
+rm``) skip argparse altogether unless their command line holds something unusual.
 ``python -X importtime -m runtime.cli.main version`` shows what is left.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-from importlib import import_module
 
 # typing.TYPE_CHECKING without importing typing (a few ms of every call).
 TYPE_CHECKING = False
@@ -42,6 +41,12 @@ COMMANDS = {
 
 #: Global options taking a value (for finding the command word without argparse).
 _VALUED = ("--address", "-n", "--namespace", "--token-file")
+
+
+def import_module(name: str) -> Any:
+    """:func:`importlib.import_module` for absolute names, without importing importlib."""
+    __import__(name)
+    return sys.modules[name]
 
 
 def build_parser(groups: Iterable[str] = GROUPS) -> argparse.ArgumentParser:
@@ -138,64 +143,113 @@ def _fast_version(options: dict[str, str], rest: list[str]) -> int | None:
     return 0
 
 
-#: Teardown commands scripts run by the dozen, parsed without argparse (whose import
-#: and the group's parser cost more than the request): (group word, command word)
-#: -> (module, handler, {flag: (dest, takes a value)}, positional dest, defaults).
+#: Commands scripts run by the dozen, parsed without argparse (which imports
+#: ``re``, ``gettext``, ``locale`` and ``shutil``, and with the group's parser
+#: costs more than the request): (group word, command word) -> (module,
+#: handler, {flag: (dest, kind)}, positional kind, defaults). A flag's kind is
+#: ``bool`` (store_true), ``str`` / ``int`` / ``float`` (one value, converted)
+#: or ``list`` (a value appended each time). Positional kinds: ``id`` (exactly
+#: one word), ``ids`` (one or more), ``image`` (the image, then the command:
+#: every word after the image, flags included, as argparse's REMAINDER).
 #: A word this table does not expect sends the command line to argparse, which
-#: then judges it (and prints the usual errors).
-_FAST: dict[tuple[str, str], tuple[str, str, dict[str, tuple[str, bool]], str,
+#: then judges it (and prints the usual errors); a test keeps the table and the
+#: parsers in step.
+_RUN_FLAGS: dict[str, tuple[str, type]] = {
+    "-e": ("env", list), "--env": ("env", list), "-u": ("user", str), "--user": ("user", str),
+    "-w": ("workdir", str), "--workdir": ("workdir", str), "--entrypoint": ("entrypoint", str),
+    "--hostname": ("hostname", str), "--mount": ("mount", list),
+    "--read-only": ("read_only", bool), "--privileged": ("privileged", bool),
+    "--cpus": ("cpus", float), "--memory": ("memory", str), "-m": ("memory", str),
+    "--pids-limit": ("pids_limit", int), "-t": ("tty", bool), "--tty": ("tty", bool),
+    "--runtime": ("runtime", str), "--snapshotter": ("snapshotter", str),
+    "--label": ("label", list), "--net": ("network", str), "--network": ("network", str),
+    "-p": ("publish", list), "--publish": ("publish", list), "--rootfs": ("rootfs", str),
+    "--rm": ("rm", bool), "-d": ("detach", bool), "--detach": ("detach", bool),
+    "-i": ("interactive", bool), "--interactive": ("interactive", bool),
+    "--name": ("name", str),
+}  # fmt: skip
+_FAST: dict[tuple[str, ...], tuple[str, str, dict[str, tuple[str, type]], str,
                                    dict[str, Any]]] = {
     ("tasks", "kill"): (
         "containers", "tasks_kill",
-        {"-s": ("signal", True), "--signal": ("signal", True), "-a": ("all", False),
-         "--all": ("all", False), "--exec-id": ("exec_id", True)},
+        {"-s": ("signal", str), "--signal": ("signal", str), "-a": ("all", bool),
+         "--all": ("all", bool), "--exec-id": ("exec_id", str)},
         "id", {"signal": "SIGTERM", "all": False, "exec_id": ""}),
     ("tasks", "rm"): (
         "containers", "tasks_rm",
-        {"-f": ("force", False), "--force": ("force", False),
-         "--exec-id": ("exec_id", True)},
+        {"-f": ("force", bool), "--force": ("force", bool), "--exec-id": ("exec_id", str)},
         "ids", {"force": False, "exec_id": ""}),
     ("containers", "rm"): (
         "containers", "containers_rm",
-        {"-f": ("force", False), "--force": ("force", False),
-         "--keep-snapshot": ("keep_snapshot", False)},
+        {"-f": ("force", bool), "--force": ("force", bool),
+         "--keep-snapshot": ("keep_snapshot", bool)},
         "ids", {"force": False, "keep_snapshot": False}),
+    ("run",): (
+        "run", "run", _RUN_FLAGS, "image",
+        {"env": [], "user": "", "workdir": "", "entrypoint": None, "hostname": "", "mount": [],
+         "read_only": False, "privileged": False, "cpus": 0.0, "memory": "", "pids_limit": 0,
+         "tty": False, "runtime": "runc", "snapshotter": "", "label": [], "network": "bridge",
+         "publish": [], "rootfs": "", "rm": False, "detach": False, "interactive": False,
+         "name": ""}),
 }  # fmt: skip
 _FAST_ALIASES = {"t": "tasks", "c": "containers", "delete": "rm"}
 
 
+def _fast_key(rest: list[str]) -> tuple[str, ...] | None:
+    """The :data:`_FAST` key the command line starts with, if any."""
+    if rest and rest[0] == "run":
+        return ("run",)
+    if len(rest) >= 2:
+        key = (_FAST_ALIASES.get(rest[0], rest[0]), _FAST_ALIASES.get(rest[1], rest[1]))
+        if key in _FAST:
+            return key
+    return None
+
+
 def _fast_args(options: dict[str, str], rest: list[str]) -> Any:
     """The namespace argparse would make for a :data:`_FAST` command; ``None``: not one."""
-    if len(rest) < 3:
-        return None
-    key = (_FAST_ALIASES.get(rest[0], rest[0]), _FAST_ALIASES.get(rest[1], rest[1]))
-    if key not in _FAST:
+    key = _fast_key(rest)
+    if key is None:
         return None
     module, handler, flags, positional, defaults = _FAST[key]
-    values = dict(defaults)
+    values = {k: list(v) if isinstance(v, list) else v for k, v in defaults.items()}
     words: list[str] = []
-    i = 2
+    i = len(key)
     while i < len(rest):
         word = rest[i]
-        if word.startswith("-"):
+        if positional == "image" and words:
+            words.append(word)  # the command: everything after the image, as it is
+        elif word.startswith("-"):
             name, eq, value = word.partition("=")
             if name not in flags or (eq and not name.startswith("--")):
                 return None  # argparse reads "-s=KILL" as "=KILL": let it
-            dest, takes_value = flags[name]
-            if takes_value and not eq:
-                if i + 1 >= len(rest) or rest[i + 1].startswith("-"):
+            dest, kind = flags[name]
+            if kind is bool:
+                if eq:
                     return None
-                value = rest[i + 1]
-                i += 1
-            elif not takes_value and eq:
-                return None
-            values[dest] = value if takes_value else True
+                values[dest] = True
+            else:
+                if not eq:
+                    if i + 1 >= len(rest) or rest[i + 1].startswith("-"):
+                        return None
+                    value = rest[i + 1]
+                    i += 1
+                if kind is list:
+                    values[dest].append(value)
+                else:
+                    try:
+                        values[dest] = kind(value)
+                    except ValueError:
+                        return None  # argparse words the error
         else:
             words.append(word)
         i += 1
     if not words or (positional == "id" and len(words) != 1):
         return None
-    values[positional] = words[0] if positional == "id" else words
+    if positional == "image":
+        values["image"], values["command"] = words[0], words[1:]
+    else:
+        values[positional] = words[0] if positional == "id" else words
     from types import SimpleNamespace
 
     env = os.environ.get

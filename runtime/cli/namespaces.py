@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
-
 from runtime.core.errors import InvalidArgument
 
-# typing.TYPE_CHECKING without importing typing (a few ms of every CLI call).
+# typing.TYPE_CHECKING without importing typing (a few ms of every CLI call);
+# argparse too: `moorage run` imports parse_labels without it.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
     from typing import Any
 
 __all__ = ["parse_labels", "register"]

@@ -10,14 +10,15 @@ failed, 126 when the command cannot be executed, 127 when it is not found.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
 import sys
 
-# typing.TYPE_CHECKING without importing typing (a few ms of every CLI call).
+# typing.TYPE_CHECKING without importing typing (a few ms of every CLI call);
+# argparse is imported only to build the parser: `moorage run` itself goes
+# without it (runtime.cli.main._FAST).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
     from typing import Any
 
 __all__ = [
@@ -102,6 +103,8 @@ def parse_mount(text: str) -> dict[str, Any]:
 
 def add_spec_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``run`` and ``containers create``."""
+    import argparse
+
     p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("-u", "--user", default="", help="uid[:gid] or name[:group]")
     p.add_argument("-w", "--workdir", default="", help="working directory in the container")
@@ -176,6 +179,8 @@ def spec_dict_from(args: argparse.Namespace, command: list[str]) -> dict[str, An
 
 def register(sub: Any) -> None:
     """Add ``run``."""
+    import argparse
+
     p = sub.add_parser("run", help="run a command in a new container")
     add_spec_flags(p)
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")
@@ -240,6 +245,8 @@ class PreparedRootfs:
 
     def release(self, api: Any) -> None:
         """Drop the lease once the container record holds the snapshot (or on failure)."""
+        import contextlib
+
         from runtime.core.errors import MoorageError
 
         if self.lease:

@@ -7,22 +7,28 @@ when the connection breaks.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import signal
 import sys
 import termios
 import tty
-from collections.abc import Callable, Iterator
-from types import FrameType
 
 from runtime.client.attach import Attachment, Exited, Output, Started
 
-# typing.TYPE_CHECKING without importing typing (a few ms of every CLI call).
+# typing.TYPE_CHECKING without importing typing (a few ms of every CLI call),
+# nor collections.abc and types.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import IO
+    from collections.abc import Callable
+    from signal import SIGINT, SIGTERM, SIGWINCH
+    from signal import signal as set_handler
+    from types import FrameType, TracebackType
+    from typing import IO, Any
+else:
+    # The C module behind `signal`: that one builds its enums, and `enum` (with
+    # `functools` and `collections`) would be the largest import of `moorage run`.
+    from _signal import SIGINT, SIGTERM, SIGWINCH
+    from _signal import signal as set_handler
 
 __all__ = ["raw_terminal", "relay", "terminal_size"]
 
@@ -30,18 +36,26 @@ _STDERR = 3
 _READ = 65536
 
 
-@contextlib.contextmanager
-def raw_terminal(fd: int | None) -> Iterator[None]:
-    """Put the terminal ``fd`` in raw mode for the block (no-op if it is not a tty)."""
-    if fd is None or not os.isatty(fd):
-        yield
-        return
-    saved = termios.tcgetattr(fd)
-    tty.setraw(fd)
-    try:
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+class raw_terminal:
+    """Put the terminal ``fd`` in raw mode for a ``with`` block (no-op if it is not a tty).
+
+    A class rather than a ``contextlib.contextmanager``: ``contextlib`` is an
+    import ``moorage run`` can do without.
+    """
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd if fd is not None and os.isatty(fd) else None
+        self.saved: Any = None
+
+    def __enter__(self) -> None:
+        if self.fd is not None:
+            self.saved = termios.tcgetattr(self.fd)
+            tty.setraw(self.fd)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self.fd is not None and self.saved is not None:
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
 
 
 def terminal_size(fd: int) -> tuple[int, int] | None:
@@ -84,12 +98,14 @@ def relay(
     old_handlers: dict[int, object] = {}
 
     def wake(signum: int, _: FrameType | None) -> None:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 - contextlib is an import `moorage run` does without
             os.write(wake_w, bytes([signum]))
+        except OSError:
+            pass  # the pipe is full: a wake-up is pending anyway
 
-    watched = [signal.SIGWINCH] if tty_mode else [signal.SIGINT, signal.SIGTERM]
+    watched = [SIGWINCH] if tty_mode else [SIGINT, SIGTERM]
     for watched_signal in watched:
-        old_handlers[watched_signal] = signal.signal(watched_signal, wake)
+        old_handlers[watched_signal] = set_handler(watched_signal, wake)
     try:
         with raw_terminal(in_fd if tty_mode else None):
             if tty_mode:
@@ -97,7 +113,7 @@ def relay(
             return _loop(attachment, in_fd, wake_r, on_signal)
     finally:
         for signum, handler in old_handlers.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
+            set_handler(signum, handler)  # type: ignore[arg-type]
         os.close(wake_r)
         os.close(wake_w)
 
@@ -128,7 +144,7 @@ def _loop(attachment: Attachment, in_fd: int | None, wake_r: int,
         pending = []
         if wake_r in ready:
             for signum in os.read(wake_r, 64):
-                if signum == signal.SIGWINCH:
+                if signum == SIGWINCH:
                     _resize(attachment)
                 elif on_signal is not None:
                     on_signal(signum)

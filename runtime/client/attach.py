@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
+from runtime.client.plainjson import dumps, loads
 from runtime.client.websocket import BINARY, CLOSE, TEXT, WebSocket
 from runtime.core.errors import from_code
 
@@ -85,7 +84,7 @@ class Attachment:
             if opcode == BINARY and payload:
                 out.append(Output(payload[0], payload[1:]))
             elif opcode == TEXT:
-                message = json.loads(payload)
+                message = loads(payload)
                 kind = message.get("type")
                 if kind == "error":
                     raise from_code(message.get("code", "internal"), message.get("message", ""))
@@ -118,11 +117,11 @@ class Attachment:
 
     def close_stdin(self) -> None:
         """Close the process's stdin (end-of-file)."""
-        self.ws.send_text(json.dumps({"type": "close_stdin"}))
+        self.ws.send_text(dumps({"type": "close_stdin"}))
 
     def resize(self, width: int, height: int) -> None:
         """Resize the process's terminal."""
-        self.ws.send_text(json.dumps({"type": "resize", "width": width, "height": height}))
+        self.ws.send_text(dumps({"type": "resize", "width": width, "height": height}))
 
     def close(self) -> None:
         """Detach (the process keeps running)."""

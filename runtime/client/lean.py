@@ -4,7 +4,8 @@
 commands scripts call by the dozen (a burst of containers, their teardown).
 The typed :class:`runtime.client.Client` imports msgspec and every record type
 of the API, about 40 ms of CPU on this class of machine before the first
-byte is sent; this client imports ``json`` and ``socket`` and answers with
+byte is sent; this client speaks HTTP over ``_socket`` and JSON over
+``_json`` (:mod:`runtime.client.plainjson`), and answers with
 :class:`types.SimpleNamespace` objects (or plain values), so that each call
 costs about what the daemon spends on it. The daemon still validates every
 body against its types.
@@ -18,11 +19,12 @@ from __future__ import annotations
 import os
 from types import SimpleNamespace
 
+from runtime.client.plainjson import dumps, loads
 from runtime.client.transport import Response, request
 from runtime.core.errors import MoorageError, Unauthenticated, Unavailable, from_code
 
-# typing.TYPE_CHECKING without importing typing (nor urllib.parse or json, below,
-# when a call does without them): each costs a few ms of every call of the CLI.
+# typing.TYPE_CHECKING without importing typing (nor urllib.parse, below, when a
+# call does without it): each costs a few ms of every call of the CLI.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -46,42 +48,8 @@ def quote(value: str, safe: str = "/") -> str:
     return quote_(value, safe=safe)
 
 
-def _plain_json(value: Any) -> str | None:
-    """``value`` as JSON when it needs no escaping (the teardown commands' bodies), else None.
-
-    ``json`` imports ``re`` and compiles its patterns: about as much CPU as the
-    interpreter's own start, for ``{"signal": "SIGKILL", "all": false}``.
-    """
-    if value is None or isinstance(value, bool):
-        return "null" if value is None else "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return f'"{value}"' if all(c in _PLAIN or c in "/:@ " for c in value) else None
-    if isinstance(value, dict):
-        parts = []
-        for key, item in value.items():
-            k, v = _plain_json(str(key)), _plain_json(item)
-            if k is None or v is None:
-                return None
-            parts.append(f"{k}:{v}")
-        return "{" + ",".join(parts) + "}"
-    return None
-
-
 def _dumps(value: Any) -> bytes:
-    text = _plain_json(value)
-    if text is None:
-        import json
-
-        text = json.dumps(value, separators=(",", ":"))
-    return text.encode()
-
-
-def _loads(raw: bytes) -> Any:
-    import json
-
-    return json.loads(raw)
+    return dumps(value).encode()
 
 
 def urlencode(query: Mapping[str, str]) -> str:
@@ -164,7 +132,7 @@ class LeanClient:
     @staticmethod
     def _error(status: int, raw: bytes) -> MoorageError:
         try:
-            detail = _loads(raw)["error"]
+            detail = loads(raw)["error"]
             return from_code(str(detail["code"]), str(detail["message"]))
         except (ValueError, KeyError, TypeError):
             if status == 401:
@@ -175,7 +143,7 @@ class LeanClient:
              query: Mapping[str, str] | None = None, timeout: float | None = -1.0) -> Any:
         """Send a request; the JSON answer as attribute bags (``None`` without a body)."""
         raw = self.open(method, path, body, query, timeout).read()
-        return _namespace(_loads(raw)) if raw else None
+        return _namespace(loads(raw)) if raw else None
 
     # -- the hot endpoints --------------------------------------------------------
 
@@ -188,7 +156,7 @@ class LeanClient:
         raw = self.open("GET", "/v1/images/" + quote(name, safe="/:@") + "/rootfs",
                         query={"snapshotter": snapshotter} if snapshotter else None,
                         timeout=None).read()
-        found = _loads(raw)
+        found = loads(raw)
         return SimpleNamespace(name=found.get("name", name), snapshotter=found["snapshotter"],
                                chain_id=found["chain_id"], config=found.get("config") or {})
 

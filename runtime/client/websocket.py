@@ -9,16 +9,25 @@ then consumes what arrived without blocking on a partial frame.
 from __future__ import annotations
 
 import _socket
-import base64
-import contextlib
-import hashlib
 import os
 import struct
-from collections.abc import Mapping
+from binascii import b2a_base64
 
 from runtime.client.transport import _connect
 
+# typing.TYPE_CHECKING without importing typing (nor collections, for Mapping).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 __all__ = ["BINARY", "CLOSE", "TEXT", "HandshakeError", "WebSocket"]
+
+try:
+    # The built-in SHA-1: hashlib would load OpenSSL's libcrypto for one digest
+    # of the handshake, a few ms of every `moorage run`.
+    from _sha1 import sha1  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - an interpreter built without it
+    from hashlib import sha1
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -32,6 +41,10 @@ class HandshakeError(Exception):
         super().__init__(f"HTTP {status}")
         self.status = status
         self.body = body
+
+
+def _base64(data: bytes) -> str:
+    return b2a_base64(data, newline=False).decode("ascii")
 
 
 def _mask(data: bytes, key: bytes) -> bytes:
@@ -65,7 +78,7 @@ class WebSocket:
         """
         sock, host = _connect(address, timeout)
         try:
-            key = base64.b64encode(os.urandom(16)).decode()
+            key = _base64(os.urandom(16))
             head = [f"GET {target} HTTP/1.1", f"Host: {host}", "Upgrade: websocket",
                     "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
                     "Sec-WebSocket-Version: 13", *(f"{k}: {v}" for k, v in headers.items())]
@@ -89,7 +102,7 @@ class WebSocket:
                         break
                     rest += data
                 raise HandshakeError(status, rest[:length] if length else rest)
-            accept = base64.b64encode(hashlib.sha1((key + _GUID).encode()).digest()).decode()
+            accept = _base64(sha1((key + _GUID).encode()).digest())
             if fields.get("sec-websocket-accept") != accept:
                 raise ConnectionError("websocket handshake: wrong Sec-WebSocket-Accept")
             sock.settimeout(None)
@@ -127,8 +140,10 @@ class WebSocket:
         """Send a close frame (if still open) and close the socket."""
         if not self.closed:
             self.closed = True
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 - contextlib is an import `moorage run` does without
                 self._send(CLOSE, struct.pack("!H", 1000))
+            except OSError:
+                pass  # the peer is gone: nothing to say goodbye to
         self.sock.close()
 
     # -- receiving ----------------------------------------------------------------

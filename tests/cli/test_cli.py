@@ -359,14 +359,19 @@ def test_cli_unusual_teardown_command_lines_go_to_argparse(argv: list[str]) -> N
     assert _fast_args({}, argv) is None
 
 
-def test_cli_teardown_path_imports_no_json_nor_socket_module() -> None:
-    """``tasks kill|rm`` and ``containers rm`` import neither ``json`` (with ``re``),
-    ``socket`` (with ``enum``), ``typing`` nor argparse."""
+@pytest.mark.parametrize("argv", [
+    ["tasks", "kill", "x"],
+    ["run", "--rm", "--net", "none", "--name", "c1", "busybox", "echo", "hi"],
+])
+def test_cli_hot_paths_import_no_json_argparse_enum_or_contextlib(argv: list[str]) -> None:
+    """``run`` and the teardown commands import neither ``json`` (with ``re``),
+    ``socket`` or ``signal`` (with ``enum``), ``typing``, argparse, contextlib nor msgspec."""
     code = ("import sys; from runtime.cli import main; "
-            "main._fast_args({}, ['tasks', 'kill', 'x']); "
-            "import runtime.client.lean as lean; lean._dumps({'signal': 'SIGKILL', 'all': False}); "
-            "print(sorted(m for m in ('argparse', 'json', 're', 'socket', 'typing', 'msgspec') "
-            "if m in sys.modules))")
+            f"args = main._fast_args({{}}, {argv!r}); assert args is not None; "
+            "import runtime.client.lean, runtime.cli.terminal; "
+            "runtime.client.lean._dumps({'signal': 'SIGKILL', 'all': False}); "
+            "print(sorted(m for m in ('argparse', 'json', 're', 'socket', 'signal', 'enum', "
+            "'typing', 'msgspec', 'contextlib', 'hashlib') if m in sys.modules))")
     # -S: only what Moorage imports counts, not what site's .pth files do.
     env = {**os.environ, "PYTHONPATH": str(Path(runtime.__file__).parents[1])}
     result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
@@ -374,9 +379,67 @@ def test_cli_teardown_path_imports_no_json_nor_socket_module() -> None:
     assert result.stdout.strip() == "[]"
 
 
-def test_cli_plain_json_matches_json_dumps() -> None:
-    from runtime.client.lean import _dumps
+@pytest.mark.parametrize("argv", [
+    ["run", "busybox"],
+    ["run", "--rm", "--net", "none", "--name", "c1", "busybox", "echo", "hi"],
+    ["run", "-d", "--name=c2", "-e", "A=1", "--env", "B=2", "--label", "k=v", "-t", "-i",
+     "--cpus", "1.5", "--pids-limit", "20", "-m", "64m", "--read-only", "--runtime", "crun",
+     "--mount", "type=bind,src=/tmp,dst=/mnt", "-p", "8080:80", "--hostname", "h",
+     "--entrypoint", "/bin/sh", "-u", "1000", "-w", "/tmp", "img:1", "sh", "-c", "exit 3"],
+    ["run", "--privileged", "--net=host", "--snapshotter", "native", "img", "--rm", "-x"],
+])
+def test_cli_run_parses_as_argparse_would(argv: list[str]) -> None:
+    """``moorage run`` without argparse gives the handler exactly what argparse gives it."""
+    from runtime.cli.main import _fast_args, build_parser
 
-    for value in ({"signal": "SIGKILL", "all": False, "exec_id": ""}, {"a": 1, "b": None},
-                  {"s": 'needs "escaping" \\ é'}, {"nested": {"x": [1, 2]}}):
-        assert json.loads(_dumps(value)) == value
+    fast = vars(_fast_args({"namespace": "ns1"}, argv))
+    slow = vars(build_parser().parse_args(["-n", "ns1", *argv]))
+    slow.pop("command_word", None)
+    assert fast.pop("handler") is slow.pop("handler")
+    assert {k: v for k, v in fast.items() if k != "command"} == {
+        k: v for k, v in slow.items() if k not in ("command",) and k in fast}
+    assert fast["command"] == slow["command"]
+    assert set(slow) - set(fast) <= {"command"}
+
+
+@pytest.mark.parametrize("argv", [
+    ["run"],  # no image
+    ["run", "-it", "busybox"],  # combined short flags: argparse's
+    ["run", "--cpus", "lots", "busybox"],  # argparse words the error
+    ["run", "--ent", "sh", "busybox"],  # an abbreviation
+    ["run", "--", "busybox"],
+    ["run", "--rm=1", "busybox"],
+])
+def test_cli_unusual_run_command_lines_go_to_argparse(argv: list[str]) -> None:
+    from runtime.cli.main import _fast_args
+
+    assert _fast_args({}, argv) is None
+
+
+@pytest.mark.parametrize("value", [
+    {"signal": "SIGKILL", "all": False, "exec_id": ""}, {"a": 1, "b": None},
+    {"s": 'needs "escaping" \\ é \n\t\u2028 \U0001f600'}, {"nested": {"x": [1, 2.5, -3e-7]}},
+    [], {}, "plain", 0, True, None, [{"k": [[], {}]}], 10**30,
+])
+def test_cli_plain_json_matches_the_json_module(value: object) -> None:
+    from runtime.client.plainjson import dumps, loads
+
+    assert dumps(value) == json.dumps(value, separators=(",", ":"))
+    assert loads(json.dumps(value, indent=2)) == value
+    assert loads(f"  {dumps(value)}\n".encode()) == value
+
+
+@pytest.mark.parametrize("text", ["", "{", "[1,]", "{} {}", "{'a': 1}", "nul", "[1] x"])
+def test_cli_plain_json_rejects_what_is_not_json(text: str) -> None:
+    from runtime.client.plainjson import loads
+
+    with pytest.raises(ValueError):
+        loads(text)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), {1: "a"}, {"s": {1, 2}}])
+def test_cli_plain_json_refuses_what_json_cannot_carry(value: object) -> None:
+    from runtime.client.plainjson import dumps
+
+    with pytest.raises((TypeError, ValueError)):
+        dumps(value)
