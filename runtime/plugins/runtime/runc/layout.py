@@ -198,9 +198,8 @@ def write_durably(path: Path, data: bytes, *, sync: bool = True) -> None:
     ``sync=False`` skips both fsyncs: the replacement is still atomic for
     readers and survives a crash of the daemon (the page cache outlives it),
     but a power loss may leave the old content, or none. That is enough for
-    whatever dies with the host anyway: bundles, and the records of tasks that
-    a reboot ends (recovery removes a record it cannot read). Exits are
-    written with ``sync=True``: they are the one fact that outlives the task.
+    whatever dies with the host anyway: bundles, the records of tasks that a
+    reboot ends (recovery removes a record it cannot read) and their exits.
     """
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
