@@ -118,7 +118,11 @@ class OutOfRange(MoorageError):
 
 
 class NotImplementedYet(MoorageError, NotImplementedError):
-    """The plugin or backend does not support this operation."""
+    """The plugin or backend does not support this operation.
+
+    Also the API's answer to an HTTP method that a path does not offer, as gRPC
+    answers an unknown method with UNIMPLEMENTED.
+    """
 
     code = "not_implemented"
     http_status = 501

@@ -24,6 +24,7 @@ from runtime.core.errors import (
     InvalidArgument,
     MoorageError,
     NotFound,
+    NotImplementedYet,
     Unauthenticated,
 )
 from runtime.plugins.api.types import NAMESPACE_HEADER, EventEnvelope
@@ -187,6 +188,22 @@ def test_namespace_delete_holding_objects_is_failed_precondition(api: Daemon) ->
 def test_error_unknown_route_is_not_found(api: Daemon) -> None:
     response = raw(api.address, "GET", "/v1/nope")
     assert assert_error(response, "not_found") == "no endpoint GET /v1/nope"
+
+
+def test_error_method_a_path_does_not_offer_is_not_implemented(api: Daemon) -> None:
+    """gRPC's UNIMPLEMENTED, in the vocabulary; ``Allow`` names what the path offers."""
+    response = raw(api.address, "PUT", "/v1/version")
+    allowed = response.headers.get("allow")
+    assert assert_error(response, "not_implemented") == (
+        "PUT not allowed on /v1/version; allowed: GET"
+    )
+    assert allowed == "GET"
+
+
+def test_error_method_through_the_client_raises_not_implemented(api: Daemon) -> None:
+    with pytest.raises(NotImplementedYet) as info:
+        api.client().call("DELETE", "/v1/healthz")
+    assert assert_error(info.value, "not_implemented").startswith("DELETE not allowed on ")
 
 
 def test_error_bad_namespace_header_is_invalid_argument(api: Daemon) -> None:

@@ -13,7 +13,13 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from runtime.core.errors import InvalidArgument, MoorageError, NotFound, Unauthenticated
+from runtime.core.errors import (
+    InvalidArgument,
+    MoorageError,
+    NotFound,
+    NotImplementedYet,
+    Unauthenticated,
+)
 from runtime.core.identifiers import validate_namespace
 from runtime.plugins.api.openapi import openapi_document
 from runtime.plugins.api.routes import NAMESPACE_KEY, STREAM_ENDERS, Middleware, Route
@@ -51,12 +57,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPNotFound:
         return error_response(404, NotFound.code, f"no endpoint {request.method} {request.path}")
     except web.HTTPMethodNotAllowed as exc:
-        return error_response(
-            405,
-            "method_not_allowed",
-            f"{request.method} not allowed on {request.path}; allowed: "
-            f"{', '.join(sorted(exc.allowed_methods))}",
+        # gRPC's UNIMPLEMENTED (containerd's NotImplemented) is the vocabulary's word for a
+        # method a service does not offer; its one status, 501, keeps the code <-> status
+        # table that the client relies on. Allow still tells HTTP tools what would work.
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        response = error_response(
+            NotImplementedYet.http_status,
+            NotImplementedYet.code,
+            f"{request.method} not allowed on {request.path}; allowed: {allowed}",
         )
+        response.headers["Allow"] = allowed
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
