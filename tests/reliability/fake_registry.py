@@ -2,7 +2,9 @@
 
 It serves :class:`~.blobs.MemoryImage` objects (and raw documents) from memory on
 ``127.0.0.1:<free port>``, in a thread of its own, and can be told, per blob digest,
-to drop the connection half-way, stall, serve wrong bytes or a wrong length::
+to drop the connection half-way, stall, serve wrong bytes or a wrong length, or other
+bytes of the right length (:meth:`FakeRegistry.substitute`); :attr:`FakeRegistry.rate`
+slows blob bodies down::
 
     with FakeRegistry() as reg:
         ref = reg.add("crash/one", image)            # "127.0.0.1:PORT/crash/one:latest"
@@ -60,7 +62,10 @@ class FakeRegistry:
 
     def __init__(self, *, stall_seconds: float = 120.0) -> None:
         self.stall_seconds = stall_seconds
+        #: Bytes per second for blob bodies (``None``: as fast as possible).
+        self.rate: float | None = None
         self.blobs: dict[str, bytes] = {}
+        self._substitutes: dict[str, bytes] = {}
         self.media_types: dict[str, str] = {}
         self.tags: dict[tuple[str, str], str] = {}
         self.requests: Counter[tuple[str, str]] = Counter()
@@ -101,10 +106,17 @@ class FakeRegistry:
         with self._lock:
             self._rules[digest] = _Rule(fault, times)
 
+    def substitute(self, digest: str, data: bytes) -> None:
+        """Serve ``data`` for downloads of ``digest`` (as a bad mirror or proxy might)."""
+        with self._lock:
+            self._substitutes[digest] = data
+
     def clear_faults(self) -> None:
-        """Serve every blob correctly again."""
+        """Serve every blob correctly again, at full speed."""
         with self._lock:
             self._rules.clear()
+            self._substitutes.clear()
+            self.rate = None
 
     def _take_rule(self, digest: str) -> Fault | None:
         with self._lock:
@@ -154,6 +166,10 @@ class FakeRegistry:
         if request.method == "HEAD":
             return web.Response(headers={**headers, "Content-Length": str(len(data))})
         fault = self._take_rule(digest)
+        with self._lock:
+            substitute = self._substitutes.get(digest)
+        if substitute is not None:
+            body = substitute[start:]
         if fault is Fault.CORRUPT:
             body = bytes(b ^ 0x5A for b in body)
         elif fault is Fault.SHORT_LENGTH:
@@ -170,7 +186,13 @@ class FakeRegistry:
             if request.transport is not None:
                 request.transport.abort()  # the client sees a cut, not an end
             return response
-        await response.write(body)
+        if self.rate:
+            piece = 64 * 1024
+            for at in range(0, len(body), piece):
+                await response.write(body[at : at + piece])
+                await asyncio.sleep(piece / self.rate)
+        else:
+            await response.write(body)
         await response.write_eof()
         return response
 

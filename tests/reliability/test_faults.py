@@ -9,11 +9,15 @@ the daemon keeps serving (the same operation works once the fault is gone).
 from __future__ import annotations
 
 import contextlib
+import gzip
+import io
 import json
 import os
+import random
 import signal
 import socketserver
 import subprocess
+import tarfile
 import tempfile
 import threading
 import time
@@ -27,13 +31,13 @@ import pytest
 
 from runtime.client import Client
 from runtime.core.errors import MoorageError, NotFound, ResourceExhausted
-from runtime.plugins.api.types import ContentInfo
+from runtime.plugins.api.types import ContentInfo, ImageProgress, ProgressBlob, ProgressDone
 from runtime.plugins.runtime.api import SpecOptions
 from runtime.plugins.snapshots.api import Mount
 from tests.fixtures.daemon import Daemon, assert_error
-from tests.fixtures.images import LayerBuilder
+from tests.fixtures.images import MEDIA_TYPE_LAYER_GZIP, Descriptor, Layer, LayerBuilder
 from tests.fixtures.system import require_binary, require_root
-from tests.reliability.blobs import Member, MemoryImage, memory_image, raw_layer
+from tests.reliability.blobs import Member, MemoryImage, memory_image, raw_layer, sha256
 from tests.reliability.fake_registry import FakeRegistry, Fault
 from tests.reliability.store_check import assert_store_ok, mounts_under
 
@@ -124,6 +128,93 @@ def test_dropped_connection_is_resumed_where_it_broke(
     _pull(pull_daemon.client("faults"), ref)
     assert fake_registry.requests[("blob", layer)] == 2
     assert_store_ok(pull_daemon, context="a resumed download")
+
+
+def _same_length_layers(size: int, seed: int) -> tuple[Layer, Layer]:
+    """Two valid gzip layers of equal length but different bytes (one served for the other).
+
+    Stored deflate blocks (level 0): the blob's length depends on the tar's length only.
+    Each test takes its own ``seed``: a blob stored by another test is not downloaded.
+    """
+
+    def layer(seed: int) -> Layer:
+        data = random.Random(seed).randbytes(size)
+        tar = raw_layer([Member("data", tarfile.DIRTYPE), Member("data/blob", data=data)],
+                        compress=False)
+        out = io.BytesIO()
+        with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=0) as gz:
+            gz.write(tar.data)
+        blob = out.getvalue()
+        return Layer(Descriptor(MEDIA_TYPE_LAYER_GZIP, sha256(blob), len(blob)), tar.diff_id, blob)
+
+    good, other = layer(seed), layer(seed + 1)
+    assert good.descriptor.size == other.descriptor.size
+    return good, other
+
+
+def _pull_events(client: Client, ref: str, events: list[ImageProgress]) -> None:
+    for event in client.pull(ref, plain_http=True):
+        events.append(event)
+
+
+def _applied_while_downloading(events: list[ImageProgress], digest: str) -> bool:
+    return any(
+        isinstance(e, ProgressBlob) and e.digest == digest and e.status == "downloading"
+        and e.unpack == "applying"
+        for e in events
+    )
+
+
+def test_layer_applied_while_it_downloads(pull_daemon: Daemon, fake_registry: FakeRegistry) -> None:
+    """A slow download is applied as it arrives; the image is the same as ever."""
+    layer, _ = _same_length_layers(3 << 20, seed=1)
+    image = memory_image([layer])
+    ref = fake_registry.add("faults/streamed-ok", image)
+    fake_registry.rate = 4 << 20  # about 0.8 s for the layer
+    events: list[ImageProgress] = []
+    try:
+        _pull_events(pull_daemon.client("streamed-ok"), ref, events)
+    finally:
+        fake_registry.clear_faults()
+    assert _applied_while_downloading(events, layer.descriptor.digest)
+    [done] = [e for e in events if isinstance(e, ProgressDone)]
+    assert done.timings.get("unpack.streamed", 0) > 0
+    api = pull_daemon.client("streamed-ok")
+    assert api.check_image(ref).complete
+    assert api.content_info(layer.descriptor.digest).labels["containerd.io/uncompressed"] == (
+        layer.diff_id
+    )
+    assert_store_ok(pull_daemon, context="a layer applied while it downloaded")
+
+
+def test_streamed_layer_with_a_wrong_digest_leaves_no_blob_and_no_snapshot(
+    pull_daemon: Daemon, fake_registry: FakeRegistry
+) -> None:
+    """Other bytes of the right length, a valid layer of their own, are applied as they
+    arrive; the digest check at the end fails the pull, and nothing of them is kept."""
+    good, other = _same_length_layers(3 << 20, seed=3)
+    ref = fake_registry.add("faults/streamed-bad", memory_image([good]))
+    fake_registry.substitute(good.descriptor.digest, other.data)
+    fake_registry.rate = 4 << 20
+    api = pull_daemon.client("streamed-bad")
+    events: list[ImageProgress] = []
+    try:
+        with pytest.raises(MoorageError) as caught:
+            _pull_events(api, ref, events)
+    finally:
+        fake_registry.clear_faults()
+    message = assert_error(caught.value, "failed_precondition")
+    assert "digest" in message, message
+    assert _applied_while_downloading(events, good.descriptor.digest)
+    with pytest.raises(NotFound):
+        api.content_info(good.descriptor.digest)
+    with pytest.raises(NotFound):
+        api.image(ref)
+    assert api.snapshots("overlayfs") == []
+    assert api.ingests() == []
+    assert_store_ok(pull_daemon, context="a streamed layer with a wrong digest")
+    _pull(api, ref)
+    assert api.check_image(ref).complete
 
 
 # -- a full disk --------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from runtime.plugins.images.registry.client import RegistryClient
 from runtime.plugins.images.registry.reference import Reference
 from runtime.plugins.images.registry.types import Descriptor
 
-__all__ = ["Fetcher", "Keep", "source_labels"]
+__all__ = ["Fetcher", "Keep", "Opened", "source_labels"]
 
 log = logging.getLogger("moorage.images")
 
@@ -44,6 +44,9 @@ _LOCKED_RETRIES = 8
 
 #: ``keep(resource_type, resource_id)``: hold an object under the operation's lease.
 Keep = Callable[[str, str], Awaitable[None]]
+
+#: ``opened(writer)``: told that a download into ``writer`` (an open ingest) is starting.
+Opened = Callable[[Any], None]
 
 
 async def _keep_nothing(resource_type: str, resource_id: str) -> None:
@@ -112,8 +115,15 @@ class Fetcher:
         await self.blob(desc)
         return await join(await self.content.read(self.namespace, desc.digest))
 
-    async def blob(self, desc: Descriptor) -> None:
+    async def blob(self, desc: Descriptor, opened: Opened | None = None) -> None:
         """Make sure ``desc`` is in the namespace's content store.
+
+        Args:
+            desc: The blob.
+            opened: Called with the ingest's writer when a download starts (before
+                it writes anything), so that a consumer can follow the bytes as they
+                arrive (``writer.follow()``). Not called when the blob is there
+                already or was stored by someone else meanwhile.
 
         Raises:
             FailedPrecondition: The registry sent bytes of another digest or size
@@ -128,7 +138,7 @@ class Fetcher:
             if await self._present(desc):
                 return
             async with self.downloads:
-                await self._download(desc, kind)
+                await self._download(desc, kind, opened)
 
     async def _present(self, desc: Descriptor) -> bool:
         """True (and labelled, and marked ``exists``) if the namespace already has the blob."""
@@ -167,7 +177,7 @@ class Fetcher:
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
 
-    async def _download(self, desc: Descriptor, kind: str) -> None:
+    async def _download(self, desc: Descriptor, kind: str, opened: Opened | None) -> None:
         try:
             writer = await self._open_writer(desc, kind)
         except AlreadyExists:
@@ -184,6 +194,8 @@ class Fetcher:
                 await writer.write(b"", 0)  # more than the blob: corrupt, start again
                 offset = 0
             self.tracker.status(desc.digest, BlobStatus.DOWNLOADING, offset=offset, resumed=offset)
+            if opened is not None:
+                opened(writer)
             if kind in ("index", "manifest"):
                 # Manifests come from /manifests/ (not every registry serves them as
                 # blobs), whole and verified; they are small, so no resume is needed.

@@ -9,7 +9,9 @@ The transfer runs in the daemon, like containerd's transfer service. Steps:
    of them) and is labelled ``containerd.io/gc.ref.content.m.<i>``; a manifest
    is labelled with its config and layers; children are fetched concurrently.
 4. Layers download at most ``max_concurrent_downloads`` at a time, bottom
-   first, while the unpacker applies each one as soon as it has arrived.
+   first, while the unpacker applies each one as it arrives: the unpacker
+   follows the layer's ingest while the download writes it, and commits the
+   snapshot only once the blob has been verified and stored.
 5. Create or update the image record.
 """
 
@@ -19,7 +21,7 @@ import contextlib
 import logging
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -56,6 +58,7 @@ from runtime.plugins.images.registry.types import Descriptor, Platform
 from runtime.plugins.images.unpack import Unpacker
 
 if TYPE_CHECKING:
+    from runtime.plugins.content.local.store import Follower
     from runtime.plugins.images.service import ImageService
 
 __all__ = ["pull"]
@@ -133,9 +136,20 @@ class _Pull:
         for layer in manifest.layers:
             self.tracker.add(layer, "layer")
         ready = [anyio.Event() for _ in manifest.layers]
+        # Set once layer i is downloading (its ingest's writer in writers[i]) or stored.
+        started = [anyio.Event() for _ in manifest.layers]
+        writers: list[Any] = [None] * len(manifest.layers)
 
         async def fetch_layer(i: int, layer: Descriptor) -> None:
-            await self.fetcher.blob(layer)
+            def opened(writer: Any) -> None:
+                writers[i] = writer
+                started[i].set()
+
+            try:
+                await self.fetcher.blob(layer, opened)
+            finally:
+                writers[i] = None
+            started[i].set()
             if i == 0 and len(manifest.layers) > 1:
                 # Crash tests: one layer stored, the others maybe not.
                 fault_point("pull.mid-layers")
@@ -143,6 +157,11 @@ class _Pull:
 
         async def layer_ready(i: int) -> None:
             await ready[i].wait()
+
+        async def layer_stream(i: int) -> Follower | None:
+            await started[i].wait()
+            follow = getattr(writers[i], "follow", None)
+            return follow() if follow is not None else None
 
         async with anyio.create_task_group() as tg:
             # Started bottom first: the download limiter is FIFO, so the layer the
@@ -155,7 +174,9 @@ class _Pull:
 
                 async def run_unpack() -> None:
                     started = time.monotonic()
-                    top = await unpacker.unpack(manifest, manifest.config, config, layer_ready)
+                    top = await unpacker.unpack(
+                        manifest, manifest.config, config, layer_ready, layer_stream
+                    )
                     self.unpacked[desc.digest] = top
                     self.tracker.timings.add("unpack", time.monotonic() - started)
 

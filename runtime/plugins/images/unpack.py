@@ -12,6 +12,13 @@ snapshots across images. Per layer, as containerd's unpacker does:
    the blob through the diff service, check the diffID against the config,
    commit as the chain ID, and label the blob ``containerd.io/uncompressed``.
 
+A layer still downloading is applied while it arrives: the unpacker reads the
+layer's ingest behind the download (``LayerStream``), whose end comes only once
+the blob's digest has been verified, and commits the snapshot only after the
+blob is stored. A download that fails fails the pull with its own error, even
+if the half-read bytes already made the apply fail; the extract snapshot is
+removed either way, so a bad blob leaves neither blob nor snapshot.
+
 Layers are handled side by side, each as soon as its blob has arrived: when
 the diff service can *stage* layers (apply into a scratch directory now,
 graft into an overlay upperdir later, see
@@ -32,7 +39,7 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol, cast
 
 import anyio
 
@@ -46,7 +53,14 @@ from runtime.plugins.images.progress import Tracker
 from runtime.plugins.images.registry.types import Descriptor
 from runtime.plugins.snapshots.api import Kind, Mount
 
-__all__ = ["SNAPSHOT_REF_LABEL", "Unpacker", "extract_key"]
+__all__ = [
+    "SNAPSHOT_REF_LABEL",
+    "LayerReady",
+    "LayerSource",
+    "LayerStream",
+    "Unpacker",
+    "extract_key",
+]
 
 log = logging.getLogger("moorage.images")
 
@@ -57,7 +71,37 @@ _PREPARE_ATTEMPTS = 3
 LayerReady = Callable[[int], Awaitable[None]]
 
 
+class LayerStream(Protocol):
+    """The bytes of a layer blob being downloaded, readable while they arrive.
+
+    ``read`` blocks until more bytes are there, returns ``b""`` only once the
+    whole blob has been verified against its digest, and raises if it was not
+    (see :class:`runtime.plugins.content.local.store.Follower`).
+    """
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes; ``b""`` at the verified end."""
+        ...
+
+    def close(self) -> None:
+        """Release the stream; idempotent."""
+        ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+
+#: Waits until layer ``i`` is downloading or stored; returns a stream of it while it
+#: downloads, ``None`` when there is none to follow (then wait for :data:`LayerReady`).
+LayerSource = Callable[[int], Awaitable[LayerStream | None]]
+
+
 async def _always_ready(_: int) -> None:
+    return None
+
+
+async def _no_stream(_: int) -> LayerStream | None:
     return None
 
 
@@ -126,8 +170,18 @@ class Unpacker:
         config_desc: Descriptor,
         config: ConfigFile,
         layer_ready: LayerReady = _always_ready,
+        layer_stream: LayerSource = _no_stream,
     ) -> str:
         """Apply every layer of ``manifest``; return the top chain ID.
+
+        Args:
+            manifest: The image manifest.
+            config_desc: Its config's descriptor (labelled with the top snapshot).
+            config: The decoded config (its diff_ids).
+            layer_ready: Waits until a layer's blob is stored; a snapshot is
+                committed only after that.
+            layer_stream: For a layer still downloading, its bytes as they arrive,
+                so that it is applied while it downloads.
 
         Raises:
             FailedPrecondition: The config's diff_ids do not fit the layers, or a
@@ -145,7 +199,9 @@ class Unpacker:
         committed = [anyio.Event() for _ in chains]
         async with anyio.create_task_group() as tg:
             for i, layer in enumerate(manifest.layers):
-                tg.start_soon(self._layer, i, layer, diff_ids[i], chains, committed, layer_ready)
+                tg.start_soon(
+                    self._layer, i, layer, diff_ids[i], chains, committed, layer_ready, layer_stream
+                )
         with contextlib.suppress(NotFound):
             await self.content.update_labels(
                 self.namespace, config_desc.digest, {LABEL_GC_REF_SNAPSHOT + self.name: chains[-1]}
@@ -201,6 +257,7 @@ class Unpacker:
         chains: list[str],
         committed: list[anyio.Event],
         layer_ready: LayerReady,
+        layer_stream: LayerSource,
     ) -> None:
         chain = chains[i]
         async with self.locks.hold(f"sn://{self.name}/{chain}"):
@@ -214,12 +271,14 @@ class Unpacker:
             try:
                 # The bottom layer has nothing to wait for: it is applied in place.
                 if i > 0 and self.scratch is not None and self.grafts.get(self.name, True):
-                    staged = await self._stage(i, layer, diff_id, chain, layer_ready)
+                    staged = await self._stage(i, layer, diff_id, chain, layer_ready, layer_stream)
                 started = time.monotonic()
                 if i > 0:
                     await committed[i - 1].wait()
                 self._time("unpack.wait", time.monotonic() - started)
-                if await self._apply(i, layer, diff_id, chain, chains, layer_ready, staged):
+                if await self._apply(
+                    i, layer, diff_id, chain, chains, layer_ready, layer_stream, staged
+                ):
                     staged = None
             finally:
                 if staged is not None:
@@ -235,15 +294,21 @@ class Unpacker:
             )
 
     async def _stage(
-        self, i: int, layer: Descriptor, diff_id: str, chain: str, layer_ready: LayerReady
+        self,
+        i: int,
+        layer: Descriptor,
+        diff_id: str,
+        chain: str,
+        layer_ready: LayerReady,
+        layer_stream: LayerSource,
     ) -> Any:
-        await layer_ready(i)
-        async with self.parallel:
-            self._status(layer, UnpackStatus.APPLYING, chain)
-            started = time.monotonic()
-            assert self.scratch is not None
-            staged = await self.diff.stage(layer, self._reader(layer.digest), self.scratch)
-            self._time("unpack.apply", time.monotonic() - started)
+        scratch = self.scratch
+        assert scratch is not None
+
+        async def stage(reader: Callable[[], BinaryIO]) -> Any:
+            return await self.diff.stage(layer, reader, scratch)
+
+        staged = await self._read_layer(i, layer, chain, layer_ready, layer_stream, stage)
         try:
             self._check(i, layer, staged.result.diff_id, diff_id)
         except BaseException:
@@ -251,6 +316,55 @@ class Unpacker:
                 await self.diff.discard(staged)
             raise
         return staged
+
+    async def _read_layer(
+        self,
+        i: int,
+        layer: Descriptor,
+        chain: str,
+        layer_ready: LayerReady,
+        layer_stream: LayerSource,
+        work: Callable[[Callable[[], BinaryIO]], Awaitable[Any]],
+    ) -> Any:
+        """Run ``work`` (an apply or a stage) on layer ``i``'s bytes; return once it is stored.
+
+        A layer still downloading is read as it arrives. Its bytes are verified
+        only at their end, so when ``work`` fails on them, the download is
+        waited for first: if it fails, its error (a digest mismatch, a cut
+        connection) is what the pull reports, and this task is cancelled.
+        """
+        stream = await layer_stream(i)
+        if stream is None:
+            await layer_ready(i)
+        try:
+            async with self.parallel:
+                self._status(layer, UnpackStatus.APPLYING, chain)
+                started = time.monotonic()
+                if stream is None:
+                    reader = self._reader(layer.digest)
+                else:
+                    follower = stream
+
+                    def reader() -> BinaryIO:
+                        return cast("BinaryIO", follower)
+
+                result = await work(reader)
+                self._time("unpack.apply", time.monotonic() - started)
+                if stream is not None:
+                    # Of which applying layers that were still downloading.
+                    self._time("unpack.streamed", time.monotonic() - started)
+        except Exception:
+            if stream is not None:
+                await layer_ready(i)
+            raise
+        finally:
+            if stream is not None:
+                stream.close()
+        if stream is not None:
+            # The stream ended with the blob verified and stored; its record in the
+            # namespace is the fetch's last step.
+            await layer_ready(i)
+        return result
 
     async def _apply(
         self,
@@ -260,6 +374,7 @@ class Unpacker:
         chain: str,
         chains: list[str],
         layer_ready: LayerReady,
+        layer_stream: LayerSource,
         staged: Any,
     ) -> bool:
         """Prepare, fill (graft or apply) and commit ``chain``; True if ``staged`` was used."""
@@ -277,12 +392,11 @@ class Unpacker:
                 self.grafts[self.name] = used
                 self._time("unpack.graft", time.monotonic() - started)
             if not used:
-                await layer_ready(i)
-                async with self.parallel:
-                    self._status(layer, UnpackStatus.APPLYING, chain)
-                    started = time.monotonic()
-                    result = await self.diff.apply(layer, mounts, self._reader(layer.digest))
-                    self._time("unpack.apply", time.monotonic() - started)
+
+                async def apply(reader: Callable[[], BinaryIO]) -> Any:
+                    return await self.diff.apply(layer, mounts, reader)
+
+                result = await self._read_layer(i, layer, chain, layer_ready, layer_stream, apply)
                 self._check(i, layer, result.diff_id, diff_id)
             applied = time.monotonic()
             # Crash tests: the layer is in an extract snapshot, not committed.

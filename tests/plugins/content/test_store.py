@@ -503,3 +503,108 @@ async def test_invalid_digest_is_invalid_argument(store: ContentStore, digest: s
 async def test_empty_ref_is_invalid_argument(store: ContentStore) -> None:
     with pytest.raises(InvalidArgument, match="invalid ref ''"):
         await store.open_writer("")
+
+
+# -- following an ingest while it is written ---------------------------------------------------
+
+
+async def test_follower_reads_flushed_bytes_and_ends_only_at_commit(store: ContentStore) -> None:
+    data = os.urandom(3 * BATCH_SIZE + 123)
+    writer = await store.open_writer("r", total=len(data), expected=digest_of(data))
+    follower = writer.follow()
+    assert follower is not None
+    read: list[bytes] = []
+
+    def consume() -> None:
+        while chunk := follower.read(MIB):
+            read.append(chunk)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(anyio.to_thread.run_sync, consume)
+        for start in range(0, len(data), 64 * 1024):
+            await writer.write(data[start : start + 64 * 1024])
+        # Everything flushed so far can be read, but no end yet: the tail is still batched.
+        with anyio.fail_after(10):
+            while sum(map(len, read)) < 3 * BATCH_SIZE:
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.05)
+        assert sum(map(len, read)) == 3 * BATCH_SIZE
+        assert await writer.commit() == digest_of(data)
+    follower.close()
+    assert b"".join(read) == data
+
+
+async def test_follower_raises_when_the_digest_is_wrong(store: ContentStore) -> None:
+    writer = await store.open_writer("r", expected=digest_of(b"right"))
+    follower = writer.follow()
+    assert follower is not None
+    await writer.write(b"wrong")
+    with pytest.raises(FailedPrecondition):
+        await writer.commit()
+    # The bytes it could read are unverified; the follower ends in the commit's error.
+    assert follower.read(5) == b"wrong"
+    with pytest.raises(FailedPrecondition, match="unexpected commit digest"):
+        follower.read(5)
+    follower.close()
+    assert blobs(store) == []
+
+
+@pytest.mark.parametrize("end", ["close", "abort", "restart"])
+async def test_follower_raises_when_the_ingest_ends_without_a_blob(
+    store: ContentStore, end: str
+) -> None:
+    writer = await store.open_writer("r")
+    follower = writer.follow()
+    assert follower is not None
+    await writer.write(b"x" * BATCH_SIZE)
+    assert follower.read(BATCH_SIZE) == b"x" * BATCH_SIZE
+    if end == "close":
+        await writer.close()
+    elif end == "abort":
+        await writer.abort()
+    else:
+        await writer.write(b"y", 0)  # truncates: what the follower read is no longer there
+    with pytest.raises(Unavailable, match="ingest r was"):
+        follower.read(1)
+    follower.close()
+    if end == "restart":
+        # A follower made after the restart reads the new bytes.
+        again = writer.follow()
+        assert again is not None
+        assert await writer.commit() == digest_of(b"y")
+        assert again.read() == b"y"
+        again.close()
+
+
+async def test_follower_blocked_in_read_is_interrupted(store: ContentStore) -> None:
+    writer = await store.open_writer("r")
+    follower = writer.follow()
+    assert follower is not None
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+
+            async def read() -> None:
+                with pytest.raises(Unavailable, match="interrupted"):
+                    await anyio.to_thread.run_sync(follower.read, 10)
+
+            tg.start_soon(read)
+            await anyio.sleep(0.1)
+            follower.interrupt()
+    follower.close()
+    await writer.abort()
+
+
+async def test_follow_of_a_closed_writer_is_none_and_a_late_follower_sees_the_end(
+    store: ContentStore,
+) -> None:
+    data = b"z" * (BATCH_SIZE + 1)
+    writer = await store.open_writer("r")
+    await writer.write(data)
+    follower = writer.follow()  # made late: starts at offset 0 all the same
+    assert follower is not None
+    assert await writer.commit() == digest_of(data)
+    assert writer.follow() is None
+    assert follower.read() == data
+    assert follower.read(1) == b""
+    follower.close()
+    follower.close()  # idempotent

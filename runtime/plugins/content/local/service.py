@@ -39,7 +39,7 @@ from runtime.plugins.content.api import (
     Status,
     validate_digest,
 )
-from runtime.plugins.content.local.store import ContentStore, Writer
+from runtime.plugins.content.local.store import ContentStore, Follower, Writer
 from runtime.plugins.metadata.api import Resource
 from runtime.plugins.metadata.db import Database
 from runtime.plugins.metadata.leases import attach
@@ -192,6 +192,15 @@ class NamespacedWriter:
         """Write at ``offset`` (see the backend writer)."""
         with _client_ref(self.writer.ref, self.ref):
             await self.writer.write(data, offset)
+
+    def follow(self) -> Follower | None:
+        """A reader of the ingest's bytes as they are written (see the backend writer).
+
+        It ends once the bytes are verified and stored as a blob, before this
+        namespace's record of it is written: a caller that needs the record waits
+        for :meth:`commit` too.
+        """
+        return self.writer.follow()
 
     async def commit(
         self, size: int | None = None, expected: str | None = None,

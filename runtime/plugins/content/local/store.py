@@ -18,6 +18,10 @@ Why it survives ``SIGKILL``:
 * One writer per ref: ``flock`` on ``lock`` (non-blocking) across processes, plus
   a dict of open writers in this process so that a second open fails before any IO.
 
+A :class:`Follower` (:meth:`Writer.follow`) reads an ingest's bytes while they
+are written, from another thread, and sees its end only once the writer has
+verified and published the blob; a pull applies a layer that way while it downloads.
+
 Blocking IO runs in worker threads. Bytes are written and hashed in batches of
 at least :data:`BATCH_SIZE`, and each batch is written and hashed in two threads
 at once (both release the GIL), so the cost per batch is ``max(write, hash)``
@@ -34,6 +38,7 @@ import functools
 import hashlib
 import os
 import shutil
+import threading
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -62,7 +67,14 @@ from runtime.plugins.content.api import BlobExists, BlobInfo, Status, validate_d
 if TYPE_CHECKING:
     from hashlib import _Hash
 
-__all__ = ["BATCH_SIZE", "READ_CHUNK_SIZE", "WRITEBACK_WINDOW", "ContentStore", "Writer"]
+__all__ = [
+    "BATCH_SIZE",
+    "READ_CHUNK_SIZE",
+    "WRITEBACK_WINDOW",
+    "ContentStore",
+    "Follower",
+    "Writer",
+]
 
 #: Writes are gathered until this many bytes are pending, then written and
 #: hashed in one go; larger writes go straight through without a copy.
@@ -217,6 +229,114 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _Tail:
+    """How far an ingest is readable by its followers, and how it ended; shared by threads."""
+
+    def __init__(self, readable: int) -> None:
+        self.cond = threading.Condition()
+        #: Bytes of ``data`` written and flushed: what a follower may read.
+        self.readable = readable
+        #: The writer committed the blob (its bytes verified): past ``readable`` is the end.
+        self.done = False
+        #: Why the ingest ended without a blob; followers raise it.
+        self.error: MoorageError | None = None
+
+    def advance(self, readable: int) -> None:
+        with self.cond:
+            self.readable = readable
+            self.cond.notify_all()
+
+    def end(self, error: MoorageError | None) -> None:
+        """Mark the end: committed (``error`` None) or failed; only the first call counts."""
+        with self.cond:
+            if self.done or self.error is not None:
+                return
+            if error is None:
+                self.done = True
+            else:
+                self.error = error
+            self.cond.notify_all()
+
+
+@final
+class Follower:
+    """Reads an ingest from its start while its writer is still writing it.
+
+    Made by :meth:`Writer.follow`; meant for one consumer thread (a decompressor),
+    which may block in :meth:`read`. ``read`` returns bytes as soon as the writer
+    has flushed them, and ``b""`` only once the writer has committed them as a
+    verified blob and everything was read. So a consumer that reaches the end has
+    read exactly the bytes of the expected digest; anything it made of them before
+    that is unverified and must be discarded if ``read`` raises.
+
+    Raises (from :meth:`read`):
+        FailedPrecondition: The ingest's size or digest did not verify at commit.
+        Unavailable: The writer was closed, aborted or restarted from offset 0
+            before a commit, or :meth:`interrupt` was called.
+    """
+
+    def __init__(self, fd: int, tail: _Tail, ref: str) -> None:
+        self._fd = fd
+        self._tail = tail
+        self._ref = ref
+        self._position = 0
+        self._interrupted = False
+
+    def __enter__(self) -> Follower:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def readable(self) -> bool:
+        """Always: a file object's answer, for consumers that ask."""
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all that are left if negative), waiting for the writer."""
+        if size < 0:
+            parts = []
+            while chunk := self.read(READ_CHUNK_SIZE):
+                parts.append(chunk)
+            return b"".join(parts)
+        if size == 0:
+            return b""
+        tail = self._tail
+        with tail.cond:
+            while True:
+                if self._interrupted:
+                    raise Unavailable(f"reading ingest {self._ref} was interrupted")
+                available = tail.readable - self._position
+                if available > 0:
+                    break
+                if tail.error is not None:
+                    raise type(tail.error)(tail.error.message)
+                if tail.done:
+                    return b""
+                tail.cond.wait()
+        if self._fd < 0:
+            raise Unavailable(f"reading ingest {self._ref}: the follower is closed")
+        # Outside the lock: the writer only appends past `readable`, never rewrites below it.
+        with _os_errors(f"read ingest {self._ref}"):
+            data = os.pread(self._fd, min(size, available), self._position)
+        if not data:
+            raise Unavailable(f"ingest {self._ref} is shorter than its writer wrote")
+        self._position += len(data)
+        return data
+
+    def interrupt(self) -> None:
+        """Make a blocked (and every later) :meth:`read` raise; callable from any thread."""
+        with self._tail.cond:
+            self._interrupted = True
+            self._tail.cond.notify_all()
+
+    def close(self) -> None:
+        """Release the file descriptor; idempotent."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
 @dataclass(slots=True)
 class _Opened:
     """What opening an ingest found on disk, handed from the worker thread to the Writer."""
@@ -259,6 +379,8 @@ class Writer:
         self._closed = False
         # Serialises this writer's operations: offsets and the hash assume one at a time.
         self._lock = anyio.Lock()
+        # Created by the first follow(): followers see flushes and the ingest's end.
+        self._tail: _Tail | None = None
         # A writer dropped without close would hold its ref until the daemon restarts
         # (pull reuses refs): release the files when it is collected, and say so.
         self._finalizer = weakref.finalize(self, _leaked, self._ref, self._fd, self._lock_fd)
@@ -334,6 +456,28 @@ class Writer:
             if len(self._pending) >= BATCH_SIZE:
                 await self._flush_pending()
 
+    def follow(self) -> Follower | None:
+        """A reader of this ingest from offset 0 that follows the writes as they are flushed.
+
+        Its end comes only after :meth:`commit` verified and published the blob;
+        if the ingest ends otherwise, it raises (see :class:`Follower`). The
+        caller closes it. Bytes written but still batched become readable at the
+        next flush (every :data:`BATCH_SIZE` bytes, and at commit).
+
+        Returns:
+            ``None`` when the writer is closed already (committed or not): there
+            is nothing left to follow; read the blob, if there is one.
+        """
+        if self._closed:
+            return None
+        if self._tail is None:
+            self._tail = _Tail(self._flushed)
+        return Follower(os.dup(self._fd), self._tail, self._ref)
+
+    def _end_tail(self, error: MoorageError | None) -> None:
+        if self._tail is not None:
+            self._tail.end(error)
+
     async def commit(self, size: int | None = None, expected: str | None = None) -> str:
         """Verify the ingest and publish it as a blob; the writer is closed afterwards.
 
@@ -379,7 +523,14 @@ class Writer:
                 # Shielded: a cancelled client must not leave a half-published ingest.
                 with anyio.CancelScope(shield=True), _os_errors(f"commit {self._ref}"):
                     await to_thread.run_sync(self._store._publish, self._path, self._fd, actual)
+                self._end_tail(None)
                 return actual
+            except BlobExists:
+                self._end_tail(None)  # verified above; the same bytes are stored already
+                raise
+            except FailedPrecondition as exc:
+                self._end_tail(FailedPrecondition(exc.message))
+                raise
             finally:
                 await self._shutdown(remove=False)
 
@@ -421,6 +572,9 @@ class Writer:
             raise FailedPrecondition(f"writer for ref {self._ref} is closed")
 
     async def _truncate(self) -> None:
+        # Followers have read bytes that are about to be replaced: they cannot go on.
+        self._end_tail(Unavailable(f"ingest {self._ref} was restarted from offset 0"))
+        self._tail = None
         with _os_errors(f"truncate ingest {self._ref}"):
             await to_thread.run_sync(os.ftruncate, self._fd, 0)
         self._pending.clear()
@@ -461,10 +615,14 @@ class Writer:
             self._hasher = before
             raise _translate(failures[0], f"write to ingest {self._ref}") from failures[0]
         self._flushed = start + len(buf)
+        if self._tail is not None:
+            self._tail.advance(self._flushed)
 
     async def _shutdown(self, *, remove: bool) -> None:
         """Close the files and release the lock; remove the ingest or record updatedat."""
         self._closed = True
+        # After a successful commit the tail has ended already, and this changes nothing.
+        self._end_tail(Unavailable(f"ingest {self._ref} was closed before its commit"))
         self._finalizer.detach()
         fd, lock_fd = self._fd, self._lock_fd
         self._fd = self._lock_fd = -1

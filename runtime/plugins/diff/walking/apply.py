@@ -258,6 +258,11 @@ class _Decoder:
     def close(self) -> None:
         """Stop the thread (it may be blocked on a full queue) and wait for it."""
         self._stop.set()
+        # A stream that follows a download can block a read until more bytes arrive;
+        # one that can be interrupted is, so a failed apply does not wait for the network.
+        interrupt = getattr(self._stream, "interrupt", None)
+        if interrupt is not None:
+            interrupt()
         while self._thread.is_alive():
             try:
                 while True:
