@@ -5,7 +5,10 @@ the operation that caused it. Each subscriber owns a bounded buffer; one that
 falls behind is disconnected alone (:class:`SubscriberOverflow`) instead of
 slowing the publisher or using unbounded memory as containerd's queues do.
 There is no persistence or replay: a subscriber that lost events reconciles by
-listing, then subscribes again.
+listing, then subscribes again. A publisher with something worth holding back
+until somebody listens (exits found at startup) asks whether a subscriber's
+filters would take the event (:meth:`Exchange.has_subscriber`), or waits until
+one would (:meth:`Exchange.wait_for_subscriber`).
 
 Typical use::
 
@@ -199,6 +202,9 @@ class Exchange:
         self._published = 0
         self._overflowed = 0
         self._closed = False
+        # Set (and dropped) by the next subscribe or close; made on demand because an
+        # anyio Event belongs to the event loop that is running when it is created.
+        self._subscribed: anyio.Event | None = None
 
     def publish(self, namespace: str, topic: str, event: msgspec.Struct) -> Envelope:
         """Stamp ``event`` and hand it to every matching subscriber, without waiting.
@@ -207,20 +213,7 @@ class Exchange:
             InvalidArgument: The namespace or topic is malformed, or ``event`` is
                 not a msgspec Struct.
         """
-        _check_namespace(namespace)
-        if not _TOPIC.fullmatch(topic):
-            raise InvalidArgument(
-                f"invalid topic {topic!r}: expected '/'-separated identifiers such as '/tasks/exit'"
-            )
-        if not isinstance(event, msgspec.Struct):
-            raise InvalidArgument(f"event must be a msgspec.Struct, not {type(event).__name__}")
-        envelope = Envelope(
-            timestamp=datetime.now(UTC),
-            namespace=namespace,
-            topic=topic,
-            type=type(event).__name__,
-            event=event,
-        )
+        envelope = _envelope(namespace, topic, event)
         self._published += 1
         adaptor = envelope.adaptor()
         # Copied because an overflowing subscriber is removed during the loop.
@@ -231,21 +224,60 @@ class Exchange:
                     self._overflowed += 1
         return envelope
 
-    def subscribe(self, *filters_: str) -> Subscription:
+    def has_subscriber(self, namespace: str, topic: str, event: msgspec.Struct) -> bool:
+        """Whether publishing ``event`` now would reach at least one subscriber.
+
+        The subscribers' filters are applied to the event itself, so one that
+        listens to other topics, namespaces or containers does not count.
+
+        Raises:
+            InvalidArgument: As :meth:`publish`.
+        """
+        return self._has_match(_envelope(namespace, topic, event).adaptor())
+
+    async def wait_for_subscriber(self, namespace: str, topic: str,
+                                  event: msgspec.Struct) -> None:
+        """Return as soon as publishing ``event`` would reach a subscriber.
+
+        The wait for a listener that :meth:`has_subscriber` asks about: an
+        event that matters only if somebody hears it is held back, not lost.
+
+        Raises:
+            InvalidArgument: As :meth:`publish`.
+            Unavailable: The exchange is closed, so nobody will ever subscribe.
+        """
+        adaptor = _envelope(namespace, topic, event).adaptor()
+        # No await between the check and the wait: a subscription cannot slip in unseen.
+        while not self._has_match(adaptor):
+            if self._closed:
+                raise Unavailable("the event exchange is closed")
+            if self._subscribed is None:
+                self._subscribed = anyio.Event()
+            await self._subscribed.wait()
+
+    def subscribe(self, *filters_: str, namespace: str | None = None) -> Subscription:
         """Register a subscriber for the envelopes matching any of ``filters_``.
 
         No filter means every event. Fields: ``topic``, ``namespace``, ``type``
-        and ``event.<field>`` (see :mod:`runtime.core.filters`).
+        and ``event.<field>`` (see :mod:`runtime.core.filters`). ``namespace``
+        confines the subscriber to one namespace whatever its filters say, as
+        the API confines a client: events of others neither fill its buffer
+        nor count it as listening (:meth:`has_subscriber`).
 
         Raises:
-            InvalidArgument: A filter is malformed.
+            InvalidArgument: A filter or the namespace is malformed.
             Unavailable: The exchange is closed.
         """
         parsed = filters.parse(filters_)
+        if namespace is not None:
+            _check_namespace(namespace)
+            scope = filters.Selector(("namespace",), filters.Operator.EQUAL, namespace)
+            parsed = filters.Filter(tuple((*group, scope) for group in parsed.alternatives))
         if self._closed:
             raise Unavailable("the event exchange is closed")
         subscription = Subscription(self, parsed, self._buffer_size)
         self._subscribers[subscription] = None
+        self._wake_waiters()
         return subscription
 
     def statistics(self) -> ExchangeStatistics:
@@ -265,9 +297,36 @@ class Exchange:
         for subscription in list(self._subscribers):
             subscription.end()
         self._subscribers.clear()
+        self._wake_waiters()
 
     def _unregister(self, subscription: Subscription) -> None:
         self._subscribers.pop(subscription, None)
+
+    def _has_match(self, adaptor: filters.Adaptor) -> bool:
+        return any(s.filter.match(adaptor) for s in self._subscribers)
+
+    def _wake_waiters(self) -> None:
+        if self._subscribed is not None:
+            self._subscribed.set()
+            self._subscribed = None
+
+
+def _envelope(namespace: str, topic: str, event: msgspec.Struct) -> Envelope:
+    """Validate the routing and the payload and stamp them (as :meth:`Exchange.publish`)."""
+    _check_namespace(namespace)
+    if not _TOPIC.fullmatch(topic):
+        raise InvalidArgument(
+            f"invalid topic {topic!r}: expected '/'-separated identifiers such as '/tasks/exit'"
+        )
+    if not isinstance(event, msgspec.Struct):
+        raise InvalidArgument(f"event must be a msgspec.Struct, not {type(event).__name__}")
+    return Envelope(
+        timestamp=datetime.now(UTC),
+        namespace=namespace,
+        topic=topic,
+        type=type(event).__name__,
+        event=event,
+    )
 
 
 def _check_namespace(namespace: str) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
@@ -174,6 +175,88 @@ async def test_bus_close_ends_iteration_and_refuses_subscribers() -> None:
     with pytest.raises(Unavailable) as caught:
         exchange.subscribe()
     assert caught.value.message == "the event exchange is closed"
+
+
+async def test_bus_has_subscriber_applies_each_filter_to_the_event() -> None:
+    """Subscribers of other topics, namespaces or payloads do not count."""
+    exchange = Exchange()
+    exit_c1 = TaskExit("c1", 3)
+    assert not exchange.has_subscriber("default", "/tasks/exit", exit_c1)
+    async with contextlib.AsyncExitStack() as stack:
+        for filter_ in ('topic=="/gc/run"',
+                        'topic~="^/(content|images|snapshot|leases|containers)/"',
+                        'topic~="^/tasks/",namespace==k8s.io',
+                        'topic=="/tasks/exit",event.container_id==c2'):
+            await stack.enter_async_context(exchange.subscribe(filter_))
+        assert not exchange.has_subscriber("default", "/tasks/exit", exit_c1)
+        assert exchange.has_subscriber("k8s.io", "/tasks/exit", exit_c1)
+        async with exchange.subscribe("event.exit_status==3"):
+            assert exchange.has_subscriber("default", "/tasks/exit", exit_c1)
+        assert not exchange.has_subscriber("default", "/tasks/exit", exit_c1)
+
+
+async def test_bus_subscription_confined_to_a_namespace_sees_only_it() -> None:
+    exchange = Exchange()
+    async with exchange.subscribe('topic~="^/tasks/"', "type==ImageCreate",
+                                  namespace="team-a") as subscription:
+        exchange.publish("team-b", "/tasks/exit", TaskExit("c1"))
+        exchange.publish("team-b", "/images/create", ImageCreate("nginx"))
+        assert not exchange.has_subscriber("team-b", "/tasks/exit", TaskExit("c1"))
+        assert exchange.has_subscriber("team-a", "/tasks/exit", TaskExit("c1"))
+        exchange.publish("team-a", "/images/create", ImageCreate("busybox"))
+        exchange.publish("team-a", "/tasks/exit", TaskExit("c2"))
+        received = await take(subscription, 2)
+    assert [(e.namespace, e.topic) for e in received] == [
+        ("team-a", "/images/create"), ("team-a", "/tasks/exit")]
+
+
+def test_bus_rejects_an_invalid_namespace_to_confine_to() -> None:
+    with pytest.raises(InvalidArgument, match="invalid namespace 'a/b'"):
+        Exchange().subscribe(namespace="a/b")
+
+
+def test_bus_has_subscriber_validates_like_publish() -> None:
+    with pytest.raises(InvalidArgument, match="invalid topic 'tasks'"):
+        Exchange().has_subscriber("default", "tasks", TaskExit("c1"))
+
+
+async def test_bus_wait_for_subscriber_ignores_subscribers_of_other_events() -> None:
+    exchange = Exchange()
+    order: list[str] = []
+
+    async def waiter() -> None:
+        await exchange.wait_for_subscriber("default", "/tasks/exit", TaskExit("c1"))
+        order.append("heard")
+
+    async with contextlib.AsyncExitStack() as stack, anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        await stack.enter_async_context(exchange.subscribe('topic=="/gc/run"'))
+        await stack.enter_async_context(exchange.subscribe("namespace==other"))
+        await anyio.wait_all_tasks_blocked()
+        order.append("others subscribed")
+        await stack.enter_async_context(exchange.subscribe('topic~="^/tasks/"'))
+    assert order == ["others subscribed", "heard"]
+
+
+async def test_bus_wait_for_subscriber_returns_at_once_when_one_listens() -> None:
+    exchange = Exchange()
+    async with exchange.subscribe():
+        with anyio.fail_after(1):
+            await exchange.wait_for_subscriber("default", "/tasks/exit", TaskExit("c1"))
+
+
+async def test_bus_wait_for_subscriber_fails_when_the_exchange_closes() -> None:
+    exchange = Exchange()
+
+    async def close_when_waited_for() -> None:
+        await anyio.wait_all_tasks_blocked()
+        exchange.close()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(close_when_waited_for)
+        with pytest.raises(Unavailable, match="the event exchange is closed"):
+            await exchange.wait_for_subscriber("default", "/tasks/exit", TaskExit("c1"))
 
 
 def test_bus_statistics_are_a_frozen_record() -> None:

@@ -47,16 +47,15 @@ def system_routes(ctx: InitContext[Any]) -> RouteSet:
         namespace = namespace_of(request)
         filters = request.query.getall("filter", [])
         # Subscribing parses the filters, so a bad one is a 400 before streaming starts.
-        async with exchange.subscribe(*filters) as subscription:
+        # Namespaces isolate clients: nobody observes another's events, and held-back
+        # events of one namespace are not released by a client of another.
+        async with exchange.subscribe(*filters, namespace=namespace) as subscription:
             # Ended by the server when it stops, so the client sees a clean end.
             with ends_at_shutdown(request, subscription.end):
                 response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
                 await response.prepare(request)
                 try:
                     async for env in subscription:
-                        # Namespaces isolate clients: nobody observes another's events.
-                        if env.namespace != namespace:
-                            continue
                         line = EventEnvelope(
                             timestamp=env.timestamp,
                             namespace=env.namespace,

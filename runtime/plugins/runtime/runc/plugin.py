@@ -37,7 +37,8 @@ class RuntimeConfig(PluginConfig):
         timeout: Seconds any runtime or monitor call may take.
         oom_check_interval: Seconds between OOM checks of a running task.
         exit_publish_grace: Seconds that exits found at startup wait for an
-            event subscriber before being published anyway.
+            event subscriber whose filters take them before being published
+            anyway.
     """
 
     binary: str = ""
@@ -69,11 +70,9 @@ def _init_for(default_binary: str) -> Callable[[InitContext[RuntimeConfig]], Awa
         def publish(namespace: str, topic: str, event: msgspec.Struct) -> Any:
             return events.publish(namespace, topic, event) if events is not None else None
 
-        def listeners() -> int:
-            return events.statistics().subscribers if events is not None else 0
-
-        supervisor = Supervisor(publish, listeners, interval=config.oom_check_interval,
-                                grace=config.exit_publish_grace)
+        supervisor = Supervisor(
+            publish, events.wait_for_subscriber if events is not None else None,
+            interval=config.oom_check_interval, grace=config.exit_publish_grace)
         runtime = RuncRuntime(
             name=ctx.registration.name,
             oci=OciRuntime(binary, root, timeout=config.timeout,

@@ -6,7 +6,8 @@ For every ``task.json`` under the runtime's root:
 * each process with a live monitor is watched again and stays controllable;
 * each process whose monitor is gone gets its real exit status from the file
   conmon wrote (255 if there is none, as containerd reports), recorded before
-  it is published (after the supervisor's grace period);
+  it is published (held by the supervisor until somebody listens for it, or
+  its grace period ends);
 * a task whose init process has exited releases its runtime state, mounts and
   monitor files at once; its record stays so that it can still be queried,
   waited for and deleted.

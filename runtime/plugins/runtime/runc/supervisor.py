@@ -7,9 +7,12 @@ published. A crash between any two steps leaves enough on disk for the next
 start to finish the job (see :mod:`.recovery`).
 
 Exits found while the daemon was down would be published before any client
-could reconnect, so they are held back until a new event subscriber appears or
-``grace`` seconds pass, whichever comes first; deleting such a task publishes
-its exit first.
+could reconnect, so each task's are held back until a subscriber whose filters
+take one of them is registered, or ``grace`` seconds pass, whichever comes
+first; deleting such a task publishes its exit first. Subscribers of other
+topics (the GC's, the metrics') do not release them, whenever they start.
+containerd publishes such exits at once and leaves late clients to list tasks;
+the hold only spares a reconnecting client that reconciliation.
 """
 
 from __future__ import annotations
@@ -24,16 +27,20 @@ import anyio.to_thread
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
+from runtime.core.errors import Unavailable
 from runtime.plugins.runtime.api import UNKNOWN_EXIT_STATUS, TaskExit, TaskOOM
 from runtime.plugins.runtime.runc.cgroups import OomNotifier, oom_notifier, total_oom_kills
 from runtime.plugins.runtime.runc.process import Process
 from runtime.plugins.runtime.runc.task import Task
 
-__all__ = ["Publish", "Supervisor"]
+__all__ = ["Publish", "Supervisor", "WaitForSubscriber"]
 
 log = logging.getLogger("moorage.runtime.runc")
 
 Publish = Callable[[str, str, msgspec.Struct], object]
+#: ``wait(namespace, topic, event)``: returns once publishing ``event`` would reach a
+#: subscriber; raises :class:`Unavailable` if none ever can (the exchange closed).
+WaitForSubscriber = Callable[[str, str, msgspec.Struct], Awaitable[None]]
 
 
 def _oom_notifier(task: Task) -> OomNotifier | None:
@@ -45,15 +52,17 @@ class Supervisor:
 
     Args:
         publish: ``publish(namespace, topic, event)``.
-        listeners: How many event subscribers exist now (for the grace period).
+        wait_for_subscriber: Waits until somebody would hear an event
+            (:meth:`~runtime.core.events.Exchange.wait_for_subscriber`); ``None``
+            without an event exchange, where holding exits back is pointless.
         interval: Seconds between OOM checks of a running task.
         grace: Seconds to hold back exits found at startup when nobody listens.
     """
 
-    def __init__(self, publish: Publish, listeners: Callable[[], int], *,
+    def __init__(self, publish: Publish, wait_for_subscriber: WaitForSubscriber | None, *,
                  interval: float = 1.0, grace: float = 10.0) -> None:
         self.publish = publish
-        self.listeners = listeners
+        self.wait_for_subscriber = wait_for_subscriber
         self.interval = interval
         self.grace = grace
         self._tg: TaskGroup | None = None
@@ -70,8 +79,10 @@ class Supervisor:
                 tg.start_soon(self._watch, task, process)
             self._queued.clear()
             task_status.started()
-            if self._pending:
-                tg.start_soon(self._publish_pending_later)
+            # One grace period for all, counted from here: the API serves from about now.
+            deadline = anyio.current_time() + self.grace
+            for task in dict.fromkeys(t for t, _ in self._pending):
+                tg.start_soon(self._publish_pending_when_heard, task, deadline)
             await anyio.sleep_forever()
 
     def watch(self, task: Task, process: Process) -> None:
@@ -93,17 +104,36 @@ class Supervisor:
             async with task.order:
                 await self._announce(task, process)
 
-    async def _publish_pending_later(self) -> None:
-        # Plugins that started before us may subscribe for their own topics; only a
-        # subscriber that arrives later (a client reconnecting) ends the wait early.
-        baseline = self.listeners()
-        with anyio.move_on_after(self.grace):
-            while self.listeners() <= baseline:
-                await anyio.sleep(0.05)
-        pending, self._pending = self._pending, []
-        for task, process in pending:
-            async with task.order:
-                await self._announce(task, process)
+    async def _publish_pending_when_heard(self, task: Task, deadline: float) -> None:
+        """Publish the held-back exits of ``task`` once one would be heard, or at ``deadline``.
+
+        All of the task's exits go out together, in recovery order, whichever
+        of them found a listener.
+        """
+        with anyio.CancelScope(deadline=deadline):
+            if not await self._heard(task):
+                return  # no exchange any more: left unpublished for the next start
+        await self.flush(task)
+
+    async def _heard(self, task: Task) -> bool:
+        """Wait until a subscriber would take one of ``task``'s held exits; False if none can."""
+        wait = self.wait_for_subscriber
+        if wait is None:
+            return True
+        heard = False
+        async with anyio.create_task_group() as tg:
+
+            async def wait_for(process: Process) -> None:
+                nonlocal heard
+                with contextlib.suppress(Unavailable):
+                    await wait(task.namespace, "/tasks/exit", self._exit_event(task, process))
+                    heard = True
+                    tg.cancel_scope.cancel()
+
+            for held_task, process in self._pending:
+                if held_task is task:
+                    tg.start_soon(wait_for, process)
+        return heard
 
     async def _watch(self, task: Task, process: Process) -> None:
         async def tick() -> None:
@@ -148,12 +178,18 @@ class Supervisor:
         """Publish ``/tasks/exit`` for a recorded exit, then mark it published."""
         if process.exit is None or process.exit.published:
             return
-        self.publish(task.namespace, "/tasks/exit", TaskExit(
-            container_id=task.id, id=process.event_id, pid=process.record.pid,
-            exit_status=process.exit.exit_status, exited_at=process.exit.exited_at))
+        self.publish(task.namespace, "/tasks/exit", self._exit_event(task, process))
         log.info("task %s process %s exited with status %d", task.id, process.event_id,
                  process.exit.exit_status, extra={"namespace": task.namespace})
         await anyio.to_thread.run_sync(process.mark_published)
+
+    @staticmethod
+    def _exit_event(task: Task, process: Process) -> TaskExit:
+        """The ``/tasks/exit`` payload of a recorded exit."""
+        assert process.exit is not None
+        return TaskExit(
+            container_id=task.id, id=process.event_id, pid=process.record.pid,
+            exit_status=process.exit.exit_status, exited_at=process.exit.exited_at)
 
     async def check_oom(self, task: Task) -> None:
         """Publish ``/tasks/oom`` if the task's cgroup saw a new OOM kill (hold ``order``)."""
