@@ -78,6 +78,7 @@ def run_daemon(config_path: str | None) -> int:
         log.error("%s", exc)
         return 1
     _watch_children_with_pidfds()
+    _python_frozenlist()
     try:
         anyio.run(serve, config, backend="asyncio")
     except MoorageError as exc:
@@ -114,6 +115,29 @@ def _watch_children_with_pidfds() -> None:
     except OSError:
         return  # a kernel without pidfds (before 5.3): keep the threads
     asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
+
+
+def _python_frozenlist() -> None:
+    """Have aiohttp use frozenlist's pure-Python ``FrozenList`` (call before importing aiohttp).
+
+    frozenlist's compiled ``FrozenList`` is C++: loading it maps ``libstdc++``,
+    about 0.9 MB resident for as long as the daemon runs (1.1 MB with the
+    extension itself), for a list type aiohttp uses only for its signals and
+    middleware lists. The Python type costs about 1.6 us more per response
+    (``on_response_prepare``), against 0.5 ms and more per API request.
+    ``FROZENLIST_NO_EXTENSIONS`` is frozenlist's documented switch; it is set
+    just for this import, so that the daemon's children do not inherit it, and
+    an operator's own value is kept.
+    """
+    import sys
+
+    if "frozenlist" in sys.modules or "FROZENLIST_NO_EXTENSIONS" in os.environ:
+        return
+    os.environ["FROZENLIST_NO_EXTENSIONS"] = "1"
+    try:
+        import frozenlist  # noqa: F401 - imported for its side effect: the choice is made now
+    finally:
+        del os.environ["FROZENLIST_NO_EXTENSIONS"]
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

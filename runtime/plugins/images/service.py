@@ -4,6 +4,10 @@
 operations go to :class:`~.store.ImageStore`; pull, push, unpack, import and
 export live in their own modules and receive this service for its parts
 (content, snapshots, diff, leases, the shared keyed locks).
+
+Those modules, the registry client and the manifest walker are imported by
+the first operation that needs them, not at start: an idle daemon keeps them
+out of memory.
 """
 
 from __future__ import annotations
@@ -32,27 +36,18 @@ from runtime.plugins.images.api import (
     PushOptions,
 )
 from runtime.plugins.images.errors import single_error
-from runtime.plugins.images.fetch import Keep
-from runtime.plugins.images.manifests import (
-    ConfigFile,
-    Manifest,
-    Walked,
-    chain_ids,
-    decode_config,
-    join,
-    walk,
-)
-from runtime.plugins.images.platforms import Matcher, matcher_for
-from runtime.plugins.images.progress import Tracker
-from runtime.plugins.images.registry.auth import Credentials
-from runtime.plugins.images.registry.client import RegistryClient
 from runtime.plugins.images.registry.types import Descriptor
 from runtime.plugins.images.store import ImageStore
-from runtime.plugins.images.unpack import Unpacker
 from runtime.plugins.metadata.api import Resource
 
 if TYPE_CHECKING:
+    from runtime.plugins.images.fetch import Keep
+    from runtime.plugins.images.manifests import ConfigFile, Manifest, Walked
+    from runtime.plugins.images.platforms import Matcher
     from runtime.plugins.images.plugin import ImagesConfig
+    from runtime.plugins.images.progress import Tracker
+    from runtime.plugins.images.registry.client import RegistryClient
+    from runtime.plugins.images.unpack import Unpacker
 
 __all__ = ["ImageService"]
 
@@ -167,6 +162,9 @@ class ImageService:
         password: str = "",
     ) -> RegistryClient:
         """A registry client with the request's or the daemon's credentials."""
+        from runtime.plugins.images.registry.auth import Credentials
+        from runtime.plugins.images.registry.client import RegistryClient
+
         docker_config = Path(self.config.docker_config) if self.config.docker_config else None
         if username or password:
             credentials = Credentials(docker_config, username=username, password=password)
@@ -199,6 +197,8 @@ class ImageService:
         tracker: Tracker | None = None,
     ) -> Unpacker:
         """An unpacker into ``snapshotter`` with the plugin's parallelism settings."""
+        from runtime.plugins.images.unpack import Unpacker
+
         scratch = self.scratch / "unpack" if self.config.parallel_unpack else None
         keep = self.keeper(namespace, lease) if lease else None
         return Unpacker(
@@ -217,6 +217,8 @@ class ImageService:
 
     async def read(self, namespace: str, desc: Descriptor) -> bytes | None:
         """A small document (index, manifest, config) from the content store, or ``None``."""
+        from runtime.plugins.images.manifests import join
+
         try:
             return await join(await self.content.read(namespace, desc.digest))
         except NotFound:
@@ -226,6 +228,8 @@ class ImageService:
         self, namespace: str, image: Image, matcher: Matcher | None, *, skip_missing: bool = False
     ) -> Walked:
         """Everything of ``image`` reachable for ``matcher``'s platforms (``None``: all)."""
+        from runtime.plugins.images.manifests import walk
+
         return await walk(
             image.target, lambda d: self.read(namespace, d), matcher, skip_missing=skip_missing
         )
@@ -239,6 +243,9 @@ class ImageService:
             NotFound: No manifest of the image fits the platform.
             FailedPrecondition: A document is missing from the content store.
         """
+        from runtime.plugins.images.manifests import decode_config
+        from runtime.plugins.images.platforms import matcher_for
+
         matcher = matcher_for([platform] if platform else [])
         walked = await self.walk(namespace, image, matcher, skip_missing=True)
         for desc, manifest in walked.manifests:
@@ -372,6 +379,8 @@ class ImageService:
             NotFound: No such image, or no manifest for the platform.
             FailedPrecondition: Blobs are missing, or a layer does not match the config.
         """
+        from runtime.plugins.images.manifests import chain_ids
+
         image = await self.get(namespace, name)
         sn = self.snapshotter(snapshotter)
         _, manifest, config = await self.platform_manifest(namespace, image, platform)
@@ -405,6 +414,8 @@ class ImageService:
 
     async def check(self, namespace: str, name: str, platforms: Sequence[str] = ()) -> CheckResult:
         """Whether every blob the image needs (for ``platforms``; default all) is present."""
+        from runtime.plugins.images.platforms import matcher_for
+
         image = await self.get(namespace, name)
         matcher = matcher_for(platforms) if platforms else None
         walked = await self.walk(namespace, image, matcher, skip_missing=True)
@@ -434,6 +445,8 @@ class ImageService:
 
     async def usage(self, namespace: str, name: str, snapshotter: str = "") -> ImageUsage:
         """Bytes of the image's blobs and of its unpacked snapshots in ``snapshotter``."""
+        from runtime.plugins.images.manifests import chain_ids
+
         image = await self.get(namespace, name)
         walked = await self.walk(namespace, image, None, skip_missing=True)
         content_size = blobs = 0

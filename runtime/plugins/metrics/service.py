@@ -1,12 +1,17 @@
 """``PrometheusMetrics``: the service of ``metrics.prometheus``.
 
-Two kinds of figures meet in one registry of its own (never the
-``prometheus_client`` global one, so two daemons in one process, as in tests,
-do not collide):
+Two kinds of figures meet in each scrape:
 
 * counted as things happen: API requests (:meth:`PrometheusMetrics.middleware`)
-  and garbage collections (:meth:`PrometheusMetrics.follow_gc`, from ``/gc/run``);
+  and garbage collections (:meth:`PrometheusMetrics.follow_gc`, from ``/gc/run``),
+  in the plain series of :mod:`.series`;
 * read at scrape time from the running plugins (:mod:`.figures`).
+
+``prometheus_client`` (and :mod:`.figures`, built on it) is imported by the
+first scrape, not at start: an idle daemon that nobody scrapes keeps about
+1 MB less. Each scrape builds its own collector, never touching the
+``prometheus_client`` global registry, so two daemons in one process, as in
+tests, do not collide.
 """
 
 from __future__ import annotations
@@ -14,28 +19,29 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 from aiohttp import web
 from anyio.abc import TaskStatus
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import Metric
 
 from runtime.core.errors import InvalidArgument, Unavailable
 from runtime.core.events import Exchange, SubscriberOverflow
 from runtime.core.host import PluginSet
 from runtime.plugins.gc.api import EVENT_TOPIC, GCReport
-from runtime.plugins.metrics.figures import read_all
+from runtime.plugins.metrics.series import (
+    CounterSeries,
+    HistogramSeries,
+    created_series_enabled,
+)
 
-__all__ = ["CONTENT_TYPE", "PrometheusMetrics"]
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+__all__ = ["PrometheusMetrics"]
 
 log = logging.getLogger("moorage.metrics")
-
-#: The exposition format's media type (text format).
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -46,10 +52,10 @@ _GC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 
 
 class _Scraped:
-    """A collector handing out the families read for the scrape in progress."""
+    """A collector handing out the families of one scrape (what ``generate_latest`` reads)."""
 
-    def __init__(self) -> None:
-        self.families: list[Metric] = []
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
 
     def collect(self) -> Iterable[Metric]:
         return list(self.families)
@@ -66,31 +72,32 @@ class PrometheusMetrics:
     def __init__(self, plugins: PluginSet, events: Exchange | None) -> None:
         self.plugins = plugins
         self.events = events
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.requests = Counter(
+        self.requests = CounterSeries(
             "moorage_api_requests", "API requests answered, by route and status.",
-            ["method", "route", "status"], registry=self.registry)
-        self.latency = Histogram(
+            ["method", "route", "status"])
+        self.latency = HistogramSeries(
             "moorage_api_request_duration_seconds",
             "Time from a request's arrival to its handler's return (a stream's whole life).",
-            ["method", "route"], buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.gc_runs = Counter("moorage_gc_collections", "Garbage collections run.",
-                               registry=self.registry)
-        self.gc_pause = Histogram("moorage_gc_pause_seconds",
-                                  "Time writers were held back by a collection.",
-                                  buckets=_GC_BUCKETS, registry=self.registry)
-        self.gc_duration = Histogram("moorage_gc_duration_seconds",
-                                     "Whole collections, mark to disk cleanup.",
-                                     buckets=_GC_BUCKETS, registry=self.registry)
-        self.gc_removed = Counter("moorage_gc_removed_objects",
-                                  "Objects removed by collections, by kind.", ["kind"],
-                                  registry=self.registry)
-        self.gc_removed_bytes = Counter("moorage_gc_removed_bytes",
-                                        "Bytes freed on disk by collections, by kind.",
-                                        ["kind"], registry=self.registry)
-        self._scraped = _Scraped()
-        self.registry.register(self._scraped)
-        # One scrape at a time: the collector hands out one scrape's families.
+            _LATENCY_BUCKETS, ["method", "route"])
+        self.gc_runs = CounterSeries("moorage_gc_collections", "Garbage collections run.")
+        self.gc_pause = HistogramSeries("moorage_gc_pause_seconds",
+                                        "Time writers were held back by a collection.",
+                                        _GC_BUCKETS)
+        self.gc_duration = HistogramSeries("moorage_gc_duration_seconds",
+                                           "Whole collections, mark to disk cleanup.",
+                                           _GC_BUCKETS)
+        self.gc_removed = CounterSeries("moorage_gc_removed_objects",
+                                        "Objects removed by collections, by kind.", ["kind"])
+        self.gc_removed_bytes = CounterSeries("moorage_gc_removed_bytes",
+                                              "Bytes freed on disk by collections, by kind.",
+                                              ["kind"])
+        #: In the order of the exposition (before the figures read at scrape time).
+        self._series: tuple[CounterSeries | HistogramSeries, ...] = (
+            self.requests, self.latency, self.gc_runs, self.gc_pause, self.gc_duration,
+            self.gc_removed, self.gc_removed_bytes)
+        # prometheus_client reads this when imported, which used to be at start.
+        self._created = created_series_enabled()
+        # One scrape at a time, as when a shared collector handed out the families.
         self._lock = anyio.Lock()
         self._runner: web.AppRunner | None = None
 
@@ -120,16 +127,21 @@ class PrometheusMetrics:
 
     async def render(self) -> bytes:
         """The whole exposition, with the plugins' figures read now."""
+        from prometheus_client.exposition import generate_latest
+
+        from runtime.plugins.metrics.figures import read_all
+
         async with self._lock:
-            self._scraped.families = await read_all(self.plugins)
-            try:
-                return generate_latest(self.registry)
-            finally:
-                self._scraped.families = []
+            figures = await read_all(self.plugins)
+            families = [series.family(self._created) for series in self._series]
+            return generate_latest(_Scraped(families + figures))
 
     async def handle(self, request: web.Request) -> web.Response:
         """``GET /v1/metrics`` (and ``/metrics`` on the separate listener)."""
-        return web.Response(body=await self.render(), headers={"Content-Type": CONTENT_TYPE})
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+        body = await self.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     # -- API requests -----------------------------------------------------------------
 
@@ -153,8 +165,8 @@ class PrometheusMetrics:
             info = request.match_info
             resource = info.route.resource if info is not None else None
             route = resource.canonical if resource is not None else "unmatched"
-            self.requests.labels(request.method, route, status).inc()
-            self.latency.labels(request.method, route).observe(time.perf_counter() - started)
+            self.requests.inc((request.method, route, status))
+            self.latency.observe(time.perf_counter() - started, (request.method, route))
 
     # -- garbage collection -------------------------------------------------------------
 
@@ -164,8 +176,8 @@ class PrometheusMetrics:
         self.gc_pause.observe(report.pause_seconds)
         self.gc_duration.observe(report.total_seconds)
         for kind, removed in report.removed.items():
-            self.gc_removed.labels(kind).inc(removed.records + removed.disk)
-            self.gc_removed_bytes.labels(kind).inc(removed.bytes)
+            self.gc_removed.inc((kind,), removed.records + removed.disk)
+            self.gc_removed_bytes.inc((kind,), removed.bytes)
 
     async def follow_gc(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                         ) -> None:

@@ -9,6 +9,9 @@ The service picks the cheapest way to reach the snapshot's files:
 
 Applying is blocking work (decompression, hashing, file system calls) and runs
 in a worker thread.
+
+The appliers (:mod:`.apply`, :mod:`.staging`, with ``tarfile`` and ISA-L) are
+imported by the first layer applied: an idle daemon keeps them out of memory.
 """
 
 from __future__ import annotations
@@ -18,17 +21,18 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import anyio.to_thread
 
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
-from runtime.plugins.diff.walking import staging
-from runtime.plugins.diff.walking.apply import ApplyResult, apply_layer
-from runtime.plugins.diff.walking.staging import StagedLayer
 from runtime.plugins.snapshots.api import Mount
 from runtime.plugins.snapshots.mount import mount_all, unmount
+
+if TYPE_CHECKING:
+    from runtime.plugins.diff.walking.apply import ApplyResult
+    from runtime.plugins.diff.walking.staging import StagedLayer
 
 __all__ = ["WalkingConfig", "WalkingDiff"]
 
@@ -84,6 +88,8 @@ class WalkingDiff:
     def _apply(
         self, media_type: str, mounts: list[Mount], reader: Callable[[], BinaryIO]
     ) -> ApplyResult:
+        from runtime.plugins.diff.walking.apply import apply_layer
+
         with reader() as stream, self._target(mounts) as (target, upper):
             return apply_layer(
                 stream,
@@ -99,6 +105,7 @@ class WalkingDiff:
         Lets an unpacker apply the layers of an image side by side; see
         :mod:`.staging`. ``scratch`` should be on the snapshotter's file system.
         """
+        from runtime.plugins.diff.walking import staging
 
         def work() -> StagedLayer:
             with reader() as stream:
@@ -123,10 +130,14 @@ class WalkingDiff:
         upperdir = _option(mounts[0], "upperdir")
         if upperdir is None:
             return False
+        from runtime.plugins.diff.walking import staging
+
         return await anyio.to_thread.run_sync(staging.graft, staged, Path(upperdir))
 
     async def discard(self, staged: StagedLayer) -> None:
         """Remove a staged layer that will not be grafted."""
+        from runtime.plugins.diff.walking import staging
+
         await anyio.to_thread.run_sync(staging.discard, staged)
 
     @contextmanager

@@ -1,0 +1,65 @@
+"""What an idle daemon keeps out of memory (issue 10: daemon idle RSS).
+
+Every plugin starts at daemon start, but what only a request needs is imported
+by the first such request: the Prometheus exposition, the layer appliers
+(``tarfile``, ISA-L, zstd), the registry client and the unpacker. aiohttp
+gets frozenlist's Python ``FrozenList``, so ``libstdc++`` is not mapped.
+``PYTHONVERBOSE`` makes the daemon log each module it imports, however imported.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from tests.fixtures.daemon import Daemon
+
+#: Imported only by a request (a scrape, a pull, an unpack).
+REQUEST_ONLY = (
+    "prometheus_client",
+    "tarfile",
+    "isal",
+    "zstandard",
+    "runtime.plugins.metrics.figures",
+    "runtime.plugins.diff.walking.apply",
+    "runtime.plugins.diff.walking.staging",
+    "runtime.plugins.images.registry.client",
+    "runtime.plugins.images.unpack",
+    "runtime.plugins.images.fetch",
+)
+
+
+def imported(log: str) -> set[str]:
+    return set(re.findall(r"^import '([\w.]+)' #", log, flags=re.MULTILINE))
+
+
+def test_idle_daemon_leaves_request_only_modules_unimported(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path, env={"PYTHONVERBOSE": "1"}).start()
+    try:
+        daemon.client().healthz()
+        at_idle = imported(daemon.log())
+        assert "runtime.plugins.metrics.plugin" in at_idle  # the log does list imports
+        assert sorted(m for m in REQUEST_ONLY if m in at_idle) == []
+        assert daemon.proc is not None
+        maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
+        assert "libstdc++" not in maps
+        assert "_frozenlist" not in maps
+        # A scrape brings the exposition in, and answers as before.
+        response = daemon.client().open("GET", "/v1/metrics")
+        assert response.status == 200
+        assert b"moorage_api_requests_total{" in response.read()
+        assert "prometheus_client" in imported(daemon.log())
+    finally:
+        daemon.close()
+
+
+def test_daemon_children_do_not_inherit_the_frozenlist_switch(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path).start()
+    try:
+        assert daemon.proc is not None
+        environ = Path(f"/proc/{daemon.proc.pid}/environ").read_bytes().split(b"\0")
+        assert not [v for v in environ if v.startswith(b"FROZENLIST_NO_EXTENSIONS=")]
+    finally:
+        daemon.close()
+    assert "FROZENLIST_NO_EXTENSIONS" not in os.environ
