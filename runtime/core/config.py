@@ -19,6 +19,7 @@ from runtime.core.errors import InvalidArgument
 
 __all__ = [
     "CONFIG_VERSION",
+    "DEFAULT_CGROUP_PARENT",
     "ApiConfig",
     "ConfigError",
     "DaemonConfig",
@@ -29,6 +30,10 @@ __all__ = [
 ]
 
 CONFIG_VERSION = 1
+#: The cgroup under which generated specs put containers: ``<parent>/<namespace>/<id>``.
+DEFAULT_CGROUP_PARENT = "/moorage"
+# A cgroup path component: letters, digits and the punctuation of systemd unit names.
+_CGROUP_NAME = re.compile(r"[A-Za-z0-9_.@:+-]+")
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -66,6 +71,11 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     root: str = "/var/lib/moorage"
     #: Volatile data (tmpfs); each plugin gets ``<state>/<type>.<id>``.
     state: str = "/run/moorage"
+    #: The cgroup that containers created with a generated spec go under, as
+    #: ``<cgroup_parent>/<namespace>/<id>`` (dockerd's ``cgroup-parent``); ``/`` gives
+    #: containerd's ``/<namespace>/<id>``. Two daemons on one host need two parents.
+    #: A spec given whole keeps its own ``cgroupsPath``.
+    cgroup_parent: str = DEFAULT_CGROUP_PARENT
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     #: Plugins (``type.id``) removed before the graph is ordered.
     disabled_plugins: list[str] = msgspec.field(default_factory=list)
@@ -137,6 +147,11 @@ def parse_config(text: str, source: str = "<string>") -> DaemonConfig:
         )
     if Path(config.root).resolve() == Path(config.state).resolve():
         raise ConfigError(f"{source}: [top level] 'root' and 'state' must differ")
+    if not _valid_cgroup_parent(config.cgroup_parent):
+        raise ConfigError(
+            f"{source}: [top level] key 'cgroup_parent': {config.cgroup_parent!r} is not an "
+            "absolute cgroup path such as '/moorage' or '/'"
+        )
     for key in ("disabled_plugins", "required_plugins"):
         for name in getattr(config, key):
             if "." not in name:
@@ -145,6 +160,15 @@ def parse_config(text: str, source: str = "<string>") -> DaemonConfig:
                     "plugin name '<type>.<id>'"
                 )
     return msgspec.structs.replace(config, source=source)
+
+
+def _valid_cgroup_parent(path: str) -> bool:
+    if path == "/":
+        return True
+    head, *names = path.split("/")
+    # Trailing or doubled slashes and "."/".." would name the same cgroup twice over.
+    return head == "" and bool(names) and all(
+        _CGROUP_NAME.fullmatch(n) and n not in (".", "..") for n in names)
 
 
 def _section_of(err: msgspec.ValidationError) -> str:

@@ -127,7 +127,8 @@ class TestRun:
                           "busybox", "c1", "sh", "-c", "echo started; exit 6")
         assert (created.returncode, created.stdout) == (0, "c1\n")
         assert moorage(rd.address, "containers", "ls", "-q").stdout == "c1\n"
-        assert '"cgroupsPath": "/moorage/default/c1"' in moorage(
+        # Under the test daemon's own cgroup parent: see tests/fixtures/daemon.py.
+        assert f'"cgroupsPath": "{rd.cgroup_parent}/default/c1"' in moorage(
             rd.address, "containers", "info", "c1").stdout
         started = moorage(rd.address, "tasks", "start", "c1")
         assert (started.returncode, started.stdout) == (6, "started\n")

@@ -146,6 +146,23 @@ def test_config_root_and_state_must_differ() -> None:
     )
 
 
+def test_config_cgroup_parent_defaults_to_moorage() -> None:
+    assert parse_config("", SOURCE).cgroup_parent == "/moorage"
+
+
+@pytest.mark.parametrize("parent", ["/", "/moorage-ci-17", "/system.slice/moorage@2.service"])
+def test_config_cgroup_parent_takes_an_absolute_cgroup_path(parent: str) -> None:
+    assert parse_config(f'cgroup_parent = "{parent}"', SOURCE).cgroup_parent == parent
+
+
+@pytest.mark.parametrize("parent", ["", "moorage", "/moorage/", "//moorage", "/a/../b", "/a b"])
+def test_config_cgroup_parent_must_be_an_absolute_cgroup_path(parent: str) -> None:
+    assert config_error(f'cgroup_parent = "{parent}"') == (
+        f"{SOURCE}: [top level] key 'cgroup_parent': {parent!r} is not an absolute cgroup "
+        "path such as '/moorage' or '/'"
+    )
+
+
 @pytest.mark.parametrize("key", ["disabled_plugins", "required_plugins"])
 def test_config_plugin_lists_take_full_names(key: str) -> None:
     assert config_error(f'{key} = ["metadata"]') == (

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from runtime.core.config import DEFAULT_CGROUP_PARENT
 from runtime.core.errors import FailedPrecondition, PermissionDenied
 from runtime.core.identifiers import validate_identifier
 from runtime.plugins.api.routes import Query, Route, RouteSet, decode_body, namespace_of
@@ -36,15 +37,20 @@ def check_privileges(container_id: str, spec: dict[str, Any], allowed: bool) -> 
         )
 
 
-def new_container(namespace: str, body: ContainerCreateRequest) -> Container:
-    """The record ``body`` asks for; its spec is generated unless given."""
+def new_container(namespace: str, body: ContainerCreateRequest,
+                  cgroup_parent: str = DEFAULT_CGROUP_PARENT) -> Container:
+    """The record ``body`` asks for; its spec is generated unless given.
+
+    A generated spec puts the container's cgroup under ``cgroup_parent``.
+    """
     validate_identifier(body.id, "container id")
     spec = body.spec
     if spec is None:
         # The spec module is pure data manipulation: no runtime needs to run for it.
         from runtime.plugins.runtime.runc.spec import generate_spec
 
-        spec = generate_spec(namespace, body.id, body.image_config, body.spec_options)
+        spec = generate_spec(namespace, body.id, body.image_config, body.spec_options,
+                             cgroup_parent=cgroup_parent)
     check_privileges(body.id, spec, body.allow_privileged)
     return Container(
         id=body.id, image=body.image, runtime=body.runtime, spec=spec,
@@ -53,8 +59,12 @@ def new_container(namespace: str, body: ContainerCreateRequest) -> Container:
     )  # fmt: skip
 
 
-def container_routes(store: ContainerStore, runtimes: Callable[[], dict[str, Any]]) -> RouteSet:
-    """Routes over the container store; ``runtimes()`` gives the running runtimes by id."""
+def container_routes(store: ContainerStore, runtimes: Callable[[], dict[str, Any]],
+                     cgroup_parent: str = DEFAULT_CGROUP_PARENT) -> RouteSet:
+    """Routes over the container store; ``runtimes()`` gives the running runtimes by id.
+
+    Generated specs put containers under ``cgroup_parent`` (the daemon's setting).
+    """
 
     async def list_(request: web.Request) -> list[Container]:
         return await store.list(namespace_of(request), request.query.getall("filter", []))
@@ -65,7 +75,7 @@ def container_routes(store: ContainerStore, runtimes: Callable[[], dict[str, Any
     async def create(request: web.Request) -> Container:
         body = await decode_body(request, ContainerCreateRequest)
         ns = namespace_of(request)
-        return await store.create(ns, new_container(ns, body))
+        return await store.create(ns, new_container(ns, body, cgroup_parent))
 
     async def update(request: web.Request) -> Container:
         body = await decode_body(request, ContainerUpdateRequest)

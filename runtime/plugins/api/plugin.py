@@ -30,7 +30,8 @@ def _task_service(ctx: InitContext[Any]) -> tuple[Any, ...]:
     def snapshots() -> Any:
         return ctx.plugins.services.get("service.snapshots")
 
-    return (TaskService(ctx.get("containers.store"), ctx.get_by_type("runtime"), snapshots),)
+    return (TaskService(ctx.get("containers.store"), ctx.get_by_type("runtime"), snapshots),
+            ctx.daemon.cgroup_parent)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ _ROUTE_SETS = (
     ),
     _RouteSet(
         "containers", ("containers.store",), "containers", "containers:container_routes",
-        lambda ctx: (*_required(ctx), lambda: ctx.plugins.by_type("runtime")),
+        lambda ctx: (*_required(ctx), lambda: ctx.plugins.by_type("runtime"),
+                     ctx.daemon.cgroup_parent),
     ),
     _RouteSet(
         "tasks", ("containers.store", "runtime"), "tasks: lifecycle, exec, logs, attach, metrics",

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from runtime.core.config import DEFAULT_CGROUP_PARENT
 from runtime.core.errors import InvalidArgument
 from runtime.core.filters import adapt, parse
 from runtime.plugins.api.containers import new_container
@@ -61,8 +62,8 @@ def _task_fields(task: TaskState) -> dict[str, Any]:
             "status": str(task.status), "runtime": task.runtime}
 
 
-def task_routes(service: TaskService) -> RouteSet:
-    """Routes over the task service."""
+def task_routes(service: TaskService, cgroup_parent: str = DEFAULT_CGROUP_PARENT) -> RouteSet:
+    """Routes over the task service; ``POST /v1/run`` generates specs under ``cgroup_parent``."""
 
     def ids(request: web.Request) -> tuple[str, str]:
         return namespace_of(request), request.match_info["id"]
@@ -79,8 +80,9 @@ def task_routes(service: TaskService) -> RouteSet:
     async def run(request: web.Request) -> TaskState:
         body = await decode_body(request, RunRequest)
         ns = namespace_of(request)
-        return await service.run(ns, new_container(ns, body.container), parent=body.parent,
-                                 rootfs=body.rootfs, stdin=body.stdin, start=body.start)
+        container = new_container(ns, body.container, cgroup_parent)
+        return await service.run(ns, container, parent=body.parent, rootfs=body.rootfs,
+                                 stdin=body.stdin, start=body.start)
 
     async def remove(request: web.Request) -> None:
         ns, container_id = namespace_of(request), request.match_info["id"]

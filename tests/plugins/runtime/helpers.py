@@ -27,6 +27,7 @@ import pytest
 from runtime.client import Client
 from runtime.core.errors import MoorageError
 from tests.fixtures.daemon import Daemon
+from tests.fixtures.daemon import cgroup_dirs as daemon_cgroup_dirs
 from tests.fixtures.images import BUSYBOX_SOURCE, busybox_layer
 from tests.fixtures.system import require_binary, require_root, unavailable
 
@@ -163,6 +164,11 @@ class RuntimeDaemon:
         """The daemon's persistent root."""
         return self.daemon.root
 
+    @property
+    def cgroup_parent(self) -> str:
+        """The cgroup this daemon's containers go under (its own, see the Daemon fixture)."""
+        return self.daemon.cgroup_parent
+
     def client(self, namespace: str = "default") -> Client:
         """A client with a bounded socket timeout (no test waits forever)."""
         return Client(self.address, namespace=namespace, timeout=60.0)
@@ -250,11 +256,9 @@ def monitor_pids(state: str) -> list[int]:
     return pids
 
 
-def cgroup_dirs(namespace: str, container_id: str) -> list[Path]:
-    """Existing cgroup directories of a task, in every hierarchy."""
-    return [d for d in Path("/sys/fs/cgroup").glob(f"*/moorage/{namespace}/{container_id}")
-            if d.is_dir()] + [d for d in [Path(f"/sys/fs/cgroup/moorage/{namespace}/"
-                                               f"{container_id}")] if d.is_dir()]
+def cgroup_dirs(rd: RuntimeDaemon, namespace: str, container_id: str) -> list[Path]:
+    """Existing cgroup directories of a task, in every hierarchy (under rd's cgroup parent)."""
+    return daemon_cgroup_dirs(f"{rd.cgroup_parent}/{namespace}/{container_id}")
 
 
 def leftovers(rd: RuntimeDaemon, namespace: str, container_id: str) -> list[str]:
@@ -262,7 +266,7 @@ def leftovers(rd: RuntimeDaemon, namespace: str, container_id: str) -> list[str]
     found: list[str] = []
     bundle = rd.state / "runtime.runc" / namespace / container_id
     found += [f"mount {m}" for m in mounts_under(str(bundle))]
-    found += [f"cgroup {d}" for d in cgroup_dirs(namespace, container_id)]
+    found += [f"cgroup {d}" for d in cgroup_dirs(rd, namespace, container_id)]
     runtime_root = rd.state / "runc-root" / namespace
     state = subprocess.run(["runc", "--root", str(runtime_root), "state", container_id],
                            capture_output=True, check=False)

@@ -238,7 +238,7 @@ class TestResources:
         api.kill_task("c1", "KILL", all=True)
         api.wait_task("c1", timeout=30)
         remove(api, "c1")
-        assert cgroup_dirs("default", "c1") == []
+        assert cgroup_dirs(rd, "default", "c1") == []
 
     def test_memory_limit_exceeded_gives_oom_event(self, rd: RuntimeDaemon, rootfs: Path) -> None:
         """A process over its memory limit is OOM-killed: /tasks/oom, then exit 137."""
@@ -341,7 +341,7 @@ class TestRestart:
             ["runc", "--root", str(rd.state / "runc-root" / "default"), "state", "dies"],
             capture_output=True, check=False)
         assert runc_state.returncode != 0
-        assert cgroup_dirs("default", "dies") == []
+        assert cgroup_dirs(rd, "default", "dies") == []
 
         # The two others are still running and fully controllable.
         assert {api.task(c).status for c in ("keep1", "keep2")} == {"running"}

@@ -279,7 +279,7 @@ def remove_empty(paths: CgroupPaths, levels: int) -> None:
     """Remove the cgroup and up to ``levels`` parents where they are empty (best effort).
 
     The runtime removes the container's own cgroup; the namespace directories
-    above it (``/moorage/<ns>``) would otherwise accumulate.
+    above it (``<cgroup_parent>/<ns>``) would otherwise accumulate.
     """
     for directory in paths.all_dirs():
         current = directory

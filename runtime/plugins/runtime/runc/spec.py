@@ -15,6 +15,7 @@ import functools
 import math
 from typing import Any
 
+from runtime.core.config import DEFAULT_CGROUP_PARENT
 from runtime.core.errors import InvalidArgument
 from runtime.plugins.runtime.api import ImageConfig, SpecOptions
 
@@ -77,12 +78,18 @@ def _mounts() -> list[dict[str, Any]]:
     ]
 
 
-def cgroups_path(namespace: str, container_id: str) -> str:
-    """``/moorage/<namespace>/<id>``: one subtree per namespace, as containerd's ``/<ns>/<id>``."""
-    return f"/moorage/{namespace}/{container_id}"
+def cgroups_path(namespace: str, container_id: str,
+                 parent: str = DEFAULT_CGROUP_PARENT) -> str:
+    """``<parent>/<namespace>/<id>``: one subtree per namespace, as containerd's ``/<ns>/<id>``.
+
+    ``parent`` is the daemon's ``cgroup_parent`` (``/moorage``), so that two
+    daemons on one host never share a container's cgroup.
+    """
+    return f"{parent.rstrip('/')}/{namespace}/{container_id}"
 
 
-def default_spec(namespace: str, container_id: str) -> dict[str, Any]:
+def default_spec(namespace: str, container_id: str,
+                 cgroup_parent: str = DEFAULT_CGROUP_PARENT) -> dict[str, Any]:
     """Containerd's default Linux spec for a container (no args yet)."""
     caps = list(DEFAULT_CAPABILITIES)
     return {
@@ -103,7 +110,7 @@ def default_spec(namespace: str, container_id: str) -> dict[str, Any]:
         "mounts": _mounts(),
         "linux": {
             "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-            "cgroupsPath": cgroups_path(namespace, container_id),
+            "cgroupsPath": cgroups_path(namespace, container_id, cgroup_parent),
             "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")],
             "maskedPaths": list(_MASKED_PATHS),
             "readonlyPaths": list(_READONLY_PATHS),
@@ -240,14 +247,18 @@ def generate_spec(
     container_id: str,
     image: ImageConfig | None = None,
     options: SpecOptions | None = None,
+    *,
+    cgroup_parent: str = DEFAULT_CGROUP_PARENT,
 ) -> dict[str, Any]:
     """The spec for a container: defaults, then the image config, then ``options``.
+
+    Its cgroup is ``<cgroup_parent>/<namespace>/<container_id>``.
 
     Raises:
         InvalidArgument: No command results (neither image nor options give
             one), or an option is malformed.
     """
-    spec = default_spec(namespace, container_id)
+    spec = default_spec(namespace, container_id, cgroup_parent)
     if image is not None:
         _apply_image(spec, image)
     options = options or SpecOptions()
