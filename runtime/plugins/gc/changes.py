@@ -29,8 +29,11 @@ _LOGGED = {
     "leases": ("'leases'", "NEW.id"),
     "ingests": ("'ingests'", "NEW.ref"),
     "snapshots": ("'snapshots/' || NEW.snapshotter", "NEW.key"),
-    # A resource newly held by a lease: log the resource, which the lease now keeps.
-    "lease_resources": ("NEW.type", "NEW.resource"),
+    # A resource newly held by a lease: log the lease, not the resource. The
+    # rescue then reaches the resource through the lease's edges, with the
+    # lease's rules: through a flat one, what the resource refers to is not
+    # kept (logged as a root of its own, it was, for one collection only).
+    "lease_resources": ("'leases'", "NEW.lease"),
 }
 
 

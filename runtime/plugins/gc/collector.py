@@ -139,10 +139,10 @@ class Collector:
 
     async def sweep(self, marked: Marked, report: GCReport) -> SweepResult:
         """Phase 3: the exclusive re-check and deletion of records; fills ``report``."""
-        await self._recheck_ingests(marked)
+        revived = await self._recheck_ingests(marked)
         try:
             result, held = await timed_write(
-                self.db, lambda conn: sweep(conn, marked.candidates, marked.marking)
+                self.db, lambda conn: sweep(conn, marked.candidates, marked.marking, revived)
             )
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -177,14 +177,18 @@ class Collector:
         found = [t for t in times if t is not None and (after is None or t > after)]
         return min(found, default=None)
 
-    async def _recheck_ingests(self, marked: Marked) -> None:
-        """Keep candidate ingests whose backend appeared since the mark listed them.
+    async def _recheck_ingests(self, marked: Marked) -> set[Node]:
+        """The candidate ingests whose backend appeared since the mark listed them.
 
         An ingest row has no timestamp a resumed upload would bump, so the
-        change log cannot see it come back to life; the backend can.
+        change log cannot see it come back to life; the backend can. They are
+        roots now, like the writes of the change log, and go to the sweep's
+        rescue with them: dropping them from the candidates alone would keep
+        the ingest but not the content it expects.
         """
+        revived: set[Node] = set()
         if self.store is None:
-            return
+            return revived
         for node in [n for n in marked.candidates if n[0] == "ingests"]:
             _, ns, ref = node
             _, expires_at, backend_ref = marked.loaded.ingest_rows[(ns, ref)]
@@ -194,7 +198,8 @@ class Collector:
                 await self.store.status(backend_ref)
             except NotFound:
                 continue
-            marked.candidates.discard(node)
+            revived.add(node)
+        return revived
 
     async def _snapshot(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one read transaction on a private read-only connection.

@@ -11,6 +11,12 @@ record of a read snapshot held in memory (the mark), and :class:`Live`,
 point queries on the writer's connection inside the exclusive phase (the
 re-check). Both go through the same :func:`edges`, so the two phases can
 never disagree on what refers to what.
+
+A node's edges are read from its own record and nothing else. The sweep
+deletes exactly the unmarked records, so a kept node keeps its record and
+with it its edges: the next collection marks the same set, and one
+collection reaches the fixed point. An edge read through another record
+(which may be unmarked, and deleted) would keep things for one pass only.
 """
 
 from __future__ import annotations
@@ -64,7 +70,6 @@ class Container:
 
     snapshotter: str
     snapshot_key: str
-    image: str
     labels: Labels
 
     @classmethod
@@ -83,10 +88,7 @@ class Container:
 
         labels = record.get("labels") or {}
         return cls(
-            text("snapshotter"),
-            text("snapshot_key"),
-            text("image"),
-            labels if isinstance(labels, dict) else {},
+            text("snapshotter"), text("snapshot_key"), labels if isinstance(labels, dict) else {}
         )
 
 
@@ -144,13 +146,16 @@ def edges(source: Source, node: Node) -> Iterator[tuple[Node, bool]]:
                 yield ("content", ns, target), True
             yield from _refs(ns, labels)
     elif kind == "containers":
+        # Its snapshot and its labels, as in containerd; not its image's content.
+        # That edge would come from the image's record, not the container's: an
+        # expired image is deleted in the same pass that keeps its content, and
+        # the next pass, no longer finding the image, would delete the content.
+        # An edge read from the node's own record is what makes one pass reach
+        # the fixed point.
         container = source.container(ns, key)
         if container is not None:
             if container.snapshotter and container.snapshot_key:
                 yield (f"snapshots/{container.snapshotter}", ns, container.snapshot_key), True
-            image = source.image(ns, container.image) if container.image else None
-            if image is not None and image[0]:
-                yield ("content", ns, image[0]), True
             yield from _refs(ns, container.labels)
     elif kind == "leases":
         lease = source.lease(ns, key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from runtime.plugins.gc import changes
@@ -42,13 +43,20 @@ class SweepResult:
     deleted: dict[str, int] = field(default_factory=dict)
 
 
-def sweep(conn: sqlite3.Connection, candidates: set[Node], marking: Marking) -> SweepResult:
+def sweep(
+    conn: sqlite3.Connection,
+    candidates: set[Node],
+    marking: Marking,
+    revived: Iterable[Node] = (),
+) -> SweepResult:
     """Re-check ``candidates`` against the writes since the mark and delete the rest.
 
     Call inside the write transaction; ``candidates`` is modified in place.
+    ``revived`` are nodes found alive since the mark by other means than the
+    change log (ingests whose backend came back): rescued like the writes.
     """
     changed = changes.drain(conn)
-    rescued = rescue(Live(conn), changed, candidates, marking)
+    rescued = rescue(Live(conn), changed | set(revived), candidates, marking)
     return SweepResult(
         changed=len(changed), rescued=len(rescued), deleted=delete_records(conn, candidates)
     )
