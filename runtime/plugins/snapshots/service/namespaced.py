@@ -24,6 +24,7 @@ is gone for good.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -216,41 +217,79 @@ class NamespacedSnapshotter:
             raise AlreadyExists(f"snapshot {target!r} already exists")
         rows = await self.db.read(
             lambda c: c.execute(
-                "SELECT * FROM snapshots WHERE snapshotter=? AND key=? AND kind='committed'",
+                "SELECT backend_key FROM snapshots WHERE snapshotter=? AND key=?"
+                " AND kind='committed'",
                 (self.name, target),
             ).fetchall()
         )
         for row in rows:
+            backend_key = str(row["backend_key"])
             try:
-                info = await self.backend.stat(row["backend_key"])
+                info = await self.backend.stat(backend_key)
             except NotFound:
                 continue
             if info.parent != parent_backend:
                 continue
-
-            def record(conn: sqlite3.Connection, row: sqlite3.Row = row) -> None:
-                ensure_namespace(conn, ns)
-                stamp = now()
-                conn.execute(
-                    "INSERT OR IGNORE INTO snapshots(namespace, snapshotter, key, backend_key,"
-                    " parent, kind, labels, created_at, updated_at)"
-                    " VALUES (?,?,?,?,?,'committed',?,?,?)",
-                    (
-                        ns,
-                        self.name,
-                        target,
-                        row["backend_key"],
-                        parent,
-                        row["labels"],
-                        stamp,
-                        stamp,
-                    ),
+            adopted = await self.db.write(
+                functools.partial(
+                    self._record_adoption,
+                    ns=ns,
+                    target=target,
+                    parent=parent,
+                    parent_backend=parent_backend,
+                    backend_key=backend_key,
+                    lease=lease,
                 )
-                if lease:
-                    attach(conn, ns, lease, Resource(type=f"snapshots/{self.name}", id=target))
+            )
+            if adopted:
+                raise AlreadyExists(f"snapshot {target!r} already exists (shared)")
 
-            await self.db.write(record)
-            raise AlreadyExists(f"snapshot {target!r} already exists (shared)")
+    def _record_adoption(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        ns: str,
+        target: str,
+        parent: str,
+        parent_backend: str,
+        backend_key: str,
+        lease: str | None,
+    ) -> bool:
+        """Record ``backend_key`` as ``target`` in ``ns`` if it is still shared; False if not.
+
+        The stat that found the backend snapshot ran outside any transaction, so
+        a collection (or a remove) may have dropped the last record naming it
+        since, and then its backend snapshot. Both delete the records first and
+        remove a backend snapshot only once no record names it, so a record
+        still naming ``backend_key`` here, in the writer's transaction, means
+        the backend snapshot is still there, and the record written beside it
+        keeps it from now on. Without one, adopting would record a layer that
+        is gone (or about to be): the caller unpacks it afresh instead.
+        """
+        source = conn.execute(
+            "SELECT labels FROM snapshots WHERE snapshotter=? AND backend_key=? "
+            "AND kind='committed' LIMIT 1",
+            (self.name, backend_key),
+        ).fetchone()
+        if source is None:
+            return False
+        if parent:
+            # The new record names its parent by this namespace's key: that record
+            # too must still exist (and be the same layer) when this one is written.
+            own_parent = self._row(conn, ns, parent)
+            if own_parent is None or own_parent["backend_key"] != parent_backend:
+                return False
+        ensure_namespace(conn, ns)
+        stamp = now()
+        conn.execute(
+            "INSERT OR IGNORE INTO snapshots(namespace, snapshotter, key, backend_key,"
+            " parent, kind, labels, created_at, updated_at)"
+            " VALUES (?,?,?,?,?,'committed',?,?,?)",
+            (ns, self.name, target, backend_key, parent, source["labels"], stamp, stamp),
+        )
+        if lease:
+            attach(conn, ns, lease, Resource(type=f"snapshots/{self.name}", id=target))
+        return True
 
     async def commit(
         self,
