@@ -3,11 +3,14 @@
 The first classes check the pieces that need no root (port syntax, conflists,
 generated ``/etc`` files, the CNI stdin). The others drive a real daemon with
 ``moorage run`` on a busybox directory, as the runtime's CLI tests do; all
-traffic stays on 127.0.0.1 and the bridge's private subnet.
+traffic stays on 127.0.0.1 and the bridge's private subnet. Each daemon has a
+default network of its own (see :mod:`tests.fixtures.network`), which is what
+its tests check addresses, IPAM files and iptables rules against.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -21,6 +24,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from runtime.core.config import ConfigError, decode_plugin_config, parse_config
 from runtime.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from runtime.plugins.network import task as network_task
 from runtime.plugins.network.api import (
@@ -35,7 +39,15 @@ from runtime.plugins.network.api import (
 )
 from runtime.plugins.network.cni import conflist, netns
 from runtime.plugins.network.cni.conflist import ConfList, check_subnet, default_conflist
+from runtime.plugins.network.cni.plugin import CniConfig
 from runtime.plugins.network.cni.service import AttachmentRecord, CniNetwork, _plugin_config
+from tests.fixtures.network import (
+    NetworkLease,
+    daemon_token,
+    iptables_leftovers,
+    lease_network,
+    remove_network,
+)
 from tests.fixtures.system import require_binary, require_root, unavailable
 from tests.plugins.runtime.helpers import RuntimeDaemon, moorage, wait_until
 
@@ -136,6 +148,53 @@ class TestConflists:
         assert check_subnet("10.89.0.0/16", "moorage0") == "10.89.0.0/16"
         with pytest.raises(InvalidArgument, match=re.escape("8.8.0.0/16 is not a private range")):
             check_subnet("8.8.0.0/16", "moorage0")
+
+
+SOURCE = "/etc/moorage/plugins.toml"
+
+
+def cni_config(table: str) -> CniConfig:
+    return decode_plugin_config(parse_config(f'[plugins."network.cni"]\n{table}', SOURCE),
+                                "network.cni", CniConfig)
+
+
+class TestConfig:
+    def test_default_network_name_bridge_and_subnet_are_configurable(self) -> None:
+        """An operator whose LAN is on 10.88.0.0/16, or who runs a second daemon."""
+        config = cni_config('default_network = "lab"\nbridge = "lab0"\n'
+                            'subnet = "192.168.77.0/24"\n')
+        assert (config.default_network, config.bridge, config.subnet) == (
+            "lab", "lab0", "192.168.77.0/24")
+        assert cni_config("") == CniConfig()
+        assert (CniConfig().default_network, CniConfig().bridge, CniConfig().subnet) == (
+            "moorage", "moorage0", "10.88.0.0/16")
+
+    @pytest.mark.parametrize(("subnet", "message"), [
+        ("10.88.0.1/16", "subnet '10.88.0.1/16': 10.88.0.1/16 has host bits set"),
+        ("10.88.0.0/33", "subnet '10.88.0.0/33': '10.88.0.0/33' does not appear to be an "
+                         "IPv4 or IPv6 network"),
+        ("lan", "subnet 'lan': 'lan' does not appear to be an IPv4 or IPv6 network"),
+        ("8.8.0.0/16", "subnet 8.8.0.0/16 is not a private range"),
+        ("10.88.0.0/31", "subnet 10.88.0.0/31 is too small for a gateway and a container"),
+    ])
+    def test_subnet_is_checked_with_the_file(self, subnet: str, message: str) -> None:
+        """``moorage config check`` finds it; the host's routes are checked at start."""
+        with pytest.raises(ConfigError) as exc:
+            cni_config(f"subnet = {json.dumps(subnet)}\n")
+        assert str(exc.value) == f'{SOURCE}: [plugins."network.cni"]: {message}'
+
+    @pytest.mark.parametrize(("key", "value"), [
+        ("bridge", "moorage-bridge-0"),  # 16 bytes: Linux allows 15
+        ("bridge", "br 0"),
+        ("default_network", "-net"),
+        ("default_network", "a/b"),
+    ])
+    def test_bridge_and_network_names_are_checked_with_the_file(self, key: str,
+                                                                value: str) -> None:
+        with pytest.raises(ConfigError) as exc:
+            cni_config(f"{key} = {json.dumps(value)}\n")
+        assert str(exc.value).startswith(
+            f'{SOURCE}: [plugins."network.cni"] key \'{key}\': expected `str` matching regex')
 
 
 class TestPluginStdin:
@@ -340,8 +399,19 @@ def link_exists(name: str) -> bool:
     return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
 
 
+def own_network(rd: RuntimeDaemon) -> NetworkLease:
+    """The daemon's default network, leased by the fixture."""
+    lease = rd.daemon.network
+    assert lease is not None
+    return lease
+
+
+def in_subnet(ip: str, lease: NetworkLease) -> bool:
+    return ipaddress.ip_address(ip) in ipaddress.ip_network(lease.subnet)
+
+
 def ipam_file(rd: RuntimeDaemon, ip: str) -> Path:
-    return rd.root / "network.cni" / "ipam" / "moorage" / ip
+    return rd.root / "network.cni" / "ipam" / own_network(rd).name / ip
 
 
 def fetch(host: str, port: int, timeout: float = 20.0) -> bytes:
@@ -381,12 +451,12 @@ class TestBridge:
                       flags=("-d", "--name", "web", "-p", f"127.0.0.1:{port}:80"))
         assert started.returncode == 0, started.stderr
         found = attachment(net, "web")
-        assert found["network"] == "moorage"
+        assert found["network"] == own_network(net).name
         assert found["ports"] == [{"host_port": port, "container_port": 80, "protocol": "tcp",
                                    "host_ip": "127.0.0.1"}]
         assert fetch("127.0.0.1", port) == b"hello\n"
         ip = ip_of(found)
-        assert ip.startswith("10.88.")
+        assert in_subnet(ip, own_network(net))
         assert ipam_file(net, ip).is_file()
         [veth] = veths(found)
         assert link_exists(veth)
@@ -413,8 +483,9 @@ class TestBridge:
         lines = result.stdout.splitlines()
         assert lines[0] == "pong"
         assert "127.0.0.1\tlocalhost" in lines
-        client_ip = re.search(r"inet (10\.88\.[\d.]+)/16", result.stdout)
+        client_ip = re.search(r"inet ([\d.]+)/24", result.stdout)
         assert client_ip is not None, result.stdout
+        assert in_subnet(client_ip.group(1), own_network(net))
         assert f"{client_ip.group(1)}\tclient" in lines
         assert "client" in lines  # /etc/hostname
         assert client_ip.group(1) != server_ip
@@ -427,26 +498,26 @@ class TestBridge:
 
     def test_named_network(self, net: RuntimeDaemon, rootfs: Path) -> None:
         """--net NAME runs the conflist of that name from conf_dir."""
-        try:
-            check_subnet("10.89.0.0/24", "mtest0")
-        except InvalidArgument as exc:
-            pytest.skip(str(exc))
-        conf = default_conflist(name="side", bridge="mtest0", subnet="10.89.0.0/24",
+        # Leased like the default one: a concurrent run never has it too.
+        side = lease_network(daemon_token(net.state))
+        conf = default_conflist(name=side.name, bridge=side.bridge, subnet=side.subnet,
                                 ipam_dir=net.root / "side-ipam", firewall=False)
         (net.root / "net.d" / "20-side.conflist").write_text(json.dumps(conf))
         try:
             result = run(net, rootfs, "ip", "-4", "-o", "addr", "show", "eth0",
-                         flags=("--rm", "--net", "side"))
+                         flags=("--rm", "--net", side.name))
             assert result.returncode == 0, result.stderr
-            assert "inet 10.89.0.2/24" in result.stdout
+            first = ipaddress.ip_network(side.subnet)[2]  # after the gateway
+            assert f"inet {first}/24" in result.stdout
             listed = {n["name"]: n for n in net.client().call("GET", "/v1/networks", list)}
-            assert listed["side"]["plugins"] == ["bridge", "portmap"]
-            assert listed["moorage"]["default"] is True
+            assert listed[side.name]["plugins"] == ["bridge", "portmap"]
+            assert listed[own_network(net).name]["default"] is True
             missing = run(net, rootfs, "true", flags=("--rm", "--net", "nosuch"))
             assert missing.returncode == 125
             assert "network 'nosuch' not found" in missing.stderr
         finally:
-            subprocess.run(["ip", "link", "delete", "mtest0"], capture_output=True, check=False)
+            assert remove_network(side.name, side.bridge, side.subnet) == []
+            side.release()
 
 
 def namespace_pinned(inode: int) -> bool:
@@ -530,6 +601,24 @@ class TestCrash:
             assert moorage(net.address, "containers", "rm", "-f", name).returncode == 0
         assert not link_exists(live_veth)
         assert not ipam_file(net, ip_of(alive)).exists()
+
+    def test_closing_the_test_daemon_removes_what_a_crash_left(self, net: RuntimeDaemon,
+                                                               rootfs: Path) -> None:
+        """The fixture's close: bridge, NAT and port rules of a daemon killed mid-run go."""
+        lease = own_network(net)
+        started = run(net, rootfs, "sleep", "1000",
+                      flags=("-d", "--name", "web", "-p", f"127.0.0.1:{free_port()}:80"))
+        assert started.returncode == 0, started.stderr
+        left = iptables_leftovers(lease.name, lease.subnet)
+        # ipMasq's POSTROUTING rule and chain, portmap's DNAT rule and chain at least.
+        assert len([rule for rule in left if rule.startswith("nat: -A ")]) >= 2, left
+        assert len([rule for rule in left if rule.startswith("nat: -N CNI-")]) == 2, left
+        assert link_exists(lease.bridge)
+        net.kill()  # nobody runs DEL
+        net.close()  # what the fixture does after the test (again then: a no-op)
+        assert not link_exists(lease.bridge)
+        assert iptables_leftovers(lease.name, lease.subnet) == []
+        assert not lease.held
 
     def test_none_leaves_nothing_behind_after_a_crash(self, net: RuntimeDaemon,
                                                       rootfs: Path) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "default_conflist",
     "find_conflist",
     "list_conflists",
+    "parse_subnet",
     "write_default",
 ]
 
@@ -183,14 +184,13 @@ def _host_routes() -> list[tuple[str, ipaddress.IPv4Network]]:
     return routes
 
 
-def check_subnet(subnet: str, bridge: str) -> str:
-    """Refuse a subnet that is not private or that overlaps a host route.
+def parse_subnet(subnet: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The subnet, if it can be a default network's: a private network address, 4 addresses or more.
 
-    Routes through ``bridge`` itself (left from an earlier run) and the
-    default route are fine. Returns the normalised subnet.
+    What holds on any host; :func:`check_subnet` adds this host's routes.
 
     Raises:
-        InvalidArgument: Naming the overlapping route.
+        InvalidArgument: Saying which of these it is not.
     """
     try:
         net = ipaddress.ip_network(subnet)
@@ -200,6 +200,19 @@ def check_subnet(subnet: str, bridge: str) -> str:
         raise InvalidArgument(f"subnet {net} is not a private range")
     if net.num_addresses < 4:
         raise InvalidArgument(f"subnet {net} is too small for a gateway and a container")
+    return net
+
+
+def check_subnet(subnet: str, bridge: str) -> str:
+    """Refuse a subnet that :func:`parse_subnet` refuses or that overlaps a host route.
+
+    Routes through ``bridge`` itself (left from an earlier run) and the
+    default route are fine. Returns the normalised subnet.
+
+    Raises:
+        InvalidArgument: Naming the overlapping route.
+    """
+    net = parse_subnet(subnet)
     if isinstance(net, ipaddress.IPv4Network):
         for device, route in _host_routes():
             if device == bridge or route.prefixlen == 0:

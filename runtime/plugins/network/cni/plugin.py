@@ -22,6 +22,7 @@ from runtime.plugins.network.cni.conflist import (
     check_subnet,
     default_conflist,
     list_conflists,
+    parse_subnet,
     write_default,
 )
 from runtime.plugins.network.cni.invoke import find_plugin
@@ -39,9 +40,12 @@ class CniConfig(PluginConfig):
         conf_dir: Where the networks' conflists live; default ``<root>/net.d``.
         bin_dirs: Where the CNI plugin binaries are, searched in order.
         default_network: The network ``--net bridge`` (the default) stands for.
+            The CNI plugins name their iptables chains after it and the
+            container id: two daemons on one host need different names.
         bridge: The default network's bridge device.
-        subnet: The default network's subnet: private, and clear of the host's
-            routes (checked when the conflist is written).
+        subnet: The default network's subnet: a private network address
+            (checked with the file) clear of the host's routes (checked when
+            the conflist is written).
         ipam_dir: host-local's address store; default ``<plugin root>/ipam``.
         firewall: Add the ``firewall`` plugin to the default network.
         timeout: Seconds each CNI plugin run may take.
@@ -56,6 +60,11 @@ class CniConfig(PluginConfig):
     ipam_dir: str = ""
     firewall: bool = True
     timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+
+    def __post_init__(self) -> None:
+        # What holds on any host, so that `moorage config check` finds a typo; the
+        # host's routes are checked at start, where they matter.
+        parse_subnet(self.subnet)
 
 
 async def init(ctx: InitContext[CniConfig]) -> CniNetwork:
