@@ -111,11 +111,17 @@ class Fetcher:
         self.received = 0
 
     async def document(self, desc: Descriptor) -> bytes:
-        """Fetch (or find) a small blob (index, manifest, config) and return its bytes."""
-        await self.blob(desc)
+        """Fetch (or find) a small blob (index, manifest, config) and return its bytes.
+
+        Documents skip the download limiter: they are small, and the unpacker waits
+        for the config, which would otherwise queue behind the layers.
+        """
+        await self.blob(desc, limited=False)
         return await join(await self.content.read(self.namespace, desc.digest))
 
-    async def blob(self, desc: Descriptor, opened: Opened | None = None) -> None:
+    async def blob(
+        self, desc: Descriptor, opened: Opened | None = None, *, limited: bool = True
+    ) -> None:
         """Make sure ``desc`` is in the namespace's content store.
 
         Args:
@@ -124,6 +130,7 @@ class Fetcher:
                 it writes anything), so that a consumer can follow the bytes as they
                 arrive (``writer.follow()``). Not called when the blob is there
                 already or was stored by someone else meanwhile.
+            limited: Take one of the ``max_concurrent_downloads`` slots.
 
         Raises:
             FailedPrecondition: The registry sent bytes of another digest or size
@@ -136,6 +143,9 @@ class Fetcher:
         self.tracker.add(desc, kind)
         async with self.locks.hold(f"blob://{desc.digest}"):
             if await self._present(desc):
+                return
+            if not limited:
+                await self._download(desc, kind, opened)
                 return
             async with self.downloads:
                 await self._download(desc, kind, opened)

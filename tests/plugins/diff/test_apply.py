@@ -349,6 +349,39 @@ def test_apply_keeps_setuid_and_ownership(tmp_path: Path) -> None:
     assert stat.S_ISCHR(null.st_mode) and null.st_rdev == os.makedev(1, 3)
 
 
+@pytest.mark.root
+def test_apply_sets_owner_and_mode_that_file_creation_does_not_give(tmp_path: Path) -> None:
+    """Files are created with their permission bits and owned by the daemon; owner and mode
+    are changed only where that is not already right: a setgid directory's group, special
+    bits, bits the umask strips, another owner."""
+    require_root()
+    layer = Layer().dir("shared", uid=0, gid=1234, mode=0o2775)
+    layer.file("shared/root-file", b"r", uid=0, gid=0, mode=0o644)  # inherits 1234 at creation
+    layer.file("shared/group-file", b"g", uid=0, gid=1234, mode=0o664)
+    layer.file("plain", b"p", uid=0, gid=0, mode=0o644)
+    layer.file("wide", b"w", uid=0, gid=0, mode=0o666)  # the umask would strip 0o022
+    layer.file("owned", b"o", uid=7, gid=8, mode=0o600)
+    layer.file("sticky-sgid", b"s", uid=0, gid=0, mode=0o3755)
+    old_umask = os.umask(0o022)
+    try:
+        apply(layer.gzip(), tmp_path / "t")
+    finally:
+        os.umask(old_umask)
+    t = tmp_path / "t"
+
+    def owner_mode(name: str) -> tuple[int, int, int]:
+        st = (t / name).stat()
+        return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+    assert owner_mode("shared") == (0, 1234, 0o2775)
+    assert owner_mode("shared/root-file") == (0, 0, 0o644)
+    assert owner_mode("shared/group-file") == (0, 1234, 0o664)
+    assert owner_mode("plain") == (0, 0, 0o644)
+    assert owner_mode("wide") == (0, 0, 0o666)
+    assert owner_mode("owned") == (7, 8, 0o600)
+    assert owner_mode("sticky-sgid") == (0, 0, 0o3755)
+
+
 def test_apply_whiteout_deletes_in_generic_mode(tmp_path: Path) -> None:
     t = tmp_path / "t"
     apply(Layer().file("etc/a", b"1").file("etc/b", b"2").dir("var/lib/x").gzip(), t)
@@ -572,3 +605,74 @@ def test_apply_stops_its_decoder_thread_when_an_entry_is_refused(tmp_path: Path)
         apply(big.gzip(), tmp_path / "t")
     # Other tests leave idle worker threads around, so count only decoders.
     assert not [t for t in threading.enumerate() if t.name == "layer-decoder"]
+
+
+# --------------------------------------------------------------------------- header parsing
+
+
+def _header_fields(info: tarfile.TarInfo) -> dict[str, object]:
+    return {
+        key: getattr(info, key)
+        for key in ("name", "mode", "uid", "gid", "size", "mtime", "chksum", "type", "linkname",
+                    "uname", "gname", "devmajor", "devminor")
+    } | {"sparse": getattr(info, "_sparse_structs", None)}
+
+
+def _parse(cls: type[tarfile.TarInfo], buf: bytes) -> dict[str, object] | str:
+    try:
+        return _header_fields(cls.frombuf(buf, "utf-8", "surrogateescape"))
+    except tarfile.HeaderError as exc:
+        return type(exc).__name__
+
+
+def _headers() -> list[bytes]:
+    """First header blocks of members in every format, including awkward ones."""
+    infos = []
+    for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        for name, kind in (("a/file", tarfile.REGTYPE), ("dir/", tarfile.DIRTYPE),
+                           ("d" * 120 + "/f" * 10, tarfile.REGTYPE), ("l", tarfile.SYMTYPE),
+                           ("h", tarfile.LNKTYPE), ("c", tarfile.CHRTYPE),
+                           ("ünï/çødé", tarfile.REGTYPE), ("v7dir/", tarfile.AREGTYPE)):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.mtime = kind, 0o4755, T0
+            info.uid, info.gid, info.uname, info.gname = 1000, 1000, "user", "group"
+            info.linkname = "target" if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+            info.devmajor, info.devminor = (1, 3) if kind == tarfile.CHRTYPE else (0, 0)
+            infos.append((info, fmt))
+        big = tarfile.TarInfo("big")
+        big.uid = 1 << 30  # base-256 in GNU format, pax record in PAX
+        infos.append((big, fmt))
+    out = []
+    for info, fmt in infos:
+        try:
+            block = info.tobuf(fmt, "utf-8", "surrogateescape")
+        except ValueError:
+            continue  # not representable in this format
+        for at in range(0, len(block), tarfile.BLOCKSIZE):
+            out.append(block[at : at + tarfile.BLOCKSIZE])
+    return out
+
+
+def test_fast_header_parser_reads_what_tarfile_reads() -> None:
+    from runtime.plugins.diff.walking.apply import _TarInfo
+
+    headers = _headers()
+    rng = __import__("random").Random(7)
+    mutated = []
+    for buf in headers:
+        for _ in range(40):
+            data = bytearray(buf)
+            for _ in range(rng.randint(1, 3)):
+                data[rng.randrange(len(data))] = rng.choice((0, 0x20, 0x30, 0x37, 0x38, 0x80,
+                                                             0xFF, rng.randrange(256)))
+            if rng.random() < 0.7:  # mostly keep the checksum valid, to reach the fields
+                data[148:156] = b"        "
+                data[148:156] = b"%06o\0 " % (sum(data) & 0o777777)
+            mutated.append(bytes(data))
+    parsed = 0
+    for buf in [*headers, bytes(512), b"\0" * 511 + b"\1", *mutated]:
+        assert len(buf) == tarfile.BLOCKSIZE
+        ours = _parse(_TarInfo, buf)
+        assert ours == _parse(tarfile.TarInfo, buf), buf
+        parsed += isinstance(ours, dict)
+    assert parsed > len(headers) + len(mutated) // 2, "most mutants keep a parseable header"

@@ -27,11 +27,12 @@ import os
 import queue
 import shutil
 import stat
+import struct
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, BinaryIO, Final, Literal, cast
+from typing import IO, BinaryIO, Final, Literal, Self, cast
 
 import msgspec
 
@@ -200,7 +201,13 @@ def _unpack(feed: _Feed, applier: _Applier) -> None:
         # interpose tarfile._Stream, whose re-buffering doubled the time spent per byte. The
         # feed only moves forward, so every member is consumed exactly up to `tf.offset`
         # before asking for the next header (tarfile then never seeks back).
-        tf = tarfile.TarFile(fileobj=feed, mode="r", encoding="utf-8", errors="surrogateescape")
+        tf = tarfile.TarFile(
+            fileobj=feed,
+            mode="r",
+            encoding="utf-8",
+            errors="surrogateescape",
+            tarinfo=_TarInfo,
+        )
     except tarfile.ReadError as exc:
         if feed.tell() == 0 and str(exc) == "empty file":
             return  # a zero-length tar is an empty layer, as Go's archive/tar sees it
@@ -221,6 +228,78 @@ def _unpack(feed: _Feed, applier: _Applier) -> None:
     consumed = feed.tell() - tf.offset
     if consumed and (consumed != tarfile.BLOCKSIZE or feed.last_read.strip(b"\0")):
         raise InvalidArgument(f"layer is not a valid tar: bad header at offset {tf.offset}")
+
+
+# The POSIX ustar header, field by field (GNU tar's has the same layout for what is read here).
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
+_BASE256 = (0o200, 0o377)  # first bytes of GNU's binary numbers
+
+
+def _octal(field: bytes) -> int:
+    """A numeric header field, exactly as ``tarfile.nti`` reads an octal one."""
+    if field[0] in _BASE256:
+        raise ValueError("base-256 number")
+    end = field.find(b"\0")
+    text = (field if end < 0 else field[:end]).decode("ascii")
+    return int(text.strip() or "0", 8)
+
+
+def _text(field: bytes, encoding: str, errors: str) -> str:
+    """A string header field (up to its first NUL), as ``tarfile.nts`` reads it."""
+    end = field.find(b"\0")
+    return (field if end < 0 else field[:end]).decode(encoding, errors)
+
+
+class _TarInfo(tarfile.TarInfo):
+    """``TarInfo`` whose header parser is three times faster for ordinary headers.
+
+    ``tarfile`` spends about 45 µs per header (two checksums through ``struct`` with a
+    Python int per byte, a dozen slices and decodes): a third of a second for a layer of
+    10,000 entries, in the thread that also creates the files. This parser gives the same
+    ``TarInfo`` for a header with the ``ustar`` magic (POSIX and GNU), octal numbers and an
+    unsigned checksum, and hands every other header (V7, base-256 numbers, old GNU sparse,
+    signed or bad checksums, the zero blocks at the end) to ``tarfile``'s own.
+    """
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+        if len(buf) != tarfile.BLOCKSIZE or buf[257:262] != b"ustar":
+            return super().frombuf(buf, encoding, errors)
+        (name, mode, uid, gid, size, mtime, chksum, kind, linkname, _, uname, gname,
+         devmajor, devminor, prefix) = _HEADER.unpack(buf)  # fmt: skip
+        if kind == tarfile.GNUTYPE_SPARSE:
+            return super().frombuf(buf, encoding, errors)
+        try:
+            checksum = _octal(chksum)
+            # The checksum field counts as eight spaces.
+            if checksum != sum(buf) - sum(chksum) + 256:
+                return super().frombuf(buf, encoding, errors)
+            obj = cls()
+            obj.mode = _octal(mode)
+            obj.uid = _octal(uid)
+            obj.gid = _octal(gid)
+            obj.size = _octal(size)
+            obj.mtime = _octal(mtime)
+            obj.devmajor = _octal(devmajor)
+            obj.devminor = _octal(devminor)
+        except (ValueError, UnicodeDecodeError):
+            return super().frombuf(buf, encoding, errors)
+        obj.chksum = checksum
+        obj.type = kind
+        obj.name = _text(name, encoding, errors)
+        obj.linkname = _text(linkname, encoding, errors)
+        obj.uname = _text(uname, encoding, errors)
+        obj.gname = _text(gname, encoding, errors)
+        # What tarfile does after reading the fields: V7 directories, trailing slashes,
+        # ustar's name prefix.
+        if kind == tarfile.AREGTYPE and obj.name.endswith("/"):
+            obj.type = tarfile.DIRTYPE
+        if obj.isdir():
+            obj.name = obj.name.rstrip("/")
+        prefix_text = _text(prefix, encoding, errors)
+        if prefix_text and obj.type not in tarfile.GNU_TYPES:
+            obj.name = prefix_text + "/" + obj.name
+        return obj
 
 
 # --------------------------------------------------------------------------- decoding
@@ -555,6 +634,22 @@ def _os_error(entry: str, exc: OSError) -> MoorageError:
     return MoorageError(msg)
 
 
+def _umask() -> int | None:
+    """The process's umask, read without changing it (``None`` if the kernel does not say).
+
+    Read once per layer: the daemon changes its umask only while binding its API socket,
+    before it takes any request.
+    """
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class _Applier:
     """Applies tar members relative to an fd on the target; one instance per layer."""
 
@@ -569,6 +664,11 @@ class _Applier:
         self._written: set[tuple[str, ...]] = set()
         self._dir_times: list[tuple[tuple[str, ...], int, int]] = []
         self._as_root = os.geteuid() == 0
+        self._uid, self._gid = os.geteuid(), os.getegid()
+        self._umask = _umask()
+        # Per directory (real path): the group a file created in it gets. Only a setgid
+        # directory gives its own; kept so that most files need no fchown at all.
+        self._new_gids: dict[tuple[str, ...], int] = {}
 
     def close(self) -> None:
         for fd in self._dirs.values():
@@ -701,12 +801,15 @@ class _Applier:
             if key:
                 os.close(fd)
         self._dirs = {(): self._root}
+        self._new_gids.clear()
 
     def _forget(self, gone: tuple[str, ...]) -> None:
         """Drop cached fds at or below a directory that was just removed."""
         n = len(gone)
         for key in [k for k in self._dirs if k[:n] == gone]:
             os.close(self._dirs.pop(key))
+        for key in [k for k in self._new_gids if k[:n] == gone]:
+            del self._new_gids[key]
 
     def _remove(self, pfd: int, base: str, path: tuple[str, ...]) -> None:
         """Remove ``base`` (anything, directories recursively, never following symlinks)."""
@@ -744,6 +847,30 @@ class _Applier:
         os.fchmod(fd, member.mode & 0o7777)
         if times:
             os.utime(fd, ns=_times(member))
+
+    def _file_meta(
+        self, fd: int, member: tarfile.TarInfo, parent: tuple[str, ...], pfd: int
+    ) -> None:
+        """:meth:`_fd_meta` for a file just created with ``member.mode & 0o777``.
+
+        Owner and mode are set only where creation did not already give the right
+        ones: a new file belongs to us (and to a setgid parent's group), and its
+        mode is the one asked for less the umask. That saves two of a file's six
+        system calls for the usual root-owned files.
+        """
+        gid = self._new_gids.get(parent)
+        if gid is None:
+            st = os.fstat(pfd)
+            gid = st.st_gid if st.st_mode & stat.S_ISGID else self._gid
+            self._new_gids[parent] = gid
+        if self._as_root and (member.uid != self._uid or member.gid != gid):
+            os.fchown(fd, member.uid, member.gid)
+        for key, value in _xattrs(member):
+            self._setxattr(member, key, functools.partial(os.setxattr, fd, key, value))
+        mode = member.mode & 0o7777
+        if self._umask is None or mode != mode & 0o777 & ~self._umask:
+            os.fchmod(fd, mode)
+        os.utime(fd, ns=_times(member))
 
     def _path_meta(self, pfd: int, base: str, member: tarfile.TarInfo) -> None:
         """Metadata for what has no fd of its own to write through (symlinks, nodes, links)."""
@@ -796,8 +923,12 @@ class _Applier:
         feed: _Feed,
     ) -> None:
         holder: list[int] = []
+        # Created with its permission bits (as containerd does) rather than 0600 and a
+        # chmod: the target is the daemon's own directory, and most files then need no
+        # fchmod. Special bits wait for _file_meta (a chown would clear them).
+        mode = member.mode & 0o777
         self._replace(
-            pfd, base, path, lambda: holder.append(os.open(base, _FILE_FLAGS, 0o600, dir_fd=pfd))
+            pfd, base, path, lambda: holder.append(os.open(base, _FILE_FLAGS, mode, dir_fd=pfd))
         )
         fd = holder[0]
         try:
@@ -811,7 +942,7 @@ class _Applier:
                         view = view[os.write(fd, view) :]
             else:
                 feed.copy_to(fd, member.size, member.name)
-            self._fd_meta(fd, member)
+            self._file_meta(fd, member, path[:-1], pfd)
         finally:
             os.close(fd)
 
@@ -828,6 +959,7 @@ class _Applier:
             fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
             self._dirs[path] = fd
         self._fd_meta(fd, member, times=False)
+        self._new_gids.pop(path, None)  # its group and setgid bit may have changed
         atime, mtime = _times(member)
         self._dir_times.append((path, atime, mtime))
 
