@@ -80,6 +80,9 @@ class Collector:
         db: The metadata database.
         store: The content backend, or None (content bytes are then left alone).
         snapshotters: Snapshotter backends by name, as the records name them.
+        in_flight: Per snapshotter name, whether a backend key is being made
+            by the snapshot service and not yet recorded (its ``in_flight``);
+            the disk phase leaves those alone.
 
     One collection runs at a time; :meth:`collect` callers queue. Use one
     collector per database: the change log lives on the database's connection.
@@ -90,10 +93,11 @@ class Collector:
         db: Database,
         store: ContentStore | None = None,
         snapshotters: Mapping[str, Snapshotter] | None = None,
+        in_flight: Mapping[str, Callable[[str], bool]] | None = None,
     ) -> None:
         self.db = db
         self.store = store
-        self.disk = DiskSweeper(db, store, snapshotters or {})
+        self.disk = DiskSweeper(db, store, snapshotters or {}, in_flight)
         self._lock = anyio.Lock()
 
     async def collect(self) -> GCReport:

@@ -9,10 +9,15 @@ without a record, never a record without bytes.
 Backends create their object *before* the record that refers to it (a blob
 is linked before its content record is written, a backend snapshot exists
 before its snapshot record), so an unreferenced object may be one that a
-writer is about to record. Two rules keep those:
+writer is about to record. These rules keep those:
 
 * Objects created after the collection started are left for the next one
   (blob ctime, snapshot creation time, ingest start time).
+* Backend snapshots a prepare, view or commit is making are left alone
+  whatever their age (the snapshot service's ``in_flight``): one made just
+  before the collection started may be recorded only after the look-up
+  below, and the look-up alone would not see it coming. The in-flight check
+  comes first: a snapshot leaves that set only once its record is committed.
 * Just before an object is removed its references are looked up again. For
   blobs the look-up and a rename out of ``blobs/sha256`` happen under the
   writer lock, so no content record can be written in between; the unlink
@@ -28,7 +33,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,14 +96,22 @@ class DiskSweeper:
         db: The metadata database (records are read from it).
         store: The content backend, or None to leave content alone.
         snapshotters: Snapshotter backends by name (as in the records).
+        in_flight: Per snapshotter name, whether a backend key is being made
+            and not yet recorded; such snapshots are never removed. Without
+            one, only the creation-time rule protects them.
     """
 
     def __init__(
-        self, db: Database, store: ContentStore | None, snapshotters: Mapping[str, Snapshotter]
+        self,
+        db: Database,
+        store: ContentStore | None,
+        snapshotters: Mapping[str, Snapshotter],
+        in_flight: Mapping[str, Callable[[str], bool]] | None = None,
     ) -> None:
         self.db = db
         self.store = store
         self.snapshotters = dict(snapshotters)
+        self.in_flight = dict(in_flight or {})
 
     async def run(self, since: Since, report: GCReport) -> None:
         """Remove what no record refers to and was there before ``since``; add to ``report``."""
@@ -171,6 +184,7 @@ class DiskSweeper:
         self, name: str, backend: Snapshotter, since: Since, report: GCReport
     ) -> None:
         figures = report.kind(f"snapshots/{name}")
+        in_flight = self.in_flight.get(name, _nothing_in_flight)
         referenced = await self.db.read(
             lambda c: {
                 r[0]
@@ -190,6 +204,9 @@ class DiskSweeper:
             ]
             progressed = False
             for info in leaves:
+                # Before the records, see the module docstring.
+                if in_flight(info.name):
+                    continue
                 if await self.db.read(
                     functools.partial(_exists, sql=_SNAPSHOT_REFERENCED, args=(name, info.name))
                 ):
@@ -208,6 +225,10 @@ class DiskSweeper:
             if not progressed:
                 break
         await backend.cleanup()
+
+
+def _nothing_in_flight(backend_key: str) -> bool:
+    return False
 
 
 def _aware(when: datetime) -> datetime:

@@ -71,6 +71,7 @@ async def init(ctx: InitContext[GCConfig]) -> Scheduler:
         ctx.get("metadata.sqlite").db,
         ctx.get("content.local").store,
         {name: ns.backend for name, ns in snapshots.snapshotters.items()},
+        {name: ns.in_flight for name, ns in snapshots.snapshotters.items()},
     )
     events = ctx.events
 

@@ -66,7 +66,9 @@ class World:
         self.native = NativeSnapshotter(root / "native")
         self.snapshots = NamespacedSnapshotter("native", self.native, self.db, self.publish)
         self.leases = LeaseStore(self.db, self.publish)
-        self.collector = Collector(self.db, self.store, {"native": self.native})
+        self.collector = Collector(
+            self.db, self.store, {"native": self.native}, {"native": self.snapshots.in_flight}
+        )
 
     def publish(self, namespace: str, topic: str, event: msgspec.Struct) -> Any:
         return self.exchange.publish(namespace, topic, event)

@@ -711,6 +711,41 @@ async def test_blob_committed_after_the_start_is_not_removed(
         assert digest not in (await world.state()).blobs
 
 
+@pytest.mark.parametrize("method", ["prepare", "commit"])
+async def test_backend_snapshot_made_before_the_start_and_recorded_after_is_not_removed(
+    make_world: MakeWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """Regression: a backend snapshot whose record is still to come survives the disk phase.
+
+    The disk phase left alone what was created after the collection started,
+    but a prepare (or commit) whose backend snapshot is a little older and
+    whose record comes after the disk phase's re-check lost it: the record
+    then named a backend snapshot that was gone. A whole collection runs
+    between the backend's answer and the record here.
+    """
+    async with make_world(tmp_path) as world:
+        await world.leases.create("a", "work")
+        await world.snapshots.prepare("a", "work", lease="work")
+        real = getattr(world.native, method)
+        made: list[str] = []
+
+        async def then_collect(*args: Any, **kwargs: Any) -> Any:
+            answer = await real(*args, **kwargs)
+            made.append(args[0])
+            await anyio.sleep(SETTLE)  # older than the collection, unambiguously
+            await world.collector.collect()
+            return answer
+
+        monkeypatch.setattr(world.native, method, then_collect)
+        if method == "prepare":
+            await world.snapshots.prepare("a", "second", lease="work")
+        else:
+            await world.snapshots.commit("a", "layer", "work", lease="work")
+
+        state = await assert_consistent(world)
+        assert made and made[0] in state.backend_snapshots
+
+
 async def test_expired_image_goes_unless_referenced(make_world: MakeWorld, tmp_path: Path) -> None:
     async with make_world(tmp_path) as world:
         target = await world.blob("a", b"index")

@@ -1,23 +1,29 @@
-"""The namespaced snapshotter: sharing a committed layer across namespaces under collection.
+"""The namespaced snapshotter under concurrent collection and cleanup.
 
-A ``prepare`` labelled ``containerd.io/snapshot.ref=<name>`` adopts a committed
-backend snapshot another namespace recorded. The backend is asked about the
-layer outside any transaction, so a garbage collection can run between that
-question and the record of the adoption; these tests put one exactly there.
+Every write of the namespaced snapshotter asks the backend first and records
+the outcome afterwards, in a separate transaction. A garbage collection (or a
+cleanup) can therefore run between the two; these tests put one exactly there,
+by making the backend method run it just after it answers:
+
+* A ``prepare`` labelled ``containerd.io/snapshot.ref=<name>`` adopts a
+  committed backend snapshot another namespace recorded (asked with ``stat``).
+* A ``prepare`` or ``view`` on a parent, or a ``commit``, whose parent or
+  active snapshot is collected meanwhile.
+* A backend snapshot made but not yet recorded, which a cleanup must leave.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
-from runtime.core.errors import AlreadyExists
+from runtime.core.errors import AlreadyExists, NotFound
 from runtime.plugins.gc.api import LABEL_ROOT
-from runtime.plugins.snapshots.api import Info
+from runtime.plugins.snapshots.api import Info, Kind
 from runtime.plugins.snapshots.service.namespaced import SNAPSHOT_REF_LABEL
 from tests.fixtures.system import require_binary
 from tests.plugins.gc.conftest import World
@@ -70,9 +76,58 @@ async def commit_layer(
     await world.snapshots.commit(ns, name, f"extract-{name}", labels)
 
 
+def after_backend(
+    world: World,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    action: Callable[[], Awaitable[object]],
+) -> list[str]:
+    """Make the backend's ``method`` run ``action`` just after it answers.
+
+    The namespaced snapshotter records what the backend did only afterwards:
+    this is the window between the two. Waiting a few clock ticks first makes
+    the backend snapshot unambiguously older than a collection the action
+    starts (the disk phase leaves newer ones alone). Returns the first
+    argument of each call, to show that the window was reached.
+    """
+    calls: list[str] = []
+    real: Callable[..., Awaitable[object]] = getattr(world.native, method)
+
+    async def wrapped(*args: object, **kwargs: object) -> object:
+        answer = await real(*args, **kwargs)
+        calls.append(str(args[0]))
+        await anyio.sleep(SETTLE)
+        await action()
+        return answer
+
+    monkeypatch.setattr(world.native, method, wrapped)
+    return calls
+
+
 async def assert_every_record_has_its_layer(world: World) -> None:
     state = await world.state()
     assert state.recorded_backend_keys <= state.backend_snapshots
+
+
+async def assert_every_parent_is_recorded(world: World) -> None:
+    """A record names its parent by its namespace's key: that record must exist."""
+
+    def orphans(conn: Any) -> list[tuple[str, str, str]]:
+        return [
+            (r[0], r[1], r[2])
+            for r in conn.execute(
+                "SELECT c.namespace, c.key, c.parent FROM snapshots c WHERE c.parent != '' "
+                "AND NOT EXISTS (SELECT 1 FROM snapshots p WHERE p.namespace=c.namespace "
+                "AND p.snapshotter=c.snapshotter AND p.key=c.parent AND p.kind='committed')"
+            )
+        ]
+
+    assert await world.db.read(orphans) == []
+
+
+async def assert_consistent(world: World) -> None:
+    await assert_every_record_has_its_layer(world)
+    await assert_every_parent_is_recorded(world)
 
 
 async def test_adoption_of_a_layer_collected_meanwhile_unpacks_it_afresh(
@@ -138,10 +193,145 @@ async def test_adoption_whose_parent_was_collected_meanwhile_is_not_recorded(
     await anyio.sleep(SETTLE)
     collect_during_stat(world, monkeypatch)
 
-    with contextlib.suppress(AlreadyExists):
+    # Not adopted, and not unpacked afresh either: the parent it names is gone.
+    with pytest.raises(NotFound, match="parent snapshot 'base'"):
         await world.snapshots.prepare("b", "extract-top", "base", {SNAPSHOT_REF_LABEL: "top"})
 
     state = await world.state()
-    assert ("b", "top") not in state.snapshots
-    assert ("b", "base") not in state.snapshots
-    await assert_every_record_has_its_layer(world)
+    assert not {s for s in state.snapshots if s[0] == "b"}
+    await assert_consistent(world)
+
+
+# -- a parent (or the active snapshot) collected during a prepare, view or commit --------
+
+
+@pytest.mark.parametrize("method", ["prepare", "view"])
+async def test_snapshot_whose_parent_is_collected_meanwhile_is_not_recorded(
+    world: World, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """The child is recorded only if its parent's record is still the same layer.
+
+    Nothing holds ``base``: the collection between the backend's answer and
+    the record deletes its record. Recording ``work`` anyway would name a
+    parent that no longer exists (and whose backend snapshot the next disk
+    phase removes once ``work``'s is undone): the prepare fails instead, and
+    undoes the backend snapshot it made.
+    """
+    await commit_layer(world, "a", "base")
+    calls = after_backend(world, monkeypatch, method, world.collector.collect)
+
+    with pytest.raises(NotFound, match="parent snapshot 'base' was removed while 'work'"):
+        await getattr(world.snapshots, method)("a", "work", "base")
+
+    assert len(calls) == 1
+    state = await world.state()
+    assert state.snapshots == set()
+    assert calls[0] not in state.backend_snapshots
+    await assert_consistent(world)
+    # The parent's backend snapshot, kept while the child existed, goes with the next one.
+    monkeypatch.undo()
+    await anyio.sleep(SETTLE)
+    await world.collector.collect()
+    assert (await world.state()).backend_snapshots == set()
+
+
+async def test_snapshot_whose_parent_survives_a_collection_meanwhile_is_recorded_whole(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parent kept by the collection is still there: the child is recorded, with its layer."""
+    await commit_layer(world, "a", "base", {LABEL_ROOT: "1"})
+    await world.leases.create("a", "work")
+    after_backend(world, monkeypatch, "prepare", world.collector.collect)
+
+    await world.snapshots.prepare("a", "work", "base", lease="work")
+
+    assert (await world.state()).snapshots == {("a", "base"), ("a", "work")}
+    await assert_consistent(world)
+
+
+async def test_commit_whose_active_snapshot_is_collected_meanwhile_is_not_recorded(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the committed record replaces the active one only if that one is still there.
+
+    Nothing holds ``work`` nor its parent ``base``: the collection between
+    the backend's commit and the record deletes both records. Recording
+    ``top`` anyway would name a parent that no longer exists.
+    """
+    await commit_layer(world, "a", "base")
+    await world.snapshots.prepare("a", "work", "base")
+    calls = after_backend(world, monkeypatch, "commit", world.collector.collect)
+
+    with pytest.raises(NotFound, match="snapshot 'work' was removed while it was committed"):
+        await world.snapshots.commit("a", "top", "work")
+
+    assert len(calls) == 1
+    state = await world.state()
+    assert state.snapshots == set()
+    assert calls[0] not in state.backend_snapshots  # the backend commit is undone
+    await assert_consistent(world)
+    monkeypatch.undo()
+    await anyio.sleep(SETTLE)
+    await world.collector.collect()
+    assert (await world.state()).backend_snapshots == set()
+
+
+# -- cleanup against snapshots being made ---------------------------------------------------
+
+
+async def test_cleanup_leaves_the_backend_snapshot_of_a_prepare_not_yet_recorded(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend snapshot made by a prepare still running is not an orphan."""
+    calls = after_backend(world, monkeypatch, "prepare", world.snapshots.cleanup)
+
+    await world.snapshots.prepare("a", "work")
+
+    assert len(calls) == 1
+    state = await world.state()
+    assert state.snapshots == {("a", "work")}
+    assert state.backend_snapshots == {calls[0]}
+    await assert_consistent(world)
+
+
+async def test_cleanup_leaves_a_snapshot_recorded_between_its_read_and_its_walk(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: cleanup read the records once, then removed what the walk found beyond them.
+
+    A prepare that completes after that read and before the walk was taken
+    for an orphan, and its backend snapshot removed under its record.
+    """
+    real_walk = world.native.walk
+    prepared: list[str] = []
+
+    async def walk(*filters: str) -> list[Info]:
+        if not prepared:
+            prepared.append("work")
+            await world.snapshots.prepare("a", "work")
+        return await real_walk(*filters)
+
+    monkeypatch.setattr(world.native, "walk", walk)
+
+    await world.snapshots.cleanup()
+
+    assert prepared
+    assert (await world.state()).snapshots == {("a", "work")}
+    await assert_consistent(world)
+
+
+async def test_cleanup_removes_backend_snapshots_no_record_names_children_first(
+    world: World,
+) -> None:
+    """Orphans (a crash between backend and record) go, a chain of them included."""
+    await commit_layer(world, "a", "kept")
+    await world.native.prepare("orphan-extract", "")
+    await world.native.commit("orphan-base", "orphan-extract")
+    await world.native.view("orphan-view", "orphan-base")
+
+    await world.snapshots.cleanup()
+
+    state = await world.state()
+    assert state.snapshots == {("a", "kept")}
+    assert state.backend_snapshots == state.recorded_backend_keys
+    assert {i.kind for i in await world.native.walk()} == {Kind.COMMITTED}

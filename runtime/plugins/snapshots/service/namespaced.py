@@ -19,6 +19,24 @@ active record points at nothing. The backend commit therefore carries the
 record's intent in the label :data:`COMMIT_LABEL`, and :meth:`recover` (run at
 start) finishes such commits from it, or drops a record whose backend snapshot
 is gone for good.
+
+Concurrency with garbage collection and cleanup: the backend is asked outside
+any transaction, so a collection can delete records, and remove backend
+snapshots, between a write's backend half and its record. Two rules keep the
+store consistent (every record's backend snapshot and parent record exist):
+
+* The record is written only if what the backend half relied on is still
+  recorded, checked in the record's own transaction: the parent record,
+  still the same layer, for a prepare or view; the active record for a
+  commit. Otherwise the backend half is undone and NotFound raised, as if
+  the collection had run first. (containerd gets there by holding the
+  database's write transaction across the backend call; here that would
+  hold every writer back for as long as a layer takes to copy.)
+* A backend snapshot is *in flight* from just before the backend makes it
+  until its record is written or it is undone (:meth:`in_flight`). Cleanup
+  and the collector's disk phase leave in-flight snapshots alone, and look
+  at the in-flight set before the records: a snapshot is then either still
+  in flight or already recorded when they look, never neither.
 """
 
 from __future__ import annotations
@@ -93,6 +111,17 @@ class NamespacedSnapshotter:
         self.backend = backend
         self.db = db
         self.publish = publish
+        # Backend keys made but not yet recorded (or undone); see the module docstring.
+        self._in_flight: set[str] = set()
+
+    def in_flight(self, backend_key: str) -> bool:
+        """Whether ``backend_key`` is being made by a prepare, view or commit, not yet recorded.
+
+        Anything that removes backend snapshots no record names must skip
+        these, and must ask before it reads the records: an operation leaves
+        this set only once its record is committed (or its backend half undone).
+        """
+        return backend_key in self._in_flight
 
     # -- lookups ----------------------------------------------------------------
 
@@ -112,6 +141,20 @@ class NamespacedSnapshotter:
 
     def _new_backend_key(self, ns: str, key: str) -> str:
         return f"{ns}/{os.urandom(6).hex()}/{key}"
+
+    def _parent_unchanged(
+        self, conn: sqlite3.Connection, ns: str, parent: str, parent_backend: str
+    ) -> bool:
+        """Whether ``parent`` is still recorded in ``ns`` as the layer ``parent_backend``.
+
+        Call in the transaction that writes a record naming ``parent``: it was
+        read in an earlier one, and a collection (or a remove and a new
+        prepare of the same key) may have run since.
+        """
+        if not parent:
+            return True
+        row = self._row(conn, ns, parent)
+        return row is not None and row["backend_key"] == parent_backend
 
     # -- creation ---------------------------------------------------------------
 
@@ -164,6 +207,31 @@ class NamespacedSnapshotter:
         if kind == Kind.ACTIVE and target:
             await self._adopt(ns, target, parent, parent_backend, lease)
         backend_key = self._new_backend_key(ns, key)
+        self._in_flight.add(backend_key)
+        try:
+            mounts = await self._create_recorded(
+                kind, ns, key, parent, parent_backend, backend_key, labels, lease
+            )
+        finally:
+            self._in_flight.discard(backend_key)
+        fault_point("snapshot.prepare.after-record")
+        self.publish(
+            ns, "/snapshot/prepare", SnapshotPrepare(key=key, parent=parent, snapshotter=self.name)
+        )
+        return mounts
+
+    async def _create_recorded(
+        self,
+        kind: Kind,
+        ns: str,
+        key: str,
+        parent: str,
+        parent_backend: str,
+        backend_key: str,
+        labels: Mapping[str, str],
+        lease: str | None,
+    ) -> list[Mount]:
+        """Make the backend snapshot ``backend_key``, then its record; undo the first if need be."""
         if kind == Kind.ACTIVE:
             mounts = await self.backend.prepare(
                 backend_key, parent_backend, _backend_labels(labels)
@@ -174,6 +242,12 @@ class NamespacedSnapshotter:
         fault_point("snapshot.prepare.after-backend")
 
         def record(conn: sqlite3.Connection) -> None:
+            if not self._parent_unchanged(conn, ns, parent, parent_backend):
+                # Collected (or removed) since it was read: recording the child would
+                # name a parent that is gone, whose backend snapshot goes next.
+                raise NotFound(
+                    f"parent snapshot {parent!r} was removed while {key!r} was created on it"
+                )
             ensure_namespace(conn, ns)
             stamp = now()
             try:
@@ -200,13 +274,9 @@ class NamespacedSnapshotter:
         try:
             await self.db.write(record)
         except BaseException:
-            # Lost a race for the same key: undo the backend half.
+            # Lost a race for the same key, or the parent is gone: undo the backend half.
             await self.backend.remove(backend_key)
             raise
-        fault_point("snapshot.prepare.after-record")
-        self.publish(
-            ns, "/snapshot/prepare", SnapshotPrepare(key=key, parent=parent, snapshotter=self.name)
-        )
         return mounts
 
     async def _adopt(
@@ -273,12 +343,10 @@ class NamespacedSnapshotter:
         ).fetchone()
         if source is None:
             return False
-        if parent:
-            # The new record names its parent by this namespace's key: that record
-            # too must still exist (and be the same layer) when this one is written.
-            own_parent = self._row(conn, ns, parent)
-            if own_parent is None or own_parent["backend_key"] != parent_backend:
-                return False
+        # The new record names its parent by this namespace's key: that record
+        # too must still exist (and be the same layer) when this one is written.
+        if not self._parent_unchanged(conn, ns, parent, parent_backend):
+            return False
         ensure_namespace(conn, ns)
         stamp = now()
         conn.execute(
@@ -315,13 +383,22 @@ class NamespacedSnapshotter:
         intent = {"from": row["backend_key"], "namespace": ns, "key": key, "name": name,
                   "labels": labels, "lease": lease or ""}  # fmt: skip
         backend_labels = {**_backend_labels(labels), COMMIT_LABEL: json.dumps(intent)}
-        await self.backend.commit(backend_name, row["backend_key"], backend_labels)
-        # Crash tests: committed in the backend, still active in the records (whose
-        # backend key no longer exists): recover() finishes the commit at restart.
-        fault_point("snapshot.commit.after-backend")
-        await self.db.write(
-            lambda conn: self._record_commit(conn, ns, key, name, backend_name, row["parent"],
-                                             labels, lease))
+        self._in_flight.add(backend_name)
+        try:
+            await self.backend.commit(backend_name, row["backend_key"], backend_labels)
+            # Crash tests: committed in the backend, still active in the records (whose
+            # backend key no longer exists): recover() finishes the commit at restart.
+            fault_point("snapshot.commit.after-backend")
+            recorded = await self.db.write(
+                lambda conn: self._record_commit(conn, ns, key, name, backend_name,
+                                                 row["backend_key"], row["parent"], labels, lease))
+            if not recorded:
+                # The active record was collected (or removed) meanwhile, and perhaps its
+                # parent with it: the committed layer has nothing left to stand for.
+                await self.backend.remove(backend_name)
+                raise NotFound(f"snapshot {key!r} was removed while it was committed")
+        finally:
+            self._in_flight.discard(backend_name)
         fault_point("snapshot.commit.after-record")
         self.publish(
             ns, "/snapshot/commit", SnapshotCommit(key=key, name=name, snapshotter=self.name)
@@ -329,12 +406,19 @@ class NamespacedSnapshotter:
 
     def _record_commit(
         self, conn: sqlite3.Connection, ns: str, key: str, name: str, backend_name: str,
-        parent: str, labels: Mapping[str, str], lease: str | None, *, recovering: bool = False,
-    ) -> None:
+        source: str, parent: str, labels: Mapping[str, str], lease: str | None, *,
+        recovering: bool = False,
+    ) -> bool:
         """Replace the active record ``key`` by the committed ``name`` (one transaction).
 
+        False, and nothing written, if ``key`` is no longer the active record of
+        the backend snapshot ``source``: it was read before the backend commit,
+        and a collection may have deleted it since, its parent too.
         ``recovering``: a lease gone since the crash is skipped instead of refused.
         """
+        active = self._row(conn, ns, key)
+        if active is None or active["backend_key"] != source:
+            return False
         stamp = now()
         conn.execute(
             "DELETE FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?",
@@ -356,6 +440,7 @@ class NamespacedSnapshotter:
         if lease and (not recovering or conn.execute(
                 "SELECT 1 FROM leases WHERE namespace=? AND id=?", (ns, lease)).fetchone()):
             attach(conn, ns, lease, Resource(type=f"snapshots/{self.name}", id=name))
+        return True
 
     async def recover(self) -> int:
         """Settle records left pointing at backend snapshots that do not exist; return how many.
@@ -390,7 +475,8 @@ class NamespacedSnapshotter:
                 def finish(conn: sqlite3.Connection, r: sqlite3.Row = row,
                            b: str = backend_name, i: dict[str, Any] = intent) -> None:
                     self._record_commit(conn, r["namespace"], r["key"], str(i["name"]), b,
-                                        r["parent"], dict(i.get("labels") or {}),
+                                        r["backend_key"], r["parent"],
+                                        dict(i.get("labels") or {}),
                                         str(i.get("lease") or "") or None, recovering=True)
 
                 await self.db.write(finish)
@@ -496,22 +582,32 @@ class NamespacedSnapshotter:
         return [i for i in infos if flt.match(adapt(msgspec.to_builtins(i)))]
 
     async def cleanup(self) -> None:
-        """Remove backend snapshots no namespace refers to, leaves first, then backend cleanup."""
-        referenced = {
-            r["backend_key"]
-            for r in await self.db.read(
-                lambda c: c.execute(
-                    "SELECT backend_key FROM snapshots WHERE snapshotter=?", (self.name,)
-                ).fetchall()
-            )
-        }
+        """Remove backend snapshots no namespace refers to, leaves first, then backend cleanup.
+
+        Prepares and commits run meanwhile, and their backend snapshots exist
+        before their records. Each round therefore walks the backend first,
+        then takes the in-flight keys, then reads the records: a snapshot the
+        walk found is, by the time of the read, either still in flight or
+        recorded, unless nothing is making it at all. Nothing can record such a
+        snapshot later (adopting one needs a record of it), so it may go.
+        """
         removed = True
         while removed:
             removed = False
             infos = await self.backend.walk()
             parents = {i.parent for i in infos}
+            busy = set(self._in_flight)
+            referenced = {
+                r["backend_key"]
+                for r in await self.db.read(
+                    lambda c: c.execute(
+                        "SELECT backend_key FROM snapshots WHERE snapshotter=?", (self.name,)
+                    ).fetchall()
+                )
+            }
+            keep = referenced | busy | parents
             for info in infos:
-                if info.name not in referenced and info.name not in parents:
+                if info.name not in keep:
                     try:
                         await self.backend.remove(info.name)
                         removed = True
