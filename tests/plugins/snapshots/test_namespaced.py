@@ -10,6 +10,8 @@ by making the backend method run it just after it answers:
 * A ``prepare`` or ``view`` on a parent, or a ``commit``, whose parent or
   active snapshot is collected meanwhile.
 * A backend snapshot made but not yet recorded, which a cleanup must leave.
+* Another write of the same key (a commit to the same name, a prepare whose
+  key is that name) started while a commit is in the backend.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from runtime.core.errors import AlreadyExists, NotFound
@@ -274,6 +277,126 @@ async def test_commit_whose_active_snapshot_is_collected_meanwhile_is_not_record
     await anyio.sleep(SETTLE)
     await world.collector.collect()
     assert (await world.state()).backend_snapshots == set()
+
+
+# -- two writers of one key: keys and names share a namespace's space -----------------------
+
+# How long a racing operation is given to get as far as it can: without the
+# per-key claim it finishes within milliseconds; with it, it waits for the commit.
+RACE_WAIT = 0.5
+
+
+def race_once(
+    tg: anyio.abc.TaskGroup, op: Callable[[], Awaitable[object]], outcome: list[BaseException]
+) -> Callable[[], Awaitable[None]]:
+    """An action for :func:`after_backend` that starts ``op`` once, beside the caller.
+
+    It lets ``op`` run until it finishes (or for :data:`RACE_WAIT`) before the
+    backend call returns: ``op`` thus runs between the commit's backend half
+    and its record, as far as the snapshotter lets it. ``op``'s error, if any,
+    lands in ``outcome``.
+    """
+    started: list[bool] = []
+
+    async def action() -> None:
+        if started:
+            return
+        started.append(True)
+        done = anyio.Event()
+
+        async def run() -> None:
+            try:
+                await op()
+            except Exception as exc:
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        tg.start_soon(run)
+        with anyio.move_on_after(RACE_WAIT):
+            await done.wait()
+
+    return action
+
+
+async def test_concurrent_commits_to_one_name_leave_one_committed_and_the_other_active(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the second commit to ``top`` waits for the first, then finds the name taken.
+
+    Both used to pass the is-``top``-free check; the first one to record won,
+    and the other, its active snapshot already consumed by the backend, failed
+    at the record and left that active record naming a backend snapshot gone.
+    """
+    await world.snapshots.prepare("a", "work-1")
+    await world.snapshots.prepare("a", "work-2")
+    outcome: list[BaseException] = []
+    async with anyio.create_task_group() as tg:
+        racer = race_once(tg, lambda: world.snapshots.commit("a", "top", "work-2"), outcome)
+        calls = after_backend(world, monkeypatch, "commit", racer)
+        await world.snapshots.commit("a", "top", "work-1")
+
+    assert len(calls) == 1  # the second commit never reached the backend
+    assert len(outcome) == 1 and isinstance(outcome[0], AlreadyExists)
+    state = await world.state()
+    assert state.snapshots == {("a", "top"), ("a", "work-2")}
+    assert (await world.snapshots.stat("a", "work-2")).kind == Kind.ACTIVE
+    await assert_consistent(world)
+
+
+@pytest.mark.parametrize("method", ["prepare", "view"])
+async def test_snapshot_whose_key_a_commit_is_naming_waits_and_finds_it_taken(
+    world: World, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """Regression: a prepare (or view) of ``top`` during a commit to ``top`` comes second.
+
+    It used to record ``top`` between the commit's backend half and its record,
+    whose write then failed and left the active ``work`` naming nothing.
+    """
+    await world.snapshots.prepare("a", "work")
+    outcome: list[BaseException] = []
+    async with anyio.create_task_group() as tg:
+        racer = race_once(tg, lambda: getattr(world.snapshots, method)("a", "top"), outcome)
+        after_backend(world, monkeypatch, "commit", racer)
+        await world.snapshots.commit("a", "top", "work")
+
+    assert len(outcome) == 1 and isinstance(outcome[0], AlreadyExists)
+    assert (await world.state()).snapshots == {("a", "top")}
+    assert (await world.snapshots.stat("a", "top")).kind == Kind.COMMITTED
+    await assert_consistent(world)
+
+
+async def test_commit_whose_name_is_recorded_behind_its_back_drops_both_halves(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record of ``top`` written around the claim: the commit undoes itself, consistently.
+
+    The backend has consumed ``work`` by then, so it cannot be kept: its record
+    and the committed backend snapshot both go, and the name's owner stays.
+    """
+    await world.snapshots.prepare("a", "work")
+    await world.native.prepare("other", "")
+
+    async def record_top_directly() -> None:
+        def insert(conn: Any) -> None:
+            conn.execute(
+                "INSERT INTO snapshots(namespace, snapshotter, key, backend_key, parent, kind,"
+                " labels, created_at, updated_at) VALUES ('a','native','top','other','',"
+                "'active','{}','2026-01-01T00:00:00','2026-01-01T00:00:00')"
+            )
+
+        await world.db.write(insert)
+
+    calls = after_backend(world, monkeypatch, "commit", record_top_directly)
+
+    with pytest.raises(AlreadyExists, match="'top'"):
+        await world.snapshots.commit("a", "top", "work")
+
+    state = await world.state()
+    assert state.snapshots == {("a", "top")}
+    assert calls[0] not in state.backend_snapshots
+    assert state.backend_snapshots == {"other"}
+    await assert_consistent(world)
 
 
 # -- cleanup against snapshots being made ---------------------------------------------------

@@ -37,6 +37,13 @@ store consistent (every record's backend snapshot and parent record exist):
   and the collector's disk phase leave in-flight snapshots alone, and look
   at the in-flight set before the records: a snapshot is then either still
   in flight or already recorded when they look, never neither.
+
+Concurrency between writers of the same key: keys and names share one space
+per namespace, and each write checks that its key is free, asks the backend,
+then records. A commit cannot lose the race at the record (the backend has
+already consumed the active snapshot by then), so prepare, view and commit
+hold a lock per (namespace, key) across the three steps: the daemon is the
+only writer of these records, so a free key stays free until recorded.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -57,6 +64,7 @@ from runtime.core.errors import AlreadyExists, FailedPrecondition, InvalidArgume
 from runtime.core.faults import fault_point
 from runtime.core.filters import adapt, parse
 from runtime.core.identifiers import validate_labels, validate_namespace
+from runtime.plugins.images.locks import KeyedLocks
 from runtime.plugins.metadata.api import Resource
 from runtime.plugins.metadata.db import Database
 from runtime.plugins.metadata.leases import attach
@@ -113,6 +121,8 @@ class NamespacedSnapshotter:
         self.publish = publish
         # Backend keys made but not yet recorded (or undone); see the module docstring.
         self._in_flight: set[str] = set()
+        # Held from a key's is-it-free check to its record; see the module docstring.
+        self._keys = KeyedLocks()
 
     def in_flight(self, backend_key: str) -> bool:
         """Whether ``backend_key`` is being made by a prepare, view or commit, not yet recorded.
@@ -122,6 +132,15 @@ class NamespacedSnapshotter:
         this set only once its record is committed (or its backend half undone).
         """
         return backend_key in self._in_flight
+
+    @contextlib.asynccontextmanager
+    async def _claim(self, ns: str, *keys: str) -> AsyncIterator[None]:
+        """Hold the locks of ``keys`` in ``ns``, taken in sorted order so claims never deadlock."""
+        async with contextlib.AsyncExitStack() as stack:
+            for key in sorted(set(keys)):
+                # NUL is refused in keys (and namespaces), so the pair is unambiguous.
+                await stack.enter_async_context(self._keys.hold(f"{ns}\x00{key}"))
+            yield
 
     # -- lookups ----------------------------------------------------------------
 
@@ -200,20 +219,22 @@ class NamespacedSnapshotter:
         validate_namespace(ns)
         _check_key(key)
         labels = validate_labels(labels or {})
-        if await self.db.read(lambda c: self._row(c, ns, key)) is not None:
-            raise AlreadyExists(f"snapshot {key!r} already exists")
-        parent_backend = await self._parent_backend(ns, parent)
-        target = labels.get(SNAPSHOT_REF_LABEL)
-        if kind == Kind.ACTIVE and target:
-            await self._adopt(ns, target, parent, parent_backend, lease)
-        backend_key = self._new_backend_key(ns, key)
-        self._in_flight.add(backend_key)
-        try:
-            mounts = await self._create_recorded(
-                kind, ns, key, parent, parent_backend, backend_key, labels, lease
-            )
-        finally:
-            self._in_flight.discard(backend_key)
+        target = labels.get(SNAPSHOT_REF_LABEL) if kind == Kind.ACTIVE else None
+        # An adoption records ``target``: a commit to that name must not slip in either.
+        async with self._claim(ns, key, *([target] if target else [])):
+            if await self.db.read(lambda c: self._row(c, ns, key)) is not None:
+                raise AlreadyExists(f"snapshot {key!r} already exists")
+            parent_backend = await self._parent_backend(ns, parent)
+            if target:
+                await self._adopt(ns, target, parent, parent_backend, lease)
+            backend_key = self._new_backend_key(ns, key)
+            self._in_flight.add(backend_key)
+            try:
+                mounts = await self._create_recorded(
+                    kind, ns, key, parent, parent_backend, backend_key, labels, lease
+                )
+            finally:
+                self._in_flight.discard(backend_key)
         fault_point("snapshot.prepare.after-record")
         self.publish(
             ns, "/snapshot/prepare", SnapshotPrepare(key=key, parent=parent, snapshotter=self.name)
@@ -370,6 +391,18 @@ class NamespacedSnapshotter:
         """Commit the active ``key`` as ``name``; ``key`` is gone afterwards."""
         _check_key(name, "name")
         labels = validate_labels(labels or {})
+        # Held until the record is written: the backend commit cannot be taken back.
+        async with self._claim(ns, name):
+            await self._commit_claimed(ns, name, key, labels, lease)
+        fault_point("snapshot.commit.after-record")
+        self.publish(
+            ns, "/snapshot/commit", SnapshotCommit(key=key, name=name, snapshotter=self.name)
+        )
+
+    async def _commit_claimed(
+        self, ns: str, name: str, key: str, labels: Mapping[str, str], lease: str | None
+    ) -> None:
+        """Commit in the backend, then record; the caller holds ``name``'s claim."""
         row = await self._get(ns, key)
         if row["kind"] != Kind.ACTIVE:
             raise FailedPrecondition(f"snapshot {key!r} is {row['kind']}; only active ones commit")
@@ -389,9 +422,16 @@ class NamespacedSnapshotter:
             # Crash tests: committed in the backend, still active in the records (whose
             # backend key no longer exists): recover() finishes the commit at restart.
             fault_point("snapshot.commit.after-backend")
-            recorded = await self.db.write(
-                lambda conn: self._record_commit(conn, ns, key, name, backend_name,
-                                                 row["backend_key"], row["parent"], labels, lease))
+            try:
+                recorded = await self.db.write(
+                    lambda conn: self._record_commit(conn, ns, key, name, backend_name,
+                                                     row["backend_key"], row["parent"], labels,
+                                                     lease))
+            except AlreadyExists:
+                # Only a writer bypassing the claim gets here. The active snapshot is
+                # consumed and ``name`` is another's: drop both halves of this commit.
+                await self._abandon_commit(ns, key, str(row["backend_key"]), backend_name)
+                raise
             if not recorded:
                 # The active record was collected (or removed) meanwhile, and perhaps its
                 # parent with it: the committed layer has nothing left to stand for.
@@ -399,10 +439,35 @@ class NamespacedSnapshotter:
                 raise NotFound(f"snapshot {key!r} was removed while it was committed")
         finally:
             self._in_flight.discard(backend_name)
-        fault_point("snapshot.commit.after-record")
-        self.publish(
-            ns, "/snapshot/commit", SnapshotCommit(key=key, name=name, snapshotter=self.name)
+
+    async def _abandon_commit(self, ns: str, key: str, source: str, backend_name: str) -> None:
+        """Drop the active record ``key`` (still of ``source``) and the backend's ``backend_name``.
+
+        Records first, as :meth:`remove` does: a crash in between leaves an
+        unreferenced backend snapshot, which cleanup removes.
+        """
+
+        def drop(conn: sqlite3.Connection) -> None:
+            active = self._row(conn, ns, key)
+            if active is None or active["backend_key"] != source:
+                return
+            conn.execute(
+                "DELETE FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?",
+                (ns, self.name, key),
+            )
+            conn.execute(
+                "DELETE FROM lease_resources WHERE namespace=? AND type=? AND resource=?",
+                (ns, f"snapshots/{self.name}", key),
+            )
+
+        await self.db.write(drop)
+        log.warning(
+            "dropped snapshot %r: committed as a name recorded meanwhile by another writer",
+            key,
+            extra={"namespace": ns},
         )
+        with contextlib.suppress(NotFound, FailedPrecondition):
+            await self.backend.remove(backend_name)
 
     def _record_commit(
         self, conn: sqlite3.Connection, ns: str, key: str, name: str, backend_name: str,
