@@ -25,8 +25,8 @@ import anyio
 
 from runtime.core.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from runtime.core.identifiers import MAX_LABEL
+from runtime.core.locks import KeyedLocks
 from runtime.plugins.images.api import LABEL_DISTRIBUTION_SOURCE, LABEL_FETCHED_FROM, BlobStatus
-from runtime.plugins.images.locks import KeyedLocks
 from runtime.plugins.images.manifests import join, kind_of
 from runtime.plugins.images.progress import Tracker
 from runtime.plugins.images.registry.client import RegistryClient

@@ -80,7 +80,7 @@ class ImageService:
         publish: Any = None,
         scratch: Path | None = None,
     ) -> None:
-        from runtime.plugins.images.locks import KeyedLocks
+        from runtime.core.locks import KeyedLocks
 
         self.store = store
         self.content = content

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import anyio
 
+from runtime.core.locks import KeyedLocks
 from runtime.plugins.images.api import BlobProgress, BlobStatus, Done, Resolved, UnpackStatus
-from runtime.plugins.images.locks import KeyedLocks
 from runtime.plugins.images.progress import Tracker
 from runtime.plugins.images.registry.types import Descriptor
 

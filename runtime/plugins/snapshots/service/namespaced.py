@@ -64,7 +64,7 @@ from runtime.core.errors import AlreadyExists, FailedPrecondition, InvalidArgume
 from runtime.core.faults import fault_point
 from runtime.core.filters import adapt, parse
 from runtime.core.identifiers import validate_labels, validate_namespace
-from runtime.plugins.images.locks import KeyedLocks
+from runtime.core.locks import KeyedLocks
 from runtime.plugins.metadata.api import Resource
 from runtime.plugins.metadata.db import Database
 from runtime.plugins.metadata.leases import attach

@@ -1,10 +1,11 @@
-"""Keyed locks: the duplication suppressor that makes concurrent pulls share work.
+"""Keyed locks: one lock per key, existing only while somebody holds or waits for it.
 
-Two pulls of images with common layers take ``blob://<digest>`` before
-fetching a blob and ``sn://<snapshotter>/<chainID>`` before unpacking a layer.
-The second one waits, then finds the blob or snapshot present and skips it,
-so each shared layer is downloaded and applied once. A lock exists only while
-somebody holds or waits for it.
+A generic tool several plugins use, hence in the core. Examples: two pulls of
+images with common layers take ``blob://<digest>`` before fetching a blob and
+``sn://<snapshotter>/<chainID>`` before unpacking a layer, so the second one
+waits, finds the blob or snapshot present and skips it; the snapshot service
+holds ``(namespace, key)`` from the check that a key is free to the record
+that takes it.
 """
 
 from __future__ import annotations
