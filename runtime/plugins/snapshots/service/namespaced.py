@@ -451,14 +451,7 @@ class NamespacedSnapshotter:
             active = self._row(conn, ns, key)
             if active is None or active["backend_key"] != source:
                 return
-            conn.execute(
-                "DELETE FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?",
-                (ns, self.name, key),
-            )
-            conn.execute(
-                "DELETE FROM lease_resources WHERE namespace=? AND type=? AND resource=?",
-                (ns, f"snapshots/{self.name}", key),
-            )
+            self._delete_record(conn, ns, key)
 
         await self.db.write(drop)
         log.warning(
@@ -468,6 +461,13 @@ class NamespacedSnapshotter:
         )
         with contextlib.suppress(NotFound, FailedPrecondition):
             await self.backend.remove(backend_name)
+
+    def _delete_record(self, conn: sqlite3.Connection, ns: str, key: str) -> None:
+        """Delete the record ``key`` and its lease links (inside the caller's transaction)."""
+        conn.execute("DELETE FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?",
+                     (ns, self.name, key))
+        conn.execute("DELETE FROM lease_resources WHERE namespace=? AND type=? AND resource=?",
+                     (ns, f"snapshots/{self.name}", key))
 
     def _record_commit(
         self, conn: sqlite3.Connection, ns: str, key: str, name: str, backend_name: str,
@@ -574,14 +574,7 @@ class NamespacedSnapshotter:
                 raise FailedPrecondition(
                     f"snapshot {key!r} has children (e.g. {child['key']!r}); remove them first"
                 )
-            conn.execute(
-                "DELETE FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?",
-                (ns, self.name, key),
-            )
-            conn.execute(
-                "DELETE FROM lease_resources WHERE namespace=? AND type=? AND resource=?",
-                (ns, f"snapshots/{self.name}", key),
-            )
+            self._delete_record(conn, ns, key)
             return (
                 conn.execute(
                     "SELECT 1 FROM snapshots WHERE snapshotter=? AND backend_key=? LIMIT 1",
