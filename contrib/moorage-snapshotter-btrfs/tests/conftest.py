@@ -6,17 +6,9 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
-from moorage_snapshotter_btrfs.testing import loop_btrfs
-
-
-def unavailable(reason: str) -> NoReturn:
-    """Skip locally, fail in CI: there a missing prerequisite is a broken machine."""
-    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off"):
-        pytest.fail(f"prerequisite missing in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
+from moorage_snapshotter_btrfs.testing import loop_btrfs, unavailable
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from moorage_snapshotter_btrfs import btrfs, plugin
 from moorage_snapshotter_btrfs.snapshotter import BtrfsSnapshotter
+from moorage_snapshotter_btrfs.testing import unavailable
 
 from runtime.core.registration import InitContext, PluginSkipped, Registration
 
@@ -45,7 +46,7 @@ async def test_init_skips_when_the_root_is_not_on_btrfs(tmp_path: Path) -> None:
     """The skip reason names the root and the filesystem found; nothing is created."""
     found = btrfs.filesystem_type(tmp_path)
     if found == "btrfs":
-        pytest.skip("the test directory itself is on btrfs")
+        unavailable("the test directory itself is on btrfs")
     root = tmp_path / "not" / "yet"
     with pytest.raises(PluginSkipped) as caught:
         await registration().init(context(tmp_path, plugin.BtrfsConfig(root_path=str(root))))
@@ -56,7 +57,7 @@ async def test_init_skips_when_the_root_is_not_on_btrfs(tmp_path: Path) -> None:
 async def test_init_skips_on_the_default_root_when_it_is_not_on_btrfs(tmp_path: Path) -> None:
     found = btrfs.filesystem_type(tmp_path)
     if found == "btrfs":
-        pytest.skip("the test directory itself is on btrfs")
+        unavailable("the test directory itself is on btrfs")
     with pytest.raises(PluginSkipped, match=r"plugin-root is not on btrfs \(found "):
         await registration().init(context(tmp_path, plugin.BtrfsConfig()))
 

@@ -6,10 +6,9 @@ import gzip
 import io
 import os
 import stat
+import subprocess
 import tarfile
 from pathlib import Path
-
-import pytest
 
 from runtime.plugins.diff.walking.apply import apply_layer
 from runtime.plugins.diff.walking.staging import discard, graft, stage
@@ -90,14 +89,16 @@ def test_graft_refuses_a_non_empty_upperdir_and_discard_cleans_up(tmp_path: Path
 
 def test_graft_refuses_another_file_system(tmp_path: Path) -> None:
     require_root()
-    if os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
-        pytest.skip("/dev/shm is on the same file system as the temporary directory")
+    # A tmpfs of its own: another file system whatever the temporary directory is on.
+    other = tmp_path / "other-fs"
+    other.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(other)], check=True)
     staged = stage(io.BytesIO(_layer()), tmp_path / "scratch", media_type=GZIP)
-    upper = Path(os.path.join("/dev/shm", f"moorage-upper-{os.getpid()}"))
-    upper.mkdir()
+    upper = other / "upper"
     try:
+        upper.mkdir()
         assert not graft(staged, upper)
         assert os.listdir(upper) == []
     finally:
-        upper.rmdir()
+        subprocess.run(["umount", str(other)], check=True)
         discard(staged)
