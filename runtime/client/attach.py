@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from runtime.client.plainjson import dumps, loads
-from runtime.client.websocket import BINARY, CLOSE, TEXT, WebSocket
-from runtime.core.errors import from_code
+from runtime.client.websocket import BINARY, CLOSE, TEXT, HandshakeError, WebSocket
+from runtime.core.errors import Unavailable, from_code
 
-__all__ = ["Attachment", "Exited", "Output", "Started"]
+__all__ = ["Attachment", "Exited", "Output", "Started", "open_attachment"]
+
+# typing.TYPE_CHECKING without importing typing (`moorage run` goes without it).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class _Message:
@@ -126,3 +131,20 @@ class Attachment:
     def close(self) -> None:
         """Detach (the process keeps running)."""
         self.ws.close()
+
+
+def open_attachment(client: Any, target: str) -> Attachment:
+    """Open the attach websocket ``target`` (path and query) with either API client.
+
+    ``client`` offers ``address``, ``timeout``, ``_headers()`` and
+    ``_error(status, body)``, as :class:`runtime.client.Client` and
+    :class:`runtime.client.lean.LeanClient` do; an HTTP answer instead of the
+    upgrade is rebuilt as the server's error.
+    """
+    try:
+        ws = WebSocket.connect(client.address, target, client._headers(), timeout=client.timeout)
+    except HandshakeError as exc:
+        raise client._error(exc.status, exc.body) from None
+    except OSError as exc:
+        raise Unavailable(f"cannot reach the moorage daemon at {client.address}: {exc}") from exc
+    return Attachment(ws)

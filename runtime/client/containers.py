@@ -8,9 +8,7 @@ from urllib.parse import quote, urlencode
 
 import msgspec
 
-from runtime.client.attach import Attachment
-from runtime.client.websocket import HandshakeError, WebSocket
-from runtime.core.errors import Unavailable
+from runtime.client.attach import Attachment, open_attachment
 from runtime.plugins.containers.api import (
     Container,
     ContainerCreateRequest,
@@ -274,12 +272,5 @@ class ContainersMixin:
         """
         query = {"exec_id": exec_id, "stdin": "1" if stdin else "",
                  "start": "1" if start else ""}
-        target = f"/v1/tasks/{_id(container_id)}/attach?" + urlencode(
-            {k: v for k, v in query.items() if v})
-        try:
-            ws = WebSocket.connect(self.address, target, self._headers(), timeout=self.timeout)
-        except HandshakeError as exc:
-            raise self._error(exc.status, exc.body) from None
-        except OSError as exc:
-            raise Unavailable(f"cannot reach the moorage daemon at {self.address}: {exc}") from exc
-        return Attachment(ws)
+        return open_attachment(self, f"/v1/tasks/{_id(container_id)}/attach?" + urlencode(
+            {k: v for k, v in query.items() if v}))

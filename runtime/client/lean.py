@@ -20,8 +20,8 @@ import os
 from types import SimpleNamespace
 
 from runtime.client.plainjson import dumps, loads
-from runtime.client.transport import Response, request
-from runtime.core.errors import MoorageError, Unauthenticated, Unavailable, from_code
+from runtime.client.transport import Response, request, unreachable
+from runtime.core.errors import MoorageError, Unauthenticated, from_code
 
 # typing.TYPE_CHECKING without importing typing (nor urllib.parse, below, when a
 # call does without it): each costs a few ms of every call of the CLI.
@@ -117,14 +117,8 @@ class LeanClient:
         try:
             response = request(self.address, method, path, headers=headers, body=data,
                                timeout=self.timeout if timeout == -1.0 else timeout)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise Unavailable(
-                f"cannot reach the moorage daemon at {self.address}: {exc.strerror}; "
-                "is it running? (moorage daemon)") from exc
-        except PermissionError as exc:
-            raise Unavailable(f"cannot open {self.address}: permission denied") from exc
         except OSError as exc:
-            raise Unavailable(f"cannot reach the moorage daemon at {self.address}: {exc}") from exc
+            raise unreachable(self.address, exc) from exc
         if response.status >= 400:
             raise self._error(response.status, response.read())
         return response
@@ -212,17 +206,9 @@ class LeanClient:
     def attach_task(self, container_id: str, exec_id: str = "", *, stdin: bool = False,
                     start: bool = False) -> Any:
         """Open a websocket to a process's stdio; ``start`` starts it once attached."""
-        from runtime.client.attach import Attachment
-        from runtime.client.websocket import HandshakeError, WebSocket
+        from runtime.client.attach import open_attachment
 
         query = {"exec_id": exec_id, "stdin": "1" if stdin else "",
                  "start": "1" if start else ""}
-        target = f"/v1/tasks/{_id(container_id)}/attach?" + urlencode(
-            {k: v for k, v in query.items() if v})
-        try:
-            ws = WebSocket.connect(self.address, target, self._headers(), timeout=self.timeout)
-        except HandshakeError as exc:
-            raise self._error(exc.status, exc.body) from None
-        except OSError as exc:
-            raise Unavailable(f"cannot reach the moorage daemon at {self.address}: {exc}") from exc
-        return Attachment(ws)
+        return open_attachment(self, f"/v1/tasks/{_id(container_id)}/attach?" + urlencode(
+            {k: v for k, v in query.items() if v}))

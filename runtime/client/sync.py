@@ -12,8 +12,8 @@ import msgspec
 
 from runtime.client.containers import ContainersMixin
 from runtime.client.images import ImagesMixin
-from runtime.client.transport import Response, request
-from runtime.core.errors import MoorageError, Unauthenticated, Unavailable, from_code
+from runtime.client.transport import Response, request, unreachable
+from runtime.core.errors import MoorageError, Unauthenticated, from_code
 from runtime.plugins.api.types import (
     LEASE_HEADER,
     NAMESPACE_HEADER,
@@ -122,15 +122,8 @@ class Client(ContainersMixin, ImagesMixin):
                 body=data,
                 timeout=self.timeout if timeout == -1.0 else timeout,
             )
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise Unavailable(
-                f"cannot reach the moorage daemon at {self.address}: {exc.strerror}; "
-                "is it running? (moorage daemon)"
-            ) from exc
-        except PermissionError as exc:
-            raise Unavailable(f"cannot open {self.address}: permission denied") from exc
         except OSError as exc:
-            raise Unavailable(f"cannot reach the moorage daemon at {self.address}: {exc}") from exc
+            raise unreachable(self.address, exc) from exc
         if response.status >= 400:
             raise self._error(response.status, response.read())
         return response

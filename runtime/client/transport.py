@@ -11,14 +11,14 @@ from __future__ import annotations
 # ``enum`` and ``selectors`` (several ms of every CLI call) for nothing used here.
 import _socket
 
-from runtime.core.errors import InvalidArgument
+from runtime.core.errors import InvalidArgument, Unavailable
 
 # typing.TYPE_CHECKING without importing typing (nor collections.abc) at run time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
 
-__all__ = ["Response", "request"]
+__all__ = ["Response", "request", "unreachable"]
 
 _CHUNK = 256 * 1024
 
@@ -179,3 +179,13 @@ def request(
     except BaseException:
         sock.close()
         raise
+
+
+def unreachable(address: str, exc: OSError) -> Unavailable:
+    """The error both clients raise when :func:`request` cannot reach the daemon at ``address``."""
+    if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+        return Unavailable(f"cannot reach the moorage daemon at {address}: {exc.strerror}; "
+                           "is it running? (moorage daemon)")
+    if isinstance(exc, PermissionError):
+        return Unavailable(f"cannot open {address}: permission denied")
+    return Unavailable(f"cannot reach the moorage daemon at {address}: {exc}")

@@ -45,12 +45,8 @@ log = logging.getLogger("moorage.images")
 
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
-_CHUNK = 1 << 20
 _MTIME = 0  # fixed, so the same images always export to the same bytes
 _OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
-_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
-_MAGIC = {b"\x1f\x8b\x08": ".gzip", b"\x28\xb5\x2f\xfd": ".zstd"}
-_MAX_METADATA = 64 << 20  # index.json and manifest.json are read into memory
 
 
 def _familiar(name: str) -> str:
