@@ -14,6 +14,7 @@ PACKAGES=(
     btrfs-progs e2fsprogs util-linux       # btrfs snapshotter, loop filesystems
     containerd                             # the benchmark's reference
     apache2-utils                          # htpasswd for the auth registry tests
+    catatonit                              # the CRI pod sandbox's infra PID 1
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do

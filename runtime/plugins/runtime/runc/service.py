@@ -32,6 +32,7 @@ from runtime.core.faults import fault_point
 from runtime.core.identifiers import validate_identifier, validate_namespace
 from runtime.plugins.network.task import setup_task_network, teardown_task_network
 from runtime.plugins.runtime.api import (
+    LOG_PATH_ANNOTATION,
     ExecRequest,
     ExitStatus,
     ProcessState,
@@ -139,8 +140,11 @@ class RuncRuntime(TaskTable):
             task.save()
 
         await anyio.to_thread.run_sync(fresh_record)
-        monitor = Monitor(self._monitor_options(namespace, container_id, task.init,
-                                                paths.bundle))
+        options = self._monitor_options(namespace, container_id, task.init, paths.bundle)
+        log_path = spec.get("annotations", {}).get(LOG_PATH_ANNOTATION, "")
+        if log_path:
+            options.log_path = Path(log_path)
+        monitor = Monitor(options)
         try:
             spec = await setup_task_network(self.network(), namespace, container_id, spec,
                                             paths.bundle)
