@@ -150,6 +150,8 @@ class Pods:
     _stats: dict[str, _StatsSample] = field(default_factory=dict)
     _oom: set[str] = field(default_factory=set)
     _locks: dict[str, anyio.Lock] = field(default_factory=dict)
+    # Sandbox id -> netns path ("" for host networking), for the streaming server.
+    _netns: dict[str, str] = field(default_factory=dict)
 
     # -- set-up ---------------------------------------------------------------------
 
@@ -161,6 +163,8 @@ class Pods:
             ext = record.extensions.get(EXTENSION)
             if kind and isinstance(ext, dict) and "name" in ext:
                 self._names[str(ext["name"])] = record.id
+                if kind == "sandbox":
+                    self._netns[record.id] = str(ext.get("netns", ""))
 
     @property
     def infra_rootfs(self) -> Path:
@@ -297,6 +301,7 @@ class Pods:
             made.append("task")
             await runtime.create(self.namespace, sandbox_id, spec, [])
             await runtime.start(self.namespace, sandbox_id)
+            self._netns[sandbox_id] = record.netns
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._undo_sandbox(record, made, runtime)
@@ -448,6 +453,7 @@ class Pods:
             with contextlib.suppress(NotFound):
                 await self.containers.delete(self.namespace, sandbox_id)
             self._release(record.name, sandbox_id)
+            self._netns.pop(sandbox_id, None)
             self._stats.pop(sandbox_id, None)
 
     async def _sandbox_state(self, record: SandboxRecord) -> int:
@@ -497,9 +503,15 @@ class Pods:
         return found
 
     def netns_path(self, sandbox_id: str) -> str | None:
-        """The pod's network namespace path, for port-forward (``None``: host or unknown)."""
-        path = self.network.netns_dir / f"{self.namespace}--{sandbox_id}"
-        return str(path) if path.exists() else None
+        """The pod's network namespace path, for port-forward; ``None`` for host networking.
+
+        Raises:
+            NotFound: No such pod sandbox (or it was removed).
+        """
+        try:
+            return self._netns[sandbox_id] or None
+        except KeyError:
+            raise NotFound(f"pod sandbox {sandbox_id!r} not found") from None
 
     # -- containers -----------------------------------------------------------------
 
