@@ -200,11 +200,14 @@ async def _relay(streams: CommandStreams, connection: AttachStream, *, tty: bool
                 except ValueError as exc:
                     log.info("streaming: resize stream ignored: %s", exc)
                     return
-                for width, height in sizes:
-                    try:
-                        await resize(width, height)
-                    except MoorageError as exc:
-                        log.debug("streaming: resize failed: %s", exc)
+                if not sizes:
+                    continue
+                # Only the latest of a burst matters (and conmon takes one
+                # message per read of its control fifo).
+                try:
+                    await resize(*sizes[-1])
+                except MoorageError as exc:
+                    log.debug("streaming: resize failed: %s", exc)
 
         async def client_gone() -> None:
             await streams.client_gone.wait()
