@@ -767,6 +767,26 @@ class Pods:
             return
         raise DeadlineExceeded(f"the log of {container_id!r} was not reopened in time")
 
+    async def running_container(self, container_id: str) -> str:
+        """The full id of a running container (for Exec and Attach).
+
+        Raises:
+            NotFound: No such container.
+            FailedPrecondition: It is not running.
+        """
+        container_id = await self._resolve_id(container_id, "container")
+        await self._record(container_id, "container")
+        task = await self._task(container_id)
+        if task is None or task.status != Status.RUNNING:
+            raise FailedPrecondition(f"container {container_id!r} is not running")
+        return container_id
+
+    async def known_sandbox(self, sandbox_id: str) -> str:
+        """The full id of an existing sandbox (for PortForward); NotFound otherwise."""
+        sandbox_id = await self._resolve_id(sandbox_id, "sandbox")
+        await self._record(sandbox_id, "sandbox")
+        return sandbox_id
+
     # -- exec -----------------------------------------------------------------------
 
     async def exec_sync(self, container_id: str, cmd: list[str],

@@ -232,8 +232,7 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
             raise errors.InvalidArgument("exec needs a command")
         if not (request.stdin or request.stdout or request.stderr):
             raise errors.InvalidArgument("one of stdin, stdout and stderr must be set")
-        container_id = await self.pods._resolve_id(request.container_id, "container")
-        await self.pods._record(container_id, "container")
+        container_id = await self.pods.running_container(request.container_id)
         url = self._streaming().exec_url(container_id, list(request.cmd), tty=request.tty,
                                          stdin=request.stdin, stdout=request.stdout,
                                          stderr=request.stderr)
@@ -241,8 +240,7 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
 
     @_guard
     async def Attach(self, request: pb.AttachRequest, context: Any) -> pb.AttachResponse:
-        container_id = await self.pods._resolve_id(request.container_id, "container")
-        await self.pods._record(container_id, "container")
+        container_id = await self.pods.running_container(request.container_id)
         url = self._streaming().attach_url(container_id, tty=request.tty, stdin=request.stdin,
                                            stdout=request.stdout, stderr=request.stderr)
         return pb.AttachResponse(url=url)
@@ -250,8 +248,7 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
     @_guard
     async def PortForward(self, request: pb.PortForwardRequest,
                           context: Any) -> pb.PortForwardResponse:
-        sandbox_id = await self.pods._resolve_id(request.pod_sandbox_id, "sandbox")
-        await self.pods._record(sandbox_id, "sandbox")
+        sandbox_id = await self.pods.known_sandbox(request.pod_sandbox_id)
         url = self._streaming().portforward_url(sandbox_id, list(request.port))
         return pb.PortForwardResponse(url=url)
 
