@@ -104,7 +104,8 @@ async def dial_in_netns(netns_path: str | None, port: int) -> socket.socket:
             await loop.sock_connect(sock, address)
         except OSError as exc:
             sock.close()
-            errors.append(f"{'IPv4' if sock is v4 else 'IPv6'}: {exc.strerror or exc}")
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            errors.append(f"{'IPv4' if sock is v4 else 'IPv6'}: {reason}")
             continue
         except BaseException:
             sock.close()

@@ -248,6 +248,13 @@ class SpdySession:
         for stream in self._streams.values():
             stream._end_remote()
         self._new_send.close()
+        # Streams opened but never accepted die with the session.
+        while True:
+            try:
+                self._new_receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        self._new_receive.close()
         self.closed.set()
 
     async def _protocol_error(self, message: str) -> bool:
