@@ -18,6 +18,7 @@ loopback registry (built from busybox-static by the session fixtures).
 from __future__ import annotations
 
 import os
+import stat
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -56,7 +57,7 @@ def cri_daemon(tmp_path: Path) -> Iterator[Any]:
 def wait_for_socket(daemon: Any, timeout: float = 30.0) -> None:
     """Wait until ``cri.v1`` listens (the API answers before every plugin started)."""
     deadline = time.monotonic() + timeout
-    while not daemon.cri_socket.exists():
+    while not (daemon.cri_socket.exists() and stat.S_ISSOCK(daemon.cri_socket.stat().st_mode)):
         if time.monotonic() > deadline or not daemon.running:
             raise AssertionError(f"cri.v1 did not start:\n{daemon.log()[-3000:]}")
         time.sleep(0.05)
