@@ -125,3 +125,26 @@ def test_the_infra_process_is_pid_1_and_ends_on_sigterm(cri: Any, cri_daemon: An
         import time
         time.sleep(0.05)
     assert _status(cri, sandbox_id).state == cri.pb.SANDBOX_NOTREADY
+
+
+def _host_veths() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show", "type", "veth"], capture_output=True,
+                         text=True, check=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+
+def test_removing_pods_leaves_no_veth_ip_or_attachment_behind(cri: Any, cri_daemon: Any) -> None:
+    before = _host_veths()
+    ips = []
+    for _ in range(3):
+        sandbox_id, _ = cri.run_pod()
+        ips.append(_status(cri, sandbox_id).network.ip)
+    assert len(_host_veths() - before) == 3
+    cri.remove_everything()
+    assert _host_veths() - before == set()
+    attachments = cri_daemon.root / "network.cni" / "attachments" / "k8s.io"
+    assert not attachments.exists() or list(attachments.iterdir()) == []
+    ipam = cri_daemon.root / "network.cni" / "ipam"
+    assert ipam.is_dir()
+    leased = {p.name for p in ipam.rglob("*") if p.is_file()}
+    assert not set(ips) & leased
