@@ -140,6 +140,8 @@ class SpdyClient:
             length = int(received.get("content-length", ["0"])[0])
             body = (await reader.readexactly(length)).decode() if length else ""
             writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
             raise UpgradeRefused(status, received, body)
         return cls(reader, writer, received["x-stream-protocol-version"][0])
 

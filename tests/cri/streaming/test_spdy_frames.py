@@ -176,7 +176,8 @@ def test_oversized_control_frame_ends_the_session_before_it_is_buffered() -> Non
     (control(7, b"\0\0"), "GOAWAY of 2 bytes"),
     (control(9, b"\0\0\0\1"), "WINDOW_UPDATE frame of 4 bytes"),
     (control(1, b"\0\0\0\1\0\0"), "SYN_STREAM frame of 6 bytes"),
-    (control(1, struct.pack(">IIBB", 1, 0, 0, 0) + b"not zlib at all"), "inflate"),
+    (control(1, struct.pack(">IIBB", 1, 0, 0, 0) + b"not zlib at all"), "sync flush"),
+    (control(1, struct.pack(">IIBB", 1, 0, 0, 0) + b"not zlib\0\0\xff\xff"), "inflate"),
     (struct.pack(">II", 0, 3) + b"abc", "stream 0"),
 ])
 def test_malformed_frames_end_the_session(wire: bytes, match: str) -> None:

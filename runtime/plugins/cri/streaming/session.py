@@ -269,7 +269,10 @@ class SpdySession:
             stream = self._streams.get(frame.stream_id)
             if stream is None:
                 if frame.stream_id > self._last_stream_id or frame.stream_id % 2 == 0:
-                    await self._rst(frame.stream_id, RstStatus.INVALID_STREAM)
+                    # Data for a stream the client never opened: it is not
+                    # speaking SPDY (or not to us); stop reading it.
+                    return await self._protocol_error(
+                        f"DATA for stream {frame.stream_id}, which was never opened")
                 return True  # late data for a stream that ended: dropped
             if stream.remote_closed:
                 if stream.reset_status is None and not stream._discard:

@@ -440,6 +440,10 @@ class FrameDecoder:
 
     def _headers(self, block: bytes, stream_id: int) -> Headers | StreamError:
         # Inflating is never skipped: the context spans every block of the session.
+        # Each block ends at a sync flush; one that does not would leave the
+        # inflater mid-stream and every later block unreadable.
+        if not block.endswith(b"\x00\x00\xff\xff"):
+            raise SessionError("header block does not end at a zlib sync flush")
         try:
             inflated = self._inflate.decompress(block, self.max_header_block + 1)
         except zlib.error as exc:
