@@ -11,7 +11,7 @@ from typing import Any
 from runtime.core.errors import InvalidArgument
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, Registration
-from runtime.plugins.api.routes import Middleware, Route, RouteSet
+from runtime.plugins.api.api import Middleware, Route, RouteSet
 
 
 def _required(ctx: InitContext[Any]) -> tuple[Any, ...]:
@@ -25,7 +25,7 @@ def _gc_scheduler(ctx: InitContext[Any]) -> Callable[[], Any]:
 
 
 def _task_service(ctx: InitContext[Any]) -> tuple[Any, ...]:
-    from runtime.plugins.runtime.tasks import TaskService
+    from runtime.plugins.tasks.service import TaskService
 
     def snapshots() -> Any:
         return ctx.plugins.services.get("service.snapshots")
@@ -38,8 +38,8 @@ def _task_service(ctx: InitContext[Any]) -> tuple[Any, ...]:
 class _RouteSet:
     """One built-in ``api.<id>`` plugin: a route set over the services it requires.
 
-    ``factory`` names the function building the routes, in a module of this
-    package; it is imported at init, so that loading this module at every
+    ``factory`` names the function building the routes (``module:function``, the module
+    under ``runtime.plugins``); it is imported at init, so that loading this module at every
     daemon start imports no handlers.
     """
 
@@ -54,7 +54,7 @@ class _RouteSet:
 
         async def init(ctx: InitContext[Any]) -> RouteSet:
             module, _, function = self.factory.partition(":")
-            build = getattr(importlib.import_module(f"runtime.plugins.api.{module}"), function)
+            build = getattr(importlib.import_module(f"runtime.plugins.{module}"), function)
             routes: RouteSet = build(*self.args(ctx))
             return routes
 
@@ -69,29 +69,32 @@ class _RouteSet:
 
 _ROUTE_SETS = (
     _RouteSet(
-        "system", (), "version, health, plugins, events", "system:system_routes",
+        "system", (), "version, health, plugins, events", "api.system:system_routes",
         lambda ctx: (ctx,),
     ),
-    _RouteSet("namespaces", ("metadata.sqlite",), "namespaces", "namespaces:namespace_routes"),
-    _RouteSet("content", ("content.local",), "content and ingests", "content:content_routes"),
+    _RouteSet("namespaces", ("metadata.sqlite",), "namespaces", "metadata.routes:namespace_routes"),
     _RouteSet(
-        "leases", ("metadata.sqlite",), "leases", "leases:lease_routes",
-        lambda ctx: (*_required(ctx), _gc_scheduler(ctx)),
-    ),
-    _RouteSet("snapshots", ("service.snapshots",), "snapshots", "snapshots:snapshot_routes"),
-    _RouteSet("gc", ("gc.scheduler",), "garbage collection", "gc:gc_routes"),
-    _RouteSet(
-        "images", ("images.store",), "images: pull, push, import, export", "images:image_routes",
-        lambda ctx: (*_required(ctx), _gc_scheduler(ctx)),
+        "content", ("content.local",), "content and ingests", "content.routes:content_routes",
     ),
     _RouteSet(
-        "containers", ("containers.store",), "containers", "containers:container_routes",
+        "leases", ("metadata.sqlite",), "leases", "metadata.lease_routes:lease_routes",
+        lambda ctx: (*_required(ctx), _gc_scheduler(ctx)),
+    ),
+    _RouteSet("snapshots", ("service.snapshots",), "snapshots", "snapshots.routes:snapshot_routes"),
+    _RouteSet("gc", ("gc.scheduler",), "garbage collection", "gc.routes:gc_routes"),
+    _RouteSet(
+        "images", ("images.store",), "images: pull, push, import, export",
+        "images.routes:image_routes",
+        lambda ctx: (*_required(ctx), _gc_scheduler(ctx)),
+    ),
+    _RouteSet(
+        "containers", ("containers.store",), "containers", "containers.routes:container_routes",
         lambda ctx: (*_required(ctx), lambda: ctx.plugins.by_type("runtime"),
                      ctx.daemon.cgroup_parent),
     ),
     _RouteSet(
         "tasks", ("containers.store", "runtime"), "tasks: lifecycle, exec, logs, attach, metrics",
-        "tasks:task_routes", _task_service,
+        "tasks.routes:task_routes", _task_service,
     ),
 )  # fmt: skip
 

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from runtime.api.types import DEFAULT_NAMESPACE, NAMESPACE_HEADER, ErrorBody, ErrorDetail
 from runtime.core.errors import (
     InvalidArgument,
     MoorageError,
@@ -21,9 +22,8 @@ from runtime.core.errors import (
     Unauthenticated,
 )
 from runtime.core.identifiers import validate_namespace
+from runtime.plugins.api.api import NAMESPACE_KEY, STREAM_ENDERS, Middleware, Route
 from runtime.plugins.api.openapi import openapi_document
-from runtime.plugins.api.routes import NAMESPACE_KEY, STREAM_ENDERS, Middleware, Route
-from runtime.plugins.api.types import DEFAULT_NAMESPACE, NAMESPACE_HEADER, ErrorBody, ErrorDetail
 
 __all__ = ["ApiServer", "build_app"]
 

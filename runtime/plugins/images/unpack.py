@@ -46,11 +46,11 @@ import anyio
 from runtime.core.errors import AlreadyExists, FailedPrecondition, MoorageError, NotFound
 from runtime.core.faults import fault_point
 from runtime.core.locks import KeyedLocks
+from runtime.pkg.registry.types import Descriptor
 from runtime.plugins.images.api import LABEL_GC_REF_SNAPSHOT, LABEL_UNCOMPRESSED, UnpackStatus
 from runtime.plugins.images.fetch import Keep
 from runtime.plugins.images.manifests import ConfigFile, Manifest, chain_ids
 from runtime.plugins.images.progress import Tracker
-from runtime.plugins.images.registry.types import Descriptor
 from runtime.plugins.snapshots.api import Kind, Mount
 
 __all__ = [

@@ -33,7 +33,7 @@ wraps them and maps the user's ``<namespace>``-scoped keys to backend keys.
 
 Mounts are returned, never performed: the caller (the runtime, the diff
 service, a test) mounts them, typically with
-:func:`runtime.plugins.snapshots.mount.mount_all`, which copes with overlay
+:func:`runtime.pkg.mount.mount_all`, which copes with overlay
 option strings longer than a page.
 """
 

@@ -42,11 +42,10 @@ from runtime.core.errors import (
     Unauthenticated,
     Unavailable,
 )
-from runtime.plugins.content.api import validate_digest
-from runtime.plugins.images.registry.auth import Authorizer, Credentials
-from runtime.plugins.images.registry.hosts import HostConfig, load_hosts
-from runtime.plugins.images.registry.reference import Reference, validate_tag
-from runtime.plugins.images.registry.types import (
+from runtime.pkg.registry.auth import Authorizer, Credentials
+from runtime.pkg.registry.hosts import HostConfig, load_hosts
+from runtime.pkg.registry.reference import Reference, validate_tag
+from runtime.pkg.registry.types import (
     ACCEPT_MANIFESTS,
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
@@ -58,6 +57,7 @@ from runtime.plugins.images.registry.types import (
     SCHEMA1_MEDIA_TYPES,
     Descriptor,
 )
+from runtime.plugins.content.api import validate_digest
 
 __all__ = ["BLOB_CHUNK_SIZE", "BlobStream", "RegistryClient"]
 
