@@ -58,7 +58,7 @@ from runtime.plugins.images.progress import Tracker
 from runtime.plugins.images.unpack import Unpacker
 
 if TYPE_CHECKING:
-    from runtime.plugins.content.local.store import Follower
+    from runtime.plugins.content.local.writer import Follower
     from runtime.plugins.images.service import ImageService
 
 __all__ = ["pull"]

@@ -76,7 +76,7 @@ class LayerStream(Protocol):
 
     ``read`` blocks until more bytes are there, returns ``b""`` only once the
     whole blob has been verified against its digest, and raises if it was not
-    (see :class:`runtime.plugins.content.local.store.Follower`).
+    (see :class:`runtime.plugins.content.local.writer.Follower`).
     """
 
     def read(self, size: int = -1) -> bytes:
