@@ -12,7 +12,8 @@ The images plugin pulls and pushes through :class:`RegistryClient`::
 
 Modules: :mod:`.reference` (names), :mod:`.types` (descriptors, media types),
 :mod:`.hosts` (``hosts.toml``), :mod:`.auth` (credentials and tokens),
-:mod:`.client` (HTTP). aiohttp makes the client asyncio-only.
+:mod:`.transport`, :mod:`.fetch` and :mod:`.push` (HTTP), :mod:`.client` (all three in one
+class). aiohttp makes the client asyncio-only.
 """
 
 from __future__ import annotations
