@@ -344,10 +344,10 @@ def _lease_id(target: str) -> str:
 
 def mount(args: argparse.Namespace) -> int:
     """Unpack if needed, prepare a snapshot keyed by TARGET and mount it there."""
+    from runtime.api.mounts import Mount
     from runtime.cli.main import client
     from runtime.core.errors import MoorageError, PermissionDenied
     from runtime.pkg.mount import mount_all
-    from runtime.plugins.snapshots.api import Mount
 
     target = os.path.abspath(args.target)
     api = client(args)

@@ -22,6 +22,7 @@ from runtime.core.errors import (
     OutOfRange,
     Unavailable,
 )
+from runtime.pkg.digest import validate_digest
 from runtime.pkg.registry.hosts import HostConfig
 from runtime.pkg.registry.reference import Reference
 from runtime.pkg.registry.transport import (
@@ -43,7 +44,6 @@ from runtime.pkg.registry.types import (
     SCHEMA1_MEDIA_TYPES,
     Descriptor,
 )
-from runtime.plugins.content.api import validate_digest
 
 __all__ = ["BlobStream", "RegistryFetcher"]
 

@@ -19,6 +19,7 @@ from runtime.core.errors import (
     MoorageError,
     Unavailable,
 )
+from runtime.pkg.digest import validate_digest
 from runtime.pkg.registry.hosts import HostConfig
 from runtime.pkg.registry.reference import Reference, validate_tag
 from runtime.pkg.registry.transport import (
@@ -33,7 +34,6 @@ from runtime.pkg.registry.types import (
     SCHEMA1_MEDIA_TYPES,
     Descriptor,
 )
-from runtime.plugins.content.api import validate_digest
 
 __all__ = ["RegistryPusher"]
 

@@ -37,6 +37,7 @@ from runtime.core.errors import (
     Unauthenticated,
     Unavailable,
 )
+from runtime.pkg.digest import validate_digest
 from runtime.pkg.registry.auth import Authorizer, Credentials
 from runtime.pkg.registry.hosts import HostConfig, load_hosts
 from runtime.pkg.registry.reference import Reference
@@ -49,7 +50,6 @@ from runtime.pkg.registry.types import (
     MEDIA_TYPE_OCI_MANIFEST,
     SCHEMA1_MEDIA_TYPES,
 )
-from runtime.plugins.content.api import validate_digest
 
 __all__ = ["BLOB_CHUNK_SIZE", "RegistryTransport"]
 
