@@ -17,8 +17,14 @@ from runtime.api.types import (
 )
 from runtime.core.errors import InvalidArgument, OutOfRange
 from runtime.core.identifiers import validate_labels
-from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
-from runtime.plugins.api.server import error_response
+from runtime.plugins.api.api import (
+    Query,
+    Route,
+    RouteSet,
+    decode_body,
+    error_response,
+    namespace_of,
+)
 
 T = TypeVar("T")
 
