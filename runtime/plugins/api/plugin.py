@@ -1,4 +1,4 @@
-"""Registrations of the API: ``server.http`` (mounting every ``api.*`` route set) and ``api.system``.
+"""Registrations of the API: ``server.http``, mounting every ``api.*`` route set; ``api.system``.
 
 The other route sets are registered by the plugins whose services they serve
 (with :func:`~runtime.plugins.api.api.route_set`), next to their ``routes.py``.
