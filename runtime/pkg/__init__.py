@@ -1,0 +1,1 @@
+"""Libraries shared by the core and the plugins."""
