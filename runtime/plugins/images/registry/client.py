@@ -46,6 +46,12 @@ from runtime.plugins.content.api import validate_digest
 from runtime.plugins.images.registry.auth import Authorizer, Credentials
 from runtime.plugins.images.registry.hosts import HostConfig, load_hosts
 from runtime.plugins.images.registry.reference import Reference, validate_tag
+from runtime.plugins.images.registry.retry import (
+    RegistryBusy,
+    Retrying,
+    RetryPolicy,
+    parse_retry_after,
+)
 from runtime.plugins.images.registry.types import (
     ACCEPT_MANIFESTS,
     INDEX_MEDIA_TYPES,
@@ -168,7 +174,10 @@ class RegistryClient:
         connect_timeout: Seconds to establish a TCP (and TLS) connection; keep it
             short so a dead mirror hands over to the next host quickly.
         read_timeout: Seconds without any data before a response counts as stalled.
-        retries: How often one blob download resumes after a broken connection.
+        retries: How often one blob download resumes after a broken connection
+            (default: ``retry.attempts - 1``).
+        retry: How often, how patiently and for how long a failing registry is
+            tried again (see :mod:`.retry`).
         user_agent: ``User-Agent`` header.
     """
 
@@ -180,14 +189,16 @@ class RegistryClient:
         plain_http: bool = False,
         connect_timeout: float = 10,
         read_timeout: float = 30,
-        retries: int = 3,
+        retries: int | None = None,
+        retry: RetryPolicy | None = None,
         user_agent: str = "moorage/0.1",
     ) -> None:
         self.hosts_dir = hosts_dir
         self.plain_http = plain_http
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.retries = retries
+        self.retry = retry or RetryPolicy()
+        self.retries = retries if retries is not None else self.retry.attempts - 1
         self.user_agent = user_agent
         self._auth = Authorizer(credentials)
         self._session: aiohttp.ClientSession | None = None
@@ -358,11 +369,36 @@ class RegistryClient:
                 detail = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}" for e in errors)
             except msgspec.DecodeError:
                 detail = body[:200].decode(errors="replace").strip()
-        cls = _STATUS_ERRORS.get(resp.status, Unavailable if resp.status >= 500 else MoorageError)
         reason = f"{resp.status} {resp.reason or ''}".strip()
-        raise cls(f"{what} on {host.url}: {reason}" + (f" ({detail})" if detail else ""))
+        message = f"{what} on {host.url}: {reason}" + (f" ({detail})" if detail else "")
+        if resp.status == 429 or resp.status >= 500:
+            # Busy or broken for now: worth another try, after what it asks for.
+            retry_after = parse_retry_after(resp.headers.get("Retry-After", ""))
+            raise RegistryBusy(message, status=resp.status, retry_after=retry_after)
+        cls = _STATUS_ERRORS.get(resp.status, MoorageError)
+        raise cls(message)
 
     async def _try_hosts(
+        self,
+        hosts: list[HostConfig],
+        op: Callable[[HostConfig], Awaitable[T]],
+        retrying: Retrying | None = None,
+        what: str = "registry request",
+    ) -> T:
+        """Run ``op`` on each host in turn until one succeeds; again, within ``retrying``.
+
+        A round that fails on every host for a reason that may pass (5xx, 429, a
+        refused or cut connection) is tried again after a wait, within the bounds of
+        ``retrying`` (default: a fresh one of the client's policy).
+        """
+        retrying = retrying or Retrying(self.retry, what)
+        while True:
+            try:
+                return await self._try_hosts_once(hosts, op)
+            except MoorageError as exc:
+                await retrying.failed(exc)
+
+    async def _try_hosts_once(
         self, hosts: list[HostConfig], op: Callable[[HostConfig], Awaitable[T]]
     ) -> T:
         """Run ``op`` on each host in turn until one succeeds."""
@@ -378,7 +414,9 @@ class RegistryClient:
         if len(failures) == 1:
             raise last
         others = "; ".join(f"{h.url}: {e}" for h, e in failures[:-1])
-        raise type(last)(f"{last} (also tried {others})") from last
+        combined = type(last)(f"{last} (also tried {others})")
+        combined.__dict__.update(last.__dict__)  # status, Retry-After
+        raise combined from last
 
     def _push_host(self, ref: Reference) -> HostConfig:
         return self.hosts(ref, "push")[0]
@@ -413,7 +451,7 @@ class RegistryClient:
             )
             return desc, host.url
 
-        return await self._try_hosts(self.hosts(ref, "resolve"), on)
+        return await self._try_hosts(self.hosts(ref, "resolve"), on, what=f"resolve {ref.name}")
 
     async def _resolve_on(self, host: HostConfig, ref: Reference) -> Descriptor:
         url = self._url(host, ref, "manifests", ref.object)
@@ -502,7 +540,8 @@ class RegistryClient:
             log.info("fetched manifest %s@%s from %s", ref.repository, desc.digest, host.url)
             return data
 
-        return await self._try_hosts(self.hosts(ref, "pull"), on)
+        return await self._try_hosts(
+            self.hosts(ref, "pull"), on, what=f"manifest {ref.repository}@{desc.digest}")
 
     def fetch_blob(self, ref: Reference, desc: Descriptor, *, offset: int = 0) -> BlobStream:
         """Stream the blob ``desc`` from byte ``offset`` on; see :class:`BlobStream`.
@@ -748,6 +787,8 @@ class BlobStream:
         self._desc = desc
         self._position = offset  # absolute offset of the next byte from the network
         self._resumes = 0
+        # One budget for the stream: failed opens and resumes count alike.
+        self._retrying = Retrying(client.retry, self._what)
         self._resp: aiohttp.ClientResponse | None = None
         self._serving = HostConfig(url="")
         self._done = False
@@ -846,14 +887,14 @@ class BlobStream:
             raise Unavailable(f"{exc} (gave up after {self._resumes} resumes)") from exc
         self._resumes += 1
         log.info(
-            "%s: %s; resuming at byte %d (attempt %d of %d)",
+            "%s: %s; resuming at byte %d (resume %d of %d)",
             self._what,
             exc,
             self._position,
             self._resumes,
             self._client.retries,
         )
-        await anyio.sleep(min(0.1 * 2 ** (self._resumes - 1), 2.0))
+        await self._retrying.failed(exc)
 
     async def _open(self) -> None:
         if self._resp is not None or 0 < self._desc.size <= self._position:
@@ -861,7 +902,8 @@ class BlobStream:
         hosts = self._client.hosts(self._ref, "pull")
         # Resume where the data was coming from; the others are the fallback.
         hosts.sort(key=lambda h: h.url != self.host)
-        self._resp, self._serving = await self._client._try_hosts(hosts, self._open_on)
+        self._resp, self._serving = await self._client._try_hosts(
+            hosts, self._open_on, self._retrying)
         self.host = self._serving.url
         log.info("fetching %s from %s (from byte %d)", self._what, self.host, self._position)
 
