@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -160,8 +161,8 @@ def test_capability_gates_follow_the_capability_set() -> None:
     plain = default_profile(DEFAULT_CAPABILITIES)
     admin = default_profile([*DEFAULT_CAPABILITIES, "CAP_SYS_ADMIN"])
 
-    def rules(profile: dict[str, object], name: str) -> list[dict[str, object]]:
-        return [r for r in profile["syscalls"] if name in r["names"]]  # type: ignore[attr-defined,index]
+    def rules(profile: dict[str, Any], name: str) -> list[dict[str, Any]]:
+        return [r for r in profile["syscalls"] if name in r["names"]]
 
     assert plain["defaultAction"] == "SCMP_ACT_ERRNO" and plain["defaultErrnoRet"] == 1
     assert plain["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"] \
@@ -169,7 +170,7 @@ def test_capability_gates_follow_the_capability_set() -> None:
     for name in ("mount", "unshare", "setns", "keyctl", "io_uring_setup", "io_uring_enter"):
         assert not [r for r in rules(plain, name) if r["action"] == "SCMP_ACT_ALLOW"], name
     [clone] = rules(plain, "clone")
-    assert clone["args"][0]["op"] == "SCMP_CMP_MASKED_EQ"  # type: ignore[index]
+    assert clone["args"][0]["op"] == "SCMP_CMP_MASKED_EQ"
     assert [r["action"] for r in rules(plain, "clone3")] == ["SCMP_ACT_ERRNO"]
     for name in ("mount", "unshare", "setns", "clone", "clone3"):
         assert any(r["action"] == "SCMP_ACT_ALLOW" and "args" not in r
@@ -183,6 +184,24 @@ def test_generated_spec_carries_the_profile_unless_unconfined_or_privileged() ->
     for options in (SpecOptions(args=["true"], seccomp="unconfined"),
                     SpecOptions(args=["true"], privileged=True)):
         assert "seccomp" not in generate_spec("ns", "c", None, options)["linux"]
+
+
+def test_containers_create_takes_the_same_flags(daemon: Daemon, rootfs: Path) -> None:
+    from tests.plugins.runtime.helpers import moorage
+
+    api = daemon.client("security")
+    for cid, flags in (("sec-default", ()), ("sec-unconfined", ("--security-opt",
+                                                                "seccomp=unconfined"))):
+        made = moorage(daemon.address, "-n", "security", "containers", "create", *flags,
+                       "--rootfs", str(rootfs), "busybox", cid, "true")
+        assert made.returncode == 0, made.stderr
+    try:
+        assert api.container("sec-default").spec["linux"]["seccomp"]["defaultAction"] \
+            == "SCMP_ACT_ERRNO"
+        assert "seccomp" not in api.container("sec-unconfined").spec["linux"]
+    finally:
+        for cid in ("sec-default", "sec-unconfined"):
+            api.delete_container(cid)
 
 
 # -- supplementary groups -------------------------------------------------------------------
