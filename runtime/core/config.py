@@ -100,7 +100,12 @@ def check_path_keys(value: msgspec.Struct, source: str, section: str, prefix: st
     Raises:
         ConfigError: Naming the file, the section and the key.
     """
-    hints = typing.get_type_hints(type(value), include_extras=True)
+    try:
+        hints = typing.get_type_hints(type(value), include_extras=True)
+    except (NameError, TypeError):
+        # A third party's config whose annotations name what its module no longer
+        # holds (a class made in a function): msgspec decoded it; nothing is marked.
+        return
     for name in value.__struct_fields__:
         hint, item = hints.get(name), getattr(value, name)
         key = f"{prefix}{name}"
