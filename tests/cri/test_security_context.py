@@ -202,3 +202,44 @@ def test_oom_killed_container_has_reason_oomkilled(cri: Any, cri_image: str) -> 
     assert status.state == pb.CONTAINER_EXITED
     assert status.reason == "OOMKilled"
     assert status.exit_code == 137
+
+
+def _seccomp_mode(cri: Any, container_id: str) -> str:
+    status = cri.exec(container_id, "cat", "/proc/self/status").stdout.decode()
+    return next(x.split()[1] for x in status.splitlines() if x.startswith("Seccomp:"))
+
+
+def test_seccomp_nil_is_unconfined_and_runtime_default_filters(cri: Any, cri_image: str) -> None:
+    pb = cri.pb
+    unconfined = _with_security(cri, cri_image)
+    assert _seccomp_mode(cri, unconfined) == "0"
+    filtered = _with_security(cri, cri_image, seccomp=pb.SecurityProfile(
+        profile_type=pb.SecurityProfile.RuntimeDefault))
+    assert _seccomp_mode(cri, filtered) == "2"
+
+
+def test_seccomp_localhost_profile_is_read_from_the_host(cri: Any, cri_image: str,
+                                                         tmp_path: Any) -> None:
+    import json
+
+    pb = cri.pb
+    profile = tmp_path / "deny-mkdir.json"
+    profile.write_text(json.dumps({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}))
+    container_id = _with_security(cri, cri_image, seccomp=pb.SecurityProfile(
+        profile_type=pb.SecurityProfile.Localhost, localhost_ref=str(profile)))
+    assert _seccomp_mode(cri, container_id) == "2"
+    assert cri.exec(container_id, "mkdir", "/tmp/no").exit_code != 0
+    assert cri.exec(container_id, "touch", "/tmp/yes").exit_code == 0
+
+
+def test_privileged_ignores_seccomp(cri: Any, cri_image: str) -> None:
+    pb = cri.pb
+    config = cri.pod_config()
+    config.linux.security_context.privileged = True
+    pod = cri.run_pod(config)
+    container_id = _with_security(cri, cri_image, pod=pod, privileged=True,
+                                  seccomp=pb.SecurityProfile(
+                                      profile_type=pb.SecurityProfile.RuntimeDefault))
+    assert _seccomp_mode(cri, container_id) == "0"

@@ -18,11 +18,11 @@ from typing import Any
 import anyio
 import msgspec
 
+from runtime.api.specs import ImageConfig as RunConfig
 from runtime.core.errors import DeadlineExceeded, InvalidArgument, MoorageError, NotFound
+from runtime.pkg.registry.reference import parse_reference
 from runtime.plugins.cri.v1 import api_pb2 as pb
 from runtime.plugins.images.api import Image, PullOptions
-from runtime.plugins.images.registry.reference import parse_reference
-from runtime.plugins.runtime.api import ImageConfig as RunConfig
 
 __all__ = ["CriImage", "CriImages"]
 

@@ -32,6 +32,8 @@ import anyio.to_thread
 import msgspec
 from google.protobuf import json_format
 
+from runtime.api.containers import Container, RuntimeInfo
+from runtime.api.tasks import ExecRequest, Status, TaskState
 from runtime.core.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -41,13 +43,13 @@ from runtime.core.errors import (
     NotFound,
 )
 from runtime.core.identifiers import validate_labels
-from runtime.plugins.containers.api import Container, ContainerStore, RuntimeInfo
+from runtime.plugins.containers.api import ContainerStore
 from runtime.plugins.cri import spec as specs
 from runtime.plugins.cri.images import CriImages
 from runtime.plugins.cri.v1 import api_pb2 as pb
 from runtime.plugins.network.api import BRIDGE, PortMapping
 from runtime.plugins.network.task import etc_hosts, resolv_conf
-from runtime.plugins.runtime.api import ExecRequest, Runtime, Status, TaskState
+from runtime.plugins.runtime.api import Runtime
 
 __all__ = ["EXTENSION", "KIND_LABEL", "Pods"]
 

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.api.specs import ImageConfig, SpecOptions
+from runtime.api.tasks import LOG_PATH_ANNOTATION
 from runtime.core.errors import InvalidArgument
+from runtime.pkg.oci.spec import generate_spec, privileged_capabilities
+from runtime.pkg.seccomp import UNCONFINED, default_profile, parse_profile
 from runtime.plugins.cri.v1 import api_pb2 as pb
-from runtime.plugins.runtime.api import LOG_PATH_ANNOTATION, ImageConfig, SpecOptions
-from runtime.plugins.runtime.runc.spec import generate_spec, privileged_capabilities
 
 __all__ = [
     "SandboxFiles",
@@ -312,10 +314,38 @@ def _add_device(spec: dict[str, Any], device: pb.Device) -> None:
 
 
 def _apply_seccomp(spec: dict[str, Any], sec: pb.LinuxContainerSecurityContext) -> None:
-    # TODO(i19's seccomp default profile): RuntimeDefault and Localhost profiles
-    # need the daemon's default profile, which is not on main yet. Until then
-    # every container runs unconfined, as with seccomp "Unconfined".
-    spec["linux"].pop("seccomp", None)
+    """The CRI's seccomp choice, over the daemon's default profile (:mod:`runtime.pkg.seccomp`).
+
+    No profile at all means unconfined, as in containerd and critest's "nil"
+    case; ``{}`` (RuntimeDefault) the default profile; Localhost a profile
+    file on the host. A privileged container runs unconfined whatever it asks.
+    """
+    caps = spec["process"]["capabilities"]["bounding"]
+    kind, ref = "", ""
+    if sec.HasField("seccomp"):
+        profile = sec.seccomp
+        kind = {profile.RuntimeDefault: "runtime/default", profile.Unconfined: UNCONFINED,
+                profile.Localhost: "localhost"}[profile.profile_type]
+        ref = profile.localhost_ref
+    elif sec.seccomp_profile_path:
+        path = sec.seccomp_profile_path
+        kind = "localhost" if path.startswith("localhost/") else path
+        ref = path.removeprefix("localhost/")
+    if sec.privileged or kind in ("", UNCONFINED):
+        spec["linux"].pop("seccomp", None)
+    elif kind in ("runtime/default", "docker/default"):
+        spec["linux"]["seccomp"] = default_profile(caps)
+    elif kind == "localhost":
+        if not ref.startswith("/"):
+            raise InvalidArgument(f"seccomp localhost profile {ref!r} must be an absolute path")
+        try:
+            text = Path(ref).read_text()
+        except OSError as exc:
+            raise InvalidArgument(f"seccomp profile {ref}: {exc.strerror}") from None
+        spec["linux"]["seccomp"] = parse_profile(text, caps, where=f"seccomp profile {ref}")
+    else:
+        raise InvalidArgument(f"seccomp profile {kind!r}: use runtime/default, unconfined "
+                              "or localhost/<path>")
 
 
 def _apply_resources(spec: dict[str, Any], res: pb.LinuxContainerResources,

@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from runtime.api.tasks import LOG_PATH_ANNOTATION
 from runtime.core.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -32,7 +33,6 @@ from runtime.core.faults import fault_point
 from runtime.core.identifiers import validate_identifier, validate_namespace
 from runtime.plugins.network.task import setup_task_network, teardown_task_network
 from runtime.plugins.runtime.api import (
-    LOG_PATH_ANNOTATION,
     ExecRequest,
     ExitStatus,
     ProcessState,
