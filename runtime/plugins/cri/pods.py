@@ -42,10 +42,12 @@ from runtime.core.errors import (
     MoorageError,
     NotFound,
 )
+from runtime.core.faults import fault_point
 from runtime.core.identifiers import validate_labels
 from runtime.plugins.containers.api import ContainerStore
 from runtime.plugins.cri import spec as specs
 from runtime.plugins.cri.images import CriImages
+from runtime.plugins.cri.recovery import recover
 from runtime.plugins.cri.v1 import api_pb2 as pb
 from runtime.plugins.network.api import BRIDGE, PortMapping
 from runtime.plugins.network.task import etc_hosts, resolv_conf
@@ -158,8 +160,9 @@ class Pods:
     # -- set-up ---------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Rebuild the reserved names from the records (after a restart) and the infra rootfs."""
+        """Undo what a crash left half made, rebuild the reserved names and the infra rootfs."""
         await anyio.to_thread.run_sync(self._write_infra_rootfs)
+        await recover(self)
         for record in await self.containers.list(self.namespace):
             kind = record.labels.get(KIND_LABEL)
             ext = record.extensions.get(EXTENSION)
@@ -280,6 +283,8 @@ class Pods:
                 labels={KIND_LABEL: "sandbox", **dict(config.labels)},
                 extensions={EXTENSION: msgspec.to_builtins(record)}))
             made.append("record")
+            # Crash tests: the record only; nothing made yet.
+            fault_point("cri.sandbox.after-record")
             ports = self._ports(config)
             if not host_net:
                 made.append("network")
@@ -292,9 +297,13 @@ class Pods:
                 ips = [ip.ip for ip in attachment.ips]
                 record.ip = ips[0] if ips else ""
                 record.additional_ips = ips[1:]
+                # Crash tests: an address is allocated, the record does not say which.
+                fault_point("cri.sandbox.after-cni-add")
             made.append("files")
             record.shm_mounted = await anyio.to_thread.run_sync(
                 self._write_files, record, config, attachment if not host_net else None)
+            # Crash tests: /dev/shm is mounted, the record does not say so.
+            fault_point("cri.sandbox.after-files")
             await self._save_ext(sandbox_id, record)
             spec = specs.sandbox_spec(
                 self.namespace, sandbox_id, config, rootfs=self.infra_rootfs,
@@ -302,7 +311,11 @@ class Pods:
                 cgroup_parent=self._cgroup_parent(config))
             made.append("task")
             await runtime.create(self.namespace, sandbox_id, spec, [])
+            # Crash tests: the infra task is created, not started.
+            fault_point("cri.sandbox.after-infra-create")
             await runtime.start(self.namespace, sandbox_id)
+            # Crash tests: the pod runs, but the kubelet never hears its id.
+            fault_point("cri.sandbox.after-infra-start")
             self._netns[sandbox_id] = record.netns
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -382,7 +395,8 @@ class Pods:
             return
         base = Path(record.dir)
         shm = base / "shm"
-        if record.shm_mounted and os.path.ismount(shm):
+        # Mounted even when the record does not say so (a crash before it was saved).
+        if os.path.ismount(shm):
             subprocess.run(["umount", "-l", str(shm)], check=False, capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 
@@ -568,11 +582,17 @@ class Pods:
                 labels={KIND_LABEL: "container", **dict(config.labels)},
                 extensions={EXTENSION: msgspec.to_builtins(record)}))
             made.append("record")
+            # Crash tests: a record without a snapshot or a task.
+            fault_point("cri.container.after-record")
             mounts = await self.snapshots.get(self.snapshotter).prepare(
                 self.namespace, container_id, chain)
             made.append("snapshot")
+            # Crash tests: the root filesystem's snapshot exists, no task yet.
+            fault_point("cri.container.after-snapshot")
             made.append("task")
             await runtime.create(self.namespace, container_id, spec, mounts, stdin=config.stdin)
+            # Crash tests: created, but the kubelet never hears its id.
+            fault_point("cri.container.after-task")
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._undo_container(container_id, made)

@@ -41,6 +41,7 @@ from runtime.core.errors import (
     MoorageError,
     NotFound,
 )
+from runtime.core.faults import fault_point
 from runtime.core.identifiers import validate_identifier, validate_namespace
 from runtime.plugins.network.api import (
     BRIDGE,
@@ -301,6 +302,8 @@ class CniNetwork:
         path = Path(record.netns)
         # With lo up already: no loopback plugin to run.
         await anyio.to_thread.run_sync(self._create_netns, path)
+        # Crash tests: a pinned namespace, no plugin has run in it.
+        fault_point("network.attach.after-netns")
         if conf is None:
             return
         call = self._call(record, IFNAME)
