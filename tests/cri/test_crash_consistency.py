@@ -286,7 +286,7 @@ SCENARIOS = [
              verify_touches=RUN_POD_TOUCHES),
     Scenario("create-container", CONTAINER_POINTS, create_trigger, create_verify,
              setup=create_setup, setup_touches=RUN_POD_TOUCHES,
-             verify_touches=CREATE_TOUCHES + ("task.start",)),
+             verify_touches=(*CREATE_TOUCHES, "task.start")),
 ]
 # The create-container cases wait for the store check to know a live pod's netns and
 # /dev/shm mounts (tests/reliability/store_check.py calls them stray): RunPodSandbox only.
