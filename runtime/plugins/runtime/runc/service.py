@@ -30,7 +30,6 @@ from runtime.core.errors import (
 )
 from runtime.core.faults import fault_point
 from runtime.core.identifiers import validate_identifier, validate_namespace
-from runtime.plugins.network.task import setup_task_network, teardown_task_network
 from runtime.plugins.runtime.api import (
     ExecRequest,
     ExitStatus,
@@ -57,6 +56,7 @@ from runtime.plugins.runtime.runc.bundle import (
 from runtime.plugins.runtime.runc.cgroups import remove_empty
 from runtime.plugins.runtime.runc.conmon import Monitor, MonitorOptions
 from runtime.plugins.runtime.runc.layout import ProcessRecord, TaskRecord, write_durably
+from runtime.plugins.runtime.runc.network import setup_task_network, teardown_task_network
 from runtime.plugins.runtime.runc.oci import OciRuntime
 from runtime.plugins.runtime.runc.process import Process
 from runtime.plugins.runtime.runc.queries import TaskTable
