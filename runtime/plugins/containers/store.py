@@ -19,8 +19,7 @@ from runtime.plugins.containers.api import (
     ContainerDelete,
     ContainerUpdate,
 )
-from runtime.plugins.metadata.db import Database
-from runtime.plugins.metadata.namespaces import ensure_namespace
+from runtime.plugins.metadata.api import Database, ensure_namespace
 
 __all__ = ["SqliteContainerStore"]
 

@@ -15,8 +15,7 @@ from runtime.core.config import DEFAULT_CGROUP_PARENT
 from runtime.core.errors import InvalidArgument
 from runtime.core.filters import adapt, parse
 from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
-from runtime.plugins.containers.api import RunRequest
-from runtime.plugins.containers.routes import new_container
+from runtime.plugins.containers.api import RunRequest, new_container
 from runtime.plugins.runtime.api import (
     CreateTaskRequest,
     ExecRequest,
