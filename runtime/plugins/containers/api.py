@@ -1,4 +1,7 @@
-"""The container store's contract: the record, its events and the service protocol."""
+"""The container store's contract: the service protocol, and building a record from a request.
+
+The record, its request bodies and its events are wire types, in :mod:`runtime.api.containers`.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +10,13 @@ from typing import Any, Protocol
 
 from runtime.api.containers import (
     Container,
-    ContainerCreate,
     ContainerCreateRequest,
-    ContainerDelete,
-    ContainerUpdate,
-    ContainerUpdateRequest,
-    RunRequest,
-    RuntimeInfo,
 )
 from runtime.core.config import DEFAULT_CGROUP_PARENT
 from runtime.core.errors import PermissionDenied
 from runtime.core.identifiers import validate_identifier
 
-__all__ = [
-    "Container",
-    "ContainerCreate",
-    "ContainerCreateRequest",
-    "ContainerDelete",
-    "ContainerStore",
-    "ContainerUpdate",
-    "ContainerUpdateRequest",
-    "RunRequest",
-    "RuntimeInfo",
-    "check_privileges",
-    "new_container",
-]
+__all__ = ["ContainerStore", "check_privileges", "new_container"]
 
 
 

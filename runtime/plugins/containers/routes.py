@@ -7,17 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
+from runtime.api.containers import Container, ContainerCreateRequest, ContainerUpdateRequest
 from runtime.core.config import DEFAULT_CGROUP_PARENT
 from runtime.core.errors import FailedPrecondition
 from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
-from runtime.plugins.containers.api import (
-    Container,
-    ContainerCreateRequest,
-    ContainerStore,
-    ContainerUpdateRequest,
-    check_privileges,
-    new_container,
-)
+from runtime.plugins.containers.api import ContainerStore, check_privileges, new_container
 
 __all__ = ["container_routes"]
 

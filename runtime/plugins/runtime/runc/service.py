@@ -21,16 +21,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from runtime.core.errors import (
-    AlreadyExists,
-    DeadlineExceeded,
-    FailedPrecondition,
-    MoorageError,
-    NotFound,
-)
-from runtime.core.faults import fault_point
-from runtime.core.identifiers import validate_identifier, validate_namespace
-from runtime.plugins.runtime.api import (
+from runtime.api.tasks import (
     ExecRequest,
     ExitStatus,
     ProcessState,
@@ -45,6 +36,15 @@ from runtime.plugins.runtime.api import (
     TaskStart,
     TaskState,
 )
+from runtime.core.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    MoorageError,
+    NotFound,
+)
+from runtime.core.faults import fault_point
+from runtime.core.identifiers import validate_identifier, validate_namespace
 from runtime.plugins.runtime.runc.attach import AttachConnection, connect_attach
 from runtime.plugins.runtime.runc.bundle import (
     exec_process_spec,
