@@ -26,6 +26,7 @@ import pytest
 
 from runtime.core.config import ConfigError, decode_plugin_config, parse_config
 from runtime.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from runtime.plugins.network import api as network_task
 from runtime.plugins.network.api import (
     NETWORK_ANNOTATION,
     PORTS_ANNOTATION,
@@ -40,7 +41,6 @@ from runtime.plugins.network.cni import conflist, netns
 from runtime.plugins.network.cni.conflist import ConfList, check_subnet, default_conflist
 from runtime.plugins.network.cni.plugin import CniConfig
 from runtime.plugins.network.cni.service import AttachmentRecord, CniNetwork, _plugin_config
-from runtime.plugins.runtime.runc import network as network_task
 from tests.fixtures.network import (
     NetworkLease,
     daemon_token,

@@ -22,6 +22,7 @@ import anyio
 import anyio.to_thread
 
 from runtime.api.tasks import (
+    LOG_PATH_ANNOTATION,
     ExecRequest,
     ExitStatus,
     ProcessState,
@@ -45,6 +46,7 @@ from runtime.core.errors import (
 )
 from runtime.core.faults import fault_point
 from runtime.core.identifiers import validate_identifier, validate_namespace
+from runtime.plugins.network.api import setup_task_network, teardown_task_network
 from runtime.plugins.runtime.runc.attach import AttachConnection, connect_attach
 from runtime.plugins.runtime.runc.bundle import (
     exec_process_spec,
@@ -56,7 +58,6 @@ from runtime.plugins.runtime.runc.bundle import (
 from runtime.plugins.runtime.runc.cgroups import remove_empty
 from runtime.plugins.runtime.runc.conmon import Monitor, MonitorOptions
 from runtime.plugins.runtime.runc.layout import ProcessRecord, TaskRecord, write_durably
-from runtime.plugins.runtime.runc.network import setup_task_network, teardown_task_network
 from runtime.plugins.runtime.runc.oci import OciRuntime
 from runtime.plugins.runtime.runc.process import Process
 from runtime.plugins.runtime.runc.queries import TaskTable
@@ -139,8 +140,11 @@ class RuncRuntime(TaskTable):
             task.save()
 
         await anyio.to_thread.run_sync(fresh_record)
-        monitor = Monitor(self._monitor_options(namespace, container_id, task.init,
-                                                paths.bundle))
+        options = self._monitor_options(namespace, container_id, task.init, paths.bundle)
+        log_path = spec.get("annotations", {}).get(LOG_PATH_ANNOTATION, "")
+        if log_path:
+            options.log_path = Path(log_path)
+        monitor = Monitor(options)
         try:
             spec = await setup_task_network(self.network(), namespace, container_id, spec,
                                             paths.bundle)
