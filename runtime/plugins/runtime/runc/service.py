@@ -21,18 +21,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from runtime.api.tasks import LOG_PATH_ANNOTATION
-from runtime.core.errors import (
-    AlreadyExists,
-    DeadlineExceeded,
-    FailedPrecondition,
-    MoorageError,
-    NotFound,
-)
-from runtime.core.faults import fault_point
-from runtime.core.identifiers import validate_identifier, validate_namespace
-from runtime.plugins.network.task import setup_task_network, teardown_task_network
-from runtime.plugins.runtime.api import (
+from runtime.api.tasks import (
+    LOG_PATH_ANNOTATION,
     ExecRequest,
     ExitStatus,
     ProcessState,
@@ -47,6 +37,16 @@ from runtime.plugins.runtime.api import (
     TaskStart,
     TaskState,
 )
+from runtime.core.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    MoorageError,
+    NotFound,
+)
+from runtime.core.faults import fault_point
+from runtime.core.identifiers import validate_identifier, validate_namespace
+from runtime.plugins.network.api import setup_task_network, teardown_task_network
 from runtime.plugins.runtime.runc.attach import AttachConnection, connect_attach
 from runtime.plugins.runtime.runc.bundle import (
     exec_process_spec,
