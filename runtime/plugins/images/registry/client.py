@@ -43,7 +43,7 @@ from runtime.core.errors import (
     Unavailable,
 )
 from runtime.plugins.content.api import validate_digest
-from runtime.plugins.images.registry.auth import Authorizer, Credentials
+from runtime.plugins.images.registry.auth import Authorizer, Credentials, verified_tls
 from runtime.plugins.images.registry.hosts import HostConfig, load_hosts
 from runtime.plugins.images.registry.reference import Reference, validate_tag
 from runtime.plugins.images.registry.types import (
@@ -258,7 +258,7 @@ class RegistryClient:
                 except (OSError, ssl.SSLError) as exc:
                     raise InvalidArgument(f"CA file {host.ca} for {host.url}: {exc}") from exc
             else:
-                self._ssl[key] = True
+                self._ssl[key] = verified_tls()
         return self._ssl[key]
 
     def _url(self, host: HostConfig, ref: Reference, kind: str, obj: str = "") -> URL:
