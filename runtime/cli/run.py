@@ -134,7 +134,7 @@ def spec_options_from(args: argparse.Namespace, command: list[str]) -> Any:
     """The SpecOptions the flags describe (``command`` empty keeps the image's)."""
     import msgspec
 
-    from runtime.plugins.runtime.api import SpecOptions
+    from runtime.api.specs import SpecOptions
 
     return msgspec.convert(spec_dict_from(args, command), SpecOptions)
 
@@ -266,8 +266,8 @@ def prepare_rootfs(api: Any, image: str, key: str, snapshotter: str = "") -> Pre
     """
     import msgspec
 
-    from runtime.plugins.runtime.api import ImageConfig
-    from runtime.plugins.snapshots.api import Mount
+    from runtime.api.mounts import Mount
+    from runtime.api.specs import ImageConfig
 
     prepared = api.image_rootfs(image, snapshotter)
     config = msgspec.convert(prepared.config or {}, ImageConfig)

@@ -148,7 +148,7 @@ def _aiohttp_without_default_certificates() -> None:
     system's CA certificates (``set_default_verify_paths``): about 60 ms of
     CPU on every daemon start and 2.5 MB resident for as long as it runs. The
     daemon never uses them: the registry client passes its own context
-    (``runtime.plugins.images.registry.auth.verified_tls``, made on the first
+    (``runtime.pkg.registry.auth.verified_tls``, made on the first
     TLS request). OpenSSL reads ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` when the
     paths are loaded, so pointing them nowhere just for this import leaves
     those two contexts empty: a request that still fell back to them would fail

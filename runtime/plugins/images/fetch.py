@@ -26,12 +26,12 @@ import anyio
 from runtime.core.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from runtime.core.identifiers import MAX_LABEL
 from runtime.core.locks import KeyedLocks
+from runtime.pkg.registry.client import RegistryClient
+from runtime.pkg.registry.reference import Reference
+from runtime.pkg.registry.types import Descriptor
 from runtime.plugins.images.api import LABEL_DISTRIBUTION_SOURCE, LABEL_FETCHED_FROM, BlobStatus
 from runtime.plugins.images.manifests import join, kind_of
 from runtime.plugins.images.progress import Tracker
-from runtime.plugins.images.registry.client import RegistryClient
-from runtime.plugins.images.registry.reference import Reference
-from runtime.plugins.images.registry.types import Descriptor
 
 __all__ = ["Fetcher", "Keep", "Opened", "source_labels"]
 

@@ -30,6 +30,13 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 
 from runtime.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from runtime.pkg.registry.reference import parse_reference
+from runtime.pkg.registry.types import (
+    MEDIA_TYPE_DOCKER_CONFIG,
+    MEDIA_TYPE_DOCKER_MANIFEST,
+    Descriptor,
+    Platform,
+)
 from runtime.plugins.images.api import (
     ANNOTATION_IMAGE_NAME,
     ANNOTATION_REF_NAME,
@@ -44,13 +51,6 @@ from runtime.plugins.images.manifests import (
     manifest_child_labels,
 )
 from runtime.plugins.images.platforms import select_manifests
-from runtime.plugins.images.registry.reference import parse_reference
-from runtime.plugins.images.registry.types import (
-    MEDIA_TYPE_DOCKER_CONFIG,
-    MEDIA_TYPE_DOCKER_MANIFEST,
-    Descriptor,
-    Platform,
-)
 
 if TYPE_CHECKING:
     from runtime.plugins.images.service import ImageService

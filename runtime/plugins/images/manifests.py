@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from runtime.core.errors import FailedPrecondition, InvalidArgument, NotImplementedYet
-from runtime.plugins.images.api import LABEL_GC_REF_CONTENT, ImageConfig
-from runtime.plugins.images.platforms import Matcher, select_manifests
-from runtime.plugins.images.registry.types import (
+from runtime.pkg.registry.types import (
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
     MAX_MANIFEST_SIZE,
@@ -25,6 +23,8 @@ from runtime.plugins.images.registry.types import (
     SCHEMA1_MEDIA_TYPES,
     Descriptor,
 )
+from runtime.plugins.images.api import LABEL_GC_REF_CONTENT, ImageConfig
+from runtime.plugins.images.platforms import Matcher, select_manifests
 
 __all__ = [
     "ConfigFile",

@@ -12,6 +12,7 @@ import msgspec
 from runtime.core.errors import InvalidArgument
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
+from runtime.plugins.api.api import optional_service, required_services, route_set
 from runtime.plugins.images.service import ImageService
 from runtime.plugins.images.store import ImageStore
 
@@ -79,4 +80,9 @@ def moorage_plugins() -> Iterator[Registration]:
         config=ImagesConfig,
         requires=("metadata.sqlite", "content.local", "service.snapshots", "diff.walking"),
         description="image records; pull, push, unpack, import and export",
+    )
+    yield route_set(
+        "images", ("images.store",), "images: pull, push, import, export",
+        "runtime.plugins.images.routes:image_routes",
+        lambda ctx: (*required_services(ctx), optional_service(ctx, "gc.scheduler")),
     )

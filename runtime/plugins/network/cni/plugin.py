@@ -16,7 +16,7 @@ import msgspec
 
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, PluginSkipped, Registration
-from runtime.plugins.api.routes import RouteSet
+from runtime.plugins.api.api import RouteSet
 from runtime.plugins.network.cni.conflist import (
     DEFAULT_FILE,
     check_subnet,

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from runtime.core.errors import InvalidArgument
+from runtime.pkg.mount import mount_all, unmount
+from runtime.pkg.oci.spec import USER_ANNOTATION, merge_env
 from runtime.plugins.runtime.api import ExecRequest
 from runtime.plugins.runtime.runc.layout import TaskPaths, write_durably
-from runtime.plugins.runtime.runc.spec import USER_ANNOTATION, merge_env
 from runtime.plugins.runtime.runc.user import resolve_user
 from runtime.plugins.snapshots.api import Mount
-from runtime.plugins.snapshots.mount import mount_all, unmount
 
 __all__ = ["exec_process_spec", "prepare_bundle", "remove_tree", "root_mounts", "teardown_bundle"]
 

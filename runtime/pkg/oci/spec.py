@@ -2,7 +2,7 @@
 
 :func:`default_spec` is containerd's ``populateDefaultUnixSpec``;
 :func:`generate_spec` applies an image configuration and then the user's
-:class:`~runtime.plugins.runtime.api.SpecOptions` on top of it. User *names*
+:class:`~runtime.api.specs.SpecOptions` on top of it. User *names*
 cannot be resolved here (the root filesystem is not mounted yet): they are
 recorded in the :data:`USER_ANNOTATION` annotation and resolved by the runtime
 at task create (see :mod:`.user`).
@@ -15,9 +15,9 @@ import functools
 import math
 from typing import Any
 
+from runtime.api.specs import ImageConfig, SpecOptions
 from runtime.core.config import DEFAULT_CGROUP_PARENT
 from runtime.core.errors import InvalidArgument
-from runtime.plugins.runtime.api import ImageConfig, SpecOptions
 
 __all__ = [
     "ALL_CAPABILITIES",
