@@ -14,6 +14,7 @@ PACKAGES=(
     btrfs-progs e2fsprogs util-linux       # btrfs snapshotter, loop filesystems
     containerd                             # the benchmark's reference
     apache2-utils                          # htpasswd for the auth registry tests
+    gcc libc6-dev                          # the seccomp tests build a static syscall helper
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do

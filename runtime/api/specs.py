@@ -62,7 +62,10 @@ class SpecOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         hostname: Host name inside the container (default: the container id).
         mounts: Extra mounts (bind mounts of host paths).
         readonly_rootfs: Mount the root filesystem read-only.
-        privileged: All capabilities, all devices, no masked paths.
+        privileged: All capabilities, all devices, no masked paths, no seccomp filter.
+        seccomp: The seccomp profile: ``""`` the default one (see
+            :mod:`runtime.pkg.seccomp`), ``"unconfined"`` none, else a profile's
+            JSON text (Docker's shape or an OCI ``linux.seccomp`` object).
         terminal: Allocate a pseudo-terminal for the init process.
         cpus: CPUs of quota (``1.5`` -> quota 150000 per 100000 µs period).
         memory: Memory limit in bytes (0: none).
@@ -79,6 +82,7 @@ class SpecOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     mounts: list[SpecMount] = msgspec.field(default_factory=list)
     readonly_rootfs: bool = False
     privileged: bool = False
+    seccomp: str = ""
     terminal: bool = False
     cpus: float = 0.0
     memory: int = 0

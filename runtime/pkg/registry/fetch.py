@@ -13,7 +13,6 @@ from types import TracebackType
 from typing import Self, final
 
 import aiohttp
-import anyio
 
 from runtime.core.errors import (
     FailedPrecondition,
@@ -25,6 +24,7 @@ from runtime.core.errors import (
 from runtime.pkg.digest import validate_digest
 from runtime.pkg.registry.hosts import HostConfig
 from runtime.pkg.registry.reference import Reference
+from runtime.pkg.registry.retry import Retrying
 from runtime.pkg.registry.transport import (
     BLOB_CHUNK_SIZE,
     RegistryTransport,
@@ -82,7 +82,7 @@ class RegistryFetcher(RegistryTransport):
             )
             return desc, host.url
 
-        return await self._try_hosts(self.hosts(ref, "resolve"), on)
+        return await self._try_hosts(self.hosts(ref, "resolve"), on, what=f"resolve {ref.name}")
 
     async def _resolve_on(self, host: HostConfig, ref: Reference) -> Descriptor:
         url = self._url(host, ref, "manifests", ref.object)
@@ -171,7 +171,8 @@ class RegistryFetcher(RegistryTransport):
             log.info("fetched manifest %s@%s from %s", ref.repository, desc.digest, host.url)
             return data
 
-        return await self._try_hosts(self.hosts(ref, "pull"), on)
+        return await self._try_hosts(
+            self.hosts(ref, "pull"), on, what=f"manifest {ref.repository}@{desc.digest}")
 
     def fetch_blob(self, ref: Reference, desc: Descriptor, *, offset: int = 0) -> BlobStream:
         """Stream the blob ``desc`` from byte ``offset`` on; see :class:`BlobStream`.
@@ -233,6 +234,8 @@ class BlobStream:
         self._desc = desc
         self._position = offset  # absolute offset of the next byte from the network
         self._resumes = 0
+        # One budget for the stream: failed opens and resumes count alike.
+        self._retrying = Retrying(client.retry, self._what)
         self._resp: aiohttp.ClientResponse | None = None
         self._serving = HostConfig(url="")
         self._done = False
@@ -331,14 +334,14 @@ class BlobStream:
             raise Unavailable(f"{exc} (gave up after {self._resumes} resumes)") from exc
         self._resumes += 1
         log.info(
-            "%s: %s; resuming at byte %d (attempt %d of %d)",
+            "%s: %s; resuming at byte %d (resume %d of %d)",
             self._what,
             exc,
             self._position,
             self._resumes,
             self._client.retries,
         )
-        await anyio.sleep(min(0.1 * 2 ** (self._resumes - 1), 2.0))
+        await self._retrying.failed(exc)
 
     async def _open(self) -> None:
         if self._resp is not None or 0 < self._desc.size <= self._position:
@@ -346,7 +349,8 @@ class BlobStream:
         hosts = self._client.hosts(self._ref, "pull")
         # Resume where the data was coming from; the others are the fallback.
         hosts.sort(key=lambda h: h.url != self.host)
-        self._resp, self._serving = await self._client._try_hosts(hosts, self._open_on)
+        self._resp, self._serving = await self._client._try_hosts(
+            hosts, self._open_on, self._retrying)
         self.host = self._serving.url
         log.info("fetching %s from %s (from byte %d)", self._what, self.host, self._position)
 

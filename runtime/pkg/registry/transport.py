@@ -41,6 +41,12 @@ from runtime.pkg.digest import validate_digest
 from runtime.pkg.registry.auth import Authorizer, Credentials, verified_tls
 from runtime.pkg.registry.hosts import HostConfig, load_hosts
 from runtime.pkg.registry.reference import Reference
+from runtime.pkg.registry.retry import (
+    RegistryBusy,
+    Retrying,
+    RetryPolicy,
+    parse_retry_after,
+)
 from runtime.pkg.registry.types import (
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
@@ -159,7 +165,10 @@ class RegistryTransport:
         connect_timeout: Seconds to establish a TCP (and TLS) connection; keep it
             short so a dead mirror hands over to the next host quickly.
         read_timeout: Seconds without any data before a response counts as stalled.
-        retries: How often one blob download resumes after a broken connection.
+        retries: How often one blob download resumes after a broken connection
+            (default: ``retry.attempts - 1``).
+        retry: How often, how patiently and for how long a failing registry is
+            tried again (see :mod:`.retry`).
         user_agent: ``User-Agent`` header.
     """
 
@@ -171,14 +180,16 @@ class RegistryTransport:
         plain_http: bool = False,
         connect_timeout: float = 10,
         read_timeout: float = 30,
-        retries: int = 3,
+        retries: int | None = None,
+        retry: RetryPolicy | None = None,
         user_agent: str = "moorage/0.1",
     ) -> None:
         self.hosts_dir = hosts_dir
         self.plain_http = plain_http
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.retries = retries
+        self.retry = retry or RetryPolicy()
+        self.retries = retries if retries is not None else self.retry.attempts - 1
         self.user_agent = user_agent
         self._auth = Authorizer(credentials)
         self._session: aiohttp.ClientSession | None = None
@@ -349,11 +360,36 @@ class RegistryTransport:
                 detail = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}" for e in errors)
             except msgspec.DecodeError:
                 detail = body[:200].decode(errors="replace").strip()
-        cls = _STATUS_ERRORS.get(resp.status, Unavailable if resp.status >= 500 else MoorageError)
         reason = f"{resp.status} {resp.reason or ''}".strip()
-        raise cls(f"{what} on {host.url}: {reason}" + (f" ({detail})" if detail else ""))
+        message = f"{what} on {host.url}: {reason}" + (f" ({detail})" if detail else "")
+        if resp.status == 429 or resp.status >= 500:
+            # Busy or broken for now: worth another try, after what it asks for.
+            retry_after = parse_retry_after(resp.headers.get("Retry-After", ""))
+            raise RegistryBusy(message, status=resp.status, retry_after=retry_after)
+        cls = _STATUS_ERRORS.get(resp.status, MoorageError)
+        raise cls(message)
 
     async def _try_hosts(
+        self,
+        hosts: list[HostConfig],
+        op: Callable[[HostConfig], Awaitable[T]],
+        retrying: Retrying | None = None,
+        what: str = "registry request",
+    ) -> T:
+        """Run ``op`` on each host in turn until one succeeds; again, within ``retrying``.
+
+        A round that fails on every host for a reason that may pass (5xx, 429, a
+        refused or cut connection) is tried again after a wait, within the bounds of
+        ``retrying`` (default: a fresh one of the client's policy).
+        """
+        retrying = retrying or Retrying(self.retry, what)
+        while True:
+            try:
+                return await self._try_hosts_once(hosts, op)
+            except MoorageError as exc:
+                await retrying.failed(exc)
+
+    async def _try_hosts_once(
         self, hosts: list[HostConfig], op: Callable[[HostConfig], Awaitable[T]]
     ) -> T:
         """Run ``op`` on each host in turn until one succeeds."""
@@ -369,7 +405,9 @@ class RegistryTransport:
         if len(failures) == 1:
             raise last
         others = "; ".join(f"{h.url}: {e}" for h, e in failures[:-1])
-        raise type(last)(f"{last} (also tried {others})") from last
+        combined = type(last)(f"{last} (also tried {others})")
+        combined.__dict__.update(last.__dict__)  # status, Retry-After
+        raise combined from last
 
     def _push_host(self, ref: Reference) -> HostConfig:
         return self.hosts(ref, "push")[0]

@@ -34,6 +34,7 @@ from runtime.pkg.registry.reference import parse_reference
 from runtime.pkg.registry.types import (
     MEDIA_TYPE_DOCKER_CONFIG,
     MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_OCI_INDEX,
     Descriptor,
     Platform,
 )
@@ -42,6 +43,7 @@ from runtime.plugins.images.api import (
     ANNOTATION_REF_NAME,
     Image,
 )
+from runtime.plugins.images.documents import check_document
 from runtime.plugins.images.manifests import (
     decode_config,
     decode_index,
@@ -220,7 +222,10 @@ class _Importer:
                 if parts[1] != "sha256":
                     raise InvalidArgument(f"archive blob {name}: only sha256 is supported")
                 await self.ingest(info, f"sha256:{parts[2]}")
-        index = decode_index(await anyio.to_thread.run_sync(self.archive.read, index_info))
+        raw = await anyio.to_thread.run_sync(self.archive.read, index_info)
+        layout = Descriptor(mediaType=MEDIA_TYPE_OCI_INDEX, digest="", size=len(raw))
+        check_document(layout, raw, name="index.json")
+        index = decode_index(raw)
         images: list[Image] = []
         for desc in index.manifests:
             await self.label_children(desc)
@@ -239,6 +244,7 @@ class _Importer:
         data = await self.svc.read(self.namespace, desc)
         if data is None:
             raise FailedPrecondition(f"archive lacks blob {desc.digest} named in its index")
+        check_document(desc, data)
         if is_index(desc.mediaType):
             children = select_manifests(decode_index(data, desc.mediaType).manifests, None)
             present = [c for c in children if await self.svc.read(self.namespace, c) is not None]

@@ -24,6 +24,7 @@ from runtime.pkg.registry.types import (
     Descriptor,
 )
 from runtime.plugins.images.api import LABEL_GC_REF_CONTENT, ImageConfig
+from runtime.plugins.images.documents import check_document
 from runtime.plugins.images.platforms import Matcher, select_manifests
 
 __all__ = [
@@ -234,6 +235,7 @@ async def walk(
                 raise FailedPrecondition(f"content {desc.digest} ({desc.mediaType}) is missing")
             out.missing.append(desc.digest)
             return
+        check_document(desc, data)
         if is_index(desc.mediaType):
             out.indexes.append(desc)
             index = decode_index(data, desc.mediaType)

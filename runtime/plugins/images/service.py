@@ -177,6 +177,7 @@ class ImageService:
             plain_http=plain_http,
             connect_timeout=self.config.connect_timeout,
             read_timeout=self.config.read_timeout,
+            retry=self.config.retry,
         )
 
     def keeper(self, namespace: str, lease: str) -> Keep:

@@ -52,8 +52,11 @@ def _resolve_process_user(process: dict[str, Any], user: str | None, rootfs: Pat
     if user:
         resolved = resolve_user(rootfs, user)
         process["user"] = {"uid": resolved.uid, "gid": resolved.gid}
-        if resolved.additional_gids:
-            process["user"]["additionalGids"] = resolved.additional_gids
+        # The image's groups for the user, then any the spec asked for besides.
+        gids = [*resolved.additional_gids, *(g for g in current.get("additionalGids") or []
+                                             if g not in resolved.additional_gids)]
+        if gids:
+            process["user"]["additionalGids"] = gids
         home = resolved.home
     else:
         home = resolve_user(rootfs, str(current.get("uid", 0))).home
