@@ -60,9 +60,14 @@ def _add_pull(sub: Any, name: str, aliases: list[str] | None = None) -> None:
 def register(sub: Any) -> None:
     """Add this group's commands (and the ``pull`` shortcut)."""
     from runtime.cli.main import add_output_flags
+    from runtime.cli.verbs import images as list_images
 
-    images = sub.add_parser("images", aliases=["image", "i"], help="manage images")
-    isub = images.add_subparsers(dest="images_command", required=True, metavar="COMMAND")
+    images = sub.add_parser("images", aliases=["image", "i"],
+                            help="manage images (alone: list them, as docker images)")
+    images.add_argument("-q", "--quiet", action="store_true", help="print image ids only")
+    images.add_argument("--format", choices=("table", "json"), default="table")
+    images.set_defaults(handler=list_images)
+    isub = images.add_subparsers(dest="images_command", metavar="COMMAND")
     _add_pull(isub, "pull")
     _add_pull(sub, "pull")
 

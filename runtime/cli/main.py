@@ -25,7 +25,7 @@ __all__ = ["COMMANDS", "GROUPS", "build_parser", "main"]
 #: Command groups (modules of ``runtime.cli``) in the order ``--help`` lists
 #: them; each module's ``register(sub)`` adds its commands.
 GROUPS = ("system", "namespaces", "content", "snapshots", "images", "containers", "run", "gc",
-          "config_cmd")
+          "config_cmd", "verbs")
 
 #: The group adding each top-level command and alias (a test keeps it complete).
 COMMANDS = {
@@ -37,6 +37,9 @@ COMMANDS = {
     "containers": "containers", "c": "containers", "tasks": "containers", "t": "containers",
     "logs": "containers",
     "run": "run", "gc": "gc", "config": "config_cmd",
+    **dict.fromkeys(("ps", "create", "exec", "stop", "start", "restart", "kill", "rm", "rmi",
+                     "inspect", "port", "wait", "pause", "unpause", "tag", "info", "top",
+                     "stats", "rename", "update"), "verbs"),
 }  # fmt: skip
 
 #: Global options taking a value (for finding the command word without argparse).
@@ -260,6 +263,32 @@ def _fast_args(options: dict[str, str], rest: list[str]) -> Any:
         handler=getattr(import_module(f"runtime.cli.{module}"), handler), **values)
 
 
+def _chosen(parser: argparse.ArgumentParser, args: Any) -> argparse.ArgumentParser:
+    """The (sub)command parser the command line picked: the one setting its handler."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for picked in action.choices.values():
+                found = _chosen(picked, args)
+                if found is not picked or picked.get_default("handler") is getattr(
+                        args, "handler", None):
+                    return found
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Any:
+    """``parser.parse_args``, but words nobody expects are the subcommand's error.
+
+    argparse leaves unknown flags to the top-level parser, which prints the
+    top-level usage; the user needs that of the command they typed.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _chosen(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns (and, as a console script, exits with) its exit code."""
     from runtime.core.errors import MoorageError
@@ -276,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return int(args.handler(args) or 0)
             if rest[0] in COMMANDS:
                 groups = (COMMANDS[rest[0]],)
-        args = build_parser(groups).parse_args(argv)
+        args = parse(build_parser(groups), argv)
         code = args.handler(args)
     except MoorageError as exc:
         print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)

@@ -39,8 +39,8 @@ EXIT_MOORAGE_FAILED = 125
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
-_NOT_FOUND = ("executable file not found", "no such file or directory")
-_CANNOT_EXECUTE = ("permission denied", "exec format error", "is a directory")
+#: The daemon's error codes for a command that cannot run (runtime.core.errors).
+_EXIT_BY_CODE = {"command_not_found": EXIT_NOT_FOUND, "command_not_executable": EXIT_CANNOT_EXECUTE}
 
 
 class RunOptions:
@@ -181,7 +181,9 @@ def register(sub: Any) -> None:
     """Add ``run``."""
     import argparse
 
-    p = sub.add_parser("run", help="run a command in a new container")
+    from runtime.cli.verbs import docker_parser
+
+    p = docker_parser(sub.add_parser("run", help="run a command in a new container"))
     add_spec_flags(p)
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")
     p.add_argument("-d", "--detach", action="store_true", help="print the id and return")
@@ -193,13 +195,8 @@ def register(sub: Any) -> None:
 
 
 def exit_code_for(error: Exception) -> int:
-    """126/127 for a command that cannot run, else 125 (Moorage failed)."""
-    message = str(getattr(error, "message", error)).lower()
-    if any(s in message for s in _NOT_FOUND):
-        return EXIT_NOT_FOUND
-    if any(s in message for s in _CANNOT_EXECUTE):
-        return EXIT_CANNOT_EXECUTE
-    return EXIT_MOORAGE_FAILED
+    """127/126 for a command not found / not executable (by the error's code), else 125."""
+    return _EXIT_BY_CODE.get(str(getattr(error, "code", "")), EXIT_MOORAGE_FAILED)
 
 
 def run(args: argparse.Namespace) -> int:
