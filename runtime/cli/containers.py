@@ -121,10 +121,16 @@ def containers_create(args: argparse.Namespace) -> int:
     """Create a container record from an image (or ``--rootfs``)."""
     from runtime.cli.main import client
     from runtime.cli.namespaces import parse_labels
-    from runtime.cli.run import prepare_rootfs, spec_options_from
+    from runtime.cli.run import check_pull, policy_labels, prepare_rootfs, spec_options_from
 
     api = client(args)
     spec_options = spec_options_from(args, list(args.command))
+    labels = {**parse_labels(args.label), **policy_labels(args)}
+    pull = check_pull(args.pull)
+    if not args.rootfs:
+        from runtime.cli.images import ensure_image
+
+        ensure_image(args, api, args.image, pull)
     # Host namespaces and privileges only on the user's explicit word (these flags).
     allow = bool(args.privileged or args.network == "host")
     prepared = None if args.rootfs else prepare_rootfs(api, args.image, args.id,
@@ -134,7 +140,7 @@ def containers_create(args: argparse.Namespace) -> int:
             args.id, image=args.image, runtime=args.runtime, spec_options=spec_options,
             image_config=prepared.config if prepared else None,
             snapshotter=prepared.snapshotter if prepared else "",
-            snapshot_key=prepared.key if prepared else "", labels=parse_labels(args.label),
+            snapshot_key=prepared.key if prepared else "", labels=labels,
             allow_privileged=allow)
     finally:
         if prepared is not None:

@@ -185,6 +185,37 @@ def pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def pull_for_run(args: Any, ref: str) -> None:
+    """Pull ``ref`` for ``run``/``create`` with the progress bars, as ``docker run`` does.
+
+    A registry on this machine (127.0.0.0/8, ::1, localhost) is spoken to in
+    plain HTTP, as Docker treats loopback registries as insecure.
+    """
+    from runtime.cli.main import client
+    from runtime.plugins.images.registry.hosts import is_loopback
+    from runtime.plugins.images.registry.reference import parse_reference
+
+    domain = parse_reference(ref).domain
+    events = client(args).pull(ref, snapshotter=getattr(args, "snapshotter", ""),
+                               plain_http=is_loopback(domain))
+    summary("pulled", follow(events, quiet=False))
+
+
+def ensure_image(args: Any, api: Any, ref: str, mode: str) -> None:
+    """Pull ``ref`` when ``mode`` is ``always``, or ``missing`` and it is not stored."""
+    from runtime.core.errors import NotFound
+
+    if mode == "never":
+        return
+    if mode == "missing":
+        try:
+            api.image(ref)
+            return
+        except NotFound:
+            print(f"Unable to find image {ref!r} locally", file=sys.stderr)
+    pull_for_run(args, ref)
+
+
 def push(args: argparse.Namespace) -> int:
     """Push with progress bars."""
     from runtime.cli.main import client

@@ -169,7 +169,8 @@ _RUN_FLAGS: dict[str, tuple[str, type]] = {
     "-p": ("publish", list), "--publish": ("publish", list), "--rootfs": ("rootfs", str),
     "--rm": ("rm", bool), "-d": ("detach", bool), "--detach": ("detach", bool),
     "-i": ("interactive", bool), "--interactive": ("interactive", bool),
-    "--name": ("name", str),
+    "--name": ("name", str), "--env-file": ("env_file", list), "--pull": ("pull", str),
+    "--restart": ("restart", str),
 }  # fmt: skip
 _FAST: dict[tuple[str, ...], tuple[str, str, dict[str, tuple[str, type]], str,
                                    dict[str, Any]]] = {
@@ -193,7 +194,7 @@ _FAST: dict[tuple[str, ...], tuple[str, str, dict[str, tuple[str, type]], str,
          "read_only": False, "privileged": False, "cpus": 0.0, "memory": "", "pids_limit": 0,
          "tty": False, "runtime": "runc", "snapshotter": "", "label": [], "network": "bridge",
          "publish": [], "rootfs": "", "rm": False, "detach": False, "interactive": False,
-         "name": ""}),
+         "name": "", "env_file": [], "pull": "missing", "restart": "no"}),
 }  # fmt: skip
 _FAST_ALIASES = {"t": "tasks", "c": "containers", "delete": "rm"}
 

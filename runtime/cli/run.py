@@ -53,7 +53,8 @@ class RunOptions:
     def __init__(self, name: str = "", remove: bool = False, detach: bool = False,
                  tty: bool = False, interactive: bool = False, runtime: str = "runc",
                  snapshotter: str = "", rootfs: str = "",
-                 labels: dict[str, str] | None = None, spec: Any = None) -> None:
+                 labels: dict[str, str] | None = None, spec: Any = None,
+                 pull: str = "never", puller: Any = None) -> None:
         self.name = name
         self.remove = remove
         self.detach = detach
@@ -65,6 +66,10 @@ class RunOptions:
         self.labels: dict[str, str] = dict(labels or {})
         #: SpecOptions (a Struct or its JSON object) without args; completed by run_container.
         self.spec = spec
+        #: ``missing`` (pull an image not stored yet), ``always`` or ``never``.
+        self.pull = pull
+        #: ``puller(image)`` pulls the image, showing progress (needed unless pull is never).
+        self.puller = puller
 
     def __repr__(self) -> str:
         return f"RunOptions({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
@@ -105,7 +110,14 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``run`` and ``containers create``."""
     import argparse
 
-    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]",
+                   help="KEY alone takes this shell's value")
+    p.add_argument("--env-file", action="append", default=[], metavar="FILE",
+                   help="KEY=VALUE lines (# comments); read before -e")
+    p.add_argument("--pull", default="missing", metavar="missing|always|never",
+                   help="pull the image first: when missing (default), always or never")
+    p.add_argument("--restart", default="no", metavar="POLICY",
+                   help="no (default), always, on-failure[:N] or unless-stopped")
     p.add_argument("-u", "--user", default="", help="uid[:gid] or name[:group]")
     p.add_argument("-w", "--workdir", default="", help="working directory in the container")
     p.add_argument("--entrypoint", default=None, help="replace the image's entrypoint")
@@ -128,6 +140,70 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
                    help="publish a container port on the host")
     # Runs a plain directory instead of an image; for tests and image-less hosts.
     p.add_argument("--rootfs", default="", help=argparse.SUPPRESS)
+
+
+def expand_env(values: list[str], environ: Any = None) -> list[str]:
+    """``-e KEY=VALUE`` as given; ``-e KEY`` takes the client's value (left out when unset)."""
+    environ = os.environ if environ is None else environ
+    out = []
+    for value in values:
+        if "=" in value:
+            out.append(value)
+        elif value in environ:
+            out.append(f"{value}={environ[value]}")
+    return out
+
+
+def read_env_files(paths: list[str]) -> list[str]:
+    """The ``KEY=VALUE`` (or ``KEY``) lines of ``--env-file`` files, comments left out."""
+    from runtime.core.errors import InvalidArgument
+
+    found = []
+    for path in paths:
+        try:
+            with open(path) as handle:
+                lines = handle.read().splitlines()
+        except OSError as exc:
+            raise InvalidArgument(f"--env-file {path!r}: {exc.strerror}") from None
+        for number, line in enumerate(lines, 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            if text.startswith("=") or any(c.isspace() for c in text.partition("=")[0]):
+                raise InvalidArgument(f"--env-file {path!r} line {number}: {line!r} is not "
+                                      "KEY=VALUE")
+            found.append(text)
+    return found
+
+
+def policy_labels(args: Any) -> dict[str, str]:
+    """The labels ``--restart`` (and ``-d --rm``) ask the daemon's restart manager for."""
+    from runtime.core.errors import InvalidArgument
+
+    labels: dict[str, str] = {}
+    restart = getattr(args, "restart", "no") or "no"
+    remove_at_exit = getattr(args, "rm", False) and getattr(args, "detach", False)
+    if restart == "no" and not remove_at_exit:
+        return labels
+    from runtime.plugins.restart.policy import AUTO_REMOVE_LABEL, RESTART_LABEL, parse_policy
+
+    if restart != "no":
+        parse_policy(restart)
+        if getattr(args, "rm", False):
+            raise InvalidArgument(f"--restart {restart!r} and --rm cannot be combined")
+        labels[RESTART_LABEL] = restart
+    if remove_at_exit:
+        labels[AUTO_REMOVE_LABEL] = "true"
+    return labels
+
+
+def check_pull(value: str) -> str:
+    """A ``--pull`` value, or InvalidArgument naming it."""
+    from runtime.core.errors import InvalidArgument
+
+    if value not in ("missing", "always", "never"):
+        raise InvalidArgument(f"--pull {value!r}: use missing, always or never")
+    return value
 
 
 def spec_options_from(args: argparse.Namespace, command: list[str]) -> Any:
@@ -166,7 +242,8 @@ def spec_dict_from(args: argparse.Namespace, command: list[str]) -> dict[str, An
     spec: dict[str, Any] = {
         "args": command or None,
         "entrypoint": [args.entrypoint] if args.entrypoint is not None else None,
-        "env": list(args.env), "cwd": args.workdir, "user": args.user,
+        "env": expand_env([*read_env_files(getattr(args, "env_file", [])), *args.env]),
+        "cwd": args.workdir, "user": args.user,
         "hostname": args.hostname, "mounts": [parse_mount(m) for m in args.mount],
         "readonly_rootfs": args.read_only, "privileged": args.privileged,
         "terminal": args.tty, "cpus": args.cpus,
@@ -203,17 +280,21 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``moorage run``."""
     from runtime.cli.main import lean_client
     from runtime.cli.namespaces import parse_labels
-    from runtime.core.errors import InvalidArgument, MoorageError
+    from runtime.core.errors import MoorageError
+
+    def puller(image: str) -> None:
+        from runtime.cli.images import pull_for_run
+
+        pull_for_run(args, image)
 
     try:
-        if args.rm and args.detach:
-            # Nobody would be left to remove it when it exits.
-            raise InvalidArgument("--rm and --detach cannot be combined")
+        # With -d, the daemon removes it at exit (the auto-remove label): no client is left.
+        labels = {**parse_labels(args.label), **policy_labels(args)}
         options = RunOptions(
-            name=args.name, remove=args.rm, detach=args.detach, tty=args.tty,
-            interactive=args.interactive, runtime=args.runtime, snapshotter=args.snapshotter,
-            rootfs=args.rootfs, labels=parse_labels(args.label),
-            spec=spec_dict_from(args, []),
+            name=args.name, remove=args.rm and not args.detach, detach=args.detach,
+            tty=args.tty, interactive=args.interactive, runtime=args.runtime,
+            snapshotter=args.snapshotter, rootfs=args.rootfs, labels=labels,
+            spec=spec_dict_from(args, []), pull=check_pull(args.pull), puller=puller,
         )  # fmt: skip
         return run_container(lean_client(args), args.image, list(args.command), options)
     except MoorageError as exc:
@@ -324,7 +405,7 @@ def run_container(api: Any, image: str, command: list[str], options: RunOptions)
         path = os.path.abspath(options.rootfs)
         rootfs = [{"type": "bind", "source": path, "options": ["rbind", "rw"]}]
     else:
-        prepared = api.image_rootfs(image, options.snapshotter)
+        prepared = image_rootfs(api, image, options)
         container.update(image_config=prepared.config or None,
                          snapshotter=prepared.snapshotter, snapshot_key=container_id)
         parent = prepared.chain_id
@@ -343,6 +424,22 @@ def run_container(api: Any, image: str, command: list[str], options: RunOptions)
     if options.remove:
         _cleanup(api, container_id)
     return code
+
+
+def image_rootfs(api: Any, image: str, options: RunOptions) -> Any:
+    """``api.image_rootfs``, pulling the image first as ``options.pull`` says."""
+    from runtime.core.errors import NotFound
+
+    if options.pull == "always" and options.puller is not None:
+        options.puller(image)
+    try:
+        return api.image_rootfs(image, options.snapshotter)
+    except NotFound:
+        if options.pull != "missing" or options.puller is None:
+            raise
+    print(f"Unable to find image {image!r} locally", file=sys.stderr)
+    options.puller(image)
+    return api.image_rootfs(image, options.snapshotter)
 
 
 def _attached(api: Any, container_id: str, options: RunOptions) -> int:

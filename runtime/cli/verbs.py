@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 __all__ = [
     "NAME_LABEL",
     "docker_parser",
-    "expand_env",
     "register",
     "resolve",
 ]
@@ -47,18 +46,6 @@ def docker_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def expand_env(values: list[str], environ: Any = None) -> list[str]:
-    """``-e KEY=VALUE`` as given; ``-e KEY`` takes the client's value (dropped when unset)."""
-    environ = os.environ if environ is None else environ
-    out = []
-    for value in values:
-        if "=" in value:
-            out.append(value)
-        elif value in environ:
-            out.append(f"{value}={environ[value]}")
-    return out
-
-
 def register(sub: Any) -> None:
     """Add the top-level verbs."""
     import argparse
@@ -80,6 +67,7 @@ def register(sub: Any) -> None:
     p = add("create", create, "create a container from an image (not started)")
     add_spec_flags(p)
     p.add_argument("--name", default="", help="container id (default: random)")
+    p.add_argument("--rm", action="store_true", help="the daemon removes it when it exits")
     p.add_argument("image")
     p.add_argument("command", nargs=argparse.REMAINDER)
 
@@ -289,8 +277,26 @@ def _command(container: Any) -> str:
     return shlex.join(args)
 
 
+def _hold_policy(api: Any, container_id: str, stopped: bool) -> None:
+    """Tell the daemon's restart manager a user stopped (or started) the container.
+
+    A manual stop cancels the restart policy until the next manual start, as in
+    Docker; a start also resets the count ``on-failure:N`` is held to.
+    """
+    from runtime.plugins.restart.policy import RESTART_COUNT_LABEL, RESTART_LABEL, STOPPED_LABEL
+
+    labels = api.container(container_id).labels
+    if RESTART_LABEL not in labels:
+        return
+    if stopped:
+        api.update_container(container_id, labels={STOPPED_LABEL: "true"})
+    elif STOPPED_LABEL in labels or RESTART_COUNT_LABEL in labels:
+        api.update_container(container_id, labels={STOPPED_LABEL: "", RESTART_COUNT_LABEL: ""})
+
+
 def _stop(api: Any, container_id: str, grace: float, signal: str = "SIGTERM") -> None:
     """The signal, then SIGKILL to every process once ``grace`` seconds passed."""
+    _hold_policy(api, container_id, stopped=True)
     task = _task(api, container_id)
     if task is None or str(task.status) not in _LIVE:
         return
@@ -308,6 +314,7 @@ def _stop(api: Any, container_id: str, grace: float, signal: str = "SIGTERM") ->
 
 def _start(api: Any, container_id: str) -> None:
     """Start a container detached: a new task when the old one stopped."""
+    _hold_policy(api, container_id, stopped=False)
     task = _task(api, container_id)
     if task is not None and str(task.status) in _LIVE:
         return
@@ -363,10 +370,16 @@ def ps(args: argparse.Namespace) -> int:
 def create(args: argparse.Namespace) -> int:
     """``containers create`` with Docker's word order: the name is a flag."""
     from runtime.cli.containers import containers_create
+    from runtime.cli.run import EXIT_MOORAGE_FAILED
+    from runtime.core.errors import MoorageError
 
     args.id = args.name or os.urandom(6).hex()
-    args.env = expand_env(args.env)
-    return containers_create(args)
+    args.detach = True  # nobody stays attached: --rm is the daemon's job
+    try:
+        return containers_create(args)
+    except MoorageError as exc:
+        print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_MOORAGE_FAILED
 
 
 def exec_(args: argparse.Namespace) -> int:
@@ -380,6 +393,8 @@ def exec_(args: argparse.Namespace) -> int:
     except MoorageError as exc:
         print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_MOORAGE_FAILED
+    from runtime.cli.run import expand_env
+
     args.env = expand_env(args.env)
     args.exec_id = ""
     return int(tasks_exec(args))
@@ -404,6 +419,7 @@ def start(args: argparse.Namespace) -> int:
         from runtime.core.errors import FailedPrecondition
 
         raise FailedPrecondition(f"container {args.containers[0]!r} is already running")
+    _hold_policy(api, container_id, stopped=False)
     if task is not None and str(task.status) == "stopped":
         api.delete_task(container_id)
         task = None
@@ -444,6 +460,7 @@ def rm(args: argparse.Namespace) -> int:
         task = _task(api, cid)
         if task is not None and str(task.status) in _LIVE and not args.force:
             raise FailedPrecondition(f"container {cid!r} is running: stop it first or use -f")
+        _hold_policy(api, cid, stopped=True)
         api.remove(cid, force=True, snapshot=True)
 
     return _each(args.containers, remove, args)
