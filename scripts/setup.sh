@@ -14,6 +14,7 @@ PACKAGES=(
     btrfs-progs e2fsprogs util-linux       # btrfs snapshotter, loop filesystems
     containerd                             # the benchmark's reference
     apache2-utils                          # htpasswd for the auth registry tests
+    systemd                                # systemd-analyze verify of contrib/systemd
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do
