@@ -170,7 +170,8 @@ _RUN_FLAGS: dict[str, tuple[str, type]] = {
     "--rm": ("rm", bool), "-d": ("detach", bool), "--detach": ("detach", bool),
     "-i": ("interactive", bool), "--interactive": ("interactive", bool),
     "--name": ("name", str), "--env-file": ("env_file", list), "--pull": ("pull", str),
-    "--restart": ("restart", str),
+    "--restart": ("restart", str), "-v": ("volume", list), "--volume": ("volume", list),
+    "--tmpfs": ("tmpfs", list),
 }  # fmt: skip
 _FAST: dict[tuple[str, ...], tuple[str, str, dict[str, tuple[str, type]], str,
                                    dict[str, Any]]] = {
@@ -194,7 +195,8 @@ _FAST: dict[tuple[str, ...], tuple[str, str, dict[str, tuple[str, type]], str,
          "read_only": False, "privileged": False, "cpus": 0.0, "memory": "", "pids_limit": 0,
          "tty": False, "runtime": "runc", "snapshotter": "", "label": [], "network": "bridge",
          "publish": [], "rootfs": "", "rm": False, "detach": False, "interactive": False,
-         "name": "", "env_file": [], "pull": "missing", "restart": "no"}),
+         "name": "", "env_file": [], "pull": "missing", "restart": "no", "volume": [],
+         "tmpfs": []}),
 }  # fmt: skip
 _FAST_ALIASES = {"t": "tasks", "c": "containers", "delete": "rm"}
 

@@ -106,6 +106,52 @@ def parse_mount(text: str) -> dict[str, Any]:
             "type": fields.get("type", "bind"), "options": options}
 
 
+_VOLUME_OPTIONS = {"ro": "ro", "rw": "rw", "z": "", "Z": "", "rprivate": "rprivate",
+                   "private": "private", "rshared": "rshared", "shared": "shared",
+                   "rslave": "rslave", "slave": "slave", "nocopy": ""}
+
+
+def parse_volume(text: str) -> dict[str, Any]:
+    """``-v HOST:CONTAINER[:ro]`` into a bind SpecMount JSON object (host path must exist)."""
+    from runtime.core.errors import InvalidArgument
+
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise InvalidArgument(f"-v {text!r}: expected HOST_PATH:CONTAINER_PATH[:ro|rw]")
+    source, dest = parts[0], parts[1]
+    if not dest.startswith("/"):
+        raise InvalidArgument(f"-v {text!r}: the container path {dest!r} must be absolute")
+    if not source.startswith(("/", ".", "~")):
+        raise InvalidArgument(f"-v {text!r}: named volumes are not supported yet; "
+                              "give an absolute host path")
+    source = os.path.abspath(os.path.expanduser(source))
+    if not os.path.exists(source):
+        raise InvalidArgument(f"-v {text!r}: host path {source!r} does not exist")
+    options = ["rbind"]
+    for option in (parts[2].split(",") if len(parts) == 3 else []):
+        if option not in _VOLUME_OPTIONS:
+            raise InvalidArgument(f"-v {text!r}: unknown option {option!r} (ro, rw...)")
+        if _VOLUME_OPTIONS[option]:
+            options.append(_VOLUME_OPTIONS[option])
+    return {"destination": dest, "source": source, "type": "bind", "options": options}
+
+
+def parse_tmpfs(text: str) -> dict[str, Any]:
+    """``--tmpfs /run[:size=64m,mode=1777]`` into a tmpfs SpecMount JSON object."""
+    from runtime.core.errors import InvalidArgument
+
+    dest, _, options = text.partition(":")
+    if not dest.startswith("/"):
+        raise InvalidArgument(f"--tmpfs {text!r}: the container path must be absolute")
+    given = [o for o in options.split(",") if o]
+    for option in given:
+        key = option.partition("=")[0]
+        if not key or not all(c.isalnum() or c in "_-" for c in key):
+            raise InvalidArgument(f"--tmpfs {text!r}: bad option {option!r}")
+    return {"destination": dest, "source": "tmpfs", "type": "tmpfs",
+            "options": ["nosuid", "nodev", "noexec", *given]}
+
+
 def add_spec_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``run`` and ``containers create``."""
     import argparse
@@ -124,6 +170,11 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hostname", default="")
     p.add_argument("--mount", action="append", default=[],
                    metavar="type=bind,src=PATH,dst=PATH[,options=ro:rbind]")
+    p.add_argument("-v", "--volume", action="append", default=[],
+                   metavar="HOST_PATH:CONTAINER_PATH[:ro|rw]",
+                   help="bind-mount a host directory or file")
+    p.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTIONS]",
+                   help="mount a tmpfs (options such as size=64m,mode=1777)")
     p.add_argument("--read-only", action="store_true", help="read-only root filesystem")
     p.add_argument("--privileged", action="store_true")
     p.add_argument("--cpus", type=float, default=0.0, help="CPU quota, e.g. 1.5")
@@ -244,7 +295,10 @@ def spec_dict_from(args: argparse.Namespace, command: list[str]) -> dict[str, An
         "entrypoint": [args.entrypoint] if args.entrypoint is not None else None,
         "env": expand_env([*read_env_files(getattr(args, "env_file", [])), *args.env]),
         "cwd": args.workdir, "user": args.user,
-        "hostname": args.hostname, "mounts": [parse_mount(m) for m in args.mount],
+        "hostname": args.hostname,
+        "mounts": [*(parse_mount(m) for m in args.mount),
+                   *(parse_volume(v) for v in getattr(args, "volume", [])),
+                   *(parse_tmpfs(t) for t in getattr(args, "tmpfs", []))],
         "readonly_rootfs": args.read_only, "privileged": args.privileged,
         "terminal": args.tty, "cpus": args.cpus,
         "memory": parse_size(args.memory) if args.memory else 0,

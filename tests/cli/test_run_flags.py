@@ -111,6 +111,30 @@ class TestEnvironment:
         assert rd.client().containers() == []
 
 
+class TestMounts:
+    def test_v_binds_a_host_directory_read_write_or_read_only(self, rd: RuntimeDaemon,
+                                                            rootfs: Path,
+                                                            tmp_path: Path) -> None:
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        (shared / "in.txt").write_text("from host\n")
+        result = moorage(rd.address, "run", "--rm", "--net", "none", "-v", f"{shared}:/rw",
+                         "-v", f"{shared}:/ro:ro", "--rootfs", str(rootfs), "busybox", "sh",
+                         "-c", "cat /rw/in.txt; echo out > /rw/out.txt; "
+                         "touch /ro/x 2>/dev/null || echo read-only")
+        assert (result.returncode, result.stdout) == (0, "from host\nread-only\n"), \
+            result.stderr
+        assert (shared / "out.txt").read_text() == "out\n"
+
+    def test_tmpfs_mounts_a_tmpfs(self, rd: RuntimeDaemon, rootfs: Path) -> None:
+        result = moorage(rd.address, "run", "--rm", "--net", "none", "--tmpfs",
+                         "/scratch:size=1m", "--rootfs", str(rootfs), "busybox", "sh", "-c",
+                         "grep ' /scratch ' /proc/mounts")
+        assert result.returncode == 0, result.stderr
+        fields = result.stdout.split()
+        assert fields[2] == "tmpfs" and "size=1024k" in fields[3] and "noexec" in fields[3]
+
+
 class TestDaemonSidePolicies:
     def test_detached_rm_leaves_nothing_after_exit(self, rd: RuntimeDaemon,
                                                    rootfs: Path) -> None:
@@ -176,6 +200,11 @@ class TestBadValues:
         (("--restart", "always", "--rm"), "--restart 'always' and --rm"),
         (("--pull", "often"), "--pull 'often'"),
         (("-p", "80:http"), "-p '80:http'"),
+        (("-v", "/no-such-dir-xyz:/data"), "-v '/no-such-dir-xyz:/data'"),
+        (("-v", "/tmp:data"), "-v '/tmp:data'"),
+        (("-v", "/tmp:/data:bogus"), "-v '/tmp:/data:bogus'"),
+        (("-v", "justaname"), "-v 'justaname'"),
+        (("--tmpfs", "scratch"), "--tmpfs 'scratch'"),
     ])
     def test_bad_values_are_125_naming_the_value_and_change_nothing(
             self, rd: RuntimeDaemon, rootfs: Path, flags: tuple[str, ...], named: str) -> None:
