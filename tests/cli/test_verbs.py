@@ -276,3 +276,20 @@ def test_images_tag_inspect_rmi_and_info(rd: RuntimeDaemon, pushed_busybox: str,
     assert doc["Containers"] == 1 and doc["Images"] == 1
     assert "runc" in doc["Runtimes"]
     assert "ServerVersion:" in ok(rd, "info")
+
+
+def test_network_ls_and_inspect(rd: RuntimeDaemon, rootfs: Path) -> None:
+    default = rd.daemon.network.name if rd.daemon.network else "moorage"
+    assert ok(rd, "network", "ls", "-q").split() == [default]
+    table = ok(rd, "network", "ls").splitlines()
+    assert table[0].split() == ["NAME", "DEFAULT", "CNI", "PLUGINS", "SOURCE"]
+    assert table[1].split()[:2] == [default, "*"]
+    result = moorage(rd.address, "run", "-d", "--name", "netted", "--rootfs", str(rootfs),
+                     "busybox", *SLEEPER)
+    assert result.returncode == 0, result.stderr
+    [doc] = json.loads(ok(rd, "network", "inspect", "bridge"))
+    assert doc["name"] == default
+    [member] = doc["containers"]
+    assert member["id"] == "netted" and member["ips"]
+    missing = moorage(rd.address, "network", "inspect", "nowhere")
+    assert missing.returncode == 1 and "no such network: nowhere" in missing.stderr
