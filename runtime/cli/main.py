@@ -25,7 +25,7 @@ __all__ = ["COMMANDS", "GROUPS", "build_parser", "main"]
 #: Command groups (modules of ``runtime.cli``) in the order ``--help`` lists
 #: them; each module's ``register(sub)`` adds its commands.
 GROUPS = ("system", "namespaces", "content", "snapshots", "images", "containers", "run", "gc",
-          "config_cmd", "verbs")
+          "config_cmd", "verbs", "completion")
 
 #: The group adding each top-level command and alias (a test keeps it complete).
 COMMANDS = {
@@ -40,6 +40,7 @@ COMMANDS = {
     **dict.fromkeys(("ps", "create", "exec", "stop", "start", "restart", "kill", "rm", "rmi",
                      "inspect", "port", "wait", "pause", "unpause", "tag", "info", "top",
                      "stats", "rename", "update", "network"), "verbs"),
+    "completion": "completion", "man": "completion",
 }  # fmt: skip
 
 #: Global options taking a value (for finding the command word without argparse).
