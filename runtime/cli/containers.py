@@ -124,9 +124,9 @@ def containers_create(args: argparse.Namespace) -> int:
     from runtime.cli.run import check_pull, policy_labels, prepare_rootfs, spec_options_from
 
     api = client(args)
-    spec_options = spec_options_from(args, list(args.command))
     labels = {**parse_labels(args.label), **policy_labels(args)}
     pull = check_pull(args.pull)
+    spec_options = spec_options_from(args, list(args.command), api)
     if not args.rootfs:
         from runtime.cli.images import ensure_image
 

@@ -39,7 +39,7 @@ COMMANDS = {
     "run": "run", "gc": "gc", "config": "config_cmd",
     **dict.fromkeys(("ps", "create", "exec", "stop", "start", "restart", "kill", "rm", "rmi",
                      "inspect", "port", "wait", "pause", "unpause", "tag", "info", "top",
-                     "stats", "rename", "update", "network"), "verbs"),
+                     "stats", "rename", "update", "network", "volume"), "verbs"),
     "completion": "completion", "man": "completion",
 }  # fmt: skip
 

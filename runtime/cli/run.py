@@ -102,6 +102,12 @@ def parse_mount(text: str) -> dict[str, Any]:
     if not dest:
         raise InvalidArgument(f"--mount {text!r}: dst= is required")
     options = [o for o in fields.get("options", "").split(":") if o]
+    if fields.get("type") == "volume":
+        if not source:
+            raise InvalidArgument(f"--mount {text!r}: a volume needs src=NAME")
+        volume = parse_volume(f"{source}:{dest}")
+        volume["options"] += [o for o in options if o not in volume["options"]]
+        return volume
     return {"destination": dest, "source": os.path.abspath(source) if source else "",
             "type": fields.get("type", "bind"), "options": options}
 
@@ -121,19 +127,39 @@ def parse_volume(text: str) -> dict[str, Any]:
     source, dest = parts[0], parts[1]
     if not dest.startswith("/"):
         raise InvalidArgument(f"-v {text!r}: the container path {dest!r} must be absolute")
-    if not source.startswith(("/", ".", "~")):
-        raise InvalidArgument(f"-v {text!r}: named volumes are not supported yet; "
-                              "give an absolute host path")
-    source = os.path.abspath(os.path.expanduser(source))
-    if not os.path.exists(source):
-        raise InvalidArgument(f"-v {text!r}: host path {source!r} does not exist")
+    named = not source.startswith(("/", ".", "~"))
+    if named:
+        if not all(c.isalnum() or c in "._-" for c in source) or not source[0].isalnum():
+            raise InvalidArgument(f"-v {text!r}: {source!r} is neither an absolute host path "
+                                  "nor a volume name")
+    else:
+        source = os.path.abspath(os.path.expanduser(source))
+        if not os.path.exists(source):
+            raise InvalidArgument(f"-v {text!r}: host path {source!r} does not exist")
     options = ["rbind"]
     for option in (parts[2].split(",") if len(parts) == 3 else []):
         if option not in _VOLUME_OPTIONS:
             raise InvalidArgument(f"-v {text!r}: unknown option {option!r} (ro, rw...)")
         if _VOLUME_OPTIONS[option]:
             options.append(_VOLUME_OPTIONS[option])
+    if named:
+        # Resolved to the volume's directory by resolve_volumes, once a client is at hand.
+        return {"destination": dest, "volume": source, "type": "bind", "options": options}
     return {"destination": dest, "source": source, "type": "bind", "options": options}
+
+
+def resolve_volumes(api: Any, spec: dict[str, Any]) -> None:
+    """Bind each named volume of ``spec``'s mounts to its directory (made if it is new)."""
+    for mount in spec.get("mounts") or []:
+        name = mount.pop("volume", None)
+        if name is None:
+            continue
+        body = {"name": name, "exist_ok": True}
+        if hasattr(api, "stream_lines"):  # the typed client
+            found = api.call("POST", "/v1/volumes", dict, body=body)["mountpoint"]
+        else:
+            found = api.call("POST", "/v1/volumes", body).mountpoint
+        mount["source"] = found
 
 
 def parse_tmpfs(text: str) -> dict[str, Any]:
@@ -257,13 +283,16 @@ def check_pull(value: str) -> str:
     return value
 
 
-def spec_options_from(args: argparse.Namespace, command: list[str]) -> Any:
+def spec_options_from(args: argparse.Namespace, command: list[str], api: Any = None) -> Any:
     """The SpecOptions the flags describe (``command`` empty keeps the image's)."""
     import msgspec
 
     from runtime.plugins.runtime.api import SpecOptions
 
-    return msgspec.convert(spec_dict_from(args, command), SpecOptions)
+    spec = spec_dict_from(args, command)
+    if api is not None:
+        resolve_volumes(api, spec)
+    return msgspec.convert(spec, SpecOptions)
 
 
 #: As runtime.plugins.network.api.NETWORK_ANNOTATION and PORTS_ANNOTATION: that
@@ -443,6 +472,7 @@ def run_container(api: Any, image: str, command: list[str], options: RunOptions)
     """
     container_id = options.name or os.urandom(6).hex()
     spec = _spec_dict(options.spec)
+    resolve_volumes(api, spec)
     spec["args"] = command or None
     spec["terminal"] = options.tty
     container: dict[str, Any] = {

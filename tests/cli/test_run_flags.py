@@ -203,7 +203,7 @@ class TestBadValues:
         (("-v", "/no-such-dir-xyz:/data"), "-v '/no-such-dir-xyz:/data'"),
         (("-v", "/tmp:data"), "-v '/tmp:data'"),
         (("-v", "/tmp:/data:bogus"), "-v '/tmp:/data:bogus'"),
-        (("-v", "justaname"), "-v 'justaname'"),
+        (("-v", "just!name:/data"), "-v 'just!name:/data'"),
         (("--tmpfs", "scratch"), "--tmpfs 'scratch'"),
     ])
     def test_bad_values_are_125_naming_the_value_and_change_nothing(
