@@ -34,12 +34,12 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from runtime.pkg.oci.spec import default_spec
 from runtime.plugins.network.api import NETWORK_ANNOTATION
 from runtime.plugins.network.cni import netns
 from runtime.plugins.network.cni.conflist import default_conflist
 from runtime.plugins.network.cni.service import CniNetwork
 from runtime.plugins.network.task import setup_task_network, teardown_task_network
-from runtime.plugins.runtime.runc.spec import default_spec
 
 NS = "default"
 BIN_DIRS = [Path("/usr/lib/cni"), Path("/opt/cni/bin")]

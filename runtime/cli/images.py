@@ -192,8 +192,8 @@ def pull_for_run(args: Any, ref: str) -> None:
     plain HTTP, as Docker treats loopback registries as insecure.
     """
     from runtime.cli.main import client
-    from runtime.plugins.images.registry.hosts import is_loopback
-    from runtime.plugins.images.registry.reference import parse_reference
+    from runtime.pkg.registry.hosts import is_loopback
+    from runtime.pkg.registry.reference import parse_reference
 
     domain = parse_reference(ref).domain
     events = client(args).pull(ref, snapshotter=getattr(args, "snapshotter", ""),
@@ -380,10 +380,10 @@ def _lease_id(target: str) -> str:
 
 def mount(args: argparse.Namespace) -> int:
     """Unpack if needed, prepare a snapshot keyed by TARGET and mount it there."""
+    from runtime.api.mounts import Mount
     from runtime.cli.main import client
     from runtime.core.errors import MoorageError, PermissionDenied
-    from runtime.plugins.snapshots.api import Mount
-    from runtime.plugins.snapshots.mount import mount_all
+    from runtime.pkg.mount import mount_all
 
     target = os.path.abspath(args.target)
     api = client(args)
@@ -417,7 +417,7 @@ def unmount(args: argparse.Namespace) -> int:
     """Unmount TARGET; with --rm remove its snapshot too."""
     from runtime.cli.main import client
     from runtime.core.errors import MoorageError, NotFound
-    from runtime.plugins.snapshots.mount import unmount as do_unmount
+    from runtime.pkg.mount import unmount as do_unmount
 
     target = os.path.abspath(args.target)
     try:

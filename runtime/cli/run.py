@@ -202,7 +202,10 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTIONS]",
                    help="mount a tmpfs (options such as size=64m,mode=1777)")
     p.add_argument("--read-only", action="store_true", help="read-only root filesystem")
-    p.add_argument("--privileged", action="store_true")
+    p.add_argument("--privileged", action="store_true",
+                   help="all capabilities and devices, no seccomp filter")
+    p.add_argument("--security-opt", action="append", default=[], metavar="seccomp=PROFILE",
+                   help="seccomp=unconfined (no filter) or seccomp=PATH (a JSON profile)")
     p.add_argument("--cpus", type=float, default=0.0, help="CPU quota, e.g. 1.5")
     p.add_argument("--memory", "-m", default="", help="memory limit, e.g. 64m")
     p.add_argument("--pids-limit", type=int, default=0)
@@ -287,7 +290,7 @@ def spec_options_from(args: argparse.Namespace, command: list[str], api: Any = N
     """The SpecOptions the flags describe (``command`` empty keeps the image's)."""
     import msgspec
 
-    from runtime.plugins.runtime.api import SpecOptions
+    from runtime.api.specs import SpecOptions
 
     spec = spec_dict_from(args, command)
     if api is not None:
@@ -308,6 +311,36 @@ def _network_mode(text: str) -> str:
     value = text.strip()
     if not value or not all(c.isalnum() or c in "._-" for c in value):
         raise InvalidArgument(f"network {text!r}: use bridge, host, none or a network name")
+    return value
+
+
+def _seccomp_option(options: list[str]) -> str:
+    """SpecOptions.seccomp from ``--security-opt`` values: "", "unconfined" or a profile's JSON.
+
+    The profile file is read here, by the client, as Docker does: the daemon may
+    not see the caller's files.
+    """
+    from runtime.core.errors import InvalidArgument
+
+    value = ""
+    for option in options:
+        key, sep, setting = option.partition("=")
+        if key != "seccomp" or not sep or not setting:
+            raise InvalidArgument(
+                f"--security-opt {option!r}: supported: seccomp=unconfined, seccomp=PATH")
+        if setting == "unconfined":
+            value = setting
+            continue
+        try:
+            with open(setting, encoding="utf-8") as profile:
+                value = profile.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            # Worded apart from "no such file": exit codes 126/127 are for the command.
+            why = ("there is no such profile" if isinstance(exc, FileNotFoundError)
+                   else "it may not be read" if isinstance(exc, PermissionError)
+                   else getattr(exc, "strerror", None) or str(exc))
+            raise InvalidArgument(
+                f"--security-opt {option!r}: cannot read {setting}: {why}") from None
     return value
 
 
@@ -332,6 +365,7 @@ def spec_dict_from(args: argparse.Namespace, command: list[str]) -> dict[str, An
         "terminal": args.tty, "cpus": args.cpus,
         "memory": parse_size(args.memory) if args.memory else 0,
         "pids_limit": args.pids_limit, "annotations": annotations,
+        "seccomp": _seccomp_option(getattr(args, "security_opt", [])),
     }  # fmt: skip
     # Defaults are left out; an empty entrypoint list still means "none".
     return {k: v for k, v in spec.items() if v or (k == "entrypoint" and v is not None)}
@@ -427,8 +461,8 @@ def prepare_rootfs(api: Any, image: str, key: str, snapshotter: str = "") -> Pre
     """
     import msgspec
 
-    from runtime.plugins.runtime.api import ImageConfig
-    from runtime.plugins.snapshots.api import Mount
+    from runtime.api.mounts import Mount
+    from runtime.api.specs import ImageConfig
 
     prepared = api.image_rootfs(image, snapshotter)
     config = msgspec.convert(prepared.config or {}, ImageConfig)

@@ -29,7 +29,7 @@ def _short(digest: str) -> str:
 
 def follow(events: Iterator[Any], *, quiet: bool) -> Any:
     """Show progress of a pull or push; return its ``done`` line."""
-    from runtime.plugins.api.types import ProgressBlob, ProgressDone, Resolved
+    from runtime.api.types import ProgressBlob, ProgressDone, Resolved
 
     if quiet or not sys.stderr.isatty():
         done = None
@@ -68,7 +68,7 @@ def _follow_rich(events: Iterator[Any]) -> Any:
         TransferSpeedColumn,
     )
 
-    from runtime.plugins.api.types import ProgressBlob, ProgressDone, Resolved
+    from runtime.api.types import ProgressBlob, ProgressDone, Resolved
 
     console = Console(stderr=True)
     columns = (

@@ -8,30 +8,29 @@ from urllib.parse import quote, urlencode
 
 import msgspec
 
-from runtime.client.attach import Attachment, open_attachment
-from runtime.plugins.containers.api import (
+from runtime.api.containers import (
     Container,
     ContainerCreateRequest,
     ContainerUpdateRequest,
     RuntimeInfo,
 )
-from runtime.plugins.runtime.api import (
+from runtime.api.mounts import Mount
+from runtime.api.specs import ImageConfig, SpecOptions
+from runtime.api.tasks import (
     CreateTaskRequest,
     ExecRequest,
     ExitStatus,
-    ImageConfig,
     KillRequest,
     LogEntry,
     ProcessInfo,
     ProcessRequest,
     ProcessState,
     ResizeRequest,
-    SpecOptions,
     TaskMetrics,
     TaskState,
     UpdateTaskRequest,
 )
-from runtime.plugins.snapshots.api import Mount
+from runtime.client.attach import Attachment, open_attachment
 
 __all__ = ["ContainersMixin"]
 

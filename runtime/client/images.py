@@ -8,8 +8,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from runtime.core.errors import from_code
-from runtime.plugins.api.types import (
+from runtime.api.types import (
     CheckResult,
     Failed,
     ImageCreateRequest,
@@ -22,6 +21,7 @@ from runtime.plugins.api.types import (
     ImageUpdateRequest,
     ImageUsage,
 )
+from runtime.core.errors import from_code
 
 if TYPE_CHECKING:
     from runtime.client.transport import Response

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["LeanClient"]
 
 DEFAULT_SOCKET = "/run/moorage/moorage.sock"  # as runtime.client.sync.DEFAULT_SOCKET
-NAMESPACE_HEADER = "Moorage-Namespace"  # as runtime.plugins.api.types.NAMESPACE_HEADER
+NAMESPACE_HEADER = "Moorage-Namespace"  # as runtime.api.types.NAMESPACE_HEADER
 
 
 _PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")

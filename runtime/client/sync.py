@@ -10,11 +10,7 @@ from urllib.parse import quote, urlencode
 
 import msgspec
 
-from runtime.client.containers import ContainersMixin
-from runtime.client.images import ImagesMixin
-from runtime.client.transport import Response, request, unreachable
-from runtime.core.errors import MoorageError, Unauthenticated, from_code
-from runtime.plugins.api.types import (
+from runtime.api.types import (
     LEASE_HEADER,
     NAMESPACE_HEADER,
     CommitRequest,
@@ -38,6 +34,10 @@ from runtime.plugins.api.types import (
     Usage,
     Version,
 )
+from runtime.client.containers import ContainersMixin
+from runtime.client.images import ImagesMixin
+from runtime.client.transport import Response, request, unreachable
+from runtime.core.errors import MoorageError, Unauthenticated, from_code
 from runtime.plugins.gc.api import GCReport
 
 __all__ = ["Client", "default_address"]

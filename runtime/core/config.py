@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 import tomllib
+import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -20,13 +21,17 @@ from runtime.core.errors import InvalidArgument
 __all__ = [
     "CONFIG_VERSION",
     "DEFAULT_CGROUP_PARENT",
+    "AbsolutePath",
     "ApiConfig",
     "ConfigError",
     "DaemonConfig",
+    "Program",
     "ProxyPluginConfig",
+    "check_path_keys",
     "decode_plugin_config",
     "load_config",
     "parse_config",
+    "socket_path_of",
 ]
 
 CONFIG_VERSION = 1
@@ -42,15 +47,93 @@ class ConfigError(InvalidArgument):
     """A configuration file is unreadable or invalid; the message names file, section and key."""
 
 
+class _PathKey:
+    """Marks a config field (``Annotated[str, ...]``) whose value names a file or directory."""
+
+    def __init__(self, program: bool) -> None:
+        self.program = program
+
+
+#: A config key naming a file or directory: an absolute path, or ``""`` for the default.
+#: Relative paths are refused: they would depend on the daemon's working directory.
+AbsolutePath = Annotated[str, _PathKey(program=False)]
+#: A config key naming a program: a bare name looked up on ``PATH``, or an absolute path.
+Program = Annotated[str, _PathKey(program=True)]
+
+_UNIX = "unix://"
+
+
+def _path_problem(value: str, program: bool = False) -> str:
+    """Why ``value`` is no acceptable path ("" when it is)."""
+    if not value or value.startswith("/"):
+        return ""
+    if "://" in value:
+        return f"{value!r} is a URL, not a path; use an absolute path"
+    if program and "/" not in value:
+        return ""
+    return f"{value!r} is a relative path (it would depend on the daemon's working directory)"
+
+
+def socket_path_of(address: str) -> str:
+    """The socket path of a listen address: ``unix:///path`` or an absolute ``/path``.
+
+    Raises:
+        InvalidArgument: A relative path, an empty one, or another scheme.
+    """
+    scheme, sep, rest = address.partition("://")
+    if sep and scheme != "unix":
+        raise InvalidArgument(
+            f"{address!r} has the unknown scheme {scheme!r}; use unix:///path or /path")
+    path = rest if sep else address
+    if not path:
+        raise InvalidArgument(f"{address!r} names no socket path; use unix:///path or /path")
+    if not path.startswith("/"):
+        raise InvalidArgument(
+            f"{address!r} is a relative path (it would depend on the daemon's working "
+            "directory); use unix:///absolute/path or /absolute/path")
+    return path
+
+
+def check_path_keys(value: msgspec.Struct, source: str, section: str, prefix: str = "") -> None:
+    """Check every :data:`AbsolutePath` and :data:`Program` field of ``value`` (nested too).
+
+    Raises:
+        ConfigError: Naming the file, the section and the key.
+    """
+    try:
+        hints = typing.get_type_hints(type(value), include_extras=True)
+    except (NameError, TypeError):
+        # A third party's config whose annotations name what its module no longer
+        # holds (a class made in a function): msgspec decoded it; nothing is marked.
+        return
+    for name in value.__struct_fields__:
+        hint, item = hints.get(name), getattr(value, name)
+        key = f"{prefix}{name}"
+        if isinstance(item, msgspec.Struct):
+            check_path_keys(item, source, section, f"{key}.")
+            continue
+        items = item if isinstance(item, list) else [item]
+        if typing.get_origin(hint) is list:
+            hint = typing.get_args(hint)[0]
+        marks = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, _PathKey)]
+        if not marks:
+            continue
+        for element in items:
+            problem = _path_problem(str(element), marks[0].program)
+            if problem:
+                raise ConfigError(f"{source}: [{section}] key '{key}': {problem}")
+
+
 class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The ``[api]`` section: where the admin API listens."""
 
-    #: Unix socket path of the admin API (mode 0660).
+    #: Unix socket of the admin API (mode 0660): ``/path`` or ``unix:///path``; a loaded
+    #: configuration holds the bare path.
     address: str = "/run/moorage/moorage.sock"
     #: Optional ``host:port`` for a TCP listener; every request must carry the token.
     tcp_address: str = ""
     #: File holding the bearer token required on the TCP listener.
-    token_file: str = ""
+    token_file: AbsolutePath = ""
     #: Seconds the daemon waits for plugins to stop at shutdown.
     shutdown_timeout: float = 10.0
 
@@ -68,9 +151,9 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     version: int = CONFIG_VERSION
     #: Persistent data; each plugin gets ``<root>/<type>.<id>``.
-    root: str = "/var/lib/moorage"
+    root: AbsolutePath = "/var/lib/moorage"
     #: Volatile data (tmpfs); each plugin gets ``<state>/<type>.<id>``.
-    state: str = "/run/moorage"
+    state: AbsolutePath = "/run/moorage"
     #: The cgroup that containers created with a generated spec go under, as
     #: ``<cgroup_parent>/<namespace>/<id>`` (dockerd's ``cgroup-parent``); ``/`` gives
     #: containerd's ``/<namespace>/<id>``. Two daemons on one host need two parents.
@@ -145,6 +228,21 @@ def parse_config(text: str, source: str = "<string>") -> DaemonConfig:
             f"{source}: [top level] key 'version': unsupported version {config.version}, "
             f"this daemon reads version {CONFIG_VERSION}"
         )
+    for key in ("root", "state"):
+        if not getattr(config, key):
+            raise ConfigError(f"{source}: [top level] key '{key}': must not be empty")
+    check_path_keys(config.api, source, "api")
+    check_path_keys(config, source, "top level")
+    try:
+        address = socket_path_of(config.api.address)
+    except InvalidArgument as exc:
+        raise ConfigError(f"{source}: [api] key 'address': {exc}") from None
+    if config.api.tcp_address and not _valid_host_port(config.api.tcp_address):
+        raise ConfigError(
+            f"{source}: [api] key 'tcp_address': {config.api.tcp_address!r} is not host:port "
+            "(the unix socket is 'address')")
+    config = msgspec.structs.replace(
+        config, api=msgspec.structs.replace(config.api, address=address))
     if Path(config.root).resolve() == Path(config.state).resolve():
         raise ConfigError(f"{source}: [top level] 'root' and 'state' must differ")
     if not _valid_cgroup_parent(config.cgroup_parent):
@@ -160,6 +258,11 @@ def parse_config(text: str, source: str = "<string>") -> DaemonConfig:
                     "plugin name '<type>.<id>'"
                 )
     return msgspec.structs.replace(config, source=source)
+
+
+def _valid_host_port(address: str) -> bool:
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and "/" not in host and port.isdigit() and 0 < int(port) < 65536)
 
 
 def _valid_cgroup_parent(path: str) -> bool:
@@ -198,6 +301,8 @@ def decode_plugin_config(config: DaemonConfig, name: str, struct: type[S]) -> S:
     """
     table = config.plugins.get(name, {})
     try:
-        return msgspec.convert(table, struct, strict=True)
+        decoded = msgspec.convert(table, struct, strict=True)
     except msgspec.ValidationError as exc:
         raise ConfigError(_describe(exc, config.source, f'plugins."{name}"')) from exc
+    check_path_keys(decoded, config.source, f'plugins."{name}"')
+    return decoded

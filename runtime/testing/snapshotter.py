@@ -23,7 +23,7 @@ test; its teardown may only ``close()`` it (one test closes it already).
 
 The tests mount for real, so they need root (``CAP_SYS_ADMIN``, ``CAP_CHOWN``,
 ``CAP_MKNOD``): skip or fail in the fixture when that is missing. Mounts go
-through :mod:`runtime.plugins.snapshots.mount` and are always undone. The
+through :mod:`runtime.pkg.mount` and are always undone. The
 suite runs on asyncio; it defines ``anyio_backend`` itself, so it needs no
 conftest of the project under test.
 """
@@ -44,8 +44,8 @@ import anyio.to_thread
 import pytest
 
 from runtime.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from runtime.pkg.mount import mounted
 from runtime.plugins.snapshots.api import Info, Kind, Mount, Snapshotter
-from runtime.plugins.snapshots.mount import mounted
 
 __all__ = ["SnapshotterConformance"]
 

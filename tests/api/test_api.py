@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import runtime
+from runtime.api.types import NAMESPACE_HEADER, EventEnvelope
 from runtime.client import Client
 from runtime.client.transport import Response, request
 from runtime.core.errors import (
@@ -27,7 +28,6 @@ from runtime.core.errors import (
     NotImplementedYet,
     Unauthenticated,
 )
-from runtime.plugins.api.types import NAMESPACE_HEADER, EventEnvelope
 from tests.fixtures.daemon import Daemon, assert_error
 from tests.fixtures.registry import free_port
 
@@ -270,8 +270,8 @@ def test_openapi_lists_every_core_route(client: Client) -> None:
 
 def test_openapi_documents_exactly_the_served_routes() -> None:
     """Every route the app serves is in the document, and nothing else (in process)."""
+    from runtime.plugins.api.api import Route
     from runtime.plugins.api.openapi import openapi_document
-    from runtime.plugins.api.routes import Route
     from runtime.plugins.api.server import build_app
 
     async def handler(request: Any) -> None:

@@ -24,7 +24,7 @@ REQUEST_ONLY = (
     "runtime.plugins.metrics.figures",
     "runtime.plugins.diff.walking.apply",
     "runtime.plugins.diff.walking.staging",
-    "runtime.plugins.images.registry.client",
+    "runtime.pkg.registry.client",
     "runtime.plugins.images.unpack",
     "runtime.plugins.images.fetch",
 )

@@ -41,7 +41,9 @@ class Fault(enum.Enum):
     ``DROP`` sends half the body and cuts the connection; ``STALL`` sends half and then
     nothing for :attr:`FakeRegistry.stall_seconds`; ``CORRUPT`` sends the right length
     of wrong bytes; ``SHORT_LENGTH`` announces (and sends) fewer bytes than the blob has;
-    ``LONG_LENGTH`` announces and sends more.
+    ``LONG_LENGTH`` announces and sends more; ``UNAVAILABLE`` answers 503 and
+    ``TOO_MANY_REQUESTS`` 429 with ``Retry-After: <FakeRegistry.retry_after>`` (these two
+    apply to manifests too).
     """
 
     DROP = "drop"
@@ -49,6 +51,11 @@ class Fault(enum.Enum):
     CORRUPT = "corrupt"
     SHORT_LENGTH = "short-length"
     LONG_LENGTH = "long-length"
+    UNAVAILABLE = "unavailable"
+    TOO_MANY_REQUESTS = "too-many-requests"
+
+
+_STATUS_FAULTS = {Fault.UNAVAILABLE: 503, Fault.TOO_MANY_REQUESTS: 429}
 
 
 @dataclass
@@ -64,6 +71,8 @@ class FakeRegistry:
         self.stall_seconds = stall_seconds
         #: Bytes per second for blob bodies (``None``: as fast as possible).
         self.rate: float | None = None
+        #: ``Retry-After`` value of :attr:`Fault.TOO_MANY_REQUESTS` answers.
+        self.retry_after = "1"
         self.blobs: dict[str, bytes] = {}
         self._substitutes: dict[str, bytes] = {}
         self.media_types: dict[str, str] = {}
@@ -129,6 +138,19 @@ class FakeRegistry:
                     del self._rules[digest]
             return rule.fault
 
+    def _status_fault(self, digest: str) -> web.Response | None:
+        """The 503 or 429 answer a status fault on ``digest`` asks for (and uses up)."""
+        with self._lock:
+            rule = self._rules.get(digest)
+        if rule is None or rule.fault not in _STATUS_FAULTS:
+            return None
+        self._take_rule(digest)
+        status = _STATUS_FAULTS[rule.fault]
+        headers = {"Retry-After": self.retry_after} if status == 429 else {}
+        return web.json_response({"errors": [{"code": "TOOMANYREQUESTS" if status == 429
+                                              else "UNAVAILABLE", "message": "try later"}]},
+                                 status=status, headers=headers)
+
     # -- HTTP ------------------------------------------------------------------------
 
     async def _root(self, _: web.Request) -> web.Response:
@@ -140,6 +162,9 @@ class FakeRegistry:
         digest = ref if ref.startswith("sha256:") else self.tags.get((repo, ref))
         if digest is None or digest not in self.blobs:
             return web.json_response({"errors": [{"code": "MANIFEST_UNKNOWN"}]}, status=404)
+        busy = self._status_fault(digest)
+        if busy is not None:
+            return busy
         data = self.blobs[digest]
         headers = {"Docker-Content-Digest": digest,
                    "Content-Type": self.media_types.get(digest, "application/json")}
@@ -165,6 +190,9 @@ class FakeRegistry:
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         if request.method == "HEAD":
             return web.Response(headers={**headers, "Content-Length": str(len(data))})
+        busy = self._status_fault(digest)
+        if busy is not None:
+            return busy
         fault = self._take_rule(digest)
         with self._lock:
             substitute = self._substitutes.get(digest)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime.api.types import ContentInfo
 from runtime.core.errors import AlreadyExists, MoorageError, NotFound
-from runtime.plugins.api.types import ContentInfo
 from runtime.plugins.gc.api import LABEL_ROOT
 from runtime.plugins.runtime.api import SpecOptions
 from runtime.plugins.snapshots.api import Mount

@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
+from runtime.api.types import ContentInfo, ImageProgress, ProgressBlob, ProgressDone
 from runtime.client import Client
 from runtime.core.errors import MoorageError, NotFound, ResourceExhausted
-from runtime.plugins.api.types import ContentInfo, ImageProgress, ProgressBlob, ProgressDone
 from runtime.plugins.runtime.api import SpecOptions
 from runtime.plugins.snapshots.api import Mount
 from tests.fixtures.daemon import Daemon, assert_error

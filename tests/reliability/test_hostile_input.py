@@ -23,10 +23,10 @@ from urllib.parse import quote
 
 import pytest
 
+from runtime.api.types import NAMESPACE_HEADER
 from runtime.client import Client
 from runtime.client.transport import request
 from runtime.core.errors import MoorageError
-from runtime.plugins.api.types import NAMESPACE_HEADER
 from tests.fixtures.daemon import Daemon, assert_error
 from tests.fixtures.images import (
     MEDIA_TYPE_INDEX,

@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from moorage_snapshotter_btrfs.snapshotter import BtrfsSnapshotter, check_supported
+from runtime.core.config import AbsolutePath
 from runtime.core.errors import NotImplementedYet
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, PluginSkipped, Registration
@@ -29,7 +30,7 @@ class BtrfsConfig(PluginConfig):
 
     #: Where snapshots live, on a btrfs filesystem; empty means the plugin's
     #: own root directory (``<root>/snapshotter.btrfs``).
-    root_path: str = ""
+    root_path: AbsolutePath = ""
     #: Delete a removed snapshot's subvolume at once; false leaves it to cleanup.
     sync_remove: bool = True
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import msgspec
 
+from runtime.api.types import NAMESPACE_HEADER, ErrorBody
 from runtime.core.errors import error_classes
-from runtime.plugins.api.routes import Route
-from runtime.plugins.api.types import NAMESPACE_HEADER, ErrorBody
+from runtime.plugins.api.api import Route
 
 __all__ = ["openapi_document"]
 

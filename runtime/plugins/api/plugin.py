@@ -1,99 +1,19 @@
-"""Registrations of the API: ``server.http`` and the ``api.*`` route sets it mounts."""
+"""Registrations of the API: ``server.http``, mounting every ``api.*`` route set; ``api.system``.
+
+The other route sets are registered by the plugins whose services they serve
+(with :func:`~runtime.plugins.api.api.route_set`), next to their ``routes.py``.
+"""
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from runtime.core.errors import InvalidArgument
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, Registration
-from runtime.plugins.api.routes import Middleware, Route, RouteSet
-
-
-def _required(ctx: InitContext[Any]) -> tuple[Any, ...]:
-    """The services of the route set's required plugins, in the order it lists them."""
-    return tuple(ctx.get(name) for name in ctx.registration.requires)
-
-
-def _gc_scheduler(ctx: InitContext[Any]) -> Callable[[], Any]:
-    # Looked up per request: gc.scheduler is optional and may start after the route set.
-    return lambda: ctx.plugins.services.get("gc.scheduler")
-
-
-def _task_service(ctx: InitContext[Any]) -> tuple[Any, ...]:
-    from runtime.plugins.runtime.tasks import TaskService
-
-    def snapshots() -> Any:
-        return ctx.plugins.services.get("service.snapshots")
-
-    return (TaskService(ctx.get("containers.store"), ctx.get_by_type("runtime"), snapshots),
-            ctx.daemon.cgroup_parent)
-
-
-@dataclass(frozen=True)
-class _RouteSet:
-    """One built-in ``api.<id>`` plugin: a route set over the services it requires.
-
-    ``factory`` names the function building the routes, in a module of this
-    package; it is imported at init, so that loading this module at every
-    daemon start imports no handlers.
-    """
-
-    id: str
-    requires: tuple[str, ...]
-    description: str
-    factory: str
-    args: Callable[[InitContext[Any]], tuple[Any, ...]] = _required
-
-    def registration(self) -> Registration:
-        """The plugin's registration; its init calls the factory with :attr:`args`."""
-
-        async def init(ctx: InitContext[Any]) -> RouteSet:
-            module, _, function = self.factory.partition(":")
-            build = getattr(importlib.import_module(f"runtime.plugins.api.{module}"), function)
-            routes: RouteSet = build(*self.args(ctx))
-            return routes
-
-        return Registration(
-            type="api",
-            id=self.id,
-            init=init,
-            requires=self.requires,
-            description=self.description,
-        )
-
-
-_ROUTE_SETS = (
-    _RouteSet(
-        "system", (), "version, health, plugins, events", "system:system_routes",
-        lambda ctx: (ctx,),
-    ),
-    _RouteSet("namespaces", ("metadata.sqlite",), "namespaces", "namespaces:namespace_routes"),
-    _RouteSet("content", ("content.local",), "content and ingests", "content:content_routes"),
-    _RouteSet(
-        "leases", ("metadata.sqlite",), "leases", "leases:lease_routes",
-        lambda ctx: (*_required(ctx), _gc_scheduler(ctx)),
-    ),
-    _RouteSet("snapshots", ("service.snapshots",), "snapshots", "snapshots:snapshot_routes"),
-    _RouteSet("gc", ("gc.scheduler",), "garbage collection", "gc:gc_routes"),
-    _RouteSet(
-        "images", ("images.store",), "images: pull, push, import, export", "images:image_routes",
-        lambda ctx: (*_required(ctx), _gc_scheduler(ctx)),
-    ),
-    _RouteSet(
-        "containers", ("containers.store",), "containers", "containers:container_routes",
-        lambda ctx: (*_required(ctx), lambda: ctx.plugins.by_type("runtime"),
-                     ctx.daemon.cgroup_parent),
-    ),
-    _RouteSet(
-        "tasks", ("containers.store", "runtime"), "tasks: lifecycle, exec, logs, attach, metrics",
-        "tasks:task_routes", _task_service,
-    ),
-)  # fmt: skip
+from runtime.plugins.api.api import Middleware, Route, route_set
 
 
 async def init_server(ctx: InitContext[Any]) -> Any:
@@ -114,9 +34,9 @@ async def init_server(ctx: InitContext[Any]) -> Any:
             raise InvalidArgument(f"[api] token_file {api.token_file}: token shorter than 16")
     routes: list[Route] = []
     middlewares: list[Middleware] = []
-    for route_set in ctx.get_by_type("api").values():
-        routes.extend(route_set)
-        middlewares.extend(getattr(route_set, "middlewares", ()))
+    for served in ctx.get_by_type("api").values():
+        routes.extend(served)
+        middlewares.extend(getattr(served, "middlewares", ()))
     server = ApiServer(
         build_app(routes, version=runtime.__version__, token=token, middlewares=middlewares),
         Path(api.address),
@@ -134,8 +54,10 @@ async def close_server(server: Any) -> None:
 @hookimpl
 def moorage_plugins() -> Iterator[Registration]:
     """The admin API listener and its built-in route sets."""
-    for route_set in _ROUTE_SETS:
-        yield route_set.registration()
+    yield route_set(
+        "system", (), "version, health, plugins, events",
+        "runtime.plugins.api.system:system_routes", lambda ctx: (ctx,),
+    )
     yield Registration(
         type="server",
         id="http",

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from runtime.api.types import DEFAULT_NAMESPACE, NAMESPACE_HEADER
 from runtime.core.errors import (
     InvalidArgument,
     MoorageError,
@@ -21,9 +22,14 @@ from runtime.core.errors import (
     Unauthenticated,
 )
 from runtime.core.identifiers import validate_namespace
+from runtime.plugins.api.api import (
+    NAMESPACE_KEY,
+    STREAM_ENDERS,
+    Middleware,
+    Route,
+    error_response,
+)
 from runtime.plugins.api.openapi import openapi_document
-from runtime.plugins.api.routes import NAMESPACE_KEY, STREAM_ENDERS, Middleware, Route
-from runtime.plugins.api.types import DEFAULT_NAMESPACE, NAMESPACE_HEADER, ErrorBody, ErrorDetail
 
 __all__ = ["ApiServer", "build_app"]
 
@@ -32,12 +38,6 @@ log = logging.getLogger("moorage.api")
 _encoder = msgspec.json.Encoder()
 TCP_KEY = web.AppKey("tcp_token", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error_response(status: int, code: str, message: str) -> web.Response:
-    """The one error shape, for every failure the API reports."""
-    body = _encoder.encode(ErrorBody(error=ErrorDetail(code=code, message=message)))
-    return web.Response(status=status, body=body, content_type="application/json")
 
 
 def _over_tcp(request: web.Request) -> bool:

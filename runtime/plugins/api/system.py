@@ -8,10 +8,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from runtime.core.errors import MoorageError, Unavailable
-from runtime.core.registration import InitContext
-from runtime.plugins.api.routes import Query, Route, RouteSet, ends_at_shutdown, namespace_of
-from runtime.plugins.api.types import (
+from runtime.api.types import (
     ErrorBody,
     ErrorDetail,
     EventEnvelope,
@@ -19,6 +16,9 @@ from runtime.plugins.api.types import (
     PluginInfo,
     Version,
 )
+from runtime.core.errors import MoorageError, Unavailable
+from runtime.core.registration import InitContext
+from runtime.plugins.api.api import Query, Route, RouteSet, ends_at_shutdown, namespace_of
 
 __all__ = ["system_routes"]
 

@@ -9,6 +9,7 @@ import msgspec
 
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, Registration
+from runtime.plugins.api.api import required_services, route_set
 from runtime.plugins.containers.store import SqliteContainerStore
 
 
@@ -31,4 +32,10 @@ def moorage_plugins() -> Iterator[Registration]:
         init=init,
         requires=("metadata.sqlite",),
         description="container records (id, image, runtime, OCI spec, snapshot) per namespace",
+    )
+    yield route_set(
+        "containers", ("containers.store",), "containers",
+        "runtime.plugins.containers.routes:container_routes",
+        lambda ctx: (*required_services(ctx), lambda: ctx.plugins.by_type("runtime"),
+                     ctx.daemon.cgroup_parent),
     )

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from runtime.pkg.oci.spec import DEFAULT_CAPABILITIES
 from runtime.plugins.network.api import HOST, NETWORK_ANNOTATION
-from runtime.plugins.runtime.runc.spec import DEFAULT_CAPABILITIES
 
 __all__ = ["ISOLATING_NAMESPACES", "privileged_reasons"]
 

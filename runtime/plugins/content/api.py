@@ -12,14 +12,14 @@ file name it also keeps ``../`` and friends out of the blob directory.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import BinaryIO, Protocol
 
 import msgspec
 
-from runtime.core.errors import AlreadyExists, InvalidArgument
+from runtime.core.errors import AlreadyExists
+from runtime.pkg.digest import DIGEST_ALGORITHM, validate_digest
 
 __all__ = [
     "DIGEST_ALGORITHM",
@@ -30,31 +30,6 @@ __all__ = [
     "Writer",
     "validate_digest",
 ]
-
-#: The only digest algorithm the store accepts.
-DIGEST_ALGORITHM = "sha256"
-
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-
-
-def validate_digest(digest: str) -> str:
-    """Check that ``digest`` is ``sha256:<64 lowercase hex>`` and return its hex part.
-
-    Args:
-        digest: The digest string as received from a client.
-
-    Returns:
-        The 64-character hex part, safe to use as a file name.
-
-    Raises:
-        InvalidArgument: Any other shape, including other algorithms,
-            uppercase hex, whitespace or path separators.
-    """
-    # fullmatch, not match + "$": "$" would accept a trailing newline.
-    if not isinstance(digest, str) or _DIGEST.fullmatch(digest) is None:
-        raise InvalidArgument(f"invalid digest {digest!r}: want sha256:<64 lowercase hex>")
-    return digest[len(DIGEST_ALGORITHM) + 1 :]
-
 
 class BlobExists(AlreadyExists):
     """A commit found its blob already stored.

@@ -119,7 +119,12 @@ class Collector:
     async def mark(self) -> Marked:
         """Phases 1 and 2: start the change log, then mark on a read snapshot."""
         # Taken before the log starts, so "created after the start" errs towards keeping.
-        since = Since(wall=datetime.now(UTC), fs_ns=fs_clock_ns())
+        since = Since(
+            wall=datetime.now(UTC),
+            fs_ns=await anyio.to_thread.run_sync(
+                fs_clock_ns, self.store.root if self.store is not None else None
+            ),
+        )
         _, held = await timed_write(self.db, changes.start)
         try:
             loaded = await self._snapshot(load)

@@ -55,6 +55,8 @@ log = logging.getLogger("moorage.gc")
 # Linux's CLOCK_REALTIME_COARSE, which the kernel stamps file times with; the
 # time module has no name for it.
 _CLOCK_REALTIME_COARSE = 5
+# Stamped at each collection's start to read the file system's clock.
+_CLOCK_PROBE = ".gc-clock"
 # Blobs whose references are re-checked and unlinked per writer-lock hold:
 # bounds each hold to about a millisecond even when thousands go at once.
 BLOB_BATCH = 256
@@ -63,17 +65,39 @@ TRASH = "gc-trash"
 _SNAPSHOT_REFERENCED = "SELECT 1 FROM snapshots WHERE snapshotter=? AND backend_key=?"
 
 
-def fs_clock_ns() -> int:
+def fs_clock_ns(directory: Path | None = None) -> int:
     """Now, on the clock file ctimes come from (nanoseconds since the epoch).
 
-    The kernel stamps files with a coarse clock that lags the fine one by up
-    to a tick, so a file created just after ``time.time_ns()`` can carry an
-    earlier ctime; compared with the coarse clock it cannot.
+    With ``directory``, the answer is a ctime the file system itself hands out,
+    strictly later than that of every file written there before the call: the
+    kernel's coarse clock can lag a file's stamp (6.13's multigrain timestamps
+    give fine-grained ctimes), and on a coarse clock a file written in the same
+    tick would tie. A probe file is stamped until its ctime moves past the first
+    stamp, which takes at most one tick. Without ``directory``, the coarse clock.
     """
+    if directory is not None:
+        with contextlib.suppress(OSError):
+            return _stamp_after(directory / _CLOCK_PROBE)
     try:
         return time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
     except OSError:
         return time.time_ns() - 20_000_000  # a generous tick on other systems
+
+
+def _stamp_after(probe: Path) -> int:
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a ctime update, and fstat asks for a fine-grained next one
+        first = os.fstat(fd).st_ctime_ns
+        deadline = time.monotonic() + 0.5
+        while True:
+            os.fchmod(fd, 0o600)
+            now = os.fstat(fd).st_ctime_ns
+            if now > first or time.monotonic() > deadline:
+                return now
+            time.sleep(0.001)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import msgspec
 from runtime.core.errors import InvalidArgument
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
+from runtime.plugins.api.api import route_set
 from runtime.plugins.gc.api import EVENT_NAMESPACE, EVENT_TOPIC, GCReport
 from runtime.plugins.gc.collector import Collector
 from runtime.plugins.gc.scheduler import Scheduler
@@ -108,3 +109,5 @@ def moorage_plugins() -> Iterator[Registration]:
         requires=("metadata.sqlite", "content.local", "service.snapshots"),
         description="mark-and-sweep garbage collection of content, snapshots, images, leases",
     )
+    yield route_set("gc", ("gc.scheduler",), "garbage collection",
+                    "runtime.plugins.gc.routes:gc_routes")

@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from runtime.plugins.images.registry.types import Descriptor
+from runtime.pkg.registry.types import Descriptor
 
 __all__ = [
     "ANNOTATION_IMAGE_NAME",

@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from runtime.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from runtime.pkg.registry.reference import DEFAULT_DOMAIN, parse_reference
+from runtime.pkg.registry.types import (
+    MEDIA_TYPE_OCI_INDEX,
+    Descriptor,
+)
 from runtime.plugins.images.api import (
     ANNOTATION_IMAGE_NAME,
     ANNOTATION_REF_NAME,
 )
 from runtime.plugins.images.platforms import matcher_for
-from runtime.plugins.images.registry.reference import DEFAULT_DOMAIN, parse_reference
-from runtime.plugins.images.registry.types import (
-    MEDIA_TYPE_OCI_INDEX,
-    Descriptor,
-)
 
 if TYPE_CHECKING:
     from runtime.plugins.images.service import ImageService

@@ -23,15 +23,22 @@ from typing import Any
 
 import anyio
 
-from runtime.core.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
+from runtime.core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from runtime.core.identifiers import MAX_LABEL
 from runtime.core.locks import KeyedLocks
+from runtime.pkg.registry.client import RegistryClient
+from runtime.pkg.registry.reference import Reference
+from runtime.pkg.registry.types import Descriptor
 from runtime.plugins.images.api import LABEL_DISTRIBUTION_SOURCE, LABEL_FETCHED_FROM, BlobStatus
+from runtime.plugins.images.documents import check_document
 from runtime.plugins.images.manifests import join, kind_of
 from runtime.plugins.images.progress import Tracker
-from runtime.plugins.images.registry.client import RegistryClient
-from runtime.plugins.images.registry.reference import Reference
-from runtime.plugins.images.registry.types import Descriptor
 
 __all__ = ["Fetcher", "Keep", "Opened", "source_labels"]
 
@@ -117,7 +124,9 @@ class Fetcher:
         for the config, which would otherwise queue behind the layers.
         """
         await self.blob(desc, limited=False)
-        return await join(await self.content.read(self.namespace, desc.digest))
+        data = await join(await self.content.read(self.namespace, desc.digest))
+        check_document(desc, data)  # also what an earlier pull stored
+        return data
 
     async def blob(
         self, desc: Descriptor, opened: Opened | None = None, *, limited: bool = True
@@ -210,6 +219,7 @@ class Fetcher:
                 # Manifests come from /manifests/ (not every registry serves them as
                 # blobs), whole and verified; they are small, so no resume is needed.
                 data = await self.client.fetch_manifest(self.ref, desc)
+                check_document(desc, data)  # before it reaches the store
                 await writer.write(data, 0)
                 offset = len(data)
                 self.received += len(data)
@@ -228,8 +238,9 @@ class Fetcher:
         except AlreadyExists:
             info = await self.content.info(self.namespace, desc.digest)
             await self._label(desc.digest, info.labels, host)
-        except FailedPrecondition:
-            # Wrong bytes are in the ingest: resuming would only repeat the mismatch.
+        except (FailedPrecondition, InvalidArgument):
+            # Wrong bytes are in the ingest (or a refused document is on its way):
+            # resuming would only repeat the mismatch.
             await writer.abort()
             self.tracker.status(desc.digest, BlobStatus.FAILED)
             raise

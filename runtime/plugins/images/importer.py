@@ -30,11 +30,20 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 
 from runtime.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from runtime.pkg.registry.reference import parse_reference
+from runtime.pkg.registry.types import (
+    MEDIA_TYPE_DOCKER_CONFIG,
+    MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_OCI_INDEX,
+    Descriptor,
+    Platform,
+)
 from runtime.plugins.images.api import (
     ANNOTATION_IMAGE_NAME,
     ANNOTATION_REF_NAME,
     Image,
 )
+from runtime.plugins.images.documents import check_document
 from runtime.plugins.images.manifests import (
     decode_config,
     decode_index,
@@ -44,13 +53,6 @@ from runtime.plugins.images.manifests import (
     manifest_child_labels,
 )
 from runtime.plugins.images.platforms import select_manifests
-from runtime.plugins.images.registry.reference import parse_reference
-from runtime.plugins.images.registry.types import (
-    MEDIA_TYPE_DOCKER_CONFIG,
-    MEDIA_TYPE_DOCKER_MANIFEST,
-    Descriptor,
-    Platform,
-)
 
 if TYPE_CHECKING:
     from runtime.plugins.images.service import ImageService
@@ -220,7 +222,10 @@ class _Importer:
                 if parts[1] != "sha256":
                     raise InvalidArgument(f"archive blob {name}: only sha256 is supported")
                 await self.ingest(info, f"sha256:{parts[2]}")
-        index = decode_index(await anyio.to_thread.run_sync(self.archive.read, index_info))
+        raw = await anyio.to_thread.run_sync(self.archive.read, index_info)
+        layout = Descriptor(mediaType=MEDIA_TYPE_OCI_INDEX, digest="", size=len(raw))
+        check_document(layout, raw, name="index.json")
+        index = decode_index(raw)
         images: list[Image] = []
         for desc in index.manifests:
             await self.label_children(desc)
@@ -239,6 +244,7 @@ class _Importer:
         data = await self.svc.read(self.namespace, desc)
         if data is None:
             raise FailedPrecondition(f"archive lacks blob {desc.digest} named in its index")
+        check_document(desc, data)
         if is_index(desc.mediaType):
             children = select_manifests(decode_index(data, desc.mediaType).manifests, None)
             present = [c for c in children if await self.svc.read(self.namespace, c) is not None]

@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from runtime.core.errors import FailedPrecondition, InvalidArgument, NotImplementedYet
-from runtime.plugins.images.api import LABEL_GC_REF_CONTENT, ImageConfig
-from runtime.plugins.images.platforms import Matcher, select_manifests
-from runtime.plugins.images.registry.types import (
+from runtime.pkg.registry.types import (
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
     MAX_MANIFEST_SIZE,
@@ -25,6 +23,9 @@ from runtime.plugins.images.registry.types import (
     SCHEMA1_MEDIA_TYPES,
     Descriptor,
 )
+from runtime.plugins.images.api import LABEL_GC_REF_CONTENT, ImageConfig
+from runtime.plugins.images.documents import check_document
+from runtime.plugins.images.platforms import Matcher, select_manifests
 
 __all__ = [
     "ConfigFile",
@@ -234,6 +235,7 @@ async def walk(
                 raise FailedPrecondition(f"content {desc.digest} ({desc.mediaType}) is missing")
             out.missing.append(desc.digest)
             return
+        check_document(desc, data)
         if is_index(desc.mediaType):
             out.indexes.append(desc)
             index = decode_index(data, desc.mediaType)

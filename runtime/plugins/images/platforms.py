@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from runtime.core.errors import InvalidArgument
-from runtime.plugins.images.registry.types import Descriptor, Platform
+from runtime.pkg.registry.types import Descriptor, Platform
 
 __all__ = [
     "Matcher",

@@ -9,9 +9,12 @@ from typing import Annotated, Any
 import anyio.to_thread
 import msgspec
 
+from runtime.core.config import AbsolutePath
 from runtime.core.errors import InvalidArgument
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
+from runtime.pkg.registry.retry import RetryPolicy
+from runtime.plugins.api.api import optional_service, required_services, route_set
 from runtime.plugins.images.service import ImageService
 from runtime.plugins.images.store import ImageStore
 
@@ -24,9 +27,9 @@ class ImagesConfig(PluginConfig):
     #: Snapshotter to unpack into when a request names none ("": the snapshot service's).
     snapshotter: str = "overlayfs"
     #: Directory of ``<host>/hosts.toml`` registry configurations ("" for none).
-    hosts_dir: str = "/etc/moorage/certs.d"
+    hosts_dir: AbsolutePath = "/etc/moorage/certs.d"
     #: Docker ``config.json`` with registry credentials ("": ``$DOCKER_CONFIG`` or ``~/.docker``).
-    docker_config: str = ""
+    docker_config: AbsolutePath = ""
     #: Layers applied at the same time, over all pulls (containerd's ``max_concurrent_unpacks``).
     max_concurrent_unpacks: int = 2
     #: Apply the layers of an image side by side, grafting each into its overlay snapshot
@@ -40,6 +43,9 @@ class ImagesConfig(PluginConfig):
     connect_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     #: Seconds a registry may send nothing before its response counts as stalled.
     read_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    #: How a failing registry (5xx, 429, refused or cut connections) is tried again:
+    #: ``attempts``, ``backoff``, ``max_backoff``, ``total`` and ``retry_after_cap``.
+    retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
 
 
 async def init(ctx: InitContext[ImagesConfig]) -> ImageService:
@@ -79,4 +85,9 @@ def moorage_plugins() -> Iterator[Registration]:
         config=ImagesConfig,
         requires=("metadata.sqlite", "content.local", "service.snapshots", "diff.walking"),
         description="image records; pull, push, unpack, import and export",
+    )
+    yield route_set(
+        "images", ("images.store",), "images: pull, push, import, export",
+        "runtime.plugins.images.routes:image_routes",
+        lambda ctx: (*required_services(ctx), optional_service(ctx, "gc.scheduler")),
     )

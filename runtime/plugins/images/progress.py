@@ -15,6 +15,7 @@ from typing import Any, final
 import anyio
 import msgspec
 
+from runtime.pkg.registry.types import Descriptor
 from runtime.plugins.images.api import (
     BlobProgress,
     BlobStatus,
@@ -25,7 +26,6 @@ from runtime.plugins.images.api import (
     Resolved,
     UnpackStatus,
 )
-from runtime.plugins.images.registry.types import Descriptor
 
 __all__ = ["Timings", "Tracker"]
 

@@ -27,6 +27,8 @@ import anyio
 
 from runtime.core.errors import MoorageError, NotFound
 from runtime.core.faults import fault_point
+from runtime.pkg.registry.reference import Reference, parse_reference
+from runtime.pkg.registry.types import Descriptor, Platform
 from runtime.plugins.images.api import (
     LABEL_SNAPSHOTTER,
     Image,
@@ -53,12 +55,10 @@ from runtime.plugins.images.platforms import (
     select_manifests,
 )
 from runtime.plugins.images.progress import Tracker
-from runtime.plugins.images.registry.reference import Reference, parse_reference
-from runtime.plugins.images.registry.types import Descriptor, Platform
 from runtime.plugins.images.unpack import Unpacker
 
 if TYPE_CHECKING:
-    from runtime.plugins.content.local.store import Follower
+    from runtime.plugins.content.local.writer import Follower
     from runtime.plugins.images.service import ImageService
 
 __all__ = ["pull"]

@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING
 import anyio
 
 from runtime.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from runtime.pkg.registry.client import RegistryClient
+from runtime.pkg.registry.reference import Reference, parse_reference
+from runtime.pkg.registry.types import Descriptor
 from runtime.plugins.images.api import LABEL_DISTRIBUTION_SOURCE, BlobStatus, PushOptions
 from runtime.plugins.images.fetch import source_labels
 from runtime.plugins.images.manifests import Walked, kind_of
 from runtime.plugins.images.platforms import matcher_for
 from runtime.plugins.images.progress import Tracker
-from runtime.plugins.images.registry.client import RegistryClient
-from runtime.plugins.images.registry.reference import Reference, parse_reference
-from runtime.plugins.images.registry.types import Descriptor
 
 if TYPE_CHECKING:
     from runtime.plugins.images.service import ImageService

@@ -26,6 +26,7 @@ import anyio
 import anyio.to_thread
 
 from runtime.core.errors import AlreadyExists, FailedPrecondition, MoorageError, NotFound
+from runtime.pkg.registry.types import Descriptor
 from runtime.plugins.images.api import (
     LABEL_SNAPSHOTTER,
     CheckResult,
@@ -36,17 +37,16 @@ from runtime.plugins.images.api import (
     PushOptions,
 )
 from runtime.plugins.images.errors import single_error
-from runtime.plugins.images.registry.types import Descriptor
 from runtime.plugins.images.store import ImageStore
 from runtime.plugins.metadata.api import Resource
 
 if TYPE_CHECKING:
+    from runtime.pkg.registry.client import RegistryClient
     from runtime.plugins.images.fetch import Keep
     from runtime.plugins.images.manifests import ConfigFile, Manifest, Walked
     from runtime.plugins.images.platforms import Matcher
     from runtime.plugins.images.plugin import ImagesConfig
     from runtime.plugins.images.progress import Tracker
-    from runtime.plugins.images.registry.client import RegistryClient
     from runtime.plugins.images.unpack import Unpacker
 
 __all__ = ["ImageService"]
@@ -162,8 +162,8 @@ class ImageService:
         password: str = "",
     ) -> RegistryClient:
         """A registry client with the request's or the daemon's credentials."""
-        from runtime.plugins.images.registry.auth import Credentials
-        from runtime.plugins.images.registry.client import RegistryClient
+        from runtime.pkg.registry.auth import Credentials
+        from runtime.pkg.registry.client import RegistryClient
 
         docker_config = Path(self.config.docker_config) if self.config.docker_config else None
         if username or password:
@@ -177,6 +177,7 @@ class ImageService:
             plain_http=plain_http,
             connect_timeout=self.config.connect_timeout,
             read_timeout=self.config.read_timeout,
+            retry=self.config.retry,
         )
 
     def keeper(self, namespace: str, lease: str) -> Keep:
@@ -256,7 +257,7 @@ class ImageService:
                 )
             config = decode_config(data)
             if desc.platform is None and config.os and config.architecture:
-                from runtime.plugins.images.registry.types import Platform
+                from runtime.pkg.registry.types import Platform
 
                 found = Platform(
                     os=config.os, architecture=config.architecture, variant=config.variant

@@ -20,9 +20,9 @@ import msgspec
 from runtime.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from runtime.core.filters import adapt, parse
 from runtime.core.identifiers import validate_labels, validate_namespace
+from runtime.pkg.registry.types import Descriptor
 from runtime.plugins.content.api import validate_digest
 from runtime.plugins.images.api import Image, ImageCreate, ImageDelete, ImageUpdate
-from runtime.plugins.images.registry.types import Descriptor
 from runtime.plugins.metadata.db import Database
 from runtime.plugins.metadata.namespaces import ensure_namespace, now
 

@@ -46,11 +46,11 @@ import anyio
 from runtime.core.errors import AlreadyExists, FailedPrecondition, MoorageError, NotFound
 from runtime.core.faults import fault_point
 from runtime.core.locks import KeyedLocks
+from runtime.pkg.registry.types import Descriptor
 from runtime.plugins.images.api import LABEL_GC_REF_SNAPSHOT, LABEL_UNCOMPRESSED, UnpackStatus
 from runtime.plugins.images.fetch import Keep
 from runtime.plugins.images.manifests import ConfigFile, Manifest, chain_ids
 from runtime.plugins.images.progress import Tracker
-from runtime.plugins.images.registry.types import Descriptor
 from runtime.plugins.snapshots.api import Kind, Mount
 
 __all__ = [
@@ -76,7 +76,7 @@ class LayerStream(Protocol):
 
     ``read`` blocks until more bytes are there, returns ``b""`` only once the
     whole blob has been verified against its digest, and raises if it was not
-    (see :class:`runtime.plugins.content.local.store.Follower`).
+    (see :class:`runtime.plugins.content.local.writer.Follower`).
     """
 
     def read(self, size: int = -1) -> bytes:

@@ -9,6 +9,7 @@ import msgspec
 
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
+from runtime.plugins.api.api import optional_service, required_services, route_set
 from runtime.plugins.metadata.db import Database
 from runtime.plugins.metadata.store import MetadataStore
 
@@ -51,4 +52,11 @@ def moorage_plugins() -> Iterator[Registration]:
         close=close,
         config=MetadataConfig,
         description="namespaced records in one SQLite database (WAL)",
+    )
+    yield route_set("namespaces", ("metadata.sqlite",), "namespaces",
+                    "runtime.plugins.metadata.routes:namespace_routes")
+    yield route_set(
+        "leases", ("metadata.sqlite",), "leases",
+        "runtime.plugins.metadata.lease_routes:lease_routes",
+        lambda ctx: (*required_services(ctx), optional_service(ctx, "gc.scheduler")),
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
-from runtime.plugins.api.routes import Route, RouteSet, RouteSetWithMiddlewares
+from runtime.plugins.api.api import Route, RouteSet, RouteSetWithMiddlewares
 from runtime.plugins.metrics.service import PrometheusMetrics
 
 __all__ = ["MetricsConfig", "moorage_plugins"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from runtime.plugins.api.routes import Route, RouteSet, namespace_of
+from runtime.plugins.api.api import Route, RouteSet, namespace_of
 from runtime.plugins.network.api import Attachment
 from runtime.plugins.network.cni.conflist import list_conflists
 from runtime.plugins.network.cni.service import CniNetwork

@@ -32,7 +32,7 @@ from runtime.plugins.restart.policy import (
     should_restart,
 )
 from runtime.plugins.runtime.api import CreateTaskRequest, Status
-from runtime.plugins.runtime.tasks import TaskService
+from runtime.plugins.tasks.service import TaskService
 
 __all__ = ["RestartManager"]
 

@@ -29,17 +29,14 @@ class RestartConfig(PluginConfig):
 async def init(ctx: InitContext[RestartConfig]) -> Any:
     """The manager, following exits in the daemon's task group."""
     from runtime.plugins.restart.manager import RestartManager
-    from runtime.plugins.runtime.tasks import TaskService
 
     metadata = ctx.get("metadata.sqlite")
 
     async def namespaces() -> list[str]:
         return [ns.name for ns in await metadata.namespaces.list()]
 
-    tasks = TaskService(ctx.get("containers.store"), ctx.get_by_type("runtime"),
-                        lambda: ctx.plugins.services.get("service.snapshots"))
-    manager = RestartManager(tasks, namespaces, ctx.events, backoff=ctx.config.backoff,
-                             max_backoff=ctx.config.max_backoff)
+    manager = RestartManager(ctx.get("service.tasks"), namespaces, ctx.events,
+                             backoff=ctx.config.backoff, max_backoff=ctx.config.max_backoff)
     if ctx.events is not None:
         await ctx.start(manager.follow, name="containers.restart exit follower")
     return manager
@@ -53,6 +50,6 @@ def moorage_plugins() -> Iterator[Registration]:
         id="restart",
         init=init,
         config=RestartConfig,
-        requires=("containers.store", "metadata.sqlite", "runtime"),
+        requires=("service.tasks", "metadata.sqlite"),
         description="restart policies (--restart) and removal at exit (run -d --rm)",
     )

@@ -1,7 +1,7 @@
 """Snapshotters: layered filesystems for images and containers.
 
 For other plugins: import the contract from :mod:`runtime.plugins.snapshots.api`
-and mount what it returns with :mod:`runtime.plugins.snapshots.mount`.
+and mount what it returns with :mod:`runtime.pkg.mount`.
 
 For backend authors, ours and third parties': :mod:`~runtime.plugins.snapshots.backend`
 (:class:`~runtime.plugins.snapshots.backend.MetaStoreSnapshotter`, the base

@@ -33,7 +33,7 @@ wraps them and maps the user's ``<namespace>``-scoped keys to backend keys.
 
 Mounts are returned, never performed: the caller (the runtime, the diff
 service, a test) mounts them, typically with
-:func:`runtime.plugins.snapshots.mount.mount_all`, which copes with overlay
+:func:`runtime.pkg.mount.mount_all`, which copes with overlay
 option strings longer than a page.
 """
 
@@ -46,6 +46,8 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
+from runtime.api.mounts import Mount
+
 __all__ = ["Info", "Kind", "Mount", "Snapshotter", "Usage"]
 
 
@@ -55,24 +57,6 @@ class Kind(StrEnum):
     ACTIVE = "active"  # writable, named by key, may be committed
     VIEW = "view"  # read-only, named by key, never a parent
     COMMITTED = "committed"  # immutable, named by name, the only possible parent
-
-
-class Mount(msgspec.Struct, frozen=True, kw_only=True):
-    """One mount to perform, in ``mount(8)`` terms.
-
-    Attributes:
-        type: The filesystem type (``"bind"``, ``"overlay"``...).
-        source: The source path, or a placeholder such as ``"overlay"``.
-        target: A path relative to the mount point of the whole list, or
-            ``""`` for the mount point itself.
-        options: ``mount -o`` options, one per item (``"ro"``, ``"rbind"``,
-            ``"lowerdir=/a:/b"``).
-    """
-
-    type: str
-    source: str
-    target: str = ""
-    options: list[str] = msgspec.field(default_factory=list)
 
 
 class Info(msgspec.Struct, frozen=True, kw_only=True):

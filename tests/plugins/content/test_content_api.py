@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from runtime.api.types import ContentInfo, EventEnvelope, IngestStatus
 from runtime.client import Client
 from runtime.client.transport import request
 from runtime.core.errors import (
@@ -40,7 +41,6 @@ from runtime.core.errors import (
     OutOfRange,
     Unavailable,
 )
-from runtime.plugins.api.types import ContentInfo, EventEnvelope, IngestStatus
 from tests.fixtures.daemon import Daemon, assert_error
 
 MIB = 1 << 20

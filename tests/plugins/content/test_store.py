@@ -25,7 +25,8 @@ from runtime.core.errors import (
     Unavailable,
 )
 from runtime.plugins.content.api import Store, validate_digest
-from runtime.plugins.content.local.store import BATCH_SIZE, READ_CHUNK_SIZE, ContentStore
+from runtime.plugins.content.local.files import BATCH_SIZE, READ_CHUNK_SIZE
+from runtime.plugins.content.local.store import ContentStore
 
 MIB = 1 << 20
 

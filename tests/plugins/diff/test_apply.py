@@ -22,7 +22,8 @@ import pytest
 import zstandard
 
 from runtime.core.errors import InvalidArgument, NotImplementedYet
-from runtime.plugins.diff.walking.apply import ApplyResult, apply_layer, compression_for
+from runtime.pkg.archive.decode import compression_for
+from runtime.plugins.diff.walking.apply import ApplyResult, apply_layer
 from tests.fixtures.system import require_binary, require_root
 
 TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -654,7 +655,7 @@ def _headers() -> list[bytes]:
 
 
 def test_fast_header_parser_reads_what_tarfile_reads() -> None:
-    from runtime.plugins.diff.walking.apply import _TarInfo
+    from runtime.pkg.archive.tar import TarInfo as _TarInfo
 
     headers = _headers()
     rng = __import__("random").Random(7)

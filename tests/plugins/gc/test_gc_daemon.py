@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from runtime.api.types import ContentInfo
 from runtime.cli.main import main
 from runtime.core.errors import MoorageError
 from runtime.core.faults import ENV_VAR
-from runtime.plugins.api.types import ContentInfo
 from runtime.plugins.gc.api import LABEL_ROOT
 from tests.fixtures.daemon import Daemon
 

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from runtime.core.errors import FailedPrecondition, InvalidArgument, NotImplementedYet
+from runtime.pkg.registry.types import Descriptor, Platform
 from runtime.plugins.images.manifests import (
     chain_ids,
     decode_index,
@@ -18,7 +19,6 @@ from runtime.plugins.images.manifests import (
     walk,
 )
 from runtime.plugins.images.platforms import only
-from runtime.plugins.images.registry.types import Descriptor, Platform
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 INDEX = "application/vnd.oci.image.index.v1+json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runtime.core.errors import InvalidArgument
+from runtime.pkg.registry.types import Descriptor, Platform
 from runtime.plugins.images.platforms import (
     format_platform,
     host_platform,
@@ -13,7 +14,6 @@ from runtime.plugins.images.platforms import (
     parse_platform,
     select_manifests,
 )
-from runtime.plugins.images.registry.types import Descriptor, Platform
 
 
 def _p(text: str) -> Platform:

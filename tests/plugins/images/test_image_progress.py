@@ -5,9 +5,9 @@ from __future__ import annotations
 import anyio
 
 from runtime.core.locks import KeyedLocks
+from runtime.pkg.registry.types import Descriptor
 from runtime.plugins.images.api import BlobProgress, BlobStatus, Done, Resolved, UnpackStatus
 from runtime.plugins.images.progress import Tracker
-from runtime.plugins.images.registry.types import Descriptor
 
 LAYER = Descriptor(
     mediaType="application/vnd.oci.image.layer.v1.tar+gzip", digest="sha256:" + "a" * 64, size=1000

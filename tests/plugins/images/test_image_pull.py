@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
+from runtime.api.types import ProgressBlob, ProgressDone
 from runtime.client import Client
 from runtime.core.errors import FailedPrecondition, MoorageError, Unauthenticated
-from runtime.plugins.api.types import ProgressBlob, ProgressDone
+from runtime.pkg.mount import mount_all, unmount
 from runtime.plugins.images.manifests import chain_ids
 from runtime.plugins.snapshots.api import Mount
-from runtime.plugins.snapshots.mount import mount_all, unmount
 from tests.fixtures.daemon import Daemon
 from tests.fixtures.images import (
     MULTILAYER_ABSENT,

@@ -9,8 +9,8 @@ import msgspec
 import pytest
 
 from runtime.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from runtime.pkg.registry.types import Descriptor
 from runtime.plugins.images.api import Image, ImageCreate, ImageDelete, ImageUpdate
-from runtime.plugins.images.registry.types import Descriptor
 from runtime.plugins.images.store import ImageStore
 from runtime.plugins.metadata.db import Database
 

@@ -30,7 +30,7 @@ from runtime.core.errors import (
     Unauthenticated,
     Unavailable,
 )
-from runtime.plugins.images.registry import (
+from runtime.pkg.registry import (
     BLOB_CHUNK_SIZE,
     Credentials,
     Descriptor,
@@ -40,7 +40,7 @@ from runtime.plugins.images.registry import (
     load_hosts,
     parse_reference,
 )
-from runtime.plugins.images.registry import types as mt
+from runtime.pkg.registry import types as mt
 from tests.fixtures.images import ImageLayout, blob_path
 from tests.fixtures.plugin import AUTH_PASSWORD, AUTH_USER
 from tests.fixtures.registry import Registry, free_port

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from runtime.pkg.oci.spec import cgroups_path, generate_spec
 from runtime.plugins.runtime.api import SpecOptions
-from runtime.plugins.runtime.runc.spec import cgroups_path, generate_spec
 
 TRUE = SpecOptions(args=["true"])
 

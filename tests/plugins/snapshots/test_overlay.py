@@ -11,8 +11,8 @@ import pytest
 
 from runtime.core.errors import NotImplementedYet, Unavailable
 from runtime.core.registration import InitContext, PluginSkipped, Registration
+from runtime.pkg.mount import _compact_lowerdirs
 from runtime.plugins.snapshots.api import Mount, Snapshotter
-from runtime.plugins.snapshots.mount import _compact_lowerdirs
 from runtime.plugins.snapshots.overlay import plugin
 from runtime.plugins.snapshots.overlay.snapshotter import OverlaySnapshotter, check_supported
 from runtime.testing.snapshotter import SnapshotterConformance

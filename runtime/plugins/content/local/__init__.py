@@ -7,6 +7,7 @@ namespaces, no labels.
 
 from __future__ import annotations
 
-from runtime.plugins.content.local.store import ContentStore, Writer
+from runtime.plugins.content.local.store import ContentStore
+from runtime.plugins.content.local.writer import Writer
 
 __all__ = ["ContentStore", "Writer"]

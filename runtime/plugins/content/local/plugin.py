@@ -9,6 +9,7 @@ import msgspec
 
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, Registration
+from runtime.plugins.api.api import route_set
 from runtime.plugins.content.local.service import ContentService
 from runtime.plugins.content.local.store import ContentStore
 
@@ -34,3 +35,5 @@ def moorage_plugins() -> Iterator[Registration]:
         requires=("metadata.sqlite",),
         description="content-addressed blobs with resumable ingests",
     )
+    yield route_set("content", ("content.local",), "content and ingests",
+                    "runtime.plugins.content.routes:content_routes")

@@ -39,7 +39,8 @@ from runtime.plugins.content.api import (
     Status,
     validate_digest,
 )
-from runtime.plugins.content.local.store import ContentStore, Follower, Writer
+from runtime.plugins.content.local.store import ContentStore
+from runtime.plugins.content.local.writer import Follower, Writer
 from runtime.plugins.metadata.api import Resource
 from runtime.plugins.metadata.db import Database
 from runtime.plugins.metadata.leases import attach

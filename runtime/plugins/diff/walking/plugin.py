@@ -27,8 +27,8 @@ import anyio.to_thread
 
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
+from runtime.pkg.mount import mount_all, unmount
 from runtime.plugins.snapshots.api import Mount
-from runtime.plugins.snapshots.mount import mount_all, unmount
 
 if TYPE_CHECKING:
     from runtime.plugins.diff.walking.apply import ApplyResult

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Collection
 from pathlib import Path
 
-from runtime.plugins.snapshots.mount import MS_BIND, unmount
+from runtime.pkg.mount import MS_BIND, unmount
 
 __all__ = ["create", "in_use", "loopback_up", "remove"]
 

@@ -14,9 +14,10 @@ from typing import Annotated
 
 import msgspec
 
+from runtime.core.config import AbsolutePath
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, PluginSkipped, Registration
-from runtime.plugins.api.routes import RouteSet
+from runtime.plugins.api.api import RouteSet
 from runtime.plugins.network.cni.conflist import (
     DEFAULT_FILE,
     check_subnet,
@@ -51,13 +52,14 @@ class CniConfig(PluginConfig):
         timeout: Seconds each CNI plugin run may take.
     """
 
-    conf_dir: str = ""
-    bin_dirs: list[str] = msgspec.field(default_factory=lambda: ["/usr/lib/cni", "/opt/cni/bin"])
+    conf_dir: AbsolutePath = ""
+    bin_dirs: list[AbsolutePath] = msgspec.field(
+        default_factory=lambda: ["/usr/lib/cni", "/opt/cni/bin"])
     default_network: Annotated[str, _NAME] = "moorage"
     bridge: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,15}$")] = "moorage0"
     # nerdctl's default range; it must not collide with the host's routes (checked).
     subnet: str = "10.88.0.0/16"
-    ipam_dir: str = ""
+    ipam_dir: AbsolutePath = ""
     firewall: bool = True
     timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from runtime.core.errors import InvalidArgument
+from runtime.pkg.mount import mount_all, unmount
+from runtime.pkg.oci.spec import USER_ANNOTATION, merge_env
 from runtime.plugins.runtime.api import ExecRequest
 from runtime.plugins.runtime.runc.layout import TaskPaths, write_durably
-from runtime.plugins.runtime.runc.spec import USER_ANNOTATION, merge_env
 from runtime.plugins.runtime.runc.user import resolve_user
 from runtime.plugins.snapshots.api import Mount
-from runtime.plugins.snapshots.mount import mount_all, unmount
 
 __all__ = ["exec_process_spec", "prepare_bundle", "remove_tree", "root_mounts", "teardown_bundle"]
 
@@ -52,8 +52,11 @@ def _resolve_process_user(process: dict[str, Any], user: str | None, rootfs: Pat
     if user:
         resolved = resolve_user(rootfs, user)
         process["user"] = {"uid": resolved.uid, "gid": resolved.gid}
-        if resolved.additional_gids:
-            process["user"]["additionalGids"] = resolved.additional_gids
+        # The image's groups for the user, then any the spec asked for besides.
+        gids = [*resolved.additional_gids, *(g for g in current.get("additionalGids") or []
+                                             if g not in resolved.additional_gids)]
+        if gids:
+            process["user"]["additionalGids"] = gids
         home = resolved.home
     else:
         home = resolve_user(rootfs, str(current.get("uid", 0))).home

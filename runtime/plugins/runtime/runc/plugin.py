@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from runtime.core.config import AbsolutePath, Program
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, PluginSkipped, Registration
 from runtime.plugins.runtime.runc.oci import OciRuntime
@@ -41,9 +42,9 @@ class RuntimeConfig(PluginConfig):
             anyway.
     """
 
-    binary: str = ""
-    root: str = ""
-    conmon: str = "conmon"
+    binary: Program = ""
+    root: AbsolutePath = ""
+    conmon: Program = "conmon"
     systemd_cgroup: bool = False
     timeout: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     oom_check_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0

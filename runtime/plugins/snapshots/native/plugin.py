@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from runtime.core.config import AbsolutePath
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
 from runtime.plugins.snapshots.native.snapshotter import NativeSnapshotter
@@ -14,7 +15,7 @@ class NativeConfig(PluginConfig):
     """``[plugins."snapshotter.native"]``."""
 
     #: Where snapshots live; empty means the plugin's own root directory.
-    root_path: str = ""
+    root_path: AbsolutePath = ""
     #: Delete data on remove; false leaves it to cleanup during GC (faster removes).
     sync_remove: bool = True
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import anyio.to_thread
 import msgspec
 
+from runtime.core.config import AbsolutePath
 from runtime.core.errors import NotImplementedYet
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, PluginSkipped, Registration
@@ -18,7 +19,7 @@ class OverlayConfig(PluginConfig):
     """``[plugins."snapshotter.overlayfs"]``."""
 
     #: Where snapshots live; empty means the plugin's own root directory.
-    root_path: str = ""
+    root_path: AbsolutePath = ""
     #: Extra overlay options for every overlay mount (e.g. ``"volatile"``).
     mount_options: list[str] = msgspec.field(default_factory=list)
     #: Delete data on remove; false leaves it to cleanup during GC (faster removes).

@@ -16,7 +16,7 @@ Mounts, as containerd builds them:
 
 Paths are absolute. Ids are short integers so that a chain of 128 layers
 usually fits the kernel's one-page limit on mount data; when it does not,
-:func:`runtime.plugins.snapshots.mount.mount_all` shortens the lowerdirs.
+:func:`runtime.pkg.mount.mount_all` shortens the lowerdirs.
 Whiteouts and opaque directories are plain overlayfs behaviour: deleting a
 lower file in an active snapshot leaves a whiteout in its ``fs``, which hides
 the file in every child once committed.
@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any, final
 
 from runtime.core.errors import NotImplementedYet
+from runtime.pkg.mount import mount_all, unmount
 from runtime.plugins.snapshots.api import Kind, Mount
 from runtime.plugins.snapshots.backend import MetaStoreSnapshotter
-from runtime.plugins.snapshots.mount import mount_all, unmount
 from runtime.plugins.snapshots.record import Record
 
 __all__ = ["OverlaySnapshotter", "check_supported"]

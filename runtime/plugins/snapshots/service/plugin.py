@@ -8,6 +8,7 @@ from typing import Any
 from runtime.core.errors import NotFound
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, Registration
+from runtime.plugins.api.api import route_set
 from runtime.plugins.snapshots.service.namespaced import NamespacedSnapshotter
 
 __all__ = ["SnapshotService"]
@@ -59,3 +60,5 @@ def moorage_plugins() -> Iterator[Registration]:
         requires=("metadata.sqlite", "snapshotter"),
         description="namespaced snapshots over the snapshotter backends",
     )
+    yield route_set("snapshots", ("service.snapshots",), "snapshots",
+                    "runtime.plugins.snapshots.routes:snapshot_routes")

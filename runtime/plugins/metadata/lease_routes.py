@@ -9,9 +9,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from runtime.api.types import Lease, LeaseCreateRequest, LeaseResource
 from runtime.core.errors import InvalidArgument
-from runtime.plugins.api.routes import Query, Route, RouteSet, decode_body, namespace_of
-from runtime.plugins.api.types import Lease, LeaseCreateRequest, LeaseResource
+from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
 from runtime.plugins.metadata.api import Resource
 
 __all__ = ["MAX_EXPIRE", "lease_routes"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from runtime.plugins.api.routes import Route, RouteSet, decode_body
-from runtime.plugins.api.types import Namespace, NamespaceCreateRequest, NamespaceLabelsRequest
+from runtime.api.types import Namespace, NamespaceCreateRequest, NamespaceLabelsRequest
+from runtime.plugins.api.api import Route, RouteSet, decode_body
 
 __all__ = ["namespace_routes"]
 

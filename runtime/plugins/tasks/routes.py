@@ -14,10 +14,9 @@ from aiohttp import web
 from runtime.core.config import DEFAULT_CGROUP_PARENT
 from runtime.core.errors import InvalidArgument
 from runtime.core.filters import adapt, parse
-from runtime.plugins.api.containers import new_container
-from runtime.plugins.api.routes import Query, Route, RouteSet, decode_body, namespace_of
-from runtime.plugins.api.task_io import io_routes
+from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
 from runtime.plugins.containers.api import RunRequest
+from runtime.plugins.containers.routes import new_container
 from runtime.plugins.runtime.api import (
     CreateTaskRequest,
     ExecRequest,
@@ -31,7 +30,8 @@ from runtime.plugins.runtime.api import (
     TaskState,
     UpdateTaskRequest,
 )
-from runtime.plugins.runtime.tasks import TaskService
+from runtime.plugins.tasks.io_routes import io_routes
+from runtime.plugins.tasks.service import TaskService
 
 __all__ = ["parse_signal", "task_routes"]
 

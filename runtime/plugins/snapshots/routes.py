@@ -7,9 +7,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from runtime.core.errors import InvalidArgument
-from runtime.plugins.api.routes import Query, Route, RouteSet, decode_body, namespace_of
-from runtime.plugins.api.types import (
+from runtime.api.types import (
     LEASE_HEADER,
     LabelsRequest,
     Mount,
@@ -18,6 +16,8 @@ from runtime.plugins.api.types import (
     SnapshotInfo,
     Usage,
 )
+from runtime.core.errors import InvalidArgument
+from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
 
 T = TypeVar("T")
 

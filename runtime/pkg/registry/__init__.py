@@ -12,7 +12,8 @@ The images plugin pulls and pushes through :class:`RegistryClient`::
 
 Modules: :mod:`.reference` (names), :mod:`.types` (descriptors, media types),
 :mod:`.hosts` (``hosts.toml``), :mod:`.auth` (credentials and tokens),
-:mod:`.client` (HTTP). aiohttp makes the client asyncio-only.
+:mod:`.transport`, :mod:`.fetch` and :mod:`.push` (HTTP), :mod:`.client` (all three in one
+class). aiohttp makes the client asyncio-only.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runtime.plugins.images.registry.auth import Credentials
-    from runtime.plugins.images.registry.client import (
+    from runtime.pkg.registry.auth import Credentials
+    from runtime.pkg.registry.client import (
         BLOB_CHUNK_SIZE,
         BlobStream,
         RegistryClient,
     )
-    from runtime.plugins.images.registry.hosts import HostConfig, load_hosts
-    from runtime.plugins.images.registry.reference import Reference, parse_reference
-    from runtime.plugins.images.registry.types import MAX_MANIFEST_SIZE, Descriptor, Platform
+    from runtime.pkg.registry.hosts import HostConfig, load_hosts
+    from runtime.pkg.registry.reference import Reference, parse_reference
+    from runtime.pkg.registry.types import MAX_MANIFEST_SIZE, Descriptor, Platform
 
 __all__ = [
     "BLOB_CHUNK_SIZE",

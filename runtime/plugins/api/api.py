@@ -1,7 +1,14 @@
-"""How route sets declare endpoints, and the helpers handlers share."""
+"""The contract of the admin API for plugins: how route sets declare endpoints and register.
+
+A plugin serving HTTP routes keeps them in its own ``routes.py`` and registers an
+``api.<id>`` plugin with :func:`route_set`; ``server.http`` mounts every running
+route set. Handlers share :func:`namespace_of`, :func:`decode_body`,
+:func:`ends_at_shutdown` and :func:`error_response`.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -10,7 +17,9 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import typedefs, web
 
+from runtime.api.types import ErrorBody, ErrorDetail
 from runtime.core.errors import InvalidArgument
+from runtime.core.registration import InitContext, Registration
 
 __all__ = [
     "NAMESPACE_KEY",
@@ -22,7 +31,11 @@ __all__ = [
     "RouteSetWithMiddlewares",
     "decode_body",
     "ends_at_shutdown",
+    "error_response",
     "namespace_of",
+    "optional_service",
+    "required_services",
+    "route_set",
 ]
 
 T = TypeVar("T")
@@ -94,6 +107,15 @@ class RouteSetWithMiddlewares(list[Route]):
         self.middlewares = tuple(middlewares)
 
 
+_encoder = msgspec.json.Encoder()
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    """The one error shape, for every failure the API reports."""
+    body = _encoder.encode(ErrorBody(error=ErrorDetail(code=code, message=message)))
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
 def namespace_of(request: web.Request) -> str:
     """The validated namespace of the request (header ``Moorage-Namespace``)."""
     return str(request[NAMESPACE_KEY])
@@ -124,3 +146,41 @@ def ends_at_shutdown(request: web.Request, end: Callable[[], None]) -> Iterator[
         yield
     finally:
         enders.discard(end)
+
+
+def required_services(ctx: InitContext[Any]) -> tuple[Any, ...]:
+    """The services of the route set's required plugins, in the order it lists them."""
+    return tuple(ctx.get(name) for name in ctx.registration.requires)
+
+
+def optional_service(ctx: InitContext[Any], name: str) -> Callable[[], Any]:
+    """A lookup of an optional plugin's service, made per request: it may start later."""
+    return lambda: ctx.plugins.services.get(name)
+
+
+def route_set(
+    id: str,
+    requires: tuple[str, ...],
+    description: str,
+    factory: str,
+    args: Callable[[InitContext[Any]], tuple[Any, ...]] = required_services,
+) -> Registration:
+    """The registration of one ``api.<id>`` plugin: a route set over the services it requires.
+
+    Args:
+        id: The route set's id (``api.<id>``).
+        requires: The plugins whose services the routes use.
+        description: One line for ``plugins ls``.
+        factory: ``module:function`` building the :data:`RouteSet`; the module is
+            imported at init, so that registering imports no handlers.
+        args: The factory's arguments, from the init context (by default the
+            required plugins' services, in order).
+    """
+
+    async def init(ctx: InitContext[Any]) -> RouteSet:
+        module, _, function = factory.partition(":")
+        build = getattr(importlib.import_module(module), function)
+        routes: RouteSet = build(*args(ctx))
+        return routes
+
+    return Registration(type="api", id=id, init=init, requires=requires, description=description)

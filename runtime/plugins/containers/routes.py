@@ -10,7 +10,7 @@ from aiohttp import web
 from runtime.core.config import DEFAULT_CGROUP_PARENT
 from runtime.core.errors import FailedPrecondition, PermissionDenied
 from runtime.core.identifiers import validate_identifier
-from runtime.plugins.api.routes import Query, Route, RouteSet, decode_body, namespace_of
+from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
 from runtime.plugins.containers.api import (
     Container,
     ContainerCreateRequest,
@@ -47,7 +47,7 @@ def new_container(namespace: str, body: ContainerCreateRequest,
     spec = body.spec
     if spec is None:
         # The spec module is pure data manipulation: no runtime needs to run for it.
-        from runtime.plugins.runtime.runc.spec import generate_spec
+        from runtime.pkg.oci.spec import generate_spec
 
         spec = generate_spec(namespace, body.id, body.image_config, body.spec_options,
                              cgroup_parent=cgroup_parent)

@@ -8,16 +8,22 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from runtime.core.errors import InvalidArgument, OutOfRange
-from runtime.core.identifiers import validate_labels
-from runtime.plugins.api.routes import Query, Route, RouteSet, decode_body, namespace_of
-from runtime.plugins.api.server import error_response
-from runtime.plugins.api.types import (
+from runtime.api.types import (
     LEASE_HEADER,
     CommitRequest,
     ContentInfo,
     IngestStatus,
     LabelsRequest,
+)
+from runtime.core.errors import InvalidArgument, OutOfRange
+from runtime.core.identifiers import validate_labels
+from runtime.plugins.api.api import (
+    Query,
+    Route,
+    RouteSet,
+    decode_body,
+    error_response,
+    namespace_of,
 )
 
 T = TypeVar("T")

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from runtime.plugins.api.routes import Route, RouteSet
+from runtime.plugins.api.api import Route, RouteSet
 from runtime.plugins.gc.api import GCReport
 
 __all__ = ["gc_routes"]

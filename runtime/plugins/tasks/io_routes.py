@@ -27,9 +27,9 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from runtime.core.errors import MoorageError, NotFound
-from runtime.plugins.api.routes import Query, Route, RouteSet, namespace_of
+from runtime.plugins.api.api import Query, Route, RouteSet, namespace_of
 from runtime.plugins.runtime.api import AttachStream, Runtime
-from runtime.plugins.runtime.tasks import TaskService
+from runtime.plugins.tasks.service import TaskService
 
 __all__ = ["io_routes"]
 

@@ -2,7 +2,7 @@
 
 :func:`default_spec` is containerd's ``populateDefaultUnixSpec``;
 :func:`generate_spec` applies an image configuration and then the user's
-:class:`~runtime.plugins.runtime.api.SpecOptions` on top of it. User *names*
+:class:`~runtime.api.specs.SpecOptions` on top of it. User *names*
 cannot be resolved here (the root filesystem is not mounted yet): they are
 recorded in the :data:`USER_ANNOTATION` annotation and resolved by the runtime
 at task create (see :mod:`.user`).
@@ -15,9 +15,9 @@ import functools
 import math
 from typing import Any
 
+from runtime.api.specs import ImageConfig, SpecOptions
 from runtime.core.config import DEFAULT_CGROUP_PARENT
 from runtime.core.errors import InvalidArgument
-from runtime.plugins.runtime.api import ImageConfig, SpecOptions
 
 __all__ = [
     "ALL_CAPABILITIES",
@@ -137,11 +137,9 @@ def _apply_user(spec: dict[str, Any], user: str) -> None:
     name, _, group = user.partition(":")
     if name.isdigit() and (not group or group.isdigit()):
         process["user"] = {"uid": int(name), "gid": int(group) if group else 0}
-        # The passwd lookup still supplies the primary gid and extra groups of a bare uid.
-        if not group:
-            annotations[USER_ANNOTATION] = user
-        else:
-            annotations.pop(USER_ANNOTATION, None)
+        # The image's passwd and group still supply the extra groups (and, for a bare
+        # uid, the primary gid) of a uid they name, as Docker: never the daemon's own.
+        annotations[USER_ANNOTATION] = user
         return
     annotations[USER_ANNOTATION] = user
 
@@ -227,6 +225,20 @@ def _apply_privileged(spec: dict[str, Any]) -> None:
             mount["options"] = [o for o in mount["options"] if o != "ro"]
 
 
+def _apply_seccomp(spec: dict[str, Any], options: SpecOptions) -> None:
+    """The default profile, the user's, or none (privileged or ``unconfined``), as Docker."""
+    from runtime.pkg.seccomp import UNCONFINED, default_profile, parse_profile
+
+    if options.privileged or options.seccomp == UNCONFINED:
+        spec["linux"].pop("seccomp", None)
+        return
+    # Calls gated on a capability follow what the container may hold at most.
+    caps = spec["process"]["capabilities"]["bounding"]
+    spec["linux"]["seccomp"] = (
+        parse_profile(options.seccomp, caps, where="spec_options.seccomp")
+        if options.seccomp else default_profile(caps))
+
+
 def _mount(entry: Any) -> dict[str, Any]:
     if not entry.destination.startswith("/"):
         raise InvalidArgument(f"mount destination {entry.destination!r} must be absolute")
@@ -290,6 +302,7 @@ def generate_spec(
     _apply_resources(spec, options)
     if options.privileged:
         _apply_privileged(spec)
+    _apply_seccomp(spec, options)
     if options.annotations:
         spec.setdefault("annotations", {}).update(options.annotations)
     if image is not None and image.stop_signal:

@@ -17,9 +17,7 @@ import anyio
 import msgspec
 from aiohttp import web
 
-from runtime.core.errors import InvalidArgument, MoorageError
-from runtime.plugins.api.routes import Query, Route, RouteSet, decode_body, namespace_of
-from runtime.plugins.api.types import (
+from runtime.api.types import (
     CheckResult,
     ImageCreateRequest,
     ImageInfo,
@@ -29,6 +27,8 @@ from runtime.plugins.api.types import (
     ImageUpdateRequest,
     ImageUsage,
 )
+from runtime.core.errors import InvalidArgument, MoorageError
+from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
 
 __all__ = ["image_routes"]
 
@@ -67,6 +67,8 @@ def image_routes(service: Any, gc: Callable[[], Any] | None = None) -> RouteSet:
         service: The images service.
         gc: Returns the running ``gc.scheduler`` (or ``None``), for ``DELETE ?sync=1``.
     """
+    from runtime.pkg.registry.reference import parse_reference
+    from runtime.pkg.registry.types import Descriptor
     from runtime.plugins.images.api import (
         Done,
         Failed,
@@ -76,8 +78,6 @@ def image_routes(service: Any, gc: Callable[[], Any] | None = None) -> RouteSet:
     )
     from runtime.plugins.images.platforms import parse_platform
     from runtime.plugins.images.progress import Tracker
-    from runtime.plugins.images.registry.reference import parse_reference
-    from runtime.plugins.images.registry.types import Descriptor
 
     def name_of(request: web.Request) -> str:
         # Accept short names (busybox) the way the CLI does: normalised.

@@ -33,7 +33,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from runtime.plugins.snapshots.api import Mount
+from runtime.api.mounts import Mount
 
 __all__ = ["mount_all", "mounted", "unmount"]
 

@@ -16,10 +16,11 @@ from typing import Any
 
 import msgspec
 
+from runtime.api.mounts import Mount
 from runtime.plugins.content.api import ContentInfo
 from runtime.plugins.images.api import CheckResult, Failed, ImageUsage, Resolved
 from runtime.plugins.metadata.api import Lease, Namespace
-from runtime.plugins.snapshots.api import Mount, Usage
+from runtime.plugins.snapshots.api import Usage
 
 __all__ = [
     "DEFAULT_NAMESPACE",

@@ -1,0 +1,1 @@
+"""Archive code several plugins use: layer decompression and forward-only tar reading."""

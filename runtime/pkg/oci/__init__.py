@@ -1,0 +1,1 @@
+"""OCI runtime specs: the spec a container's record and image config produce."""

@@ -1,0 +1,38 @@
+"""Registration of ``service.tasks`` (task calls routed to runtimes) and of ``api.tasks``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from runtime.core.hookspecs import hookimpl
+from runtime.core.registration import InitContext, Registration
+from runtime.plugins.api.api import route_set
+
+
+async def init(ctx: InitContext[Any]) -> Any:
+    """The task service over the container store and every running runtime."""
+    from runtime.plugins.tasks.service import TaskService
+
+    def snapshots() -> Any:
+        # Looked up per call: service.snapshots is optional here.
+        return ctx.plugins.services.get("service.snapshots")
+
+    return TaskService(ctx.get("containers.store"), ctx.get_by_type("runtime"), snapshots)
+
+
+@hookimpl
+def moorage_plugins() -> Iterator[Registration]:
+    """The task service and its routes."""
+    yield Registration(
+        type="service",
+        id="tasks",
+        init=init,
+        requires=("containers.store", "runtime"),
+        description="task calls routed to the runtime a container names",
+    )
+    yield route_set(
+        "tasks", ("service.tasks",), "tasks: lifecycle, exec, logs, attach, metrics",
+        "runtime.plugins.tasks.routes:task_routes",
+        lambda ctx: (ctx.get("service.tasks"), ctx.daemon.cgroup_parent),
+    )
