@@ -102,7 +102,8 @@ def test_config_default_comments_every_key(tmp_path: Path,
     assert "# Unread events a subscriber may hold before it is disconnected as too slow.\n" \
            "buffer_size = 1024" in text
     raw = tomllib.loads(text)
-    assert raw["plugins"]["containers.restart"] == {"backoff": 0.1, "max_backoff": 10.0}
+    assert raw["plugins"]["containers.restart"] == {"backoff": 0.1, "max_backoff": 10.0,
+                                                  "subscribe_delay": 10.0}
     path = tmp_path / "plugins.toml"
     path.write_text(text)
     assert main(["config", "check", str(path)]) == 0

@@ -11,18 +11,42 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.registry import Registry
-from tests.plugins.runtime.helpers import RuntimeDaemon, leftovers, moorage, wait_until
+from tests.plugins.runtime.helpers import (
+    DEFAULT_CONFIG,
+    RuntimeDaemon,
+    leftovers,
+    moorage,
+    require_runtime_host,
+    wait_until,
+)
 
 pytest_plugins = ["tests.plugins.runtime.runtime_fixtures"]
 
 pytestmark = pytest.mark.root
 
 SLEEPER = ("sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done")
+
+
+@pytest.fixture
+def rd(tmp_path: Path) -> Iterator[RuntimeDaemon]:
+    """A runtime daemon whose restart manager listens for exits at once.
+
+    By default it waits (subscribe_delay) so that exits held at startup reach the
+    API's subscribers first; these tests watch it act right after startup.
+    """
+    require_runtime_host()
+    config = DEFAULT_CONFIG + '\n[plugins."containers.restart"]\nsubscribe_delay = 0.0\n'
+    running = RuntimeDaemon(tmp_path, config)
+    try:
+        yield running
+    finally:
+        running.close()
 
 
 def ok(rd: RuntimeDaemon, *args: str) -> str:

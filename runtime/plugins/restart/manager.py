@@ -6,10 +6,14 @@
   after a delay doubling with each restart (Docker's backoff), unless a user
   stopped it (``moorage/restart.stopped``) or ``on-failure:N`` used up its N.
 
-At startup, exits that happened while the daemon was down arrive as
-``/tasks/exit`` events once this manager subscribed (the runtime holds them
-for a subscriber); containers with ``always`` (or ``unless-stopped`` and not
-stopped by a user) whose task is gone, as after a reboot, are started again.
+At startup the manager looks at every container first (:meth:`scan`): a task
+that stopped while the daemon was down is restarted or removed as its labels
+say, and one that is gone (after a reboot) is started for ``always`` (and
+``unless-stopped`` when no user stopped it). It subscribes to ``/tasks/exit``
+only ``subscribe_delay`` seconds later, then scans again for the exits in
+between: the runtime holds the exits it found at startup until somebody
+listens, and those are for the API's subscribers to hear, not for a plugin
+of the daemon itself to release the moment it starts.
 """
 
 from __future__ import annotations
@@ -51,12 +55,14 @@ class RestartManager:
     """
 
     def __init__(self, tasks: TaskService, namespaces: Callable[[], Any], events: Any, *,
-                 backoff: float = 0.1, max_backoff: float = 10.0) -> None:
+                 backoff: float = 0.1, max_backoff: float = 10.0,
+                 subscribe_delay: float = 10.0) -> None:
         self.tasks = tasks
         self.namespaces = namespaces
         self.events = events
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.subscribe_delay = subscribe_delay
         self._locks: dict[tuple[str, str], anyio.Lock] = {}
 
     def _lock(self, namespace: str, container_id: str) -> anyio.Lock:
@@ -64,6 +70,9 @@ class RestartManager:
 
     async def follow(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Act on every init-process exit; runs until cancelled at shutdown."""
+        task_status.started()
+        await self.scan(startup=True)
+        await anyio.sleep(self.subscribe_delay)
         ready = False
         async with anyio.create_task_group() as tg:
             while True:
@@ -75,8 +84,7 @@ class RestartManager:
                     async with subscription as events:
                         if not ready:
                             ready = True
-                            task_status.started()
-                            tg.start_soon(self.scan)
+                            tg.start_soon(self.scan)  # what exited before we listened
                         async for envelope in events:
                             event = envelope.event
                             # The init process's exit carries the container id as its id.
@@ -87,11 +95,13 @@ class RestartManager:
                 except SubscriberOverflow as exc:
                     log.warning("restart manager fell behind: %s", exc.message)
                     tg.start_soon(self.scan)
-        if not ready:
-            task_status.started()
 
-    async def scan(self) -> None:
-        """Start containers whose policy wants them running and whose task is gone."""
+    async def scan(self, *, startup: bool = False) -> None:
+        """Act on stopped containers as an exit would; start those ``always`` wants running.
+
+        Only at ``startup`` does ``always`` override a user's stop, as Docker
+        restarts such containers when its daemon starts.
+        """
         try:
             names = await self.namespaces()
         except MoorageError as exc:
@@ -104,18 +114,21 @@ class RestartManager:
                 continue
             for container in containers:
                 labels = container.labels
-                if labels.get(AUTO_REMOVE_LABEL) == "true":
-                    if await self._status(namespace, container.id) == Status.STOPPED:
-                        await self._remove(namespace, container.id)
+                state = await self._state(namespace, container.id)
+                if labels.get(AUTO_REMOVE_LABEL) == "true" or labels.get(
+                        RESTART_LABEL, "no") == "on-failure" or labels.get(
+                        RESTART_LABEL, "").startswith("on-failure:"):
+                    if state is not None and state.status == Status.STOPPED:
+                        await self.exited(namespace, container.id, state.exit_status or 0)
                     continue
                 try:
                     policy, _ = parse_policy(labels.get(RESTART_LABEL, "no") or "no")
                 except ValueError:
                     continue
-                wanted = policy == "always" or (
-                    policy == "unless-stopped" and labels.get(STOPPED_LABEL) != "true")
-                if wanted and await self._status(namespace, container.id) in (
-                        None, Status.STOPPED):
+                stopped_by_user = labels.get(STOPPED_LABEL) == "true"
+                wanted = (policy == "always" and (startup or not stopped_by_user)) or (
+                    policy == "unless-stopped" and not stopped_by_user)
+                if wanted and (state is None or state.status == Status.STOPPED):
                     async with self._lock(namespace, container.id):
                         await self._restart(namespace, container.id, count=0)
 
@@ -144,12 +157,16 @@ class RestartManager:
                 return
             await self._restart(namespace, container_id, count=count + 1)
 
-    async def _status(self, namespace: str, container_id: str) -> Status | None:
+    async def _state(self, namespace: str, container_id: str) -> Any:
         try:
             runtime = self.tasks.find(namespace, container_id)
-            return (await runtime.state(namespace, container_id)).status
+            return await runtime.state(namespace, container_id)
         except NotFound:
             return None
+
+    async def _status(self, namespace: str, container_id: str) -> Status | None:
+        state = await self._state(namespace, container_id)
+        return None if state is None else state.status
 
     async def _remove(self, namespace: str, container_id: str) -> None:
         try:

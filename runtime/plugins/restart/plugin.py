@@ -20,10 +20,13 @@ class RestartConfig(PluginConfig):
         backoff: Seconds before the first restart of a container; doubled for
             each restart after it.
         max_backoff: The longest delay between two restarts, in seconds.
+        subscribe_delay: Seconds after startup before the manager listens for exits
+            (keep it at least runtime.runc's exit_publish_grace; a scan covers the gap).
     """
 
     backoff: Annotated[float, msgspec.Meta(ge=0)] = 0.1
     max_backoff: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    subscribe_delay: Annotated[float, msgspec.Meta(ge=0)] = 10.0
 
 
 async def init(ctx: InitContext[RestartConfig]) -> Any:
@@ -36,7 +39,8 @@ async def init(ctx: InitContext[RestartConfig]) -> Any:
         return [ns.name for ns in await metadata.namespaces.list()]
 
     manager = RestartManager(ctx.get("service.tasks"), namespaces, ctx.events,
-                             backoff=ctx.config.backoff, max_backoff=ctx.config.max_backoff)
+                             backoff=ctx.config.backoff, max_backoff=ctx.config.max_backoff,
+                             subscribe_delay=ctx.config.subscribe_delay)
     if ctx.events is not None:
         await ctx.start(manager.follow, name="containers.restart exit follower")
     return manager
