@@ -18,6 +18,7 @@ import msgspec
 from runtime.api.mounts import Mount
 
 __all__ = [
+    "LOG_PATH_ANNOTATION",
     "STDERR",
     "STDOUT",
     "UNKNOWN_EXIT_STATUS",
@@ -47,6 +48,9 @@ __all__ = [
 ]
 
 
+#: Spec annotation: the init process's log file (the CRI's ``log_directory/log_path``),
+#: written by the monitor in the CRI's ``k8s-file`` format instead of the task's own log.
+LOG_PATH_ANNOTATION = "io.moorage.log-path"
 #: The exit status reported when the real one cannot be known (containerd's value).
 UNKNOWN_EXIT_STATUS = 255
 #: Stream tags of attach frames (conmon's numbering): standard output and error.

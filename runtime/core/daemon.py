@@ -98,6 +98,8 @@ def run_daemon(config_path: str | None) -> int:
     _watch_children_with_pidfds()
     _python_frozenlist()
     try:
+        # asyncio, not trio: the CRI plugin's gRPC server (grpc.aio) runs only on
+        # asyncio's loop. Everything else in the daemon stays backend-neutral anyio.
         anyio.run(serve, config, backend="asyncio")
     except MoorageError as exc:
         log.error("daemon failed to start: %s", exc)

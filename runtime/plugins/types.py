@@ -25,3 +25,4 @@ class PluginType(StrEnum):
     API = "api"  # HTTP route sets mounted by the API server
     SERVER = "server"  # listeners (the admin HTTP server)
     SERVICE = "service"  # namespaced services over backends (snapshots)
+    CRI = "cri"  # the Kubernetes CRI front end (gRPC)

@@ -54,6 +54,7 @@ class Invocation:
         ifname: ``CNI_IFNAME``.
         bin_dirs: ``CNI_PATH`` (searched for the plugin and its delegates).
         timeout: Seconds the plugin may take.
+        args: ``CNI_ARGS`` (``K=V;K=V``), empty for none.
     """
 
     container_id: str
@@ -61,6 +62,7 @@ class Invocation:
     ifname: str
     bin_dirs: Sequence[Path]
     timeout: float = 30.0
+    args: str = ""
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -107,6 +109,8 @@ async def invoke(
         "CNI_IFNAME": call.ifname,
         "CNI_PATH": os.pathsep.join(str(d) for d in call.bin_dirs),
     }
+    if call.args:
+        env["CNI_ARGS"] = call.args
     stdin = json.dumps(config).encode()
     try:
         with anyio.fail_after(call.timeout):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,8 @@ class AttachmentRecord(msgspec.Struct, kw_only=True):
         result: The final ADD result, once ADD finished.
         state: ``adding`` until ADD finished, then ``added``.
         created_at: When the attachment began.
+        cni_args: ``CNI_ARGS`` given to every plugin run (ADD and DEL alike),
+            e.g. the CRI's ``K8S_POD_NAME``.
     """
 
     namespace: str
@@ -91,6 +93,7 @@ class AttachmentRecord(msgspec.Struct, kw_only=True):
     result: dict[str, Any] | None = None
     state: str = "adding"
     created_at: datetime | None = None
+    cni_args: dict[str, str] = msgspec.field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -229,8 +232,12 @@ class CniNetwork:
                              else network)
 
     async def attach(self, namespace: str, container_id: str, network: str = BRIDGE,
-                     ports: Sequence[PortMapping] = ()) -> Attachment:
+                     ports: Sequence[PortMapping] = (),
+                     cni_args: Mapping[str, str] | None = None) -> Attachment:
         """Create a network namespace for the container and run the network's ADD in it.
+
+        ``cni_args`` go to every plugin as ``CNI_ARGS`` (``IgnoreUnknown=1``
+        lets plugins accept keys they do not know).
 
         Raises:
             AlreadyExists: The container is attached already.
@@ -256,6 +263,7 @@ class CniNetwork:
                 network=conf.name if conf else NONE, cni_id=name,
                 netns=str(self.netns_dir / name), conflist=conf.to_json() if conf else None,
                 ports=list(ports), created_at=datetime.now(UTC),
+                cni_args=dict(cni_args or {}),
             )  # fmt: skip
             # Recorded before anything exists: a crash from here on leaves a record to clean.
             self._recorded.add(key)
@@ -310,7 +318,8 @@ class CniNetwork:
 
     def _call(self, record: AttachmentRecord, ifname: str) -> Invocation:
         return Invocation(container_id=record.cni_id, netns=record.netns, ifname=ifname,
-                          bin_dirs=self.bin_dirs, timeout=self.timeout)
+                          bin_dirs=self.bin_dirs, timeout=self.timeout,
+                          args=";".join(f"{k}={v}" for k, v in record.cni_args.items()))
 
     async def detach(self, namespace: str, container_id: str) -> None:
         """Run the network's DEL in reverse and remove the namespace; idempotent.

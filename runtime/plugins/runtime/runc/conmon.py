@@ -84,6 +84,9 @@ class MonitorOptions:
         exec_attach: For an exec: wait for :meth:`Monitor.release` before the
             exec, so a client can attach without missing output.
         timeout: Seconds to wait for each answer.
+        env: Extra environment for conmon.
+        log_path: Where the output goes instead of ``paths.log`` (a CRI
+            container's ``log_directory/log_path``).
     """
 
     conmon: str
@@ -98,6 +101,7 @@ class MonitorOptions:
     exec_attach: bool = False
     timeout: float = 60.0
     env: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
 
     def argv(self) -> list[str]:
         """Conmon's command line."""
@@ -110,7 +114,7 @@ class MonitorOptions:
             "--container-pidfile", str(self.paths.pid_file),
             "--conmon-pidfile", str(self.paths.monitor_pid_file),
             "--persist-dir", str(self.paths.record),
-            "--log-path", f"k8s-file:{self.paths.log}",
+            "--log-path", f"k8s-file:{self.log_path or self.paths.log}",
             # The attach socket goes in the bundle itself, whatever its path length.
             "--full-attach", "--socket-dir-path", str(self.bundle),
             "--log-level", "error",

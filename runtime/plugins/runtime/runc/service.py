@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from runtime.api.tasks import LOG_PATH_ANNOTATION
 from runtime.core.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -139,8 +140,11 @@ class RuncRuntime(TaskTable):
             task.save()
 
         await anyio.to_thread.run_sync(fresh_record)
-        monitor = Monitor(self._monitor_options(namespace, container_id, task.init,
-                                                paths.bundle))
+        options = self._monitor_options(namespace, container_id, task.init, paths.bundle)
+        log_path = spec.get("annotations", {}).get(LOG_PATH_ANNOTATION, "")
+        if log_path:
+            options.log_path = Path(log_path)
+        monitor = Monitor(options)
         try:
             spec = await setup_task_network(self.network(), namespace, container_id, spec,
                                             paths.bundle)

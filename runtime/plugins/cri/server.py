@@ -1,0 +1,424 @@
+"""The gRPC server of ``cri.v1``: RuntimeService and ImageService on a unix socket.
+
+Imported only when the plugin starts (it imports :mod:`grpc`). Every handler
+runs under :func:`_guard`, the one place Moorage's errors become gRPC status
+codes (:data:`STATUS_CODES`). RPCs the plugin does not implement answer
+UNIMPLEMENTED, which the kubelet and critest accept for the ``Stream*``
+variants, checkpointing and the metrics calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import msgspec
+
+from runtime import __version__
+from runtime.core import errors
+from runtime.core.registration import InitContext
+from runtime.plugins.cri.images import CriImages
+from runtime.plugins.cri.pods import Pods
+from runtime.plugins.cri.v1 import api_pb2 as pb
+from runtime.plugins.cri.v1 import api_pb2_grpc as pb_grpc
+
+__all__ = ["STATUS_CODES", "CriServer", "start_cri", "status_code"]
+
+log = logging.getLogger("moorage.cri")
+
+#: The CRI API version this plugin serves.
+RUNTIME_API_VERSION = "v1"
+RUNTIME_NAME = "moorage"
+
+#: Moorage's error classes -> gRPC status codes (most specific first).
+STATUS_CODES: tuple[tuple[type[errors.MoorageError], grpc.StatusCode], ...] = (
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.Conflict, grpc.StatusCode.ABORTED),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
+    (errors.NotImplementedYet, grpc.StatusCode.UNIMPLEMENTED),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+)
+
+
+def status_code(exc: BaseException) -> grpc.StatusCode:
+    """The status code a handler's exception answers with."""
+    for cls, code in STATUS_CODES:
+        if isinstance(exc, cls):
+            return code
+    if isinstance(exc, msgspec.ValidationError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return grpc.StatusCode.INTERNAL
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _guard(fn: F) -> F:
+    """Answer a handler's error with its status code and message; log the unexpected."""
+
+    @functools.wraps(fn)
+    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(self, request, context)
+        except (errors.MoorageError, msgspec.ValidationError, ValueError) as exc:
+            code = status_code(exc)
+            message = exc.message if isinstance(exc, errors.MoorageError) else str(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("CRI %s failed", fn.__name__)
+            await context.abort(code, message)
+        except OSError as exc:
+            log.exception("CRI %s failed", fn.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{fn.__name__}: {exc}")
+
+    return handler  # type: ignore[return-value]
+
+
+class RuntimeService(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
+    """``runtime.v1.RuntimeService``."""
+
+    def __init__(self, server: CriServer) -> None:
+        self.server = server
+        self.pods = server.pods
+
+    @_guard
+    async def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
+        return pb.VersionResponse(version="0.1.0", runtime_name=RUNTIME_NAME,
+                                  runtime_version=__version__,
+                                  runtime_api_version=RUNTIME_API_VERSION)
+
+    @_guard
+    async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
+        networks = self.server.network.networks()
+        net = pb.RuntimeCondition(type="NetworkReady", status=bool(networks))
+        if not networks:
+            net.reason = "NetworkPluginNotReady"
+            net.message = f"no CNI network configuration in {self.server.network.conf_dir}"
+        response = pb.StatusResponse()
+        response.status.conditions.extend([
+            pb.RuntimeCondition(type="RuntimeReady", status=True), net])
+        response.runtime_handlers.extend(
+            [pb.RuntimeHandler(name=""), *(pb.RuntimeHandler(name=n)
+                                           for n in sorted(self.pods.runtimes))])
+        if request.verbose:
+            response.info["config"] = msgspec.json.encode(self.server.config).decode()
+        return response
+
+    @_guard
+    async def RuntimeConfig(self, request: pb.RuntimeConfigRequest,
+                            context: Any) -> pb.RuntimeConfigResponse:
+        response = pb.RuntimeConfigResponse()
+        response.linux.cgroup_driver = pb.CGROUPFS
+        return response
+
+    @_guard
+    async def UpdateRuntimeConfig(self, request: pb.UpdateRuntimeConfigRequest,
+                                  context: Any) -> pb.UpdateRuntimeConfigResponse:
+        # The pod CIDR is the CNI config's business here; accepted and remembered.
+        self.server.pod_cidr = request.runtime_config.network_config.pod_cidr
+        return pb.UpdateRuntimeConfigResponse()
+
+    @_guard
+    async def RunPodSandbox(self, request: pb.RunPodSandboxRequest,
+                            context: Any) -> pb.RunPodSandboxResponse:
+        return pb.RunPodSandboxResponse(pod_sandbox_id=await self.pods.run_sandbox(request))
+
+    @_guard
+    async def StopPodSandbox(self, request: pb.StopPodSandboxRequest,
+                             context: Any) -> pb.StopPodSandboxResponse:
+        await self.pods.stop_sandbox(request.pod_sandbox_id)
+        return pb.StopPodSandboxResponse()
+
+    @_guard
+    async def RemovePodSandbox(self, request: pb.RemovePodSandboxRequest,
+                               context: Any) -> pb.RemovePodSandboxResponse:
+        await self.pods.remove_sandbox(request.pod_sandbox_id)
+        return pb.RemovePodSandboxResponse()
+
+    @_guard
+    async def PodSandboxStatus(self, request: pb.PodSandboxStatusRequest,
+                               context: Any) -> pb.PodSandboxStatusResponse:
+        import time
+
+        status = await self.pods.sandbox_status(request.pod_sandbox_id)
+        response = pb.PodSandboxStatusResponse(status=status, timestamp=time.time_ns())
+        containers = await self.pods.list_containers(pb.ContainerFilter(
+            pod_sandbox_id=status.id))
+        for container in containers:
+            with contextlib.suppress(errors.NotFound):
+                response.containers_statuses.append(
+                    await self.pods.container_status(container.id))
+        return response
+
+    @_guard
+    async def ListPodSandbox(self, request: pb.ListPodSandboxRequest,
+                             context: Any) -> pb.ListPodSandboxResponse:
+        filter_ = request.filter if request.HasField("filter") else None
+        return pb.ListPodSandboxResponse(items=await self.pods.list_sandboxes(filter_))
+
+    @_guard
+    async def CreateContainer(self, request: pb.CreateContainerRequest,
+                              context: Any) -> pb.CreateContainerResponse:
+        return pb.CreateContainerResponse(
+            container_id=await self.pods.create_container(request))
+
+    @_guard
+    async def StartContainer(self, request: pb.StartContainerRequest,
+                             context: Any) -> pb.StartContainerResponse:
+        await self.pods.start_container(request.container_id)
+        return pb.StartContainerResponse()
+
+    @_guard
+    async def StopContainer(self, request: pb.StopContainerRequest,
+                            context: Any) -> pb.StopContainerResponse:
+        await self.pods.stop_container(request.container_id, int(request.timeout))
+        return pb.StopContainerResponse()
+
+    @_guard
+    async def RemoveContainer(self, request: pb.RemoveContainerRequest,
+                              context: Any) -> pb.RemoveContainerResponse:
+        await self.pods.remove_container(request.container_id)
+        return pb.RemoveContainerResponse()
+
+    @_guard
+    async def ListContainers(self, request: pb.ListContainersRequest,
+                             context: Any) -> pb.ListContainersResponse:
+        filter_ = request.filter if request.HasField("filter") else None
+        return pb.ListContainersResponse(containers=await self.pods.list_containers(filter_))
+
+    @_guard
+    async def ContainerStatus(self, request: pb.ContainerStatusRequest,
+                              context: Any) -> pb.ContainerStatusResponse:
+        return pb.ContainerStatusResponse(
+            status=await self.pods.container_status(request.container_id))
+
+    @_guard
+    async def UpdateContainerResources(self, request: pb.UpdateContainerResourcesRequest,
+                                       context: Any) -> pb.UpdateContainerResourcesResponse:
+        await self.pods.update_resources(request.container_id, request.linux)
+        return pb.UpdateContainerResourcesResponse()
+
+    @_guard
+    async def ReopenContainerLog(self, request: pb.ReopenContainerLogRequest,
+                                 context: Any) -> pb.ReopenContainerLogResponse:
+        await self.pods.reopen_log(request.container_id)
+        return pb.ReopenContainerLogResponse()
+
+    @_guard
+    async def ExecSync(self, request: pb.ExecSyncRequest, context: Any) -> pb.ExecSyncResponse:
+        return await self.pods.exec_sync(request.container_id, list(request.cmd),
+                                         int(request.timeout))
+
+    def _streaming(self) -> Any:
+        if self.server.streaming is None:
+            raise errors.Unavailable("the streaming server is not available")
+        return self.server.streaming
+
+    @_guard
+    async def Exec(self, request: pb.ExecRequest, context: Any) -> pb.ExecResponse:
+        if not request.cmd:
+            raise errors.InvalidArgument("exec needs a command")
+        if not (request.stdin or request.stdout or request.stderr):
+            raise errors.InvalidArgument("one of stdin, stdout and stderr must be set")
+        container_id = await self.pods.running_container(request.container_id)
+        url = self._streaming().exec_url(container_id, list(request.cmd), tty=request.tty,
+                                         stdin=request.stdin, stdout=request.stdout,
+                                         stderr=request.stderr)
+        return pb.ExecResponse(url=url)
+
+    @_guard
+    async def Attach(self, request: pb.AttachRequest, context: Any) -> pb.AttachResponse:
+        container_id = await self.pods.running_container(request.container_id)
+        url = self._streaming().attach_url(container_id, tty=request.tty, stdin=request.stdin,
+                                           stdout=request.stdout, stderr=request.stderr)
+        return pb.AttachResponse(url=url)
+
+    @_guard
+    async def PortForward(self, request: pb.PortForwardRequest,
+                          context: Any) -> pb.PortForwardResponse:
+        sandbox_id = await self.pods.known_sandbox(request.pod_sandbox_id)
+        url = self._streaming().portforward_url(sandbox_id, list(request.port))
+        return pb.PortForwardResponse(url=url)
+
+    @_guard
+    async def ContainerStats(self, request: pb.ContainerStatsRequest,
+                             context: Any) -> pb.ContainerStatsResponse:
+        return pb.ContainerStatsResponse(
+            stats=await self.pods.container_stats(request.container_id))
+
+    @_guard
+    async def ListContainerStats(self, request: pb.ListContainerStatsRequest,
+                                 context: Any) -> pb.ListContainerStatsResponse:
+        filter_ = request.filter if request.HasField("filter") else None
+        return pb.ListContainerStatsResponse(
+            stats=await self.pods.list_container_stats(filter_))
+
+    @_guard
+    async def PodSandboxStats(self, request: pb.PodSandboxStatsRequest,
+                              context: Any) -> pb.PodSandboxStatsResponse:
+        return pb.PodSandboxStatsResponse(
+            stats=await self.pods.sandbox_stats(request.pod_sandbox_id))
+
+    @_guard
+    async def ListPodSandboxStats(self, request: pb.ListPodSandboxStatsRequest,
+                                  context: Any) -> pb.ListPodSandboxStatsResponse:
+        filter_ = request.filter if request.HasField("filter") else None
+        return pb.ListPodSandboxStatsResponse(
+            stats=await self.pods.list_sandbox_stats(filter_))
+
+    async def GetContainerEvents(self, request: pb.GetEventsRequest, context: Any) -> Any:
+        try:
+            async for event in self.pods.container_events(self.server.exchange):
+                yield event
+        except errors.MoorageError as exc:
+            await context.abort(status_code(exc), exc.message)
+
+
+class ImageService(pb_grpc.ImageServiceServicer):  # type: ignore[misc]
+    """``runtime.v1.ImageService``."""
+
+    def __init__(self, server: CriServer) -> None:
+        self.images = server.images
+
+    @_guard
+    async def ListImages(self, request: pb.ListImagesRequest,
+                         context: Any) -> pb.ListImagesResponse:
+        wanted = request.filter.image.image if request.HasField("filter") else ""
+        if wanted:
+            found = await self.images.resolve(wanted)
+            images = [found] if found else []
+        else:
+            images = await self.images.all()
+        return pb.ListImagesResponse(images=[i.to_pb() for i in images])
+
+    @_guard
+    async def ImageStatus(self, request: pb.ImageStatusRequest,
+                          context: Any) -> pb.ImageStatusResponse:
+        found = await self.images.resolve(request.image.image)
+        # An unknown image is an empty answer, not an error (the kubelet pulls then).
+        return pb.ImageStatusResponse(image=found.to_pb()) if found else pb.ImageStatusResponse()
+
+    @_guard
+    async def PullImage(self, request: pb.PullImageRequest,
+                        context: Any) -> pb.PullImageResponse:
+        remaining = context.time_remaining()
+        return pb.PullImageResponse(image_ref=await self.images.pull(request, remaining))
+
+    @_guard
+    async def RemoveImage(self, request: pb.RemoveImageRequest,
+                          context: Any) -> pb.RemoveImageResponse:
+        await self.images.remove(request.image.image)
+        return pb.RemoveImageResponse()
+
+    @_guard
+    async def ImageFsInfo(self, request: pb.ImageFsInfoRequest,
+                          context: Any) -> pb.ImageFsInfoResponse:
+        return await self.images.fs_info()
+
+
+class CriServer:
+    """The running plugin: its services, the gRPC server, the streaming server."""
+
+    def __init__(self, *, config: Any, pods: Pods, images: CriImages, network: Any,
+                 exchange: Any, address: Path) -> None:
+        self.config = config
+        self.pods = pods
+        self.images = images
+        self.network = network
+        self.exchange = exchange
+        self.address = address
+        self.pod_cidr = ""
+        self.streaming: Any = None
+        self.grpc: grpc.aio.Server | None = None
+
+    async def serve(self) -> None:
+        """Bind the socket (a stale one is removed first) and start answering."""
+        limit = self.config.max_message_size
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ])
+        add_runtime: Any = pb_grpc.add_RuntimeServiceServicer_to_server
+        add_image: Any = pb_grpc.add_ImageServiceServicer_to_server
+        add_runtime(RuntimeService(self), server)
+        add_image(ImageService(self), server)
+        self.address.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            # Nothing else can hold it: the daemon's state lock is ours.
+            self.address.unlink()
+        server.add_insecure_port(f"unix://{self.address}")
+        await server.start()
+        os.chmod(self.address, 0o660)
+        self.grpc = server
+
+    async def close(self) -> None:
+        """Stop the gRPC and streaming servers; pods keep running."""
+        if self.grpc is not None:
+            await self.grpc.stop(grace=2)
+            self.grpc = None
+        if self.streaming is not None:
+            with contextlib.suppress(Exception):
+                await self.streaming.stop()
+        with contextlib.suppress(FileNotFoundError):
+            self.address.unlink()
+
+
+async def _watch_ooms(pods: Pods, exchange: Any, *, task_status: Any) -> None:
+    async with exchange.subscribe('topic=="/tasks/oom"', namespace=pods.namespace) as events:
+        task_status.started()
+        async for envelope in events:
+            pods.note_oom(envelope.event.container_id)
+
+
+async def start_cri(ctx: InitContext[Any]) -> CriServer:
+    """Build the services from the required plugins and start serving."""
+    config = ctx.config
+    images_service = ctx.get("images.store")
+    snapshotter = images_service.snapshotter(config.snapshotter).name
+    images = CriImages(namespace=config.namespace, images=images_service,
+                       snapshotter=snapshotter)
+    network = ctx.get("network.cni")
+    pods = Pods(
+        namespace=config.namespace, containers=ctx.get("containers.store"),
+        snapshots=ctx.get("service.snapshots"), snapshotter=snapshotter,
+        runtimes=ctx.get_by_type("runtime"), network=network, images=images,
+        root=ctx.root, state=ctx.state,
+        log_root=Path(config.log_root) if config.log_root else ctx.root / "logs",
+        cgroup_parent=ctx.daemon.cgroup_parent, infra_binary=config.sandbox_image)
+    await pods.load()
+    address = Path(config.address) if config.address else Path(ctx.daemon.state) / "cri.sock"
+    server = CriServer(config=config, pods=pods, images=images, network=network,
+                       exchange=ctx.events, address=address)
+    if ctx.events is not None:
+        await ctx.start(_watch_ooms, pods, ctx.events, name="cri.v1 oom watch")
+    server.streaming = await _start_streaming(config, pods)
+    await server.serve()
+    log.info("CRI v1 serving on %s (namespace %s)", address, config.namespace)
+    return server
+
+
+async def _start_streaming(config: Any, pods: Pods) -> Any:
+    try:
+        from runtime.plugins.cri.streaming import StreamingServer  # type: ignore[attr-defined]
+    except ImportError:
+        log.warning("CRI streaming server not available: Exec, Attach and PortForward "
+                    "answer UNAVAILABLE")
+        return None
+    runtime = pods.runtime_for("")
+    streaming = StreamingServer(address=config.stream_address, port=config.stream_port,
+                                namespace=config.namespace, runtime=runtime,
+                                netns_path=pods.netns_path)
+    await streaming.start()
+    return streaming

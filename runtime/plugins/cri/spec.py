@@ -1,0 +1,386 @@
+"""OCI runtime specs for CRI pod sandboxes (the infra process) and their containers.
+
+Both start from the runtime's :func:`generate_spec` (containerd's defaults)
+and are then shaped by the CRI configs: a sandbox owns the pod's network
+(the netns Moorage made), IPC, UTS and, for ``PID=POD``, PID namespaces; a
+container joins them through ``/proc/<infra pid>/ns/*``. A ``NODE`` mode
+leaves that namespace out (the host's); ``CONTAINER`` gives the container its
+own; ``TARGET`` joins another container's PID namespace.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.api.specs import ImageConfig, SpecOptions
+from runtime.api.tasks import LOG_PATH_ANNOTATION
+from runtime.core.errors import InvalidArgument
+from runtime.pkg.oci.spec import generate_spec, privileged_capabilities
+from runtime.pkg.seccomp import UNCONFINED, default_profile, parse_profile
+from runtime.plugins.cri.v1 import api_pb2 as pb
+
+__all__ = [
+    "SandboxFiles",
+    "container_spec",
+    "parse_capability",
+    "sandbox_spec",
+]
+
+#: The infra process's path inside its root filesystem.
+INFRA_BINARY = "/pause"
+
+# CRI's Signal enum by value -> the signal's name as runc takes it.
+_SIGNALS = {v.number: v.name for v in pb.Signal.DESCRIPTOR.values if v.number}
+
+
+@dataclass(frozen=True)
+class SandboxFiles:
+    """A pod's files that every container of it bind-mounts.
+
+    Attributes:
+        hostname: ``/etc/hostname``.
+        hosts: ``/etc/hosts``.
+        resolv_conf: ``/etc/resolv.conf``.
+        shm: ``/dev/shm``: a tmpfs of the pod, or the host's for host IPC.
+    """
+
+    hostname: Path
+    hosts: Path
+    resolv_conf: Path
+    shm: Path
+
+
+def _namespaces(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    namespaces: list[dict[str, Any]] = spec["linux"]["namespaces"]
+    return namespaces
+
+
+def _set_namespace(spec: dict[str, Any], type_: str, path: str | None, present: bool) -> None:
+    """Leave ``type_`` out (``present`` false), make it new (``path`` None), or join ``path``."""
+    kept = [n for n in _namespaces(spec) if n["type"] != type_]
+    if present:
+        entry: dict[str, Any] = {"type": type_}
+        if path:
+            entry["path"] = path
+        kept.append(entry)
+    spec["linux"]["namespaces"] = kept
+
+
+def _apply_sysctls(spec: dict[str, Any], sysctls: dict[str, str], *, host_net: bool,
+                   host_ipc: bool) -> None:
+    for key, _value in sysctls.items():
+        # Namespaced sysctls only, as the kubelet's safe/unsafe lists assume.
+        if key.startswith("net.") and host_net:
+            raise InvalidArgument(f"sysctl {key!r} is not allowed with host networking")
+        if (key.startswith(("kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue."))
+                and host_ipc):
+            raise InvalidArgument(f"sysctl {key!r} is not allowed with host IPC")
+    if sysctls:
+        spec["linux"].setdefault("sysctl", {}).update(sysctls)
+
+
+def sandbox_spec(namespace: str, sandbox_id: str, config: pb.PodSandboxConfig, *,
+                 rootfs: Path, netns: str | None, cgroup_parent: str) -> dict[str, Any]:
+    """The infra container: PID 1 of the pod, holding its namespaces.
+
+    ``netns`` is the pod's network namespace, ``None`` for host networking.
+    """
+    sec = config.linux.security_context
+    modes = sec.namespace_options
+    host_net = modes.network == pb.NODE
+    spec = generate_spec(namespace, sandbox_id, ImageConfig(entrypoint=[INFRA_BINARY, "-P"]),
+                         SpecOptions(hostname=config.hostname or ""),
+                         cgroup_parent=cgroup_parent)
+    spec["root"] = {"path": str(rootfs), "readonly": True}
+    _set_namespace(spec, "network", netns, not host_net)
+    _set_namespace(spec, "uts", None, not host_net)
+    if host_net:
+        spec.pop("hostname", None)
+    elif not config.hostname:
+        spec["hostname"] = config.metadata.name[:63] or sandbox_id[:63]
+    _set_namespace(spec, "pid", None, modes.pid != pb.NODE)
+    _set_namespace(spec, "ipc", None, modes.ipc != pb.NODE)
+    _apply_sysctls(spec, dict(config.linux.sysctls), host_net=host_net,
+                   host_ipc=modes.ipc == pb.NODE)
+    process = spec["process"]
+    # The infra process needs nothing: no capabilities, no new privileges.
+    process["capabilities"] = {"bounding": [], "permitted": [], "effective": []}
+    process["noNewPrivileges"] = True
+    if sec.HasField("run_as_user"):
+        process["user"] = {"uid": sec.run_as_user.value,
+                           "gid": sec.run_as_group.value if sec.HasField("run_as_group") else 0}
+    if sec.privileged:
+        spec["linux"].pop("maskedPaths", None)
+        spec["linux"].pop("readonlyPaths", None)
+    return spec
+
+
+def parse_capability(name: str) -> str:
+    """``NET_ADMIN``, ``net_admin`` or ``CAP_NET_ADMIN`` as ``CAP_NET_ADMIN``."""
+    upper = name.strip().upper()
+    if not upper or not upper.replace("_", "").isalnum():
+        raise InvalidArgument(f"capability {name!r} is not a capability name")
+    return upper if upper.startswith("CAP_") else f"CAP_{upper}"
+
+
+def _capabilities(current: list[str], cap: pb.Capability) -> list[str]:
+    adds = [c.upper() for c in cap.add_capabilities]
+    drops = [c.upper() for c in cap.drop_capabilities]
+    caps = list(current)
+    if "ALL" in drops:
+        caps = []
+    else:
+        dropped = {parse_capability(c) for c in drops}
+        caps = [c for c in caps if c not in dropped]
+    if "ALL" in adds:
+        caps = privileged_capabilities()
+    else:
+        for name in adds:
+            full = parse_capability(name)
+            if full not in caps:
+                caps.append(full)
+    if "ALL" in adds and drops and "ALL" not in drops:
+        dropped = {parse_capability(c) for c in drops}
+        caps = [c for c in caps if c not in dropped]
+    return caps
+
+
+def _propagation(mount: pb.Mount) -> str:
+    if mount.propagation == pb.PROPAGATION_BIDIRECTIONAL:
+        return "rshared"
+    if mount.propagation == pb.PROPAGATION_HOST_TO_CONTAINER:
+        return "rslave"
+    return "rprivate"
+
+
+def _user_mount(mount: pb.Mount) -> dict[str, Any]:
+    if not mount.container_path.startswith("/"):
+        raise InvalidArgument(f"mount destination {mount.container_path!r} must be absolute")
+    if not mount.host_path.startswith("/"):
+        raise InvalidArgument(f"mount source {mount.host_path!r} must be an absolute host path")
+    if mount.image.image:
+        raise InvalidArgument("image volumes are not supported")
+    source = Path(mount.host_path)
+    if not source.exists() and not source.is_symlink():
+        # As containerd and the kubelet's hostPath DirectoryOrCreate: make it.
+        source.mkdir(parents=True, exist_ok=True)
+    # A symlinked host path is bound at its target (runc would refuse the link).
+    resolved = os.path.realpath(source)
+    options = ["rbind", _propagation(mount), "ro" if mount.readonly else "rw"]
+    return {"destination": mount.container_path, "type": "bind", "source": resolved,
+            "options": options}
+
+
+def container_spec(
+    namespace: str,
+    container_id: str,
+    config: pb.ContainerConfig,
+    sandbox: pb.PodSandboxConfig,
+    image: ImageConfig,
+    *,
+    infra_pid: int,
+    target_pid: int | None,
+    files: SandboxFiles,
+    log_path: str,
+    cgroup_parent: str,
+    min_oom_score_adj: int,
+) -> dict[str, Any]:
+    """A container's spec: the image, then the CRI config, joined to the sandbox's namespaces.
+
+    Raises:
+        InvalidArgument: A malformed field, or a combination the CRI refuses
+            (privileged container in an unprivileged sandbox, a group without a user).
+    """
+    linux = config.linux
+    sec = linux.security_context
+    sandbox_sec = sandbox.linux.security_context
+    if sec.privileged and not sandbox_sec.privileged:
+        raise InvalidArgument("a privileged container needs a privileged sandbox")
+    user = ""
+    if sec.run_as_username:
+        user = sec.run_as_username
+    elif sec.HasField("run_as_user"):
+        user = str(sec.run_as_user.value)
+    if sec.HasField("run_as_group"):
+        if not user:
+            raise InvalidArgument("run_as_group needs run_as_user or run_as_username")
+        user += f":{sec.run_as_group.value}"
+    elif not user and image.user:
+        user = image.user
+    options = SpecOptions(
+        entrypoint=list(config.command) if config.command else None,
+        args=list(config.args) if config.args else None,
+        # KeyValue.value is bytes in this proto (the same wire type as string).
+        env=[f"{kv.key}={kv.value.decode(errors='replace')}" for kv in config.envs],
+        cwd=config.working_dir,
+        user=user,
+        readonly_rootfs=sec.readonly_rootfs,
+        privileged=sec.privileged,
+        terminal=config.tty,
+        annotations={LOG_PATH_ANNOTATION: log_path} if log_path else {},
+    )
+    spec = generate_spec(namespace, container_id, image, options, cgroup_parent=cgroup_parent)
+    process = spec["process"]
+    modes = sec.namespace_options
+    proc = f"/proc/{infra_pid}/ns"
+    host_net = sandbox_sec.namespace_options.network == pb.NODE
+    host_ipc = sandbox_sec.namespace_options.ipc == pb.NODE
+    _set_namespace(spec, "network", f"{proc}/net", not host_net)
+    _set_namespace(spec, "uts", f"{proc}/uts", not host_net)
+    _set_namespace(spec, "ipc", f"{proc}/ipc", not host_ipc)
+    if modes.pid == pb.NODE:
+        _set_namespace(spec, "pid", None, False)
+    elif modes.pid == pb.CONTAINER:
+        _set_namespace(spec, "pid", None, True)
+    elif modes.pid == pb.TARGET:
+        if target_pid is None:
+            raise InvalidArgument(f"PID namespace target {modes.target_id!r} is not running")
+        _set_namespace(spec, "pid", f"/proc/{target_pid}/ns/pid", True)
+    else:
+        _set_namespace(spec, "pid", f"{proc}/pid", True)
+    # The UTS namespace is the pod's: its hostname is set there, not here.
+    spec.pop("hostname", None)
+    hostname = sandbox.hostname or sandbox.metadata.name
+    if hostname and not any(e.startswith("HOSTNAME=") for e in process["env"]):
+        process["env"].append(f"HOSTNAME={hostname if not host_net else os.uname().nodename}")
+    mounts: list[dict[str, Any]] = spec["mounts"]
+    user_mounts = sorted((_user_mount(m) for m in config.mounts),
+                         key=lambda m: len(Path(m["destination"]).parts))
+    taken = {m["destination"] for m in user_mounts}
+    pod_files: Sequence[tuple[str, Path, bool]] = (
+        ("/etc/hostname", files.hostname, True), ("/etc/hosts", files.hosts, True),
+        ("/etc/resolv.conf", files.resolv_conf, True), ("/dev/shm", files.shm, False))
+    mounts[:] = [m for m in mounts if m["destination"] not in taken
+                 and m["destination"] != "/dev/shm"]
+    for dest, path, readonly in pod_files:
+        if dest in taken:
+            continue
+        opts = ["rbind", "rprivate", "ro" if readonly and sec.readonly_rootfs else "rw"]
+        if dest == "/dev/shm":
+            opts += ["nosuid", "nodev", "noexec"]
+        mounts.append({"destination": dest, "type": "bind", "source": str(path),
+                       "options": opts})
+    mounts.extend(user_mounts)
+    if any("rshared" in m["options"] for m in user_mounts):
+        spec["linux"]["rootfsPropagation"] = "rshared"
+    elif any("rslave" in m["options"] for m in user_mounts):
+        spec["linux"]["rootfsPropagation"] = "rslave"
+    for device in config.devices:
+        _add_device(spec, device)
+    if not sec.privileged:
+        caps = _capabilities(process["capabilities"]["bounding"], sec.capabilities)
+        process["capabilities"] = {"bounding": caps, "permitted": list(caps),
+                                   "effective": list(caps)}
+        # Empty lists from the kubelet mean "the runtime's defaults".
+        if sec.masked_paths:
+            spec["linux"]["maskedPaths"] = list(sec.masked_paths)
+        if sec.readonly_paths:
+            spec["linux"]["readonlyPaths"] = list(sec.readonly_paths)
+    process["noNewPrivileges"] = sec.no_new_privs
+    if sec.supplemental_groups:
+        process["user"]["additionalGids"] = [int(g) for g in sec.supplemental_groups]
+    _apply_seccomp(spec, sec)
+    _apply_resources(spec, linux.resources, min_oom_score_adj)
+    if config.stop_signal:
+        spec.setdefault("annotations", {})["io.moorage.stop-signal"] = _SIGNALS[config.stop_signal]
+    return spec
+
+
+def _add_device(spec: dict[str, Any], device: pb.Device) -> None:
+    host = Path(device.host_path)
+    try:
+        st = host.stat()
+    except OSError as exc:
+        raise InvalidArgument(f"device {device.host_path!r}: {exc.strerror}") from None
+    import stat
+
+    if stat.S_ISCHR(st.st_mode):
+        kind = "c"
+    elif stat.S_ISBLK(st.st_mode):
+        kind = "b"
+    else:
+        raise InvalidArgument(f"{device.host_path!r} is not a device")
+    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    spec["linux"].setdefault("devices", []).append({
+        "path": device.container_path or device.host_path, "type": kind, "major": major,
+        "minor": minor, "fileMode": st.st_mode & 0o777, "uid": 0, "gid": 0})
+    spec["linux"]["resources"]["devices"].append({
+        "allow": True, "type": kind, "major": major, "minor": minor,
+        "access": device.permissions or "rwm"})
+
+
+def _apply_seccomp(spec: dict[str, Any], sec: pb.LinuxContainerSecurityContext) -> None:
+    """The CRI's seccomp choice, over the daemon's default profile (:mod:`runtime.pkg.seccomp`).
+
+    No profile at all means unconfined, as in containerd and critest's "nil"
+    case; ``{}`` (RuntimeDefault) the default profile; Localhost a profile
+    file on the host. A privileged container runs unconfined whatever it asks.
+    """
+    caps = spec["process"]["capabilities"]["bounding"]
+    kind, ref = "", ""
+    if sec.HasField("seccomp"):
+        profile = sec.seccomp
+        kind = {profile.RuntimeDefault: "runtime/default", profile.Unconfined: UNCONFINED,
+                profile.Localhost: "localhost"}[profile.profile_type]
+        ref = profile.localhost_ref
+    elif sec.seccomp_profile_path:
+        path = sec.seccomp_profile_path
+        kind = "localhost" if path.startswith("localhost/") else path
+        ref = path.removeprefix("localhost/")
+    if sec.privileged or kind in ("", UNCONFINED):
+        spec["linux"].pop("seccomp", None)
+    elif kind in ("runtime/default", "docker/default"):
+        spec["linux"]["seccomp"] = default_profile(caps)
+    elif kind == "localhost":
+        if not ref.startswith("/"):
+            raise InvalidArgument(f"seccomp localhost profile {ref!r} must be an absolute path")
+        try:
+            text = Path(ref).read_text()
+        except OSError as exc:
+            raise InvalidArgument(f"seccomp profile {ref}: {exc.strerror}") from None
+        spec["linux"]["seccomp"] = parse_profile(text, caps, where=f"seccomp profile {ref}")
+    else:
+        raise InvalidArgument(f"seccomp profile {kind!r}: use runtime/default, unconfined "
+                              "or localhost/<path>")
+
+
+def _apply_resources(spec: dict[str, Any], res: pb.LinuxContainerResources,
+                     min_oom_score_adj: int) -> None:
+    resources = spec["linux"]["resources"]
+    cpu: dict[str, Any] = {}
+    if res.cpu_shares:
+        cpu["shares"] = res.cpu_shares
+    if res.cpu_quota:
+        cpu["quota"] = res.cpu_quota
+    if res.cpu_period:
+        cpu["period"] = res.cpu_period
+    if res.cpuset_cpus:
+        cpu["cpus"] = res.cpuset_cpus
+    if res.cpuset_mems:
+        cpu["mems"] = res.cpuset_mems
+    if cpu:
+        resources["cpu"] = cpu
+    if res.memory_limit_in_bytes:
+        resources["memory"] = {"limit": res.memory_limit_in_bytes}
+        if res.memory_swap_limit_in_bytes:
+            resources["memory"]["swap"] = res.memory_swap_limit_in_bytes
+    if res.hugepage_limits:
+        resources["hugepageLimits"] = [{"pageSize": h.page_size, "limit": h.limit}
+                                       for h in res.hugepage_limits]
+    if res.unified:
+        resources["unified"] = dict(res.unified)
+    if res.oom_score_adj:
+        # This host refuses a value below the daemon's own (see docs/cri.md).
+        spec["process"]["oomScoreAdj"] = max(int(res.oom_score_adj), min_oom_score_adj)
+
+
+def linux_resources(res: pb.LinuxContainerResources) -> dict[str, Any]:
+    """OCI ``linux.resources`` (partial) for UpdateContainerResources."""
+    spec: dict[str, Any] = {"linux": {"resources": {}}, "process": {}}
+    _apply_resources(spec, res, -1000)
+    resources: dict[str, Any] = spec["linux"]["resources"]
+    return resources

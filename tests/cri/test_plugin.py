@@ -1,0 +1,80 @@
+"""The cri.v1 plugin: off unless enabled, gRPC imported only when it starts, its socket."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cri.conftest import CriClient, cri_config, wait_for_socket
+from tests.fixtures.daemon import Daemon
+
+
+def _imported(log: str) -> set[str]:
+    return set(re.findall(r"^import '([\w.]+)' #", log, flags=re.MULTILINE))
+
+
+def test_the_cli_does_not_import_grpc() -> None:
+    proc = subprocess.run([sys.executable, "-m", "runtime.cli.main", "--help"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONVERBOSE": "1"},
+                          check=True)
+    modules = _imported(proc.stderr)
+    assert "runtime.cli.main" in modules
+    assert not {m for m in modules if m.startswith(("grpc", "google.protobuf"))}
+
+
+def test_a_daemon_without_cri_enabled_skips_it_and_never_imports_grpc(tmp_path: Path) -> None:
+    with Daemon(tmp_path, env={"PYTHONVERBOSE": "1"}) as daemon:
+        plugins = {f"{p.type}.{p.id}": p for p in daemon.client().plugins()}
+        assert plugins["cri.v1"].status == "skip"
+        modules = _imported(daemon.log())
+    assert "runtime.plugins.cri.plugin" in modules
+    assert not {m for m in modules if m.startswith(("grpc", "google.protobuf"))}
+
+
+@pytest.mark.root
+def test_the_plugin_replaces_a_stale_socket(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path, cri_config())
+    stale = daemon.state / "cri.sock"
+    stale.write_text("left by a crashed daemon")
+    with daemon:
+        daemon.cri_socket = stale  # type: ignore[attr-defined]
+        wait_for_socket(daemon)
+        client = CriClient(stale, tmp_path / "logs")
+        try:
+            assert client.runtime.Version(client.pb.VersionRequest()).runtime_name == "moorage"
+        finally:
+            client.close()
+
+
+@pytest.mark.root
+def test_the_socket_address_is_configurable(tmp_path: Path) -> None:
+    address = tmp_path / "elsewhere" / "cri.sock"
+    with Daemon(tmp_path / "d", cri_config(f'address = "{address}"\n')) as daemon:
+        daemon.cri_socket = address  # type: ignore[attr-defined]
+        wait_for_socket(daemon)
+        client = CriClient(address, tmp_path / "logs")
+        try:
+            assert client.runtime.Version(client.pb.VersionRequest()).runtime_api_version == "v1"
+        finally:
+            client.close()
+
+
+def test_unimplemented_rpcs_answer_unimplemented(cri: Any) -> None:
+    import grpc
+
+    pb = cri.pb
+    with pytest.raises(grpc.RpcError) as err:
+        cri.runtime.CheckpointContainer(pb.CheckpointContainerRequest(container_id="x"))
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with pytest.raises(grpc.RpcError) as err:
+        list(cri.runtime.StreamPodSandboxes(pb.StreamPodSandboxesRequest()))
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with pytest.raises(grpc.RpcError) as err:
+        cri.runtime.ListMetricDescriptors(pb.ListMetricDescriptorsRequest())
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
