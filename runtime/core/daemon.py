@@ -15,10 +15,22 @@ from runtime.core.config import DaemonConfig, load_config
 from runtime.core.discovery import discover
 from runtime.core.errors import FailedPrecondition, MoorageError
 from runtime.core.host import PluginHost, summarize
+from runtime.core.notify import sd_notify
 
-__all__ = ["StateLock", "run_daemon", "serve"]
+__all__ = ["DEFAULT_CONFIG_PATH", "StateLock", "config_path_for", "run_daemon", "serve"]
 
 log = logging.getLogger("moorage.daemon")
+
+#: The configuration read when ``--config`` is not given, if it exists (as
+#: containerd reads /etc/containerd/config.toml); otherwise built-in defaults.
+DEFAULT_CONFIG_PATH = Path("/etc/moorage/plugins.toml")
+
+
+def config_path_for(given: str | None) -> str | None:
+    """The file ``moorage daemon`` reads: ``given``, else the default path if it exists."""
+    if given is not None:
+        return given
+    return str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.is_file() else None
 
 
 class StateLock:
@@ -62,8 +74,11 @@ async def serve(config: DaemonConfig) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with host.running() as plugins:
             log.info("daemon started: %s", summarize(plugins.list()))
+            # Every plugin is up, the API listening: systemd may start what needs us.
+            sd_notify(f"READY=1\nMAINPID={os.getpid()}")
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
+                sd_notify("STOPPING=1")
                 break
     log.info("daemon stopped")
 
@@ -71,6 +86,9 @@ async def serve(config: DaemonConfig) -> None:
 def run_daemon(config_path: str | None) -> int:
     """Entry point of ``moorage daemon``; returns the process exit code."""
     try:
+        config_path = config_path_for(config_path)
+        if config_path is not None:
+            log.info("configuration: %s", config_path)
         config = load_config(config_path)
         lock = StateLock(Path(config.state))
         lock.acquire()
