@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
+from runtime.api.tasks import CreateTaskRequest, Status
 from runtime.core.errors import MoorageError, NotFound, Unavailable
 from runtime.core.events import SubscriberOverflow
 from runtime.plugins.restart.policy import (
@@ -35,8 +36,7 @@ from runtime.plugins.restart.policy import (
     parse_policy,
     should_restart,
 )
-from runtime.plugins.runtime.api import CreateTaskRequest, Status
-from runtime.plugins.tasks.service import TaskService
+from runtime.plugins.tasks.api import Tasks
 
 __all__ = ["RestartManager"]
 
@@ -54,7 +54,7 @@ class RestartManager:
         max_backoff: The longest delay between restarts.
     """
 
-    def __init__(self, tasks: TaskService, namespaces: Callable[[], Any], events: Any, *,
+    def __init__(self, tasks: Tasks, namespaces: Callable[[], Any], events: Any, *,
                  backoff: float = 0.1, max_backoff: float = 10.0,
                  subscribe_delay: float = 10.0) -> None:
         self.tasks = tasks
