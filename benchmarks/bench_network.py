@@ -35,11 +35,14 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from runtime.pkg.oci.spec import default_spec
-from runtime.plugins.network.api import NETWORK_ANNOTATION
+from runtime.plugins.network.api import (
+    NETWORK_ANNOTATION,
+    setup_task_network,
+    teardown_task_network,
+)
 from runtime.plugins.network.cni import netns
 from runtime.plugins.network.cni.conflist import default_conflist
 from runtime.plugins.network.cni.service import CniNetwork
-from runtime.plugins.network.task import setup_task_network, teardown_task_network
 
 NS = "default"
 BIN_DIRS = [Path("/usr/lib/cni"), Path("/opt/cni/bin")]

@@ -14,6 +14,7 @@ PACKAGES=(
     btrfs-progs e2fsprogs util-linux       # btrfs snapshotter, loop filesystems
     containerd                             # the benchmark's reference
     apache2-utils                          # htpasswd for the auth registry tests
+    systemd                                # systemd-analyze verify of contrib/systemd
     catatonit                              # the CRI pod sandbox's infra PID 1
     gcc libc6-dev                          # the seccomp tests build a static syscall helper
 )

@@ -97,8 +97,14 @@ def register(sub: Any) -> None:
     p.add_argument("id")
     p.set_defaults(handler=tasks_wait)
 
-    p = sub.add_parser("logs", help="output of a task")
+    from runtime.cli.verbs import docker_parser
+
+    p = docker_parser(sub.add_parser("logs", help="output of a task"))
     p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("--tail", default="all", metavar="N", help="only the last N lines")
+    p.add_argument("--since", default="", metavar="TIME",
+                   help="only output since TIME (2026-01-02T15:04:05Z, a unix time, or 10m)")
+    p.add_argument("-t", "--timestamps", action="store_true", help="prefix each line's time")
     p.add_argument("--exec-id", default="")
     p.add_argument("id")
     p.set_defaults(handler=logs)
@@ -115,10 +121,16 @@ def containers_create(args: argparse.Namespace) -> int:
     """Create a container record from an image (or ``--rootfs``)."""
     from runtime.cli.main import client
     from runtime.cli.namespaces import parse_labels
-    from runtime.cli.run import prepare_rootfs, spec_options_from
+    from runtime.cli.run import check_pull, policy_labels, prepare_rootfs, spec_options_from
 
     api = client(args)
-    spec_options = spec_options_from(args, list(args.command))
+    labels = {**parse_labels(args.label), **policy_labels(args)}
+    pull = check_pull(args.pull)
+    spec_options = spec_options_from(args, list(args.command), api)
+    if not args.rootfs:
+        from runtime.cli.images import ensure_image
+
+        ensure_image(args, api, args.image, pull)
     # Host namespaces and privileges only on the user's explicit word (these flags).
     allow = bool(args.privileged or args.network == "host")
     prepared = None if args.rootfs else prepare_rootfs(api, args.image, args.id,
@@ -128,7 +140,7 @@ def containers_create(args: argparse.Namespace) -> int:
             args.id, image=args.image, runtime=args.runtime, spec_options=spec_options,
             image_config=prepared.config if prepared else None,
             snapshotter=prepared.snapshotter if prepared else "",
-            snapshot_key=prepared.key if prepared else "", labels=parse_labels(args.label),
+            snapshot_key=prepared.key if prepared else "", labels=labels,
             allow_privileged=allow)
     finally:
         if prepared is not None:
@@ -382,13 +394,66 @@ def tasks_wait(args: argparse.Namespace) -> int:
     return int(result.exit_status)
 
 
+def parse_since(text: str, now: Any = None) -> Any:
+    """``--since``: an RFC 3339 time, a unix time, or a duration back from now (``90s``)."""
+    from datetime import UTC, datetime, timedelta
+
+    from runtime.core.errors import InvalidArgument
+
+    now = now or datetime.now(UTC)
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+            return now - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        if text.replace(".", "", 1).isdigit():
+            return datetime.fromtimestamp(float(text), UTC)
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidArgument(f"--since {text!r}: use a time (RFC 3339), a unix time "
+                              "or a duration such as 10m") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _lines(entries: Any) -> Any:
+    """Log entries cut at line ends, so that ``--tail`` and ``-t`` work on lines."""
+    for entry in entries:
+        for piece in entry.data.splitlines(keepends=True):
+            yield entry.time, entry.stream, piece
+
+
 def logs(args: argparse.Namespace) -> int:
     """Print a task's output to stdout and stderr as it was written."""
     from runtime.cli.main import client
+    from runtime.cli.verbs import resolve
+    from runtime.core.errors import InvalidArgument
 
+    tail = -1
+    if args.tail != "all":
+        if not args.tail.isdigit():
+            raise InvalidArgument(f"--tail {args.tail!r}: use a number of lines or 'all'")
+        tail = int(args.tail)
+    since = parse_since(args.since) if args.since else None
+    api = client(args)
+    task_id = resolve(api, args.id)
+    skip = 0
+    if tail >= 0:
+        history = list(_lines(api.task_logs(task_id, args.exec_id)))
+        if not args.follow:
+            lines: Any = history[len(history) - tail:] if tail else []
+        else:
+            skip = max(0, len(history) - tail)
+    if tail < 0 or args.follow:
+        lines = _lines(api.task_logs(task_id, args.exec_id, follow=args.follow))
     out, err = sys.stdout, sys.stderr
-    for entry in client(args).task_logs(args.id, args.exec_id, follow=args.follow):
-        stream = err if entry.stream == "stderr" else out
-        stream.write(entry.data)
+    for when, name, piece in lines:
+        if skip:
+            skip -= 1
+            continue
+        if since is not None and when < since:
+            continue
+        stream = err if name == "stderr" else out
+        if args.timestamps:
+            piece = f"{when.isoformat().replace('+00:00', 'Z')} {piece}"
+        stream.write(piece)
         stream.flush()
     return 0

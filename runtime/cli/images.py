@@ -60,9 +60,14 @@ def _add_pull(sub: Any, name: str, aliases: list[str] | None = None) -> None:
 def register(sub: Any) -> None:
     """Add this group's commands (and the ``pull`` shortcut)."""
     from runtime.cli.main import add_output_flags
+    from runtime.cli.verbs import images as list_images
 
-    images = sub.add_parser("images", aliases=["image", "i"], help="manage images")
-    isub = images.add_subparsers(dest="images_command", required=True, metavar="COMMAND")
+    images = sub.add_parser("images", aliases=["image", "i"],
+                            help="manage images (alone: list them, as docker images)")
+    images.add_argument("-q", "--quiet", action="store_true", help="print image ids only")
+    images.add_argument("--format", choices=("table", "json"), default="table")
+    images.set_defaults(handler=list_images)
+    isub = images.add_subparsers(dest="images_command", metavar="COMMAND")
     _add_pull(isub, "pull")
     _add_pull(sub, "pull")
 
@@ -178,6 +183,37 @@ def pull(args: argparse.Namespace) -> int:
     elif not args.quiet:
         summary("pulled", done)
     return 0
+
+
+def pull_for_run(args: Any, ref: str) -> None:
+    """Pull ``ref`` for ``run``/``create`` with the progress bars, as ``docker run`` does.
+
+    A registry on this machine (127.0.0.0/8, ::1, localhost) is spoken to in
+    plain HTTP, as Docker treats loopback registries as insecure.
+    """
+    from runtime.cli.main import client
+    from runtime.pkg.registry.hosts import is_loopback
+    from runtime.pkg.registry.reference import parse_reference
+
+    domain = parse_reference(ref).domain
+    events = client(args).pull(ref, snapshotter=getattr(args, "snapshotter", ""),
+                               plain_http=is_loopback(domain))
+    summary("pulled", follow(events, quiet=False))
+
+
+def ensure_image(args: Any, api: Any, ref: str, mode: str) -> None:
+    """Pull ``ref`` when ``mode`` is ``always``, or ``missing`` and it is not stored."""
+    from runtime.core.errors import NotFound
+
+    if mode == "never":
+        return
+    if mode == "missing":
+        try:
+            api.image(ref)
+            return
+        except NotFound:
+            print(f"Unable to find image {ref!r} locally", file=sys.stderr)
+    pull_for_run(args, ref)
 
 
 def push(args: argparse.Namespace) -> int:

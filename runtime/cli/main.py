@@ -25,7 +25,7 @@ __all__ = ["COMMANDS", "GROUPS", "build_parser", "main"]
 #: Command groups (modules of ``runtime.cli``) in the order ``--help`` lists
 #: them; each module's ``register(sub)`` adds its commands.
 GROUPS = ("system", "namespaces", "content", "snapshots", "images", "containers", "run", "gc",
-          "config_cmd")
+          "config_cmd", "verbs", "completion")
 
 #: The group adding each top-level command and alias (a test keeps it complete).
 COMMANDS = {
@@ -37,6 +37,10 @@ COMMANDS = {
     "containers": "containers", "c": "containers", "tasks": "containers", "t": "containers",
     "logs": "containers",
     "run": "run", "gc": "gc", "config": "config_cmd",
+    **dict.fromkeys(("ps", "create", "exec", "stop", "start", "restart", "kill", "rm", "rmi",
+                     "inspect", "port", "wait", "pause", "unpause", "tag", "info", "top",
+                     "stats", "rename", "update", "network", "volume"), "verbs"),
+    "completion": "completion", "man": "completion",
 }  # fmt: skip
 
 #: Global options taking a value (for finding the command word without argparse).
@@ -167,7 +171,9 @@ _RUN_FLAGS: dict[str, tuple[str, type]] = {
     "-p": ("publish", list), "--publish": ("publish", list), "--rootfs": ("rootfs", str),
     "--rm": ("rm", bool), "-d": ("detach", bool), "--detach": ("detach", bool),
     "-i": ("interactive", bool), "--interactive": ("interactive", bool),
-    "--name": ("name", str),
+    "--name": ("name", str), "--env-file": ("env_file", list), "--pull": ("pull", str),
+    "--restart": ("restart", str), "-v": ("volume", list), "--volume": ("volume", list),
+    "--tmpfs": ("tmpfs", list),
 }  # fmt: skip
 _FAST: dict[tuple[str, ...], tuple[str, str, dict[str, tuple[str, type]], str,
                                    dict[str, Any]]] = {
@@ -192,7 +198,8 @@ _FAST: dict[tuple[str, ...], tuple[str, str, dict[str, tuple[str, type]], str,
          "memory": "", "pids_limit": 0,
          "tty": False, "runtime": "runc", "snapshotter": "", "label": [], "network": "bridge",
          "publish": [], "rootfs": "", "rm": False, "detach": False, "interactive": False,
-         "name": ""}),
+         "name": "", "env_file": [], "pull": "missing", "restart": "no", "volume": [],
+         "tmpfs": []}),
 }  # fmt: skip
 _FAST_ALIASES = {"t": "tasks", "c": "containers", "delete": "rm"}
 
@@ -262,6 +269,32 @@ def _fast_args(options: dict[str, str], rest: list[str]) -> Any:
         handler=getattr(import_module(f"runtime.cli.{module}"), handler), **values)
 
 
+def _chosen(parser: argparse.ArgumentParser, args: Any) -> argparse.ArgumentParser:
+    """The (sub)command parser the command line picked: the one setting its handler."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for picked in action.choices.values():
+                found = _chosen(picked, args)
+                if found is not picked or picked.get_default("handler") is getattr(
+                        args, "handler", None):
+                    return found
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Any:
+    """``parser.parse_args``, but words nobody expects are the subcommand's error.
+
+    argparse leaves unknown flags to the top-level parser, which prints the
+    top-level usage; the user needs that of the command they typed.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _chosen(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns (and, as a console script, exits with) its exit code."""
     from runtime.core.errors import MoorageError
@@ -278,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return int(args.handler(args) or 0)
             if rest[0] in COMMANDS:
                 groups = (COMMANDS[rest[0]],)
-        args = build_parser(groups).parse_args(argv)
+        args = parse(build_parser(groups), argv)
         code = args.handler(args)
     except MoorageError as exc:
         print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)

@@ -39,8 +39,8 @@ EXIT_MOORAGE_FAILED = 125
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
-_NOT_FOUND = ("executable file not found", "no such file or directory")
-_CANNOT_EXECUTE = ("permission denied", "exec format error", "is a directory")
+#: The daemon's error codes for a command that cannot run (runtime.core.errors).
+_EXIT_BY_CODE = {"command_not_found": EXIT_NOT_FOUND, "command_not_executable": EXIT_CANNOT_EXECUTE}
 
 
 class RunOptions:
@@ -53,7 +53,8 @@ class RunOptions:
     def __init__(self, name: str = "", remove: bool = False, detach: bool = False,
                  tty: bool = False, interactive: bool = False, runtime: str = "runc",
                  snapshotter: str = "", rootfs: str = "",
-                 labels: dict[str, str] | None = None, spec: Any = None) -> None:
+                 labels: dict[str, str] | None = None, spec: Any = None,
+                 pull: str = "never", puller: Any = None) -> None:
         self.name = name
         self.remove = remove
         self.detach = detach
@@ -65,6 +66,10 @@ class RunOptions:
         self.labels: dict[str, str] = dict(labels or {})
         #: SpecOptions (a Struct or its JSON object) without args; completed by run_container.
         self.spec = spec
+        #: ``missing`` (pull an image not stored yet), ``always`` or ``never``.
+        self.pull = pull
+        #: ``puller(image)`` pulls the image, showing progress (needed unless pull is never).
+        self.puller = puller
 
     def __repr__(self) -> str:
         return f"RunOptions({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
@@ -97,21 +102,105 @@ def parse_mount(text: str) -> dict[str, Any]:
     if not dest:
         raise InvalidArgument(f"--mount {text!r}: dst= is required")
     options = [o for o in fields.get("options", "").split(":") if o]
+    if fields.get("type") == "volume":
+        if not source:
+            raise InvalidArgument(f"--mount {text!r}: a volume needs src=NAME")
+        volume = parse_volume(f"{source}:{dest}")
+        volume["options"] += [o for o in options if o not in volume["options"]]
+        return volume
     return {"destination": dest, "source": os.path.abspath(source) if source else "",
             "type": fields.get("type", "bind"), "options": options}
+
+
+_VOLUME_OPTIONS = {"ro": "ro", "rw": "rw", "z": "", "Z": "", "rprivate": "rprivate",
+                   "private": "private", "rshared": "rshared", "shared": "shared",
+                   "rslave": "rslave", "slave": "slave", "nocopy": ""}
+
+
+def parse_volume(text: str) -> dict[str, Any]:
+    """``-v HOST:CONTAINER[:ro]`` into a bind SpecMount JSON object (host path must exist)."""
+    from runtime.core.errors import InvalidArgument
+
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise InvalidArgument(f"-v {text!r}: expected HOST_PATH:CONTAINER_PATH[:ro|rw]")
+    source, dest = parts[0], parts[1]
+    if not dest.startswith("/"):
+        raise InvalidArgument(f"-v {text!r}: the container path {dest!r} must be absolute")
+    named = not source.startswith(("/", ".", "~"))
+    if named:
+        if not all(c.isalnum() or c in "._-" for c in source) or not source[0].isalnum():
+            raise InvalidArgument(f"-v {text!r}: {source!r} is neither an absolute host path "
+                                  "nor a volume name")
+    else:
+        source = os.path.abspath(os.path.expanduser(source))
+        if not os.path.exists(source):
+            raise InvalidArgument(f"-v {text!r}: host path {source!r} does not exist")
+    options = ["rbind"]
+    for option in (parts[2].split(",") if len(parts) == 3 else []):
+        if option not in _VOLUME_OPTIONS:
+            raise InvalidArgument(f"-v {text!r}: unknown option {option!r} (ro, rw...)")
+        if _VOLUME_OPTIONS[option]:
+            options.append(_VOLUME_OPTIONS[option])
+    if named:
+        # Resolved to the volume's directory by resolve_volumes, once a client is at hand.
+        return {"destination": dest, "volume": source, "type": "bind", "options": options}
+    return {"destination": dest, "source": source, "type": "bind", "options": options}
+
+
+def resolve_volumes(api: Any, spec: dict[str, Any]) -> None:
+    """Bind each named volume of ``spec``'s mounts to its directory (made if it is new)."""
+    for mount in spec.get("mounts") or []:
+        name = mount.pop("volume", None)
+        if name is None:
+            continue
+        body = {"name": name, "exist_ok": True}
+        if hasattr(api, "stream_lines"):  # the typed client
+            found = api.call("POST", "/v1/volumes", dict, body=body)["mountpoint"]
+        else:
+            found = api.call("POST", "/v1/volumes", body).mountpoint
+        mount["source"] = found
+
+
+def parse_tmpfs(text: str) -> dict[str, Any]:
+    """``--tmpfs /run[:size=64m,mode=1777]`` into a tmpfs SpecMount JSON object."""
+    from runtime.core.errors import InvalidArgument
+
+    dest, _, options = text.partition(":")
+    if not dest.startswith("/"):
+        raise InvalidArgument(f"--tmpfs {text!r}: the container path must be absolute")
+    given = [o for o in options.split(",") if o]
+    for option in given:
+        key = option.partition("=")[0]
+        if not key or not all(c.isalnum() or c in "_-" for c in key):
+            raise InvalidArgument(f"--tmpfs {text!r}: bad option {option!r}")
+    return {"destination": dest, "source": "tmpfs", "type": "tmpfs",
+            "options": ["nosuid", "nodev", "noexec", *given]}
 
 
 def add_spec_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``run`` and ``containers create``."""
     import argparse
 
-    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]",
+                   help="KEY alone takes this shell's value")
+    p.add_argument("--env-file", action="append", default=[], metavar="FILE",
+                   help="KEY=VALUE lines (# comments); read before -e")
+    p.add_argument("--pull", default="missing", metavar="missing|always|never",
+                   help="pull the image first: when missing (default), always or never")
+    p.add_argument("--restart", default="no", metavar="POLICY",
+                   help="no (default), always, on-failure[:N] or unless-stopped")
     p.add_argument("-u", "--user", default="", help="uid[:gid] or name[:group]")
     p.add_argument("-w", "--workdir", default="", help="working directory in the container")
     p.add_argument("--entrypoint", default=None, help="replace the image's entrypoint")
     p.add_argument("--hostname", default="")
     p.add_argument("--mount", action="append", default=[],
                    metavar="type=bind,src=PATH,dst=PATH[,options=ro:rbind]")
+    p.add_argument("-v", "--volume", action="append", default=[],
+                   metavar="HOST_PATH:CONTAINER_PATH[:ro|rw]",
+                   help="bind-mount a host directory or file")
+    p.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTIONS]",
+                   help="mount a tmpfs (options such as size=64m,mode=1777)")
     p.add_argument("--read-only", action="store_true", help="read-only root filesystem")
     p.add_argument("--privileged", action="store_true",
                    help="all capabilities and devices, no seccomp filter")
@@ -133,13 +222,80 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rootfs", default="", help=argparse.SUPPRESS)
 
 
-def spec_options_from(args: argparse.Namespace, command: list[str]) -> Any:
+def expand_env(values: list[str], environ: Any = None) -> list[str]:
+    """``-e KEY=VALUE`` as given; ``-e KEY`` takes the client's value (left out when unset)."""
+    environ = os.environ if environ is None else environ
+    out = []
+    for value in values:
+        if "=" in value:
+            out.append(value)
+        elif value in environ:
+            out.append(f"{value}={environ[value]}")
+    return out
+
+
+def read_env_files(paths: list[str]) -> list[str]:
+    """The ``KEY=VALUE`` (or ``KEY``) lines of ``--env-file`` files, comments left out."""
+    from runtime.core.errors import InvalidArgument
+
+    found = []
+    for path in paths:
+        try:
+            with open(path) as handle:
+                lines = handle.read().splitlines()
+        except OSError as exc:
+            raise InvalidArgument(f"--env-file {path!r}: {exc.strerror}") from None
+        for number, line in enumerate(lines, 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            if text.startswith("=") or any(c.isspace() for c in text.partition("=")[0]):
+                raise InvalidArgument(f"--env-file {path!r} line {number}: {line!r} is not "
+                                      "KEY=VALUE")
+            found.append(text)
+    return found
+
+
+def policy_labels(args: Any) -> dict[str, str]:
+    """The labels ``--restart`` (and ``-d --rm``) ask the daemon's restart manager for."""
+    from runtime.core.errors import InvalidArgument
+
+    labels: dict[str, str] = {}
+    restart = getattr(args, "restart", "no") or "no"
+    remove_at_exit = getattr(args, "rm", False) and getattr(args, "detach", False)
+    if restart == "no" and not remove_at_exit:
+        return labels
+    from runtime.plugins.restart.policy import AUTO_REMOVE_LABEL, RESTART_LABEL, parse_policy
+
+    if restart != "no":
+        parse_policy(restart)
+        if getattr(args, "rm", False):
+            raise InvalidArgument(f"--restart {restart!r} and --rm cannot be combined")
+        labels[RESTART_LABEL] = restart
+    if remove_at_exit:
+        labels[AUTO_REMOVE_LABEL] = "true"
+    return labels
+
+
+def check_pull(value: str) -> str:
+    """A ``--pull`` value, or InvalidArgument naming it."""
+    from runtime.core.errors import InvalidArgument
+
+    if value not in ("missing", "always", "never"):
+        raise InvalidArgument(f"--pull {value!r}: use missing, always or never")
+    return value
+
+
+def spec_options_from(args: argparse.Namespace, command: list[str], api: Any = None) -> Any:
     """The SpecOptions the flags describe (``command`` empty keeps the image's)."""
     import msgspec
 
     from runtime.api.specs import SpecOptions
 
-    return msgspec.convert(spec_dict_from(args, command), SpecOptions)
+    spec = spec_dict_from(args, command)
+    if api is not None:
+        resolve_volumes(api, spec)
+    return msgspec.convert(spec, SpecOptions)
 
 
 #: As runtime.plugins.network.api.NETWORK_ANNOTATION and PORTS_ANNOTATION: that
@@ -199,8 +355,12 @@ def spec_dict_from(args: argparse.Namespace, command: list[str]) -> dict[str, An
     spec: dict[str, Any] = {
         "args": command or None,
         "entrypoint": [args.entrypoint] if args.entrypoint is not None else None,
-        "env": list(args.env), "cwd": args.workdir, "user": args.user,
-        "hostname": args.hostname, "mounts": [parse_mount(m) for m in args.mount],
+        "env": expand_env([*read_env_files(getattr(args, "env_file", [])), *args.env]),
+        "cwd": args.workdir, "user": args.user,
+        "hostname": args.hostname,
+        "mounts": [*(parse_mount(m) for m in args.mount),
+                   *(parse_volume(v) for v in getattr(args, "volume", [])),
+                   *(parse_tmpfs(t) for t in getattr(args, "tmpfs", []))],
         "readonly_rootfs": args.read_only, "privileged": args.privileged,
         "terminal": args.tty, "cpus": args.cpus,
         "memory": parse_size(args.memory) if args.memory else 0,
@@ -215,7 +375,9 @@ def register(sub: Any) -> None:
     """Add ``run``."""
     import argparse
 
-    p = sub.add_parser("run", help="run a command in a new container")
+    from runtime.cli.verbs import docker_parser
+
+    p = docker_parser(sub.add_parser("run", help="run a command in a new container"))
     add_spec_flags(p)
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")
     p.add_argument("-d", "--detach", action="store_true", help="print the id and return")
@@ -227,30 +389,29 @@ def register(sub: Any) -> None:
 
 
 def exit_code_for(error: Exception) -> int:
-    """126/127 for a command that cannot run, else 125 (Moorage failed)."""
-    message = str(getattr(error, "message", error)).lower()
-    if any(s in message for s in _NOT_FOUND):
-        return EXIT_NOT_FOUND
-    if any(s in message for s in _CANNOT_EXECUTE):
-        return EXIT_CANNOT_EXECUTE
-    return EXIT_MOORAGE_FAILED
+    """127/126 for a command not found / not executable (by the error's code), else 125."""
+    return _EXIT_BY_CODE.get(str(getattr(error, "code", "")), EXIT_MOORAGE_FAILED)
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``moorage run``."""
     from runtime.cli.main import lean_client
     from runtime.cli.namespaces import parse_labels
-    from runtime.core.errors import InvalidArgument, MoorageError
+    from runtime.core.errors import MoorageError
+
+    def puller(image: str) -> None:
+        from runtime.cli.images import pull_for_run
+
+        pull_for_run(args, image)
 
     try:
-        if args.rm and args.detach:
-            # Nobody would be left to remove it when it exits.
-            raise InvalidArgument("--rm and --detach cannot be combined")
+        # With -d, the daemon removes it at exit (the auto-remove label): no client is left.
+        labels = {**parse_labels(args.label), **policy_labels(args)}
         options = RunOptions(
-            name=args.name, remove=args.rm, detach=args.detach, tty=args.tty,
-            interactive=args.interactive, runtime=args.runtime, snapshotter=args.snapshotter,
-            rootfs=args.rootfs, labels=parse_labels(args.label),
-            spec=spec_dict_from(args, []),
+            name=args.name, remove=args.rm and not args.detach, detach=args.detach,
+            tty=args.tty, interactive=args.interactive, runtime=args.runtime,
+            snapshotter=args.snapshotter, rootfs=args.rootfs, labels=labels,
+            spec=spec_dict_from(args, []), pull=check_pull(args.pull), puller=puller,
         )  # fmt: skip
         return run_container(lean_client(args), args.image, list(args.command), options)
     except MoorageError as exc:
@@ -345,6 +506,7 @@ def run_container(api: Any, image: str, command: list[str], options: RunOptions)
     """
     container_id = options.name or os.urandom(6).hex()
     spec = _spec_dict(options.spec)
+    resolve_volumes(api, spec)
     spec["args"] = command or None
     spec["terminal"] = options.tty
     container: dict[str, Any] = {
@@ -361,7 +523,7 @@ def run_container(api: Any, image: str, command: list[str], options: RunOptions)
         path = os.path.abspath(options.rootfs)
         rootfs = [{"type": "bind", "source": path, "options": ["rbind", "rw"]}]
     else:
-        prepared = api.image_rootfs(image, options.snapshotter)
+        prepared = image_rootfs(api, image, options)
         container.update(image_config=prepared.config or None,
                          snapshotter=prepared.snapshotter, snapshot_key=container_id)
         parent = prepared.chain_id
@@ -380,6 +542,22 @@ def run_container(api: Any, image: str, command: list[str], options: RunOptions)
     if options.remove:
         _cleanup(api, container_id)
     return code
+
+
+def image_rootfs(api: Any, image: str, options: RunOptions) -> Any:
+    """``api.image_rootfs``, pulling the image first as ``options.pull`` says."""
+    from runtime.core.errors import NotFound
+
+    if options.pull == "always" and options.puller is not None:
+        options.puller(image)
+    try:
+        return api.image_rootfs(image, options.snapshotter)
+    except NotFound:
+        if options.pull != "missing" or options.puller is None:
+            raise
+    print(f"Unable to find image {image!r} locally", file=sys.stderr)
+    options.puller(image)
+    return api.image_rootfs(image, options.snapshotter)
 
 
 def _attached(api: Any, container_id: str, options: RunOptions) -> int:

@@ -14,7 +14,9 @@ def register(sub: Any) -> None:
     from runtime.cli.main import add_output_flags
 
     p = sub.add_parser("daemon", help="run the daemon")
-    p.add_argument("--config", "-c", default=None, help="plugins.toml (default: built-in defaults)")
+    p.add_argument("--config", "-c", default=None,
+                   help="plugins.toml (default: /etc/moorage/plugins.toml if it exists, "
+                   "else built-in defaults)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(handler=daemon)
 

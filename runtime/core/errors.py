@@ -10,6 +10,8 @@ Hierarchy::
     ├── AlreadyExists            (409 already_exists)
     ├── Conflict                 (409 conflict)
     ├── FailedPrecondition       (412 failed_precondition)
+    │   ├── CommandNotFound      (412 command_not_found)       exit 127 of ``run``/``exec``
+    │   └── CommandNotExecutable (412 command_not_executable)  exit 126 of ``run``/``exec``
     ├── OutOfRange               (416 out_of_range)
     ├── NotImplementedYet        (501 not_implemented)    also NotImplementedError
     ├── Unavailable              (503 unavailable)        e.g. "ref locked"
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AlreadyExists",
+    "CommandNotExecutable",
+    "CommandNotFound",
     "Conflict",
     "DeadlineExceeded",
     "FailedPrecondition",
@@ -110,6 +114,18 @@ class FailedPrecondition(MoorageError):
     http_status = 412
 
 
+class CommandNotFound(FailedPrecondition):
+    """The process cannot start: its executable does not exist in the container."""
+
+    code = "command_not_found"
+
+
+class CommandNotExecutable(FailedPrecondition):
+    """The process cannot start: its executable exists but cannot be run."""
+
+    code = "command_not_executable"
+
+
 class OutOfRange(MoorageError):
     """An offset or range lies outside the object (ingest write, blob read)."""
 
@@ -150,8 +166,20 @@ class ResourceExhausted(MoorageError):
 
 
 def error_classes() -> list[type[MoorageError]]:
-    """Every error class, base first; used to build the wire-code table."""
-    return [MoorageError, *MoorageError.__subclasses__()]
+    """Every error class of this module, base first (each before its own subclasses).
+
+    Subclasses defined elsewhere (``ConfigError``...) share their base's code.
+    """
+    found: list[type[MoorageError]] = []
+
+    def walk(cls: type[MoorageError]) -> None:
+        found.append(cls)
+        for child in cls.__subclasses__():
+            if child.__module__ == __name__:
+                walk(child)
+
+    walk(MoorageError)
+    return found
 
 
 _BY_CODE: dict[str, type[MoorageError]] = {cls.code: cls for cls in error_classes()}

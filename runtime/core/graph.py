@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from runtime.core.errors import FailedPrecondition
 from runtime.core.registration import Registration
 
-__all__ = ["GraphError", "order", "providers"]
+__all__ = ["GraphError", "dependencies", "order", "providers"]
 
 #: Every plugin implicitly starts after the event exchange, so its init context
 #: can carry the bus; the exchange itself requires nothing.
@@ -25,7 +25,8 @@ def providers(requirement: str, registrations: Iterable[Registration]) -> list[R
     return [r for r in registrations if r.type == requirement]
 
 
-def _edges(reg: Registration, regs: Sequence[Registration]) -> list[Registration]:
+def dependencies(reg: Registration, regs: Sequence[Registration]) -> list[Registration]:
+    """What ``reg`` starts after: the providers of its ``requires`` and the event exchange."""
     deps: list[Registration] = []
     for req in reg.requires:
         deps.extend(p for p in providers(req, regs) if p is not reg)
@@ -72,7 +73,7 @@ def order(
             cycle = [r.name for r in stack[[id(r) for r in stack].index(id(reg)) :]]
             raise GraphError("dependency cycle: " + " -> ".join([*cycle, reg.name]))
         stack.append(reg)
-        for dep in _edges(reg, registrations):
+        for dep in dependencies(reg, registrations):
             place(dep)
         stack.pop()
         done.add(id(reg))

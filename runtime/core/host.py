@@ -17,7 +17,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from runtime.core.config import ConfigError, DaemonConfig, decode_plugin_config
 from runtime.core.discovery import Discovery, PluginSource
 from runtime.core.errors import FailedPrecondition
-from runtime.core.graph import order, providers
+from runtime.core.graph import dependencies, order, providers
 from runtime.core.proxy import with_proxies
 from runtime.core.registration import (
     PLUGIN_API_VERSION,
@@ -149,8 +149,7 @@ class PluginHost:
             # (closing plugins) before the task group cancels their tasks.
             try:
                 try:
-                    for reg in ordered:
-                        await self._start_one(reg, sources[reg.name], configs, tg, stack)
+                    await self._start_all(ordered, sources, configs, tg, stack)
                     self._check_required()
                 except Exception as exc:
                     failure = exc
@@ -165,6 +164,81 @@ class PluginHost:
                 tg.cancel_scope.cancel()
         if failure is not None:
             raise failure
+
+    async def _start_all(
+        self,
+        ordered: list[Registration],
+        sources: dict[str, PluginSource],
+        configs: dict[str, Any],
+        tg: TaskGroup,
+        stack: AsyncExitStack,
+    ) -> None:
+        """Start every plugin as soon as what it requires has started.
+
+        Plugins whose requirements are met start side by side: a plugin's init
+        that waits on a thread or the disk (the overlayfs probe, SQLite's
+        migrations) no longer holds up the unrelated ones queued behind it in
+        ``ordered``. What stays as it was: each plugin starts only after every
+        plugin it depends on has finished starting (and sees their services),
+        stop runs in the reverse of the start order (the order in which the
+        starts finished, as the boot log shows it), inits begin in ``ordered``
+        order, and a required plugin's failure raises the same StartupError.
+        After a failure nothing more is started; starts already under way
+        finish, so that they can be closed.
+        """
+        finished = {reg.name: anyio.Event() for reg in ordered}
+        failures: dict[int, Exception] = {}
+        position = {reg.name: i for i, reg in enumerate(ordered)}
+        started: list[Registration] = []  # in the order their starts finished
+        progress = anyio.Event()  # set (and replaced) whenever a start ends
+
+        async def start(reg: Registration, entered: anyio.Event) -> None:
+            nonlocal progress
+            # Runs until the init first blocks (or ends) before the loop below
+            # resumes: inits begin in ``ordered`` order on every backend.
+            entered.set()
+            try:
+                await self._start_one(reg, sources[reg.name], configs, tg)
+                started.append(reg)
+                # Services stay listed in start order (``by_type`` callers, such as
+                # the API server collecting route sets, see a stable order).
+                services = self.plugins.services
+                ranked = sorted(services.items(), key=lambda item: position.get(item[0], -1))
+                services.clear()
+                services.update(ranked)
+            except Exception as exc:
+                failures[position[reg.name]] = exc
+            finally:
+                finished[reg.name].set()
+                progress.set()
+                progress = anyio.Event()
+
+        pending = list(ordered)
+        deps = {reg.name: dependencies(reg, ordered) for reg in ordered}
+        try:
+            async with anyio.create_task_group() as starting:
+                # After a failure nothing more starts; starts under way finish.
+                while pending and not failures:
+                    waiting = progress
+                    ready = next((r for r in pending
+                                  if all(finished[d.name].is_set() for d in deps[r.name])), None)
+                    if ready is None:
+                        await waiting.wait()
+                        continue
+                    pending.remove(ready)
+                    entered = anyio.Event()
+                    starting.start_soon(start, ready, entered, name=f"start {ready.name}")
+                    await entered.wait()
+        finally:
+            # Closed in the reverse of the order their starts finished (the order of
+            # the boot log): a plugin finishes starting only after what it requires,
+            # so it is closed before any of them.
+            for reg in started:
+                if reg.name in self.plugins.services:
+                    stack.push_async_callback(self._stop_one, reg, self.plugins.services[reg.name])
+        if failures:
+            # The failure a sequential start would have met first.
+            raise failures[min(failures)]
 
     def plan(self) -> list[PluginRecord]:
         """Check the configuration and order the graph without starting anything.
@@ -278,7 +352,6 @@ class PluginHost:
         source: PluginSource,
         configs: dict[str, Any],
         tg: TaskGroup,
-        stack: AsyncExitStack,
     ) -> None:
         record = self.plugins.records[reg.name]
         if reg.api_version not in SUPPORTED_API_VERSIONS:
@@ -291,7 +364,7 @@ class PluginHost:
             record.status = PluginStatus.SKIP
             record.reason = why
         else:
-            await self._init(reg, configs.get(reg.name), tg, stack)
+            await self._init(reg, configs.get(reg.name), tg)
         level = {PluginStatus.OK: logging.INFO, PluginStatus.SKIP: logging.INFO}.get(
             record.status, logging.WARNING
         )
@@ -306,9 +379,7 @@ class PluginHost:
         if record.status != PluginStatus.OK and reg.name in self.config.required_plugins:
             raise StartupError(f"required plugin {reg.name} {record.status}: {record.reason}")
 
-    async def _init(
-        self, reg: Registration, config: Any, tg: TaskGroup, stack: AsyncExitStack
-    ) -> None:
+    async def _init(self, reg: Registration, config: Any, tg: TaskGroup) -> None:
         record = self.plugins.records[reg.name]
         root = Path(self.config.root) / reg.name
         state = Path(self.config.state) / reg.name
@@ -348,7 +419,6 @@ class PluginHost:
             record.init_seconds = round(time.monotonic() - started, 6)
         record.status = PluginStatus.OK
         self.plugins.services[reg.name] = service
-        stack.push_async_callback(self._stop_one, reg, service)
 
     async def _stop_one(self, reg: Registration, service: Any) -> None:
         record = self.plugins.records[reg.name]

@@ -16,4 +16,4 @@ import pytest
 # plugin; registering here, when the package is first imported, lets pytest
 # rewrite the suite's asserts into readable failures instead of warning that
 # it came too late.
-pytest.register_assert_rewrite("runtime.testing.snapshotter")
+pytest.register_assert_rewrite("runtime.testing.snapshotter", "runtime.testing.snapshot_layers")

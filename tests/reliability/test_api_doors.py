@@ -21,12 +21,12 @@ from urllib.parse import quote
 
 import pytest
 
+from runtime.api.specs import SpecOptions
 from runtime.api.types import ContentInfo
 from runtime.client import Client
 from runtime.client.transport import request
 from runtime.core.errors import PermissionDenied
 from runtime.pkg.oci.spec import generate_spec
-from runtime.plugins.runtime.api import SpecOptions
 from runtime.plugins.snapshots.api import Mount
 from tests.fixtures.daemon import Daemon, assert_error
 from tests.fixtures.system import require_root, unavailable

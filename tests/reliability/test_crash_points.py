@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from runtime.api.specs import SpecOptions
 from runtime.api.types import ContentInfo
 from runtime.core.errors import AlreadyExists, MoorageError, NotFound
 from runtime.plugins.gc.api import LABEL_ROOT
-from runtime.plugins.runtime.api import SpecOptions
 from runtime.plugins.snapshots.api import Mount
 from tests.fixtures.images import LayerBuilder
 from tests.fixtures.system import require_root

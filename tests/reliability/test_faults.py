@@ -29,10 +29,10 @@ from typing import Any
 
 import pytest
 
+from runtime.api.specs import SpecOptions
 from runtime.api.types import ContentInfo, ImageProgress, ProgressBlob, ProgressDone
 from runtime.client import Client
 from runtime.core.errors import MoorageError, NotFound, ResourceExhausted
-from runtime.plugins.runtime.api import SpecOptions
 from runtime.plugins.snapshots.api import Mount
 from tests.fixtures.daemon import Daemon, assert_error
 from tests.fixtures.images import MEDIA_TYPE_LAYER_GZIP, Descriptor, Layer, LayerBuilder

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
+from runtime.api.specs import SpecOptions
 from runtime.pkg.oci.spec import DEFAULT_CAPABILITIES, generate_spec
 from runtime.pkg.seccomp import default_profile
-from runtime.plugins.runtime.api import SpecOptions
 from tests.fixtures.daemon import Daemon
 from tests.fixtures.system import require_binary, require_root
 

@@ -38,7 +38,7 @@ from runtime.core.errors import (
     Unavailable,
 )
 from runtime.pkg.digest import validate_digest
-from runtime.pkg.registry.auth import Authorizer, Credentials
+from runtime.pkg.registry.auth import Authorizer, Credentials, verified_tls
 from runtime.pkg.registry.hosts import HostConfig, load_hosts
 from runtime.pkg.registry.reference import Reference
 from runtime.pkg.registry.retry import (
@@ -260,7 +260,7 @@ class RegistryTransport:
                 except (OSError, ssl.SSLError) as exc:
                     raise InvalidArgument(f"CA file {host.ca} for {host.url}: {exc}") from exc
             else:
-                self._ssl[key] = True
+                self._ssl[key] = verified_tls()
         return self._ssl[key]
 
     def _url(self, host: HostConfig, ref: Reference, kind: str, obj: str = "") -> URL:

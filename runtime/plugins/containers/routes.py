@@ -7,56 +7,13 @@ from typing import Any
 
 from aiohttp import web
 
+from runtime.api.containers import Container, ContainerCreateRequest, ContainerUpdateRequest
 from runtime.core.config import DEFAULT_CGROUP_PARENT
-from runtime.core.errors import FailedPrecondition, PermissionDenied
-from runtime.core.identifiers import validate_identifier
+from runtime.core.errors import FailedPrecondition
 from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
-from runtime.plugins.containers.api import (
-    Container,
-    ContainerCreateRequest,
-    ContainerStore,
-    ContainerUpdateRequest,
-)
+from runtime.plugins.containers.api import ContainerStore, check_privileges, new_container
 
-__all__ = ["check_privileges", "container_routes", "new_container"]
-
-
-def check_privileges(container_id: str, spec: dict[str, Any], allowed: bool) -> None:
-    """Refuse a spec that reaches past the container unless the request allows it.
-
-    Raises:
-        PermissionDenied: Naming what the spec asks for and how to allow it.
-    """
-    from runtime.plugins.containers.privileges import privileged_reasons
-
-    reasons = privileged_reasons(spec)
-    if reasons and not allowed:
-        raise PermissionDenied(
-            f"container {container_id!r} asks for {'; '.join(reasons)}: set "
-            "allow_privileged in the request (moorage run --privileged) to allow it"
-        )
-
-
-def new_container(namespace: str, body: ContainerCreateRequest,
-                  cgroup_parent: str = DEFAULT_CGROUP_PARENT) -> Container:
-    """The record ``body`` asks for; its spec is generated unless given.
-
-    A generated spec puts the container's cgroup under ``cgroup_parent``.
-    """
-    validate_identifier(body.id, "container id")
-    spec = body.spec
-    if spec is None:
-        # The spec module is pure data manipulation: no runtime needs to run for it.
-        from runtime.pkg.oci.spec import generate_spec
-
-        spec = generate_spec(namespace, body.id, body.image_config, body.spec_options,
-                             cgroup_parent=cgroup_parent)
-    check_privileges(body.id, spec, body.allow_privileged)
-    return Container(
-        id=body.id, image=body.image, runtime=body.runtime, spec=spec,
-        snapshotter=body.snapshotter, snapshot_key=body.snapshot_key, labels=body.labels,
-        extensions=body.extensions,
-    )  # fmt: skip
+__all__ = ["container_routes"]
 
 
 def container_routes(store: ContainerStore, runtimes: Callable[[], dict[str, Any]],

@@ -9,18 +9,12 @@ from typing import Any
 
 import msgspec
 
+from runtime.api.containers import Container, ContainerCreate, ContainerDelete, ContainerUpdate
 from runtime.core.errors import AlreadyExists, InvalidArgument, NotFound
 from runtime.core.faults import fault_point
 from runtime.core.filters import adapt, parse
 from runtime.core.identifiers import validate_identifier, validate_labels, validate_namespace
-from runtime.plugins.containers.api import (
-    Container,
-    ContainerCreate,
-    ContainerDelete,
-    ContainerUpdate,
-)
-from runtime.plugins.metadata.db import Database
-from runtime.plugins.metadata.namespaces import ensure_namespace
+from runtime.plugins.metadata.api import Database, ensure_namespace
 
 __all__ = ["SqliteContainerStore"]
 

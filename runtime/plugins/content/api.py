@@ -12,8 +12,9 @@ file name it also keeps ``../`` and friends out of the blob directory.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import BinaryIO, Protocol
 
 import msgspec
@@ -25,6 +26,9 @@ __all__ = [
     "DIGEST_ALGORITHM",
     "BlobExists",
     "BlobInfo",
+    "Follower",
+    "IngestWriter",
+    "NamespacedContent",
     "Status",
     "Store",
     "Writer",
@@ -104,6 +108,11 @@ class Writer(Protocol):
 class Store(Protocol):
     """Content-addressed blob storage with resumable ingests."""
 
+    @property
+    def root(self) -> Path:
+        """The store's directory (the garbage collector measures its disk use)."""
+        ...
+
     async def open_writer(
         self, ref: str, *, total: int | None = None, expected: str | None = None
     ) -> Writer:
@@ -168,3 +177,107 @@ class ContentDelete(msgspec.Struct, kw_only=True):
     """Event ``/content/delete``."""
 
     digest: str
+
+
+class Follower(Protocol):
+    """Reads an ingest's bytes from another thread while they are written.
+
+    ``read`` blocks until bytes are there; it returns ``b""`` only once the
+    writer has verified and published the blob, and raises what ended the
+    ingest otherwise. ``interrupt`` wakes a blocked ``read`` (which then raises).
+    """
+
+    def __enter__(self) -> Follower: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+    def readable(self) -> bool:
+        """True: a follower is a readable binary file."""
+        ...
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes of the ingest, waiting for them if need be."""
+        ...
+
+    def interrupt(self) -> None:
+        """Wake a blocked ``read`` from another thread."""
+        ...
+
+    def close(self) -> None:
+        """Release the follower's file descriptor."""
+        ...
+
+
+class IngestWriter(Protocol):
+    """An open ingest of the namespaced content service (``content.local``)."""
+
+    def status(self) -> Status:
+        """Where the ingest stands (offset, total, expected digest)."""
+        ...
+
+    async def write(self, data: bytes | bytearray | memoryview, offset: int | None = None) -> None:
+        """Append ``data`` (or write it at ``offset``, which must be the current one or 0)."""
+        ...
+
+    def follow(self) -> Follower | None:
+        """A reader of the bytes as they are written; ``None`` once there is nothing to follow."""
+        ...
+
+    async def commit(
+        self, size: int | None = None, expected: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> ContentInfo:
+        """Verify, store the blob and record it in the namespace."""
+        ...
+
+    async def close(self) -> None:
+        """Release the ingest, keeping its bytes for a later resume."""
+        ...
+
+    async def abort(self) -> None:
+        """Drop the ingest and its bytes."""
+        ...
+
+
+class NamespacedContent(Protocol):
+    """What ``content.local`` provides to other plugins: blobs and ingests per namespace."""
+
+    async def info(self, namespace: str, digest: str) -> ContentInfo:
+        """The namespace's record of ``digest``; NotFound if it has none."""
+        ...
+
+    async def update_labels(
+        self, namespace: str, digest: str, labels: Mapping[str, str]
+    ) -> ContentInfo:
+        """Set labels; an empty value removes one."""
+        ...
+
+    async def delete(self, namespace: str, digest: str) -> None:
+        """Remove the namespace's record (the blob goes once no namespace has one)."""
+        ...
+
+    async def read(
+        self, namespace: str, digest: str, offset: int = 0, size: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream a blob the namespace can see."""
+        ...
+
+    async def open_writer(
+        self,
+        namespace: str,
+        ref: str,
+        *,
+        total: int | None = None,
+        expected: str | None = None,
+        lease: str | None = None,
+    ) -> IngestWriter:
+        """Open or resume the namespace's ingest ``ref``."""
+        ...
+
+    async def status(self, namespace: str, ref: str) -> Status:
+        """The status of the namespace's ingest ``ref``."""
+        ...
+
+    async def abort(self, namespace: str, ref: str) -> None:
+        """Drop the namespace's ingest ``ref``."""
+        ...

@@ -49,8 +49,7 @@ from runtime.plugins.cri import spec as specs
 from runtime.plugins.cri.images import CriImages
 from runtime.plugins.cri.recovery import recover
 from runtime.plugins.cri.v1 import api_pb2 as pb
-from runtime.plugins.network.api import BRIDGE, PortMapping
-from runtime.plugins.network.task import etc_hosts, resolv_conf
+from runtime.plugins.network.api import BRIDGE, PortMapping, etc_hosts, resolv_conf
 from runtime.plugins.runtime.api import Runtime
 
 __all__ = ["EXTENSION", "KIND_LABEL", "Pods"]

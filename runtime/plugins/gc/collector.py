@@ -33,7 +33,7 @@ import anyio.to_thread
 
 from runtime.core.errors import NotFound
 from runtime.core.faults import fault_point
-from runtime.plugins.content.local.store import ContentStore
+from runtime.plugins.content.api import Store as ContentStore
 from runtime.plugins.gc import changes
 from runtime.plugins.gc.api import LABEL_EXPIRE, GCReport
 from runtime.plugins.gc.disk import DiskSweeper, Since, fs_clock_ns
@@ -42,7 +42,7 @@ from runtime.plugins.gc.labels import expire_time, parse_time
 from runtime.plugins.gc.locking import timed_write
 from runtime.plugins.gc.mark import Marking, mark
 from runtime.plugins.gc.sweep import SweepResult, sweep
-from runtime.plugins.metadata.db import Database, sqlite_errors
+from runtime.plugins.metadata.api import Database, sqlite_errors
 from runtime.plugins.snapshots.api import Snapshotter
 
 __all__ = ["Collector", "Marked"]

@@ -42,10 +42,10 @@ import anyio.to_thread
 
 from runtime.core.errors import FailedPrecondition, MoorageError, NotFound, Unavailable
 from runtime.core.faults import fault_point
-from runtime.plugins.content.local.store import ContentStore
+from runtime.plugins.content.api import Store as ContentStore
 from runtime.plugins.gc.api import GCReport
 from runtime.plugins.gc.locking import timed_write
-from runtime.plugins.metadata.db import Database
+from runtime.plugins.metadata.api import Database
 from runtime.plugins.snapshots.api import Snapshotter
 
 __all__ = ["DiskSweeper", "Since", "fs_clock_ns"]

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import anyio.to_thread
 
-from runtime.plugins.metadata.db import Database
+from runtime.plugins.metadata.api import Database
 
 __all__ = ["timed_write"]
 

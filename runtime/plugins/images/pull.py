@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -58,7 +58,7 @@ from runtime.plugins.images.progress import Tracker
 from runtime.plugins.images.unpack import Unpacker
 
 if TYPE_CHECKING:
-    from runtime.plugins.content.local.writer import Follower
+    from runtime.plugins.content.api import Follower, IngestWriter
     from runtime.plugins.images.service import ImageService
 
 __all__ = ["pull"]
@@ -138,10 +138,10 @@ class _Pull:
         ready = [anyio.Event() for _ in manifest.layers]
         # Set once layer i is downloading (its ingest's writer in writers[i]) or stored.
         started = [anyio.Event() for _ in manifest.layers]
-        writers: list[Any] = [None] * len(manifest.layers)
+        writers: list[IngestWriter | None] = [None] * len(manifest.layers)
 
         async def fetch_layer(i: int, layer: Descriptor) -> None:
-            def opened(writer: Any) -> None:
+            def opened(writer: IngestWriter) -> None:
                 writers[i] = writer
                 started[i].set()
 
@@ -160,8 +160,8 @@ class _Pull:
 
         async def layer_stream(i: int) -> Follower | None:
             await started[i].wait()
-            follow = getattr(writers[i], "follow", None)
-            return follow() if follow is not None else None
+            writer = writers[i]
+            return writer.follow() if writer is not None else None
 
         async with anyio.create_task_group() as tg:
             # Started bottom first: the download limiter is FIFO, so the layer the

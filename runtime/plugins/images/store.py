@@ -23,8 +23,7 @@ from runtime.core.identifiers import validate_labels, validate_namespace
 from runtime.pkg.registry.types import Descriptor
 from runtime.plugins.content.api import validate_digest
 from runtime.plugins.images.api import Image, ImageCreate, ImageDelete, ImageUpdate
-from runtime.plugins.metadata.db import Database
-from runtime.plugins.metadata.namespaces import ensure_namespace, now
+from runtime.plugins.metadata.api import Database, ensure_namespace, now
 
 __all__ = ["ImageStore", "validate_image"]
 

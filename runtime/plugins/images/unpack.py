@@ -47,6 +47,7 @@ from runtime.core.errors import AlreadyExists, FailedPrecondition, MoorageError,
 from runtime.core.faults import fault_point
 from runtime.core.locks import KeyedLocks
 from runtime.pkg.registry.types import Descriptor
+from runtime.plugins.diff.api import Applier, Stager
 from runtime.plugins.images.api import LABEL_GC_REF_SNAPSHOT, LABEL_UNCOMPRESSED, UnpackStatus
 from runtime.plugins.images.fetch import Keep
 from runtime.plugins.images.manifests import ConfigFile, Manifest, chain_ids
@@ -137,7 +138,7 @@ class Unpacker:
         *,
         namespace: str,
         snapshotter: Any,
-        diff: Any,
+        diff: Applier,
         content: Any,
         locks: KeyedLocks,
         lease: str | None = None,
@@ -154,10 +155,17 @@ class Unpacker:
         self.locks = locks
         self.lease = lease
         self.tracker = tracker
-        self.scratch = scratch if hasattr(diff, "stage") else None
+        # Asked once: only a differ that can stage applies layers side by side.
+        self.stager: Stager | None = diff if isinstance(diff, Stager) else None
+        self.scratch = scratch if self.stager is not None else None
         self.parallel = parallel or anyio.Semaphore(1)
         self.grafts = grafts if grafts is not None else {}
         self.keep = keep
+
+    def _staging(self) -> Stager:
+        # Reached only with a scratch directory, which only a stager gets.
+        assert self.stager is not None
+        return self.stager
 
     @property
     def name(self) -> str:
@@ -283,7 +291,7 @@ class Unpacker:
             finally:
                 if staged is not None:
                     with anyio.CancelScope(shield=True):
-                        await self.diff.discard(staged)
+                        await self._staging().discard(staged)
             if i + 1 < len(chains):
                 # Crash tests: between layers (this one committed, the next not yet).
                 fault_point("unpack.between-layers")
@@ -306,14 +314,14 @@ class Unpacker:
         assert scratch is not None
 
         async def stage(reader: Callable[[], BinaryIO]) -> Any:
-            return await self.diff.stage(layer, reader, scratch)
+            return await self._staging().stage(layer, reader, scratch)
 
         staged = await self._read_layer(i, layer, chain, layer_ready, layer_stream, stage)
         try:
             self._check(i, layer, staged.result.diff_id, diff_id)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self.diff.discard(staged)
+                await self._staging().discard(staged)
             raise
         return staged
 
@@ -388,7 +396,7 @@ class Unpacker:
         try:
             started = time.monotonic()
             if staged is not None:
-                used = await self.diff.graft(staged, mounts)
+                used = await self._staging().graft(staged, mounts)
                 self.grafts[self.name] = used
                 self._time("unpack.graft", time.monotonic() - started)
             if not used:

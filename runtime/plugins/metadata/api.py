@@ -1,12 +1,39 @@
-"""The metadata plugin's contract: records and events other plugins may import."""
+"""The metadata plugin's contract: records, events, and what stores sharing its database use.
+
+Stores of other plugins (content, images, containers, snapshots) keep their
+records in the one SQLite database ``metadata.sqlite`` opens: they are handed its
+:class:`Database`, create a record's namespace with :func:`ensure_namespace` and
+add it to a lease with :func:`attach`, inside their own transaction.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import sqlite3
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 
 import msgspec
 
-__all__ = ["Namespace", "NamespaceCreate", "NamespaceDelete", "NamespaceUpdate"]
+from runtime.core.errors import InvalidArgument, NotFound
+from runtime.core.identifiers import validate_namespace
+from runtime.plugins.metadata.db import Database, sqlite_errors
+
+__all__ = [
+    "RESOURCE_TYPES",
+    "Database",
+    "Lease",
+    "Namespace",
+    "NamespaceCreate",
+    "NamespaceDelete",
+    "NamespaceUpdate",
+    "Publish",
+    "Resource",
+    "attach",
+    "ensure_namespace",
+    "lease_expired",
+    "now",
+    "sqlite_errors",
+]
 
 
 class Namespace(msgspec.Struct, kw_only=True):
@@ -74,3 +101,63 @@ class LeaseDelete(msgspec.Struct, kw_only=True):
 EXPIRE_LABEL = "containerd.io/gc.expire"
 #: Resource types a lease may hold (``snapshots/<snapshotter>`` too).
 RESOURCE_TYPES = ("content", "ingests", "images")
+
+
+#: How a store publishes an event: ``publish(namespace, topic, event)``.
+Publish = Callable[[str, str, msgspec.Struct], object]
+
+
+def now() -> str:
+    """The current UTC time as stored in the database (ISO 8601)."""
+    return datetime.now(UTC).isoformat()
+
+
+def ensure_namespace(conn: sqlite3.Connection, name: str) -> bool:
+    """Create ``name`` inside the caller's transaction if missing; True if created."""
+    validate_namespace(name)
+    stamp = now()
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO namespaces(name, labels, created_at, updated_at) "
+        "VALUES (?, '{}', ?, ?)",
+        (name, stamp, stamp),
+    )
+    return cur.rowcount > 0
+
+
+def check_resource(resource: Resource) -> None:
+    if resource.type not in RESOURCE_TYPES and not (
+        resource.type.startswith("snapshots/") and len(resource.type) > len("snapshots/")
+    ):
+        raise InvalidArgument(
+            f"resource type {resource.type!r}: use content, ingests, images or snapshots/<name>"
+        )
+    if not resource.id:
+        raise InvalidArgument("resource id must not be empty")
+
+
+def lease_expired(labels: Mapping[str, str], at: datetime | None = None) -> bool:
+    """True if the lease's ``containerd.io/gc.expire`` label lies in the past."""
+    raw = labels.get(EXPIRE_LABEL)
+    if not raw:
+        return False
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return when <= (at or datetime.now(UTC))
+
+
+def attach(conn: sqlite3.Connection, namespace: str, lease: str, resource: Resource) -> None:
+    """Add ``resource`` to ``lease`` inside the caller's transaction (NotFound if no lease)."""
+    check_resource(resource)
+    if (
+        conn.execute(
+            "SELECT 1 FROM leases WHERE namespace=? AND id=?", (namespace, lease)
+        ).fetchone()
+        is None
+    ):
+        raise NotFound(f"lease {lease!r} not found")
+    conn.execute(
+        "INSERT OR IGNORE INTO lease_resources(namespace, lease, type, resource) VALUES (?,?,?,?)",
+        (namespace, lease, resource.type, resource.id),
+    )

@@ -11,19 +11,22 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
-from runtime.core.errors import AlreadyExists, InvalidArgument, NotFound
+from runtime.core.errors import AlreadyExists, NotFound
 from runtime.core.filters import adapt, parse
 from runtime.core.identifiers import validate_identifier, validate_labels, validate_namespace
 from runtime.plugins.metadata.api import (
     EXPIRE_LABEL,
-    RESOURCE_TYPES,
     Lease,
     LeaseCreate,
     LeaseDelete,
+    Publish,
     Resource,
+    attach,
+    ensure_namespace,
+    lease_expired,
+    now,
 )
 from runtime.plugins.metadata.db import Database
-from runtime.plugins.metadata.namespaces import Publish, ensure_namespace, now
 
 __all__ = ["LeaseStore", "attach", "detach", "generate_lease_id", "lease_expired"]
 
@@ -32,45 +35,6 @@ def generate_lease_id() -> str:
     """``<nanoseconds>-<random>``, like containerd's helper: sortable and unique."""
     rand = base64.urlsafe_b64encode(os.urandom(6)).decode().rstrip("=").replace("-", "x")
     return f"{time.time_ns()}-{rand.replace('_', 'y')}"
-
-
-def _check_resource(resource: Resource) -> None:
-    if resource.type not in RESOURCE_TYPES and not (
-        resource.type.startswith("snapshots/") and len(resource.type) > len("snapshots/")
-    ):
-        raise InvalidArgument(
-            f"resource type {resource.type!r}: use content, ingests, images or snapshots/<name>"
-        )
-    if not resource.id:
-        raise InvalidArgument("resource id must not be empty")
-
-
-def lease_expired(labels: Mapping[str, str], at: datetime | None = None) -> bool:
-    """True if the lease's ``containerd.io/gc.expire`` label lies in the past."""
-    raw = labels.get(EXPIRE_LABEL)
-    if not raw:
-        return False
-    try:
-        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    return when <= (at or datetime.now(UTC))
-
-
-def attach(conn: sqlite3.Connection, namespace: str, lease: str, resource: Resource) -> None:
-    """Add ``resource`` to ``lease`` inside the caller's transaction (NotFound if no lease)."""
-    _check_resource(resource)
-    if (
-        conn.execute(
-            "SELECT 1 FROM leases WHERE namespace=? AND id=?", (namespace, lease)
-        ).fetchone()
-        is None
-    ):
-        raise NotFound(f"lease {lease!r} not found")
-    conn.execute(
-        "INSERT OR IGNORE INTO lease_resources(namespace, lease, type, resource) VALUES (?,?,?,?)",
-        (namespace, lease, resource.type, resource.id),
-    )
 
 
 def detach(conn: sqlite3.Connection, namespace: str, lease: str, resource: Resource) -> None:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
-
-import msgspec
+from collections.abc import Mapping
+from datetime import datetime
 
 from runtime.core.errors import AlreadyExists, FailedPrecondition, NotFound
 from runtime.core.identifiers import validate_labels, validate_namespace
@@ -16,12 +14,13 @@ from runtime.plugins.metadata.api import (
     NamespaceCreate,
     NamespaceDelete,
     NamespaceUpdate,
+    Publish,
+    ensure_namespace,
+    now,
 )
 from runtime.plugins.metadata.db import Database
 
 __all__ = ["NamespaceStore", "ensure_namespace", "now"]
-
-Publish = Callable[[str, str, msgspec.Struct], object]
 
 # What keeps a namespace from being deleted, as (table, what to call it).
 # Leases and ingests do not block, as in containerd: they go with the namespace.
@@ -30,23 +29,6 @@ _BLOCKERS = (
     ("content", "blobs"),
     ("containers", "containers"),
 )
-
-
-def now() -> str:
-    """The current UTC time as stored in the database (ISO 8601)."""
-    return datetime.now(UTC).isoformat()
-
-
-def ensure_namespace(conn: sqlite3.Connection, name: str) -> bool:
-    """Create ``name`` inside the caller's transaction if missing; True if created."""
-    validate_namespace(name)
-    stamp = now()
-    cur = conn.execute(
-        "INSERT OR IGNORE INTO namespaces(name, labels, created_at, updated_at) "
-        "VALUES (?, '{}', ?, ?)",
-        (name, stamp, stamp),
-    )
-    return cur.rowcount > 0
 
 
 def _row(row: sqlite3.Row) -> Namespace:

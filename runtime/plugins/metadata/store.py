@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from runtime.plugins.metadata.api import Publish
 from runtime.plugins.metadata.db import Database
 from runtime.plugins.metadata.leases import LeaseStore
-from runtime.plugins.metadata.namespaces import NamespaceStore, Publish
+from runtime.plugins.metadata.namespaces import NamespaceStore
 
 __all__ = ["MetadataStore"]
 

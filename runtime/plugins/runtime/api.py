@@ -1,4 +1,7 @@
-"""The runtime contract: task states, events, request bodies and the Runtime protocol.
+"""The runtime contract: the Runtime protocol every ``runtime.*`` plugin implements.
+
+Its states, events and request bodies are wire types, in :mod:`runtime.api.tasks`
+(and the spec inputs in :mod:`runtime.api.specs`).
 
 A *task* is a container's running form: its init process plus any *exec*
 processes. It is addressed by the container id within a namespace; an exec by
@@ -20,70 +23,17 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from runtime.api.mounts import Mount
-from runtime.api.specs import ImageConfig, SpecMount, SpecOptions
 from runtime.api.tasks import (
-    STDERR,
-    STDOUT,
-    UNKNOWN_EXIT_STATUS,
-    CreateTaskRequest,
     ExecRequest,
     ExitStatus,
-    KillRequest,
     LogEntry,
     ProcessInfo,
-    ProcessRequest,
     ProcessState,
-    ResizeRequest,
-    Status,
-    TaskCreate,
-    TaskDelete,
-    TaskExecAdded,
-    TaskExecStarted,
-    TaskExit,
-    TaskIO,
     TaskMetrics,
-    TaskOOM,
-    TaskPaused,
-    TaskResumed,
-    TaskStart,
     TaskState,
-    UpdateTaskRequest,
 )
 
-__all__ = [
-    "STDERR",
-    "STDOUT",
-    "UNKNOWN_EXIT_STATUS",
-    "AttachStream",
-    "CreateTaskRequest",
-    "ExecRequest",
-    "ExitStatus",
-    "ImageConfig",
-    "KillRequest",
-    "LogEntry",
-    "ProcessInfo",
-    "ProcessRequest",
-    "ProcessState",
-    "ResizeRequest",
-    "Runtime",
-    "SpecMount",
-    "SpecOptions",
-    "Status",
-    "TaskCreate",
-    "TaskDelete",
-    "TaskExecAdded",
-    "TaskExecStarted",
-    "TaskExit",
-    "TaskIO",
-    "TaskMetrics",
-    "TaskOOM",
-    "TaskPaused",
-    "TaskResumed",
-    "TaskStart",
-    "TaskState",
-    "UpdateTaskRequest",
-    "runtime_plugin_id",
-]
+__all__ = ["AttachStream", "Runtime", "runtime_plugin_id"]
 
 
 # -- the protocol ---------------------------------------------------------------

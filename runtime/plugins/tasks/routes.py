@@ -11,13 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from runtime.core.config import DEFAULT_CGROUP_PARENT
-from runtime.core.errors import InvalidArgument
-from runtime.core.filters import adapt, parse
-from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
-from runtime.plugins.containers.api import RunRequest
-from runtime.plugins.containers.routes import new_container
-from runtime.plugins.runtime.api import (
+from runtime.api.containers import RunRequest
+from runtime.api.tasks import (
     CreateTaskRequest,
     ExecRequest,
     ExitStatus,
@@ -30,6 +25,11 @@ from runtime.plugins.runtime.api import (
     TaskState,
     UpdateTaskRequest,
 )
+from runtime.core.config import DEFAULT_CGROUP_PARENT
+from runtime.core.errors import InvalidArgument
+from runtime.core.filters import adapt, parse
+from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
+from runtime.plugins.containers.api import new_container
 from runtime.plugins.tasks.io_routes import io_routes
 from runtime.plugins.tasks.service import TaskService
 

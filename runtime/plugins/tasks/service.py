@@ -15,16 +15,11 @@ from typing import Any
 
 import anyio
 
+from runtime.api.containers import Container
+from runtime.api.tasks import CreateTaskRequest, ExitStatus, Status, TaskState
 from runtime.core.errors import AlreadyExists, FailedPrecondition, MoorageError, NotFound
-from runtime.plugins.containers.api import Container, ContainerStore
-from runtime.plugins.runtime.api import (
-    CreateTaskRequest,
-    ExitStatus,
-    Runtime,
-    Status,
-    TaskState,
-    runtime_plugin_id,
-)
+from runtime.plugins.containers.api import ContainerStore
+from runtime.plugins.runtime.api import Runtime, runtime_plugin_id
 from runtime.plugins.snapshots.api import Mount
 
 __all__ = ["TaskService"]

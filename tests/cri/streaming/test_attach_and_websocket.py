@@ -71,3 +71,37 @@ async def test_websocket_v4_and_v1_exec(cri: Any, cri_image: str) -> None:
             assert exit_code(json.loads(error)) == 2
         else:
             assert error == b"command terminated with non-zero exit code: exit status 2"
+
+
+async def test_attach_with_tty_follows_resize(cri: Any, cri_image: str) -> None:
+    _, container = cri.run_container(cri_image, ["sh"], stdin=True, stdin_once=True, tty=True)
+    url = cri.runtime.Attach(cri.pb.AttachRequest(container_id=container, stdin=True,
+                                                  stdout=True, tty=True)).url
+    command = await RemoteCommand.open(url, stdin=True, tty=True)
+    await command.resize(91, 33)
+    await command.streams["stdin"].write(b"stty size\n")
+    await command.streams["stdout"].read_until(b"33 91")
+    await command.streams["stdin"].write(b"exit\n")
+    _, _, status = await command.finish()
+    assert exit_code(status) == 0
+
+
+async def test_websocket_base64_exec(cri: Any, cri_image: str) -> None:
+    import base64
+
+    _, container = cri.run_container(cri_image)
+    url = cri.runtime.Exec(cri.pb.ExecRequest(
+        container_id=container, cmd=["sh", "-c", "echo out; exit 4"], stdout=True,
+        stderr=True)).url
+    out, error = b"", b""
+    async with aiohttp.ClientSession() as http, http.ws_connect(
+            url.replace("http://", "ws://"), protocols=("v4.base64.channel.k8s.io",)) as ws:
+        async for message in ws:
+            assert message.type == aiohttp.WSMsgType.TEXT
+            channel, data = message.data[0], base64.b64decode(message.data[1:])
+            if channel == "1":
+                out += data
+            elif channel == "3":
+                error += data
+    assert out == b"out\n"
+    assert exit_code(json.loads(error)) == 4

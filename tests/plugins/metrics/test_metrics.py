@@ -17,9 +17,9 @@ import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from runtime.api.specs import SpecOptions
 from runtime.client import Client
 from runtime.core.errors import NotFound
-from runtime.plugins.runtime.api import SpecOptions
 from runtime.plugins.snapshots.api import Mount
 from tests.fixtures.daemon import Daemon
 from tests.plugins.runtime.helpers import RuntimeDaemon, moorage, wait_until

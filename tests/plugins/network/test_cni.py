@@ -26,7 +26,7 @@ import pytest
 
 from runtime.core.config import ConfigError, decode_plugin_config, parse_config
 from runtime.core.errors import FailedPrecondition, InvalidArgument, NotFound
-from runtime.plugins.network import task as network_task
+from runtime.plugins.network import api as network_task
 from runtime.plugins.network.api import (
     NETWORK_ANNOTATION,
     PORTS_ANNOTATION,

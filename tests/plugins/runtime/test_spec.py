@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from runtime.api.specs import SpecOptions
 from runtime.pkg.oci.spec import cgroups_path, generate_spec
-from runtime.plugins.runtime.api import SpecOptions
 
 TRUE = SpecOptions(args=["true"])
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from runtime.api.specs import SpecMount, SpecOptions
 from runtime.client import Client
 from runtime.client.attach import Exited, Output, Started
 from runtime.core.errors import FailedPrecondition, NotFound
-from runtime.plugins.runtime.api import SpecMount, SpecOptions
 from runtime.plugins.snapshots.api import Mount
 from tests.fixtures.daemon import assert_error
 from tests.fixtures.system import require_binary

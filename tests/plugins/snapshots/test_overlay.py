@@ -196,6 +196,31 @@ class TestOverlayPlugin:
         with pytest.raises(PluginSkipped, match="does not support d_type"):
             await registration.init(_context(registration, plugin.OverlayConfig(), tmp_path))
 
+    def test_probe_runs_once_per_kernel_and_filesystem(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        probes: list[Path] = []
+        monkeypatch.setattr(plugin, "check_supported", probes.append)
+        root = tmp_path / "root"
+        plugin.check_supported_once(root)
+        plugin.check_supported_once(root)
+        assert probes == [root]
+        # A new kernel (or filesystem) makes the remembered success stale.
+        (root / plugin.CHECK_CACHE).write_text("0.0.0-other ext4 8:1\n")
+        plugin.check_supported_once(root)
+        assert probes == [root, root]
+
+    def test_a_failed_probe_is_not_remembered(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def unsupported(root: Path) -> None:
+            raise NotImplementedYet("no overlay here")
+
+        monkeypatch.setattr(plugin, "check_supported", unsupported)
+        with pytest.raises(NotImplementedYet):
+            plugin.check_supported_once(tmp_path / "root")
+        assert not (tmp_path / "root" / plugin.CHECK_CACHE).exists()
+
 
 def _context(
     registration: Registration, config: plugin.OverlayConfig, tmp_path: Path

@@ -41,10 +41,7 @@ from runtime.plugins.content.api import (
 )
 from runtime.plugins.content.local.store import ContentStore
 from runtime.plugins.content.local.writer import Follower, Writer
-from runtime.plugins.metadata.api import Resource
-from runtime.plugins.metadata.db import Database
-from runtime.plugins.metadata.leases import attach
-from runtime.plugins.metadata.namespaces import Publish, ensure_namespace, now
+from runtime.plugins.metadata.api import Database, Publish, Resource, attach, ensure_namespace, now
 
 __all__ = ["ContentService", "NamespacedWriter"]
 

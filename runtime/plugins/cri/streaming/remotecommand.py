@@ -28,8 +28,9 @@ from typing import Any, Protocol
 
 import anyio
 
+from runtime.api.tasks import STDERR, STDOUT, ExecRequest
 from runtime.core.errors import MoorageError
-from runtime.plugins.runtime.api import STDERR, STDOUT, AttachStream, ExecRequest, Runtime
+from runtime.plugins.runtime.api import AttachStream, Runtime
 
 __all__ = [
     "CommandStreams",

@@ -28,29 +28,19 @@ import tarfile
 from pathlib import Path
 from typing import BinaryIO
 
-import msgspec
-
 from runtime.core.errors import (
     InvalidArgument,
     NotFound,
 )
 from runtime.pkg.archive.decode import Decoder, compression_for
 from runtime.pkg.archive.tar import Feed, TarInfo
+from runtime.plugins.diff.api import ApplyResult
 from runtime.plugins.diff.walking.applier import Applier
 
 __all__ = [
     "ApplyResult",
     "apply_layer",
 ]
-
-
-class ApplyResult(msgspec.Struct, frozen=True):
-    """What applying a layer produced: the descriptor of its uncompressed tar."""
-
-    diff_id: str
-    """``sha256:<hex>`` of the whole uncompressed tar stream (the OCI diffID)."""
-    size: int
-    """Length in bytes of the uncompressed tar stream."""
 
 
 def apply_layer(

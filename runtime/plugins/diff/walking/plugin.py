@@ -28,10 +28,10 @@ import anyio.to_thread
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
 from runtime.pkg.mount import mount_all, unmount
+from runtime.plugins.diff.api import ApplyResult
 from runtime.plugins.snapshots.api import Mount
 
 if TYPE_CHECKING:
-    from runtime.plugins.diff.walking.apply import ApplyResult
     from runtime.plugins.diff.walking.staging import StagedLayer
 
 __all__ = ["WalkingConfig", "WalkingDiff"]

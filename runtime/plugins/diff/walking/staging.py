@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from runtime.plugins.diff.walking.apply import ApplyResult, apply_layer
+from runtime.plugins.diff.api import ApplyResult
+from runtime.plugins.diff.walking.apply import apply_layer
 
 __all__ = ["StagedLayer", "discard", "graft", "stage"]
 

@@ -15,7 +15,7 @@ as the namespace is made (:func:`.netns.create`), in-process: the CNI
 ``loopback`` plugin did the same with a process for ADD and one for DEL.
 
 Tasks in ``none`` or ``host`` mode are never attached (see
-:mod:`runtime.plugins.network.task`); their delete still calls
+:mod:`runtime.plugins.network.api`); their delete still calls
 :meth:`CniNetwork.detach`, which answers from memory, without a lock or a
 disk access, once the records were scanned at startup.
 """

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from runtime.api.tasks import ExecRequest
 from runtime.core.errors import InvalidArgument
 from runtime.pkg.mount import mount_all, unmount
 from runtime.pkg.oci.spec import USER_ANNOTATION, merge_env
-from runtime.plugins.runtime.api import ExecRequest
 from runtime.plugins.runtime.runc.layout import TaskPaths, write_durably
 from runtime.plugins.runtime.runc.user import resolve_user
 from runtime.plugins.snapshots.api import Mount

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from runtime.plugins.runtime.api import TaskMetrics
+from runtime.api.tasks import TaskMetrics
 
 __all__ = [
     "CgroupPaths",

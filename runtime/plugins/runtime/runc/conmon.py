@@ -30,11 +30,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.core.errors import DeadlineExceeded, FailedPrecondition, MoorageError
+from runtime.core.errors import (
+    CommandNotExecutable,
+    CommandNotFound,
+    DeadlineExceeded,
+    FailedPrecondition,
+    MoorageError,
+)
 from runtime.plugins.runtime.runc.layout import ProcessPaths
 from runtime.plugins.runtime.runc.oci import runtime_message
 
-__all__ = ["Monitor", "MonitorOptions", "process_start_time"]
+__all__ = ["Monitor", "MonitorOptions", "process_start_time", "start_error"]
+
+# How runc and crun word a process that cannot be executed, after `exec: "CMD": `
+# (runc) or in their own words (crun): the command, not Moorage, is at fault.
+_COMMAND_MISSING = ("executable file not found", "no such file or directory", "not found")
+_COMMAND_UNRUNNABLE = ("permission denied", "exec format error", "is a directory")
 
 
 def process_start_time(pid: int, *, running: bool = False) -> int:
@@ -119,6 +130,28 @@ class MonitorOptions:
             if self.exec_attach:
                 args.append("--exec-attach")
         return args
+
+
+def start_error(text: str) -> FailedPrecondition:
+    """The error for a runtime's refusal to create or exec a process.
+
+    Only the runtime's own report about the executable (runc's ``exec: "CMD": ...``,
+    crun's ``executable file `CMD` not found`` and ``open executable``) makes a
+    :class:`CommandNotFound` or :class:`CommandNotExecutable`; a missing mount
+    source or any other failure stays a plain :class:`FailedPrecondition`.
+    """
+    lowered = text.lower()
+    about_command = ""
+    if 'exec: "' in lowered:
+        about_command = lowered.rpartition('exec: "')[2].partition('": ')[2]
+    elif "executable file `" in lowered or "open executable" in lowered:
+        about_command = lowered
+    if about_command:
+        if any(s in about_command for s in _COMMAND_UNRUNNABLE):
+            return CommandNotExecutable(text)
+        if any(s in about_command for s in _COMMAND_MISSING):
+            return CommandNotFound(text)
+    return FailedPrecondition(text)
 
 
 def _parse_json_line(buf: bytes) -> dict[str, object] | None:
@@ -283,7 +316,7 @@ class Monitor:
         verb = "exec" if self.options.exec_spec is not None else "create"
         prefix = f"{binary} {verb} failed"
         # runc already says "runc create failed: ..."; crun does not.
-        raise FailedPrecondition(text if text.startswith(prefix) else f"{prefix}: {text}")
+        raise start_error(text if text.startswith(prefix) else f"{prefix}: {text}")
 
     def _expect(self, fd: int, what: str) -> dict[str, object]:
         try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from runtime.plugins.runtime.api import LogEntry
+from runtime.api.tasks import LogEntry
 
 __all__ = ["follow_log", "parse_line"]
 

@@ -16,12 +16,7 @@ from typing import Any
 
 import anyio
 
-from runtime.plugins.runtime.api import (
-    UNKNOWN_EXIT_STATUS,
-    ExitStatus,
-    ProcessState,
-    Status,
-)
+from runtime.api.tasks import UNKNOWN_EXIT_STATUS, ExitStatus, ProcessState, Status
 from runtime.plugins.runtime.runc.conmon import process_start_time
 from runtime.plugins.runtime.runc.layout import (
     ExitRecord,

@@ -15,15 +15,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from runtime.api.tasks import ExitStatus, LogEntry, ProcessInfo, Status, TaskMetrics, TaskState
 from runtime.core.errors import FailedPrecondition, InvalidArgument, NotFound
-from runtime.plugins.runtime.api import (
-    ExitStatus,
-    LogEntry,
-    ProcessInfo,
-    Status,
-    TaskMetrics,
-    TaskState,
-)
 from runtime.plugins.runtime.runc.attach import connect_attach
 from runtime.plugins.runtime.runc.cgroups import read_metrics
 from runtime.plugins.runtime.runc.layout import TaskPaths

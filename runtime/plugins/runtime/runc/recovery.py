@@ -22,7 +22,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from runtime.plugins.runtime.api import Status
+from runtime.api.tasks import Status
 from runtime.plugins.runtime.runc.bundle import remove_tree, teardown_bundle
 from runtime.plugins.runtime.runc.layout import ProcessRecord, TaskRecord, read_record
 from runtime.plugins.runtime.runc.process import Process

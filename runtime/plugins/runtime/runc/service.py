@@ -21,18 +21,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from runtime.api.tasks import LOG_PATH_ANNOTATION
-from runtime.core.errors import (
-    AlreadyExists,
-    DeadlineExceeded,
-    FailedPrecondition,
-    MoorageError,
-    NotFound,
-)
-from runtime.core.faults import fault_point
-from runtime.core.identifiers import validate_identifier, validate_namespace
-from runtime.plugins.network.task import setup_task_network, teardown_task_network
-from runtime.plugins.runtime.api import (
+from runtime.api.tasks import (
+    LOG_PATH_ANNOTATION,
     ExecRequest,
     ExitStatus,
     ProcessState,
@@ -47,6 +37,16 @@ from runtime.plugins.runtime.api import (
     TaskStart,
     TaskState,
 )
+from runtime.core.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    MoorageError,
+    NotFound,
+)
+from runtime.core.faults import fault_point
+from runtime.core.identifiers import validate_identifier, validate_namespace
+from runtime.plugins.network.api import setup_task_network, teardown_task_network
 from runtime.plugins.runtime.runc.attach import AttachConnection, connect_attach
 from runtime.plugins.runtime.runc.bundle import (
     exec_process_spec,
@@ -377,8 +377,8 @@ class RuncRuntime(TaskTable):
                     await self._await_exit(process)
             await self.supervisor.flush(task)
             with anyio.CancelScope(shield=True):
-                await self.oci.delete(namespace, container_id, force=True)
-                # Crash tests: gone from the runtime, bundle and record still there.
+                await self._delete_and_unmount(task, namespace, container_id)
+                # Crash tests: gone from the runtime and unmounted, record still there.
                 fault_point("task.delete.after-runtime")
                 await anyio.to_thread.run_sync(self._release, task)
                 await teardown_task_network(self.network(), namespace, container_id)
@@ -399,9 +399,34 @@ class RuncRuntime(TaskTable):
             raise DeadlineExceeded(
                 f"process {process.event_id!r} did not exit within {self.timeout:g}s") from None
 
+    async def _delete_and_unmount(self, task: Task, namespace: str, container_id: str) -> None:
+        """``runc delete`` alongside the root filesystem's unmount and the bundle's removal.
+
+        Neither needs the other: the process is gone, runc reads its own state
+        directory, not the bundle, and the unmount waits on the kernel, not on
+        runc. The task's record (what recovery goes by) is removed only after
+        both, by :meth:`_release`. Errors are raised as they are, not as a group.
+        """
+        failures: list[BaseException] = []
+
+        async def unmount() -> None:
+            try:
+                await anyio.to_thread.run_sync(teardown_bundle, task.paths)
+            except Exception as exc:
+                failures.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(unmount)
+            try:
+                await self.oci.delete(namespace, container_id, force=True)
+            except Exception as exc:
+                failures.insert(0, exc)
+        if failures:
+            raise failures[0]
+
     @staticmethod
     def _release(task: Task) -> None:
-        teardown_bundle(task.paths)
+        teardown_bundle(task.paths)  # done already, unless that failed: idempotent
         if task.record.cgroups_path.startswith("/"):
             levels = task.record.cgroups_path.strip("/").count("/")
             remove_empty(task.cgroups, levels)

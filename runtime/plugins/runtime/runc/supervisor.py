@@ -27,8 +27,8 @@ import anyio.to_thread
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 
+from runtime.api.tasks import UNKNOWN_EXIT_STATUS, TaskExit, TaskOOM
 from runtime.core.errors import Unavailable
-from runtime.plugins.runtime.api import UNKNOWN_EXIT_STATUS, TaskExit, TaskOOM
 from runtime.plugins.runtime.runc.cgroups import OomNotifier, oom_notifier, total_oom_kills
 from runtime.plugins.runtime.runc.process import Process
 from runtime.plugins.runtime.runc.task import Task

@@ -15,8 +15,8 @@ from typing import Any
 
 import anyio
 
+from runtime.api.tasks import Status, TaskState
 from runtime.core.errors import FailedPrecondition, NotFound
-from runtime.plugins.runtime.api import Status, TaskState
 from runtime.plugins.runtime.runc.cgroups import CgroupPaths, find_paths
 from runtime.plugins.runtime.runc.layout import TaskPaths, TaskRecord, write_record
 from runtime.plugins.runtime.runc.process import Process

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,47 @@ class OverlayConfig(PluginConfig):
     sync_remove: bool = True
 
 
+#: Where a successful probe is remembered, under the snapshotter's root.
+CHECK_CACHE = ".overlay-supported"
+
+
+def _backing(root: Path) -> str:
+    """What the probe's result depends on: kernel release, filesystem type and device."""
+    dev = os.stat(root).st_dev
+    fstype = "unknown"
+    wanted = f"{os.major(dev)}:{os.minor(dev)}"
+    with open("/proc/self/mountinfo") as mounts:
+        for line in mounts:
+            fields, _, rest = line.partition(" - ")
+            if fields.split()[2] == wanted:
+                fstype = rest.split()[0]
+    return f"{os.uname().release} {fstype} {wanted}\n"
+
+
+def check_supported_once(root: Path) -> None:
+    """:func:`check_supported`, skipped when it passed before on this kernel and filesystem.
+
+    The probe (a real overlay mount) took most of the daemon's start. As
+    containerd does with its overlay capability checks, a success is written
+    down in the root, keyed by the kernel release and the root's filesystem
+    type and device; a new kernel, or the root moved to another filesystem,
+    probes again. A failure is never remembered.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    key = _backing(root)
+    cache = root / CHECK_CACHE
+    try:
+        if cache.read_text() == key:
+            return
+    except OSError:
+        pass
+    check_supported(root)
+    # Not synced: losing it costs one more probe at the next start.
+    tmp = cache.with_name(cache.name + ".tmp")
+    tmp.write_text(key)
+    tmp.replace(cache)
+
+
 async def init(ctx: InitContext[OverlayConfig]) -> OverlaySnapshotter:
     """Check that overlay works on the root, then build the snapshotter.
 
@@ -34,7 +76,7 @@ async def init(ctx: InitContext[OverlayConfig]) -> OverlaySnapshotter:
     """
     root = Path(ctx.config.root_path) if ctx.config.root_path else ctx.root
     try:
-        await anyio.to_thread.run_sync(check_supported, root)
+        await anyio.to_thread.run_sync(check_supported_once, root)
     except (NotImplementedYet, PermissionError) as exc:
         raise PluginSkipped(str(exc)) from exc
     return OverlaySnapshotter(

@@ -20,9 +20,7 @@ from typing import Any
 from runtime.core.errors import AlreadyExists, FailedPrecondition, NotFound
 from runtime.core.faults import fault_point
 from runtime.core.identifiers import validate_labels
-from runtime.plugins.metadata.api import Resource
-from runtime.plugins.metadata.leases import attach
-from runtime.plugins.metadata.namespaces import now
+from runtime.plugins.metadata.api import Resource, attach, now
 from runtime.plugins.snapshots.api import Kind
 from runtime.plugins.snapshots.service.events import (
     SnapshotCommit,

@@ -17,9 +17,7 @@ from collections.abc import Mapping
 from runtime.core.errors import AlreadyExists, InvalidArgument, NotFound
 from runtime.core.faults import fault_point
 from runtime.core.identifiers import validate_labels, validate_namespace
-from runtime.plugins.metadata.api import Resource
-from runtime.plugins.metadata.leases import attach
-from runtime.plugins.metadata.namespaces import ensure_namespace, now
+from runtime.plugins.metadata.api import Resource, attach, ensure_namespace, now
 from runtime.plugins.snapshots.api import Kind, Mount
 from runtime.plugins.snapshots.service.events import (
     SnapshotPrepare,

@@ -22,8 +22,7 @@ from runtime.core.errors import InvalidArgument, NotFound
 from runtime.core.filters import adapt, parse
 from runtime.core.identifiers import validate_labels, validate_namespace
 from runtime.core.locks import KeyedLocks
-from runtime.plugins.metadata.db import Database
-from runtime.plugins.metadata.namespaces import now
+from runtime.plugins.metadata.api import Database, now
 from runtime.plugins.snapshots.api import Info, Kind, Mount, Snapshotter, Usage
 
 __all__ = ["COMMIT_LABEL", "SNAPSHOT_REF_LABEL", "SnapshotRecords"]

@@ -1,0 +1,67 @@
+"""The diff contract: apply a layer blob onto a snapshot's mounts, and stage one ahead of time.
+
+Every differ is an :class:`Applier`. A differ that can also apply a layer into
+a scratch directory before its snapshot exists, and move it into the snapshot
+later, is a :class:`Stager` too; the unpacker asks once, when it is built, and
+applies layers side by side only then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+import msgspec
+
+from runtime.api.mounts import Mount
+from runtime.pkg.registry.types import Descriptor
+
+__all__ = ["Applier", "ApplyResult", "StagedLayer", "Stager"]
+
+
+class ApplyResult(msgspec.Struct, frozen=True):
+    """What applying a layer produced: the descriptor of its uncompressed tar."""
+
+    diff_id: str
+    """``sha256:<hex>`` of the whole uncompressed tar stream (the OCI diffID)."""
+    size: int
+    """Length in bytes of the uncompressed tar stream."""
+
+
+class StagedLayer(Protocol):
+    """A layer applied into a scratch directory, waiting for its snapshot."""
+
+    @property
+    def result(self) -> ApplyResult:
+        """The diffID and size of the uncompressed layer."""
+        ...
+
+
+class Applier(Protocol):
+    """What a ``diff.*`` plugin provides: apply a layer onto mounts."""
+
+    async def apply(
+        self, desc: Descriptor, mounts: Sequence[Mount], reader: Callable[[], BinaryIO]
+    ) -> ApplyResult:
+        """Apply the layer ``desc`` onto ``mounts``; ``reader()`` runs in a worker thread."""
+        ...
+
+
+@runtime_checkable
+class Stager(Protocol):
+    """The optional ability to apply a layer before its snapshot exists."""
+
+    async def stage(
+        self, desc: Descriptor, reader: Callable[[], BinaryIO], scratch: Path
+    ) -> StagedLayer:
+        """Apply the layer into a new directory under ``scratch``."""
+        ...
+
+    async def graft(self, staged: StagedLayer, mounts: Sequence[Mount]) -> bool:
+        """Move a staged layer into the snapshot of ``mounts``; ``False``: apply instead."""
+        ...
+
+    async def discard(self, staged: StagedLayer) -> None:
+        """Remove a staged layer that will not be grafted."""
+        ...

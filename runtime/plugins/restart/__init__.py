@@ -1,0 +1,1 @@
+"""``containers.restart``: restart policies and auto-removal of containers, kept by the daemon."""

@@ -1,0 +1,1 @@
+"""``volumes.local``: named volumes, directories under the plugin's root, per namespace."""

@@ -1,0 +1,110 @@
+"""What an operator installs: the systemd unit, readiness, the default config path and file."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import runtime.core.daemon as daemon_module
+from runtime.cli.main import main
+from runtime.client.lean import LeanClient
+from tests.fixtures.daemon import Daemon
+from tests.fixtures.system import require_binary, require_root
+
+UNIT = Path(__file__).resolve().parents[2] / "contrib" / "systemd" / "moorage.service"
+
+
+def unit_settings() -> dict[str, str]:
+    return dict(line.split("=", 1) for line in UNIT.read_text().splitlines()
+                if "=" in line and not line.startswith("#"))
+
+
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    require_binary("systemd-analyze")
+    # verify checks that ExecStart's binary exists: point it at this checkout's moorage.
+    moorage = shutil.which("moorage") or str(Path(sys.executable).with_name("moorage"))
+    unit = tmp_path / "moorage.service"
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/moorage", moorage))
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    # systemd-analyze only warns (exit 0) about settings it ignores: none may be ours.
+    assert "moorage.service" not in result.stderr, result.stderr
+
+
+def test_systemd_unit_keeps_containers_across_a_service_restart() -> None:
+    settings = unit_settings()
+    assert settings["Type"] == "notify"
+    assert settings["KillMode"] == "process"
+    assert settings["Delegate"] == "yes"
+    assert settings["ExecStart"].endswith("moorage daemon")
+
+
+def test_daemon_says_ready_on_notify_socket_once_the_api_listens(tmp_path: Path) -> None:
+    require_root()
+    path = str(tmp_path / "notify.sock")
+    messages: list[str] = []
+    answered: list[bool] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(path)
+        listener.settimeout(30)
+        daemon = Daemon(tmp_path / "daemon", env={"NOTIFY_SOCKET": path})
+
+        def receive() -> None:
+            message = listener.recv(4096).decode()
+            messages.append(message)
+            # At READY=1 the API must already answer.
+            answered.append(bool(LeanClient(daemon.address).version().version))
+            messages.append(listener.recv(4096).decode())
+
+        receiver = threading.Thread(target=receive, daemon=True)
+        receiver.start()
+        with daemon:
+            pid = daemon.proc.pid if daemon.proc else 0
+        receiver.join(30)
+    assert messages[0].splitlines() == ["READY=1", f"MAINPID={pid}"]
+    assert answered == [True]
+    assert messages[1] == "STOPPING=1"
+
+
+def test_daemon_without_config_reads_the_default_path(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Path("/etc/moorage/plugins.toml") == daemon_module.DEFAULT_CONFIG_PATH
+    default = tmp_path / "etc-moorage" / "plugins.toml"
+    monkeypatch.setattr(daemon_module, "DEFAULT_CONFIG_PATH", default)
+    assert daemon_module.config_path_for(None) is None  # absent: built-in defaults
+    default.parent.mkdir()
+    default.write_text("")
+    assert daemon_module.config_path_for(None) == str(default)
+    assert daemon_module.config_path_for("/given.toml") == "/given.toml"
+
+
+def test_config_default_comments_every_key(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "default"]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    keys = [i for i, line in enumerate(lines) if re.match(r'^[\w"]+ = ', line)]
+    assert len(keys) > 30
+    for i in keys:
+        comment = lines[i - 1]
+        assert comment.startswith("# ") and len(comment) > 10, (lines[i], comment)
+    assert "# Persistent data; each plugin gets <root>/<type>.<id>.\nroot = " in text
+    assert "# Unread events a subscriber may hold before it is disconnected as too slow.\n" \
+           "buffer_size = 1024" in text
+    raw = tomllib.loads(text)
+    assert raw["plugins"]["containers.restart"] == {"backoff": 0.1, "max_backoff": 10.0,
+                                                  "subscribe_delay": 10.0}
+    path = tmp_path / "plugins.toml"
+    path.write_text(text)
+    assert main(["config", "check", str(path)]) == 0
+    assert os.path.getsize(path) > 0

@@ -1,0 +1,240 @@
+"""``run``/``create`` flags a docker user expects: --pull, -e KEY, --env-file, -d --rm, --restart.
+
+Restart policies and removal at exit are the daemon's work (``containers.restart``):
+these tests watch it act with no client attached, across a daemon crash too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.registry import Registry
+from tests.plugins.runtime.helpers import (
+    DEFAULT_CONFIG,
+    RuntimeDaemon,
+    leftovers,
+    moorage,
+    require_runtime_host,
+    wait_until,
+)
+
+pytest_plugins = ["tests.plugins.runtime.runtime_fixtures"]
+
+pytestmark = pytest.mark.root
+
+SLEEPER = ("sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done")
+
+
+@pytest.fixture
+def rd(tmp_path: Path) -> Iterator[RuntimeDaemon]:
+    """A runtime daemon whose restart manager listens for exits at once.
+
+    By default it waits (subscribe_delay) so that exits held at startup reach the
+    API's subscribers first; these tests watch it act right after startup.
+    """
+    require_runtime_host()
+    config = DEFAULT_CONFIG + '\n[plugins."containers.restart"]\nsubscribe_delay = 0.0\n'
+    running = RuntimeDaemon(tmp_path, config)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def ok(rd: RuntimeDaemon, *args: str) -> str:
+    result = moorage(rd.address, *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def status(rd: RuntimeDaemon, name: str) -> str:
+    return ok(rd, "inspect", "-f", "{{.State.Status}}", name).strip()
+
+
+def labels(rd: RuntimeDaemon, name: str) -> dict[str, str]:
+    return dict(rd.client().container(name).labels)
+
+
+def created(rd: RuntimeDaemon, rootfs: Path, name: str, *flags_and_command: str) -> None:
+    result = moorage(rd.address, "create", "--name", name, "--net", "none", "--rootfs",
+                     str(rootfs), *flags_and_command)
+    assert (result.returncode, result.stdout) == (0, f"{name}\n"), result.stderr
+
+
+class TestPull:
+    def test_run_pulls_an_image_it_lacks_with_progress(self, rd: RuntimeDaemon,
+                                                       registry: Registry,
+                                                       busybox_layout: object) -> None:
+        ref = registry.push_layout(busybox_layout.path, busybox_layout.ref_name,  # type: ignore[attr-defined]
+                                   "flags/missing:1")
+        result = moorage(rd.address, "run", "--rm", "--net", "none", ref, "echo", "ran")
+        assert (result.returncode, result.stdout) == (0, "ran\n"), result.stderr
+        assert f"Unable to find image '{ref}' locally" in result.stderr
+        assert f"pulled {ref}" in result.stderr
+        # Now stored: no second pull.
+        again = moorage(rd.address, "run", "--rm", "--net", "none", ref, "true")
+        assert again.returncode == 0 and "pulled" not in again.stderr
+        always = moorage(rd.address, "run", "--rm", "--pull", "always", "--net", "none", ref,
+                         "true")
+        assert always.returncode == 0 and f"pulled {ref}" in always.stderr
+        assert rd.client().containers() == []
+
+    def test_pull_never_fails_on_a_missing_image(self, rd: RuntimeDaemon,
+                                                 registry: Registry,
+                                                 busybox_layout: object) -> None:
+        ref = registry.push_layout(busybox_layout.path, busybox_layout.ref_name,  # type: ignore[attr-defined]
+                                   "flags/never:1")
+        result = moorage(rd.address, "run", "--rm", "--pull", "never", "--net", "none", ref,
+                         "true")
+        assert result.returncode == 125
+        assert "not_found" in result.stderr and "pulled" not in result.stderr
+        assert rd.client().images() == []
+
+    def test_create_pulls_too(self, rd: RuntimeDaemon, registry: Registry,
+                              busybox_layout: object) -> None:
+        ref = registry.push_layout(busybox_layout.path, busybox_layout.ref_name,  # type: ignore[attr-defined]
+                                   "flags/create:1")
+        result = moorage(rd.address, "create", "--name", "c", "--net", "none", ref, "true")
+        assert result.returncode == 0, result.stderr
+        assert f"pulled {ref}" in result.stderr
+        assert moorage(rd.address, "start", "-a", "c").returncode == 0
+
+
+class TestEnvironment:
+    def test_e_key_takes_the_clients_value_and_env_file_lines(self, rd: RuntimeDaemon,
+                                                               rootfs: Path,
+                                                               tmp_path: Path) -> None:
+        env_file = tmp_path / "app.env"
+        env_file.write_text("# settings\nFROM_FILE=file\n\nOVERRIDDEN=file\nFROM_CLIENT\n")
+        env = {**os.environ, "FROM_CLIENT": "client", "PASSED": "passed"}
+        result = subprocess.run(
+            [sys.executable, "-m", "runtime.cli.main", "--address", rd.address, "run", "--rm",
+             "--net", "none", "--env-file", str(env_file), "-e", "OVERRIDDEN=flag",
+             "-e", "PASSED", "-e", "NOT_SET_ANYWHERE_XYZ", "--rootfs", str(rootfs), "busybox",
+             "sh", "-c", 'echo "$FROM_FILE $OVERRIDDEN $FROM_CLIENT $PASSED '
+             '${NOT_SET_ANYWHERE_XYZ-unset}"'],
+            capture_output=True, text=True, env=env, timeout=60, check=False)
+        assert (result.returncode, result.stdout) == (0, "file flag client passed unset\n"), \
+            result.stderr
+
+    def test_a_missing_env_file_is_125_naming_it(self, rd: RuntimeDaemon, rootfs: Path,
+                                                 tmp_path: Path) -> None:
+        missing = tmp_path / "nope.env"
+        result = moorage(rd.address, "run", "--rm", "--env-file", str(missing), "--rootfs",
+                         str(rootfs), "busybox", "true")
+        assert result.returncode == 125
+        assert f"--env-file '{missing}'" in result.stderr
+        assert rd.client().containers() == []
+
+
+class TestMounts:
+    def test_v_binds_a_host_directory_read_write_or_read_only(self, rd: RuntimeDaemon,
+                                                            rootfs: Path,
+                                                            tmp_path: Path) -> None:
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        (shared / "in.txt").write_text("from host\n")
+        result = moorage(rd.address, "run", "--rm", "--net", "none", "-v", f"{shared}:/rw",
+                         "-v", f"{shared}:/ro:ro", "--rootfs", str(rootfs), "busybox", "sh",
+                         "-c", "cat /rw/in.txt; echo out > /rw/out.txt; "
+                         "touch /ro/x 2>/dev/null || echo read-only")
+        assert (result.returncode, result.stdout) == (0, "from host\nread-only\n"), \
+            result.stderr
+        assert (shared / "out.txt").read_text() == "out\n"
+
+    def test_tmpfs_mounts_a_tmpfs(self, rd: RuntimeDaemon, rootfs: Path) -> None:
+        result = moorage(rd.address, "run", "--rm", "--net", "none", "--tmpfs",
+                         "/scratch:size=1m", "--rootfs", str(rootfs), "busybox", "sh", "-c",
+                         "grep ' /scratch ' /proc/mounts")
+        assert result.returncode == 0, result.stderr
+        fields = result.stdout.split()
+        assert fields[2] == "tmpfs" and "size=1024k" in fields[3] and "noexec" in fields[3]
+
+
+class TestDaemonSidePolicies:
+    def test_detached_rm_leaves_nothing_after_exit(self, rd: RuntimeDaemon,
+                                                   rootfs: Path) -> None:
+        result = moorage(rd.address, "run", "-d", "--rm", "--name", "brief", "--net", "none",
+                         "--rootfs", str(rootfs), "busybox", "sh", "-c", "sleep 0.3")
+        assert (result.returncode, result.stdout) == (0, "brief\n"), result.stderr
+        wait_until(lambda: rd.client().containers() == [] and rd.client().tasks() == [],
+                   what="the daemon to remove the container")
+        assert leftovers(rd, "default", "brief") == []
+
+    def test_on_failure_2_restarts_twice_then_stays_stopped(self, rd: RuntimeDaemon,
+                                                            rootfs: Path) -> None:
+        created(rd, rootfs, "flaky", "--restart", "on-failure:2", "busybox", "sh", "-c",
+                "exit 3")
+        ok(rd, "start", "flaky")
+        wait_until(lambda: labels(rd, "flaky").get("moorage/restart.count") == "2"
+                   and status(rd, "flaky") == "exited", what="two restarts")
+        time.sleep(1.5)  # longer than the next backoff: no third restart
+        assert labels(rd, "flaky")["moorage/restart.count"] == "2"
+        assert ok(rd, "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}",
+                  "flaky") == "exited 3\n"
+
+    def test_on_failure_leaves_a_clean_exit_alone(self, rd: RuntimeDaemon,
+                                                  rootfs: Path) -> None:
+        created(rd, rootfs, "fine", "--restart", "on-failure", "busybox", "true")
+        ok(rd, "start", "fine")
+        wait_until(lambda: status(rd, "fine") == "exited", what="exit")
+        time.sleep(0.5)
+        assert "moorage/restart.count" not in labels(rd, "fine")
+        assert status(rd, "fine") == "exited"
+
+    def test_always_survives_a_daemon_crash_and_a_manual_stop_ends_it(
+            self, rd: RuntimeDaemon, rootfs: Path) -> None:
+        created(rd, rootfs, "keeper", "--restart", "always", "busybox", *SLEEPER)
+        ok(rd, "start", "keeper")
+        first = int(ok(rd, "inspect", "-f", "{{.State.Pid}}", "keeper"))
+        rd.kill()
+        # The container dies while the daemon is down: its exit waits on disk.
+        os.kill(first, signal.SIGKILL)
+        rd.restart()
+        wait_until(lambda: status(rd, "keeper") == "running"
+                   and int(ok(rd, "inspect", "-f", "{{.State.Pid}}", "keeper")) != first,
+                   what="the restart after the daemon's")
+        assert ok(rd, "stop", "keeper") == "keeper\n"
+        time.sleep(1.0)
+        assert status(rd, "keeper") == "exited"
+        # A user's start clears the stop: the policy is back in force.
+        ok(rd, "start", "keeper")
+        pid = int(ok(rd, "inspect", "-f", "{{.State.Pid}}", "keeper"))
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: status(rd, "keeper") == "running"
+                   and int(ok(rd, "inspect", "-f", "{{.State.Pid}}", "keeper")) != pid,
+                   what="the restart after SIGKILL")
+        assert ok(rd, "rm", "-f", "keeper") == "keeper\n"
+        time.sleep(0.5)
+        assert rd.client().containers() == []
+
+
+class TestBadValues:
+    @pytest.mark.parametrize(("flags", "named"), [
+        (("--restart", "sometimes"), "--restart 'sometimes'"),
+        (("--restart", "on-failure:x"), "--restart 'on-failure:x'"),
+        (("--restart", "always", "--rm"), "--restart 'always' and --rm"),
+        (("--pull", "often"), "--pull 'often'"),
+        (("-p", "80:http"), "-p '80:http'"),
+        (("-v", "/no-such-dir-xyz:/data"), "-v '/no-such-dir-xyz:/data'"),
+        (("-v", "/tmp:data"), "-v '/tmp:data'"),
+        (("-v", "/tmp:/data:bogus"), "-v '/tmp:/data:bogus'"),
+        (("-v", "just!name:/data"), "-v 'just!name:/data'"),
+        (("--tmpfs", "scratch"), "--tmpfs 'scratch'"),
+    ])
+    def test_bad_values_are_125_naming_the_value_and_change_nothing(
+            self, rd: RuntimeDaemon, rootfs: Path, flags: tuple[str, ...], named: str) -> None:
+        for verb in ("run", "create"):
+            result = moorage(rd.address, verb, *flags, "--rootfs", str(rootfs), "busybox",
+                             "true")
+            assert result.returncode == 125, (verb, result.stderr)
+            assert named in result.stderr
+        assert rd.client().containers() == []
