@@ -243,6 +243,12 @@ def cri_ratios(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     return out
 
 
+def _fmt(value: float | None, kib: bool) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f} KiB" if kib else f"{value:.3f} s"
+
+
 def render(record: dict[str, Any]) -> str:
     """The markdown table of one run."""
     res = record["results"]
@@ -258,12 +264,11 @@ def render(record: dict[str, Any]) -> str:
         if row is None:
             lines.append(f"| {name} | {what} | not measured | | | {target or 'report'} | |")
             continue
-        unit = " KiB" if "rss" in name else " s"
-        fmt = (lambda v: "n/a" if v is None else (f"{v:,.0f}{unit}" if unit == " KiB"
-                                                  else f"{v:.3f}{unit}"))
+        kib = "rss" in name
         ratio = row["ratio"]
         met = "" if target is None or ratio is None else ("yes" if ratio <= target else "NO")
-        lines.append(f"| {name} | {what} | {fmt(row['moorage'])} | {fmt(row['containerd'])} | "
+        lines.append(f"| {name} | {what} | {_fmt(row['moorage'], kib)} | "
+                     f"{_fmt(row['containerd'], kib)} | "
                      f"{'n/a' if ratio is None else f'{ratio:.2f}'} | "
                      f"{target if target is not None else 'report'} | {met} |")
     if "error" in res:

@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.daemons import Containerd, Moorage, env_without_proxies
-
 from runtime.plugins.network.cni.conflist import default_conflist
-from tests.fixtures.images import BUSYBOX_SOURCE, busybox_layer, build_image, host_platform
+from tests.fixtures.images import BUSYBOX_SOURCE, build_image, busybox_layer, host_platform
 from tests.fixtures.network import NetworkLease, lease_network, remove_network
 
 __all__ = ["PAUSE_REF", "CriClient", "CriContainerd", "CriMoorage", "build_pause_layout"]
@@ -134,7 +133,8 @@ class CriContainerd(Containerd):
     def stop(self) -> None:
         """Stop containerd; the network lease (and its bridge) goes back."""
         super().stop()
-        self.lease = _give_back(self.lease)
+        _give_back(self.lease)
+        self.lease = None
 
 
 class CriMoorage(Moorage):
@@ -177,7 +177,8 @@ class CriMoorage(Moorage):
     def stop(self) -> None:
         """Stop the daemon; the network lease (and its bridge) goes back."""
         super().stop()
-        self.lease = _give_back(self.lease)
+        _give_back(self.lease)
+        self.lease = None
 
 
 CriDaemon = CriContainerd | CriMoorage
@@ -195,8 +196,8 @@ class CriClient:
         self.pb: Any = pb
         self.channel = grpc.insecure_channel(
             f"unix://{socket_path}", options=[("grpc.max_receive_message_length", 16 << 20)])
-        self.runtime = pb_grpc.RuntimeServiceStub(self.channel)
-        self.images = pb_grpc.ImageServiceStub(self.channel)
+        self.runtime = pb_grpc.RuntimeServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        self.images = pb_grpc.ImageServiceStub(self.channel)  # type: ignore[no-untyped-call]
         self.log_dir = log_dir
 
     def close(self) -> None:
@@ -243,7 +244,7 @@ class CriClient:
         return sandbox_id, container_id
 
     def tear_down(self, sandbox_id: str, container_id: str, timeout: int = 10) -> None:
-        """StopContainer, StopPodSandbox, RemoveContainer, RemovePodSandbox (the kubelet's order)."""
+        """StopContainer, StopPodSandbox, RemoveContainer, RemovePodSandbox; the kubelet's order."""
         pb = self.pb
         self.runtime.StopContainer(pb.StopContainerRequest(container_id=container_id,
                                                            timeout=timeout))
