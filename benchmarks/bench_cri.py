@@ -46,23 +46,14 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from harness.cri import CriClient, CriContainerd, CriDaemon, CriMoorage, build_pause_layout  # noqa: E402
+from harness.cri_figures import CRI_TARGETS, cri_ratios  # noqa: E402
 from harness.memory import pss_kib, rss_kib  # noqa: E402
 from harness.stats import proc_cpu  # noqa: E402
 
 from tests.fixtures.images import busybox_image  # noqa: E402
 from tests.fixtures.registry import Registry  # noqa: E402
 
-__all__ = ["CRI_TARGETS", "cri_ratios", "measure_cri"]
-
-#: figure -> (what, target ratio or None to report only)
-CRI_TARGETS: dict[str, tuple[str, float | None]] = {
-    "cri_pods_up": ("CRI: RunPodSandbox+CreateContainer+StartContainer, N pods at once", 0.8),
-    "cri_pods_down": ("CRI: Stop/Remove of those N pods", 0.8),
-    "cri_exec_sync": ("CRI: 100 sequential ExecSync of true", 1.0),
-    "cri_exec_stream": ("CRI: 100 sequential Exec + SPDY stream of true", 1.0),
-    "cri_idle_rss": ("CRI: daemon RSS, CRI loaded, idle, no client", 1.0),
-    "cri_rss_with_pods": ("CRI: daemon RSS with N pods running", None),
-}
+__all__ = ["measure_cri"]
 
 #: A workload that ends on SIGTERM, so StopContainer takes the TERM path on both.
 WORKLOAD = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
@@ -227,20 +218,6 @@ def measure_cri(reps: int = 5, pods: int = 20, execs: int = 100, rss_reps: int =
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return results
-
-
-def cri_ratios(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """Moorage, containerd and their ratio for each CRI figure measured."""
-    out: dict[str, dict[str, float | None]] = {}
-    for key in CRI_TARGETS:
-        node = results.get(key.removeprefix("cri_"), {})
-        m = node.get("moorage", {}).get("median")
-        c = node.get("containerd", {}).get("median")
-        if m is None and c is None:
-            continue
-        out[key] = {"moorage": m, "containerd": c,
-                    "ratio": m / c if m is not None and c else None}
-    return out
 
 
 def _fmt(value: float | None, kib: bool) -> str:
