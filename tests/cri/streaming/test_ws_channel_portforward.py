@@ -111,6 +111,11 @@ async def test_each_channel_opens_with_its_port_and_data_echoes() -> None:
         client = ChannelClient(ws, text=False)
         assert await client.first_frames([port]) == {0: struct.pack("<H", port),
                                                      1: struct.pack("<H", port)}
+        # Unknown channels, the error channel and empty messages are ignored.
+        await client.send(7, b"nobody listens here")
+        await client.send(1, b"the client writes no errors")
+        await ws.send_bytes(b"")
+        await ws.send_str("text in a binary protocol")
         payload = os.urandom(MIB)
         assert await echo(client, 0, payload) == payload
 
