@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.cri.streaming.host_servers import echo_listener, host_server
 from tests.cri.streaming.spdy_client import (
     RemoteCommand,
     SpdyClient,
@@ -73,20 +74,7 @@ async def test_expired_token_gets_404() -> None:
 
 
 async def test_host_network_port_forward_dials_the_hosts_localhost() -> None:
-    from runtime.plugins.cri.streaming import StreamingServer
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    listener = await asyncio.start_server(echo, "127.0.0.1", 0)
-    port = listener.sockets[0].getsockname()[1]
-    server = StreamingServer(namespace="k8s.io", runtime=None,  # type: ignore[arg-type]
-                             netns_path=lambda sandbox: None)
-    await server.start()
-    try:
+    async with echo_listener() as port, host_server() as server:
         client = await SpdyClient.connect(server.portforward_url("pod", [port]),
                                           ["portforward.k8s.io"])
         headers = {"port": str(port), "requestID": "0"}
@@ -98,10 +86,6 @@ async def test_host_network_port_forward_dials_the_hosts_localhost() -> None:
         assert await data.read_all() == payload
         assert await error.read_all() == b""
         await client.close()
-    finally:
-        await server.stop()
-        listener.close()
-        await listener.wait_closed()
 
 
 async def test_wrong_subprotocols_are_refused(cri: Any, container: str) -> None:

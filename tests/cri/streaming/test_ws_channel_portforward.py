@@ -7,45 +7,14 @@ import base64
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
 import pytest
 
+from tests.cri.streaming.host_servers import echo_listener, host_server
 from tests.cri.streaming.test_portforward import MIB, echo_pod, forward_url
-
-
-@asynccontextmanager
-async def echo_listener() -> AsyncIterator[int]:
-    """An echo server on the host's 127.0.0.1; yields its port."""
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    listener = await asyncio.start_server(echo, "127.0.0.1", 0)
-    try:
-        yield listener.sockets[0].getsockname()[1]
-    finally:
-        listener.close()
-        await listener.wait_closed()
-
-
-@asynccontextmanager
-async def host_server() -> AsyncIterator[Any]:
-    """A streaming server of its own whose pods are all host-network."""
-    from runtime.plugins.cri.streaming import StreamingServer
-
-    server = StreamingServer(namespace="k8s.io", runtime=None,  # type: ignore[arg-type]
-                             netns_path=lambda sandbox: None)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def closed_port() -> int:
