@@ -14,6 +14,8 @@ never both busy at once:
 * ``exec_stream``: M sequential Exec RPC + SPDY/3.1 upgrade of the URL
   (``v4.channel.k8s.io``, stdout and stderr, the test suite's client,
   tests/cri/streaming/spdy_client.py) running ``true``, until its exit status.
+* ``exec_websocket``: the same over a websocket (``v4.channel.k8s.io``,
+  aiohttp's client), which containerd 1.6's streaming server serves too.
 * ``idle_rss``: the daemon's RSS a few seconds after a fresh start with the
   CRI loaded and no client ever connected (containerd: CRI plugin on;
   Moorage: ``cri.v1`` enabled), one fresh start per repetition.
@@ -105,6 +107,26 @@ def _streamed_execs(client: CriClient, container_id: str, count: int) -> None:
     asyncio.run(run())
 
 
+def _websocket_execs(client: CriClient, container_id: str, count: int) -> None:
+    import aiohttp
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(count):
+                url = client.exec_url(container_id, ["true"]).replace("http://", "ws://")
+                status: dict[str, Any] = {}
+                async with http.ws_connect(url, protocols=("v4.channel.k8s.io",)) as ws:
+                    async for message in ws:
+                        data = message.data
+                        if message.type == aiohttp.WSMsgType.BINARY and data[:1] == b"\x03" \
+                                and len(data) > 1:
+                            status = json.loads(data[1:])
+                if status.get("status") != "Success":
+                    raise RuntimeError(f"websocket exec of true: {status}")
+
+    asyncio.run(run())
+
+
 def _exec_syncs(client: CriClient, container_id: str, count: int) -> None:
     for _ in range(count):
         if client.exec_sync(container_id, ["true"]) != 0:
@@ -133,6 +155,8 @@ def _one_round(daemon: CriDaemon, client: CriClient, image: str, pods: int, exec
         series["exec_sync"][name].measure(daemon, lambda: _exec_syncs(client, target, execs))
         series["exec_stream"][name].measure(
             daemon, lambda: _streamed_execs(client, target, execs))
+        series["exec_websocket"][name].measure(
+            daemon, lambda: _websocket_execs(client, target, execs))
         series["pods_down"][name].measure(daemon, down)
     except BaseException:
         client.remove_everything()
@@ -176,7 +200,7 @@ def measure_cri(reps: int = 5, pods: int = 20, execs: int = 100, rss_reps: int =
         busybox = busybox_image(work / "busybox", ref_name="moorage.local/bench/busybox:1")
         pause = build_pause_layout(work / "pause")
         series = {fig: {"containerd": Timed(), "moorage": Timed()}
-                  for fig in ("pods_up", "exec_sync", "exec_stream", "pods_down")}
+                  for fig in ("pods_up", "exec_sync", "exec_stream", "exec_websocket", "pods_down")}
         rss: dict[str, list[int]] = {"containerd": [], "moorage": []}
         with Registry(work / "registry") as registry:
             moorage_image = registry.push_layout(busybox, busybox.ref_name, "bench/busybox:1")
@@ -254,7 +278,8 @@ def render(record: dict[str, Any]) -> str:
 
 
 def _loads(results: dict[str, Any]) -> list[float]:
-    return [s["load"] for fig in ("pods_up", "exec_sync", "exec_stream", "pods_down")
+    return [s["load"] for fig in ("pods_up", "exec_sync", "exec_stream", "exec_websocket",
+                                  "pods_down")
             for node in results.get(fig, {}).values() for s in node.get("samples", [])]
 
 

@@ -10,8 +10,9 @@ __all__ = ["CRI_TARGETS", "cri_ratios"]
 CRI_TARGETS: dict[str, tuple[str, float | None]] = {
     "cri_pods_up": ("CRI: RunPodSandbox+CreateContainer+StartContainer, N pods at once", 0.8),
     "cri_pods_down": ("CRI: Stop/Remove of those N pods", 0.8),
-    "cri_exec_sync": ("CRI: 100 sequential ExecSync of true", 1.0),
-    "cri_exec_stream": ("CRI: 100 sequential Exec + SPDY stream of true", 1.0),
+    "cri_exec_sync": ("CRI: M sequential ExecSync of true", 1.0),
+    "cri_exec_stream": ("CRI: M sequential Exec + SPDY stream of true", 1.0),
+    "cri_exec_websocket": ("CRI: M sequential Exec + websocket stream of true", 1.0),
     "cri_idle_rss": ("CRI: daemon RSS, CRI loaded, idle, no client", 1.0),
     "cri_rss_with_pods": ("CRI: daemon RSS with N pods running", None),
 }
