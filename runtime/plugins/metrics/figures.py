@@ -231,7 +231,7 @@ async def process_figures(plugins: PluginSet) -> list[Metric]:
     its tasks, worker threads and sockets with it. The count of tasks
     includes the scrape's own; on a loop other than asyncio's it is left out.
     """
-    families = []
+    families: list[Metric] = []
     try:
         tasks = len(asyncio.all_tasks())
     except RuntimeError:  # no asyncio loop running (trio)
