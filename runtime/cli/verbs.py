@@ -84,7 +84,8 @@ def register(sub: Any) -> None:
     p = add("stop", stop, "stop containers: the stop signal, then SIGKILL after the grace")
     p.add_argument("-t", "--time", "--timeout", dest="time", type=float, default=10.0,
                    help="seconds to wait before SIGKILL (default 10)")
-    p.add_argument("-s", "--signal", default="SIGTERM", help="the first signal")
+    p.add_argument("-s", "--signal", default="",
+                   help="the first signal (default: the image's StopSignal, else SIGTERM)")
     p.add_argument("containers", nargs="+")
 
     p = add("start", start, "start stopped or created containers")
@@ -165,16 +166,6 @@ def register(sub: Any) -> None:
     p = docker_parser(vsub.add_parser("prune", help="remove every volume no container uses"))
     p.add_argument("-f", "--force", action="store_true", help="accepted for Docker's sake")
     p.set_defaults(handler=volume_prune)
-
-    network = sub.add_parser("network", help="networks (the CNI conflists of network.cni)")
-    nsub = network.add_subparsers(dest="network_command", required=True, metavar="COMMAND")
-    p = docker_parser(nsub.add_parser("ls", aliases=["list"], help="list networks"))
-    p.add_argument("-q", "--quiet", action="store_true", help="print names only")
-    p.add_argument("--format", choices=("table", "json"), default="table")
-    p.set_defaults(handler=network_ls)
-    p = docker_parser(nsub.add_parser("inspect", help="networks as JSON, with attachments"))
-    p.add_argument("names", nargs="+")
-    p.set_defaults(handler=network_inspect)
 
     p = add("update", update, "change a container's cpu, memory or pids limits")
     p.add_argument("--cpus", type=float, default=None, help="CPU quota, e.g. 1.5")
@@ -325,22 +316,18 @@ def _hold_policy(api: Any, container_id: str, stopped: bool) -> None:
         api.update_container(container_id, labels={STOPPED_LABEL: "", RESTART_COUNT_LABEL: ""})
 
 
-def _stop(api: Any, container_id: str, grace: float, signal: str = "SIGTERM") -> None:
-    """The signal, then SIGKILL to every process once ``grace`` seconds passed."""
+def _stop(api: Any, container_id: str, grace: float, signal: str = "") -> None:
+    """The stop signal (the image's StopSignal unless given), then SIGKILL after ``grace``.
+
+    The daemon does both (``POST /v1/tasks/{id}/stop``), so the kill comes even if
+    this client goes away meanwhile.
+    """
     _hold_policy(api, container_id, stopped=True)
     task = _task(api, container_id)
     if task is None or str(task.status) not in _LIVE:
         return
-    api.kill_task(container_id, signal)
-    if str(task.status) == "paused":
-        api.resume_task(container_id)  # a frozen process cannot act on the signal
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if str(api.task(container_id).status) == "stopped":
-            return
-        time.sleep(0.05)
-    api.kill_task(container_id, "SIGKILL", all=True)
-    api.wait_task(container_id)
+    api.call("POST", f"/v1/tasks/{container_id}/stop", dict,
+             body={"signal": signal, "timeout": grace}, timeout=grace + 60)
 
 
 def _start(api: Any, container_id: str) -> None:
@@ -734,55 +721,6 @@ def volume_prune(args: argparse.Namespace) -> int:
     """Remove unused volumes; print their names."""
     for name in _api(args).call("POST", "/v1/volumes/prune", dict)["removed"]:
         print(name)
-    return 0
-
-
-# -- networks ------------------------------------------------------------------------
-
-
-def _networks(api: Any) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = api.call("GET", "/v1/networks", list)
-    return found
-
-
-def network_ls(args: argparse.Namespace) -> int:
-    """Networks: name, CNI version, plugins, default."""
-    import json
-
-    from runtime.cli.output import print_table
-
-    found = _networks(_api(args))
-    if args.quiet:
-        for network in found:
-            print(network["name"])
-    elif args.format == "json":
-        print(json.dumps(found, indent=2))
-    else:
-        print_table(("NAME", "DEFAULT", "CNI", "PLUGINS", "SOURCE"),
-                    [(n["name"], "*" if n.get("default") else "", n["cni_version"],
-                      ",".join(n["plugins"]), n["source"]) for n in found])
-    return 0
-
-
-def network_inspect(args: argparse.Namespace) -> int:
-    """A JSON list of the named networks, each with the namespace's attachments to it."""
-    import json
-
-    from runtime.core.errors import NotFound
-
-    api = _api(args)
-    by_name = {n["name"]: n for n in _networks(api)}
-    attachments: list[dict[str, Any]] = api.call("GET", "/v1/networks/attachments", list)
-    default = next((n for n, v in by_name.items() if v.get("default")), "")
-    docs = []
-    for name in args.names:
-        wanted = default if name == "bridge" and name not in by_name else name
-        if wanted not in by_name:
-            raise NotFound(f"no such network: {name}")
-        docs.append({**by_name[wanted], "containers": [
-            {"id": a["container_id"], "ips": [ip["address"] for ip in a.get("ips", [])]}
-            for a in attachments if a["network"] in (wanted, name)]})
-    print(json.dumps(docs, indent=2))
     return 0
 
 
