@@ -218,8 +218,8 @@ def parse_publish(text: str) -> PortMapping:
     """``[[HOST_IP:]HOST_PORT:]CONTAINER_PORT[/tcp|udp]`` as ``-p`` takes it.
 
     No host port (``80``, ``127.0.0.1::80``) or host port 0 means one the
-    network picks at task create (host port 0 here), as with Docker. An IPv6 host address goes in brackets:
-    ``[::1]:8080:80``.
+    network picks at task create (host port 0 here), as with Docker. An IPv6
+    host address goes in brackets: ``[::1]:8080:80``.
     """
     expected = "expected [[HOST_IP:]HOST_PORT:]CONTAINER_PORT[/tcp|udp]"
     spec, _, protocol = text.strip().partition("/")
