@@ -1,8 +1,10 @@
-"""``moorage network ls|create|inspect|rm``: the networks of ``network.cni`` (``/v1/networks``)."""
+"""``moorage network ls|create|inspect|rm``: the CNI conflists of ``network.cni`` as networks."""
 
 from __future__ import annotations
 
 import sys
+
+from runtime.cli.verbs import EXIT_USAGE, client, docker_parser
 
 # typing.TYPE_CHECKING without importing typing (a few ms of every CLI call).
 TYPE_CHECKING = False
@@ -15,8 +17,6 @@ __all__ = ["register"]
 
 def register(sub: Any) -> None:
     """Add ``network`` and its subcommands."""
-    from runtime.cli.verbs import docker_parser
-
     network = sub.add_parser("network", help="networks (the CNI conflists of network.cni)")
     nsub = network.add_subparsers(dest="network_command", required=True, metavar="COMMAND")
     p = docker_parser(nsub.add_parser("ls", aliases=["list"], help="list networks"))
@@ -51,7 +51,6 @@ def network_ls(args: argparse.Namespace) -> int:
     """Networks: name, CNI version, plugins, default."""
     import json
 
-    from runtime.cli.main import client
     from runtime.cli.output import print_table
 
     found = _networks(client(args))
@@ -71,7 +70,6 @@ def network_inspect(args: argparse.Namespace) -> int:
     """A JSON list of the named networks, each with the namespace's attachments to it."""
     import json
 
-    from runtime.cli.main import client
     from runtime.core.errors import NotFound
 
     api = client(args)
@@ -92,7 +90,6 @@ def network_inspect(args: argparse.Namespace) -> int:
 
 def network_create(args: argparse.Namespace) -> int:
     """Create a network; print its name (the subnet it got on stderr); 125 if refused."""
-    from runtime.cli.main import client
     from runtime.core.errors import MoorageError
 
     try:
@@ -106,7 +103,7 @@ def network_create(args: argparse.Namespace) -> int:
                   "bridge": args.bridge})
     except MoorageError as exc:
         print(f"moorage: {exc.code}: {exc.message}", file=sys.stderr)
-        return 125
+        return EXIT_USAGE
     print(made["name"])
     print(f"subnet {made['subnet']}, gateway {made['gateway']}, bridge {made['bridge']}",
           file=sys.stderr)
@@ -116,8 +113,7 @@ def network_create(args: argparse.Namespace) -> int:
 def network_rm(args: argparse.Namespace) -> int:
     """Remove networks; one in use is refused (exit 125, it stays)."""
     from runtime.cli.each import for_each
-    from runtime.cli.main import client
 
     api = client(args)
     code = for_each(args.names, lambda name: api.call("DELETE", f"/v1/networks/{name}"))
-    return 125 if code else 0
+    return EXIT_USAGE if code else 0
