@@ -89,6 +89,9 @@ class TestPorts:
         udp = next(line for line in shown if line.startswith("81/udp -> 127.0.0.1:"))
         for line in (tcp, udp):
             assert int(line.rpartition(":")[2]) > 0
+        picked = tcp.rpartition(":")[2]
+        [row] = json.loads(ok(rd, "ps", "--format", "json"))
+        assert f"0.0.0.0:{picked}->80/tcp" in row["Ports"]
         ok(rd, "rm", "-f", "web")
 
     def test_P_publishes_every_exposed_port_of_the_image(self, rd: RuntimeDaemon,

@@ -196,12 +196,13 @@ def ps(args: argparse.Namespace) -> int:
         for c, _ in rows:
             print(c.id)
         return 0
+    ports = _published(api, [c for c, _ in rows])
     if args.format == "json":
         out = [{"ID": c.id, "Image": c.image, "Command": _command(c),
                 "CreatedAt": c.created_at.isoformat() if c.created_at else "",
                 "Status": _status(t), "State": str(t.status) if t else "created",
                 "ExitCode": t.exit_status if t else None,
-                "Ports": ", ".join(port_text(p) for p in requested_ports(c)), "Names": name_of(c),
+                "Ports": ", ".join(port_text(p) for p in ports[c.id]), "Names": name_of(c),
                 "Labels": c.labels} for c, t in rows]
         print(json.dumps(out, indent=2))
         return 0
@@ -213,9 +214,29 @@ def ps(args: argparse.Namespace) -> int:
     print_table(("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"),
                 [(c.id[:12] if not args.no_trunc else c.id, c.image, f'"{short(_command(c))}"',
                   ago(c.created_at), _status(t),
-                  ", ".join(port_text(p) for p in requested_ports(c)), name_of(c))
+                  ", ".join(port_text(p) for p in ports[c.id]), name_of(c))
                  for c, t in rows])
     return 0
+
+
+def _published(api: Any, containers: list[Any]) -> dict[str, list[Any]]:
+    """Each container's published ports (with the random host ports picked).
+
+    The network's attachment says while the container is attached; otherwise
+    the ports it asked for that name a host port.
+    """
+    from runtime.core.errors import MoorageError
+    from runtime.plugins.network.api import Attachment
+
+    attached: dict[str, list[Any]] = {}
+    if any(requested_ports(c) for c in containers):
+        try:
+            for a in api.call("GET", "/v1/networks/attachments", list[Attachment]):
+                attached[a.container_id] = list(a.ports)
+        except MoorageError:
+            pass  # no network plugin: nothing is published
+    return {c.id: attached.get(c.id) or [p for p in requested_ports(c) if p.host_port]
+            for c in containers}
 
 
 def create(args: argparse.Namespace) -> int:

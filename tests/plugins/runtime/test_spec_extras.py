@@ -45,6 +45,19 @@ class TestTerm:
             "TERM=vt100"]
 
 
+    def test_an_exec_with_a_terminal_gets_term_xterm_unless_set(self, tmp_path: Path) -> None:
+        from runtime.api.tasks import ExecRequest
+        from runtime.plugins.runtime.runc.bundle import exec_process_spec
+
+        container = generate_spec("ns", "c", None, SpecOptions(args=["sh"]))
+        tty = ExecRequest(exec_id="e", args=["sh"], terminal=True)
+        assert env({"process": exec_process_spec(container, tty, tmp_path)}) == ["TERM=xterm"]
+        own = ExecRequest(exec_id="e", args=["sh"], terminal=True, env=["TERM=screen"])
+        assert env({"process": exec_process_spec(container, own, tmp_path)}) == ["TERM=screen"]
+        plain = ExecRequest(exec_id="e", args=["sh"])
+        assert env({"process": exec_process_spec(container, plain, tmp_path)}) == []
+
+
 class TestInit:
     def test_init_is_bound_read_only_and_prefixes_the_command(
             self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

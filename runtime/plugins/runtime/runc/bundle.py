@@ -102,6 +102,8 @@ def exec_process_spec(container_spec: dict[str, Any], request: ExecRequest,
     process["args"] = list(request.args)
     process["terminal"] = request.terminal
     process["env"] = merge_env(process.get("env", []), request.env)
+    if request.terminal and not any(e.startswith("TERM=") for e in process["env"]):
+        process["env"].append("TERM=xterm")  # as for the container's own terminal
     if request.cwd:
         if not request.cwd.startswith("/"):
             raise InvalidArgument(f"working directory {request.cwd!r} must be absolute")
