@@ -72,8 +72,9 @@ def _copy_metadata(source: os.stat_result, target: str) -> None:
 def _copy_tree(source: str, target: str) -> None:
     """Copy the directory ``source`` into the existing directory ``target``, all kept.
 
-    Nothing is followed: symlinks are copied as links, devices and fifos are
-    made anew, hard links become separate files.
+    Nothing is followed: symlinks are copied as links, fifos are made anew,
+    hard links become separate files. Device nodes are left out: a node an
+    image chose would otherwise appear on the host, under the daemon's root.
     """
     with os.scandir(source) as entries:
         for entry in entries:
@@ -91,10 +92,10 @@ def _copy_tree(source: str, target: str) -> None:
                         writer.write(chunk)
             elif stat.S_ISLNK(mode):
                 os.symlink(os.readlink(src), dst)
-            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
-                os.mknod(dst, mode, info.st_rdev)
+            elif stat.S_ISFIFO(mode):
+                os.mkfifo(dst, 0o600)
             else:
-                continue  # sockets: nothing to copy
+                continue  # devices (see above), sockets: nothing to copy
             _copy_metadata(info, dst)
 
 

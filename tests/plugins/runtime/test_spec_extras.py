@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,8 @@ class TestCopyUp:
         (root / "data").mkdir(parents=True)
         (root / "data" / "f").write_text("image")
         os.mkfifo(root / "data" / "pipe")
+        if os.geteuid() == 0:
+            os.mknod(root / "data" / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
         empty, full, bind = (tmp_path / n for n in ("empty", "full", "bind"))
         for d in (empty, full, bind):
             d.mkdir()
@@ -152,6 +155,7 @@ class TestCopyUp:
         (root / "full" / "g").write_text("image")
         named = json.dumps({"/data": "fresh", "/full": "used"})  # /data2: a bind, not named
         assert copy_up_volumes(spec, str(root), named) == ["fresh"]
-        assert (empty / "f").read_text() == "image" and (empty / "pipe").exists()
+        assert (empty / "f").read_text() == "image" and (empty / "pipe").is_fifo()
+        assert not (empty / "null").exists()  # no device node of the image's on the host
         assert sorted(os.listdir(full)) == ["mine"] and os.listdir(bind) == []
         assert copy_up_volumes(spec, str(root), None) == []
