@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 __all__ = [
@@ -39,7 +41,7 @@ class ImageConfig(msgspec.Struct, kw_only=True, rename="pascal"):
     user: str | None = None
     stop_signal: str | None = None
     labels: dict[str, str] | None = None
-    exposed_ports: dict[str, object] | None = None
+    exposed_ports: dict[str, Any] | None = None
 
 
 class SpecMount(msgspec.Struct, kw_only=True):
