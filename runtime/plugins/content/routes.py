@@ -23,6 +23,8 @@ from runtime.plugins.api.api import (
     RouteSet,
     decode_body,
     error_response,
+    filters_of,
+    list_route,
     namespace_of,
 )
 
@@ -99,7 +101,7 @@ def content_routes(content: Any) -> RouteSet:
     """Routes over the content service."""
 
     async def list_(request: web.Request) -> list[ContentInfo]:
-        infos = await content.list(namespace_of(request), request.query.getall("filter", []))
+        infos = await content.list(namespace_of(request), filters_of(request))
         return [_conv(i, ContentInfo) for i in infos]
 
     async def info(request: web.Request) -> ContentInfo:
@@ -207,14 +209,7 @@ def content_routes(content: Any) -> RouteSet:
     digest = "/v1/content/{digest:sha256:[0-9a-f]{64}}"
     ref = "/v1/content/ingests/{ref:.+}"
     return [
-        Route(
-            "GET",
-            "/v1/content",
-            list_,
-            "List blobs of the namespace.",
-            response=list[ContentInfo],
-            query=(Query("filter", "filter; repeat to OR", True),),
-        ),
+        list_route("/v1/content", list_, "List blobs of the namespace.", list[ContentInfo]),
         Route(
             "GET",
             "/v1/content/ingests",

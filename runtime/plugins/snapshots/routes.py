@@ -17,7 +17,14 @@ from runtime.api.types import (
     Usage,
 )
 from runtime.core.errors import InvalidArgument
-from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
+from runtime.plugins.api.api import (
+    Route,
+    RouteSet,
+    decode_body,
+    filters_of,
+    list_route,
+    namespace_of,
+)
 
 T = TypeVar("T")
 
@@ -38,7 +45,7 @@ def snapshot_routes(service: Any) -> RouteSet:
         return request.match_info["key"]
 
     async def walk(request: web.Request) -> list[SnapshotInfo]:
-        infos = await sn(request).walk(namespace_of(request), *request.query.getall("filter", []))
+        infos = await sn(request).walk(namespace_of(request), *filters_of(request))
         return [_conv(i, SnapshotInfo) for i in infos]
 
     async def create(request: web.Request) -> list[Mount]:
@@ -77,14 +84,8 @@ def snapshot_routes(service: Any) -> RouteSet:
     # Keys may hold slashes; the action routes are declared first so they win.
     one = base + "/{key:.+}"
     return [
-        Route(
-            "GET",
-            base,
-            walk,
-            "Snapshots of the namespace.",
-            response=list[SnapshotInfo],
-            query=(Query("filter", "filter (kind, name, parent, labels.<k>)", True),),
-        ),
+        list_route(base, walk, "Snapshots of the namespace.", list[SnapshotInfo],
+                   "filter (kind, name, parent, labels.<k>)"),
         Route(
             "POST",
             base,

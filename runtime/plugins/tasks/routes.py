@@ -28,7 +28,15 @@ from runtime.api.tasks import (
 from runtime.core.config import DEFAULT_CGROUP_PARENT
 from runtime.core.errors import InvalidArgument
 from runtime.core.filters import adapt, parse
-from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
+from runtime.plugins.api.api import (
+    Query,
+    Route,
+    RouteSet,
+    decode_body,
+    filters_of,
+    list_route,
+    namespace_of,
+)
 from runtime.plugins.containers.api import new_container
 from runtime.plugins.tasks.io_routes import io_routes
 from runtime.plugins.tasks.service import TaskService
@@ -69,7 +77,7 @@ def task_routes(service: TaskService, cgroup_parent: str = DEFAULT_CGROUP_PARENT
         return namespace_of(request), request.match_info["id"]
 
     async def list_(request: web.Request) -> list[TaskState]:
-        parsed = parse(request.query.getall("filter", []))
+        parsed = parse(filters_of(request))
         found = await service.list(namespace_of(request))
         return [t for t in found if parsed.match(adapt(_task_fields(t)))]
 
@@ -155,8 +163,8 @@ def task_routes(service: TaskService, cgroup_parent: str = DEFAULT_CGROUP_PARENT
 
     one = "/v1/tasks/{id}"
     return [
-        Route("GET", "/v1/tasks", list_, "List tasks.", response=list[TaskState],
-              query=(Query("filter", "filter (id, container_id, pid, status, runtime)", True),)),
+        list_route("/v1/tasks", list_, "List tasks.", list[TaskState],
+                   "filter (id, container_id, pid, status, runtime)"),
         Route("POST", "/v1/tasks", create, "Create the task of a container (not started).",
               body=CreateTaskRequest, response=TaskState, status=201),
         Route("GET", one, get, "One task with its execs.", response=TaskState),
