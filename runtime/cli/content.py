@@ -9,6 +9,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from runtime.cli.transfers import human
+
 __all__ = ["register"]
 
 _CHUNK = 1 << 20
@@ -16,14 +18,11 @@ _CHUNK = 1 << 20
 
 def register(sub: Any) -> None:
     """Add this group's commands."""
-    from runtime.cli.main import add_output_flags
+    from runtime.cli.main import add_list_command, add_output_flags
 
     c = sub.add_parser("content", help="content store")
     csub = c.add_subparsers(dest="content_command", required=True, metavar="COMMAND")
-    p = csub.add_parser("ls", aliases=["list"], help="list blobs")
-    add_output_flags(p)
-    p.add_argument("filters", nargs="*")
-    p.set_defaults(handler=ls)
+    add_list_command(csub, "list blobs", ls)
     p = csub.add_parser("get", help="write a blob to stdout")
     p.add_argument("digest")
     p.set_defaults(handler=get)
@@ -47,10 +46,7 @@ def register(sub: Any) -> None:
 
     lz = sub.add_parser("leases", help="leases")
     lsub = lz.add_subparsers(dest="leases_command", required=True, metavar="COMMAND")
-    p = lsub.add_parser("ls", aliases=["list"], help="list leases")
-    add_output_flags(p)
-    p.add_argument("filters", nargs="*")
-    p.set_defaults(handler=leases_ls)
+    add_list_command(lsub, "list leases", leases_ls)
     p = lsub.add_parser("create", help="create a lease")
     p.add_argument("--id", default="")
     p.add_argument("--expire", type=float, default=None, help="seconds until it expires")
@@ -65,15 +61,6 @@ def _labels(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
-        value /= 1024
-    return f"{size} B"
-
-
 def ls(args: argparse.Namespace) -> int:
     """List blobs."""
     from runtime.cli.main import client
@@ -85,7 +72,7 @@ def ls(args: argparse.Namespace) -> int:
         headers=("DIGEST", "SIZE", "AGE", "LABELS"),
         row=lambda i: (
             i.digest,
-            _human(i.size),
+            human(i.size),
             i.created_at.strftime("%Y-%m-%d %H:%M") if i.created_at else "",
             _labels(i.labels),
         ),

@@ -59,7 +59,7 @@ def _add_pull(sub: Any, name: str, aliases: list[str] | None = None) -> None:
 
 def register(sub: Any) -> None:
     """Add this group's commands (and the ``pull`` shortcut)."""
-    from runtime.cli.main import add_output_flags
+    from runtime.cli.main import add_list_command, add_output_flags
     from runtime.cli.verbs import images as list_images
 
     images = sub.add_parser("images", aliases=["image", "i"],
@@ -78,10 +78,7 @@ def register(sub: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(handler=push)
 
-    p = isub.add_parser("ls", aliases=["list"], help="list images")
-    add_output_flags(p)
-    p.add_argument("filters", nargs="*", help="filters (name~=busybox, labels.k==v)")
-    p.set_defaults(handler=ls)
+    add_list_command(isub, "list images", ls, filters="filters (name~=busybox, labels.k==v)")
 
     p = isub.add_parser("rm", aliases=["remove", "delete"], help="remove images")
     p.add_argument("names", nargs="+")

@@ -86,6 +86,25 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="print ids only")
 
 
+def add_list_command(sub: Any, help: str, handler: Any, *, filters: str | None = "",
+                     aliases: Sequence[str] = ("list",)) -> argparse.ArgumentParser:
+    """A group's ``ls``: ``--format``, ``-q`` and, unless ``filters`` is ``None``, filter words.
+
+    Args:
+        sub: The group's subparsers.
+        help: The command's one line.
+        handler: What the command runs.
+        filters: Help of the positional ``filters`` (empty: none); ``None``: no filters.
+        aliases: Other names of the command.
+    """
+    parser: argparse.ArgumentParser = sub.add_parser("ls", aliases=list(aliases), help=help)
+    add_output_flags(parser)
+    if filters is not None:
+        parser.add_argument("filters", nargs="*", help=filters or None)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
 def client(args: Any) -> Any:
     """The API client for the global flags."""
     from runtime.client import Client

@@ -27,13 +27,11 @@ def parse_labels(pairs: list[str]) -> dict[str, str]:
 
 def register(sub: Any) -> None:
     """Add this group's commands."""
-    from runtime.cli.main import add_output_flags
+    from runtime.cli.main import add_list_command
 
     ns = sub.add_parser("namespaces", aliases=["ns"], help="manage namespaces")
     nsub = ns.add_subparsers(dest="ns_command", required=True, metavar="COMMAND")
-    p = nsub.add_parser("ls", help="list namespaces")
-    add_output_flags(p)
-    p.set_defaults(handler=ls)
+    add_list_command(nsub, "list namespaces", ls, filters=None, aliases=())
     p = nsub.add_parser("create", help="create a namespace")
     p.add_argument("name")
     p.add_argument("labels", nargs="*", metavar="KEY=VALUE")

@@ -11,15 +11,12 @@ __all__ = ["mount_command", "register"]
 
 def register(sub: Any) -> None:
     """Add this group's commands (argument order as ``ctr``)."""
-    from runtime.cli.main import add_output_flags
+    from runtime.cli.main import add_list_command
 
     s = sub.add_parser("snapshots", aliases=["snapshot"], help="snapshots")
     s.add_argument("--snapshotter", default="overlayfs")
     ssub = s.add_subparsers(dest="snapshots_command", required=True, metavar="COMMAND")
-    p = ssub.add_parser("ls", aliases=["list"], help="list snapshots")
-    add_output_flags(p)
-    p.add_argument("filters", nargs="*")
-    p.set_defaults(handler=ls)
+    add_list_command(ssub, "list snapshots", ls)
     p = ssub.add_parser("tree", help="snapshots as a tree of parents")
     p.set_defaults(handler=tree)
     for name, view in (("prepare", False), ("view", True)):
