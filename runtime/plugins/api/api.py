@@ -32,7 +32,6 @@ __all__ = [
     "decode_body",
     "ends_at_shutdown",
     "error_response",
-    "filters_of",
     "list_route",
     "namespace_of",
     "optional_service",
@@ -123,18 +122,13 @@ def namespace_of(request: web.Request) -> str:
     return str(request[NAMESPACE_KEY])
 
 
-def filters_of(request: web.Request) -> list[str]:
-    """The request's ``filter`` query parameters: a record matching any of them is listed."""
-    return request.query.getall("filter", [])
-
-
 def list_route(path: str, handler: Handler, summary: str, response: Any,
                filters: str = "filter; repeat to OR", tags: tuple[str, ...] = ()) -> Route:
     """``GET path``: records of the namespace, narrowed by repeated ``filter`` parameters.
 
     Args:
         path: The collection's path (``/v1/images``).
-        handler: Answers the list; it reads the filters with :func:`filters_of`.
+        handler: Answers the list, narrowed by ``request.query.getall("filter")``.
         summary: One line for the OpenAPI document.
         response: The answer's type (``list[ImageInfo]``).
         filters: How the ``filter`` parameter is documented (the fields it matches).

@@ -10,14 +10,7 @@ from aiohttp import web
 from runtime.api.containers import Container, ContainerCreateRequest, ContainerUpdateRequest
 from runtime.core.config import DEFAULT_CGROUP_PARENT
 from runtime.core.errors import FailedPrecondition
-from runtime.plugins.api.api import (
-    Route,
-    RouteSet,
-    decode_body,
-    filters_of,
-    list_route,
-    namespace_of,
-)
+from runtime.plugins.api.api import Route, RouteSet, decode_body, list_route, namespace_of
 from runtime.plugins.containers.api import ContainerStore, check_privileges, new_container
 
 __all__ = ["container_routes"]
@@ -31,7 +24,7 @@ def container_routes(store: ContainerStore, runtimes: Callable[[], dict[str, Any
     """
 
     async def list_(request: web.Request) -> list[Container]:
-        return await store.list(namespace_of(request), filters_of(request))
+        return await store.list(namespace_of(request), request.query.getall("filter", []))
 
     async def get(request: web.Request) -> Container:
         return await store.get(namespace_of(request), request.match_info["id"])

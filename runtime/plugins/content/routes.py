@@ -23,7 +23,6 @@ from runtime.plugins.api.api import (
     RouteSet,
     decode_body,
     error_response,
-    filters_of,
     list_route,
     namespace_of,
 )
@@ -101,7 +100,7 @@ def content_routes(content: Any) -> RouteSet:
     """Routes over the content service."""
 
     async def list_(request: web.Request) -> list[ContentInfo]:
-        infos = await content.list(namespace_of(request), filters_of(request))
+        infos = await content.list(namespace_of(request), request.query.getall("filter", []))
         return [_conv(i, ContentInfo) for i in infos]
 
     async def info(request: web.Request) -> ContentInfo:

@@ -28,15 +28,7 @@ from runtime.api.types import (
     ImageUsage,
 )
 from runtime.core.errors import InvalidArgument, MoorageError
-from runtime.plugins.api.api import (
-    Query,
-    Route,
-    RouteSet,
-    decode_body,
-    filters_of,
-    list_route,
-    namespace_of,
-)
+from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, list_route, namespace_of
 
 __all__ = ["image_routes"]
 
@@ -125,7 +117,7 @@ def image_routes(service: Any, gc: Callable[[], Any] | None = None) -> RouteSet:
         return response
 
     async def list_(request: web.Request) -> list[ImageInfo]:
-        images = await service.list(namespace_of(request), filters_of(request))
+        images = await service.list(namespace_of(request), request.query.getall("filter", []))
         return [_conv(i, ImageInfo) for i in images]
 
     async def get(request: web.Request) -> ImageInfo:

@@ -11,15 +11,7 @@ from aiohttp import web
 
 from runtime.api.types import Lease, LeaseCreateRequest, LeaseResource
 from runtime.core.errors import InvalidArgument
-from runtime.plugins.api.api import (
-    Query,
-    Route,
-    RouteSet,
-    decode_body,
-    filters_of,
-    list_route,
-    namespace_of,
-)
+from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, list_route, namespace_of
 from runtime.plugins.metadata.api import Resource
 
 __all__ = ["MAX_EXPIRE", "lease_routes"]
@@ -41,7 +33,7 @@ def lease_routes(metadata: Any, gc: Callable[[], Any] | None = None) -> RouteSet
     leases = metadata.leases
 
     async def list_(request: web.Request) -> list[Lease]:
-        found = await leases.list(namespace_of(request), filters_of(request))
+        found = await leases.list(namespace_of(request), request.query.getall("filter", []))
         return [_lease(lease) for lease in found]
 
     async def create(request: web.Request) -> Lease:

@@ -17,14 +17,7 @@ from runtime.api.types import (
     Usage,
 )
 from runtime.core.errors import InvalidArgument
-from runtime.plugins.api.api import (
-    Route,
-    RouteSet,
-    decode_body,
-    filters_of,
-    list_route,
-    namespace_of,
-)
+from runtime.plugins.api.api import Route, RouteSet, decode_body, list_route, namespace_of
 
 T = TypeVar("T")
 
@@ -45,7 +38,7 @@ def snapshot_routes(service: Any) -> RouteSet:
         return request.match_info["key"]
 
     async def walk(request: web.Request) -> list[SnapshotInfo]:
-        infos = await sn(request).walk(namespace_of(request), *filters_of(request))
+        infos = await sn(request).walk(namespace_of(request), *request.query.getall("filter", []))
         return [_conv(i, SnapshotInfo) for i in infos]
 
     async def create(request: web.Request) -> list[Mount]:

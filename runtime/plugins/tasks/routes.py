@@ -28,15 +28,7 @@ from runtime.api.tasks import (
 from runtime.core.config import DEFAULT_CGROUP_PARENT
 from runtime.core.errors import InvalidArgument
 from runtime.core.filters import adapt, parse
-from runtime.plugins.api.api import (
-    Query,
-    Route,
-    RouteSet,
-    decode_body,
-    filters_of,
-    list_route,
-    namespace_of,
-)
+from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, list_route, namespace_of
 from runtime.plugins.containers.api import new_container
 from runtime.plugins.tasks.io_routes import io_routes
 from runtime.plugins.tasks.service import TaskService
@@ -77,7 +69,7 @@ def task_routes(service: TaskService, cgroup_parent: str = DEFAULT_CGROUP_PARENT
         return namespace_of(request), request.match_info["id"]
 
     async def list_(request: web.Request) -> list[TaskState]:
-        parsed = parse(filters_of(request))
+        parsed = parse(request.query.getall("filter", []))
         found = await service.list(namespace_of(request))
         return [t for t in found if parsed.match(adapt(_task_fields(t)))]
 
