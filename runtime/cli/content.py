@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from runtime.cli.namespaces import format_labels, parse_labels
 from runtime.cli.transfers import human
 
 __all__ = ["register"]
@@ -57,10 +58,6 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=leases_rm)
 
 
-def _labels(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-
-
 def ls(args: argparse.Namespace) -> int:
     """List blobs."""
     from runtime.cli.main import client
@@ -74,7 +71,7 @@ def ls(args: argparse.Namespace) -> int:
             i.digest,
             human(i.size),
             i.created_at.strftime("%Y-%m-%d %H:%M") if i.created_at else "",
-            _labels(i.labels),
+            format_labels(i.labels),
         ),
         ident=lambda i: i.digest,
     )
@@ -112,7 +109,6 @@ def _stdin_from(offset: int) -> Iterator[bytes]:
 def ingest(args: argparse.Namespace) -> int:
     """Upload stdin, resuming from the recorded offset of an earlier attempt."""
     from runtime.cli.main import client
-    from runtime.cli.namespaces import parse_labels
     from runtime.core.errors import AlreadyExists, NotFound
 
     api = client(args)
@@ -148,10 +144,9 @@ def rm(args: argparse.Namespace) -> int:
 def label(args: argparse.Namespace) -> int:
     """Set labels on a blob."""
     from runtime.cli.main import client
-    from runtime.cli.namespaces import parse_labels
 
     info = client(args).label_content(args.digest, parse_labels(args.labels))
-    print(f"{info.digest}  {_labels(info.labels)}")
+    print(f"{info.digest}  {format_labels(info.labels)}")
     return 0
 
 
@@ -187,7 +182,7 @@ def leases_ls(args: argparse.Namespace) -> int:
         row=lambda x: (
             x.id,
             x.created_at.strftime("%Y-%m-%d %H:%M:%S") if x.created_at else "",
-            _labels(x.labels),
+            format_labels(x.labels),
         ),
         ident=lambda x: x.id,
     )
@@ -197,7 +192,6 @@ def leases_ls(args: argparse.Namespace) -> int:
 def leases_create(args: argparse.Namespace) -> int:
     """Create a lease and print its id."""
     from runtime.cli.main import client
-    from runtime.cli.namespaces import parse_labels
 
     print(client(args).create_lease(args.id, parse_labels(args.labels), args.expire).id)
     return 0

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from runtime.cli.namespaces import format_labels, parse_labels
 from runtime.cli.transfers import follow, human, summary
 
 __all__ = ["register"]
@@ -233,10 +234,6 @@ def push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _labels(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-
-
 def _kind(media_type: str) -> str:
     if "index" in media_type or "manifest.list" in media_type:
         return "index"
@@ -262,7 +259,7 @@ def ls(args: argparse.Namespace) -> int:
             _kind(i.target.mediaType),
             i.target.digest,
             human(sizes.get(i.name, 0)),
-            _labels(i.labels),
+            format_labels(i.labels),
         ),
         ident=lambda i: i.name,
     )
@@ -299,10 +296,9 @@ def tag(args: argparse.Namespace) -> int:
 def label(args: argparse.Namespace) -> int:
     """Set labels on an image."""
     from runtime.cli.main import client
-    from runtime.cli.namespaces import parse_labels
 
     info = client(args).update_image(args.name, labels=parse_labels(args.labels))
-    print(f"{info.name}  {_labels(info.labels)}")
+    print(f"{info.name}  {format_labels(info.labels)}")
     return 0
 
 

@@ -25,6 +25,11 @@ def parse_labels(pairs: list[str]) -> dict[str, str]:
     return labels
 
 
+def format_labels(labels: dict[str, str]) -> str:
+    """``k1=v1,k2=v2``, sorted: labels as ``ls`` tables and ``label`` commands print them."""
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
 def register(sub: Any) -> None:
     """Add this group's commands."""
     from runtime.cli.main import add_list_command
@@ -45,10 +50,6 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=label)
 
 
-def _labels(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-
-
 def ls(args: argparse.Namespace) -> int:
     """List namespaces."""
     from runtime.cli.main import client
@@ -58,7 +59,7 @@ def ls(args: argparse.Namespace) -> int:
         args,
         client(args).namespaces(),
         headers=("NAME", "LABELS"),
-        row=lambda n: (n.name, _labels(n.labels)),
+        row=lambda n: (n.name, format_labels(n.labels)),
         ident=lambda n: n.name,
     )
     return 0
@@ -85,5 +86,5 @@ def label(args: argparse.Namespace) -> int:
     from runtime.cli.main import client
 
     info = client(args).label_namespace(args.name, parse_labels(args.labels))
-    print(f"{info.name}  {_labels(info.labels)}")
+    print(f"{info.name}  {format_labels(info.labels)}")
     return 0

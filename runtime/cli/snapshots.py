@@ -141,8 +141,8 @@ def usage(args: argparse.Namespace) -> int:
 def label(args: argparse.Namespace) -> int:
     """Set labels on a snapshot."""
     from runtime.cli.main import client
-    from runtime.cli.namespaces import parse_labels
+    from runtime.cli.namespaces import format_labels, parse_labels
 
     info = client(args).label_snapshot(args.snapshotter, args.key, parse_labels(args.labels))
-    print(",".join(f"{k}={v}" for k, v in sorted(info.labels.items())))
+    print(format_labels(info.labels))
     return 0
