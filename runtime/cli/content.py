@@ -19,7 +19,7 @@ _CHUNK = 1 << 20
 
 def register(sub: Any) -> None:
     """Add this group's commands."""
-    from runtime.cli.main import add_list_command, add_output_flags
+    from runtime.cli.main import add_label_command, add_list_command, add_output_flags
 
     c = sub.add_parser("content", help="content store")
     csub = c.add_subparsers(dest="content_command", required=True, metavar="COMMAND")
@@ -37,10 +37,7 @@ def register(sub: Any) -> None:
     p = csub.add_parser("rm", aliases=["delete"], help="remove blobs")
     p.add_argument("digests", nargs="+")
     p.set_defaults(handler=rm)
-    p = csub.add_parser("label", help="set labels (KEY= removes)")
-    p.add_argument("digest")
-    p.add_argument("labels", nargs="+", metavar="KEY=VALUE")
-    p.set_defaults(handler=label)
+    add_label_command(csub, "digest", label)
     p = csub.add_parser("active", help="uploads in progress")
     add_output_flags(p)
     p.set_defaults(handler=active)

@@ -60,7 +60,7 @@ def _add_pull(sub: Any, name: str, aliases: list[str] | None = None) -> None:
 
 def register(sub: Any) -> None:
     """Add this group's commands (and the ``pull`` shortcut)."""
-    from runtime.cli.main import add_list_command, add_output_flags
+    from runtime.cli.main import add_label_command, add_list_command, add_output_flags
     from runtime.cli.verbs import images as list_images
 
     images = sub.add_parser("images", aliases=["image", "i"],
@@ -92,10 +92,7 @@ def register(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing target")
     p.set_defaults(handler=tag)
 
-    p = isub.add_parser("label", help="set labels (KEY= removes)")
-    p.add_argument("name")
-    p.add_argument("labels", nargs="+", metavar="KEY=VALUE")
-    p.set_defaults(handler=label)
+    add_label_command(isub, "name", label)
 
     p = isub.add_parser("inspect", help="an image's record, completeness and run config")
     p.add_argument("name")

@@ -105,6 +105,16 @@ def add_list_command(sub: Any, help: str, handler: Any, *, filters: str | None =
     return parser
 
 
+def add_label_command(sub: Any, key: str, handler: Any,
+                      help: str = "set labels (KEY= removes)") -> argparse.ArgumentParser:
+    """A group's ``label KEY KEY=VALUE...``; the object is named by the positional ``key``."""
+    parser: argparse.ArgumentParser = sub.add_parser("label", help=help)
+    parser.add_argument(key)
+    parser.add_argument("labels", nargs="+", metavar="KEY=VALUE")
+    parser.set_defaults(handler=handler)
+    return parser
+
+
 def client(args: Any) -> Any:
     """The API client for the global flags."""
     from runtime.client import Client

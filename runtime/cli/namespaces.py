@@ -32,7 +32,7 @@ def format_labels(labels: dict[str, str]) -> str:
 
 def register(sub: Any) -> None:
     """Add this group's commands."""
-    from runtime.cli.main import add_list_command
+    from runtime.cli.main import add_label_command, add_list_command
 
     ns = sub.add_parser("namespaces", aliases=["ns"], help="manage namespaces")
     nsub = ns.add_subparsers(dest="ns_command", required=True, metavar="COMMAND")
@@ -44,10 +44,7 @@ def register(sub: Any) -> None:
     p = nsub.add_parser("rm", aliases=["remove"], help="remove empty namespaces")
     p.add_argument("names", nargs="+")
     p.set_defaults(handler=rm)
-    p = nsub.add_parser("label", help="set labels (KEY= removes)")
-    p.add_argument("name")
-    p.add_argument("labels", nargs="+", metavar="KEY=VALUE")
-    p.set_defaults(handler=label)
+    add_label_command(nsub, "name", label)
 
 
 def ls(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ __all__ = ["mount_command", "register"]
 
 def register(sub: Any) -> None:
     """Add this group's commands (argument order as ``ctr``)."""
-    from runtime.cli.main import add_list_command
+    from runtime.cli.main import add_label_command, add_list_command
 
     s = sub.add_parser("snapshots", aliases=["snapshot"], help="snapshots")
     s.add_argument("--snapshotter", default="overlayfs")
@@ -39,10 +39,7 @@ def register(sub: Any) -> None:
     p = ssub.add_parser("usage", help="usage [KEY]")
     p.add_argument("key", nargs="?", default="")
     p.set_defaults(handler=usage)
-    p = ssub.add_parser("label", help="label KEY KEY=VALUE...")
-    p.add_argument("key")
-    p.add_argument("labels", nargs="+", metavar="KEY=VALUE")
-    p.set_defaults(handler=label)
+    add_label_command(ssub, "key", label, "label KEY KEY=VALUE...")
 
 
 def mount_command(mounts: list[Any], target: str) -> str:
