@@ -101,6 +101,7 @@ class Registration:
         requires: tuple[str, ...] = (),
         config: builtins.type[PluginConfig] | None = None,
         close: Callable[[Any], Awaitable[None]] | None = None,
+        api_version: int = PLUGIN_API_VERSION,
         description: str = "",
     ) -> Registration:
         """The registration of ``name`` (``"<type>.<id>"``), spelt as requires and configs spell it.
@@ -112,7 +113,7 @@ class Registration:
         if not dot:
             raise ValueError(f"plugin name {name!r} must be <type>.<id>")
         return cls(type=type_, id=id_, init=init, requires=requires, config=config, close=close,
-                   description=description)
+                   api_version=api_version, description=description)
 
 
 @dataclass(kw_only=True)
