@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import sys
 
+from runtime.api.constants import ADDRESS_ENV, NAMESPACE_ENV, TOKEN_FILE_ENV
+
 # typing.TYPE_CHECKING without importing typing (a few ms of every call).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -63,18 +65,18 @@ def build_parser(groups: Iterable[str] = GROUPS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moorage", description="Moorage container runtime")
     parser.add_argument(
         "--address",
-        default=os.environ.get("MOORAGE_ADDRESS"),
+        default=os.environ.get(ADDRESS_ENV),
         help="unix:///path or http://host:port (env MOORAGE_ADDRESS)",
     )
     parser.add_argument(
         "-n",
         "--namespace",
-        default=os.environ.get("MOORAGE_NAMESPACE"),
+        default=os.environ.get(NAMESPACE_ENV),
         help="namespace (env MOORAGE_NAMESPACE, default 'default')",
     )
     parser.add_argument(
         "--token-file",
-        default=os.environ.get("MOORAGE_TOKEN_FILE"),
+        default=os.environ.get(TOKEN_FILE_ENV),
         help="bearer token for a TCP address",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -165,9 +167,9 @@ def _fast_version(options: dict[str, str], rest: list[str]) -> int | None:
     from runtime.client.lean import LeanClient
 
     env = os.environ.get
-    server = LeanClient(options.get("address") or env("MOORAGE_ADDRESS"),
-                        namespace=options.get("namespace") or env("MOORAGE_NAMESPACE"),
-                        token_file=options.get("token_file") or env("MOORAGE_TOKEN_FILE"),
+    server = LeanClient(options.get("address") or env(ADDRESS_ENV),
+                        namespace=options.get("namespace") or env(NAMESPACE_ENV),
+                        token_file=options.get("token_file") or env(TOKEN_FILE_ENV),
                         ).version()
     if fmt == "json":
         import json
@@ -295,9 +297,9 @@ def _fast_args(options: dict[str, str], rest: list[str]) -> Any:
 
     env = os.environ.get
     return SimpleNamespace(
-        address=options.get("address") or env("MOORAGE_ADDRESS"),
-        namespace=options.get("namespace") or env("MOORAGE_NAMESPACE"),
-        token_file=options.get("token_file") or env("MOORAGE_TOKEN_FILE"),
+        address=options.get("address") or env(ADDRESS_ENV),
+        namespace=options.get("namespace") or env(NAMESPACE_ENV),
+        token_file=options.get("token_file") or env(TOKEN_FILE_ENV),
         handler=getattr(import_module(f"runtime.cli.{module}"), handler), **values)
 
 
