@@ -23,6 +23,7 @@ __all__ = [
     "STDOUT",
     "UNKNOWN_EXIT_STATUS",
     "CreateTaskRequest",
+    "ExecOutput",
     "ExecRequest",
     "ExitStatus",
     "KillRequest",
@@ -301,6 +302,20 @@ class ExecRequest(_Body):
     user: str = ""
     terminal: bool = False
     stdin: bool = False
+
+
+class ExecOutput(msgspec.Struct, kw_only=True):
+    """How an exec run to its end in one call ended (``Runtime.exec_sync``).
+
+    ``timed_out``: the deadline passed and the process tree was killed; then
+    ``exit_status`` is whatever the kill left and the output is partial.
+    """
+
+    pid: int
+    exit_status: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+    timed_out: bool = False
 
 
 class ProcessRequest(_Body):

@@ -7,7 +7,6 @@ import logging
 import os
 import secrets
 import signal
-from collections.abc import Iterable
 from pathlib import Path
 
 import anyio
@@ -38,7 +37,6 @@ from runtime.plugins.cri.records import (
     ns_of,
 )
 from runtime.plugins.cri.v1 import api_pb2 as pb
-from runtime.plugins.runtime.api import Runtime
 
 __all__ = ["Containers"]
 
@@ -310,40 +308,14 @@ class Containers(PodRecords):
         task = await self._task(container_id)
         if runtime is None or task is None or task.status != Status.RUNNING:
             raise FailedPrecondition(f"container {container_id!r} is not running")
-        exec_id = "sync-" + secrets.token_hex(8)
-        await runtime.exec(self.namespace, container_id,
-                           ExecRequest(exec_id=exec_id, args=list(cmd)))
-        out: dict[int, bytearray] = {2: bytearray(), 3: bytearray()}
-        timed_out = False
-        try:
-            stream = await runtime.attach(self.namespace, container_id, exec_id, start=True)
-            try:
-                with anyio.move_on_after(timeout if timeout > 0 else None) as scope:
-                    while (chunk := await stream.receive()) is not None:
-                        out.setdefault(chunk[0], bytearray()).extend(chunk[1])
-                    exit_ = await runtime.wait(self.namespace, container_id, exec_id)
-                timed_out = scope.cancelled_caught
-            finally:
-                stream.close()
-            if timed_out:
-                with anyio.CancelScope(shield=True):
-                    await self._kill_exec_tree(runtime, container_id, exec_id)
-                raise DeadlineExceeded(f"command {cmd[0]!r} timed out after {timeout} s")
-        finally:
-            with anyio.CancelScope(shield=True), contextlib.suppress(MoorageError):
-                await runtime.delete(self.namespace, container_id, exec_id)
-        return pb.ExecSyncResponse(stdout=bytes(out[2]), stderr=bytes(out[3]),
-                                   exit_code=exit_.exit_status)
-
-    async def _kill_exec_tree(self, runtime: Runtime, container_id: str, exec_id: str) -> None:
-        state = await runtime.state(self.namespace, container_id)
-        pid = next((e.pid for e in state.execs if e.id == exec_id), 0)
-        if pid:
-            await anyio.to_thread.run_sync(_kill_tree, pid)
-        with contextlib.suppress(MoorageError):
-            await runtime.kill(self.namespace, container_id, signal.SIGKILL, exec_id=exec_id)
-        with anyio.move_on_after(10), contextlib.suppress(MoorageError):
-            await runtime.wait(self.namespace, container_id, exec_id)
+        result = await runtime.exec_sync(
+            self.namespace, container_id,
+            ExecRequest(exec_id="sync-" + secrets.token_hex(8), args=list(cmd)),
+            timeout=timeout if timeout > 0 else None)
+        if result.timed_out:
+            raise DeadlineExceeded(f"command {cmd[0]!r} timed out after {timeout} s")
+        return pb.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr,
+                                   exit_code=result.exit_status)
 
 
 def _state_of(task: TaskState | None) -> int:
@@ -371,27 +343,3 @@ def _own_oom_score_adj() -> int:
         return int(Path("/proc/self/oom_score_adj").read_text().strip())
     except (OSError, ValueError):
         return 0
-
-
-def _children(pid: int) -> Iterable[int]:
-    try:
-        tasks = Path(f"/proc/{pid}/task").iterdir()
-        for task in tasks:
-            with contextlib.suppress(OSError, ValueError):
-                yield from (int(c) for c in (task / "children").read_text().split())
-    except OSError:
-        return
-
-
-def _kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and every descendant (children first found, then killed)."""
-    seen: list[int] = []
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        seen.append(current)
-        todo.extend(c for c in _children(current) if c not in seen)
-    for victim in seen:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(victim, signal.SIGKILL)
-

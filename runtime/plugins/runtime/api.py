@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from runtime.api.mounts import Mount
 from runtime.api.tasks import (
+    ExecOutput,
     ExecRequest,
     ExitStatus,
     LogEntry,
@@ -142,6 +143,18 @@ class Runtime(Protocol):
 
     async def exec(self, namespace: str, container_id: str, request: ExecRequest) -> ProcessState:
         """Add an exec process to a running task."""
+        ...
+
+    async def exec_sync(
+        self, namespace: str, container_id: str, request: ExecRequest, *,
+        timeout: float | None = None,
+    ) -> ExecOutput:
+        """Run an exec (no terminal, no stdin) to its end and return its output.
+
+        Unlike :meth:`exec`, nothing is recorded: the process is the daemon's for
+        the call's length (a restart forgets it); it still sends exec-added,
+        exec-started, exit and delete. On ``timeout`` its process tree is killed.
+        """
         ...
 
     async def resize(

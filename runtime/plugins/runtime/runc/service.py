@@ -57,10 +57,10 @@ from runtime.plugins.runtime.runc.bundle import (
 )
 from runtime.plugins.runtime.runc.cgroups import remove_empty
 from runtime.plugins.runtime.runc.conmon import Monitor, MonitorOptions
+from runtime.plugins.runtime.runc.direct_exec import DirectExecs
 from runtime.plugins.runtime.runc.layout import ProcessRecord, TaskRecord, write_durably
 from runtime.plugins.runtime.runc.oci import OciRuntime
 from runtime.plugins.runtime.runc.process import Process
-from runtime.plugins.runtime.runc.queries import TaskTable
 from runtime.plugins.runtime.runc.supervisor import Publish, Supervisor
 from runtime.plugins.runtime.runc.task import Task
 from runtime.plugins.snapshots.api import Mount
@@ -69,7 +69,7 @@ __all__ = ["RuncRuntime"]
 
 log = logging.getLogger("moorage.runtime.runc")
 
-class RuncRuntime(TaskTable):
+class RuncRuntime(DirectExecs):
     """Tasks run by one OCI runtime binary, each supervised by conmon.
 
     Args:

@@ -1,0 +1,219 @@
+"""A synchronous exec run as the daemon's own child: ``<runtime> exec`` without conmon.
+
+A caller that waits for the exit and takes the output in one piece (CRI
+``ExecSync``) needs no monitor: nothing has to outlive the call, nobody attaches
+later, no log is kept. So the runtime runs in the foreground with pipes for
+stdout and stderr, as containerd's shim runs it: ``runc exec`` (not
+``--detach``) stays the process's parent, forwards signals to it and exits with
+its status. That saves conmon's double fork, its sync pipes and attach socket,
+and the exit-file round trip: about half of each ``ExecSync`` (docs/performance.md).
+
+What it gives up, on purpose: the exec is in no record, so a daemon restart
+forgets it (the caller's connection is gone with the daemon anyway). Its
+process stays in the task's cgroup and dies with the task, as containerd's
+ExecSync processes die with their container.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from runtime.api.tasks import (
+    ExecOutput,
+    ExecRequest,
+    Status,
+    TaskDelete,
+    TaskExecAdded,
+    TaskExecStarted,
+    TaskExit,
+)
+from runtime.core.errors import InvalidArgument
+from runtime.core.identifiers import validate_identifier
+from runtime.plugins.runtime.runc.bundle import exec_process_spec, remove_tree
+from runtime.plugins.runtime.runc.conmon import start_error
+from runtime.plugins.runtime.runc.oci import runtime_message
+from runtime.plugins.runtime.runc.queries import TaskTable
+from runtime.plugins.runtime.runc.supervisor import Publish
+from runtime.plugins.runtime.runc.task import Task
+
+__all__ = ["OUTPUT_LIMIT", "DirectExecs", "exec_to_end", "kill_tree", "run_exec"]
+
+#: Bytes kept of each of stdout and stderr; the rest is read and dropped.
+OUTPUT_LIMIT = 16 << 20
+#: After the process exits, how long a background child holding its pipes may
+#: keep them open before the output is taken as it is.
+_DRAIN_GRACE = 1.0
+
+
+async def _drain(stream: anyio.abc.ByteReceiveStream, into: bytearray, limit: int) -> None:
+    with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError,
+                             anyio.BrokenResourceError):
+        while True:
+            chunk = await stream.receive()
+            if len(into) < limit:
+                into.extend(chunk[: limit - len(into)])
+
+
+def _read_pid(pid_file: Path) -> int:
+    try:
+        return int(pid_file.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+async def run_exec(command: list[str], pid_file: Path, *, timeout: float | None,
+                   limit: int = OUTPUT_LIMIT) -> ExecOutput:
+    """Run ``command`` (a ``<runtime> exec --pid-file PID_FILE ...`` line) to its end.
+
+    On ``timeout`` the exec'd process and everything it started are killed
+    (the runtime then exits too) and the result says ``timed_out``.
+
+    Raises:
+        CommandNotFound, CommandNotExecutable, FailedPrecondition: The runtime
+            could not start the process (no pid file); the message is its own.
+    """
+    out, err = bytearray(), bytearray()
+    timed_out = False
+    process = await anyio.open_process(command, stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    async with process:
+        assert process.stdout is not None and process.stderr is not None
+        with anyio.move_on_after(timeout) as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_drain, process.stdout, out, limit)
+                tg.start_soon(_drain, process.stderr, err, limit)
+                await process.wait()
+                # Output the process wrote is in the pipes by now; only a leftover
+                # background child could still hold them open.
+                tg.cancel_scope.deadline = anyio.current_time() + _DRAIN_GRACE
+        if scope.cancelled_caught:
+            timed_out = True
+            with anyio.CancelScope(shield=True):
+                await _end_timed_out(process, pid_file)
+    pid = _read_pid(pid_file)
+    status = process.returncode if process.returncode is not None else -1
+    if not pid and not timed_out:
+        raise _start_failure(command[0], bytes(err))
+    if status < 0:  # the runtime itself was killed by a signal
+        status = 128 - status
+    return ExecOutput(pid=pid, exit_status=status, stdout=bytes(out), stderr=bytes(err),
+                      timed_out=timed_out)
+
+
+class DirectExecs(TaskTable):
+    """:class:`TaskTable` plus ``exec_sync``; :class:`~.service.RuncRuntime` builds on it."""
+
+    runtime_path: str
+    publish: Publish
+
+    async def exec_sync(self, namespace: str, container_id: str, request: ExecRequest, *,
+                        timeout: float | None = None) -> ExecOutput:
+        """Run an exec to its end as the daemon's child, no monitor (see the module)."""
+        if request.exec_id:
+            validate_identifier(request.exec_id, "exec id")
+        if request.terminal or request.stdin:
+            raise InvalidArgument("exec_sync takes no terminal and no stdin")
+        runtime = [self.runtime_path, *self.oci.global_args(namespace)]
+        return await exec_to_end(self._get(namespace, container_id), request, runtime,
+                                 self.publish, timeout=timeout)
+
+
+async def exec_to_end(task: Task, request: ExecRequest, runtime: list[str], publish: Publish,
+                      *, timeout: float | None) -> ExecOutput:
+    """Run ``request`` in ``task`` with ``runtime`` (binary and global flags) to its end.
+
+    The events are the ones a monitored exec sends, in the same order;
+    exec-started goes out once the pid is known, that is after the run.
+    """
+    task.require(task.init, "exec in", Status.RUNNING)
+    exec_id = request.exec_id or "direct-" + secrets.token_hex(8)
+    # Under the bundle (the state directory), not the record: nothing here must
+    # survive a restart, and recovery never sees it.
+    workdir = task.paths.bundle / "direct-execs" / exec_id
+
+    def prepare() -> Path:
+        process_spec = exec_process_spec(task.spec(), request, task.paths.rootfs)
+        workdir.mkdir(parents=True, mode=0o700)
+        spec_file = workdir / "process.json"
+        spec_file.write_text(json.dumps(process_spec))
+        return spec_file
+
+    spec_file = await anyio.to_thread.run_sync(prepare)
+    namespace, container_id = task.namespace, task.id
+    try:
+        async with task.order:
+            publish(namespace, "/tasks/exec-added",
+                    TaskExecAdded(container_id=container_id, exec_id=exec_id))
+        pid_file = workdir / "pid"
+        command = [*runtime, "exec", "--pid-file", str(pid_file), "--process", str(spec_file),
+                   container_id]
+        result = await run_exec(command, pid_file, timeout=timeout)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(remove_tree, workdir)
+    exited_at = datetime.now(UTC)
+    async with task.order:
+        publish(namespace, "/tasks/exec-started",
+                TaskExecStarted(container_id=container_id, exec_id=exec_id, pid=result.pid))
+        publish(namespace, "/tasks/exit", TaskExit(
+            container_id=container_id, id=exec_id, pid=result.pid,
+            exit_status=result.exit_status, exited_at=exited_at))
+        publish(namespace, "/tasks/delete", TaskDelete(
+            container_id=container_id, id=exec_id, pid=result.pid,
+            exit_status=result.exit_status, exited_at=exited_at))
+    return result
+
+
+async def _end_timed_out(process: anyio.abc.Process, pid_file: Path) -> None:
+    pid = _read_pid(pid_file)
+    if pid:
+        await anyio.to_thread.run_sync(kill_tree, pid)
+    with anyio.move_on_after(10):
+        await process.wait()
+        return
+    # Still there (it never started the process, or ignores it): end the runtime itself.
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    await process.wait()
+
+
+def _start_failure(runtime: str, stderr: bytes) -> Exception:
+    text = runtime_message(stderr) or stderr.decode(errors="replace").strip() or "no message"
+    prefix = f"{os.path.basename(runtime)} exec failed"
+    # runc already says "runc exec failed: ..."; crun does not.
+    return start_error(text if text.startswith(prefix) else f"{prefix}: {text}")
+
+
+def _children(pid: int) -> Iterable[int]:
+    try:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        for task in tasks:
+            with contextlib.suppress(OSError, ValueError):
+                yield from (int(c) for c in (task / "children").read_text().split())
+    except OSError:
+        return
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every descendant (children first found, then killed)."""
+    seen: list[int] = []
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        seen.append(current)
+        todo.extend(c for c in _children(current) if c not in seen)
+    for victim in seen:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(victim, signal.SIGKILL)
