@@ -154,6 +154,15 @@ def test_exec_sync_timeout_fails_and_kills_the_process_tree(cri: Any, cri_image:
     assert "sleep 60" not in ps, ps
 
 
+def test_exec_sync_of_a_missing_command_fails_with_the_runtime_s_message(
+        cri: Any, cri_image: str) -> None:
+    _, container_id = cri.run_container(cri_image)
+    with pytest.raises(grpc.RpcError) as err:
+        cri.exec(container_id, "no-such-command")
+    assert '"no-such-command": executable file not found' in (err.value.details() or "")
+    assert cri.exec(container_id, "true").exit_code == 0
+
+
 def test_list_containers_filters(cri: Any, cri_image: str) -> None:
     pb = cri.pb
     cri.pull(cri_image)

@@ -1,0 +1,93 @@
+"""``run_exec``: a foreground exec's status, output, deadline and start failures.
+
+A shell stands in for ``runc exec``: like runc it writes the pid of the
+process it runs to ``--pid-file`` and exits with that process's status; it
+``exec``s the workload so the pid file names it. Through real runc, the CRI
+tests (tests/cri -k exec_sync) drive the same code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from runtime.core.errors import CommandNotFound, FailedPrecondition
+from runtime.plugins.runtime.runc.conmon import process_start_time
+from runtime.plugins.runtime.runc.direct_exec import run_exec
+
+
+def fake_runtime(pid_file: Path, script: str) -> list[str]:
+    """A command that records its pid in ``pid_file`` and becomes ``sh -c script``."""
+    return ["sh", "-c", f'echo $$ > {pid_file}; exec sh -c "$0"', script]
+
+
+def alive(pid: int) -> bool:
+    return process_start_time(pid, running=True) != 0
+
+
+async def test_status_and_both_streams_come_back_apart(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    result = await run_exec(fake_runtime(pid_file, "echo out; echo err >&2; exit 3"), pid_file,
+                            timeout=30)
+    assert (result.stdout, result.stderr, result.exit_status) == (b"out\n", b"err\n", 3)
+    assert result.pid == int(pid_file.read_text()) and not result.timed_out
+
+
+async def test_a_signalled_runtime_reports_128_plus_the_signal(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    result = await run_exec(fake_runtime(pid_file, "kill -9 $$"), pid_file, timeout=30)
+    assert result.exit_status == 128 + signal.SIGKILL
+
+
+async def test_the_deadline_kills_the_whole_process_tree(tmp_path: Path) -> None:
+    pid_file, child_file = tmp_path / "pid", tmp_path / "child"
+    script = f"sleep 600 & echo $! > {child_file}; echo started; sleep 601"
+    started = time.monotonic()
+    result = await run_exec(fake_runtime(pid_file, script), pid_file, timeout=1)
+    assert result.timed_out
+    assert time.monotonic() - started < 15
+    assert result.stdout == b"started\n"
+    child = int(child_file.read_text())
+    with anyio.fail_after(10):
+        while alive(child) or alive(result.pid):
+            await anyio.sleep(0.05)
+
+
+async def test_output_beyond_the_limit_is_read_and_dropped(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    result = await run_exec(fake_runtime(pid_file, "head -c 3000000 /dev/zero; echo done >&2"),
+                            pid_file, timeout=30, limit=1000)
+    assert (len(result.stdout), result.stderr, result.exit_status) == (1000, b"done\n", 0)
+
+
+async def test_a_background_child_holding_the_pipes_does_not_hold_the_call(
+    tmp_path: Path,
+) -> None:
+    pid_file, child_file = tmp_path / "pid", tmp_path / "child"
+    script = f"sleep 60 & echo $! > {child_file}; echo bye"
+    started = time.monotonic()
+    try:
+        result = await run_exec(fake_runtime(pid_file, script), pid_file, timeout=30)
+        assert (result.stdout, result.exit_status) == (b"bye\n", 0)
+        assert time.monotonic() - started < 10
+    finally:
+        os.kill(int(child_file.read_text()), signal.SIGKILL)
+
+
+async def test_a_runtime_that_never_started_the_process_raises_its_message(
+    tmp_path: Path,
+) -> None:
+    message = ('{"level":"error","msg":"runc exec failed: unable to start container process: '
+               'exec: \\"nope\\": executable file not found in $PATH"}')
+    command = ["sh", "-c", f"echo '{message}' >&2; exit 1"]
+    with pytest.raises(CommandNotFound, match='"nope": executable file not found'):
+        await run_exec(command, tmp_path / "pid", timeout=30)
+    # Worded by a runtime that does not name itself (crun): the binary's name leads.
+    with pytest.raises(FailedPrecondition, match=r"^sh exec failed: container is paused"):
+        await run_exec(["sh", "-c", "echo container is paused >&2; exit 1"], tmp_path / "pid",
+                       timeout=30)
