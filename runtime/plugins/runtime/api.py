@@ -34,7 +34,7 @@ from runtime.api.tasks import (
     TaskState,
 )
 
-__all__ = ["AttachStream", "Runtime", "runtime_plugin_id"]
+__all__ = ["AttachStream", "ExecStream", "Runtime", "runtime_plugin_id"]
 
 
 # -- the protocol ---------------------------------------------------------------
@@ -75,6 +75,16 @@ class AttachStream(Protocol):
 
     def close(self) -> None:
         """Drop the connection."""
+        ...
+
+
+class ExecStream(AttachStream, Protocol):
+    """The stdio of an exec the caller owns (see ``Runtime.exec_stream``) and its end."""
+
+    pid: int
+
+    async def end(self, *, kill: bool = False) -> int:
+        """Wait for the exit, killing its process tree first with ``kill``; the status."""
         ...
 
 
@@ -154,6 +164,16 @@ class Runtime(Protocol):
         Unlike :meth:`exec`, nothing is recorded: the process is the daemon's for
         the call's length (a restart forgets it); it still sends exec-added,
         exec-started, exit and delete. On ``timeout`` its process tree is killed.
+        """
+        ...
+
+    async def exec_stream(
+        self, namespace: str, container_id: str, request: ExecRequest
+    ) -> ExecStream:
+        """Start an exec without a terminal, its stdio wired to the returned stream.
+
+        As with :meth:`exec_sync` nothing is recorded and the events are sent;
+        the caller must ``end()`` it.
         """
         ...
 

@@ -228,6 +228,9 @@ async def run_exec(streams: CommandStreams, runtime: Runtime, namespace: str,
     """Run ``cmd`` in the container as an exec process wired to ``streams``."""
     exec_id = f"stream-{secrets.token_hex(8)}"
     request = ExecRequest(exec_id=exec_id, args=list(cmd), terminal=tty, stdin=stdin)
+    if not tty:
+        await _run_direct(streams, runtime, namespace, container_id, request)
+        return
     try:
         await runtime.exec(namespace, container_id, request)
     except MoorageError as exc:
@@ -254,6 +257,29 @@ async def run_exec(streams: CommandStreams, runtime: Runtime, namespace: str,
     finally:
         with anyio.CancelScope(shield=True):
             await _reap(runtime, namespace, container_id, exec_id, kill=not ended)
+
+
+async def _run_direct(streams: CommandStreams, runtime: Runtime, namespace: str,
+                      container_id: str, request: ExecRequest) -> None:
+    """:func:`run_exec` without a terminal: the runtime's own pipes, no monitor."""
+    try:
+        stream = await runtime.exec_stream(namespace, container_id, request)
+    except MoorageError as exc:
+        await _write_status(streams, message=f"cannot start {request.args!r} in container "
+                                             f"{container_id!r}: {exc.message}")
+        return
+    ended = False
+    try:
+        ended = await _relay(streams, stream, tty=False, resize=_no_resize)
+    finally:
+        with anyio.CancelScope(shield=True):
+            status = await stream.end(kill=not ended)
+    if ended:
+        await _write_status(streams, exit_code=status)
+
+
+async def _no_resize(width: int, height: int) -> None:
+    """Without a terminal there is nothing to resize."""
 
 
 async def _reap(runtime: Runtime, namespace: str, container_id: str, exec_id: str, *,

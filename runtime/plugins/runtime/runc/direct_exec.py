@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
-import signal
 import subprocess
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,13 +39,18 @@ from runtime.api.tasks import (
 from runtime.core.errors import InvalidArgument
 from runtime.core.identifiers import validate_identifier
 from runtime.plugins.runtime.runc.bundle import exec_process_spec, remove_tree
-from runtime.plugins.runtime.runc.conmon import start_error
-from runtime.plugins.runtime.runc.oci import runtime_message
+from runtime.plugins.runtime.runc.direct_stream import (
+    DirectStream,
+    kill_tree,
+    read_pid,
+    start_failure,
+    start_stream,
+)
 from runtime.plugins.runtime.runc.queries import TaskTable
 from runtime.plugins.runtime.runc.supervisor import Publish
 from runtime.plugins.runtime.runc.task import Task
 
-__all__ = ["OUTPUT_LIMIT", "DirectExecs", "exec_to_end", "kill_tree", "run_exec"]
+__all__ = ["OUTPUT_LIMIT", "DirectExecs", "exec_to_end", "run_exec"]
 
 #: Bytes kept of each of stdout and stderr; the rest is read and dropped.
 OUTPUT_LIMIT = 16 << 20
@@ -64,13 +66,6 @@ async def _drain(stream: anyio.abc.ByteReceiveStream, into: bytearray, limit: in
             chunk = await stream.receive()
             if len(into) < limit:
                 into.extend(chunk[: limit - len(into)])
-
-
-def _read_pid(pid_file: Path) -> int:
-    try:
-        return int(pid_file.read_text().strip() or 0)
-    except (OSError, ValueError):
-        return 0
 
 
 async def run_exec(command: list[str], pid_file: Path, *, timeout: float | None,
@@ -102,10 +97,10 @@ async def run_exec(command: list[str], pid_file: Path, *, timeout: float | None,
             timed_out = True
             with anyio.CancelScope(shield=True):
                 await _end_timed_out(process, pid_file)
-    pid = _read_pid(pid_file)
+    pid = read_pid(pid_file)
     status = process.returncode if process.returncode is not None else -1
     if not pid and not timed_out:
-        raise _start_failure(command[0], bytes(err))
+        raise start_failure(command[0], bytes(err))
     if status < 0:  # the runtime itself was killed by a signal
         status = 128 - status
     return ExecOutput(pid=pid, exit_status=status, stdout=bytes(out), stderr=bytes(err),
@@ -118,16 +113,81 @@ class DirectExecs(TaskTable):
     runtime_path: str
     publish: Publish
 
+    def _direct(self, namespace: str, container_id: str, request: ExecRequest) -> Task:
+        if request.exec_id:
+            validate_identifier(request.exec_id, "exec id")
+        if request.terminal:
+            raise InvalidArgument("a direct exec takes no terminal")
+        task = self._get(namespace, container_id)
+        task.require(task.init, "exec in", Status.RUNNING)
+        return task
+
     async def exec_sync(self, namespace: str, container_id: str, request: ExecRequest, *,
                         timeout: float | None = None) -> ExecOutput:
         """Run an exec to its end as the daemon's child, no monitor (see the module)."""
-        if request.exec_id:
-            validate_identifier(request.exec_id, "exec id")
-        if request.terminal or request.stdin:
-            raise InvalidArgument("exec_sync takes no terminal and no stdin")
-        runtime = [self.runtime_path, *self.oci.global_args(namespace)]
-        return await exec_to_end(self._get(namespace, container_id), request, runtime,
-                                 self.publish, timeout=timeout)
+        if request.stdin:
+            raise InvalidArgument("exec_sync takes no stdin")
+        task = self._direct(namespace, container_id, request)
+        return await exec_to_end(task, request, self._command(namespace), self.publish,
+                                 timeout=timeout)
+
+    async def exec_stream(self, namespace: str, container_id: str,
+                          request: ExecRequest) -> DirectStream:
+        """Start an exec without a terminal as the daemon's child, wired to pipes.
+
+        The caller reads and writes the stream and calls its ``end()``.
+        """
+        task = self._direct(namespace, container_id, request)
+        exec_id, workdir = _workdir(task, request)
+        spec_file = await anyio.to_thread.run_sync(_prepare, task, request, workdir)
+        publish, namespace = self.publish, task.namespace
+        async with task.order:
+            publish(namespace, "/tasks/exec-added",
+                    TaskExecAdded(container_id=task.id, exec_id=exec_id))
+
+        def on_end(status: int) -> None:
+            remove_tree(workdir)
+            _publish_end(publish, task, exec_id, stream.pid, status)
+
+        try:
+            stream = await start_stream(
+                [*self._command(namespace), "exec", "--pid-file", str(workdir / "pid"),
+                 "--process", str(spec_file), task.id], workdir / "pid", on_end)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(remove_tree, workdir)
+            raise
+        async with task.order:
+            publish(namespace, "/tasks/exec-started",
+                    TaskExecStarted(container_id=task.id, exec_id=exec_id, pid=stream.pid))
+        return stream
+
+    def _command(self, namespace: str) -> list[str]:
+        return [self.runtime_path, *self.oci.global_args(namespace)]
+
+
+def _workdir(task: Task, request: ExecRequest) -> tuple[str, Path]:
+    exec_id = request.exec_id or "direct-" + secrets.token_hex(8)
+    # Under the bundle (the state directory), not the record: nothing here must
+    # survive a restart, and recovery never sees it.
+    return exec_id, task.paths.bundle / "direct-execs" / exec_id
+
+
+def _prepare(task: Task, request: ExecRequest, workdir: Path) -> Path:
+    """Write the exec's OCI process spec (blocking); its path."""
+    process_spec = exec_process_spec(task.spec(), request, task.paths.rootfs)
+    workdir.mkdir(parents=True, mode=0o700)
+    spec_file = workdir / "process.json"
+    spec_file.write_text(json.dumps(process_spec))
+    return spec_file
+
+
+def _publish_end(publish: Publish, task: Task, exec_id: str, pid: int, status: int) -> None:
+    exited_at = datetime.now(UTC)
+    publish(task.namespace, "/tasks/exit", TaskExit(
+        container_id=task.id, id=exec_id, pid=pid, exit_status=status, exited_at=exited_at))
+    publish(task.namespace, "/tasks/delete", TaskDelete(
+        container_id=task.id, id=exec_id, pid=pid, exit_status=status, exited_at=exited_at))
 
 
 async def exec_to_end(task: Task, request: ExecRequest, runtime: list[str], publish: Publish,
@@ -137,20 +197,8 @@ async def exec_to_end(task: Task, request: ExecRequest, runtime: list[str], publ
     The events are the ones a monitored exec sends, in the same order;
     exec-started goes out once the pid is known, that is after the run.
     """
-    task.require(task.init, "exec in", Status.RUNNING)
-    exec_id = request.exec_id or "direct-" + secrets.token_hex(8)
-    # Under the bundle (the state directory), not the record: nothing here must
-    # survive a restart, and recovery never sees it.
-    workdir = task.paths.bundle / "direct-execs" / exec_id
-
-    def prepare() -> Path:
-        process_spec = exec_process_spec(task.spec(), request, task.paths.rootfs)
-        workdir.mkdir(parents=True, mode=0o700)
-        spec_file = workdir / "process.json"
-        spec_file.write_text(json.dumps(process_spec))
-        return spec_file
-
-    spec_file = await anyio.to_thread.run_sync(prepare)
+    exec_id, workdir = _workdir(task, request)
+    spec_file = await anyio.to_thread.run_sync(_prepare, task, request, workdir)
     namespace, container_id = task.namespace, task.id
     try:
         async with task.order:
@@ -163,21 +211,15 @@ async def exec_to_end(task: Task, request: ExecRequest, runtime: list[str], publ
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(remove_tree, workdir)
-    exited_at = datetime.now(UTC)
     async with task.order:
         publish(namespace, "/tasks/exec-started",
                 TaskExecStarted(container_id=container_id, exec_id=exec_id, pid=result.pid))
-        publish(namespace, "/tasks/exit", TaskExit(
-            container_id=container_id, id=exec_id, pid=result.pid,
-            exit_status=result.exit_status, exited_at=exited_at))
-        publish(namespace, "/tasks/delete", TaskDelete(
-            container_id=container_id, id=exec_id, pid=result.pid,
-            exit_status=result.exit_status, exited_at=exited_at))
+        _publish_end(publish, task, exec_id, result.pid, result.exit_status)
     return result
 
 
 async def _end_timed_out(process: anyio.abc.Process, pid_file: Path) -> None:
-    pid = _read_pid(pid_file)
+    pid = read_pid(pid_file)
     if pid:
         await anyio.to_thread.run_sync(kill_tree, pid)
     with anyio.move_on_after(10):
@@ -187,33 +229,3 @@ async def _end_timed_out(process: anyio.abc.Process, pid_file: Path) -> None:
     with contextlib.suppress(ProcessLookupError):
         process.kill()
     await process.wait()
-
-
-def _start_failure(runtime: str, stderr: bytes) -> Exception:
-    text = runtime_message(stderr) or stderr.decode(errors="replace").strip() or "no message"
-    prefix = f"{os.path.basename(runtime)} exec failed"
-    # runc already says "runc exec failed: ..."; crun does not.
-    return start_error(text if text.startswith(prefix) else f"{prefix}: {text}")
-
-
-def _children(pid: int) -> Iterable[int]:
-    try:
-        tasks = Path(f"/proc/{pid}/task").iterdir()
-        for task in tasks:
-            with contextlib.suppress(OSError, ValueError):
-                yield from (int(c) for c in (task / "children").read_text().split())
-    except OSError:
-        return
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and every descendant (children first found, then killed)."""
-    seen: list[int] = []
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        seen.append(current)
-        todo.extend(c for c in _children(current) if c not in seen)
-    for victim in seen:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(victim, signal.SIGKILL)
