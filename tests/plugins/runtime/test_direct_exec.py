@@ -1,4 +1,4 @@
-"""``run_exec``: a foreground exec's status, output, deadline and start failures.
+"""``run_exec`` and ``start_stream``: a foreground exec's status, output, deadline, failures.
 
 A shell stands in for ``runc exec``: like runc it writes the pid of the
 process it runs to ``--pid-file`` and exits with that process's status; it
@@ -16,9 +16,11 @@ from pathlib import Path
 import anyio
 import pytest
 
+from runtime.api.tasks import STDERR, STDOUT
 from runtime.core.errors import CommandNotFound, FailedPrecondition
 from runtime.plugins.runtime.runc.conmon import process_start_time
 from runtime.plugins.runtime.runc.direct_exec import run_exec
+from runtime.plugins.runtime.runc.direct_stream import start_stream
 
 
 def fake_runtime(pid_file: Path, script: str) -> list[str]:
@@ -91,3 +93,54 @@ async def test_a_runtime_that_never_started_the_process_raises_its_message(
     with pytest.raises(FailedPrecondition, match=r"^sh exec failed: container is paused"):
         await run_exec(["sh", "-c", "echo container is paused >&2; exit 1"], tmp_path / "pid",
                        timeout=30)
+
+
+async def test_a_stream_relays_stdin_and_both_outputs_then_ends_with_the_status(
+    tmp_path: Path,
+) -> None:
+    pid_file, ended = tmp_path / "pid", []
+    stream = await start_stream(fake_runtime(pid_file, "cat; echo err >&2; exit 5"), pid_file,
+                                ended.append)
+    assert stream.pid == int(pid_file.read_text())
+    await stream.send(b"hello")
+    stream.close_stdin()
+    received: dict[int, bytes] = {STDOUT: b"", STDERR: b""}
+    with anyio.fail_after(30):
+        while (item := await stream.receive()) is not None:
+            received[item[0]] += item[1]
+        assert await stream.end() == 5
+    assert received == {STDOUT: b"hello", STDERR: b"err\n"} and ended == [5]
+
+
+async def test_ending_a_stream_with_kill_kills_its_process_tree(tmp_path: Path) -> None:
+    pid_file, child_file = tmp_path / "pid", tmp_path / "child"
+    script = f"sleep 600 & echo $! > {child_file}; sleep 601"
+    stream = await start_stream(fake_runtime(pid_file, script), pid_file, lambda _: None)
+    with anyio.fail_after(10):
+        while not child_file.exists() or not child_file.read_text().strip():
+            await anyio.sleep(0.02)
+    with anyio.fail_after(30):
+        assert await stream.end(kill=True) == 128 + signal.SIGKILL
+        while alive(int(child_file.read_text())):
+            await anyio.sleep(0.05)
+
+
+async def test_a_stream_ends_soon_after_the_exit_despite_a_child_holding_its_pipes(
+    tmp_path: Path,
+) -> None:
+    pid_file, child_file = tmp_path / "pid", tmp_path / "child"
+    stream = await start_stream(fake_runtime(pid_file, f"sleep 60 & echo $! > {child_file}"),
+                                pid_file, lambda _: None)
+    try:
+        with anyio.fail_after(10):
+            while await stream.receive() is not None:
+                pass
+            assert await stream.end() == 0
+    finally:
+        os.kill(int(child_file.read_text()), signal.SIGKILL)
+
+
+async def test_a_stream_that_never_started_raises_the_runtime_s_message(tmp_path: Path) -> None:
+    with pytest.raises(FailedPrecondition, match="container is paused"):
+        await start_stream(["sh", "-c", "echo container is paused >&2; exit 1"],
+                           tmp_path / "pid", lambda _: None)
