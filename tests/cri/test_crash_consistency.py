@@ -61,8 +61,8 @@ SANDBOX_POINTS = (
     "task.create.before-runtime",
     "task.create.after-runtime",
     "cri.sandbox.after-infra-create",
-    # task.start.after-runtime and cri.sandbox.after-infra-start leave a running pod,
-    # whose netns and /dev/shm the store check calls stray mounts: not run yet.
+    "task.start.after-runtime",
+    "cri.sandbox.after-infra-start",
 )
 CONTAINER_POINTS = (
     "cri.container.after-record",
@@ -288,9 +288,7 @@ SCENARIOS = [
              setup=create_setup, setup_touches=RUN_POD_TOUCHES,
              verify_touches=(*CREATE_TOUCHES, "task.start")),
 ]
-# The create-container cases wait for the store check to know a live pod's netns and
-# /dev/shm mounts (tests/reliability/store_check.py calls them stray): RunPodSandbox only.
-CASES = cases(SCENARIOS[:1])
+CASES = cases(SCENARIOS)
 
 
 @pytest.fixture(scope="module")
@@ -303,6 +301,18 @@ def rig(tmp_path_factory: pytest.TempPathFactory, cri_image: str) -> Iterator[Cr
     rig.registry = cri_image
     try:
         rig.life(None)
+        cri = rig.cri()
+        try:
+            cri.pull(cri_image)
+            sandbox_id, sandbox_config = cri.run_pod(cri.pod_config("sentinel"))
+            container_id = cri.create_container(
+                sandbox_id, sandbox_config, cri.container_config(cri_image, name="sentinel"))
+            cri.runtime.StartContainer(cri.pb.StartContainerRequest(container_id=container_id))
+        finally:
+            cri.close()
+        client = rig.client(CRI_NAMESPACE)
+        for id_ in (sandbox_id, container_id):
+            rig.add_sentinel(CRI_NAMESPACE, id_, client.task(id_).pid)
         yield rig
     finally:
         with contextlib.suppress(Exception):
@@ -318,6 +328,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory, cri_image: str) -> Iterator[Cr
 def test_every_risky_step_has_a_case() -> None:
     """Both requests are killed after each step that makes something on the host."""
     assert {c.point for c in CASES if c.scenario.name == "run-pod"} == set(SANDBOX_POINTS)
+    assert {c.point for c in CASES if c.scenario.name == "create-container"} == \
+        set(CONTAINER_POINTS)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
