@@ -129,6 +129,8 @@ class PodRecords:
         log_root: Logs of pods without a log directory.
         cgroup_parent: The daemon's cgroup parent.
         infra_binary: The infra process's binary on the host.
+        cni_conf_dir: Where the pod network's configuration is (the first usable one);
+            None: ``network.cni``'s default network.
     """
 
     namespace: str
@@ -143,6 +145,7 @@ class PodRecords:
     log_root: Path
     cgroup_parent: str
     infra_binary: str
+    cni_conf_dir: Path | None = None
     _names: dict[str, str] = field(default_factory=dict)
     _stats: dict[str, StatsSample] = field(default_factory=dict)
     _oom: set[str] = field(default_factory=set)
