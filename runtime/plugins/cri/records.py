@@ -33,6 +33,7 @@ from runtime.core.errors import (
     MoorageError,
     NotFound,
 )
+from runtime.pkg.oci.spec import cgroups_path
 from runtime.plugins.containers.api import ContainerStore
 from runtime.plugins.cri import spec as specs
 from runtime.plugins.cri.images import CriImages
@@ -160,14 +161,20 @@ class PodRecords:
         """The infra process's root filesystem."""
         return self.root / "infra" / "rootfs"
 
-    def _cgroup_parent(self, config: pb.PodSandboxConfig) -> str:
+    def _cgroups_path(self, config: pb.PodSandboxConfig, id_: str) -> str:
+        """The cgroup of a pod's infra process or container ``id_``.
+
+        With the pod's ``cgroup_parent`` (the kubelet's ``/kubepods/.../pod<uid>``)
+        it is ``<cgroup_parent>/<id>``, as containerd's cgroupfs driver makes it;
+        without, ``<daemon cgroup_parent>/<namespace>/<id>`` like every task's.
+        """
         parent = config.linux.cgroup_parent
         if not parent:
-            return self.cgroup_parent
-        if not parent.startswith("/"):
+            return cgroups_path(self.namespace, id_, self.cgroup_parent)
+        if not parent.startswith("/") or ".." in parent.split("/"):
             raise InvalidArgument(f"cgroup parent {parent!r} must be an absolute cgroupfs path "
                                   "(this runtime uses the cgroupfs driver)")
-        return parent
+        return f"{parent.rstrip('/')}/{id_}"
 
     def files(self, record: SandboxRecord) -> specs.SandboxFiles:
         """The pod's shared files."""

@@ -101,7 +101,7 @@ class Sandboxes(Containers):
             spec = specs.sandbox_spec(
                 self.namespace, sandbox_id, config, rootfs=self.infra_rootfs,
                 netns=record.netns or None,
-                cgroup_parent=self._cgroup_parent(config))
+                cgroups_path=self._cgroups_path(config, sandbox_id))
             made.append("task")
             await runtime.create(self.namespace, sandbox_id, spec, [])
             # Crash tests: the infra task is created, not started.

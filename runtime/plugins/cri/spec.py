@@ -84,17 +84,18 @@ def _apply_sysctls(spec: dict[str, Any], sysctls: dict[str, str], *, host_net: b
 
 
 def sandbox_spec(namespace: str, sandbox_id: str, config: pb.PodSandboxConfig, *,
-                 rootfs: Path, netns: str | None, cgroup_parent: str) -> dict[str, Any]:
+                 rootfs: Path, netns: str | None, cgroups_path: str) -> dict[str, Any]:
     """The infra container: PID 1 of the pod, holding its namespaces.
 
-    ``netns`` is the pod's network namespace, ``None`` for host networking.
+    ``netns`` is the pod's network namespace, ``None`` for host networking;
+    ``cgroups_path`` its cgroup (under the pod's cgroup parent).
     """
     sec = config.linux.security_context
     modes = sec.namespace_options
     host_net = modes.network == pb.NODE
     spec = generate_spec(namespace, sandbox_id, ImageConfig(entrypoint=[INFRA_BINARY, "-P"]),
-                         SpecOptions(hostname=config.hostname or ""),
-                         cgroup_parent=cgroup_parent)
+                         SpecOptions(hostname=config.hostname or ""))
+    spec["linux"]["cgroupsPath"] = cgroups_path
     spec["root"] = {"path": str(rootfs), "readonly": True}
     _set_namespace(spec, "network", netns, not host_net)
     _set_namespace(spec, "uts", None, not host_net)
@@ -186,7 +187,7 @@ def container_spec(
     target_pid: int | None,
     files: SandboxFiles,
     log_path: str,
-    cgroup_parent: str,
+    cgroups_path: str,
     min_oom_score_adj: int,
 ) -> dict[str, Any]:
     """A container's spec: the image, then the CRI config, joined to the sandbox's namespaces.
@@ -223,7 +224,8 @@ def container_spec(
         terminal=config.tty,
         annotations={LOG_PATH_ANNOTATION: log_path} if log_path else {},
     )
-    spec = generate_spec(namespace, container_id, image, options, cgroup_parent=cgroup_parent)
+    spec = generate_spec(namespace, container_id, image, options)
+    spec["linux"]["cgroupsPath"] = cgroups_path
     process = spec["process"]
     modes = sec.namespace_options
     proc = f"/proc/{infra_pid}/ns"
