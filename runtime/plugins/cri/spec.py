@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.api.specs import ImageConfig, SpecOptions
-from runtime.api.tasks import LOG_PATH_ANNOTATION
+from runtime.api.tasks import KEEP_CGROUP_PARENTS_ANNOTATION, LOG_PATH_ANNOTATION
 from runtime.core.errors import InvalidArgument
 from runtime.pkg.oci.spec import generate_spec, privileged_capabilities
 from runtime.pkg.seccomp import UNCONFINED, default_profile, parse_profile
@@ -83,6 +83,13 @@ def _apply_sysctls(spec: dict[str, Any], sysctls: dict[str, str], *, host_net: b
         spec["linux"].setdefault("sysctl", {}).update(sysctls)
 
 
+def _set_cgroup(spec: dict[str, Any], cgroups_path: str, pod: pb.PodSandboxConfig) -> None:
+    spec["linux"]["cgroupsPath"] = cgroups_path
+    if pod.linux.cgroup_parent:
+        # The kubelet's pod cgroup: it makes and removes it, even when it is empty.
+        spec.setdefault("annotations", {})[KEEP_CGROUP_PARENTS_ANNOTATION] = "true"
+
+
 def sandbox_spec(namespace: str, sandbox_id: str, config: pb.PodSandboxConfig, *,
                  rootfs: Path, netns: str | None, cgroups_path: str) -> dict[str, Any]:
     """The infra container: PID 1 of the pod, holding its namespaces.
@@ -95,7 +102,7 @@ def sandbox_spec(namespace: str, sandbox_id: str, config: pb.PodSandboxConfig, *
     host_net = modes.network == pb.NODE
     spec = generate_spec(namespace, sandbox_id, ImageConfig(entrypoint=[INFRA_BINARY, "-P"]),
                          SpecOptions(hostname=config.hostname or ""))
-    spec["linux"]["cgroupsPath"] = cgroups_path
+    _set_cgroup(spec, cgroups_path, config)
     spec["root"] = {"path": str(rootfs), "readonly": True}
     _set_namespace(spec, "network", netns, not host_net)
     _set_namespace(spec, "uts", None, not host_net)
@@ -225,7 +232,7 @@ def container_spec(
         annotations={LOG_PATH_ANNOTATION: log_path} if log_path else {},
     )
     spec = generate_spec(namespace, container_id, image, options)
-    spec["linux"]["cgroupsPath"] = cgroups_path
+    _set_cgroup(spec, cgroups_path, sandbox)
     process = spec["process"]
     modes = sec.namespace_options
     proc = f"/proc/{infra_pid}/ns"
