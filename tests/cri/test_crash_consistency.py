@@ -6,7 +6,7 @@ SIGKILL), restarts the daemon and checks, before any cleanup call:
 * nothing is left that no listed pod or container owns: no network namespace
   under ``network.cni``'s netns dir, no veth on the pod bridge, no address in
   the CNI IPAM dir, no mount under the daemon's root or state, no cgroup under
-  ``<cgroup parent>/k8s.io``;
+  ``<cgroup parent>/k8s.io`` or the pods' own cgroup parents (``.../kubepods/pod<case>``);
 * the half-made pod or container is gone, or listed in a state the kubelet can
   stop and remove, and StopPodSandbox + RemovePodSandbox then leave exactly
   what was there before the request;
@@ -71,6 +71,8 @@ CONTAINER_POINTS = (
     "task.create.after-runtime",
     "cri.container.after-task",
 )
+#: The crash pods' cgroup parents are <daemon cgroup parent>/kubepods/pod<case>.
+KUBEPODS = "kubepods"
 #: What RunPodSandbox passes (CreateContainer passes cri.container.* and task.create.*).
 RUN_POD_TOUCHES = ("cri.sandbox", "network.attach", "task.create", "task.start")
 CREATE_TOUCHES = ("cri.container", "task.create")
@@ -126,9 +128,13 @@ def footprint(rig: CrashRig) -> Footprint:
         with contextlib.suppress(ValueError):
             ips.add(str(ipaddress.ip_address(path.name)))
     inner = f"{daemon.cgroup_parent.strip('/')}/{CRI_NAMESPACE}"
+    # The crash pods' own cgroups, under their (kubelet-style) pod cgroup parents.
+    pods = f"{daemon.cgroup_parent.strip('/')}/{KUBEPODS}/*"
     cgroups = {d.name for d in CGROUP_ROOT.glob(f"*/{inner}/*") if d.is_dir()}
+    cgroups |= {d.name for d in CGROUP_ROOT.glob(f"*/{pods}/*") if d.is_dir()}
     if (CGROUP_ROOT / "cgroup.controllers").exists():
         cgroups |= {d.name for d in (CGROUP_ROOT / inner).glob("*") if d.is_dir()}
+        cgroups |= {d.name for d in CGROUP_ROOT.glob(f"{pods}/*") if d.is_dir()}
     return Footprint(netns=netns, veths=veths, ips=frozenset(ips),
                      mounts=frozenset(mounts_under(daemon.root, daemon.state)),
                      cgroups=frozenset(cgroups))
@@ -208,6 +214,8 @@ def _baseline(ctx: Ctx, cri: CriClient) -> None:
 def _pod_config(cri: CriClient, ctx: Ctx) -> Any:
     config = cri.pod_config(f"crash-{ctx.tag}")
     config.metadata.uid = f"uid-{ctx.tag}"
+    # As the kubelet gives it (the sentinel pod has none: both kinds are covered).
+    config.linux.cgroup_parent = f"{ctx.rig.daemon.cgroup_parent}/{KUBEPODS}/pod{ctx.tag}"
     return config
 
 
