@@ -1,7 +1,7 @@
 """The store check (tests/reliability/store_check.py) knows what a CRI pod owns.
 
-A pod sandbox the CRI has a record of owns its network namespace's bind mount
-and its ``/dev/shm`` tmpfs; any other mount under the daemon's root or state,
+A pod sandbox the CRI has a record of owns its ``/dev/shm`` tmpfs and, until
+it is stopped, its network namespace's bind mount; any other mount under the daemon's root or state,
 also one shaped like a pod's, stays stray. The crash suite
 (test_crash_consistency.py) relies on this to check a store holding live pods.
 """
@@ -20,7 +20,7 @@ from tests.reliability.store_check import CRI_EXTENSION, check_store, mounts_und
 pytestmark = pytest.mark.root
 
 
-def test_a_live_pods_netns_and_shm_are_its_own_and_a_forgotten_pods_are_stray(
+def test_a_pods_netns_and_shm_are_its_own_and_a_forgotten_pods_are_stray(
         cri: Any, cri_daemon: Any) -> None:
     sandbox_id, _ = cri.run_pod()
     ext = cri_daemon.client(CRI_NAMESPACE).container(sandbox_id).extensions[CRI_EXTENSION]
@@ -38,4 +38,13 @@ def test_a_live_pods_netns_and_shm_are_its_own_and_a_forgotten_pods_are_stray(
         subprocess.run(["umount", str(forgotten)], check=True)
         forgotten.rmdir()
         forgotten.parent.rmdir()
+    assert check_store(cri_daemon).problems == []
+
+    # Stopped: the netns is gone (a stopped pod's would be stray); /dev/shm stays until removed.
+    cri.runtime.StopPodSandbox(cri.pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+    left = set(mounts_under(cri_daemon.root, cri_daemon.state))
+    assert netns not in left and shm in left
+    assert check_store(cri_daemon).problems == []
+    cri.runtime.RemovePodSandbox(cri.pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+    assert shm not in mounts_under(cri_daemon.root, cri_daemon.state)
     assert check_store(cri_daemon).problems == []

@@ -15,7 +15,7 @@ What it checks, each failure becoming one line of :attr:`StoreReport.problems`:
   data directory exists, and its parent record exists and is the backend's parent;
 * nothing is mounted under the daemon's root or state except the root filesystems of
   the tasks it knows and, for each pod sandbox the CRI (``cri.v1``) has a record of,
-  the pod's network namespace and ``/dev/shm`` the record names;
+  the pod's ``/dev/shm`` and, until the pod is stopped, its network namespace;
 * the OCI runtimes hold no container, and no monitor runs, for a task the daemon
   does not know; every running task's process is alive;
 * ``moorage images check --platform <host>`` passes in every namespace (when the images
@@ -278,8 +278,9 @@ class _Checker:
     def cri_pod_mounts(self, namespace: str) -> set[str]:
         """The mounts the CRI's pod sandboxes recorded in ``namespace`` own: netns and /dev/shm.
 
-        Only a sandbox record's own netns bind mount and its ``<dir>/shm`` tmpfs count,
-        and only while the record exists: a pod the CRI forgot owns nothing.
+        Only a sandbox record's own netns bind mount (until StopPodSandbox, which
+        removes it before it marks the record stopped) and its ``<dir>/shm`` tmpfs
+        count, and only while the record exists: a pod the CRI forgot owns nothing.
         """
         owned: set[str] = set()
         for container in self.daemon.client(namespace).containers():
@@ -288,7 +289,7 @@ class _Checker:
             ext = container.extensions.get(CRI_EXTENSION)
             if not isinstance(ext, dict):
                 continue
-            if ext.get("netns"):
+            if ext.get("netns") and not ext.get("stopped"):
                 owned.add(str(ext["netns"]))
             if ext.get("dir") and ext.get("shm_mounted"):
                 owned.add(str(Path(str(ext["dir"])) / "shm"))
