@@ -17,8 +17,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.cri.conftest import CRI_NAMESPACE, CriClient, cri_config, wait_for_socket
-from tests.fixtures.system import require_binary, require_root
+from tests.cri.conftest import CRI_NAMESPACE, CriClient, connected, cri_config, running_cri_daemon
 
 pytestmark = pytest.mark.root
 
@@ -32,25 +31,15 @@ def conf_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def daemon(tmp_path: Path, conf_dir: Path) -> Iterator[Any]:
-    require_root()
-    for binary in ("runc", "conmon", "catatonit"):
-        require_binary(binary)
-    from tests.fixtures.daemon import Daemon
-
-    with Daemon(tmp_path / "daemon", cri_config(f'cni_conf_dir = "{conf_dir}"\n')) as daemon:
-        daemon.cri_socket = daemon.state / "cri.sock"  # type: ignore[attr-defined]
-        wait_for_socket(daemon)
+    config = cri_config(f'cni_conf_dir = "{conf_dir}"\n')
+    with running_cri_daemon(tmp_path / "daemon", config) as daemon:
         yield daemon
 
 
 @pytest.fixture
 def client(daemon: Any, tmp_path: Path) -> Iterator[CriClient]:
-    client = CriClient(daemon.cri_socket, tmp_path / "logs")
-    try:
-        yield client
-    finally:
-        client.remove_everything()
-        client.close()
+    with connected(daemon, tmp_path / "logs") as cri:
+        yield cri
 
 
 def _network_ready(cri: CriClient) -> Any:

@@ -23,9 +23,8 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.cri.conftest import CriClient, cri_config, wait_for_socket
+from tests.cri.conftest import CriClient, running_cri_daemon
 from tests.fixtures.images import MEDIA_TYPE_MANIFEST
-from tests.fixtures.system import require_binary, require_root
 from tests.reliability.blobs import Member, canonical, memory_image, raw_layer, sha256
 from tests.reliability.fake_registry import FakeRegistry, Fault
 from tests.reliability.store_check import assert_store_ok
@@ -51,14 +50,7 @@ def sentinel() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory, sentinel: Path) -> Iterator[Any]:
     """One CRI daemon for the module; at the end it is up and its store consistent."""
-    require_root()
-    for binary in ("runc", "conmon", "catatonit"):
-        require_binary(binary)
-    from tests.fixtures.daemon import Daemon
-
-    with Daemon(tmp_path_factory.mktemp("cri-hostile") / "d", cri_config()) as running:
-        running.cri_socket = running.state / "cri.sock"  # type: ignore[attr-defined]
-        wait_for_socket(running)
+    with running_cri_daemon(tmp_path_factory.mktemp("cri-hostile") / "d") as running:
         yield running
         assert running.client().healthz().status == "ok"
         assert_store_ok(running, collect=True, context="hostile pulls through the CRI")

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cri.conftest import CRI_IMAGE_TAG, CriClient, cri_config, wait_for_socket
+from tests.cri.conftest import CRI_IMAGE_TAG, CriClient, connected, cri_config, running_cri_daemon
 from tests.fixtures.registry import Registry
-from tests.fixtures.system import require_binary, require_root
 
 pytestmark = pytest.mark.root
 
@@ -36,21 +35,10 @@ def hosts_dir(tmp_path: Path, registry: Registry) -> Path:
 
 @pytest.fixture
 def cri(tmp_path: Path, hosts_dir: Path) -> Iterator[CriClient]:
-    require_root()
-    for binary in ("runc", "conmon", "catatonit"):
-        require_binary(binary)
-    from tests.fixtures.daemon import Daemon
-
     config = cri_config() + f'\n[plugins."images.store"]\nhosts_dir = "{hosts_dir}"\n'
-    with Daemon(tmp_path / "daemon", config) as daemon:
-        daemon.cri_socket = daemon.state / "cri.sock"  # type: ignore[attr-defined]
-        wait_for_socket(daemon)
-        client = CriClient(daemon.cri_socket, tmp_path / "logs")
-        try:
-            yield client
-        finally:
-            client.remove_everything()
-            client.close()
+    with running_cri_daemon(tmp_path / "daemon", config) as daemon, \
+            connected(daemon, tmp_path / "logs") as client:
+        yield client
 
 
 @pytest.mark.parametrize(("asked", "named"), [
