@@ -183,6 +183,8 @@ class PodRecords:
         return specs.SandboxFiles(hostname=base / "hostname", hosts=base / "hosts",
                                   resolv_conf=base / "resolv.conf", shm=shm)
 
+    # -- names and records ----------------------------------------------------------
+
     def _lock(self, key: str) -> anyio.Lock:
         return self._locks.setdefault(key, anyio.Lock())
 
@@ -248,6 +250,8 @@ class PodRecords:
         config = pb.PodSandboxConfig()
         json_format.ParseDict(record.config, config, ignore_unknown_fields=True)
         return config
+
+    # -- tasks ----------------------------------------------------------------------
 
     async def _task(self, id_: str) -> TaskState | None:
         for runtime in self.runtimes.values():
