@@ -31,7 +31,7 @@ def test_running_pods_keep_running_across_a_daemon_restart(cri: Any, cri_daemon:
     assert status.network.ip
 
 
-def test_get_container_events_reports_created_started_stopped_deleted(cri: Any,
+def test_get_container_events_reports_created_started_stopped_deleted_not_execs(cri: Any,
                                                                       cri_image: str) -> None:
     pb = cri.pb
     events: list[Any] = []
@@ -53,6 +53,8 @@ def test_get_container_events_reports_created_started_stopped_deleted(cri: Any,
     import time
     time.sleep(0.5)  # let the subscription start
     sandbox_id, container_id = cri.run_container(cri_image)
+    # An exec's exit and delete are not the container's.
+    assert cri.exec(container_id, "true").exit_code == 0
     cri.runtime.StopContainer(pb.StopContainerRequest(container_id=container_id, timeout=1))
     cri.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=container_id))
     done.wait(15)

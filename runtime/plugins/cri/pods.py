@@ -57,9 +57,9 @@ class Pods(Sandboxes, PodStats):
             async for envelope in subscription:
                 event = envelope.event
                 container_id = getattr(event, "container_id", "")
-                if envelope.topic == "/tasks/exit" and getattr(event, "id", "") not in (
-                        "", container_id):
-                    continue  # an exec's exit
+                if envelope.topic in ("/tasks/exit", "/tasks/delete") and getattr(
+                        event, "id", "") not in ("", container_id):
+                    continue  # an exec's exit or delete, not the container's
                 response = pb.ContainerEventResponse(
                     container_id=container_id,
                     container_event_type=kinds[envelope.topic],  # type: ignore[arg-type]
