@@ -16,7 +16,6 @@ ExecSync processes die with their container.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
 import subprocess
@@ -28,6 +27,8 @@ import anyio.abc
 import anyio.to_thread
 
 from runtime.api.tasks import (
+    STDERR,
+    STDOUT,
     ExecOutput,
     ExecRequest,
     Status,
@@ -41,7 +42,6 @@ from runtime.core.identifiers import validate_identifier
 from runtime.plugins.runtime.runc.bundle import exec_process_spec, remove_tree
 from runtime.plugins.runtime.runc.direct_stream import (
     DirectStream,
-    kill_tree,
     read_pid,
     start_failure,
     start_stream,
@@ -54,18 +54,6 @@ __all__ = ["OUTPUT_LIMIT", "DirectExecs", "exec_to_end", "run_exec"]
 
 #: Bytes kept of each of stdout and stderr; the rest is read and dropped.
 OUTPUT_LIMIT = 16 << 20
-#: After the process exits, how long a background child holding its pipes may
-#: keep them open before the output is taken as it is.
-_DRAIN_GRACE = 1.0
-
-
-async def _drain(stream: anyio.abc.ByteReceiveStream, into: bytearray, limit: int) -> None:
-    with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError,
-                             anyio.BrokenResourceError):
-        while True:
-            chunk = await stream.receive()
-            if len(into) < limit:
-                into.extend(chunk[: limit - len(into)])
 
 
 async def run_exec(command: list[str], pid_file: Path, *, timeout: float | None,
@@ -79,32 +67,26 @@ async def run_exec(command: list[str], pid_file: Path, *, timeout: float | None,
         CommandNotFound, CommandNotExecutable, FailedPrecondition: The runtime
             could not start the process (no pid file); the message is its own.
     """
-    out, err = bytearray(), bytearray()
-    timed_out = False
-    process = await anyio.open_process(command, stdin=subprocess.DEVNULL,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    async with process:
-        assert process.stdout is not None and process.stderr is not None
-        with anyio.move_on_after(timeout) as scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_drain, process.stdout, out, limit)
-                tg.start_soon(_drain, process.stderr, err, limit)
-                await process.wait()
-                # Output the process wrote is in the pipes by now; only a leftover
-                # background child could still hold them open.
-                tg.cancel_scope.deadline = anyio.current_time() + _DRAIN_GRACE
-        if scope.cancelled_caught:
-            timed_out = True
-            with anyio.CancelScope(shield=True):
-                await _end_timed_out(process, pid_file)
+    out: dict[int, bytearray] = {STDOUT: bytearray(), STDERR: bytearray()}
+    # A plain child watched through a pidfd: no child-watcher thread per exec.
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    stream = DirectStream(process, 0, lambda _: None)
+    with anyio.move_on_after(timeout) as scope:
+        while (item := await stream.receive()) is not None:
+            into = out[item[0]]
+            if len(into) < limit:
+                into.extend(item[1][: limit - len(into)])
+        status = await stream.end()
+    if scope.cancelled_caught:
+        with anyio.CancelScope(shield=True):
+            stream.pid = read_pid(pid_file)
+            status = await stream.end(kill=True)
     pid = read_pid(pid_file)
-    status = process.returncode if process.returncode is not None else -1
-    if not pid and not timed_out:
-        raise start_failure(command[0], bytes(err))
-    if status < 0:  # the runtime itself was killed by a signal
-        status = 128 - status
-    return ExecOutput(pid=pid, exit_status=status, stdout=bytes(out), stderr=bytes(err),
-                      timed_out=timed_out)
+    if not pid and not scope.cancelled_caught:
+        raise start_failure(command[0], bytes(out[STDERR]))
+    return ExecOutput(pid=pid, exit_status=status, stdout=bytes(out[STDOUT]),
+                      stderr=bytes(out[STDERR]), timed_out=scope.cancelled_caught)
 
 
 class DirectExecs(TaskTable):
@@ -216,16 +198,3 @@ async def exec_to_end(task: Task, request: ExecRequest, runtime: list[str], publ
                 TaskExecStarted(container_id=container_id, exec_id=exec_id, pid=result.pid))
         _publish_end(publish, task, exec_id, result.pid, result.exit_status)
     return result
-
-
-async def _end_timed_out(process: anyio.abc.Process, pid_file: Path) -> None:
-    pid = read_pid(pid_file)
-    if pid:
-        await anyio.to_thread.run_sync(kill_tree, pid)
-    with anyio.move_on_after(10):
-        await process.wait()
-        return
-    # Still there (it never started the process, or ignores it): end the runtime itself.
-    with contextlib.suppress(ProcessLookupError):
-        process.kill()
-    await process.wait()

@@ -52,20 +52,23 @@ class DirectStream:
     """The stdio of a foreground exec (an ``AttachStream``) and its end.
 
     Args:
-        process: The runtime, started with three pipes.
-        pid: The exec'd process (from the runtime's pid file).
+        process: The runtime, started with pipes for stdout, stderr and,
+            optionally, stdin.
+        pid: The exec'd process (from the runtime's pid file), 0 if not known yet.
         on_end: Called once with the exit status (the caller's events and cleanup).
     """
 
     def __init__(self, process: subprocess.Popen[bytes], pid: int,
                  on_end: Callable[[int], object]) -> None:
-        assert process.stdin and process.stdout and process.stderr
+        assert process.stdout and process.stderr
         self.pid = pid
         self._process = process
         self._on_end = on_end
         self._outputs = {STDOUT: process.stdout.fileno(), STDERR: process.stderr.fileno()}
-        for fd in (*self._outputs.values(), process.stdin.fileno()):
+        for fd in self._outputs.values():
             os.set_blocking(fd, False)
+        if process.stdin is not None:
+            os.set_blocking(process.stdin.fileno(), False)
         self._pidfd = os.pidfd_open(process.pid)
         self.exit_status: int | None = None
         self._drain_until: float | None = None
@@ -127,23 +130,25 @@ class DirectStream:
         self._outputs.clear()
 
     async def end(self, *, kill: bool = False) -> int:
-        """Wait for the exit (killing the process tree first with ``kill``); its status."""
+        """Wait for the exit (killing the process tree first with ``kill``); its status.
+
+        Cancelled while waiting, it holds on to everything: call it again.
+        """
         if self.exit_status is not None:
             return self.exit_status
-        try:
-            if kill:
-                await anyio.to_thread.run_sync(kill_tree, self.pid)
-            with anyio.move_on_after(_KILL_GRACE if kill else None) as scope:
+        if kill and self.pid > 0:
+            await anyio.to_thread.run_sync(kill_tree, self.pid)
+        elif kill:  # the process never started: end the runtime itself
+            self._process.kill()
+        with anyio.move_on_after(_KILL_GRACE if kill else None) as scope:
+            await anyio.wait_readable(self._pidfd)
+        if scope.cancelled_caught:
+            self._process.kill()
+            with anyio.CancelScope(shield=True):
                 await anyio.wait_readable(self._pidfd)
-            if scope.cancelled_caught:
-                self._process.kill()
-                with anyio.CancelScope(shield=True):
-                    await anyio.wait_readable(self._pidfd)
-            status = self._process.wait()
-        finally:
-            os.close(self._pidfd)
-            self._pidfd = -1
-            self.close()
+        status = self._process.wait()
+        os.close(self._pidfd)
+        self.close()
         self.exit_status = status if status >= 0 else 128 - status
         self._on_end(self.exit_status)
         return self.exit_status
