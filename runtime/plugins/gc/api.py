@@ -64,6 +64,7 @@ __all__ = [
     "Source",
     "expire_time",
     "expired",
+    "expiries_in",
     "is_flat",
     "is_root",
     "label_edges",
@@ -85,6 +86,15 @@ def label_edges(ns: str, labels: Mapping[str, str]) -> Iterator[Edge]:
     """The edges a record's ``containerd.io/gc.ref.*`` labels make, in its namespace ``ns``."""
     for kind, key in label_refs(labels):
         yield (kind, ns, key), True
+
+
+def expiries_in(conn: sqlite3.Connection, table: str) -> Iterator[datetime]:
+    """The ``containerd.io/gc.expire`` times on ``table``'s rows (labels: JSON in ``labels``)."""
+    sql = f"SELECT labels FROM {table} WHERE labels LIKE ?"
+    for (raw,) in conn.execute(sql, (f"%{LABEL_EXPIRE}%",)):
+        when = expire_time(labels_of(raw))
+        if when is not None:
+            yield when
 
 
 class Records(Protocol):

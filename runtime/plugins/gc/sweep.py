@@ -69,8 +69,12 @@ def delete_records(
     table once per object, inside the pause.)
     """
     by_source: dict[int, list[Node]] = defaultdict(list)
+    owner_of: dict[str, int | None] = {}
     for node in nodes:
-        owner = next((i for i, s in enumerate(sources) if s.owns(node[0])), None)
+        kind = node[0]
+        if kind not in owner_of:
+            owner_of[kind] = next((i for i, s in enumerate(sources) if s.owns(kind)), None)
+        owner = owner_of[kind]
         if owner is not None:
             by_source[owner].append(node)
     counts: dict[str, int] = {}

@@ -19,8 +19,8 @@ from runtime.plugins.gc.api import (
     Node,
     Records,
     Source,
-    expire_time,
     expired,
+    expiries_in,
     label_edges,
     labels_of,
 )
@@ -141,9 +141,4 @@ class ImageSource(Source):
 
     def expiries(self, conn: sqlite3.Connection) -> Iterable[datetime]:
         """The images' expiry times."""
-        for (raw,) in conn.execute(
-            "SELECT labels FROM images WHERE labels LIKE ?", (f"%{LABEL_EXPIRE}%",)
-        ):
-            when = expire_time(json.loads(raw))
-            if when is not None:
-                yield when
+        return expiries_in(conn, "images")

@@ -7,7 +7,6 @@ references unless the lease is ``containerd.io/gc.flat``.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,8 +19,8 @@ from runtime.plugins.gc.api import (
     Node,
     Records,
     Source,
-    expire_time,
     expired,
+    expiries_in,
     is_flat,
     labels_of,
 )
@@ -155,9 +154,4 @@ class LeaseSource(Source):
 
     def expiries(self, conn: sqlite3.Connection) -> Iterable[datetime]:
         """The leases' expiry times."""
-        for (raw,) in conn.execute(
-            "SELECT labels FROM leases WHERE labels LIKE ?", (f"%{LABEL_EXPIRE}%",)
-        ):
-            when = expire_time(json.loads(raw))
-            if when is not None:
-                yield when
+        return expiries_in(conn, "leases")
