@@ -17,7 +17,7 @@ import msgspec
 from runtime.core.config import AbsolutePath
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, PluginSkipped, Registration
-from runtime.plugins.api.api import RouteSet
+from runtime.plugins.api.api import route_set
 from runtime.plugins.network.cni.conflist import (
     DEFAULT_FILE,
     check_subnet,
@@ -84,11 +84,11 @@ async def init(ctx: InitContext[CniConfig]) -> CniNetwork:
         ) from None
     conf_dir = Path(config.conf_dir) if config.conf_dir else Path(ctx.daemon.root) / "net.d"
     # Never over an operator's file, even a broken one: only a missing network is written.
+    ipam_dir = Path(config.ipam_dir) if config.ipam_dir else ctx.root / "ipam"
+    has_firewall = config.firewall and _has(bin_dirs, "firewall")
     if (config.default_network not in list_conflists(conf_dir)
             and not (conf_dir / DEFAULT_FILE).exists()):
         subnet = check_subnet(config.subnet, config.bridge)
-        ipam_dir = Path(config.ipam_dir) if config.ipam_dir else ctx.root / "ipam"
-        has_firewall = config.firewall and _has(bin_dirs, "firewall")
         write_default(conf_dir, default_conflist(
             name=config.default_network, bridge=config.bridge, subnet=subnet,
             ipam_dir=ipam_dir, firewall=has_firewall))
@@ -97,18 +97,11 @@ async def init(ctx: InitContext[CniConfig]) -> CniNetwork:
     service = CniNetwork(conf_dir=conf_dir, bin_dirs=bin_dirs,
                          default_network=config.default_network,
                          records_dir=ctx.root / "attachments", netns_dir=netns_dir,
-                         timeout=config.timeout)
+                         timeout=config.timeout, ipam_dir=ipam_dir, firewall=has_firewall)
     # Nothing is being created yet, so a namespace no process is in belongs to a
     # container that is gone: release its addresses, veths and port mappings.
     await service.cleanup_stale(await service.live_keys())
     return service
-
-
-async def init_routes(ctx: InitContext[None]) -> RouteSet:
-    """``GET /v1/networks`` and the namespace's attachments."""
-    from runtime.plugins.network.routes import network_routes
-
-    return network_routes(ctx.get("network.cni"))
 
 
 def _has(bin_dirs: list[Path], type_: str) -> bool:
@@ -122,17 +115,8 @@ def _has(bin_dirs: list[Path], type_: str) -> bool:
 @hookimpl
 def moorage_plugins() -> Iterator[Registration]:
     """The CNI network plugin."""
-    yield Registration(
-        type="network",
-        id="cni",
-        init=init,
-        config=CniConfig,
-        description="container networks through CNI plugins (bridge, host-local, portmap)",
-    )
-    yield Registration(
-        type="api",
-        id="networks",
-        init=init_routes,
-        requires=("network.cni",),
-        description="networks and attachments",
-    )
+    yield Registration.named(
+        "network.cni", init, config=CniConfig,
+        description="container networks through CNI plugins (bridge, host-local, portmap)")
+    yield route_set("networks", ("network.cni",), "networks and attachments",
+                    "runtime.plugins.network.routes:network_routes")
