@@ -11,12 +11,14 @@ from runtime.api.mounts import Mount
 from runtime.api.specs import ImageConfig, SpecOptions
 
 __all__ = [
+    "ArchiveResult",
     "Container",
     "ContainerCreate",
     "ContainerCreateRequest",
     "ContainerDelete",
     "ContainerUpdate",
     "ContainerUpdateRequest",
+    "PathStatInfo",
     "RunRequest",
     "RuntimeInfo",
 ]
@@ -149,3 +151,29 @@ class ContainerDelete(msgspec.Struct, kw_only=True):
     """Event ``/containers/delete``."""
 
     id: str
+
+
+class PathStatInfo(msgspec.Struct, kw_only=True):
+    """A path inside a container's root (``GET /v1/containers/{id}/archive/stat``).
+
+    Attributes:
+        name: Its base name.
+        mode: ``st_mode`` (type and permission bits).
+        size: ``st_size``.
+        mtime: Modification time, seconds since the epoch.
+        link_target: A symlink's target as written (empty otherwise).
+        is_dir: Whether it is a directory.
+    """
+
+    name: str
+    mode: int
+    size: int
+    mtime: float
+    link_target: str = ""
+    is_dir: bool = False
+
+
+class ArchiveResult(msgspec.Struct, kw_only=True):
+    """What ``PUT /v1/containers/{id}/archive`` unpacked: the number of entries made."""
+
+    entries: int

@@ -36,3 +36,8 @@ def moorage_plugins() -> Iterator[Registration]:
         "runtime.plugins.tasks.routes:task_routes",
         lambda ctx: (ctx.get("service.tasks"), ctx.daemon.cgroup_parent),
     )
+    yield route_set(
+        "archive", ("service.tasks",), "container files as tar, out and in (cp)",
+        "runtime.plugins.tasks.archive_routes:archive_routes",
+        lambda ctx: (ctx.get("service.tasks"), ctx.state),
+    )
