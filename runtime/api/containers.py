@@ -11,6 +11,9 @@ from runtime.api.mounts import Mount
 from runtime.api.specs import ImageConfig, SpecOptions
 
 __all__ = [
+    "LAYER_DIFF_ID_HEADER",
+    "LAYER_DIGEST_HEADER",
+    "LAYER_MEDIA_TYPE_HEADER",
     "ArchiveResult",
     "Container",
     "ContainerCreate",
@@ -22,6 +25,11 @@ __all__ = [
     "RunRequest",
     "RuntimeInfo",
 ]
+
+#: Headers of ``GET /v1/containers/{id}/changes``: the layer blob's digest, diffID, media type.
+LAYER_DIGEST_HEADER = "Moorage-Layer-Digest"
+LAYER_DIFF_ID_HEADER = "Moorage-Layer-Diff-Id"
+LAYER_MEDIA_TYPE_HEADER = "Moorage-Layer-Media-Type"
 
 
 class RuntimeInfo(msgspec.Struct, kw_only=True):
