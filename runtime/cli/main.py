@@ -26,7 +26,7 @@ __all__ = ["COMMANDS", "GROUPS", "build_parser", "main"]
 #: them; each module's ``register(sub)`` adds its commands.
 GROUPS = ("system", "namespaces", "content", "snapshots", "images", "containers", "run", "gc",
           "config_cmd", "verbs.containers", "verbs.inspect", "verbs.images", "verbs.volumes",
-          "verbs.networks", "verbs.login", "verbs.cp", "verbs.commit", "completion")
+          "verbs.networks", "verbs.login", "verbs.cp", "verbs.commit", "verbs.disk", "completion")
 
 #: The group adding each top-level command and alias (a test keeps it complete).
 COMMANDS = {
@@ -43,7 +43,7 @@ COMMANDS = {
     **dict.fromkeys(("inspect", "port", "info", "top", "stats"), "verbs.inspect"),
     **dict.fromkeys(("rmi", "tag", "save", "load"), "verbs.images"),
     "login": "verbs.login", "logout": "verbs.login", "cp": "verbs.cp",
-    "commit": "verbs.commit",
+    "commit": "verbs.commit", "system": "verbs.disk",
     "volume": "verbs.volumes", "network": "verbs.networks",
     "completion": "completion", "man": "completion",
 }  # fmt: skip
