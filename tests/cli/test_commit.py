@@ -8,16 +8,12 @@ from pathlib import Path
 import pytest
 
 from tests.plugins.runtime.helpers import RuntimeDaemon, moorage, wait_until
+from tests.plugins.runtime.helpers import moorage_ok as ok
 
 pytest_plugins = ["tests.plugins.runtime.runtime_fixtures"]
 
 pytestmark = pytest.mark.root
 
-
-def ok(rd: RuntimeDaemon, *args: str) -> str:
-    result = moorage(rd.address, *args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def test_commit_of_a_running_container_then_run_sees_its_changes(

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.plugins.runtime.helpers import RuntimeDaemon, moorage
+from tests.plugins.runtime.helpers import moorage_ok as ok
 
 pytest_plugins = ["tests.plugins.runtime.runtime_fixtures"]
 
@@ -21,11 +22,6 @@ pytestmark = pytest.mark.root
 SLEEPER = ("sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done")
 MTIME = 1_600_000_000
 
-
-def ok(rd: RuntimeDaemon, *args: str) -> str:
-    result = moorage(rd.address, *args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def refused(rd: RuntimeDaemon, *args: str) -> str:

@@ -9,16 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.plugins.runtime.helpers import RuntimeDaemon, moorage
+from tests.plugins.runtime.helpers import moorage_ok as ok
 
 pytest_plugins = ["tests.plugins.runtime.runtime_fixtures"]
 
 pytestmark = pytest.mark.root
 
-
-def ok(rd: RuntimeDaemon, *args: str) -> str:
-    result = moorage(rd.address, *args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def test_save_writes_docker_and_oci_archive_that_load_restores(

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tests.plugins.runtime.helpers import RuntimeDaemon, moorage
+from tests.plugins.runtime.helpers import RuntimeDaemon
+from tests.plugins.runtime.helpers import moorage_ok as ok
 
 pytest_plugins = ["tests.plugins.runtime.runtime_fixtures"]
 
@@ -14,11 +15,6 @@ pytestmark = pytest.mark.root
 
 SLEEPER = ("sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done")
 
-
-def ok(rd: RuntimeDaemon, *args: str, input: str | None = None) -> str:
-    result = moorage(rd.address, *args, input=input)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def rows(rd: RuntimeDaemon) -> dict[str, dict[str, object]]:

@@ -25,6 +25,7 @@ import tarfile
 from typing import IO, Protocol
 
 from runtime.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from runtime.pkg.archive.members import clean_parts
 
 __all__ = [
     "PathStat",
@@ -86,16 +87,9 @@ def _open(root_fd: int, parts: list[str] | tuple[str, ...], flags: int, shown: s
 
 def path_parts(path: str, what: str = "path") -> list[str]:
     """``path``'s components, ``.`` and ``..`` applied; refused if it climbs above the root."""
-    parts: list[str] = []
-    for comp in path.split("/"):
-        if comp in ("", "."):
-            continue
-        if comp == "..":
-            if not parts:
-                raise InvalidArgument(f"{what} {path!r} climbs out of the container's root")
-            parts.pop()
-        else:
-            parts.append(comp)
+    parts = clean_parts(path)
+    if parts is None:
+        raise InvalidArgument(f"{what} {path!r} climbs out of the container's root")
     return parts
 
 

@@ -23,6 +23,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import IO
 
 import anyio.to_thread
 from aiohttp import web
@@ -34,11 +35,22 @@ from runtime.pkg.mount import mounted
 from runtime.plugins.api.api import Query, Route, RouteSet, namespace_of
 from runtime.plugins.tasks.service import TaskService
 
-__all__ = ["archive_routes"]
+__all__ = ["archive_routes", "send_file"]
 
 _LIVE = ("created", "running", "paused")
 _CHUNK = 1 << 20
 _SPOOL = 8 << 20  # archives up to this size stay in memory
+
+
+async def send_file(request: web.Request, handle: IO[bytes],
+                    headers: dict[str, str]) -> web.StreamResponse:
+    """Answer with the rest of ``handle`` (a spooled tar or blob) and ``headers``."""
+    response = web.StreamResponse(headers=headers)
+    await response.prepare(request)
+    while chunk := handle.read(_CHUNK):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 def archive_routes(service: TaskService, state: Path) -> RouteSet:
@@ -114,12 +126,7 @@ def archive_routes(service: TaskService, state: Path) -> RouteSet:
                     spool.seek(0)
 
                 await anyio.to_thread.run_sync(work)
-            response = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
-            await response.prepare(request)
-            while chunk := spool.read(_CHUNK):
-                await response.write(chunk)
-            await response.write_eof()
-            return response
+            return await send_file(request, spool, {"Content-Type": "application/x-tar"})
         finally:
             spool.close()
 

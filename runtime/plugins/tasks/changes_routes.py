@@ -26,10 +26,10 @@ from runtime.api.containers import (
 from runtime.core.errors import FailedPrecondition, InvalidArgument
 from runtime.plugins.api.api import Query, Route, RouteSet, namespace_of
 from runtime.plugins.diff.api import Comparer
+from runtime.plugins.tasks.archive_routes import send_file
 from runtime.plugins.tasks.service import TaskService
 
 __all__ = ["changes_routes"]
-_CHUNK = 1 << 20
 _COMPRESSIONS = ("gzip", "zstd", "none")
 
 
@@ -67,15 +67,10 @@ def changes_routes(service: TaskService, differ: Any, snapshots: Callable[[], An
                 if parent:
                     await snapshotter.remove(ns, view)
             spool.seek(0)
-            response = web.StreamResponse(headers={
-                "Content-Type": "application/octet-stream", LAYER_DIGEST_HEADER: layer.digest,
-                LAYER_DIFF_ID_HEADER: layer.diff_id, LAYER_MEDIA_TYPE_HEADER: layer.media_type})
-            response.content_length = layer.size
-            await response.prepare(request)
-            while chunk := spool.read(_CHUNK):
-                await response.write(chunk)
-            await response.write_eof()
-            return response
+            return await send_file(request, spool, {
+                "Content-Type": "application/octet-stream", "Content-Length": str(layer.size),
+                LAYER_DIGEST_HEADER: layer.digest, LAYER_DIFF_ID_HEADER: layer.diff_id,
+                LAYER_MEDIA_TYPE_HEADER: layer.media_type})
         finally:
             spool.close()
 
