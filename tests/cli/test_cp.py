@@ -135,3 +135,31 @@ def test_cp_never_leaves_the_container_root(
     ok(rd, "cp", str(payload), "jail:/leak")
     assert secret.read_text() == "HOST\n"
     assert (rootfs / "leak").read_text() == "pwned\n" and not (rootfs / "leak").is_symlink()
+
+
+def test_the_archive_api_refuses_hostile_tars_and_paths_writing_nothing(
+        rd: RuntimeDaemon, rootfs: Path, tmp_path: Path) -> None:
+    from runtime.core.errors import InvalidArgument
+
+    created(rd, rootfs, "target", start=False)
+    api = rd.client()
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def tar_of(name: str) -> bytes:
+        data = BytesIO()
+        with tarfile.open(fileobj=data, mode="w") as tar:
+            info = tarfile.TarInfo(name)
+            info.size = 5
+            tar.addfile(info, BytesIO(b"owned"))
+        return data.getvalue()
+
+    for path, body in (("/../..", tar_of("x")), ("/tmp", tar_of("../../../../escape")),
+                       ("/tmp", b"not a tar at all" * 64)):
+        with pytest.raises(InvalidArgument):
+            api.call("PUT", "/v1/containers/target/archive", query={"path": path},
+                     data=body, headers={"Content-Type": "application/x-tar"})
+    with pytest.raises(InvalidArgument, match="climbs out"):
+        api.call("GET", "/v1/containers/target/archive/stat", query={"path": "/x/../../y"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert not (rootfs / "escape").exists() and list((rootfs / "tmp").iterdir()) == []
+    assert api.healthz() is not None
