@@ -113,11 +113,15 @@ def test_login_then_pull_uses_the_saved_credentials_and_logout_forgets_them(
     assert again.returncode != 0 and "unauthenticated" in again.stderr
 
 
-def test_run_pulls_a_missing_image_with_the_saved_credentials(
+def test_run_pulls_and_push_pushes_with_the_saved_credentials(
         caller: Caller, auth_registry: Registry, private_ref: str) -> None:
     assert login(caller, auth_registry).returncode == 0
     result = caller("run", "--rm", "--net", "none", private_ref, "echo", "in")
     assert (result.returncode, result.stdout) == (0, "in\n"), result.stderr
+    copy = auth_registry.ref("login/pushed:1")
+    pushed = caller("images", "push", "-q", "--plain-http", copy, private_ref)
+    assert pushed.returncode == 0, pushed.stderr
+    assert auth_registry.inspect("login/pushed:1")["Digest"]
 
 
 def test_login_with_a_wrong_password_exits_125_and_writes_nothing(
