@@ -68,3 +68,16 @@ def test_commit_refusals_exit_125_and_make_no_image(
     bad_name = moorage(rd.address, "commit", "fine", "Not A Reference")
     assert bad_name.returncode == 125 and "'Not A Reference'" in bad_name.stderr
     assert ok(rd, "images", "-q") == before
+
+
+def test_commit_from_the_native_snapshotter_walks_both_trees(
+        rd: RuntimeDaemon, pushed_busybox: str) -> None:
+    # native snapshots are plain directories: the differ mounts parent and child and walks them.
+    ok(rd, "pull", "--plain-http", "-q", "--snapshotter", "native", pushed_busybox)
+    ok(rd, "run", "--name", "flat", "--net", "none", "--snapshotter", "native", pushed_busybox,
+       "sh", "-c", "echo native > /hello; rm /etc/group")
+    assert ok(rd, "inspect", "-f", "{{.Snapshotter}}", "flat") == "native\n"
+    ok(rd, "commit", "flat", "example.com/native:1")
+    result = moorage(rd.address, "run", "--rm", "--net", "none", "example.com/native:1",
+                     "sh", "-c", "cat /hello; test -e /etc/group || echo gone")
+    assert (result.returncode, result.stdout) == (0, "native\ngone\n"), result.stderr
