@@ -163,3 +163,18 @@ def test_the_archive_api_refuses_hostile_tars_and_paths_writing_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert not (rootfs / "escape").exists() and list((rootfs / "tmp").iterdir()) == []
     assert api.healthz() is not None
+
+
+def test_cp_from_stdin_unpacks_a_tar_into_a_container_directory(
+        rd: RuntimeDaemon, rootfs: Path) -> None:
+    created(rd, rootfs, "fed", start=False)
+    data = BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        info = tarfile.TarInfo("from-stdin")
+        info.size, info.mode, info.uid, info.gid = 3, 0o604, 7, 8
+        tar.addfile(info, BytesIO(b"hi\n"))
+    done = subprocess.run([sys.executable, "-m", "runtime.cli.main", "--address", rd.address,
+                           "cp", "-", "fed:/tmp"], input=data.getvalue(), capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert (rootfs / "tmp" / "from-stdin").read_text() == "hi\n"
+    assert meta(rootfs / "tmp" / "from-stdin")[:3] == (7, 8, 0o604)
