@@ -111,6 +111,9 @@ def login(args: argparse.Namespace) -> int:
                 if not sys.stdin.isatty():
                     raise InvalidArgument(f"login {host}: give --username (stdin is no terminal)")
                 user = input("Username: ").strip()
+            if args.password:
+                print("WARNING! Using --password via the CLI is insecure. Use --password-stdin.",
+                      file=sys.stderr)
             secret = args.password or getpass.getpass("Password: ")
         if not user or not secret:
             raise InvalidArgument(f"login {host}: the user name and password must not be empty")
