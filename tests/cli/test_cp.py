@@ -178,3 +178,15 @@ def test_cp_from_stdin_unpacks_a_tar_into_a_container_directory(
     assert done.returncode == 0, done.stderr
     assert (rootfs / "tmp" / "from-stdin").read_text() == "hi\n"
     assert meta(rootfs / "tmp" / "from-stdin")[:3] == (7, 8, 0o604)
+
+
+def test_cp_into_a_running_container_reaches_its_volumes(
+        rd: RuntimeDaemon, rootfs: Path, tmp_path: Path) -> None:
+    # A live task's root is /proc/<pid>/root: its mounts (a named volume here) are there too.
+    ok(rd, "run", "-d", "--name", "vol", "--net", "none", "-v", "shared:/data", "--rootfs",
+       str(rootfs), "busybox", *SLEEPER)
+    (tmp_path / "note").write_text("into the volume\n")
+    ok(rd, "cp", str(tmp_path / "note"), "vol:/data/")
+    [volume] = rd.client().call("GET", "/v1/volumes", list)
+    assert (Path(volume["mountpoint"]) / "note").read_text() == "into the volume\n"
+    assert not (rootfs / "data" / "note").exists()
