@@ -6,7 +6,7 @@ later, no log is kept. So the runtime runs in the foreground with pipes for
 stdout and stderr, as containerd's shim runs it: ``runc exec`` (not
 ``--detach``) stays the process's parent, forwards signals to it and exits with
 its status. That saves conmon's double fork, its sync pipes and attach socket,
-and the exit-file round trip: about half of each ``ExecSync`` (docs/performance.md).
+and the exit-file round trip: most of each ``ExecSync`` (docs/performance.md, 20).
 
 What it gives up, on purpose: the exec is in no record, so a daemon restart
 forgets it (the caller's connection is gone with the daemon anyway). Its
@@ -90,7 +90,7 @@ async def run_exec(command: list[str], pid_file: Path, *, timeout: float | None,
 
 
 class DirectExecs(TaskTable):
-    """:class:`TaskTable` plus ``exec_sync``; :class:`~.service.RuncRuntime` builds on it."""
+    """:class:`TaskTable` plus the execs without a monitor (``RuncRuntime`` builds on it)."""
 
     runtime_path: str
     publish: Publish
