@@ -42,7 +42,8 @@ from runtime.plugins.network.api import (
 from runtime.plugins.network.cni import conflist, netns
 from runtime.plugins.network.cni.conflist import ConfList, check_subnet, default_conflist
 from runtime.plugins.network.cni.plugin import CniConfig
-from runtime.plugins.network.cni.service import AttachmentRecord, CniNetwork, _plugin_config
+from runtime.plugins.network.cni.records import AttachmentRecord
+from runtime.plugins.network.cni.service import CniNetwork, _plugin_config
 from tests.fixtures.network import (
     NetworkLease,
     daemon_token,
