@@ -235,8 +235,44 @@ def wait_listening(path: Path, proc: subprocess.Popen[bytes], timeout: float = 3
             time.sleep(0.002)
 
 
+#: HTTP/2's client connection preface: any HTTP/2 server (containerd's gRPC) answers
+#: it with a SETTINGS frame once it serves the connection.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def wait_answering(path: Path, kind: str, proc: subprocess.Popen[bytes],
+                   timeout: float = 30) -> None:
+    """Block until the daemon at ``path`` answers: Moorage ``GET /v1/version``, containerd
+    the HTTP/2 preface (a connection its gRPC server serves).
+
+    A socket that accepts connections may still answer nothing for a while (a
+    listening socket bound before the server runs queues them); this is the
+    time a client's first request waits for.
+    """
+    request = (_H2_PREFACE if kind == "containerd"
+               else b"GET /v1/version HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n")
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError("daemon did not answer in time")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(max(0.1, deadline - time.monotonic()))
+                sock.connect(str(path))
+                sock.sendall(request)
+                head = sock.recv(64)
+            if kind == "containerd" or head.startswith(b"HTTP/1.1 200"):
+                if head:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.002)
+
+
 def time_start(s: System, base: Path) -> dict[str, float]:
-    """Start a daemon on ``base``: seconds and its CPU until the API listens."""
+    """Start a daemon on ``base``: seconds and its CPU until the API listens, then answers."""
     d = s.make(base)
     for sub in (d.root, d.state, d.socket.parent):
         sub.mkdir(parents=True, exist_ok=True)
@@ -250,12 +286,16 @@ def time_start(s: System, base: Path) -> dict[str, float]:
             wait_listening(d.socket, proc)
             wall = time.perf_counter() - started
             own, _ = proc_cpu(proc.pid)
+            wait_answering(d.socket, s.kind, proc)
+            answer = time.perf_counter() - started
+            own_answer, _ = proc_cpu(proc.pid)
             # CPU of the rest of the start-up (what runs after the API listens).
             time.sleep(1.0)
             own_1s, _ = proc_cpu(proc.pid)
         finally:
             d.stop()
-    return {"wall": wall, "cpu_to_listen": own, "cpu_first_second": own_1s, "load": load}
+    return {"wall": wall, "cpu_to_listen": own, "to_answer": answer,
+            "cpu_to_answer": own_answer, "cpu_first_second": own_1s, "load": load}
 
 
 def measure_start(systems: list[System], reps: int) -> dict[str, Any]:
@@ -503,7 +543,8 @@ def render(results: dict[str, Any]) -> str:
         for kind, r in by.items():
             lines.append(f"== start {kind:8} {label:12} to listen {r['wall']:.4f} s "
                          f"[{r['wall_min']:.4f}-{r['wall_max']:.4f}] CPU to listen "
-                         f"{r['cpu_to_listen'] * 1000:.0f} ms, first second "
+                         f"{r['cpu_to_listen'] * 1000:.0f} ms, to answer {r['to_answer']:.4f} s "
+                         f"CPU {r['cpu_to_answer'] * 1000:.0f} ms, first second "
                          f"{r['cpu_first_second'] * 1000:.0f} ms "
                          f"(load {r['load_range'][0]}-{r['load_range'][1]}, n {r['n']})")
     return "\n".join(lines)
