@@ -147,7 +147,8 @@ def render(raw: dict[str, Any], top: int) -> str:
              "|---|---|---|---|---|---|"]
     for r in sorted(recs, key=lambda r: -r["own_kb"])[:top]:
         lines.append(f"| `{r['module']}` | {r['own_kb']:,} | {r['own_cpu'] * 1000:.1f} | "
-                     f"{r['with_deps_kb']:,} | {r['with_deps_cpu'] * 1000:.1f} | {chain(r['module'])} |")
+                     f"{r['with_deps_kb']:,} | {r['with_deps_cpu'] * 1000:.1f} | "
+                     f"{chain(r['module'])} |")
     groups: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0])
     for r in recs:
         g = groups[group_of(r["module"])]

@@ -263,9 +263,8 @@ def wait_answering(path: Path, kind: str, proc: subprocess.Popen[bytes],
                 sock.connect(str(path))
                 sock.sendall(request)
                 head = sock.recv(64)
-            if kind == "containerd" or head.startswith(b"HTTP/1.1 200"):
-                if head:
-                    return
+            if head and (kind == "containerd" or head.startswith(b"HTTP/1.1 200")):
+                return
         except OSError:
             pass
         time.sleep(0.002)

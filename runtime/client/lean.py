@@ -27,7 +27,7 @@ from runtime.core.errors import MoorageError, Unauthenticated, from_code
 # call does without it): each costs a few ms of every call of the CLI.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
     from typing import Any
 
 __all__ = ["LeanClient"]
@@ -169,6 +169,26 @@ class LeanClient:
         """
         query = {k: "1" for k, on in (("force", force), ("snapshot", snapshot)) if on}
         self.open("DELETE", f"/v1/run/{_id(container_id)}", query=query).read()
+
+    # Batches: one request for many ids; a list of ``.id``, ``.code`` ("" on success),
+    # ``.message`` per distinct id, in order (runtime.api.batch).
+
+    def remove_many(self, ids: Iterable[str], *, force: bool = False,
+                    snapshot: bool = False) -> list[Any]:
+        """``POST /v1/run/remove``: :meth:`remove` for each id."""
+        body = {"ids": list(ids), "force": force, "snapshot": snapshot}
+        return list(self.call("POST", "/v1/run/remove", body, timeout=None).results)
+
+    def kill_tasks(self, ids: Iterable[str], signal: int | str = 15, *,
+                   all: bool = False) -> list[Any]:
+        """``POST /v1/tasks/kill``: :meth:`kill_task` (init processes) for each id."""
+        body = {"ids": list(ids), "signal": signal, "all": all}
+        return list(self.call("POST", "/v1/tasks/kill", body).results)
+
+    def delete_tasks(self, ids: Iterable[str], *, force: bool = False) -> list[Any]:
+        """``POST /v1/tasks/delete``: :meth:`delete_task` for each id."""
+        body = {"ids": list(ids), "force": force}
+        return list(self.call("POST", "/v1/tasks/delete", body, timeout=None).results)
 
     def task(self, container_id: str) -> Any:
         """A task's state."""

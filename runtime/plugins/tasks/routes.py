@@ -30,6 +30,7 @@ from runtime.core.errors import InvalidArgument
 from runtime.core.filters import adapt, parse
 from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
 from runtime.plugins.containers.api import new_container
+from runtime.plugins.tasks.batch_routes import batch_routes
 from runtime.plugins.tasks.io_routes import io_routes
 from runtime.plugins.tasks.service import TaskService
 
@@ -185,6 +186,7 @@ def task_routes(service: TaskService, cgroup_parent: str = DEFAULT_CGROUP_PARENT
         Route("GET", one + "/metrics", metrics, "CPU, memory and pids of the task's cgroup.",
               response=TaskMetrics),
         *io_routes(service),
+        *batch_routes(service),
         Route("POST", "/v1/run", run,
               "Create a container, prepare its snapshot and create its task (start=true: "
               "start it too) in one call.", body=RunRequest, response=TaskState, status=201),
