@@ -223,6 +223,23 @@ class LeanClient:
         """Delete a container without a task."""
         self.open("DELETE", f"/v1/containers/{_id(container_id)}").read()
 
+    def run_attached(self, container: Mapping[str, Any], *, parent: str = "",
+                     rootfs: list[Mapping[str, Any]] | None = None, stdin: bool = False,
+                     remove: bool = False) -> Any:
+        """``GET /v1/run/attach``: create, attach to and start in one websocket.
+
+        ``remove`` has the daemon remove the container once it ended (before the
+        exit message) or when this connection closes. The attachment's events
+        raise the daemon's error if the create or the start failed.
+        """
+        from runtime.client.attach import open_attachment
+
+        query = "&".join(k + "=1" for k, on in (("stdin", stdin), ("remove", remove)) if on)
+        attachment = open_attachment(self, "/v1/run/attach" + ("?" + query if query else ""))
+        attachment.ws.send_text(dumps({"container": container, "parent": parent,
+                                       "rootfs": list(rootfs or []), "stdin": stdin}))
+        return attachment
+
     def attach_task(self, container_id: str, exec_id: str = "", *, stdin: bool = False,
                     start: bool = False) -> Any:
         """Open a websocket to a process's stdio; ``start`` starts it once attached."""

@@ -32,6 +32,7 @@ from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespa
 from runtime.plugins.containers.api import new_container
 from runtime.plugins.tasks.batch_routes import batch_routes
 from runtime.plugins.tasks.io_routes import io_routes
+from runtime.plugins.tasks.run_attach import run_attach_routes
 from runtime.plugins.tasks.service import TaskService
 
 __all__ = ["parse_signal", "task_routes"]
@@ -187,6 +188,7 @@ def task_routes(service: TaskService, cgroup_parent: str = DEFAULT_CGROUP_PARENT
               response=TaskMetrics),
         *io_routes(service),
         *batch_routes(service),
+        *run_attach_routes(service, cgroup_parent),
         Route("POST", "/v1/run", run,
               "Create a container, prepare its snapshot and create its task (start=true: "
               "start it too) in one call.", body=RunRequest, response=TaskState, status=201),
