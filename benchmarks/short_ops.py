@@ -202,6 +202,31 @@ def op_teardown(s: System, ref: str, n: int) -> tuple[float, float]:
     return wall, cpu
 
 
+def op_teardown_many(s: System, ref: str, n: int) -> tuple[float, float]:
+    """The same teardown with each system's many-id commands: two calls in all.
+
+    ``ctr tasks delete -f ID...`` (kills and deletes) then ``ctr containers
+    delete ID...``; ``moorage tasks rm -f ID...`` then ``moorage containers rm
+    ID...``. ``ctr tasks kill`` takes one id, so no separate kill stage.
+    """
+    assert s.daemon is not None
+    ids = getattr(s, "pending", None) or []
+    s.pending = []  # type: ignore[attr-defined]
+    if not ids:
+        return 0.0, 0.0
+    d = s.daemon
+    if s.kind == "containerd":
+        stages = [d.cli("tasks", "delete", "-f", *ids), d.cli("containers", "delete", *ids)]
+    else:
+        stages = [d.cli("tasks", "rm", "-f", *ids), d.cli("containers", "rm", *ids)]
+    wall = cpu = 0.0
+    for cmd in stages:
+        w, c = run_measured(cmd)
+        wall += w
+        cpu += c
+    return wall, cpu
+
+
 def teardown_cmds(s: System, cid: str) -> list[list[str]]:
     """The teardown's stages for one container (the harness's commands)."""
     assert s.daemon is not None
@@ -213,6 +238,7 @@ OPS: dict[str, Callable[[System, str, int], tuple[float, float]]] = {
     "version": op_version,
     "burst": op_burst,
     "teardown": op_teardown,
+    "teardown_many": op_teardown_many,
 }
 
 
@@ -476,7 +502,8 @@ def main() -> int:
                         for op in timed:
                             for s in systems if rep % 2 == 0 else systems[::-1]:
                                 assert s.daemon is not None
-                                if op == "teardown" and not getattr(s, "pending", None):
+                                if op.startswith("teardown") and not getattr(s, "pending",
+                                                                             None):
                                     op_burst(s, ref, args.burst)
                                     time.sleep(0.5)
                                 load = loadavg()
