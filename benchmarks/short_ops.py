@@ -16,7 +16,12 @@ help" while other work loads the cores:
   gives the CPU of every process of the daemon's and the clients' trees by
   name (client, daemon, runc, conmon, containerd-shim, the container's own);
 * ``start`` times a daemon from exec until its API socket accepts a
-  connection, on an empty root and on a root it has used before.
+  connection and until it answers a first request (``GET /v1/version``;
+  containerd: the HTTP/2 preface), on an empty root and on a root it has used
+  before, with its RSS one second later;
+* ``floor`` times ``python -c`` with each Moorage install's interpreter:
+  nothing, ``asyncio``, ``aiohttp.web`` and the other libraries the daemon
+  needs before it can answer.
 
 Examples::
 
@@ -317,10 +322,56 @@ def time_start(s: System, base: Path) -> dict[str, float]:
             # CPU of the rest of the start-up (what runs after the API listens).
             time.sleep(1.0)
             own_1s, _ = proc_cpu(proc.pid)
+            rss = vm_rss(proc.pid)
         finally:
             d.stop()
     return {"wall": wall, "cpu_to_listen": own, "to_answer": answer,
-            "cpu_to_answer": own_answer, "cpu_first_second": own_1s, "load": load}
+            "cpu_to_answer": own_answer, "cpu_first_second": own_1s, "rss_kb_1s": rss,
+            "load": load}
+
+
+def vm_rss(pid: int) -> int:
+    """``VmRSS`` of a process, KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+# What the daemon's start cannot go below: the interpreter and the libraries it imports
+# before it can answer. The environment is the daemon's around the aiohttp import.
+FLOORS = {
+    "python -c pass": "pass",
+    "import asyncio": "import asyncio",
+    "import aiohttp.web": "import aiohttp.web",
+    "+ msgspec, anyio, sqlite3, pluggy": "import aiohttp.web, msgspec, anyio._backends._asyncio, "
+                                          "sqlite3, pluggy",
+}
+
+
+def measure_floors(systems: list[System], reps: int) -> dict[str, Any]:
+    """``python -c ...`` with each Moorage install's interpreter: wall and CPU medians."""
+    env = {**ENV, "FROZENLIST_NO_EXTENSIONS": "1", "SSL_CERT_FILE": "/nonexistent",
+           "SSL_CERT_DIR": "/nonexistent"}
+    out: dict[str, Any] = {}
+    for s in systems:
+        if s.kind != "moorage" or s.bin_dir is None:
+            continue
+        python = str(s.bin_dir / "python")
+        for name, code in FLOORS.items():
+            walls, cpus = [], []
+            for _ in range(reps):
+                start = time.perf_counter()
+                proc = subprocess.Popen([python, "-c", code], env=env, cwd="/")
+                _, status, usage = os.wait4(proc.pid, 0)
+                walls.append(time.perf_counter() - start)
+                cpus.append(usage.ru_utime + usage.ru_stime)
+                assert os.waitstatus_to_exitcode(status) == 0, (python, code)
+            out.setdefault(s.label, {})[name] = {
+                "wall": round(statistics.median(walls), 4),
+                "cpu": round(statistics.median(cpus), 4), "load": loadavg()}
+    return out
 
 
 def measure_start(systems: list[System], reps: int) -> dict[str, Any]:
@@ -485,7 +536,9 @@ def main() -> int:
             results["start"] = {label: {k: summarize(v) for k, v in r.items()}
                                 for label, r in raw.items()}
             results["start_samples"] = raw
-        timed = [o for o in ops if o != "start"]
+        if "floor" in ops:
+            results["floor"] = measure_floors(systems, args.reps)
+        timed = [o for o in ops if o not in ("start", "floor")]
         if timed:
             small = busybox_image(work / "busybox")
             with Registry(work / "registry") as registry:
@@ -570,9 +623,14 @@ def render(results: dict[str, Any]) -> str:
             lines.append(f"== start {kind:8} {label:12} to listen {r['wall']:.4f} s "
                          f"[{r['wall_min']:.4f}-{r['wall_max']:.4f}] CPU to listen "
                          f"{r['cpu_to_listen'] * 1000:.0f} ms, to answer {r['to_answer']:.4f} s "
-                         f"CPU {r['cpu_to_answer'] * 1000:.0f} ms, first second "
+                         f"CPU {r['cpu_to_answer'] * 1000:.0f} ms, RSS after 1 s "
+                         f"{r['rss_kb_1s']:,} KiB, first second "
                          f"{r['cpu_first_second'] * 1000:.0f} ms "
                          f"(load {r['load_range'][0]}-{r['load_range'][1]}, n {r['n']})")
+    for label, by in results.get("floor", {}).items():
+        for name, r in by.items():
+            lines.append(f"== floor {label:12} {name:36} wall {r['wall']:.4f} s "
+                         f"CPU {r['cpu'] * 1000:.1f} ms (load {r['load']})")
     return "\n".join(lines)
 
 
