@@ -419,7 +419,7 @@ def perf_pass(s: System, op: str, ref: str, n: int, reps: int) -> dict[str, Any]
     assert s.daemon is not None
     daemon_pid = s.daemon.pid
     data = Path(tempfile.mkdtemp(prefix="so-perf-", dir="/var/tmp")) / "perf.data"
-    if op == "teardown":
+    if op.startswith("teardown"):
         op_burst(s, ref, n)
     perf = subprocess.Popen(
         ["perf", "record", "-q", "-a", "-o", str(data), "-e",
@@ -430,7 +430,7 @@ def perf_pass(s: System, op: str, ref: str, n: int, reps: int) -> dict[str, Any]
     walls = []
     try:
         for rep in range(reps):
-            if op == "teardown" and rep:
+            if op.startswith("teardown") and rep:
                 # The next teardown's containers (their start lands in this trace too,
                 # but under the daemon: subtract with the burst pass when reading).
                 raise RuntimeError("teardown under perf: use --reps 1 per pass")
@@ -582,7 +582,7 @@ def main() -> int:
                     if args.perf:
                         for op in timed:
                             for s in systems:
-                                reps = 1 if op in ("teardown", "burst") else args.perf_reps
+                                reps = 1 if op.startswith(("teardown", "burst")) else args.perf_reps
                                 results["perf"].setdefault(op, {})[s.label] = perf_pass(
                                     s, op, ref, args.burst, reps)
                 finally:
