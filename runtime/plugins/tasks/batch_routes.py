@@ -24,7 +24,7 @@ from runtime.api.batch import (
 )
 from runtime.core.errors import InvalidArgument, MoorageError
 from runtime.plugins.api.api import Route, decode_body, namespace_of
-from runtime.plugins.tasks.service import TaskService
+from runtime.plugins.tasks.service import TaskService, parse_signal
 
 __all__ = ["PARALLEL", "batch_routes", "for_each_id"]
 
@@ -66,7 +66,6 @@ async def for_each_id(ids: list[str], action: Callable[[str], Awaitable[object]]
 
 def batch_routes(service: TaskService) -> list[Route]:
     """``POST /v1/run/remove``, ``/v1/tasks/kill`` and ``/v1/tasks/delete``."""
-    from runtime.plugins.tasks.routes import parse_signal
 
     async def remove(request: web.Request) -> BatchResult:
         body = await decode_body(request, RemoveContainersRequest)
