@@ -249,11 +249,17 @@ class Containers(PodRecords):
     async def update_resources(self, container_id: str, res: pb.LinuxContainerResources) -> None:
         """UpdateContainerResources on the running task's cgroup."""
         container_id = await self._resolve_id(container_id, "container")
-        await self._record(container_id, "container")
+        _, record = await self._record(container_id, "container")
         runtime = self._runtime_of(container_id)
         if runtime is None:
             raise FailedPrecondition(f"container {container_id!r} has no task")
         await runtime.update(self.namespace, container_id, specs.linux_resources(res))
+        # ContainerStatus.resources reports the update (the kubelet's in-place resize reads it).
+        config = pb.ContainerConfig()
+        json_format.ParseDict(record.config, config, ignore_unknown_fields=True)
+        config.linux.resources.MergeFrom(res)
+        record.config = config_dict(config)
+        await self._save_ext(container_id, record)
 
     async def reopen_log(self, container_id: str) -> None:
         """ReopenContainerLog: conmon reopens the file; returns once the new file exists."""
