@@ -105,6 +105,28 @@ def test_pod_attributes_are_preserved_in_status_and_list(cri: Any) -> None:
         assert dict(item.annotations) == {"abc": "def"}
 
 
+def test_critest_shaped_names_run_a_pod_and_a_container(cri: Any, cri_image: str) -> None:
+    """critest's own metadata: upper case, 60+ characters, attempt 2, no log directory."""
+    pb = cri.pb
+    cri.pull(cri_image)
+    suffix = str(uuid.uuid4())
+    config = pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(
+        name="create-PodSandbox-for-container-" + suffix, uid="cri-test-uid" + suffix,
+        namespace="cri-test-namespace" + suffix, attempt=2))
+    config.linux.cgroup_parent = ""
+    sandbox_id, _ = cri.run_pod(config)
+    container = pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name="container-for-create-" + suffix, attempt=2),
+        image=pb.ImageSpec(image=cri_image, user_specified_image=cri_image),
+        command=["top"], linux=pb.LinuxContainerConfig())
+    container_id = _start(cri, (sandbox_id, config), container)
+    assert _status(cri, container_id).state == pb.CONTAINER_RUNNING
+    assert cri.exec(container_id, "echo", "-n", "hello").stdout == b"hello"
+    # critest's PortForward names no port: the client names it per stream.
+    url = cri.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=sandbox_id)).url
+    assert url.startswith("http://")
+
+
 def test_container_attributes_are_preserved_without_a_command_or_log_path(
         cri: Any, cri_image: str) -> None:
     """critest: preserving container attributes; the same image identifier across all APIs."""
