@@ -194,6 +194,25 @@ def test_exec_sync_echo_n_is_exact_and_stderr_empty(cri: Any, cri_image: str) ->
     assert (response.stdout, response.stderr, response.exit_code) == (b"hello", b"", 0)
 
 
+def test_exec_sync_keeps_long_output_and_caps_a_flood(cri: Any, cri_daemon: Any,
+                                                      cri_image: str) -> None:
+    """Not critest: 3 MB comes back whole; 40 MB is cut to what a kubelet can receive."""
+    from runtime.plugins.cri.containers import EXEC_SYNC_OUTPUT_LIMIT
+
+    _, container_id = cri.run_container(cri_image, ["top"])
+    long = cri.exec(container_id, "sh", "-c", "head -c 3000000 /dev/zero", timeout=30)
+    assert (len(long.stdout), long.exit_code) == (3000000, 0)
+    from runtime.plugins.cri.v1 import api_pb2_grpc as pb_grpc
+
+    # A client with the kubelet's receive limit (16 MiB; grpc's default is 4 MiB).
+    with grpc.insecure_channel(f"unix://{cri_daemon.cri_socket}", options=[
+            ("grpc.max_receive_message_length", 16 << 20)]) as channel:
+        flood = pb_grpc.RuntimeServiceStub(channel).ExecSync(cri.pb.ExecSyncRequest(
+            container_id=container_id, cmd=["sh", "-c", "head -c 40000000 /dev/zero; exit 3"],
+            timeout=60))
+    assert (len(flood.stdout), flood.exit_code) == (EXEC_SYNC_OUTPUT_LIMIT, 3)
+
+
 def test_container_stats_by_id_nil_filter_and_labels(cri: Any, cri_image: str) -> None:
     """critest: the five ``listing (container) stats`` specs."""
     pb = cri.pb

@@ -40,9 +40,13 @@ from runtime.plugins.cri.records import (
 from runtime.plugins.cri.v1 import api_pb2 as pb
 from runtime.plugins.runtime.api import Runtime
 
-__all__ = ["Containers"]
+__all__ = ["EXEC_SYNC_OUTPUT_LIMIT", "Containers"]
 
 log = logging.getLogger("moorage.cri")
+
+#: Most ExecSync output kept (stdout and stderr together): the response must fit in the
+#: kubelet's 16 MiB gRPC message limit, and the daemon must not buffer a flood.
+EXEC_SYNC_OUTPUT_LIMIT = (16 << 20) - (64 << 10)
 
 
 class Containers(PodRecords):
@@ -325,8 +329,12 @@ class Containers(PodRecords):
             stream = await runtime.attach(self.namespace, container_id, exec_id, start=True)
             try:
                 with anyio.move_on_after(timeout if timeout > 0 else None) as scope:
+                    kept = 0
                     while (chunk := await stream.receive()) is not None:
-                        out.setdefault(chunk[0], bytearray()).extend(chunk[1])
+                        # Past the limit output is drained and dropped, as CRI-O does.
+                        part = chunk[1][:max(EXEC_SYNC_OUTPUT_LIMIT - kept, 0)]
+                        out.setdefault(chunk[0], bytearray()).extend(part)
+                        kept += len(part)
                     exit_ = await runtime.wait(self.namespace, container_id, exec_id)
                 timed_out = scope.cancelled_caught
             finally:
