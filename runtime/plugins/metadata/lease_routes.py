@@ -11,7 +11,7 @@ from aiohttp import web
 
 from runtime.api.types import Lease, LeaseCreateRequest, LeaseResource
 from runtime.core.errors import InvalidArgument
-from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
+from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, list_route, namespace_of
 from runtime.plugins.metadata.api import Resource
 
 __all__ = ["MAX_EXPIRE", "lease_routes"]
@@ -73,14 +73,8 @@ def lease_routes(metadata: Any, gc: Callable[[], Any] | None = None) -> RouteSet
 
     one = "/v1/leases/{id}"
     return [
-        Route(
-            "GET",
-            "/v1/leases",
-            list_,
-            "List leases.",
-            response=list[Lease],
-            query=(Query("filter", "filter (id, labels.<k>); repeat to OR", True),),
-        ),
+        list_route("/v1/leases", list_, "List leases.", list[Lease],
+                   "filter (id, labels.<k>); repeat to OR"),
         Route(
             "POST",
             "/v1/leases",
