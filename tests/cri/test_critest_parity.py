@@ -150,7 +150,10 @@ def test_container_attributes_are_preserved_without_a_command_or_log_path(
         assert dict(item.annotations) == {"abc": "def"}
         assert item.image_id == image_ref
     cri.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id))
-    assert _status(cri, container_id).image_id == image_ref
+    status = _status(cri, container_id)
+    assert status.image_id == image_ref
+    # Not critest: created by id (as the kubelet does), the status names the image.
+    assert (status.image.image, status.image.user_specified_image) == (cri_image, cri_image)
 
 
 def test_a_created_container_can_be_removed(cri: Any, cri_image: str) -> None:

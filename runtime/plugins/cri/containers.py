@@ -208,7 +208,7 @@ class Containers(PodRecords):
         status = pb.ContainerStatus(
             id=container_id, metadata=config.metadata, state=state,  # type: ignore[arg-type]
             created_at=record.created_at, started_at=record.started_at,
-            finished_at=finished, exit_code=exit_code, image=pb.ImageSpec(image=record.image),
+            finished_at=finished, exit_code=exit_code, image=_image_spec(record, config),
             image_ref=record.image_id, image_id=record.image_id, reason=reason,
             labels=config.labels, annotations=config.annotations, mounts=config.mounts,
             log_path=record.log_path)
@@ -358,6 +358,18 @@ class Containers(PodRecords):
             await runtime.kill(self.namespace, container_id, signal.SIGKILL, exec_id=exec_id)
         with anyio.move_on_after(10), contextlib.suppress(MoorageError):
             await runtime.wait(self.namespace, container_id, exec_id)
+
+
+def _image_spec(record: ContainerRecord, config: pb.ContainerConfig) -> pb.ImageSpec:
+    """The status' image: a name, also for a container created by image id.
+
+    The kubelet creates containers by image id and shows this name in the pod's status;
+    containerd answers a repo tag too.
+    """
+    by_id = record.image.startswith("sha256:") or record.image == record.image_id.removeprefix(
+        "sha256:")
+    return pb.ImageSpec(image=record.image_name if by_id and record.image_name else record.image,
+                        user_specified_image=config.image.user_specified_image)
 
 
 def _state_of(task: TaskState | None) -> int:
