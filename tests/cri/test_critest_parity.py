@@ -457,6 +457,47 @@ def test_oom_as_critest_provokes_it(cri: Any, cri_image: str) -> None:
         cri.pb.CONTAINER_EXITED, "OOMKilled", 137)
 
 
+def _host_address() -> str:
+    """A non-loopback IPv4 address of this host."""
+    out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=True).stdout
+    return next(a for a in out.split() if "." in a and not a.startswith("127."))
+
+
+def _answers(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1) as conn:
+                conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                reply = b""
+                while chunk := conn.recv(4096):
+                    reply += chunk
+                if b"hello-from-pod" in reply:
+                    return True
+                raise ConnectionError("not served yet")
+        except OSError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+
+
+def test_a_host_port_with_a_host_ip_answers_only_on_that_address(cri: Any,
+                                                                 cri_image: str) -> None:
+    """Not critest: PortMapping.host_ip binds the host port to that address only."""
+    address = _host_address()
+    with socket.socket() as probe:
+        probe.bind(("0.0.0.0", 0))
+        port = probe.getsockname()[1]
+    config = cri.pod_config()
+    config.port_mappings.add(protocol=cri.pb.TCP, container_port=80, host_port=port,
+                             host_ip=address)
+    cri.run_container(cri_image, ["sh", "-c", "mkdir -p /www && echo hello-from-pod > "
+                                  "/www/index.html && exec httpd -f -p 80 -h /www"],
+                      pod=cri.run_pod(config))
+    assert _answers(address, port, 20)
+    assert not _answers("127.0.0.1", port, 1)
+
+
 # -- mounts -------------------------------------------------------------------------
 
 
