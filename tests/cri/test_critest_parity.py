@@ -156,6 +156,23 @@ def test_container_attributes_are_preserved_without_a_command_or_log_path(
     assert (status.image.image, status.image.user_specified_image) == (cri_image, cri_image)
 
 
+def test_verbose_statuses_carry_containerds_info(cri: Any, cri_image: str) -> None:
+    """Not critest: ``crictl inspect``/``inspectp`` read ``info.pid`` and ``info.runtimeSpec``."""
+    pb = cri.pb
+    sandbox_id, container_id = cri.run_container(cri_image, ["top"])
+    container = json.loads(cri.runtime.ContainerStatus(pb.ContainerStatusRequest(
+        container_id=container_id, verbose=True)).info["info"])
+    assert container["pid"] > 0 and container["sandboxID"] == sandbox_id
+    assert container["runtimeSpec"]["process"]["args"] == ["top"]
+    assert os.path.exists(f"/proc/{container['pid']}")
+    sandbox = json.loads(cri.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(
+        pod_sandbox_id=sandbox_id, verbose=True)).info["info"])
+    assert sandbox["pid"] > 0 and sandbox["netNamespaceClosed"] is False
+    assert sandbox["processStatus"] == "running"
+    plain = cri.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=container_id))
+    assert dict(plain.info) == {}
+
+
 def test_a_created_container_can_be_removed(cri: Any, cri_image: str) -> None:
     """critest: runtime should support removing created container."""
     pb = cri.pb
