@@ -671,6 +671,16 @@ def test_concurrent_removes_each_leave_the_image_gone(cri: Any, cri_image: str) 
         assert list(pool.map(remove_then_status, range(5))) == [None] * 5
 
 
+def test_verbose_image_status_carries_the_image_config(cri: Any, cri_image: str) -> None:
+    """Not critest: ``crictl inspecti`` shows ``info.imageSpec`` (the OCI image config)."""
+    cri.pull(cri_image)
+    response = cri.images.ImageStatus(cri.pb.ImageStatusRequest(
+        image=cri.pb.ImageSpec(image=cri_image), verbose=True))
+    spec = json.loads(response.info["info"])["imageSpec"]
+    assert spec["config"]["Cmd"] == ["sh"]
+    assert spec["rootfs"]["type"] == "layers"
+
+
 def test_remove_of_an_all_zero_image_id_succeeds_twice(cri: Any) -> None:
     """critest idempotence: RemoveImage should not return an error if not found."""
     _remove_image(cri, "0" * 64)

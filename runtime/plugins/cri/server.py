@@ -314,7 +314,12 @@ class ImageService(pb_grpc.ImageServiceServicer):  # type: ignore[misc]
                           context: Any) -> pb.ImageStatusResponse:
         found = await self.images.resolve(request.image.image)
         # An unknown image is an empty answer, not an error (the kubelet pulls then).
-        return pb.ImageStatusResponse(image=found.to_pb()) if found else pb.ImageStatusResponse()
+        if found is None:
+            return pb.ImageStatusResponse()
+        response = pb.ImageStatusResponse(image=found.to_pb())
+        if request.verbose:
+            response.info["info"] = await self.images.verbose_info(found)
+        return response
 
     @_guard
     async def PullImage(self, request: pb.PullImageRequest,
