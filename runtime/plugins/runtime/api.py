@@ -157,9 +157,12 @@ class Runtime(Protocol):
 
     async def exec_sync(
         self, namespace: str, container_id: str, request: ExecRequest, *,
-        timeout: float | None = None,
+        timeout: float | None = None, output_limit: int = 16 << 20,
     ) -> ExecOutput:
         """Run an exec (no terminal, no stdin) to its end and return its output.
+
+        At most ``output_limit`` bytes of stdout and stderr together are kept;
+        the rest is read and dropped.
 
         Unlike :meth:`exec`, nothing is recorded: the process is the daemon's for
         the call's length (a restart forgets it); it still sends exec-added,

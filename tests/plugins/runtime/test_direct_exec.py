@@ -62,9 +62,11 @@ async def test_the_deadline_kills_the_whole_process_tree(tmp_path: Path) -> None
 
 async def test_output_beyond_the_limit_is_read_and_dropped(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
-    result = await run_exec(fake_runtime(pid_file, "head -c 3000000 /dev/zero; echo done >&2"),
+    result = await run_exec(fake_runtime(pid_file, "echo err >&2; sleep 0.2; "
+                                                   "head -c 3000000 /dev/zero; echo late >&2"),
                             pid_file, timeout=30, limit=1000)
-    assert (len(result.stdout), result.stderr, result.exit_status) == (1000, b"done\n", 0)
+    # The limit counts both streams together.
+    assert (result.stderr, len(result.stdout), result.exit_status) == (b"err\n", 996, 0)
 
 
 async def test_a_background_child_holding_the_pipes_does_not_hold_the_call(

@@ -52,7 +52,7 @@ from runtime.plugins.runtime.runc.task import Task
 
 __all__ = ["OUTPUT_LIMIT", "DirectExecs", "exec_to_end", "run_exec"]
 
-#: Bytes kept of each of stdout and stderr; the rest is read and dropped.
+#: Bytes kept of stdout and stderr together; the rest is read and dropped.
 OUTPUT_LIMIT = 16 << 20
 
 
@@ -74,9 +74,8 @@ async def run_exec(command: list[str], pid_file: Path, *, timeout: float | None,
     stream = DirectStream(process, 0, lambda _: None)
     with anyio.move_on_after(timeout) as scope:
         while (item := await stream.receive()) is not None:
-            into = out[item[0]]
-            if len(into) < limit:
-                into.extend(item[1][: limit - len(into)])
+            part = item[1][: max(limit - len(out[STDOUT]) - len(out[STDERR]), 0)]
+            out[item[0]].extend(part)
         status = await stream.end()
     if scope.cancelled_caught:
         with anyio.CancelScope(shield=True):
@@ -105,13 +104,14 @@ class DirectExecs(TaskTable):
         return task
 
     async def exec_sync(self, namespace: str, container_id: str, request: ExecRequest, *,
-                        timeout: float | None = None) -> ExecOutput:
+                        timeout: float | None = None,
+                        output_limit: int = OUTPUT_LIMIT) -> ExecOutput:
         """Run an exec to its end as the daemon's child, no monitor (see the module)."""
         if request.stdin:
             raise InvalidArgument("exec_sync takes no stdin")
         task = self._direct(namespace, container_id, request)
         return await exec_to_end(task, request, self._command(namespace), self.publish,
-                                 timeout=timeout)
+                                 timeout=timeout, limit=output_limit)
 
     async def exec_stream(self, namespace: str, container_id: str,
                           request: ExecRequest) -> DirectStream:
@@ -173,7 +173,7 @@ def _publish_end(publish: Publish, task: Task, exec_id: str, pid: int, status: i
 
 
 async def exec_to_end(task: Task, request: ExecRequest, runtime: list[str], publish: Publish,
-                      *, timeout: float | None) -> ExecOutput:
+                      *, timeout: float | None, limit: int = OUTPUT_LIMIT) -> ExecOutput:
     """Run ``request`` in ``task`` with ``runtime`` (binary and global flags) to its end.
 
     The events are the ones a monitored exec sends, in the same order;
@@ -189,7 +189,7 @@ async def exec_to_end(task: Task, request: ExecRequest, runtime: list[str], publ
         pid_file = workdir / "pid"
         command = [*runtime, "exec", "--pid-file", str(pid_file), "--process", str(spec_file),
                    container_id]
-        result = await run_exec(command, pid_file, timeout=timeout)
+        result = await run_exec(command, pid_file, timeout=timeout, limit=limit)
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(remove_tree, workdir)
