@@ -10,17 +10,20 @@ import msgspec
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, Registration
 from runtime.plugins.api.api import required_services, route_set
+from runtime.plugins.containers.api import ContainerStore
 from runtime.plugins.containers.store import SqliteContainerStore
+from runtime.plugins.metadata.api import Metadata
 
 
-async def init(ctx: InitContext[Any]) -> SqliteContainerStore:
+async def init(ctx: InitContext[Any]) -> ContainerStore:
     """Container records in the metadata plugin's database."""
     events = ctx.events
 
     def publish(namespace: str, topic: str, event: msgspec.Struct) -> Any:
         return events.publish(namespace, topic, event) if events is not None else None
 
-    return SqliteContainerStore(ctx.get("metadata.sqlite").db, publish)
+    metadata: Metadata = ctx.get("metadata.sqlite")
+    return SqliteContainerStore(metadata.db, publish)
 
 
 @hookimpl

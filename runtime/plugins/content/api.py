@@ -242,6 +242,11 @@ class IngestWriter(Protocol):
 class NamespacedContent(Protocol):
     """What ``content.local`` provides to other plugins: blobs and ingests per namespace."""
 
+    @property
+    def store(self) -> Store:
+        """The blobs themselves, shared by every namespace (for readers and the collector)."""
+        ...
+
     async def info(self, namespace: str, digest: str) -> ContentInfo:
         """The namespace's record of ``digest``; NotFound if it has none."""
         ...

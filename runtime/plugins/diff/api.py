@@ -17,7 +17,7 @@ import msgspec
 from runtime.api.mounts import Mount
 from runtime.pkg.registry.types import Descriptor
 
-__all__ = ["Applier", "ApplyResult", "StagedLayer", "Stager"]
+__all__ = ["Applier", "ApplyResult", "StagedLayer", "Stager", "StagingApplier"]
 
 
 class ApplyResult(msgspec.Struct, frozen=True):
@@ -65,3 +65,7 @@ class Stager(Protocol):
     async def discard(self, staged: StagedLayer) -> None:
         """Remove a staged layer that will not be grafted."""
         ...
+
+
+class StagingApplier(Applier, Stager, Protocol):
+    """A differ with both abilities (``diff.walking``): what its registration promises."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from prometheus_client.core import (
@@ -39,6 +39,9 @@ from prometheus_client.core import (
 
 from runtime.core.errors import MoorageError
 from runtime.core.host import PluginSet
+
+if TYPE_CHECKING:
+    from runtime.plugins.network.api import Network
 
 __all__ = ["read_all"]
 
@@ -207,8 +210,8 @@ async def snapshot_figures(plugins: PluginSet) -> list[Metric]:
 
 async def network_figures(plugins: PluginSet) -> list[Metric]:
     """Containers attached per network."""
-    network = next(iter(plugins.by_type("network").values()), None)
-    if network is None or not hasattr(network, "attachments"):
+    network: Network | None = next(iter(plugins.by_type("network").values()), None)
+    if network is None:
         return []
     counts: dict[str, int] = {}
     for attachment in await network.attachments():

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Protocol
@@ -157,7 +157,16 @@ class Attachment(msgspec.Struct, kw_only=True):
 
 
 class Network(Protocol):
-    """What a ``network.*`` plugin provides to the runtime."""
+    """What a ``network.*`` plugin provides to the runtime, the CRI and the metrics."""
+
+    @property
+    def conf_dir(self) -> Path:
+        """Where the networks' configuration lists are."""
+        ...
+
+    def networks(self) -> list[str]:
+        """Names of the networks configured (none: the network is not ready)."""
+        ...
 
     async def attach(
         self,
@@ -165,11 +174,12 @@ class Network(Protocol):
         container_id: str,
         network: str = BRIDGE,
         ports: Sequence[PortMapping] = (),
+        cni_args: Mapping[str, str] | None = None,
     ) -> Attachment:
         """Create the container's network namespace and connect it to ``network``.
 
         The attachment is recorded durably before this returns, so a daemon
-        crash cannot leak it.
+        crash cannot leak it. ``cni_args`` reach every CNI plugin as ``CNI_ARGS``.
 
         Raises:
             AlreadyExists: The container is already attached.
@@ -184,6 +194,10 @@ class Network(Protocol):
 
     async def get(self, namespace: str, container_id: str) -> Attachment:
         """The container's attachment; NotFound if it has none."""
+        ...
+
+    async def attachments(self) -> list[Attachment]:
+        """Every attachment, sorted by namespace and container id."""
         ...
 
     async def cleanup_stale(self, live: Collection[tuple[str, str]]) -> list[tuple[str, str]]:

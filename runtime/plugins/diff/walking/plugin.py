@@ -28,7 +28,8 @@ import anyio.to_thread
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
 from runtime.pkg.mount import mount_all, unmount
-from runtime.plugins.diff.api import ApplyResult
+from runtime.plugins.diff.api import ApplyResult, StagingApplier
+from runtime.plugins.diff.api import StagedLayer as Staged
 from runtime.plugins.snapshots.api import Mount
 
 if TYPE_CHECKING:
@@ -47,6 +48,15 @@ class WalkingConfig(PluginConfig):
 def _media_type(desc: Any) -> str:
     # Registry descriptors spell it as on the wire, other records in snake case.
     return str(getattr(desc, "mediaType", "") or getattr(desc, "media_type", ""))
+
+
+def _own(staged: Staged) -> StagedLayer:
+    """The contract hands back what :meth:`WalkingDiff.stage` made; anything else is a bug."""
+    from runtime.plugins.diff.walking.staging import StagedLayer
+
+    if not isinstance(staged, StagedLayer):
+        raise TypeError(f"not a layer staged by diff.walking: {staged!r}")
+    return staged
 
 
 def _option(mount: Mount, key: str) -> str | None:
@@ -118,7 +128,7 @@ class WalkingDiff:
 
         return await anyio.to_thread.run_sync(work)
 
-    async def graft(self, staged: StagedLayer, mounts: Sequence[Mount]) -> bool:
+    async def graft(self, staged: Staged, mounts: Sequence[Mount]) -> bool:
         """Move a staged layer into the snapshot of ``mounts`` if it is one overlay mount.
 
         Returns:
@@ -132,13 +142,13 @@ class WalkingDiff:
             return False
         from runtime.plugins.diff.walking import staging
 
-        return await anyio.to_thread.run_sync(staging.graft, staged, Path(upperdir))
+        return await anyio.to_thread.run_sync(staging.graft, _own(staged), Path(upperdir))
 
-    async def discard(self, staged: StagedLayer) -> None:
+    async def discard(self, staged: Staged) -> None:
         """Remove a staged layer that will not be grafted."""
         from runtime.plugins.diff.walking import staging
 
-        await anyio.to_thread.run_sync(staging.discard, staged)
+        await anyio.to_thread.run_sync(staging.discard, _own(staged))
 
     @contextmanager
     def _target(self, mounts: list[Mount]) -> Iterator[tuple[Path, bool]]:
@@ -165,7 +175,7 @@ class WalkingDiff:
             os.rmdir(where)
 
 
-async def init(ctx: InitContext[WalkingConfig]) -> WalkingDiff:
+async def init(ctx: InitContext[WalkingConfig]) -> StagingApplier:
     """The differ, with temporary mounts under the plugin's state directory."""
     limit = ctx.config.max_uncompressed or None
     return WalkingDiff(ctx.state / "tmpmounts", limit)

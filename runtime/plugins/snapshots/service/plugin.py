@@ -9,6 +9,8 @@ from runtime.core.errors import NotFound
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, Registration
 from runtime.plugins.api.api import route_set
+from runtime.plugins.metadata.api import Metadata
+from runtime.plugins.snapshots.api import Snapshots, Snapshotter
 from runtime.plugins.snapshots.service.namespaced import NamespacedSnapshotter
 
 __all__ = ["SnapshotService"]
@@ -33,15 +35,16 @@ class SnapshotService:
             ) from None
 
 
-async def init(ctx: InitContext[Any]) -> SnapshotService:
+async def init(ctx: InitContext[Any]) -> Snapshots:
     """Wrap every running snapshotter."""
-    db = ctx.get("metadata.sqlite").db
+    metadata: Metadata = ctx.get("metadata.sqlite")
+    db = metadata.db
     events = ctx.events
 
     def publish(namespace: str, topic: str, event: Any) -> Any:
         return events.publish(namespace, topic, event) if events is not None else None
 
-    backends = ctx.get_by_type("snapshotter")
+    backends: dict[str, Snapshotter] = ctx.get_by_type("snapshotter")
     wrapped = {n: NamespacedSnapshotter(n, b, db, publish) for n, b in backends.items()}
     for snapshotter in wrapped.values():
         # Before anyone is served: records a crash left without backend snapshots.
