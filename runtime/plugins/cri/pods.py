@@ -49,8 +49,9 @@ from runtime.plugins.cri import spec as specs
 from runtime.plugins.cri.images import CriImages
 from runtime.plugins.cri.recovery import recover
 from runtime.plugins.cri.v1 import api_pb2 as pb
-from runtime.plugins.network.api import BRIDGE, PortMapping, etc_hosts, resolv_conf
+from runtime.plugins.network.api import BRIDGE, Network, PortMapping, etc_hosts, resolv_conf
 from runtime.plugins.runtime.api import Runtime
+from runtime.plugins.snapshots.api import Snapshots
 
 __all__ = ["EXTENSION", "KIND_LABEL", "Pods"]
 
@@ -139,10 +140,10 @@ class Pods:
 
     namespace: str
     containers: ContainerStore
-    snapshots: Any
+    snapshots: Snapshots
     snapshotter: str
     runtimes: dict[str, Runtime]
-    network: Any
+    network: Network
     images: CriImages
     root: Path
     state: Path

@@ -27,6 +27,8 @@ from runtime.plugins.cri.images import CriImages
 from runtime.plugins.cri.pods import Pods
 from runtime.plugins.cri.v1 import api_pb2 as pb
 from runtime.plugins.cri.v1 import api_pb2_grpc as pb_grpc
+from runtime.plugins.images.api import Images
+from runtime.plugins.network.api import Network
 
 __all__ = ["STATUS_CODES", "CriServer", "start_cri", "status_code"]
 
@@ -331,7 +333,7 @@ class ImageService(pb_grpc.ImageServiceServicer):  # type: ignore[misc]
 class CriServer:
     """The running plugin: its services, the gRPC server, the streaming server."""
 
-    def __init__(self, *, config: Any, pods: Pods, images: CriImages, network: Any,
+    def __init__(self, *, config: Any, pods: Pods, images: CriImages, network: Network,
                  exchange: Any, address: Path) -> None:
         self.config = config
         self.pods = pods
@@ -385,11 +387,11 @@ async def _watch_ooms(pods: Pods, exchange: Any, *, task_status: Any) -> None:
 async def start_cri(ctx: InitContext[Any]) -> CriServer:
     """Build the services from the required plugins and start serving."""
     config = ctx.config
-    images_service = ctx.get("images.store")
+    images_service: Images = ctx.get("images.store")
     snapshotter = images_service.snapshotter(config.snapshotter).name
     images = CriImages(namespace=config.namespace, images=images_service,
                        snapshotter=snapshotter)
-    network = ctx.get("network.cni")
+    network: Network = ctx.get("network.cni")
     pods = Pods(
         namespace=config.namespace, containers=ctx.get("containers.store"),
         snapshots=ctx.get("service.snapshots"), snapshotter=snapshotter,

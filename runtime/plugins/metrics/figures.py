@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 from prometheus_client.core import (
@@ -41,7 +41,10 @@ from runtime.core.errors import MoorageError
 from runtime.core.host import PluginSet
 
 if TYPE_CHECKING:
+    from runtime.api.tasks import TaskMetrics
+    from runtime.plugins.metadata.api import Metadata
     from runtime.plugins.network.api import Network
+    from runtime.plugins.runtime.api import Runtime
 
 __all__ = ["read_all"]
 
@@ -94,7 +97,7 @@ async def event_figures(plugins: PluginSet) -> list[Metric]:
 
 
 async def _namespaces(plugins: PluginSet) -> list[str]:
-    metadata = plugins.services.get("metadata.sqlite")
+    metadata: Metadata | None = plugins.services.get("metadata.sqlite")
     if metadata is None:
         return ["default"]
     return [ns.name for ns in await metadata.namespaces.list()]
@@ -125,19 +128,19 @@ async def task_figures(plugins: PluginSet) -> list[Metric]:
                                    "Processes of the task killed by the OOM killer.",
                                    labels=_TASK_LABELS),
     }
-    runtimes = plugins.by_type("runtime")
+    runtimes: dict[str, Runtime] = plugins.by_type("runtime")
     if not runtimes:
         return []
-    wanted: list[tuple[Any, str, str]] = []
+    wanted: list[tuple[Runtime, str, str]] = []
     for namespace in await _namespaces(plugins):
         for runtime in runtimes.values():
             for task in await runtime.list_tasks(namespace):
                 if str(task.status) in _LIVE:
                     wanted.append((runtime, namespace, task.container_id))
-    found: list[tuple[list[str], Any]] = []
+    found: list[tuple[list[str], TaskMetrics]] = []
     limiter = anyio.CapacityLimiter(_PARALLEL_TASKS)
 
-    async def read(runtime: Any, namespace: str, container_id: str) -> None:
+    async def read(runtime: Runtime, namespace: str, container_id: str) -> None:
         async with limiter:
             try:
                 metrics = await runtime.metrics(namespace, container_id)

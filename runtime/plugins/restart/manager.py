@@ -19,7 +19,7 @@ of the daemon itself to release the moment it starts.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -54,7 +54,8 @@ class RestartManager:
         max_backoff: The longest delay between restarts.
     """
 
-    def __init__(self, tasks: Tasks, namespaces: Callable[[], Any], events: Any, *,
+    def __init__(self, tasks: Tasks, namespaces: Callable[[], Awaitable[list[str]]],
+                 events: Any, *,
                  backoff: float = 0.1, max_backoff: float = 10.0,
                  subscribe_delay: float = 10.0) -> None:
         self.tasks = tasks

@@ -21,13 +21,14 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import anyio.to_thread
 
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
 from runtime.pkg.mount import mount_all, unmount
+from runtime.pkg.registry.types import Descriptor
 from runtime.plugins.diff.api import ApplyResult, StagingApplier
 from runtime.plugins.diff.api import StagedLayer as Staged
 from runtime.plugins.snapshots.api import Mount
@@ -43,11 +44,6 @@ class WalkingConfig(PluginConfig):
 
     #: Refuse layers that decompress to more than this many bytes (0: no limit).
     max_uncompressed: int = 0
-
-
-def _media_type(desc: Any) -> str:
-    # Registry descriptors spell it as on the wire, other records in snake case.
-    return str(getattr(desc, "mediaType", "") or getattr(desc, "media_type", ""))
 
 
 def _own(staged: Staged) -> StagedLayer:
@@ -77,7 +73,7 @@ class WalkingDiff:
         self.max_uncompressed = max_uncompressed
 
     async def apply(
-        self, desc: Any, mounts: Sequence[Mount], reader: Callable[[], BinaryIO]
+        self, desc: Descriptor, mounts: Sequence[Mount], reader: Callable[[], BinaryIO]
     ) -> ApplyResult:
         """Apply the layer ``desc`` (read through ``reader()``) onto ``mounts``.
 
@@ -93,7 +89,7 @@ class WalkingDiff:
             NotImplementedYet: A media type this differ does not handle.
             InvalidArgument: A corrupt or hostile layer.
         """
-        return await anyio.to_thread.run_sync(self._apply, _media_type(desc), list(mounts), reader)
+        return await anyio.to_thread.run_sync(self._apply, desc.mediaType, list(mounts), reader)
 
     def _apply(
         self, media_type: str, mounts: list[Mount], reader: Callable[[], BinaryIO]
@@ -109,7 +105,9 @@ class WalkingDiff:
                 max_uncompressed=self.max_uncompressed,
             )
 
-    async def stage(self, desc: Any, reader: Callable[[], BinaryIO], scratch: Path) -> StagedLayer:
+    async def stage(
+        self, desc: Descriptor, reader: Callable[[], BinaryIO], scratch: Path
+    ) -> StagedLayer:
         """Apply a layer into a new directory under ``scratch``, for :meth:`graft` later.
 
         Lets an unpacker apply the layers of an image side by side; see
@@ -122,7 +120,7 @@ class WalkingDiff:
                 return staging.stage(
                     stream,
                     scratch,
-                    media_type=_media_type(desc),
+                    media_type=desc.mediaType,
                     max_uncompressed=self.max_uncompressed,
                 )
 
