@@ -18,7 +18,7 @@ def register(sub: Any) -> None:
     import argparse
 
     from runtime.cli.main import add_output_flags
-    from runtime.cli.run import add_spec_flags
+    from runtime.cli.run_flags import add_spec_flags
 
     c = sub.add_parser("containers", aliases=["c"], help="container records")
     csub = c.add_subparsers(dest="containers_command", required=True, metavar="COMMAND")
@@ -121,7 +121,8 @@ def containers_create(args: argparse.Namespace) -> int:
     """Create a container record from an image (or ``--rootfs``)."""
     from runtime.cli.main import client
     from runtime.cli.namespaces import parse_labels
-    from runtime.cli.run import check_pull, policy_labels, prepare_rootfs, spec_options_from
+    from runtime.cli.run import prepare_rootfs
+    from runtime.cli.run_flags import check_pull, policy_labels, spec_options_from
 
     api = client(args)
     labels = {**parse_labels(args.label), **policy_labels(args)}

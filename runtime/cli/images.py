@@ -60,7 +60,7 @@ def _add_pull(sub: Any, name: str, aliases: list[str] | None = None) -> None:
 def register(sub: Any) -> None:
     """Add this group's commands (and the ``pull`` shortcut)."""
     from runtime.cli.main import add_output_flags
-    from runtime.cli.verbs import images as list_images
+    from runtime.cli.verbs.images import images as list_images
 
     images = sub.add_parser("images", aliases=["image", "i"],
                             help="manage images (alone: list them, as docker images)")

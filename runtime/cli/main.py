@@ -25,7 +25,8 @@ __all__ = ["COMMANDS", "GROUPS", "build_parser", "main"]
 #: Command groups (modules of ``runtime.cli``) in the order ``--help`` lists
 #: them; each module's ``register(sub)`` adds its commands.
 GROUPS = ("system", "namespaces", "content", "snapshots", "images", "containers", "run", "gc",
-          "config_cmd", "verbs", "completion")
+          "config_cmd", "verbs.containers", "verbs.inspect", "verbs.images", "verbs.volumes",
+          "verbs.networks", "completion")
 
 #: The group adding each top-level command and alias (a test keeps it complete).
 COMMANDS = {
@@ -37,9 +38,11 @@ COMMANDS = {
     "containers": "containers", "c": "containers", "tasks": "containers", "t": "containers",
     "logs": "containers",
     "run": "run", "gc": "gc", "config": "config_cmd",
-    **dict.fromkeys(("ps", "create", "exec", "stop", "start", "restart", "kill", "rm", "rmi",
-                     "inspect", "port", "wait", "pause", "unpause", "tag", "info", "top",
-                     "stats", "rename", "update", "network", "volume"), "verbs"),
+    **dict.fromkeys(("ps", "create", "exec", "stop", "start", "restart", "kill", "rm", "wait",
+                     "pause", "unpause", "rename", "update"), "verbs.containers"),
+    **dict.fromkeys(("inspect", "port", "info", "top", "stats"), "verbs.inspect"),
+    "rmi": "verbs.images", "tag": "verbs.images",
+    "volume": "verbs.volumes", "network": "verbs.networks",
     "completion": "completion", "man": "completion",
 }  # fmt: skip
 

@@ -13,6 +13,10 @@ from __future__ import annotations
 import os
 import sys
 
+# The flags and the spec they describe live in run_flags (mounts in run_mounts);
+# the docker verbs take these three from here.
+from runtime.cli.run_flags import add_spec_flags, expand_env, parse_size
+
 # typing.TYPE_CHECKING without importing typing (a few ms of every CLI call);
 # argparse is imported only to build the parser: `moorage run` itself goes
 # without it (runtime.cli.main._FAST).
@@ -29,10 +33,11 @@ __all__ = [
     "RunOptions",
     "add_spec_flags",
     "exit_code_for",
+    "expand_env",
+    "parse_size",
     "prepare_rootfs",
     "register",
     "run_container",
-    "spec_options_from",
 ]
 
 EXIT_MOORAGE_FAILED = 125
@@ -75,302 +80,6 @@ class RunOptions:
         return f"RunOptions({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
-def parse_size(text: str) -> int:
-    """``64m``, ``1g``, ``512k`` or bytes into bytes."""
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    text = text.strip().lower().removesuffix("b")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
-
-
-def parse_mount(text: str) -> dict[str, Any]:
-    """``type=bind,src=/a,dst=/b,options=ro:rbind`` into a SpecMount JSON object."""
-    from runtime.core.errors import InvalidArgument
-
-    fields: dict[str, str] = {}
-    for part in text.split(","):
-        key, sep, value = part.partition("=")
-        if not sep:
-            if key in ("ro", "readonly"):
-                fields["options"] = ":".join(filter(None, [fields.get("options", ""), "ro"]))
-                continue
-            raise InvalidArgument(f"--mount {text!r}: expected key=value pairs")
-        fields[key.strip()] = value.strip()
-    source = fields.get("src") or fields.get("source") or ""
-    dest = fields.get("dst") or fields.get("destination") or fields.get("target") or ""
-    if not dest:
-        raise InvalidArgument(f"--mount {text!r}: dst= is required")
-    options = [o for o in fields.get("options", "").split(":") if o]
-    if fields.get("type") == "volume":
-        if not source:
-            raise InvalidArgument(f"--mount {text!r}: a volume needs src=NAME")
-        volume = parse_volume(f"{source}:{dest}")
-        volume["options"] += [o for o in options if o not in volume["options"]]
-        return volume
-    return {"destination": dest, "source": os.path.abspath(source) if source else "",
-            "type": fields.get("type", "bind"), "options": options}
-
-
-_VOLUME_OPTIONS = {"ro": "ro", "rw": "rw", "z": "", "Z": "", "rprivate": "rprivate",
-                   "private": "private", "rshared": "rshared", "shared": "shared",
-                   "rslave": "rslave", "slave": "slave", "nocopy": ""}
-
-
-def parse_volume(text: str) -> dict[str, Any]:
-    """``-v HOST:CONTAINER[:ro]`` into a bind SpecMount JSON object (host path must exist)."""
-    from runtime.core.errors import InvalidArgument
-
-    parts = text.split(":")
-    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-        raise InvalidArgument(f"-v {text!r}: expected HOST_PATH:CONTAINER_PATH[:ro|rw]")
-    source, dest = parts[0], parts[1]
-    if not dest.startswith("/"):
-        raise InvalidArgument(f"-v {text!r}: the container path {dest!r} must be absolute")
-    named = not source.startswith(("/", ".", "~"))
-    if named:
-        if not all(c.isalnum() or c in "._-" for c in source) or not source[0].isalnum():
-            raise InvalidArgument(f"-v {text!r}: {source!r} is neither an absolute host path "
-                                  "nor a volume name")
-    else:
-        source = os.path.abspath(os.path.expanduser(source))
-        if not os.path.exists(source):
-            raise InvalidArgument(f"-v {text!r}: host path {source!r} does not exist")
-    options = ["rbind"]
-    for option in (parts[2].split(",") if len(parts) == 3 else []):
-        if option not in _VOLUME_OPTIONS:
-            raise InvalidArgument(f"-v {text!r}: unknown option {option!r} (ro, rw...)")
-        if _VOLUME_OPTIONS[option]:
-            options.append(_VOLUME_OPTIONS[option])
-    if named:
-        # Resolved to the volume's directory by resolve_volumes, once a client is at hand.
-        return {"destination": dest, "volume": source, "type": "bind", "options": options}
-    return {"destination": dest, "source": source, "type": "bind", "options": options}
-
-
-def resolve_volumes(api: Any, spec: dict[str, Any]) -> None:
-    """Bind each named volume of ``spec``'s mounts to its directory (made if it is new)."""
-    for mount in spec.get("mounts") or []:
-        name = mount.pop("volume", None)
-        if name is None:
-            continue
-        body = {"name": name, "exist_ok": True}
-        if hasattr(api, "stream_lines"):  # the typed client
-            found = api.call("POST", "/v1/volumes", dict, body=body)["mountpoint"]
-        else:
-            found = api.call("POST", "/v1/volumes", body).mountpoint
-        mount["source"] = found
-
-
-def parse_tmpfs(text: str) -> dict[str, Any]:
-    """``--tmpfs /run[:size=64m,mode=1777]`` into a tmpfs SpecMount JSON object."""
-    from runtime.core.errors import InvalidArgument
-
-    dest, _, options = text.partition(":")
-    if not dest.startswith("/"):
-        raise InvalidArgument(f"--tmpfs {text!r}: the container path must be absolute")
-    given = [o for o in options.split(",") if o]
-    for option in given:
-        key = option.partition("=")[0]
-        if not key or not all(c.isalnum() or c in "_-" for c in key):
-            raise InvalidArgument(f"--tmpfs {text!r}: bad option {option!r}")
-    return {"destination": dest, "source": "tmpfs", "type": "tmpfs",
-            "options": ["nosuid", "nodev", "noexec", *given]}
-
-
-def add_spec_flags(p: argparse.ArgumentParser) -> None:
-    """Flags shared by ``run`` and ``containers create``."""
-    import argparse
-
-    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]",
-                   help="KEY alone takes this shell's value")
-    p.add_argument("--env-file", action="append", default=[], metavar="FILE",
-                   help="KEY=VALUE lines (# comments); read before -e")
-    p.add_argument("--pull", default="missing", metavar="missing|always|never",
-                   help="pull the image first: when missing (default), always or never")
-    p.add_argument("--restart", default="no", metavar="POLICY",
-                   help="no (default), always, on-failure[:N] or unless-stopped")
-    p.add_argument("-u", "--user", default="", help="uid[:gid] or name[:group]")
-    p.add_argument("-w", "--workdir", default="", help="working directory in the container")
-    p.add_argument("--entrypoint", default=None, help="replace the image's entrypoint")
-    p.add_argument("--hostname", default="")
-    p.add_argument("--mount", action="append", default=[],
-                   metavar="type=bind,src=PATH,dst=PATH[,options=ro:rbind]")
-    p.add_argument("-v", "--volume", action="append", default=[],
-                   metavar="HOST_PATH:CONTAINER_PATH[:ro|rw]",
-                   help="bind-mount a host directory or file")
-    p.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTIONS]",
-                   help="mount a tmpfs (options such as size=64m,mode=1777)")
-    p.add_argument("--read-only", action="store_true", help="read-only root filesystem")
-    p.add_argument("--privileged", action="store_true",
-                   help="all capabilities and devices, no seccomp filter")
-    p.add_argument("--security-opt", action="append", default=[], metavar="seccomp=PROFILE",
-                   help="seccomp=unconfined (no filter) or seccomp=PATH (a JSON profile)")
-    p.add_argument("--cpus", type=float, default=0.0, help="CPU quota, e.g. 1.5")
-    p.add_argument("--memory", "-m", default="", help="memory limit, e.g. 64m")
-    p.add_argument("--pids-limit", type=int, default=0)
-    p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
-    p.add_argument("--runtime", default="runc", help="runtime plugin (runc, crun)")
-    p.add_argument("--snapshotter", default="", help="snapshotter for the image's rootfs")
-    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--net", "--network", dest="network", default="bridge", metavar="NETWORK",
-                   help="bridge (default), host, none, or a network's name")
-    p.add_argument("-p", "--publish", action="append", default=[],
-                   metavar="[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]",
-                   help="publish a container port on the host")
-    # Runs a plain directory instead of an image; for tests and image-less hosts.
-    p.add_argument("--rootfs", default="", help=argparse.SUPPRESS)
-
-
-def expand_env(values: list[str], environ: Any = None) -> list[str]:
-    """``-e KEY=VALUE`` as given; ``-e KEY`` takes the client's value (left out when unset)."""
-    environ = os.environ if environ is None else environ
-    out = []
-    for value in values:
-        if "=" in value:
-            out.append(value)
-        elif value in environ:
-            out.append(f"{value}={environ[value]}")
-    return out
-
-
-def read_env_files(paths: list[str]) -> list[str]:
-    """The ``KEY=VALUE`` (or ``KEY``) lines of ``--env-file`` files, comments left out."""
-    from runtime.core.errors import InvalidArgument
-
-    found = []
-    for path in paths:
-        try:
-            with open(path) as handle:
-                lines = handle.read().splitlines()
-        except OSError as exc:
-            raise InvalidArgument(f"--env-file {path!r}: {exc.strerror}") from None
-        for number, line in enumerate(lines, 1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            if text.startswith("=") or any(c.isspace() for c in text.partition("=")[0]):
-                raise InvalidArgument(f"--env-file {path!r} line {number}: {line!r} is not "
-                                      "KEY=VALUE")
-            found.append(text)
-    return found
-
-
-def policy_labels(args: Any) -> dict[str, str]:
-    """The labels ``--restart`` (and ``-d --rm``) ask the daemon's restart manager for."""
-    from runtime.core.errors import InvalidArgument
-
-    labels: dict[str, str] = {}
-    restart = getattr(args, "restart", "no") or "no"
-    remove_at_exit = getattr(args, "rm", False) and getattr(args, "detach", False)
-    if restart == "no" and not remove_at_exit:
-        return labels
-    from runtime.plugins.restart.policy import AUTO_REMOVE_LABEL, RESTART_LABEL, parse_policy
-
-    if restart != "no":
-        parse_policy(restart)
-        if getattr(args, "rm", False):
-            raise InvalidArgument(f"--restart {restart!r} and --rm cannot be combined")
-        labels[RESTART_LABEL] = restart
-    if remove_at_exit:
-        labels[AUTO_REMOVE_LABEL] = "true"
-    return labels
-
-
-def check_pull(value: str) -> str:
-    """A ``--pull`` value, or InvalidArgument naming it."""
-    from runtime.core.errors import InvalidArgument
-
-    if value not in ("missing", "always", "never"):
-        raise InvalidArgument(f"--pull {value!r}: use missing, always or never")
-    return value
-
-
-def spec_options_from(args: argparse.Namespace, command: list[str], api: Any = None) -> Any:
-    """The SpecOptions the flags describe (``command`` empty keeps the image's)."""
-    import msgspec
-
-    from runtime.api.specs import SpecOptions
-
-    spec = spec_dict_from(args, command)
-    if api is not None:
-        resolve_volumes(api, spec)
-    return msgspec.convert(spec, SpecOptions)
-
-
-#: As runtime.plugins.network.api.NETWORK_ANNOTATION and PORTS_ANNOTATION: that
-#: module imports msgspec, which ``moorage run`` does without (tests keep them equal).
-NETWORK_ANNOTATION = "io.moorage.network"
-PORTS_ANNOTATION = "io.moorage.ports"
-
-
-def _network_mode(text: str) -> str:
-    """As runtime.plugins.network.api.parse_mode."""
-    from runtime.core.errors import InvalidArgument
-
-    value = text.strip()
-    if not value or not all(c.isalnum() or c in "._-" for c in value):
-        raise InvalidArgument(f"network {text!r}: use bridge, host, none or a network name")
-    return value
-
-
-def _seccomp_option(options: list[str]) -> str:
-    """SpecOptions.seccomp from ``--security-opt`` values: "", "unconfined" or a profile's JSON.
-
-    The profile file is read here, by the client, as Docker does: the daemon may
-    not see the caller's files.
-    """
-    from runtime.core.errors import InvalidArgument
-
-    value = ""
-    for option in options:
-        key, sep, setting = option.partition("=")
-        if key != "seccomp" or not sep or not setting:
-            raise InvalidArgument(
-                f"--security-opt {option!r}: supported: seccomp=unconfined, seccomp=PATH")
-        if setting == "unconfined":
-            value = setting
-            continue
-        try:
-            with open(setting, encoding="utf-8") as profile:
-                value = profile.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            # Worded apart from "no such file": exit codes 126/127 are for the command.
-            why = ("there is no such profile" if isinstance(exc, FileNotFoundError)
-                   else "it may not be read" if isinstance(exc, PermissionError)
-                   else getattr(exc, "strerror", None) or str(exc))
-            raise InvalidArgument(
-                f"--security-opt {option!r}: cannot read {setting}: {why}") from None
-    return value
-
-
-def spec_dict_from(args: argparse.Namespace, command: list[str]) -> dict[str, Any]:
-    """The flags as a SpecOptions JSON object, defaults left out (the daemon validates it)."""
-    # The network travels in the spec's annotations; the runtime acts on them at task create.
-    annotations = {NETWORK_ANNOTATION: _network_mode(args.network)}
-    if args.publish:
-        from runtime.plugins.network.api import encode_ports, parse_publish
-
-        annotations[PORTS_ANNOTATION] = encode_ports([parse_publish(p) for p in args.publish])
-    spec: dict[str, Any] = {
-        "args": command or None,
-        "entrypoint": [args.entrypoint] if args.entrypoint is not None else None,
-        "env": expand_env([*read_env_files(getattr(args, "env_file", [])), *args.env]),
-        "cwd": args.workdir, "user": args.user,
-        "hostname": args.hostname,
-        "mounts": [*(parse_mount(m) for m in args.mount),
-                   *(parse_volume(v) for v in getattr(args, "volume", [])),
-                   *(parse_tmpfs(t) for t in getattr(args, "tmpfs", []))],
-        "readonly_rootfs": args.read_only, "privileged": args.privileged,
-        "terminal": args.tty, "cpus": args.cpus,
-        "memory": parse_size(args.memory) if args.memory else 0,
-        "pids_limit": args.pids_limit, "annotations": annotations,
-        "seccomp": _seccomp_option(getattr(args, "security_opt", [])),
-    }  # fmt: skip
-    # Defaults are left out; an empty entrypoint list still means "none".
-    return {k: v for k, v in spec.items() if v or (k == "entrypoint" and v is not None)}
-
-
 def register(sub: Any) -> None:
     """Add ``run``."""
     import argparse
@@ -397,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``moorage run``."""
     from runtime.cli.main import lean_client
     from runtime.cli.namespaces import parse_labels
+    from runtime.cli.run_flags import check_pull, policy_labels, spec_dict_from
     from runtime.core.errors import MoorageError
 
     def puller(image: str) -> None:
@@ -505,6 +215,8 @@ def run_container(api: Any, image: str, command: list[str], options: RunOptions)
         MoorageError: Moorage failed (the caller maps it with :func:`exit_code_for`).
     """
     container_id = options.name or os.urandom(6).hex()
+    from runtime.cli.run_mounts import resolve_volumes
+
     spec = _spec_dict(options.spec)
     resolve_volumes(api, spec)
     spec["args"] = command or None

@@ -311,11 +311,11 @@ def test_cli_run_path_imports_no_msgspec() -> None:
 
 
 def test_cli_run_annotations_match_the_network_contract() -> None:
-    """``runtime.cli.run`` copies two constants to avoid importing the network contract."""
-    from runtime.cli import run
+    """``runtime.cli.run_flags`` copies two constants to avoid importing the network contract."""
+    from runtime.cli import run_flags
     from runtime.plugins.network import api
 
-    assert (run.NETWORK_ANNOTATION, run.PORTS_ANNOTATION) == (
+    assert (run_flags.NETWORK_ANNOTATION, run_flags.PORTS_ANNOTATION) == (
         api.NETWORK_ANNOTATION, api.PORTS_ANNOTATION)
 
 

@@ -3,7 +3,7 @@
 It runs when the plugin starts, after the runtimes re-attached to their tasks
 (a task that was never fully created is gone by then) and after
 ``network.cni`` released the networks nobody runs in, and before the CRI
-socket serves. Records are written first (see :mod:`.pods`), so every
+socket serves. Records are written first (see :mod:`.records`), so every
 half-made object has a record to find:
 
 * a container record whose runtime knows no task died in CreateContainer
@@ -49,7 +49,7 @@ log = logging.getLogger("moorage.cri")
 
 async def recover(pods: Pods) -> None:
     """Remove the half-made containers and sandboxes a crash left (before serving)."""
-    from runtime.plugins.cri.pods import EXTENSION, KIND_LABEL, SandboxRecord
+    from runtime.plugins.cri.records import EXTENSION, KIND_LABEL, SandboxRecord
 
     records = await pods.containers.list(pods.namespace)
     loaded = {runtime.name for runtime in pods.runtimes.values()}

@@ -83,7 +83,7 @@ class TestPublishSyntax:
 
     def test_cli_mirrors_the_annotation_names(self) -> None:
         """``moorage run`` keeps its own copies (it avoids importing msgspec): they agree."""
-        from runtime.cli import run as run_cli
+        from runtime.cli import run_flags as run_cli
 
         assert (run_cli.NETWORK_ANNOTATION, run_cli.PORTS_ANNOTATION) == (
             NETWORK_ANNOTATION, PORTS_ANNOTATION)

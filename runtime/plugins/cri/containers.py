@@ -1,0 +1,397 @@
+"""CRI containers: CreateContainer to RemoveContainer, their status and listing, ExecSync."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import signal
+from collections.abc import Iterable
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import msgspec
+from google.protobuf import json_format
+
+from runtime.api.containers import Container, RuntimeInfo
+from runtime.api.tasks import ExecRequest, Status, TaskState
+from runtime.core.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    MoorageError,
+    NotFound,
+)
+from runtime.core.faults import fault_point
+from runtime.core.identifiers import validate_labels
+from runtime.plugins.cri import spec as specs
+from runtime.plugins.cri.records import (
+    EXTENSION,
+    KIND_LABEL,
+    ContainerRecord,
+    PodRecords,
+    config_dict,
+    labels_match,
+    now_ns,
+    ns_of,
+)
+from runtime.plugins.cri.v1 import api_pb2 as pb
+from runtime.plugins.runtime.api import Runtime
+
+__all__ = ["Containers"]
+
+log = logging.getLogger("moorage.cri")
+
+
+class Containers(PodRecords):
+    """The container half of the CRI RuntimeService (on the records of :class:`PodRecords`)."""
+
+    async def create_container(self, request: pb.CreateContainerRequest) -> str:
+        """CreateContainer: image rootfs snapshot, spec, record, task (created, not started)."""
+        config = request.config
+        if not config.metadata.name:
+            raise InvalidArgument("container metadata needs a name")
+        if not config.image.image:
+            raise InvalidArgument("container config needs an image")
+        validate_labels(dict(config.labels))
+        sandbox_id = await self._resolve_id(request.pod_sandbox_id, "sandbox")
+        _, sandbox = await self._record(sandbox_id, "sandbox")
+        infra = await self._task(sandbox_id)
+        if sandbox.stopped or infra is None or infra.status != Status.RUNNING:
+            raise FailedPrecondition(f"pod sandbox {sandbox_id!r} is not ready")
+        sandbox_config = self._sandbox_config(sandbox)
+        image = await self.images.resolve(config.image.image)
+        if image is None:
+            raise NotFound(f"image {config.image.image!r} not found")
+        container_id = secrets.token_hex(32)
+        name = f"{config.metadata.name}_{sandbox.name}_{config.metadata.attempt}"
+        self._reserve(name, container_id)
+        runtime = self.runtime_for(sandbox.runtime_handler)
+        log_path = ""
+        if config.log_path:
+            log_dir = sandbox_config.log_directory or str(self.log_root / sandbox_id)
+            log_path = os.path.join(log_dir, config.log_path)
+        record = ContainerRecord(
+            id=container_id, sandbox_id=sandbox_id, name=name, config=config_dict(config),
+            image=config.image.image, image_id=image.id, image_name=image.name,
+            log_path=log_path, created_at=now_ns())
+        made: list[str] = []
+        try:
+            chain, image_config = await self.images.rootfs(image.name, self.snapshotter)
+            target_pid = None
+            modes = config.linux.security_context.namespace_options
+            if modes.pid == pb.TARGET:
+                target = await self._task(modes.target_id)
+                target_pid = target.pid if target and target.pid else None
+            spec = specs.container_spec(
+                self.namespace, container_id, config, sandbox_config, image_config,
+                infra_pid=infra.pid, target_pid=target_pid, files=self.files(sandbox),
+                log_path=log_path, cgroup_parent=self._cgroup_parent(sandbox_config),
+                min_oom_score_adj=_own_oom_score_adj())
+            if log_path:
+                await anyio.to_thread.run_sync(
+                    lambda: Path(log_path).parent.mkdir(parents=True, exist_ok=True))
+            await self.containers.create(self.namespace, Container(
+                id=container_id, image=image.name, runtime=RuntimeInfo(name=runtime.name),
+                spec=spec, snapshotter=self.snapshotter, snapshot_key=container_id,
+                labels={KIND_LABEL: "container", **dict(config.labels)},
+                extensions={EXTENSION: msgspec.to_builtins(record)}))
+            made.append("record")
+            # Crash tests: a record without a snapshot or a task.
+            fault_point("cri.container.after-record")
+            mounts = await self.snapshots.get(self.snapshotter).prepare(
+                self.namespace, container_id, chain)
+            made.append("snapshot")
+            # Crash tests: the root filesystem's snapshot exists, no task yet.
+            fault_point("cri.container.after-snapshot")
+            made.append("task")
+            await runtime.create(self.namespace, container_id, spec, mounts, stdin=config.stdin)
+            # Crash tests: created, but the kubelet never hears its id.
+            fault_point("cri.container.after-task")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._undo_container(container_id, made)
+                self._release(name, container_id)
+            raise
+        return container_id
+
+    async def _undo_container(self, container_id: str, made: list[str]) -> None:
+        if "task" in made:
+            with contextlib.suppress(MoorageError):
+                await self._kill_and_delete(container_id)
+        if "snapshot" in made:
+            with contextlib.suppress(MoorageError):
+                await self.snapshots.get(self.snapshotter).remove(self.namespace, container_id)
+        if "record" in made:
+            with contextlib.suppress(MoorageError):
+                await self.containers.delete(self.namespace, container_id)
+
+    async def start_container(self, container_id: str) -> None:
+        """StartContainer: the task must be created, not started yet."""
+        container_id = await self._resolve_id(container_id, "container")
+        _, record = await self._record(container_id, "container")
+        runtime = self._runtime_of(container_id)
+        if runtime is None:
+            raise FailedPrecondition(f"container {container_id!r} has no task (exited and "
+                                     "removed?)")
+        state = await runtime.state(self.namespace, container_id)
+        if state.status != Status.CREATED:
+            raise FailedPrecondition(f"container {container_id!r} is {state.status}, "
+                                     "not created")
+        await runtime.start(self.namespace, container_id)
+        record.started_at = now_ns()
+        await self._save_ext(container_id, record)
+
+    async def stop_container(self, container_id: str, timeout: int) -> None:
+        """StopContainer: its stop signal, ``timeout`` seconds, then SIGKILL; idempotent."""
+        try:
+            container_id = await self._resolve_id(container_id, "container")
+            container, _ = await self._record(container_id, "container")
+        except NotFound:
+            return
+        name = container.spec.get("annotations", {}).get("io.moorage.stop-signal", "SIGTERM")
+        sig = _signal_number(name)
+        await self._stop_task(container_id, float(timeout), sig)
+
+    async def remove_container(self, container_id: str) -> None:
+        """RemoveContainer: force-stops a running one; unknown is OK."""
+        try:
+            container_id = await self._resolve_id(container_id, "container")
+            _, record = await self._record(container_id, "container")
+        except NotFound:
+            return
+        with contextlib.suppress(NotFound):
+            await self._kill_and_delete(container_id)
+        with contextlib.suppress(NotFound):
+            await self.snapshots.get(self.snapshotter).remove(self.namespace, container_id)
+        with contextlib.suppress(NotFound):
+            await self.containers.delete(self.namespace, container_id)
+        self._release(record.name, container_id)
+        self._stats.pop(container_id, None)
+        self._oom.discard(container_id)
+
+    def note_oom(self, container_id: str) -> None:
+        """The OOM killer struck in the container's cgroup (from a ``/tasks/oom`` event)."""
+        self._oom.add(container_id)
+
+    async def container_status(self, container_id: str) -> pb.ContainerStatus:
+        """ContainerStatus, with the reason of an exit."""
+        container_id = await self._resolve_id(container_id, "container")
+        container, record = await self._record(container_id, "container")
+        config = pb.ContainerConfig()
+        json_format.ParseDict(record.config, config, ignore_unknown_fields=True)
+        task = await self._task(container_id)
+        state, exit_code, finished, reason = pb.CONTAINER_UNKNOWN, 0, 0, ""
+        if task is None:
+            state = pb.CONTAINER_EXITED
+            exit_code = 255
+            reason = "Unknown"
+        elif task.status == Status.CREATED:
+            state = pb.CONTAINER_CREATED
+        elif task.status in (Status.RUNNING, Status.PAUSED):
+            state = pb.CONTAINER_RUNNING
+        elif task.status == Status.STOPPED:
+            state = pb.CONTAINER_EXITED
+            exit_code = task.exit_status if task.exit_status is not None else 255
+            finished = ns_of(task.exited_at)
+            oom = record.oom or container_id in self._oom
+            if oom and not record.oom:
+                record.oom = True
+                await self._save_ext(container_id, record)
+            reason = "OOMKilled" if oom else ("Completed" if exit_code == 0 else "Error")
+        status = pb.ContainerStatus(
+            id=container_id, metadata=config.metadata, state=state,  # type: ignore[arg-type]
+            created_at=record.created_at, started_at=record.started_at,
+            finished_at=finished, exit_code=exit_code, image=pb.ImageSpec(image=record.image),
+            image_ref=record.image_id, image_id=record.image_id, reason=reason,
+            labels=config.labels, annotations=config.annotations, mounts=config.mounts,
+            log_path=record.log_path)
+        status.resources.linux.CopyFrom(config.linux.resources)
+        user = container.spec.get("process", {}).get("user", {})
+        status.user.linux.uid = int(user.get("uid", 0))
+        status.user.linux.gid = int(user.get("gid", 0))
+        status.user.linux.supplemental_groups.extend(int(g) for g in
+                                                     user.get("additionalGids", []))
+        return status
+
+    async def _container_item(self, container: Container) -> tuple[pb.Container, str]:
+        record = msgspec.convert(container.extensions.get(EXTENSION, {}), ContainerRecord)
+        config = pb.ContainerConfig()
+        json_format.ParseDict(record.config, config, ignore_unknown_fields=True)
+        task = await self._task(container.id)
+        state = _state_of(task)
+        return pb.Container(
+            id=container.id, pod_sandbox_id=record.sandbox_id, metadata=config.metadata,
+            image=pb.ImageSpec(image=record.image), image_ref=record.image_id,
+            state=state, created_at=record.created_at,  # type: ignore[arg-type]
+            labels=config.labels, annotations=config.annotations,
+            image_id=record.image_id), record.sandbox_id
+
+    async def list_containers(self, filter_: pb.ContainerFilter | None) -> list[pb.Container]:
+        """ListContainers with its filters."""
+        found = []
+        for container in await self._list_records("container"):
+            if filter_ is not None and filter_.id and not container.id.startswith(filter_.id):
+                continue
+            item, sandbox_id = await self._container_item(container)
+            if filter_ is not None:
+                if filter_.pod_sandbox_id and not sandbox_id.startswith(filter_.pod_sandbox_id):
+                    continue
+                if filter_.HasField("state") and filter_.state.state != item.state:
+                    continue
+                if not labels_match(item.labels, filter_.label_selector):
+                    continue
+            found.append(item)
+        return found
+
+    async def update_resources(self, container_id: str, res: pb.LinuxContainerResources) -> None:
+        """UpdateContainerResources on the running task's cgroup."""
+        container_id = await self._resolve_id(container_id, "container")
+        await self._record(container_id, "container")
+        runtime = self._runtime_of(container_id)
+        if runtime is None:
+            raise FailedPrecondition(f"container {container_id!r} has no task")
+        await runtime.update(self.namespace, container_id, specs.linux_resources(res))
+
+    async def reopen_log(self, container_id: str) -> None:
+        """ReopenContainerLog: conmon reopens the file; returns once the new file exists."""
+        container_id = await self._resolve_id(container_id, "container")
+        _, record = await self._record(container_id, "container")
+        task = await self._task(container_id)
+        if task is None or task.status != Status.RUNNING:
+            raise FailedPrecondition(f"container {container_id!r} is not running")
+        if not record.log_path:
+            return
+        ctl = Path(task.bundle) / "ctl"
+
+        def reopen() -> None:
+            # conmon's control fifo: message type 2 is "reopen the log file".
+            fd = os.open(ctl, os.O_WRONLY | os.O_NONBLOCK)
+            try:
+                os.write(fd, b"2 0 0\n")
+            finally:
+                os.close(fd)
+
+        try:
+            await anyio.to_thread.run_sync(reopen)
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot reach the monitor of {container_id!r}: "
+                                     f"{exc.strerror}") from None
+        with anyio.move_on_after(5):
+            while not await anyio.to_thread.run_sync(os.path.exists, record.log_path):
+                await anyio.sleep(0.02)
+            return
+        raise DeadlineExceeded(f"the log of {container_id!r} was not reopened in time")
+
+    async def running_container(self, container_id: str) -> str:
+        """The full id of a running container (for Exec and Attach).
+
+        Raises:
+            NotFound: No such container.
+            FailedPrecondition: It is not running.
+        """
+        container_id = await self._resolve_id(container_id, "container")
+        await self._record(container_id, "container")
+        task = await self._task(container_id)
+        if task is None or task.status != Status.RUNNING:
+            raise FailedPrecondition(f"container {container_id!r} is not running")
+        return container_id
+
+    async def exec_sync(self, container_id: str, cmd: list[str],
+                        timeout: int) -> pb.ExecSyncResponse:
+        """ExecSync: output and exit code; a timeout kills the exec's process tree."""
+        if not cmd:
+            raise InvalidArgument("exec needs a command")
+        container_id = await self._resolve_id(container_id, "container")
+        await self._record(container_id, "container")
+        runtime = self._runtime_of(container_id)
+        task = await self._task(container_id)
+        if runtime is None or task is None or task.status != Status.RUNNING:
+            raise FailedPrecondition(f"container {container_id!r} is not running")
+        exec_id = "sync-" + secrets.token_hex(8)
+        await runtime.exec(self.namespace, container_id,
+                           ExecRequest(exec_id=exec_id, args=list(cmd)))
+        out: dict[int, bytearray] = {2: bytearray(), 3: bytearray()}
+        timed_out = False
+        try:
+            stream = await runtime.attach(self.namespace, container_id, exec_id, start=True)
+            try:
+                with anyio.move_on_after(timeout if timeout > 0 else None) as scope:
+                    while (chunk := await stream.receive()) is not None:
+                        out.setdefault(chunk[0], bytearray()).extend(chunk[1])
+                    exit_ = await runtime.wait(self.namespace, container_id, exec_id)
+                timed_out = scope.cancelled_caught
+            finally:
+                stream.close()
+            if timed_out:
+                with anyio.CancelScope(shield=True):
+                    await self._kill_exec_tree(runtime, container_id, exec_id)
+                raise DeadlineExceeded(f"command {cmd[0]!r} timed out after {timeout} s")
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(MoorageError):
+                await runtime.delete(self.namespace, container_id, exec_id)
+        return pb.ExecSyncResponse(stdout=bytes(out[2]), stderr=bytes(out[3]),
+                                   exit_code=exit_.exit_status)
+
+    async def _kill_exec_tree(self, runtime: Runtime, container_id: str, exec_id: str) -> None:
+        state = await runtime.state(self.namespace, container_id)
+        pid = next((e.pid for e in state.execs if e.id == exec_id), 0)
+        if pid:
+            await anyio.to_thread.run_sync(_kill_tree, pid)
+        with contextlib.suppress(MoorageError):
+            await runtime.kill(self.namespace, container_id, signal.SIGKILL, exec_id=exec_id)
+        with anyio.move_on_after(10), contextlib.suppress(MoorageError):
+            await runtime.wait(self.namespace, container_id, exec_id)
+
+
+def _state_of(task: TaskState | None) -> int:
+    if task is None:
+        return pb.CONTAINER_EXITED
+    return {Status.CREATED: pb.CONTAINER_CREATED, Status.RUNNING: pb.CONTAINER_RUNNING,
+            Status.PAUSED: pb.CONTAINER_RUNNING,
+            Status.STOPPED: pb.CONTAINER_EXITED}.get(task.status, pb.CONTAINER_UNKNOWN)
+
+
+def _signal_number(name: str) -> int:
+    text = name.upper()
+    if text.isdigit():
+        return int(text)
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    try:
+        return int(signal.Signals[text])
+    except KeyError:
+        return int(signal.SIGTERM)
+
+
+def _own_oom_score_adj() -> int:
+    try:
+        return int(Path("/proc/self/oom_score_adj").read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def _children(pid: int) -> Iterable[int]:
+    try:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        for task in tasks:
+            with contextlib.suppress(OSError, ValueError):
+                yield from (int(c) for c in (task / "children").read_text().split())
+    except OSError:
+        return
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every descendant (children first found, then killed)."""
+    seen: list[int] = []
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        seen.append(current)
+        todo.extend(c for c in _children(current) if c not in seen)
+    for victim in seen:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(victim, signal.SIGKILL)
+

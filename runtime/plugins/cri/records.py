@@ -1,0 +1,289 @@
+"""What the CRI keeps of its pod sandboxes and containers, and the lookups on it.
+
+Every sandbox and every CRI container is a Moorage container record in the
+CRI namespace, labelled :data:`KIND_LABEL`, with what the CRI needs back
+(its config, the pod's netns and files, the log path...) in the record's
+extension :data:`EXTENSION`. Records are written before anything else is
+made, so a crash leaves something to find and clean (see :mod:`.recovery`);
+a failed create undoes what it made and releases the name it reserved (the
+kubelet retries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import msgspec
+from google.protobuf import json_format
+
+from runtime.api.containers import Container
+from runtime.api.tasks import Status, TaskState
+from runtime.core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    MoorageError,
+    NotFound,
+)
+from runtime.plugins.containers.api import ContainerStore
+from runtime.plugins.cri import spec as specs
+from runtime.plugins.cri.images import CriImages
+from runtime.plugins.cri.v1 import api_pb2 as pb
+from runtime.plugins.network.api import Network
+from runtime.plugins.runtime.api import Runtime
+from runtime.plugins.snapshots.api import Snapshots
+
+__all__ = [
+    "EXTENSION", "KIND_LABEL", "ContainerRecord", "PodRecords", "SandboxRecord", "StatsSample",
+    "config_dict", "labels_match", "now_ns", "ns_of",
+]
+
+#: Label of every record the CRI made: ``sandbox`` or ``container``.
+KIND_LABEL = "io.moorage.cri.kind"
+#: The record extension holding the CRI's own fields.
+EXTENSION = "io.moorage.cri"
+
+
+class SandboxRecord(msgspec.Struct, kw_only=True):
+    """What the CRI keeps about a pod sandbox (the record's extension)."""
+
+    id: str
+    name: str
+    config: dict[str, Any]
+    created_at: int
+    runtime_handler: str = ""
+    netns: str = ""
+    ip: str = ""
+    additional_ips: list[str] = msgspec.field(default_factory=list)
+    dir: str = ""
+    shm_mounted: bool = False
+    stopped: bool = False
+
+
+class ContainerRecord(msgspec.Struct, kw_only=True):
+    """What the CRI keeps about a container (the record's extension)."""
+
+    id: str
+    sandbox_id: str
+    name: str
+    config: dict[str, Any]
+    image: str
+    image_id: str
+    image_name: str
+    log_path: str = ""
+    created_at: int = 0
+    started_at: int = 0
+    finished_at: int = 0
+    oom: bool = False
+
+
+def now_ns() -> int:
+    """Now, in nanoseconds since the epoch (the CRI's timestamps)."""
+    return time.time_ns()
+
+
+def ns_of(when: datetime | None) -> int:
+    """A datetime in nanoseconds since the epoch; 0 for none."""
+    return int(when.timestamp() * 1e9) if when else 0
+
+
+def config_dict(message: Any) -> dict[str, Any]:
+    """A CRI config message as a dict, with the proto field names (as records keep it)."""
+    data: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return data
+
+
+def labels_match(labels: Any, selector: Any) -> bool:
+    """Whether ``labels`` hold every key and value of ``selector``."""
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@dataclass
+class StatsSample:
+    """A CPU usage reading, to compute the next reading's rate from."""
+
+    timestamp: int
+    usage_ns: int
+
+
+@dataclass
+class PodRecords:
+    """The CRI's records of its sandboxes and containers, and what finds them.
+
+    Args:
+        namespace: The Moorage namespace of everything the CRI makes.
+        containers: The container store.
+        snapshots: The snapshot service.
+        snapshotter: Where containers' root filesystems are prepared.
+        runtimes: Running runtimes by plugin id.
+        network: The CNI network service.
+        images: The CRI image service (to resolve a container's image).
+        root: The plugin's persistent directory.
+        state: The plugin's volatile directory.
+        log_root: Logs of pods without a log directory.
+        cgroup_parent: The daemon's cgroup parent.
+        infra_binary: The infra process's binary on the host.
+    """
+
+    namespace: str
+    containers: ContainerStore
+    snapshots: Snapshots
+    snapshotter: str
+    runtimes: dict[str, Runtime]
+    network: Network
+    images: CriImages
+    root: Path
+    state: Path
+    log_root: Path
+    cgroup_parent: str
+    infra_binary: str
+    _names: dict[str, str] = field(default_factory=dict)
+    _stats: dict[str, StatsSample] = field(default_factory=dict)
+    _oom: set[str] = field(default_factory=set)
+    _locks: dict[str, anyio.Lock] = field(default_factory=dict)
+    # Sandbox id -> netns path ("" for host networking), for the streaming server.
+    _netns: dict[str, str] = field(default_factory=dict)
+
+    # -- set-up ---------------------------------------------------------------------
+
+    @property
+    def infra_rootfs(self) -> Path:
+        """The infra process's root filesystem."""
+        return self.root / "infra" / "rootfs"
+
+    def _cgroup_parent(self, config: pb.PodSandboxConfig) -> str:
+        parent = config.linux.cgroup_parent
+        if not parent:
+            return self.cgroup_parent
+        if not parent.startswith("/"):
+            raise InvalidArgument(f"cgroup parent {parent!r} must be an absolute cgroupfs path "
+                                  "(this runtime uses the cgroupfs driver)")
+        return parent
+
+    def files(self, record: SandboxRecord) -> specs.SandboxFiles:
+        """The pod's shared files."""
+        base = Path(record.dir)
+        shm = base / "shm" if record.shm_mounted else Path("/dev/shm")
+        return specs.SandboxFiles(hostname=base / "hostname", hosts=base / "hosts",
+                                  resolv_conf=base / "resolv.conf", shm=shm)
+
+    def _lock(self, key: str) -> anyio.Lock:
+        return self._locks.setdefault(key, anyio.Lock())
+
+    def runtime_for(self, handler: str) -> Runtime:
+        """The runtime of a runtime handler: ``""`` is runc, else a ``runtime.*`` id."""
+        plugin = handler or "runc"
+        try:
+            return self.runtimes[plugin]
+        except KeyError:
+            raise NotFound(f"no runtime for handler {handler!r} (have: "
+                           f"{', '.join(sorted(self.runtimes)) or 'none'})") from None
+
+    def _reserve(self, name: str, id_: str) -> None:
+        owner = self._names.get(name)
+        if owner is not None:
+            raise AlreadyExists(f"name {name!r} is reserved for {owner!r}")
+        self._names[name] = id_
+
+    def _release(self, name: str, id_: str) -> None:
+        if self._names.get(name) == id_:
+            del self._names[name]
+
+    async def _record(self, id_: str, kind: str) -> tuple[Container, Any]:
+        try:
+            record = await self.containers.get(self.namespace, id_)
+        except (NotFound, InvalidArgument):
+            raise NotFound(f"{'pod sandbox' if kind == 'sandbox' else 'container'} "
+                           f"{id_!r} not found") from None
+        if record.labels.get(KIND_LABEL) != kind:
+            raise NotFound(f"{'pod sandbox' if kind == 'sandbox' else 'container'} "
+                           f"{id_!r} not found")
+        ext = record.extensions.get(EXTENSION, {})
+        type_: type[Any] = SandboxRecord if kind == "sandbox" else ContainerRecord
+        return record, msgspec.convert(ext, type_)
+
+    async def _resolve_id(self, id_: str, kind: str) -> str:
+        """A full id from an id or a unique prefix of one (as crictl allows)."""
+        if len(id_) == 64:
+            return id_
+        if not id_:
+            raise InvalidArgument(f"{kind} id must not be empty")
+        found = [r.id for r in await self._list_records(kind) if r.id.startswith(id_)]
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise NotFound(f"{'pod sandbox' if kind == 'sandbox' else 'container'} "
+                           f"{id_!r} not found")
+        raise InvalidArgument(f"{kind} id prefix {id_!r} is ambiguous")
+
+    async def _list_records(self, kind: str) -> list[Container]:
+        return [r for r in await self.containers.list(self.namespace)
+                if r.labels.get(KIND_LABEL) == kind]
+
+    async def _containers_of(self, sandbox_id: str) -> list[Container]:
+        return [r for r in await self._list_records("container")
+                if r.extensions.get(EXTENSION, {}).get("sandbox_id") == sandbox_id]
+
+    async def _save_ext(self, id_: str, ext: msgspec.Struct) -> None:
+        await self.containers.update(self.namespace, id_,
+                                     extensions={EXTENSION: msgspec.to_builtins(ext)})
+
+    def _sandbox_config(self, record: SandboxRecord) -> pb.PodSandboxConfig:
+        config = pb.PodSandboxConfig()
+        json_format.ParseDict(record.config, config, ignore_unknown_fields=True)
+        return config
+
+    async def _task(self, id_: str) -> TaskState | None:
+        for runtime in self.runtimes.values():
+            if runtime.has(self.namespace, id_):
+                return await runtime.state(self.namespace, id_)
+        return None
+
+    def _runtime_of(self, id_: str) -> Runtime | None:
+        return next((r for r in self.runtimes.values() if r.has(self.namespace, id_)), None)
+
+    async def _kill_and_delete(self, id_: str) -> None:
+        runtime = self._runtime_of(id_)
+        if runtime is None:
+            return
+        state = await runtime.state(self.namespace, id_)
+        if state.status in (Status.RUNNING, Status.PAUSED, Status.CREATED):
+            with contextlib.suppress(NotFound, FailedPrecondition):
+                await runtime.kill(self.namespace, id_, signal.SIGKILL, all=True)
+            if state.status == Status.PAUSED:
+                with contextlib.suppress(MoorageError):
+                    await runtime.resume(self.namespace, id_)
+            if state.status != Status.CREATED:
+                with anyio.move_on_after(10):
+                    await runtime.wait(self.namespace, id_)
+        await runtime.delete(self.namespace, id_)
+
+    async def _stop_task(self, id_: str, timeout: float, sig: int) -> None:
+        runtime = self._runtime_of(id_)
+        if runtime is None:
+            return
+        state = await runtime.state(self.namespace, id_)
+        if state.status not in (Status.RUNNING, Status.PAUSED):
+            return
+        if timeout > 0:
+            with contextlib.suppress(NotFound, FailedPrecondition):
+                await runtime.kill(self.namespace, id_, sig)
+            with anyio.move_on_after(timeout):
+                await runtime.wait(self.namespace, id_)
+                return
+        with contextlib.suppress(NotFound, FailedPrecondition):
+            await runtime.kill(self.namespace, id_, signal.SIGKILL, all=True)
+        if state.status == Status.PAUSED:
+            with contextlib.suppress(MoorageError):
+                await runtime.resume(self.namespace, id_)
+        with anyio.move_on_after(30):
+            await runtime.wait(self.namespace, id_)
+

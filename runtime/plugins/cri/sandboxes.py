@@ -1,0 +1,221 @@
+"""Pod sandboxes: RunPodSandbox to RemovePodSandbox, their status and listing."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import signal
+
+import anyio
+import anyio.to_thread
+import msgspec
+
+from runtime.api.containers import Container, RuntimeInfo
+from runtime.api.tasks import Status
+from runtime.core.errors import (
+    InvalidArgument,
+    MoorageError,
+    NotFound,
+)
+from runtime.core.faults import fault_point
+from runtime.core.identifiers import validate_labels
+from runtime.plugins.cri import sandbox_setup as setup
+from runtime.plugins.cri import spec as specs
+from runtime.plugins.cri.containers import Containers
+from runtime.plugins.cri.records import (
+    EXTENSION,
+    KIND_LABEL,
+    SandboxRecord,
+    config_dict,
+    labels_match,
+    now_ns,
+)
+from runtime.plugins.cri.v1 import api_pb2 as pb
+from runtime.plugins.network.api import BRIDGE
+from runtime.plugins.runtime.api import Runtime
+
+__all__ = ["Sandboxes"]
+
+log = logging.getLogger("moorage.cri")
+
+
+class Sandboxes(Containers):
+    """The sandbox half of the CRI RuntimeService (stopping a pod stops its containers)."""
+
+    async def run_sandbox(self, request: pb.RunPodSandboxRequest) -> str:
+        """RunPodSandbox: netns + CNI, pod files, the infra process."""
+        config = request.config
+        meta = config.metadata
+        if not (meta.name and meta.namespace and meta.uid):
+            raise InvalidArgument("pod sandbox metadata needs name, namespace and uid")
+        validate_labels(dict(config.labels))
+        runtime = self.runtime_for(request.runtime_handler)
+        sandbox_id = secrets.token_hex(32)
+        name = f"{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
+        self._reserve(name, sandbox_id)
+        made: list[str] = []
+        record = SandboxRecord(id=sandbox_id, name=name, config=config_dict(config),
+                               created_at=now_ns(), runtime_handler=request.runtime_handler)
+        modes = config.linux.security_context.namespace_options
+        host_net = modes.network == pb.NODE
+        try:
+            record.dir = str(self.state / "sandboxes" / sandbox_id)
+            await self.containers.create(self.namespace, Container(
+                id=sandbox_id, image="", runtime=RuntimeInfo(name=runtime.name),
+                labels={KIND_LABEL: "sandbox", **dict(config.labels)},
+                extensions={EXTENSION: msgspec.to_builtins(record)}))
+            made.append("record")
+            # Crash tests: the record only; nothing made yet.
+            fault_point("cri.sandbox.after-record")
+            ports = setup.port_mappings(config)
+            if not host_net:
+                made.append("network")
+                attachment = await self.network.attach(
+                    self.namespace, sandbox_id, BRIDGE, ports, cni_args={
+                        "IgnoreUnknown": "1", "K8S_POD_NAMESPACE": meta.namespace,
+                        "K8S_POD_NAME": meta.name, "K8S_POD_INFRA_CONTAINER_ID": sandbox_id,
+                        "K8S_POD_UID": meta.uid})
+                record.netns = attachment.netns
+                ips = [ip.ip for ip in attachment.ips]
+                record.ip = ips[0] if ips else ""
+                record.additional_ips = ips[1:]
+                # Crash tests: an address is allocated, the record does not say which.
+                fault_point("cri.sandbox.after-cni-add")
+            made.append("files")
+            record.shm_mounted = await anyio.to_thread.run_sync(
+                setup.write_files, record, config, attachment if not host_net else None)
+            # Crash tests: /dev/shm is mounted, the record does not say so.
+            fault_point("cri.sandbox.after-files")
+            await self._save_ext(sandbox_id, record)
+            spec = specs.sandbox_spec(
+                self.namespace, sandbox_id, config, rootfs=self.infra_rootfs,
+                netns=record.netns or None,
+                cgroup_parent=self._cgroup_parent(config))
+            made.append("task")
+            await runtime.create(self.namespace, sandbox_id, spec, [])
+            # Crash tests: the infra task is created, not started.
+            fault_point("cri.sandbox.after-infra-create")
+            await runtime.start(self.namespace, sandbox_id)
+            # Crash tests: the pod runs, but the kubelet never hears its id.
+            fault_point("cri.sandbox.after-infra-start")
+            self._netns[sandbox_id] = record.netns
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._undo_sandbox(record, made, runtime)
+                self._release(name, sandbox_id)
+            raise
+        log.info("pod sandbox %s (%s/%s) running, ip %s", sandbox_id, meta.namespace, meta.name,
+                 record.ip or "host", extra={"namespace": self.namespace})
+        return sandbox_id
+
+    async def _undo_sandbox(self, record: SandboxRecord, made: list[str],
+                            runtime: Runtime | None) -> None:
+        if "task" in made and runtime is not None:
+            with contextlib.suppress(MoorageError):
+                await self._kill_and_delete(record.id)
+        if "network" in made:
+            # DEL even when ADD half-failed: the network service keeps the record until then.
+            with contextlib.suppress(MoorageError):
+                await self.network.detach(self.namespace, record.id)
+        if "files" in made:
+            await anyio.to_thread.run_sync(setup.remove_files, record)
+        if "record" in made:
+            with contextlib.suppress(MoorageError):
+                await self.containers.delete(self.namespace, record.id)
+
+    async def stop_sandbox(self, sandbox_id: str) -> None:
+        """StopPodSandbox: kill every container, stop the infra process, CNI DEL; idempotent."""
+        try:
+            sandbox_id = await self._resolve_id(sandbox_id, "sandbox")
+            _, record = await self._record(sandbox_id, "sandbox")
+        except NotFound:
+            return
+        async with self._lock(sandbox_id):
+            for container in await self._containers_of(sandbox_id):
+                await self.stop_container(container.id, 0)
+            await self._stop_task(sandbox_id, 0, signal.SIGKILL)
+            # DEL always, even if the netns is gone or ADD half-failed.
+            await self.network.detach(self.namespace, sandbox_id)
+            if not record.stopped:
+                record.stopped = True
+                await self._save_ext(sandbox_id, record)
+
+    async def remove_sandbox(self, sandbox_id: str) -> None:
+        """RemovePodSandbox: force-remove its containers, then everything of the pod."""
+        try:
+            sandbox_id = await self._resolve_id(sandbox_id, "sandbox")
+            _, record = await self._record(sandbox_id, "sandbox")
+        except NotFound:
+            return
+        await self.stop_sandbox(sandbox_id)
+        async with self._lock(sandbox_id):
+            for container in await self._containers_of(sandbox_id):
+                await self.remove_container(container.id)
+            with contextlib.suppress(NotFound):
+                await self._kill_and_delete(sandbox_id)
+            await anyio.to_thread.run_sync(setup.remove_files, record)
+            with contextlib.suppress(NotFound):
+                await self.containers.delete(self.namespace, sandbox_id)
+            self._release(record.name, sandbox_id)
+            self._netns.pop(sandbox_id, None)
+            self._stats.pop(sandbox_id, None)
+
+    async def _sandbox_state(self, record: SandboxRecord) -> int:
+        task = await self._task(record.id)
+        ready = (not record.stopped and task is not None and task.status == Status.RUNNING)
+        return pb.SANDBOX_READY if ready else pb.SANDBOX_NOTREADY
+
+    async def sandbox_status(self, sandbox_id: str) -> pb.PodSandboxStatus:
+        """PodSandboxStatus."""
+        sandbox_id = await self._resolve_id(sandbox_id, "sandbox")
+        _, record = await self._record(sandbox_id, "sandbox")
+        config = self._sandbox_config(record)
+        state = await self._sandbox_state(record)
+        status = pb.PodSandboxStatus(
+            id=record.id, metadata=config.metadata, state=state,  # type: ignore[arg-type]
+            created_at=record.created_at, labels=config.labels,
+            annotations=config.annotations, runtime_handler=record.runtime_handler)
+        if record.ip:
+            status.network.ip = record.ip
+            status.network.additional_ips.extend(pb.PodIP(ip=ip) for ip in record.additional_ips)
+        status.linux.namespaces.options.CopyFrom(
+            config.linux.security_context.namespace_options)
+        return status
+
+    async def list_sandboxes(self, filter_: pb.PodSandboxFilter | None) -> list[pb.PodSandbox]:
+        """ListPodSandbox with its filters."""
+        found = []
+        for container in await self._list_records("sandbox"):
+            record = msgspec.convert(container.extensions.get(EXTENSION, {}), SandboxRecord)
+            if filter_ is not None and filter_.id and not record.id.startswith(filter_.id):
+                continue
+            config = self._sandbox_config(record)
+            if filter_ is not None and not labels_match(config.labels, filter_.label_selector):
+                continue
+            state = await self._sandbox_state(record)
+            if filter_ is not None and filter_.HasField("state") and filter_.state.state != state:
+                continue
+            found.append(pb.PodSandbox(
+                id=record.id, metadata=config.metadata, state=state,  # type: ignore[arg-type]
+                created_at=record.created_at, labels=config.labels,
+                annotations=config.annotations, runtime_handler=record.runtime_handler))
+        return found
+
+    def netns_path(self, sandbox_id: str) -> str | None:
+        """The pod's network namespace path, for port-forward; ``None`` for host networking.
+
+        Raises:
+            NotFound: No such pod sandbox (or it was removed).
+        """
+        try:
+            return self._netns[sandbox_id] or None
+        except KeyError:
+            raise NotFound(f"pod sandbox {sandbox_id!r} not found") from None
+
+    async def known_sandbox(self, sandbox_id: str) -> str:
+        """The full id of an existing sandbox (for PortForward); NotFound otherwise."""
+        sandbox_id = await self._resolve_id(sandbox_id, "sandbox")
+        await self._record(sandbox_id, "sandbox")
+        return sandbox_id
+
