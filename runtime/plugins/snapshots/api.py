@@ -28,8 +28,10 @@ Rules every backend obeys (the conformance suite in
 * An unknown key, name or parent raises :class:`~runtime.core.errors.NotFound`;
   an empty key raises :class:`~runtime.core.errors.InvalidArgument`.
 
-Backends are *not namespaced*: they see plain strings. The metadata plugin
-wraps them and maps the user's ``<namespace>``-scoped keys to backend keys.
+Backends are *not namespaced*: they see plain strings. ``service.snapshots``
+wraps each one (:class:`NamespacedSnapshots`, looked up by name through
+:class:`Snapshots`) and maps the user's ``<namespace>``-scoped keys to backend
+keys; other plugins hold that service, never a backend.
 
 Mounts are returned, never performed: the caller (the runtime, the diff
 service, a test) mounts them, typically with
