@@ -33,8 +33,9 @@ GENERATED = PLUGINS / "cri" / "v1"
 
 #: Names under which plugins hold other plugins' services.
 SERVICE_HANDLES = frozenset({
-    "containers", "content", "diff", "gc", "images", "leases", "metadata", "network",
-    "runtime", "runtimes", "snapshots", "snapshotter", "snapshotters", "tasks",
+    "backend", "containers", "content", "diff", "events", "exchange", "gc", "images",
+    "leases", "metadata", "network", "runtime", "runtimes", "scheduler", "service",
+    "snapshots", "snapshotter", "snapshotters", "tasks",
 })  # fmt: skip
 
 

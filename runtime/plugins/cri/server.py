@@ -22,6 +22,7 @@ import msgspec
 
 from runtime import __version__
 from runtime.core import errors
+from runtime.core.events import Exchange
 from runtime.core.registration import InitContext
 from runtime.plugins.cri.images import CriImages
 from runtime.plugins.cri.pods import Pods
@@ -334,7 +335,7 @@ class CriServer:
     """The running plugin: its services, the gRPC server, the streaming server."""
 
     def __init__(self, *, config: Any, pods: Pods, images: CriImages, network: Network,
-                 exchange: Any, address: Path) -> None:
+                 exchange: Exchange, address: Path) -> None:
         self.config = config
         self.pods = pods
         self.images = images
@@ -377,7 +378,7 @@ class CriServer:
             self.address.unlink()
 
 
-async def _watch_ooms(pods: Pods, exchange: Any, *, task_status: Any) -> None:
+async def _watch_ooms(pods: Pods, exchange: Exchange, *, task_status: Any) -> None:
     async with exchange.subscribe('topic=="/tasks/oom"', namespace=pods.namespace) as events:
         task_status.started()
         async for envelope in events:
@@ -401,10 +402,11 @@ async def start_cri(ctx: InitContext[Any]) -> CriServer:
         cgroup_parent=ctx.daemon.cgroup_parent, infra_binary=config.sandbox_image)
     await pods.load()
     address = Path(config.address) if config.address else Path(ctx.daemon.state) / "cri.sock"
+    # Required, so running: the same exchange as ctx.events, typed.
+    exchange: Exchange = ctx.get("events.exchange")
     server = CriServer(config=config, pods=pods, images=images, network=network,
-                       exchange=ctx.events, address=address)
-    if ctx.events is not None:
-        await ctx.start(_watch_ooms, pods, ctx.events, name="cri.v1 oom watch")
+                       exchange=exchange, address=address)
+    await ctx.start(_watch_ooms, pods, exchange, name="cri.v1 oom watch")
     server.streaming = await _start_streaming(config, pods)
     await server.serve()
     log.info("CRI v1 serving on %s (namespace %s)", address, config.namespace)
