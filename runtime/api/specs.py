@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 __all__ = [
@@ -18,7 +20,7 @@ __all__ = [
 class ImageConfig(msgspec.Struct, kw_only=True, rename="pascal"):
     """The ``config`` object of an OCI image configuration, in its own spelling.
 
-    Fields the spec does not use (``ExposedPorts``, ``Volumes``...) are ignored;
+    Fields the spec does not use (``Volumes``...) are ignored;
     Docker writes ``null`` for unset ones.
 
     Attributes:
@@ -29,6 +31,7 @@ class ImageConfig(msgspec.Struct, kw_only=True, rename="pascal"):
         user: ``User`` (``name``, ``uid``, ``uid:gid``, ``name:group``).
         stop_signal: ``StopSignal``.
         labels: ``Labels``.
+        exposed_ports: ``ExposedPorts``: ``{"80/tcp": {}}`` (what ``run -P`` publishes).
     """
 
     entrypoint: list[str] | None = None
@@ -38,6 +41,7 @@ class ImageConfig(msgspec.Struct, kw_only=True, rename="pascal"):
     user: str | None = None
     stop_signal: str | None = None
     labels: dict[str, str] | None = None
+    exposed_ports: dict[str, Any] | None = None
 
 
 class SpecMount(msgspec.Struct, kw_only=True):
@@ -71,6 +75,10 @@ class SpecOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         memory: Memory limit in bytes (0: none).
         pids_limit: Maximum number of processes (0: none).
         annotations: Extra OCI annotations.
+        init: Run the daemon host's tiny init (catatonit, else tini) as PID 1,
+            bound read-only at :data:`runtime.pkg.oci.spec.INIT_PATH`.
+        publish_all: Publish each of the image's ``ExposedPorts`` on a host port
+            the network picks (added to the ports annotation with host port 0).
     """
 
     args: list[str] | None = None
@@ -88,5 +96,7 @@ class SpecOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     memory: int = 0
     pids_limit: int = 0
     annotations: dict[str, str] = msgspec.field(default_factory=dict)
+    init: bool = False
+    publish_all: bool = False
 
 

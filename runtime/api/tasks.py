@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -32,6 +32,7 @@ __all__ = [
     "ProcessState",
     "ResizeRequest",
     "Status",
+    "StopRequest",
     "TaskCreate",
     "TaskDelete",
     "TaskExecAdded",
@@ -285,6 +286,17 @@ class KillRequest(_Body):
     signal: int | str = 15
     all: bool = False
     exec_id: str = ""
+
+
+class StopRequest(_Body):
+    """``POST /v1/tasks/{id}/stop``: the stop signal, then SIGKILL after ``timeout`` seconds.
+
+    An empty ``signal`` means the container's: its image's ``StopSignal``, else
+    SIGTERM (Docker's rule).
+    """
+
+    signal: int | str = ""
+    timeout: Annotated[float, msgspec.Meta(ge=0)] = 10.0
 
 
 class ExecRequest(_Body):

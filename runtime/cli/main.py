@@ -176,7 +176,10 @@ _RUN_FLAGS: dict[str, tuple[str, type]] = {
     "-i": ("interactive", bool), "--interactive": ("interactive", bool),
     "--name": ("name", str), "--env-file": ("env_file", list), "--pull": ("pull", str),
     "--restart": ("restart", str), "-v": ("volume", list), "--volume": ("volume", list),
-    "--tmpfs": ("tmpfs", list),
+    "--tmpfs": ("tmpfs", list), "-P": ("publish_all", bool), "--publish-all": ("publish_all", bool),
+    "--init": ("init", bool), "--add-host": ("add_host", list), "--dns": ("dns", list),
+    "--dns-search": ("dns_search", list), "--dns-option": ("dns_option", list),
+    "--dns-opt": ("dns_option", list),
 }  # fmt: skip
 _FAST: dict[tuple[str, ...], tuple[str, str, dict[str, tuple[str, type]], str,
                                    dict[str, Any]]] = {
@@ -202,7 +205,8 @@ _FAST: dict[tuple[str, ...], tuple[str, str, dict[str, tuple[str, type]], str,
          "tty": False, "runtime": "runc", "snapshotter": "", "label": [], "network": "bridge",
          "publish": [], "rootfs": "", "rm": False, "detach": False, "interactive": False,
          "name": "", "env_file": [], "pull": "missing", "restart": "no", "volume": [],
-         "tmpfs": []}),
+         "tmpfs": [], "publish_all": False, "init": False, "add_host": [], "dns": [],
+         "dns_search": [], "dns_option": []}),
 }  # fmt: skip
 _FAST_ALIASES = {"t": "tasks", "c": "containers", "delete": "rm"}
 

@@ -23,11 +23,16 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
+    "DNS_ANNOTATION",
+    "HOSTS_ANNOTATION",
     "NETWORK_ANNOTATION",
     "PORTS_ANNOTATION",
     "add_spec_flags",
     "check_pull",
+    "dns_settings",
     "expand_env",
+    "name_annotations",
+    "parse_add_host",
     "parse_size",
     "policy_labels",
     "read_env_files",
@@ -74,8 +79,20 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--net", "--network", dest="network", default="bridge", metavar="NETWORK",
                    help="bridge (default), host, none, or a network's name")
     p.add_argument("-p", "--publish", action="append", default=[],
-                   metavar="[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]",
-                   help="publish a container port on the host")
+                   metavar="[[HOST_IP:]HOST_PORT:]CONTAINER_PORT[/tcp|udp]",
+                   help="publish a container port on the host (no HOST_PORT: a random one)")
+    p.add_argument("-P", "--publish-all", action="store_true",
+                   help="publish every port the image exposes on a random host port")
+    p.add_argument("--init", action="store_true",
+                   help="run a tiny init (catatonit) as PID 1: it reaps and forwards signals")
+    p.add_argument("--add-host", action="append", default=[], metavar="NAME:IP",
+                   help="add a line to the container's /etc/hosts")
+    p.add_argument("--dns", action="append", default=[], metavar="IP",
+                   help="a name server for the container's resolv.conf")
+    p.add_argument("--dns-search", action="append", default=[], metavar="DOMAIN",
+                   help="a search domain for the container's resolv.conf")
+    p.add_argument("--dns-option", "--dns-opt", action="append", default=[],
+                   metavar="OPTION", help="an options entry of resolv.conf (e.g. ndots:2)")
     # Runs a plain directory instead of an image; for tests and image-less hosts.
     p.add_argument("--rootfs", default="", help=argparse.SUPPRESS)
 
@@ -160,6 +177,69 @@ def spec_options_from(args: argparse.Namespace, command: list[str], api: Any = N
 #: module imports msgspec, which ``moorage run`` does without (tests keep them equal).
 NETWORK_ANNOTATION = "io.moorage.network"
 PORTS_ANNOTATION = "io.moorage.ports"
+#: As runtime.plugins.network.api.HOSTS_ANNOTATION and DNS_ANNOTATION (same reason).
+HOSTS_ANNOTATION = "io.moorage.extra-hosts"
+DNS_ANNOTATION = "io.moorage.dns"
+
+
+def _host_name_ok(name: str) -> bool:
+    return bool(name) and len(name) <= 253 and name[0].isalnum() and all(
+        c.isalnum() or c in ".-_" for c in name)
+
+
+def _ip(text: str) -> str | None:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        return None
+
+
+def parse_add_host(text: str) -> str:
+    """``--add-host NAME:IP`` (or ``NAME=IP``) as ``NAME:IP``, or InvalidArgument naming it."""
+    from runtime.core.errors import InvalidArgument
+
+    sep = "=" if "=" in text else ":"
+    name, found, address = text.partition(sep)
+    ip = _ip(address) if found else None
+    if not _host_name_ok(name) or ip is None:
+        raise InvalidArgument(f"--add-host {text!r}: expected NAME:IP (an IPv4 or IPv6 "
+                              "address)")
+    return f"{name}:{ip}"
+
+
+def dns_settings(args: Any) -> dict[str, list[str]]:
+    """``--dns``, ``--dns-search`` and ``--dns-option`` checked; empty when none was given."""
+    from runtime.core.errors import InvalidArgument
+
+    servers, search, options = (list(getattr(args, name, []) or []) for name in
+                                ("dns", "dns_search", "dns_option"))
+    for server in servers:
+        if _ip(server) is None or server.startswith("["):
+            raise InvalidArgument(f"--dns {server!r}: not an IP address")
+    for domain in search:
+        if domain != "." and not _host_name_ok(domain):
+            raise InvalidArgument(f"--dns-search {domain!r}: not a domain name")
+    for option in options:
+        if not option or any(c.isspace() for c in option):
+            raise InvalidArgument(f"--dns-option {option!r}: one word such as ndots:2")
+    found = {"servers": servers, "search": search, "options": options}
+    return {k: v for k, v in found.items() if v}
+
+
+def name_annotations(args: Any) -> dict[str, str]:
+    """The annotations ``--add-host`` and ``--dns*`` ask the runtime's network side for."""
+    import json
+
+    found: dict[str, str] = {}
+    hosts = [parse_add_host(h) for h in getattr(args, "add_host", []) or []]
+    if hosts:
+        found[HOSTS_ANNOTATION] = json.dumps(hosts)
+    dns = dns_settings(args)
+    if dns:
+        found[DNS_ANNOTATION] = json.dumps(dns)
+    return found
 
 
 def _network_mode(text: str) -> str:
@@ -210,6 +290,7 @@ def spec_dict_from(args: argparse.Namespace, command: list[str]) -> dict[str, An
         from runtime.plugins.network.api import encode_ports, parse_publish
 
         annotations[PORTS_ANNOTATION] = encode_ports([parse_publish(p) for p in args.publish])
+    annotations.update(name_annotations(args))
     spec: dict[str, Any] = {
         "args": command or None,
         "entrypoint": [args.entrypoint] if args.entrypoint is not None else None,
@@ -224,6 +305,8 @@ def spec_dict_from(args: argparse.Namespace, command: list[str]) -> dict[str, An
         "memory": parse_size(args.memory) if args.memory else 0,
         "pids_limit": args.pids_limit, "annotations": annotations,
         "seccomp": _seccomp_option(getattr(args, "security_opt", [])),
+        "init": getattr(args, "init", False),
+        "publish_all": getattr(args, "publish_all", False),
     }  # fmt: skip
     # Defaults are left out; an empty entrypoint list still means "none".
     return {k: v for k, v in spec.items() if v or (k == "entrypoint" and v is not None)}

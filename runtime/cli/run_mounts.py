@@ -47,7 +47,10 @@ def parse_mount(text: str) -> dict[str, Any]:
         if not source:
             raise InvalidArgument(f"--mount {text!r}: a volume needs src=NAME")
         volume = parse_volume(f"{source}:{dest}")
-        volume["options"] += [o for o in options if o not in volume["options"]]
+        if "nocopy" in options or fields.get("volume-nocopy", "") in ("true", "1"):
+            volume["nocopy"] = True
+        volume["options"] += [o for o in options if o not in volume["options"]
+                              and o != "nocopy"]
         return volume
     return {"destination": dest, "source": os.path.abspath(source) if source else "",
             "type": fields.get("type", "bind"), "options": options}
@@ -78,21 +81,33 @@ def parse_volume(text: str) -> dict[str, Any]:
         if not os.path.exists(source):
             raise InvalidArgument(f"-v {text!r}: host path {source!r} does not exist")
     options = ["rbind"]
-    for option in (parts[2].split(",") if len(parts) == 3 else []):
+    given = parts[2].split(",") if len(parts) == 3 else []
+    for option in given:
         if option not in _VOLUME_OPTIONS:
             raise InvalidArgument(f"-v {text!r}: unknown option {option!r} (ro, rw...)")
         if _VOLUME_OPTIONS[option]:
             options.append(_VOLUME_OPTIONS[option])
     if named:
         # Resolved to the volume's directory by resolve_volumes, once a client is at hand.
-        return {"destination": dest, "volume": source, "type": "bind", "options": options}
+        return {"destination": dest, "volume": source, "type": "bind", "options": options,
+                **({"nocopy": True} if "nocopy" in given else {})}
     return {"destination": dest, "source": source, "type": "bind", "options": options}
 
 
 def resolve_volumes(api: Any, spec: dict[str, Any]) -> None:
-    """Bind each named volume of ``spec``'s mounts to its directory (made if it is new)."""
+    """Bind each named volume of ``spec``'s mounts to its directory (made if it is new).
+
+    The spec's :data:`~runtime.pkg.copyup.VOLUMES_ANNOTATION` names them, so the
+    runtime copies the image's content into an empty one (unless ``nocopy``).
+    """
+    import json
+
+    from runtime.pkg.copyup import VOLUMES_ANNOTATION
+
+    named: dict[str, str] = {}
     for mount in spec.get("mounts") or []:
         name = mount.pop("volume", None)
+        nocopy = mount.pop("nocopy", False)
         if name is None:
             continue
         body = {"name": name, "exist_ok": True}
@@ -101,6 +116,10 @@ def resolve_volumes(api: Any, spec: dict[str, Any]) -> None:
         else:
             found = api.call("POST", "/v1/volumes", body).mountpoint
         mount["source"] = found
+        if not nocopy:
+            named[mount["destination"]] = name
+    if named:
+        spec.setdefault("annotations", {})[VOLUMES_ANNOTATION] = json.dumps(named)
 
 
 def parse_tmpfs(text: str) -> dict[str, Any]:

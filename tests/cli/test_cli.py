@@ -311,12 +311,13 @@ def test_cli_run_path_imports_no_msgspec() -> None:
 
 
 def test_cli_run_annotations_match_the_network_contract() -> None:
-    """``runtime.cli.run_flags`` copies two constants to avoid importing the network contract."""
+    """``runtime.cli.run_flags`` copies four constants to avoid importing the network contract."""
     from runtime.cli import run_flags
     from runtime.plugins.network import api
 
-    assert (run_flags.NETWORK_ANNOTATION, run_flags.PORTS_ANNOTATION) == (
-        api.NETWORK_ANNOTATION, api.PORTS_ANNOTATION)
+    assert (run_flags.NETWORK_ANNOTATION, run_flags.PORTS_ANNOTATION,
+            run_flags.HOSTS_ANNOTATION, run_flags.DNS_ANNOTATION) == (
+        api.NETWORK_ANNOTATION, api.PORTS_ANNOTATION, api.HOSTS_ANNOTATION, api.DNS_ANNOTATION)
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
@@ -387,6 +388,9 @@ def test_cli_hot_paths_import_no_json_argparse_enum_or_contextlib(argv: list[str
      "--mount", "type=bind,src=/tmp,dst=/mnt", "-p", "8080:80", "--hostname", "h",
      "--entrypoint", "/bin/sh", "-u", "1000", "-w", "/tmp", "img:1", "sh", "-c", "exit 3"],
     ["run", "--privileged", "--net=host", "--snapshotter", "native", "img", "--rm", "-x"],
+    ["run", "-P", "--init", "--add-host", "db:10.0.0.2", "--add-host=x:10.0.0.3", "--dns",
+     "192.0.2.1", "--dns-search", "example.org", "--dns-option", "ndots:2", "--dns-opt",
+     "edns0", "--publish-all", "-p", "80", "img"],
 ])
 def test_cli_run_parses_as_argparse_would(argv: list[str]) -> None:
     """``moorage run`` without argparse gives the handler exactly what argparse gives it."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 from runtime.cli.verbs import (
     LIVE,
@@ -60,7 +59,8 @@ def register(sub: Any) -> None:
     p = add("stop", stop, "stop containers: the stop signal, then SIGKILL after the grace")
     p.add_argument("-t", "--time", "--timeout", dest="time", type=float, default=10.0,
                    help="seconds to wait before SIGKILL (default 10)")
-    p.add_argument("-s", "--signal", default="SIGTERM", help="the first signal")
+    p.add_argument("-s", "--signal", default="",
+                   help="the first signal (default: the image's StopSignal, else SIGTERM)")
     p.add_argument("containers", nargs="+")
 
     p = add("start", start, "start stopped or created containers")
@@ -151,22 +151,18 @@ def _hold_policy(api: Any, container_id: str, stopped: bool) -> None:
         api.update_container(container_id, labels={STOPPED_LABEL: "", RESTART_COUNT_LABEL: ""})
 
 
-def _stop(api: Any, container_id: str, grace: float, signal: str = "SIGTERM") -> None:
-    """The signal, then SIGKILL to every process once ``grace`` seconds passed."""
+def _stop(api: Any, container_id: str, grace: float, signal: str = "") -> None:
+    """The stop signal (the image's StopSignal unless given), then SIGKILL after ``grace``.
+
+    The daemon does both (``POST /v1/tasks/{id}/stop``), so the kill comes even if
+    this client goes away meanwhile.
+    """
     _hold_policy(api, container_id, stopped=True)
     task = task_of(api, container_id)
     if task is None or str(task.status) not in LIVE:
         return
-    api.kill_task(container_id, signal)
-    if str(task.status) == "paused":
-        api.resume_task(container_id)  # a frozen process cannot act on the signal
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if str(api.task(container_id).status) == "stopped":
-            return
-        time.sleep(0.05)
-    api.kill_task(container_id, "SIGKILL", all=True)
-    api.wait_task(container_id)
+    api.call("POST", f"/v1/tasks/{container_id}/stop", dict,
+             body={"signal": signal, "timeout": grace}, timeout=grace + 60)
 
 
 def _start(api: Any, container_id: str) -> None:
@@ -200,12 +196,13 @@ def ps(args: argparse.Namespace) -> int:
         for c, _ in rows:
             print(c.id)
         return 0
+    ports = _published(api, [c for c, _ in rows])
     if args.format == "json":
         out = [{"ID": c.id, "Image": c.image, "Command": _command(c),
                 "CreatedAt": c.created_at.isoformat() if c.created_at else "",
                 "Status": _status(t), "State": str(t.status) if t else "created",
                 "ExitCode": t.exit_status if t else None,
-                "Ports": ", ".join(port_text(p) for p in requested_ports(c)), "Names": name_of(c),
+                "Ports": ", ".join(port_text(p) for p in ports[c.id]), "Names": name_of(c),
                 "Labels": c.labels} for c, t in rows]
         print(json.dumps(out, indent=2))
         return 0
@@ -217,9 +214,29 @@ def ps(args: argparse.Namespace) -> int:
     print_table(("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"),
                 [(c.id[:12] if not args.no_trunc else c.id, c.image, f'"{short(_command(c))}"',
                   ago(c.created_at), _status(t),
-                  ", ".join(port_text(p) for p in requested_ports(c)), name_of(c))
+                  ", ".join(port_text(p) for p in ports[c.id]), name_of(c))
                  for c, t in rows])
     return 0
+
+
+def _published(api: Any, containers: list[Any]) -> dict[str, list[Any]]:
+    """Each container's published ports (with the random host ports picked).
+
+    The network's attachment says while the container is attached; otherwise
+    the ports it asked for that name a host port.
+    """
+    from runtime.core.errors import MoorageError
+    from runtime.plugins.network.api import Attachment
+
+    attached: dict[str, list[Any]] = {}
+    if any(requested_ports(c) for c in containers):
+        try:
+            for a in api.call("GET", "/v1/networks/attachments", list[Attachment]):
+                attached[a.container_id] = list(a.ports)
+        except MoorageError:
+            pass  # no network plugin: nothing is published
+    return {c.id: attached.get(c.id) or [p for p in requested_ports(c) if p.host_port]
+            for c in containers}
 
 
 def create(args: argparse.Namespace) -> int:

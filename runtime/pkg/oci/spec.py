@@ -13,19 +13,26 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import os
 from typing import Any
 
 from runtime.api.specs import ImageConfig, SpecOptions
 from runtime.core.config import DEFAULT_CGROUP_PARENT
-from runtime.core.errors import InvalidArgument
+from runtime.core.errors import FailedPrecondition, InvalidArgument
 
 __all__ = [
     "ALL_CAPABILITIES",
     "DEFAULT_CAPABILITIES",
     "DEFAULT_PATH",
+    "EXPOSED_PORTS_ANNOTATION",
+    "INIT_BINARIES",
+    "INIT_PATH",
+    "PUBLISH_ALL_ANNOTATION",
+    "STOP_SIGNAL_ANNOTATION",
     "USER_ANNOTATION",
     "cgroups_path",
     "default_spec",
+    "find_init",
     "generate_spec",
     "merge_env",
     "privileged_capabilities",
@@ -33,6 +40,19 @@ __all__ = [
 
 #: Annotation holding a ``user[:group]`` still to be looked up in the rootfs.
 USER_ANNOTATION = "io.moorage.user"
+#: The image's ``StopSignal``, which a stop sends first (``moorage stop``).
+STOP_SIGNAL_ANNOTATION = "io.moorage.stop-signal"
+#: The image's ``ExposedPorts`` (``80/tcp,53/udp``), published by ``run -P``.
+EXPOSED_PORTS_ANNOTATION = "io.moorage.exposed-ports"
+#: ``true``: publish every exposed port on a host port the network picks.
+PUBLISH_ALL_ANNOTATION = "io.moorage.publish-all"
+#: Where ``--init`` binds the init binary in the container.
+INIT_PATH = "/sbin/moorage-init"
+#: The init binaries ``--init`` looks for on the daemon's host, in order. Each
+#: takes ``-- COMMAND...``; catatonit and tini-static are static, so they run in
+#: any image.
+INIT_BINARIES = ("/usr/bin/catatonit", "/usr/libexec/podman/catatonit", "/usr/bin/tini-static",
+                 "/usr/bin/tini", "/usr/bin/docker-init")
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 OCI_VERSION = "1.0.2-dev"
 CPU_PERIOD = 100_000
@@ -254,6 +274,37 @@ def _mount(entry: Any) -> dict[str, Any]:
             "source": entry.source or entry.type, "options": options}
 
 
+def find_init() -> str:
+    """The first of :data:`INIT_BINARIES` on this host.
+
+    Raises:
+        FailedPrecondition: None is installed.
+    """
+    for path in INIT_BINARIES:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise FailedPrecondition(
+        "--init: no init binary on the daemon's host (looked for "
+        f"{', '.join(INIT_BINARIES)}; apt-get install catatonit)")
+
+
+def _apply_init(spec: dict[str, Any]) -> None:
+    """Bind the init read-only at :data:`INIT_PATH` and run the command under it, as Docker."""
+    spec["mounts"].append({"destination": INIT_PATH, "type": "bind", "source": find_init(),
+                           "options": ["rbind", "ro", "nosuid", "nodev"]})
+    spec["process"]["args"] = [INIT_PATH, "--", *spec["process"]["args"]]
+
+
+def _exposed_ports(image: ImageConfig) -> str:
+    """``ExposedPorts`` keys (``80/tcp``, ``53/udp``, ``8080``) as ``80/tcp,53/udp,8080/tcp``."""
+    found = []
+    for key in image.exposed_ports or {}:
+        port, _, protocol = str(key).partition("/")
+        if port.isdigit() and 0 < int(port) < 65536 and protocol in ("", "tcp", "udp"):
+            found.append(f"{int(port)}/{protocol or 'tcp'}")
+    return ",".join(found)
+
+
 def generate_spec(
     namespace: str,
     container_id: str,
@@ -288,6 +339,9 @@ def generate_spec(
             "and none was given"
         )
     process["env"] = merge_env(process["env"], options.env)
+    if options.terminal and not any(e.startswith("TERM=") for e in process["env"]):
+        # Docker's default for a terminal; the image's or the user's TERM wins.
+        process["env"].append("TERM=xterm")
     if options.cwd:
         if not options.cwd.startswith("/"):
             raise InvalidArgument(f"working directory {options.cwd!r} must be absolute")
@@ -299,12 +353,21 @@ def generate_spec(
     process["terminal"] = options.terminal
     spec["root"]["readonly"] = options.readonly_rootfs
     spec["mounts"].extend(_mount(m) for m in options.mounts)
+    if options.init:
+        _apply_init(spec)
     _apply_resources(spec, options)
     if options.privileged:
         _apply_privileged(spec)
     _apply_seccomp(spec, options)
     if options.annotations:
         spec.setdefault("annotations", {}).update(options.annotations)
+    annotations = spec.setdefault("annotations", {})
     if image is not None and image.stop_signal:
-        spec.setdefault("annotations", {})["io.moorage.stop-signal"] = image.stop_signal
+        annotations[STOP_SIGNAL_ANNOTATION] = image.stop_signal
+    if image is not None and (exposed := _exposed_ports(image)):
+        annotations[EXPOSED_PORTS_ANNOTATION] = exposed
+    if options.publish_all:
+        annotations[PUBLISH_ALL_ANNOTATION] = "true"
+    if not annotations:
+        del spec["annotations"]
     return copy.deepcopy(spec)

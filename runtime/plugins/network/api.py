@@ -30,10 +30,13 @@ import anyio.to_thread
 import msgspec
 
 from runtime.core.errors import FailedPrecondition, InvalidArgument, MoorageError
+from runtime.pkg.netconf import DnsSettings, decode_dns, decode_hosts, free_port
 
 __all__ = [
     "BRIDGE",
+    "DNS_ANNOTATION",
     "HOST",
+    "HOSTS_ANNOTATION",
     "NETWORK_ANNOTATION",
     "NONE",
     "PORTS_ANNOTATION",
@@ -42,6 +45,7 @@ __all__ = [
     "Interface",
     "Network",
     "PortMapping",
+    "assign_host_ports",
     "decode_ports",
     "encode_ports",
     "etc_hosts",
@@ -56,25 +60,32 @@ __all__ = [
 NETWORK_ANNOTATION = "io.moorage.network"
 #: Spec annotation holding the published ports, a JSON list of :class:`PortMapping`.
 PORTS_ANNOTATION = "io.moorage.ports"
+#: Spec annotation with extra ``/etc/hosts`` entries: a JSON list of ``"NAME:IP"``.
+HOSTS_ANNOTATION = "io.moorage.extra-hosts"
+#: Spec annotation replacing parts of ``resolv.conf``: JSON ``{"servers", "search",
+#: "options"}``, each a list of strings (a missing or empty one keeps the host's).
+DNS_ANNOTATION = "io.moorage.dns"
 
 BRIDGE = "bridge"
 HOST = "host"
 NONE = "none"
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+#: A host port; 0 asks the network side for a free one (``-p 80``, ``-P``).
+HostPort = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 
 class PortMapping(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One published port (``-p [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]``).
 
     Attributes:
-        host_port: The port on the host.
+        host_port: The port on the host; 0 before :func:`assign_host_ports` picks one.
         container_port: The port inside the container.
         protocol: ``tcp`` or ``udp``.
         host_ip: The host address to publish on; empty means every address.
     """
 
-    host_port: Port
+    host_port: HostPort
     container_port: Port
     protocol: str = "tcp"
     host_ip: str = ""
@@ -218,23 +229,28 @@ def parse_mode(text: str) -> str:
 
 
 def parse_publish(text: str) -> PortMapping:
-    """``[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]`` as ``-p`` takes it.
+    """``[[HOST_IP:]HOST_PORT:]CONTAINER_PORT[/tcp|udp]`` as ``-p`` takes it.
 
-    An IPv6 host address goes in brackets: ``[::1]:8080:80``.
+    No host port (``80``, ``127.0.0.1::80``) or host port 0 means one the
+    network picks at task create (host port 0 here), as with Docker. An IPv6
+    host address goes in brackets: ``[::1]:8080:80``.
     """
+    expected = "expected [[HOST_IP:]HOST_PORT:]CONTAINER_PORT[/tcp|udp]"
     spec, _, protocol = text.strip().partition("/")
     host_ip = ""
     if spec.startswith("["):
         host_ip, sep, spec = spec[1:].partition("]:")
         if not sep:
-            raise InvalidArgument(f"-p {text!r}: expected [HOST_IP]:HOST_PORT:CONTAINER_PORT")
+            raise InvalidArgument(f"-p {text!r}: {expected}")
     parts = spec.split(":")
     if len(parts) == 3 and not host_ip:
         host_ip, *parts = parts
+    if len(parts) == 1 and not host_ip:
+        parts = ["0", *parts]
+    elif len(parts) == 2 and parts[0] == "" and host_ip:
+        parts[0] = "0"  # HOST_IP::CONTAINER_PORT
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise InvalidArgument(
-            f"-p {text!r}: expected [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]"
-        )
+        raise InvalidArgument(f"-p {text!r}: {expected}")
     try:
         return msgspec.convert(
             {"host_port": int(parts[0]), "container_port": int(parts[1]),
@@ -243,6 +259,39 @@ def parse_publish(text: str) -> PortMapping:
         )  # fmt: skip
     except msgspec.ValidationError as exc:
         raise InvalidArgument(f"-p {text!r}: {exc}") from None
+
+
+def assign_host_ports(ports: Sequence[PortMapping]) -> list[PortMapping]:
+    """``ports`` with each host port 0 replaced by a free port of the host.
+
+    The port is one the kernel hands out for binding (its ephemeral range, the
+    range Docker picks from too); the mapping itself is NAT, not a socket.
+    """
+    taken = {(p.protocol, p.host_port) for p in ports if p.host_port}
+    out = []
+    for mapping in ports:
+        if mapping.host_port == 0:
+            port = free_port(mapping.protocol, mapping.host_ip, taken)
+            taken.add((mapping.protocol, port))
+            mapping = msgspec.structs.replace(mapping, host_port=port)
+        out.append(mapping)
+    return out
+
+
+def _exposed(annotations: dict[str, Any], ports: list[PortMapping]) -> list[PortMapping]:
+    """With ``-P``: the image's exposed ports not published already, on host port 0."""
+    from runtime.pkg.oci.spec import EXPOSED_PORTS_ANNOTATION, PUBLISH_ALL_ANNOTATION
+
+    if str(annotations.get(PUBLISH_ALL_ANNOTATION, "")) != "true":
+        return []
+    published = {(p.container_port, p.protocol) for p in ports}
+    found = []
+    for item in str(annotations.get(EXPOSED_PORTS_ANNOTATION, "")).split(","):
+        port, _, protocol = item.partition("/")
+        if port.isdigit() and (int(port), protocol or "tcp") not in published:
+            found.append(PortMapping(host_port=0, container_port=int(port),
+                                     protocol=protocol or "tcp"))
+    return found
 
 
 def encode_ports(ports: Sequence[PortMapping]) -> str:
@@ -306,11 +355,18 @@ def _read(path: Path) -> str:
         return ""
 
 
-def etc_hosts(hostname: str, attachment: Attachment | None, host: bool = False) -> str:
+def etc_hosts(hostname: str, attachment: Attachment | None, host: bool = False,
+              extra: Sequence[tuple[str, str]] = ()) -> str:
     """The container's ``/etc/hosts``: localhost, and its own addresses under its name.
 
     With host networking it is the host's file plus the container's name.
+    ``extra`` (``--add-host``) lines come last.
     """
+    return _etc_hosts(hostname, attachment, host) + "".join(
+        f"{ip}\t{name}\n" for name, ip in extra)
+
+
+def _etc_hosts(hostname: str, attachment: Attachment | None, host: bool) -> str:
     if host:
         text = _read(HOST_HOSTS)
         if text and not text.endswith("\n"):
@@ -333,13 +389,29 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
-def resolv_conf(host: bool = False) -> str:
+def resolv_conf(host: bool = False, dns: DnsSettings | None = None) -> str:
     """The host's ``resolv.conf``; without host networking, loopback servers removed.
 
     A server on the host's loopback (a local cache, systemd-resolved's stub)
     cannot be reached from another network namespace. If none is left,
-    systemd-resolved's upstream list is used when there is one.
+    systemd-resolved's upstream list is used when there is one. ``dns``
+    (``--dns``, ``--dns-search``, ``--dns-option``) replaces the lines of each
+    kind it gives, as Docker does.
     """
+    text = _host_resolv_conf(host)
+    if dns is None:
+        return text
+    kinds = {"nameserver": [f"nameserver {s}" for s in dns.servers],
+             "search": [f"search {' '.join(dns.search)}"] if dns.search else [],
+             "options": [f"options {' '.join(dns.options)}"] if dns.options else []}
+    lines = [line for line in text.splitlines()
+             if not (line.split()[:1] and kinds.get(line.split()[0]))]
+    for added in kinds.values():
+        lines.extend(added)
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _host_resolv_conf(host: bool) -> str:
     text = _read(HOST_RESOLV)
     if host:
         return text
@@ -432,6 +504,9 @@ async def setup_task_network(
         return spec
     mode = parse_mode(str(annotations[NETWORK_ANNOTATION]))
     ports = decode_ports(str(annotations.get(PORTS_ANNOTATION, "")))
+    ports += _exposed(annotations, ports)
+    extra_hosts = decode_hosts(str(annotations.get(HOSTS_ANNOTATION, "")), HOSTS_ANNOTATION)
+    dns = decode_dns(str(annotations.get(DNS_ANNOTATION, "")), DNS_ANNOTATION)
     spec = _copy_for_network(spec)
     attachment: Attachment | None = None
     if mode == HOST:
@@ -455,14 +530,16 @@ async def setup_task_network(
                     "it gets an unconfigured network namespace", container_id, mode,
                     extra={"namespace": namespace})
     else:
-        attachment = await network.attach(namespace, container_id, mode, ports)
+        attachment = await network.attach(namespace, container_id, mode,
+                                          assign_host_ports(ports))
     try:
         if attachment is not None:
             _set_network_namespace(spec, {"type": "network", "path": attachment.netns})
         hostname = str(spec.get("hostname") or "")
-        files = {"hosts": etc_hosts(hostname, attachment, host=mode == HOST),
+        files = {"hosts": etc_hosts(hostname, attachment, host=mode == HOST,
+                                    extra=extra_hosts),
                  "hostname": f"{hostname}\n" if hostname else "",
-                 "resolv.conf": resolv_conf(host=mode == HOST)}
+                 "resolv.conf": resolv_conf(host=mode == HOST, dns=dns)}
         await anyio.to_thread.run_sync(_write_files, bundle, files)
         _add_mounts(spec, bundle)
     except BaseException:

@@ -10,9 +10,14 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from runtime.plugins.api.api import Route, RouteSet, namespace_of
+from runtime.plugins.api.api import Route, RouteSet, decode_body, namespace_of
 from runtime.plugins.network.api import Attachment
 from runtime.plugins.network.cni.conflist import list_conflists
+from runtime.plugins.network.cni.networks import (
+    NetworkCreateRequest,
+    create_network,
+    remove_network,
+)
 from runtime.plugins.network.cni.service import CniNetwork
 
 __all__ = ["NetworkInfo", "network_routes"]
@@ -46,6 +51,14 @@ def network_routes(service: CniNetwork) -> RouteSet:
                             default=c.name == service.default_network)
                 for c in sorted(found.values(), key=lambda c: c.name)]
 
+    async def create(request: web.Request) -> NetworkCreateRequest:
+        body = await decode_body(request, NetworkCreateRequest)
+        return await create_network(service, body, ipam_dir=service.ipam_dir,
+                                    firewall=service.firewall)
+
+    async def delete(request: web.Request) -> None:
+        await remove_network(service, request.match_info["name"])
+
     async def attachments(request: web.Request) -> list[Attachment]:
         namespace = namespace_of(request)
         return [a for a in await service.attachments() if a.namespace == namespace]
@@ -56,6 +69,13 @@ def network_routes(service: CniNetwork) -> RouteSet:
     return [
         Route("GET", "/v1/networks", networks, "Networks defined in the plugin's conf_dir.",
               response=list[NetworkInfo], tags=("networks",)),
+        Route("POST", "/v1/networks", create,
+              "Create a bridge network (a conflist in conf_dir); the subnet, gateway and "
+              "bridge it got.", body=NetworkCreateRequest, response=NetworkCreateRequest,
+              status=201, tags=("networks",)),
+        Route("DELETE", "/v1/networks/{name}", delete,
+              "Remove a network network create made (refused while containers use it).",
+              tags=("networks",)),
         Route("GET", "/v1/networks/attachments", attachments,
               "Network attachments of the namespace's containers.",
               response=list[Attachment], tags=("networks",)),

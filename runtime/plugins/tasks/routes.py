@@ -6,7 +6,6 @@ parameter); empty means the task's init process.
 
 from __future__ import annotations
 
-import signal as signals
 from typing import Any
 
 from aiohttp import web
@@ -21,36 +20,21 @@ from runtime.api.tasks import (
     ProcessRequest,
     ProcessState,
     ResizeRequest,
+    StopRequest,
     TaskMetrics,
     TaskState,
     UpdateTaskRequest,
 )
 from runtime.core.config import DEFAULT_CGROUP_PARENT
-from runtime.core.errors import InvalidArgument
 from runtime.core.filters import adapt, parse
 from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
 from runtime.plugins.containers.api import new_container
 from runtime.plugins.tasks.io_routes import io_routes
-from runtime.plugins.tasks.service import TaskService
+from runtime.plugins.tasks.service import TaskService, parse_signal
 
 __all__ = ["parse_signal", "task_routes"]
 
 _EXEC = Query("exec_id", "exec process; empty for the init process")
-
-
-def parse_signal(value: int | str) -> int:
-    """A signal number from ``9``, ``"9"``, ``"KILL"`` or ``"SIGKILL"``."""
-    if isinstance(value, int) or value.isdigit():
-        number = int(value)
-        if not 0 < number < signals.NSIG:
-            raise InvalidArgument(f"signal {number} is out of range")
-        return number
-    name = value.upper()
-    name = name if name.startswith("SIG") else "SIG" + name
-    try:
-        return int(signals.Signals[name])
-    except KeyError:
-        raise InvalidArgument(f"unknown signal {value!r}") from None
 
 
 def _true(request: web.Request, name: str) -> bool:
@@ -111,6 +95,12 @@ def task_routes(service: TaskService, cgroup_parent: str = DEFAULT_CGROUP_PARENT
         await service.find(ns, task_id).kill(ns, task_id, parse_signal(body.signal),
                                              all=body.all, exec_id=body.exec_id)
 
+    async def stop(request: web.Request) -> ExitStatus:
+        ns, task_id = ids(request)
+        body = await decode_body(request, StopRequest)
+        number = parse_signal(body.signal) if body.signal not in ("", 0) else 0
+        return await service.stop(ns, task_id, signal_number=number, timeout=body.timeout)
+
     async def pause(request: web.Request) -> None:
         ns, task_id = ids(request)
         await service.find(ns, task_id).pause(ns, task_id)
@@ -168,6 +158,10 @@ def task_routes(service: TaskService, cgroup_parent: str = DEFAULT_CGROUP_PARENT
         Route("POST", one + "/start", start, "Start the init process or an exec.",
               body=ProcessRequest, response=ProcessState),
         Route("POST", one + "/kill", kill, "Send a signal.", body=KillRequest),
+        Route("POST", one + "/stop", stop,
+              "Stop the task: its stop signal (the image's StopSignal unless the body names "
+              "one), then SIGKILL to every process after timeout seconds; its exit.",
+              body=StopRequest, response=ExitStatus),
         Route("POST", one + "/pause", pause, "Freeze the task."),
         Route("POST", one + "/resume", resume, "Thaw the task."),
         Route("GET", one + "/pids", pids, "Processes of the task.",

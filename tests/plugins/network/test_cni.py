@@ -66,13 +66,20 @@ class TestPublishSyntax:
                                           host_ip="127.0.0.1")),
         ("5353:53/udp", PortMapping(host_port=5353, container_port=53, protocol="udp")),
         ("[::1]:8080:80/tcp", PortMapping(host_port=8080, container_port=80, host_ip="::1")),
+        # No host port: one the daemon picks at task create (0 until then).
+        ("80", PortMapping(host_port=0, container_port=80)),
+        ("53/udp", PortMapping(host_port=0, container_port=53, protocol="udp")),
+        ("127.0.0.1::80", PortMapping(host_port=0, container_port=80, host_ip="127.0.0.1")),
+        ("[::1]::80", PortMapping(host_port=0, container_port=80, host_ip="::1")),
+        ("0:80", PortMapping(host_port=0, container_port=80)),
     ])
     def test_accepted_forms(self, text: str, expected: PortMapping) -> None:
         assert parse_publish(text) == expected
 
     @pytest.mark.parametrize(("text", "message"), [
-        ("80", "expected [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]"),
-        ("a:80", "expected [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]"),
+        ("80:", "expected [[HOST_IP:]HOST_PORT:]CONTAINER_PORT[/tcp|udp]"),
+        ("a:80", "expected [[HOST_IP:]HOST_PORT:]CONTAINER_PORT[/tcp|udp]"),
+        ("1.2.3.4::", "expected [[HOST_IP:]HOST_PORT:]CONTAINER_PORT[/tcp|udp]"),
         ("70000:80", "Expected `int` <= 65535"),
         ("8080:80/sctp", "port protocol 'sctp': use tcp or udp"),
         ("300.1.1.1:8080:80", "host address '300.1.1.1' is not an IP"),
@@ -87,6 +94,18 @@ class TestPublishSyntax:
 
         assert (run_cli.NETWORK_ANNOTATION, run_cli.PORTS_ANNOTATION) == (
             NETWORK_ANNOTATION, PORTS_ANNOTATION)
+
+    def test_host_port_zero_is_assigned_a_free_distinct_port(self) -> None:
+        from runtime.plugins.network.api import assign_host_ports
+
+        given = [parse_publish("80"), parse_publish("81"), parse_publish("8080:82"),
+                 parse_publish("127.0.0.1::53/udp")]
+        assigned = assign_host_ports(given)
+        assert [p.container_port for p in assigned] == [80, 81, 82, 53]
+        assert assigned[2].host_port == 8080
+        picked = [assigned[0].host_port, assigned[1].host_port]
+        assert all(p > 0 for p in picked) and picked[0] != picked[1]
+        assert assigned[3].host_port > 0 and assigned[3].host_ip == "127.0.0.1"
 
     def test_annotation_round_trip(self) -> None:
         ports = [parse_publish("127.0.0.1:8080:80"), parse_publish("53:53/udp")]

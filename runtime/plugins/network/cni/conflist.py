@@ -125,16 +125,16 @@ def find_conflist(conf_dir: Path, name: str) -> ConfList:
 
 
 def default_conflist(
-    *, name: str, bridge: str, subnet: str, ipam_dir: Path, firewall: bool
+    *, name: str, bridge: str, subnet: str, ipam_dir: Path, firewall: bool, gateway: str = ""
 ) -> dict[str, Any]:
     """The default network: a bridge with host-local addresses, published ports, a firewall.
 
-    The gateway is the subnet's first address, on the bridge. ``ipMasq``
-    lets containers reach beyond the host through NAT, as nerdctl's default
-    network does.
+    The gateway is ``gateway``, else the subnet's first address, on the bridge.
+    ``ipMasq`` lets containers reach beyond the host through NAT, as nerdctl's
+    default network does. (``network create`` makes its networks the same way.)
     """
     net = ipaddress.ip_network(subnet)
-    gateway = str(next(net.hosts()))
+    gateway = gateway or str(next(net.hosts()))
     plugins: list[dict[str, Any]] = [
         {
             "type": "bridge",

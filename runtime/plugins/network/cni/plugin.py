@@ -85,11 +85,11 @@ async def init(ctx: InitContext[CniConfig]) -> Network:
         ) from None
     conf_dir = Path(config.conf_dir) if config.conf_dir else Path(ctx.daemon.root) / "net.d"
     # Never over an operator's file, even a broken one: only a missing network is written.
+    ipam_dir = Path(config.ipam_dir) if config.ipam_dir else ctx.root / "ipam"
+    has_firewall = config.firewall and _has(bin_dirs, "firewall")
     if (config.default_network not in list_conflists(conf_dir)
             and not (conf_dir / DEFAULT_FILE).exists()):
         subnet = check_subnet(config.subnet, config.bridge)
-        ipam_dir = Path(config.ipam_dir) if config.ipam_dir else ctx.root / "ipam"
-        has_firewall = config.firewall and _has(bin_dirs, "firewall")
         write_default(conf_dir, default_conflist(
             name=config.default_network, bridge=config.bridge, subnet=subnet,
             ipam_dir=ipam_dir, firewall=has_firewall))
@@ -98,7 +98,7 @@ async def init(ctx: InitContext[CniConfig]) -> Network:
     service = CniNetwork(conf_dir=conf_dir, bin_dirs=bin_dirs,
                          default_network=config.default_network,
                          records_dir=ctx.root / "attachments", netns_dir=netns_dir,
-                         timeout=config.timeout)
+                         timeout=config.timeout, ipam_dir=ipam_dir, firewall=has_firewall)
     # Nothing is being created yet, so a namespace no process is in belongs to a
     # container that is gone: release its addresses, veths and port mappings.
     await service.cleanup_stale(await service.live_keys())

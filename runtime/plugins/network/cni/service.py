@@ -150,11 +150,18 @@ class CniNetwork:
         records_dir: Attachment records (persistent).
         netns_dir: Pinned network namespaces (volatile).
         timeout: Seconds each plugin run may take.
+        ipam_dir: host-local's address store, for the networks ``network create`` makes.
+        firewall: Whether those networks get the ``firewall`` plugin.
     """
 
     def __init__(self, *, conf_dir: Path, bin_dirs: Sequence[Path], default_network: str,
-                 records_dir: Path, netns_dir: Path, timeout: float = 30.0) -> None:
+                 records_dir: Path, netns_dir: Path, timeout: float = 30.0,
+                 ipam_dir: Path | None = None, firewall: bool = False) -> None:
         self.conf_dir = conf_dir
+        self.ipam_dir = ipam_dir or records_dir.parent / "ipam"
+        self.firewall = firewall
+        #: Held while a network is created or removed (one at a time).
+        self.admin_lock = anyio.Lock()
         self.bin_dirs = list(bin_dirs)
         self.default_network = default_network
         self.records_dir = records_dir

@@ -2,8 +2,9 @@
 
 The spec stored with the container is completed here, where the root
 filesystem is finally visible: user names are looked up in its ``/etc/passwd``
-(see :mod:`.user`) and ``HOME`` is set from the user's entry when the spec has
-none, as Docker does.
+(see :mod:`.user`), ``HOME`` is set from the user's entry when the spec has
+none, and empty named volumes take the image's content at their path
+(:mod:`runtime.pkg.copyup`), as Docker does.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from runtime.api.tasks import ExecRequest
 from runtime.core.errors import InvalidArgument
+from runtime.pkg.copyup import VOLUMES_ANNOTATION, copy_up_volumes
 from runtime.pkg.mount import mount_all, unmount
 from runtime.pkg.oci.spec import USER_ANNOTATION, merge_env
 from runtime.plugins.runtime.runc.layout import TaskPaths, write_durably
@@ -79,6 +81,7 @@ def prepare_bundle(paths: TaskPaths, spec: dict[str, Any], rootfs: Sequence[Moun
         annotations = final.setdefault("annotations", {})
         _resolve_process_user(final.setdefault("process", {}),
                               annotations.pop(USER_ANNOTATION, None), paths.rootfs)
+        copy_up_volumes(final, str(paths.rootfs), annotations.pop(VOLUMES_ANNOTATION, None))
         # The bundle does not outlive the host: no fsync.
         write_durably(paths.config, _json(final), sync=False)
     except BaseException:
@@ -99,6 +102,8 @@ def exec_process_spec(container_spec: dict[str, Any], request: ExecRequest,
     process["args"] = list(request.args)
     process["terminal"] = request.terminal
     process["env"] = merge_env(process.get("env", []), request.env)
+    if request.terminal and not any(e.startswith("TERM=") for e in process["env"]):
+        process["env"].append("TERM=xterm")  # as for the container's own terminal
     if request.cwd:
         if not request.cwd.startswith("/"):
             raise InvalidArgument(f"working directory {request.cwd!r} must be absolute")
