@@ -3,7 +3,8 @@
 Builds the images (cached), starts a registry on 127.0.0.1, measures every
 figure for both runtimes (never both busy at once), prints the ratio table and
 writes JSON and markdown to ``benchmarks/results/``. ``--quick`` runs fewer
-repetitions; ``--only a,b`` picks figures.
+repetitions; ``--only a,b`` picks figures; ``--cri`` adds the CRI figures of
+``bench_cri.py`` (both daemons with their CRI on; a few minutes more).
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def main() -> int:
     parser.add_argument("--install", choices=("venv", "editable"), default="venv",
                         help="measure a wheel of this tree in a venv (default; see "
                              "harness/install.py) or the development install")
+    parser.add_argument("--cri", action="store_true",
+                        help="also measure the CRI side by side (bench_cri.py)")
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n] or list(FIGURES)
 
@@ -105,6 +108,16 @@ def main() -> int:
                 daemon.stop()
                 daemon.wipe()
         results["daemon_idle_rss_kib"] = ctx.extra.get("daemon_idle_rss_kib", {})
+    if args.cri:
+        from bench_cri import measure_cri
+
+        print("== cri", file=sys.stderr, flush=True)
+        try:
+            results["cri"] = (measure_cri(reps=2, rss_reps=1) if args.quick
+                              else measure_cri())
+        except Exception as exc:
+            traceback.print_exc()
+            results["cri"] = {"error": f"{type(exc).__name__}: {exc}"}
     shutil.rmtree(work, ignore_errors=True)
     record = {
         "date": datetime.now(UTC).isoformat(),

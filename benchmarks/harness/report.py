@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.cri_figures import CRI_TARGETS, cri_ratios
+
 __all__ = ["TARGETS", "ratios", "render_markdown"]
 
 #: figure -> (what, target ratio or None for "report")
@@ -17,6 +19,7 @@ TARGETS: dict[str, tuple[str, float | None]] = {
     "daemon_idle_rss": ("daemon RSS right after start", 1.0),
     "daemon_rss_with_n": ("daemon RSS with N running", 1.0),
     "cli_round_trip": ("version against a running daemon", None),
+    **CRI_TARGETS,
 }
 
 
@@ -55,6 +58,7 @@ def ratios(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     idle = results.get("daemon_idle_rss_kib", {})
     if idle:
         put("daemon_idle_rss", idle.get("moorage"), idle.get("containerd"))
+    out.update(cri_ratios(results.get("cri", {})))
     return out
 
 

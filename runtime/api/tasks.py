@@ -203,24 +203,12 @@ class TaskStart(msgspec.Struct, kw_only=True):
     pid: int = 0
 
 
-class TaskExit(msgspec.Struct, kw_only=True):
+class TaskExit(ExitStatus):
     """Event ``/tasks/exit``; ``id`` is the exec id, or the container id for the init process."""
 
-    container_id: str
-    id: str = ""
-    pid: int = 0
-    exit_status: int = UNKNOWN_EXIT_STATUS
-    exited_at: datetime | None = None
 
-
-class TaskDelete(msgspec.Struct, kw_only=True):
-    """Event ``/tasks/delete``."""
-
-    container_id: str
-    id: str = ""
-    pid: int = 0
-    exit_status: int = UNKNOWN_EXIT_STATUS
-    exited_at: datetime | None = None
+class TaskDelete(ExitStatus):
+    """Event ``/tasks/delete``: how the deleted task's process ended."""
 
 
 class TaskPaused(msgspec.Struct, kw_only=True):

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from runtime.api.constants import API_VERSION, DEFAULT_NAMESPACE, LEASE_HEADER, NAMESPACE_HEADER
 from runtime.api.mounts import Mount
 from runtime.plugins.content.api import ContentInfo
 from runtime.plugins.images.api import CheckResult, Failed, ImageUsage, Resolved
@@ -64,10 +65,6 @@ __all__ = [
     "Version",
 ]
 
-#: The header that carries the namespace of a request.
-NAMESPACE_HEADER = "Moorage-Namespace"
-DEFAULT_NAMESPACE = "default"
-
 
 class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Base of request bodies: unknown fields are refused, not ignored."""
@@ -91,7 +88,7 @@ class Version(msgspec.Struct, kw_only=True):
 
     version: str
     revision: str = ""
-    api_version: int = 1
+    api_version: int = API_VERSION
     pid: int = 0
 
 
@@ -139,9 +136,6 @@ class NamespaceLabelsRequest(Body):
 
     labels: dict[str, str]
 
-
-#: Header naming the lease that new content, ingests and snapshots join.
-LEASE_HEADER = "Moorage-Lease"
 
 
 class LabelsRequest(Body):

@@ -17,7 +17,7 @@ def register(sub: Any) -> None:
     """Add the containers, tasks and logs commands."""
     import argparse
 
-    from runtime.cli.main import add_output_flags
+    from runtime.cli.main import add_list_command, add_output_flags
     from runtime.cli.run_flags import add_spec_flags
 
     c = sub.add_parser("containers", aliases=["c"], help="container records")
@@ -28,10 +28,7 @@ def register(sub: Any) -> None:
     p.add_argument("id")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(handler=containers_create)
-    p = csub.add_parser("ls", aliases=["list"], help="list containers")
-    add_output_flags(p)
-    p.add_argument("filters", nargs="*")
-    p.set_defaults(handler=containers_ls)
+    add_list_command(csub, "list containers", containers_ls)
     p = csub.add_parser("info", help="a container as JSON (spec included)")
     p.add_argument("id")
     p.set_defaults(handler=containers_info)
@@ -44,10 +41,7 @@ def register(sub: Any) -> None:
 
     t = sub.add_parser("tasks", aliases=["t"], help="running containers")
     tsub = t.add_subparsers(dest="tasks_command", required=True, metavar="COMMAND")
-    p = tsub.add_parser("ls", aliases=["list"], help="list tasks")
-    add_output_flags(p)
-    p.add_argument("filters", nargs="*")
-    p.set_defaults(handler=tasks_ls)
+    add_list_command(tsub, "list tasks", tasks_ls)
     p = tsub.add_parser("start", help="create and start a container's task")
     p.add_argument("-d", "--detach", action="store_true")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
@@ -335,13 +329,10 @@ def tasks_resume(args: argparse.Namespace) -> int:
 
 
 def _bytes(value: int) -> str:
-    """``52.4 MiB``: binary units, one decimal."""
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{value} B"
+    """:func:`runtime.cli.transfers.human`, imported on first use: a fast-path module."""
+    from runtime.cli.transfers import human
+
+    return human(value)
 
 
 def tasks_metrics(args: argparse.Namespace) -> int:

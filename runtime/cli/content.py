@@ -9,6 +9,9 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from runtime.cli.namespaces import format_labels, parse_labels
+from runtime.cli.transfers import human
+
 __all__ = ["register"]
 
 _CHUNK = 1 << 20
@@ -16,14 +19,11 @@ _CHUNK = 1 << 20
 
 def register(sub: Any) -> None:
     """Add this group's commands."""
-    from runtime.cli.main import add_output_flags
+    from runtime.cli.main import add_label_command, add_list_command, add_output_flags
 
     c = sub.add_parser("content", help="content store")
     csub = c.add_subparsers(dest="content_command", required=True, metavar="COMMAND")
-    p = csub.add_parser("ls", aliases=["list"], help="list blobs")
-    add_output_flags(p)
-    p.add_argument("filters", nargs="*")
-    p.set_defaults(handler=ls)
+    add_list_command(csub, "list blobs", ls)
     p = csub.add_parser("get", help="write a blob to stdout")
     p.add_argument("digest")
     p.set_defaults(handler=get)
@@ -37,20 +37,14 @@ def register(sub: Any) -> None:
     p = csub.add_parser("rm", aliases=["delete"], help="remove blobs")
     p.add_argument("digests", nargs="+")
     p.set_defaults(handler=rm)
-    p = csub.add_parser("label", help="set labels (KEY= removes)")
-    p.add_argument("digest")
-    p.add_argument("labels", nargs="+", metavar="KEY=VALUE")
-    p.set_defaults(handler=label)
+    add_label_command(csub, "digest", label)
     p = csub.add_parser("active", help="uploads in progress")
     add_output_flags(p)
     p.set_defaults(handler=active)
 
     lz = sub.add_parser("leases", help="leases")
     lsub = lz.add_subparsers(dest="leases_command", required=True, metavar="COMMAND")
-    p = lsub.add_parser("ls", aliases=["list"], help="list leases")
-    add_output_flags(p)
-    p.add_argument("filters", nargs="*")
-    p.set_defaults(handler=leases_ls)
+    add_list_command(lsub, "list leases", leases_ls)
     p = lsub.add_parser("create", help="create a lease")
     p.add_argument("--id", default="")
     p.add_argument("--expire", type=float, default=None, help="seconds until it expires")
@@ -59,19 +53,6 @@ def register(sub: Any) -> None:
     p = lsub.add_parser("rm", aliases=["delete"], help="delete leases")
     p.add_argument("ids", nargs="+")
     p.set_defaults(handler=leases_rm)
-
-
-def _labels(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
-        value /= 1024
-    return f"{size} B"
 
 
 def ls(args: argparse.Namespace) -> int:
@@ -85,9 +66,9 @@ def ls(args: argparse.Namespace) -> int:
         headers=("DIGEST", "SIZE", "AGE", "LABELS"),
         row=lambda i: (
             i.digest,
-            _human(i.size),
+            human(i.size),
             i.created_at.strftime("%Y-%m-%d %H:%M") if i.created_at else "",
-            _labels(i.labels),
+            format_labels(i.labels),
         ),
         ident=lambda i: i.digest,
     )
@@ -125,7 +106,6 @@ def _stdin_from(offset: int) -> Iterator[bytes]:
 def ingest(args: argparse.Namespace) -> int:
     """Upload stdin, resuming from the recorded offset of an earlier attempt."""
     from runtime.cli.main import client
-    from runtime.cli.namespaces import parse_labels
     from runtime.core.errors import AlreadyExists, NotFound
 
     api = client(args)
@@ -161,10 +141,9 @@ def rm(args: argparse.Namespace) -> int:
 def label(args: argparse.Namespace) -> int:
     """Set labels on a blob."""
     from runtime.cli.main import client
-    from runtime.cli.namespaces import parse_labels
 
     info = client(args).label_content(args.digest, parse_labels(args.labels))
-    print(f"{info.digest}  {_labels(info.labels)}")
+    print(f"{info.digest}  {format_labels(info.labels)}")
     return 0
 
 
@@ -200,7 +179,7 @@ def leases_ls(args: argparse.Namespace) -> int:
         row=lambda x: (
             x.id,
             x.created_at.strftime("%Y-%m-%d %H:%M:%S") if x.created_at else "",
-            _labels(x.labels),
+            format_labels(x.labels),
         ),
         ident=lambda x: x.id,
     )
@@ -210,7 +189,6 @@ def leases_ls(args: argparse.Namespace) -> int:
 def leases_create(args: argparse.Namespace) -> int:
     """Create a lease and print its id."""
     from runtime.cli.main import client
-    from runtime.cli.namespaces import parse_labels
 
     print(client(args).create_lease(args.id, parse_labels(args.labels), args.expire).id)
     return 0

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+from runtime.cli.transfers import human
+
 if TYPE_CHECKING:
     from runtime.plugins.gc.api import GCReport
 
@@ -19,15 +21,6 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=gc)
 
 
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
-
-
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
@@ -35,7 +28,7 @@ def _ms(seconds: float) -> str:
 def summary(report: GCReport) -> str:
     """The line after the table: bytes freed and how long writers were held back."""
     return (
-        f"freed {_human(report.bytes_removed)}; pause {_ms(report.pause_seconds)} "
+        f"freed {human(report.bytes_removed)}; pause {_ms(report.pause_seconds)} "
         f"(writer lock {_ms(report.lock_seconds)} in all), mark {_ms(report.mark_seconds)} "
         f"concurrent with writers, disk {_ms(report.disk_seconds)}, "
         f"total {_ms(report.total_seconds)}; {report.live} objects live"
@@ -55,7 +48,7 @@ def gc(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(report)) + b"\n")
         return 0
     rows = [
-        (kind, r.records, r.disk, _human(r.bytes))
+        (kind, r.records, r.disk, human(r.bytes))
         for kind, r in sorted(report.removed.items())
         if r.records or r.disk or r.bytes
     ]

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from runtime.cli.namespaces import format_labels, parse_labels
 from runtime.cli.transfers import follow, human, summary
 
 __all__ = ["register"]
@@ -59,7 +60,7 @@ def _add_pull(sub: Any, name: str, aliases: list[str] | None = None) -> None:
 
 def register(sub: Any) -> None:
     """Add this group's commands (and the ``pull`` shortcut)."""
-    from runtime.cli.main import add_output_flags
+    from runtime.cli.main import add_label_command, add_list_command, add_output_flags
     from runtime.cli.verbs.images import images as list_images
 
     images = sub.add_parser("images", aliases=["image", "i"],
@@ -78,10 +79,7 @@ def register(sub: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(handler=push)
 
-    p = isub.add_parser("ls", aliases=["list"], help="list images")
-    add_output_flags(p)
-    p.add_argument("filters", nargs="*", help="filters (name~=busybox, labels.k==v)")
-    p.set_defaults(handler=ls)
+    add_list_command(isub, "list images", ls, filters="filters (name~=busybox, labels.k==v)")
 
     p = isub.add_parser("rm", aliases=["remove", "delete"], help="remove images")
     p.add_argument("names", nargs="+")
@@ -94,10 +92,7 @@ def register(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing target")
     p.set_defaults(handler=tag)
 
-    p = isub.add_parser("label", help="set labels (KEY= removes)")
-    p.add_argument("name")
-    p.add_argument("labels", nargs="+", metavar="KEY=VALUE")
-    p.set_defaults(handler=label)
+    add_label_command(isub, "name", label)
 
     p = isub.add_parser("inspect", help="an image's record, completeness and run config")
     p.add_argument("name")
@@ -236,10 +231,6 @@ def push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _labels(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-
-
 def _kind(media_type: str) -> str:
     if "index" in media_type or "manifest.list" in media_type:
         return "index"
@@ -265,7 +256,7 @@ def ls(args: argparse.Namespace) -> int:
             _kind(i.target.mediaType),
             i.target.digest,
             human(sizes.get(i.name, 0)),
-            _labels(i.labels),
+            format_labels(i.labels),
         ),
         ident=lambda i: i.name,
     )
@@ -302,10 +293,9 @@ def tag(args: argparse.Namespace) -> int:
 def label(args: argparse.Namespace) -> int:
     """Set labels on an image."""
     from runtime.cli.main import client
-    from runtime.cli.namespaces import parse_labels
 
     info = client(args).update_image(args.name, labels=parse_labels(args.labels))
-    print(f"{info.name}  {_labels(info.labels)}")
+    print(f"{info.name}  {format_labels(info.labels)}")
     return 0
 
 

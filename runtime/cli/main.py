@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import sys
 
+from runtime.api.constants import ADDRESS_ENV, NAMESPACE_ENV, TOKEN_FILE_ENV
+
 # typing.TYPE_CHECKING without importing typing (a few ms of every call).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -63,18 +65,18 @@ def build_parser(groups: Iterable[str] = GROUPS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moorage", description="Moorage container runtime")
     parser.add_argument(
         "--address",
-        default=os.environ.get("MOORAGE_ADDRESS"),
+        default=os.environ.get(ADDRESS_ENV),
         help="unix:///path or http://host:port (env MOORAGE_ADDRESS)",
     )
     parser.add_argument(
         "-n",
         "--namespace",
-        default=os.environ.get("MOORAGE_NAMESPACE"),
+        default=os.environ.get(NAMESPACE_ENV),
         help="namespace (env MOORAGE_NAMESPACE, default 'default')",
     )
     parser.add_argument(
         "--token-file",
-        default=os.environ.get("MOORAGE_TOKEN_FILE"),
+        default=os.environ.get(TOKEN_FILE_ENV),
         help="bearer token for a TCP address",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -87,6 +89,35 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
     """``--format table|json`` and ``-q``."""
     parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.add_argument("-q", "--quiet", action="store_true", help="print ids only")
+
+
+def add_list_command(sub: Any, help: str, handler: Any, *, filters: str | None = "",
+                     aliases: Sequence[str] = ("list",)) -> argparse.ArgumentParser:
+    """A group's ``ls``: ``--format``, ``-q`` and, unless ``filters`` is ``None``, filter words.
+
+    Args:
+        sub: The group's subparsers.
+        help: The command's one line.
+        handler: What the command runs.
+        filters: Help of the positional ``filters`` (empty: none); ``None``: no filters.
+        aliases: Other names of the command.
+    """
+    parser: argparse.ArgumentParser = sub.add_parser("ls", aliases=list(aliases), help=help)
+    add_output_flags(parser)
+    if filters is not None:
+        parser.add_argument("filters", nargs="*", help=filters or None)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_label_command(sub: Any, key: str, handler: Any,
+                      help: str = "set labels (KEY= removes)") -> argparse.ArgumentParser:
+    """A group's ``label KEY KEY=VALUE...``; the object is named by the positional ``key``."""
+    parser: argparse.ArgumentParser = sub.add_parser("label", help=help)
+    parser.add_argument(key)
+    parser.add_argument("labels", nargs="+", metavar="KEY=VALUE")
+    parser.set_defaults(handler=handler)
+    return parser
 
 
 def client(args: Any) -> Any:
@@ -136,9 +167,9 @@ def _fast_version(options: dict[str, str], rest: list[str]) -> int | None:
     from runtime.client.lean import LeanClient
 
     env = os.environ.get
-    server = LeanClient(options.get("address") or env("MOORAGE_ADDRESS"),
-                        namespace=options.get("namespace") or env("MOORAGE_NAMESPACE"),
-                        token_file=options.get("token_file") or env("MOORAGE_TOKEN_FILE"),
+    server = LeanClient(options.get("address") or env(ADDRESS_ENV),
+                        namespace=options.get("namespace") or env(NAMESPACE_ENV),
+                        token_file=options.get("token_file") or env(TOKEN_FILE_ENV),
                         ).version()
     if fmt == "json":
         import json
@@ -270,9 +301,9 @@ def _fast_args(options: dict[str, str], rest: list[str]) -> Any:
 
     env = os.environ.get
     return SimpleNamespace(
-        address=options.get("address") or env("MOORAGE_ADDRESS"),
-        namespace=options.get("namespace") or env("MOORAGE_NAMESPACE"),
-        token_file=options.get("token_file") or env("MOORAGE_TOKEN_FILE"),
+        address=options.get("address") or env(ADDRESS_ENV),
+        namespace=options.get("namespace") or env(NAMESPACE_ENV),
+        token_file=options.get("token_file") or env(TOKEN_FILE_ENV),
         handler=getattr(import_module(f"runtime.cli.{module}"), handler), **values)
 
 

@@ -25,15 +25,18 @@ def parse_labels(pairs: list[str]) -> dict[str, str]:
     return labels
 
 
+def format_labels(labels: dict[str, str]) -> str:
+    """``k1=v1,k2=v2``, sorted: labels as ``ls`` tables and ``label`` commands print them."""
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
 def register(sub: Any) -> None:
     """Add this group's commands."""
-    from runtime.cli.main import add_output_flags
+    from runtime.cli.main import add_label_command, add_list_command
 
     ns = sub.add_parser("namespaces", aliases=["ns"], help="manage namespaces")
     nsub = ns.add_subparsers(dest="ns_command", required=True, metavar="COMMAND")
-    p = nsub.add_parser("ls", help="list namespaces")
-    add_output_flags(p)
-    p.set_defaults(handler=ls)
+    add_list_command(nsub, "list namespaces", ls, filters=None, aliases=())
     p = nsub.add_parser("create", help="create a namespace")
     p.add_argument("name")
     p.add_argument("labels", nargs="*", metavar="KEY=VALUE")
@@ -41,14 +44,7 @@ def register(sub: Any) -> None:
     p = nsub.add_parser("rm", aliases=["remove"], help="remove empty namespaces")
     p.add_argument("names", nargs="+")
     p.set_defaults(handler=rm)
-    p = nsub.add_parser("label", help="set labels (KEY= removes)")
-    p.add_argument("name")
-    p.add_argument("labels", nargs="+", metavar="KEY=VALUE")
-    p.set_defaults(handler=label)
-
-
-def _labels(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    add_label_command(nsub, "name", label)
 
 
 def ls(args: argparse.Namespace) -> int:
@@ -60,7 +56,7 @@ def ls(args: argparse.Namespace) -> int:
         args,
         client(args).namespaces(),
         headers=("NAME", "LABELS"),
-        row=lambda n: (n.name, _labels(n.labels)),
+        row=lambda n: (n.name, format_labels(n.labels)),
         ident=lambda n: n.name,
     )
     return 0
@@ -87,5 +83,5 @@ def label(args: argparse.Namespace) -> int:
     from runtime.cli.main import client
 
     info = client(args).label_namespace(args.name, parse_labels(args.labels))
-    print(f"{info.name}  {_labels(info.labels)}")
+    print(f"{info.name}  {format_labels(info.labels)}")
     return 0

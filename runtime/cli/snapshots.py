@@ -11,15 +11,12 @@ __all__ = ["mount_command", "register"]
 
 def register(sub: Any) -> None:
     """Add this group's commands (argument order as ``ctr``)."""
-    from runtime.cli.main import add_output_flags
+    from runtime.cli.main import add_label_command, add_list_command
 
     s = sub.add_parser("snapshots", aliases=["snapshot"], help="snapshots")
     s.add_argument("--snapshotter", default="overlayfs")
     ssub = s.add_subparsers(dest="snapshots_command", required=True, metavar="COMMAND")
-    p = ssub.add_parser("ls", aliases=["list"], help="list snapshots")
-    add_output_flags(p)
-    p.add_argument("filters", nargs="*")
-    p.set_defaults(handler=ls)
+    add_list_command(ssub, "list snapshots", ls)
     p = ssub.add_parser("tree", help="snapshots as a tree of parents")
     p.set_defaults(handler=tree)
     for name, view in (("prepare", False), ("view", True)):
@@ -42,10 +39,7 @@ def register(sub: Any) -> None:
     p = ssub.add_parser("usage", help="usage [KEY]")
     p.add_argument("key", nargs="?", default="")
     p.set_defaults(handler=usage)
-    p = ssub.add_parser("label", help="label KEY KEY=VALUE...")
-    p.add_argument("key")
-    p.add_argument("labels", nargs="+", metavar="KEY=VALUE")
-    p.set_defaults(handler=label)
+    add_label_command(ssub, "key", label, "label KEY KEY=VALUE...")
 
 
 def mount_command(mounts: list[Any], target: str) -> str:
@@ -144,8 +138,8 @@ def usage(args: argparse.Namespace) -> int:
 def label(args: argparse.Namespace) -> int:
     """Set labels on a snapshot."""
     from runtime.cli.main import client
-    from runtime.cli.namespaces import parse_labels
+    from runtime.cli.namespaces import format_labels, parse_labels
 
     info = client(args).label_snapshot(args.snapshotter, args.key, parse_labels(args.labels))
-    print(",".join(f"{k}={v}" for k, v in sorted(info.labels.items())))
+    print(format_labels(info.labels))
     return 0

@@ -11,7 +11,7 @@ __all__ = ["register"]
 
 def register(sub: Any) -> None:
     """Add this group's commands."""
-    from runtime.cli.main import add_output_flags
+    from runtime.cli.main import add_list_command, add_output_flags
 
     p = sub.add_parser("daemon", help="run the daemon")
     p.add_argument("--config", "-c", default=None,
@@ -26,10 +26,8 @@ def register(sub: Any) -> None:
 
     plugins = sub.add_parser("plugins", help="plugin introspection")
     psub = plugins.add_subparsers(dest="plugins_command", required=True, metavar="COMMAND")
-    p = psub.add_parser("ls", help="list plugins with status and origin")
-    add_output_flags(p)
-    p.add_argument("filters", nargs="*", help="filters (type==snapshotter, status==error)")
-    p.set_defaults(handler=plugins_ls)
+    add_list_command(psub, "list plugins with status and origin", plugins_ls,
+                     filters="filters (type==snapshotter, status==error)", aliases=())
 
     p = sub.add_parser("events", help="follow events of the namespace")
     p.add_argument("--filter", "-f", action="append", default=[], help="containerd filter; repeat")

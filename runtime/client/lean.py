@@ -16,24 +16,22 @@ names and arguments.
 
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
+from runtime.api.constants import JSON
+from runtime.client.base import BaseClient
 from runtime.client.plainjson import dumps, loads
-from runtime.client.transport import Response, request, unreachable
-from runtime.core.errors import MoorageError, Unauthenticated, from_code
 
 # typing.TYPE_CHECKING without importing typing (nor urllib.parse, below, when a
 # call does without it): each costs a few ms of every call of the CLI.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
     from typing import Any
 
-__all__ = ["LeanClient"]
+    from runtime.client.transport import Response
 
-DEFAULT_SOCKET = "/run/moorage/moorage.sock"  # as runtime.client.sync.DEFAULT_SOCKET
-NAMESPACE_HEADER = "Moorage-Namespace"  # as runtime.api.types.NAMESPACE_HEADER
+__all__ = ["LeanClient"]
 
 
 _PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
@@ -70,34 +68,15 @@ def _namespace(value: Any) -> Any:
     return value
 
 
-class LeanClient:
+class LeanClient(BaseClient):
     """A client of one daemon, in one namespace, for the hot commands.
 
-    Args:
-        address: ``unix:///path`` or ``http://host:port`` (default from the environment).
-        namespace: Sent as the ``Moorage-Namespace`` header on every request.
-        token_file: File holding the bearer token for a TCP address.
-        timeout: Socket timeout in seconds.
+    It implements :class:`runtime.client.api.HotClient`, as the typed client
+    does (without importing it: ``typing`` costs the CLI a few ms); the
+    arguments are :class:`runtime.client.base.BaseClient`'s.
     """
 
-    def __init__(self, address: str | None = None, *, namespace: str | None = None,
-                 token_file: str | None = None, timeout: float | None = 60.0) -> None:
-        self.address = (address or os.environ.get("MOORAGE_ADDRESS")
-                        or f"unix://{DEFAULT_SOCKET}")
-        self.namespace = namespace or os.environ.get("MOORAGE_NAMESPACE") or "default"
-        self.token = ""
-        if token_file:
-            with open(token_file) as handle:
-                self.token = handle.read().strip()
-        self.timeout = timeout
-
     # -- plumbing ---------------------------------------------------------------
-
-    def _headers(self) -> dict[str, str]:
-        headers = {NAMESPACE_HEADER: self.namespace, "Accept": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        return headers
 
     def open(self, method: str, path: str, body: Any = None,
              query: Mapping[str, str] | None = None, timeout: float | None = -1.0) -> Response:
@@ -113,25 +92,8 @@ class LeanClient:
         data = None
         if body is not None:
             data = _dumps(body)
-            headers["Content-Type"] = "application/json"
-        try:
-            response = request(self.address, method, path, headers=headers, body=data,
-                               timeout=self.timeout if timeout == -1.0 else timeout)
-        except OSError as exc:
-            raise unreachable(self.address, exc) from exc
-        if response.status >= 400:
-            raise self._error(response.status, response.read())
-        return response
-
-    @staticmethod
-    def _error(status: int, raw: bytes) -> MoorageError:
-        try:
-            detail = loads(raw)["error"]
-            return from_code(str(detail["code"]), str(detail["message"]))
-        except (ValueError, KeyError, TypeError):
-            if status == 401:
-                return Unauthenticated("unauthenticated")
-            return MoorageError(f"HTTP {status}: {raw[:200]!r}")
+            headers["Content-Type"] = JSON
+        return self._send(method, path, headers, data, timeout)
 
     def call(self, method: str, path: str, body: Any = None,
              query: Mapping[str, str] | None = None, timeout: float | None = -1.0) -> Any:
@@ -155,7 +117,7 @@ class LeanClient:
                                chain_id=found["chain_id"], config=found.get("config") or {})
 
     def run(self, container: Mapping[str, Any], *, parent: str = "",
-            rootfs: list[Mapping[str, Any]] | None = None, stdin: bool = False,
+            rootfs: Sequence[Mapping[str, Any]] | None = None, stdin: bool = False,
             start: bool = False) -> Any:
         """``POST /v1/run``: the container, its snapshot and its task; the task's state."""
         body = {"container": container, "parent": parent, "rootfs": list(rootfs or []),

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar, overload
 from urllib.parse import quote, urlencode
 
 import msgspec
 
+from runtime.api.constants import JSON, LEASE_HEADER
 from runtime.api.types import (
-    LEASE_HEADER,
-    NAMESPACE_HEADER,
     CommitRequest,
     ContentInfo,
-    ErrorBody,
     EventEnvelope,
     Health,
     IngestStatus,
@@ -34,60 +31,26 @@ from runtime.api.types import (
     Usage,
     Version,
 )
+from runtime.client.base import BaseClient, default_address
 from runtime.client.containers import ContainersMixin
 from runtime.client.images import ImagesMixin
-from runtime.client.transport import Response, request, unreachable
-from runtime.core.errors import MoorageError, Unauthenticated, from_code
+from runtime.client.transport import Response
+from runtime.core.errors import from_code
 from runtime.plugins.gc.api import GCReport
 
 __all__ = ["Client", "default_address"]
 
 T = TypeVar("T")
 
-DEFAULT_SOCKET = "/run/moorage/moorage.sock"
 
+class Client(BaseClient, ContainersMixin, ImagesMixin):
+    """A client of one daemon, in one namespace, with typed answers.
 
-def default_address() -> str:
-    """``$MOORAGE_ADDRESS`` or the default unix socket."""
-    return os.environ.get("MOORAGE_ADDRESS") or f"unix://{DEFAULT_SOCKET}"
-
-
-class Client(ContainersMixin, ImagesMixin):
-    """A client of one daemon, in one namespace.
-
-    Args:
-        address: ``unix:///path`` or ``http://host:port`` (default from the environment).
-        namespace: Sent as the ``Moorage-Namespace`` header on every request.
-        token: Bearer token for a TCP address.
-        token_file: File to read the token from, when ``token`` is not given.
-        timeout: Socket timeout in seconds (``None``: wait forever, for streams).
+    Implements :class:`runtime.client.api.HotClient`, as the lean client does;
+    the arguments are :class:`runtime.client.base.BaseClient`'s.
     """
 
-    def __init__(
-        self,
-        address: str | None = None,
-        *,
-        namespace: str | None = None,
-        token: str | None = None,
-        token_file: str | None = None,
-        timeout: float | None = 60.0,
-    ) -> None:
-        self.address = address or default_address()
-        self.namespace = namespace or os.environ.get("MOORAGE_NAMESPACE") or "default"
-        if token is None and token_file:
-            with open(token_file) as handle:
-                token = handle.read().strip()
-        self.token = token
-        self.timeout = timeout
-
     # -- plumbing ---------------------------------------------------------------
-
-    def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        headers: dict[str, str] = {NAMESPACE_HEADER: self.namespace, "Accept": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        headers.update(extra or {})
-        return headers
 
     def open(
         self,
@@ -112,31 +75,8 @@ class Client(ContainersMixin, ImagesMixin):
             path = f"{path}?{urlencode(query, doseq=True)}"
         hdrs = self._headers(headers)
         if data is not None and "Content-Type" not in hdrs:
-            hdrs["Content-Type"] = "application/json"
-        try:
-            response = request(
-                self.address,
-                method,
-                path,
-                headers=hdrs,
-                body=data,
-                timeout=self.timeout if timeout == -1.0 else timeout,
-            )
-        except OSError as exc:
-            raise unreachable(self.address, exc) from exc
-        if response.status >= 400:
-            raise self._error(response.status, response.read())
-        return response
-
-    @staticmethod
-    def _error(status: int, raw: bytes) -> MoorageError:
-        try:
-            detail = msgspec.json.decode(raw, type=ErrorBody).error
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            if status == 401:
-                return Unauthenticated("unauthenticated")
-            return MoorageError(f"HTTP {status}: {raw[:200]!r}")
-        return from_code(detail.code, detail.message)
+            hdrs["Content-Type"] = JSON
+        return self._send(method, path, hdrs, data, timeout)
 
     @overload
     def call(self, method: str, path: str, type_: type[T], **kw: Any) -> T: ...

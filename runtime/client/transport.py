@@ -18,7 +18,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
 
-__all__ = ["Response", "request", "unreachable"]
+__all__ = ["Response", "read_head", "request", "unreachable"]
 
 _CHUNK = 256 * 1024
 
@@ -162,23 +162,34 @@ def request(
                     sock.sendall(piece)
                     sock.sendall(b"\r\n")
             sock.sendall(b"0\r\n\r\n")
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            data = sock.recv(_CHUNK)
-            if not data:
-                raise ConnectionError("connection closed before the response headers")
-            buf += data
-        raw_head, _, rest = buf.partition(b"\r\n\r\n")
-        status_line, *header_lines = raw_head.decode("latin-1").split("\r\n")
-        status = int(status_line.split(" ", 2)[1])
-        parsed: dict[str, str] = {}
-        for line in header_lines:
-            key, _, value = line.partition(":")
-            parsed[key.strip().lower()] = value.strip()
+        status, parsed, rest = read_head(sock, "before the response headers")
         return Response(sock, status, parsed, rest)
     except BaseException:
         sock.close()
         raise
+
+
+def read_head(sock: _socket.socket, where: str,
+              size: int = _CHUNK) -> tuple[int, dict[str, str], bytes]:
+    """An answer's status, its headers (names lower-cased) and the bytes received after them.
+
+    Raises:
+        ConnectionError: The peer closed the connection first (``where`` says when).
+    """
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(size)
+        if not data:
+            raise ConnectionError(f"connection closed {where}")
+        buf += data
+    raw_head, _, rest = buf.partition(b"\r\n\r\n")
+    status_line, *header_lines = raw_head.decode("latin-1").split("\r\n")
+    status = int(status_line.split(" ", 2)[1])
+    headers: dict[str, str] = {}
+    for line in header_lines:
+        key, _, value = line.partition(":")
+        headers[key.strip().lower()] = value.strip()
+    return status, headers, rest
 
 
 def unreachable(address: str, exc: OSError) -> Unavailable:

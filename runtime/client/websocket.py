@@ -13,7 +13,7 @@ import os
 import struct
 from binascii import b2a_base64
 
-from runtime.client.transport import _connect
+from runtime.client.transport import _connect, read_head
 
 # typing.TYPE_CHECKING without importing typing (nor collections, for Mapping).
 TYPE_CHECKING = False
@@ -83,17 +83,7 @@ class WebSocket:
                     "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
                     "Sec-WebSocket-Version: 13", *(f"{k}: {v}" for k, v in headers.items())]
             sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                data = sock.recv(_RECV)
-                if not data:
-                    raise ConnectionError("connection closed during the websocket handshake")
-                buf += data
-            raw, _, rest = buf.partition(b"\r\n\r\n")
-            status_line, *lines = raw.decode("latin-1").split("\r\n")
-            status = int(status_line.split(" ", 2)[1])
-            fields = {k.strip().lower(): v.strip()
-                      for k, _, v in (line.partition(":") for line in lines)}
+            status, fields, rest = read_head(sock, "during the websocket handshake", _RECV)
             if status != 101:
                 length = int(fields.get("content-length", "0") or 0)
                 while len(rest) < length:

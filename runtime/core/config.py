@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 
+from runtime.api.constants import DEFAULT_SOCKET
 from runtime.core.errors import InvalidArgument
 
 __all__ = [
@@ -129,7 +130,7 @@ class ApiConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     #: Unix socket of the admin API (mode 0660): ``/path`` or ``unix:///path``; a loaded
     #: configuration holds the bare path.
-    address: str = "/run/moorage/moorage.sock"
+    address: str = DEFAULT_SOCKET
     #: Optional ``host:port`` for a TCP listener; every request must carry the token.
     tcp_address: str = ""
     #: File holding the bearer token required on the TCP listener.

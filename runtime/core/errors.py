@@ -18,7 +18,7 @@ Hierarchy::
     ├── DeadlineExceeded         (504 deadline_exceeded)  also TimeoutError
     └── ResourceExhausted        (507 resource_exhausted) e.g. ENOSPC
 
-Each class carries its wire ``code`` and ``http_status``; :func:`from_code`
+Each class carries its wire ``code`` and ``http_status``, given in its header; :func:`from_code`
 maps a wire code back to the class, so the server and the client share one
 table. Handlers raise these and nothing else; foreign exceptions are translated
 at the boundary where they occur.
@@ -59,110 +59,79 @@ class MoorageError(Exception):
     code: ClassVar[str] = "internal"
     http_status: ClassVar[int] = 500
 
+    def __init_subclass__(cls, *, code: str = "", http_status: int = 0, **kwargs: object) -> None:
+        # ``class NotFound(MoorageError, code="not_found", http_status=404)``: the wire
+        # code and status in the header; a subclass naming neither shares its base's.
+        super().__init_subclass__(**kwargs)
+        if code:
+            cls.code = code
+        if http_status:
+            cls.http_status = http_status
+
     @property
     def message(self) -> str:
         """The human-readable message, as sent on the wire."""
         return str(self.args[0]) if self.args else self.code
 
 
-class InvalidArgument(MoorageError, ValueError):
+class InvalidArgument(MoorageError, ValueError, code="invalid_argument", http_status=400):
     """The request itself is malformed: bad name, label, digest, config value."""
 
-    code = "invalid_argument"
-    http_status = 400
 
-
-class Unauthenticated(MoorageError):
+class Unauthenticated(MoorageError, code="unauthenticated", http_status=401):
     """The request carries no valid credentials (TCP listener without the token)."""
 
-    code = "unauthenticated"
-    http_status = 401
 
-
-class PermissionDenied(MoorageError, PermissionError):
+class PermissionDenied(MoorageError, PermissionError, code="permission_denied", http_status=403):
     """The caller may not do this, whoever they are."""
 
-    code = "permission_denied"
-    http_status = 403
 
-
-class NotFound(MoorageError, LookupError):
+class NotFound(MoorageError, LookupError, code="not_found", http_status=404):
     """The named object does not exist in the caller's namespace."""
 
-    code = "not_found"
-    http_status = 404
 
-
-class AlreadyExists(MoorageError):
+class AlreadyExists(MoorageError, code="already_exists", http_status=409):
     """An object with that name already exists; most callers treat it as success."""
 
-    code = "already_exists"
-    http_status = 409
 
-
-class Conflict(MoorageError):
+class Conflict(MoorageError, code="conflict", http_status=409):
     """A concurrent change won; retrying may succeed."""
 
-    code = "conflict"
-    http_status = 409
 
-
-class FailedPrecondition(MoorageError):
+class FailedPrecondition(MoorageError, code="failed_precondition", http_status=412):
     """The object is in a state that forbids the operation (e.g. namespace not empty)."""
 
-    code = "failed_precondition"
-    http_status = 412
 
-
-class CommandNotFound(FailedPrecondition):
+class CommandNotFound(FailedPrecondition, code="command_not_found"):
     """The process cannot start: its executable does not exist in the container."""
 
-    code = "command_not_found"
 
-
-class CommandNotExecutable(FailedPrecondition):
+class CommandNotExecutable(FailedPrecondition, code="command_not_executable"):
     """The process cannot start: its executable exists but cannot be run."""
 
-    code = "command_not_executable"
 
-
-class OutOfRange(MoorageError):
+class OutOfRange(MoorageError, code="out_of_range", http_status=416):
     """An offset or range lies outside the object (ingest write, blob read)."""
 
-    code = "out_of_range"
-    http_status = 416
 
-
-class NotImplementedYet(MoorageError, NotImplementedError):
+class NotImplementedYet(MoorageError, NotImplementedError, code="not_implemented", http_status=501):
     """The plugin or backend does not support this operation.
 
     Also the API's answer to an HTTP method that a path does not offer, as gRPC
     answers an unknown method with UNIMPLEMENTED.
     """
 
-    code = "not_implemented"
-    http_status = 501
 
-
-class Unavailable(MoorageError):
+class Unavailable(MoorageError, code="unavailable", http_status=503):
     """Temporarily unavailable: a locked ref, a stalled proxy, a plugin not running."""
 
-    code = "unavailable"
-    http_status = 503
 
-
-class DeadlineExceeded(MoorageError, TimeoutError):
+class DeadlineExceeded(MoorageError, TimeoutError, code="deadline_exceeded", http_status=504):
     """The operation did not finish within its time budget."""
 
-    code = "deadline_exceeded"
-    http_status = 504
 
-
-class ResourceExhausted(MoorageError):
+class ResourceExhausted(MoorageError, code="resource_exhausted", http_status=507):
     """Out of disk space, memory or another finite resource."""
-
-    code = "resource_exhausted"
-    http_status = 507
 
 
 def error_classes() -> list[type[MoorageError]]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, final
 
 import anyio
@@ -35,6 +34,7 @@ import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from runtime.core import filters
+from runtime.core.closing import AsyncClosing
 from runtime.core.errors import InvalidArgument, Unavailable
 
 __all__ = [
@@ -111,7 +111,7 @@ class ExchangeStatistics(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @final
-class Subscription:
+class Subscription(AsyncClosing):
     """A stream of the envelopes that match a subscriber's filters.
 
     Registered as soon as :meth:`Exchange.subscribe` returns, so no event
@@ -128,17 +128,6 @@ class Subscription:
         self._send: MemoryObjectSendStream[Envelope] = send
         self._receive: MemoryObjectReceiveStream[Envelope] = receive
         self._overflow: SubscriberOverflow | None = None
-
-    async def __aenter__(self) -> Subscription:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __aiter__(self) -> Subscription:
         return self

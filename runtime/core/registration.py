@@ -13,7 +13,7 @@ import msgspec
 
 if TYPE_CHECKING:
     from runtime.core.config import DaemonConfig
-    from runtime.core.events import Exchange
+    from runtime.core.events import Envelope, Exchange
     from runtime.core.host import PluginSet
 
 __all__ = [
@@ -92,6 +92,29 @@ class Registration:
         """The plugin's full name, ``<type>.<id>``."""
         return f"{self.type}.{self.id}"
 
+    @classmethod
+    def named(
+        cls,
+        name: str,
+        init: Callable[[InitContext[Any]], Awaitable[Any]],
+        *,
+        requires: tuple[str, ...] = (),
+        config: builtins.type[PluginConfig] | None = None,
+        close: Callable[[Any], Awaitable[None]] | None = None,
+        api_version: int = PLUGIN_API_VERSION,
+        description: str = "",
+    ) -> Registration:
+        """The registration of ``name`` (``"<type>.<id>"``), spelt as requires and configs spell it.
+
+        Raises:
+            ValueError: ``name`` has no ``.``, or a part is not a valid name.
+        """
+        type_, dot, id_ = name.partition(".")
+        if not dot:
+            raise ValueError(f"plugin name {name!r} must be <type>.<id>")
+        return cls(type=type_, id=id_, init=init, requires=requires, config=config, close=close,
+                   api_version=api_version, description=description)
+
 
 @dataclass(kw_only=True)
 class InitContext(Generic[T]):
@@ -117,6 +140,10 @@ class InitContext(Generic[T]):
     events: Exchange | None
     _required: Mapping[str, Any] = field(default_factory=dict)
     _spawn: Callable[..., Awaitable[Any]] | None = None
+
+    def publish(self, namespace: str, topic: str, event: msgspec.Struct) -> Envelope | None:
+        """Publish ``event`` on the exchange; nothing without one (a lone plugin in a test)."""
+        return self.events.publish(namespace, topic, event) if self.events is not None else None
 
     def get(self, name: str) -> Any:
         """The service of a required plugin, by full name (``"content.local"``).

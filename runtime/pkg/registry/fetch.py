@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from types import TracebackType
 from typing import Self, final
 
 import aiohttp
 
+from runtime.core.closing import AsyncClosing
 from runtime.core.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -204,7 +204,7 @@ class RegistryFetcher(RegistryTransport):
 
 
 @final
-class BlobStream:
+class BlobStream(AsyncClosing):
     """The bytes of one blob, as an async context manager and async iterator.
 
     Yields chunks of about :data:`BLOB_CHUNK_SIZE`. When the connection breaks
@@ -247,14 +247,6 @@ class BlobStream:
             await self.aclose()
             raise
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __aiter__(self) -> Self:
         return self

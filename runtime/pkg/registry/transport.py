@@ -19,13 +19,13 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import aiohttp
 import msgspec
 from yarl import URL
 
+from runtime.core.closing import AsyncClosing
 from runtime.core.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -155,7 +155,7 @@ async def read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return bytes(buf)
 
 
-class RegistryTransport:
+class RegistryTransport(AsyncClosing):
     """Sessions, hosts and errors of a registry client; the fetch and push halves build on it.
 
     Args:
@@ -211,12 +211,8 @@ class RegistryTransport:
         )
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
+        """Close the session; ``async with`` again opens a new one."""
         session, self._session = self._session, None
         if session is not None:
             await session.close()

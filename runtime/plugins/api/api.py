@@ -32,6 +32,7 @@ __all__ = [
     "decode_body",
     "ends_at_shutdown",
     "error_response",
+    "list_route",
     "namespace_of",
     "optional_service",
     "required_services",
@@ -121,6 +122,22 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 def namespace_of(request: web.Request) -> str:
     """The validated namespace of the request (header ``Moorage-Namespace``)."""
     return str(request[NAMESPACE_KEY])
+
+
+def list_route(path: str, handler: Handler, summary: str, response: Any,
+               filters: str = "filter; repeat to OR", tags: tuple[str, ...] = ()) -> Route:
+    """``GET path``: records of the namespace, narrowed by repeated ``filter`` parameters.
+
+    Args:
+        path: The collection's path (``/v1/images``).
+        handler: Answers the list, narrowed by ``request.query.getall("filter")``.
+        summary: One line for the OpenAPI document.
+        response: The answer's type (``list[ImageInfo]``).
+        filters: How the ``filter`` parameter is documented (the fields it matches).
+        tags: OpenAPI tags.
+    """
+    return Route("GET", path, handler, summary, response=response,
+                 query=(Query("filter", filters, repeated=True),), tags=tags)
 
 
 async def decode_body(request: web.Request, type_: type[T]) -> T:

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from runtime.api.constants import API_VERSION
 from runtime.api.types import (
     ErrorBody,
     ErrorDetail,
@@ -29,7 +30,7 @@ def system_routes(ctx: InitContext[Any]) -> RouteSet:
     """Routes that need only the core: the plugin set and the event exchange."""
     import runtime
 
-    version = Version(version=runtime.__version__, api_version=1, pid=os.getpid())
+    version = Version(version=runtime.__version__, api_version=API_VERSION, pid=os.getpid())
 
     async def get_version(_: web.Request) -> Version:
         return version

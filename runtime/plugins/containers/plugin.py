@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import msgspec
-
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, Registration
 from runtime.plugins.api.api import required_services, route_set
@@ -17,25 +15,16 @@ from runtime.plugins.metadata.api import Metadata
 
 async def init(ctx: InitContext[Any]) -> ContainerStore:
     """Container records in the metadata plugin's database."""
-    events = ctx.events
-
-    def publish(namespace: str, topic: str, event: msgspec.Struct) -> Any:
-        return events.publish(namespace, topic, event) if events is not None else None
-
     metadata: Metadata = ctx.get("metadata.sqlite")
-    return SqliteContainerStore(metadata.db, publish)
+    return SqliteContainerStore(metadata.db, ctx.publish)
 
 
 @hookimpl
 def moorage_plugins() -> Iterator[Registration]:
     """The container store."""
-    yield Registration(
-        type="containers",
-        id="store",
-        init=init,
-        requires=("metadata.sqlite",),
-        description="container records (id, image, runtime, OCI spec, snapshot) per namespace",
-    )
+    yield Registration.named(
+        "containers.store", init, requires=("metadata.sqlite",),
+        description="container records (id, image, runtime, OCI spec, snapshot) per namespace")
     yield route_set(
         "containers", ("containers.store",), "containers",
         "runtime.plugins.containers.routes:container_routes",

@@ -9,7 +9,7 @@ from aiohttp import web
 from runtime.api.containers import Container, ContainerCreateRequest, ContainerUpdateRequest
 from runtime.core.config import DEFAULT_CGROUP_PARENT
 from runtime.core.errors import FailedPrecondition
-from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
+from runtime.plugins.api.api import Route, RouteSet, decode_body, list_route, namespace_of
 from runtime.plugins.containers.api import ContainerStore, check_privileges, new_container
 from runtime.plugins.runtime.api import Runtime
 
@@ -54,9 +54,9 @@ def container_routes(store: ContainerStore, runtimes: Callable[[], Mapping[str, 
 
     one = "/v1/containers/{id}"
     return [
-        Route("GET", "/v1/containers", list_, "List containers.", response=list[Container],
-              query=(Query("filter", "filter (id, image, runtime.name, snapshotter, "
-                                     "snapshot_key, labels.<k>); repeat to OR", True),)),
+        list_route("/v1/containers", list_, "List containers.", list[Container],
+                   "filter (id, image, runtime.name, snapshotter, snapshot_key, labels.<k>); "
+                   "repeat to OR"),
         Route("POST", "/v1/containers", create,
               "Create a container; the spec is generated unless given.",
               body=ContainerCreateRequest, response=Container, status=201),

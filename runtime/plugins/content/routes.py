@@ -23,6 +23,7 @@ from runtime.plugins.api.api import (
     RouteSet,
     decode_body,
     error_response,
+    list_route,
     namespace_of,
 )
 
@@ -210,14 +211,7 @@ def content_routes(content: ContentService) -> RouteSet:
     digest = "/v1/content/{digest:sha256:[0-9a-f]{64}}"
     ref = "/v1/content/ingests/{ref:.+}"
     return [
-        Route(
-            "GET",
-            "/v1/content",
-            list_,
-            "List blobs of the namespace.",
-            response=list[ContentInfo],
-            query=(Query("filter", "filter; repeat to OR", True),),
-        ),
+        list_route("/v1/content", list_, "List blobs of the namespace.", list[ContentInfo]),
         Route(
             "GET",
             "/v1/content/ingests",

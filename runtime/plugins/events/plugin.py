@@ -38,11 +38,6 @@ async def _close(exchange: Exchange) -> None:
 @hookimpl
 def moorage_plugins() -> Iterator[Registration]:
     """Declare ``events.exchange``."""
-    yield Registration(
-        type=PluginType.EVENTS,
-        id="exchange",
-        init=_init,
-        close=_close,
-        config=ExchangeConfig,
-        description="publish/subscribe of daemon events, one bounded buffer per subscriber",
-    )
+    yield Registration.named(
+        f"{PluginType.EVENTS}.exchange", _init, close=_close, config=ExchangeConfig,
+        description="publish/subscribe of daemon events, one bounded buffer per subscriber")

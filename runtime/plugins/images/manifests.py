@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import msgspec
 
@@ -121,26 +122,27 @@ def _check_schema(media_type: str, data: bytes) -> None:
 
 def decode_index(data: bytes, media_type: str = "") -> Index:
     """Decode an index; InvalidArgument on malformed JSON or a non-index document."""
-    _check_schema(media_type, data)
-    try:
-        index = msgspec.json.decode(data, type=Index)
-    except msgspec.DecodeError as exc:
-        raise InvalidArgument(f"invalid image index: {exc}") from None
-    if index.mediaType and not is_index(index.mediaType):
-        raise InvalidArgument(f"document is a {index.mediaType}, not an index")
-    return index
+    return _decode(data, media_type, Index, is_index, "index", "an index")
 
 
 def decode_manifest(data: bytes, media_type: str = "") -> Manifest:
     """Decode a manifest; InvalidArgument on malformed JSON or a non-manifest document."""
+    return _decode(data, media_type, Manifest, is_manifest, "manifest", "a manifest")
+
+
+_Document = TypeVar("_Document", Index, Manifest)
+
+
+def _decode(data: bytes, media_type: str, type_: type[_Document], accepts: Callable[[str], bool],
+            kind: str, a_kind: str) -> _Document:
     _check_schema(media_type, data)
     try:
-        manifest = msgspec.json.decode(data, type=Manifest)
+        document = msgspec.json.decode(data, type=type_)
     except msgspec.DecodeError as exc:
-        raise InvalidArgument(f"invalid image manifest: {exc}") from None
-    if manifest.mediaType and not is_manifest(manifest.mediaType):
-        raise InvalidArgument(f"document is a {manifest.mediaType}, not a manifest")
-    return manifest
+        raise InvalidArgument(f"invalid image {kind}: {exc}") from None
+    if document.mediaType and not accepts(document.mediaType):
+        raise InvalidArgument(f"document is a {document.mediaType}, not {a_kind}")
+    return document
 
 
 def decode_config(data: bytes) -> ConfigFile:

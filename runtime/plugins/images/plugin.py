@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio.to_thread
 import msgspec
@@ -58,19 +58,14 @@ async def init(ctx: InitContext[ImagesConfig]) -> Images:
     # Staged layers and spooled uploads of a daemon that died are of no use now.
     await anyio.to_thread.run_sync(shutil.rmtree, ctx.root / "tmp", True)
     metadata: Metadata = ctx.get("metadata.sqlite")
-    events = ctx.events
-
-    def publish(namespace: str, topic: str, event: msgspec.Struct) -> Any:
-        return events.publish(namespace, topic, event) if events is not None else None
-
     return ImageService(
-        store=ImageStore(metadata.db, publish),
+        store=ImageStore(metadata.db, ctx.publish),
         content=ctx.get("content.local"),
         snapshots=ctx.get("service.snapshots"),
         diff=ctx.get("diff.walking"),
         leases=metadata.leases,
         config=ctx.config,
-        publish=publish,
+        publish=ctx.publish,
         # Under the plugin's root, which is normally on the snapshotters' file system:
         # staged layers reach their snapshots by rename.
         scratch=ctx.root / "tmp",
@@ -80,14 +75,10 @@ async def init(ctx: InitContext[ImagesConfig]) -> Images:
 @hookimpl
 def moorage_plugins() -> Iterator[Registration]:
     """The image store."""
-    yield Registration(
-        type="images",
-        id="store",
-        init=init,
-        config=ImagesConfig,
+    yield Registration.named(
+        "images.store", init, config=ImagesConfig,
         requires=("metadata.sqlite", "content.local", "service.snapshots", "diff.walking"),
-        description="image records; pull, push, unpack, import and export",
-    )
+        description="image records; pull, push, unpack, import and export")
     yield route_set(
         "images", ("images.store",), "images: pull, push, import, export",
         "runtime.plugins.images.routes:image_routes",

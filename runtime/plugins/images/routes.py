@@ -28,7 +28,7 @@ from runtime.api.types import (
     ImageUsage,
 )
 from runtime.core.errors import InvalidArgument, MoorageError
-from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
+from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, list_route, namespace_of
 from runtime.plugins.gc.api import Collections
 
 if TYPE_CHECKING:
@@ -271,14 +271,7 @@ def image_routes(
     platform_q = Query("platform", "os/arch[/variant]; repeat", True)
     # Specific paths first: {name:.+} would match them too.
     return [
-        Route(
-            "GET",
-            "/v1/images",
-            list_,
-            "List images of the namespace.",
-            response=list[ImageInfo],
-            query=(Query("filter", "filter; repeat to OR", True),),
-        ),
+        list_route("/v1/images", list_, "List images of the namespace.", list[ImageInfo]),
         Route(
             "POST",
             "/v1/images",

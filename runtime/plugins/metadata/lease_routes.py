@@ -11,7 +11,7 @@ from aiohttp import web
 
 from runtime.api.types import Lease, LeaseCreateRequest, LeaseResource
 from runtime.core.errors import InvalidArgument
-from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
+from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, list_route, namespace_of
 from runtime.plugins.gc.api import Collections
 from runtime.plugins.metadata.api import Metadata, Resource
 
@@ -76,14 +76,8 @@ def lease_routes(
 
     one = "/v1/leases/{id}"
     return [
-        Route(
-            "GET",
-            "/v1/leases",
-            list_,
-            "List leases.",
-            response=list[Lease],
-            query=(Query("filter", "filter (id, labels.<k>); repeat to OR", True),),
-        ),
+        list_route("/v1/leases", list_, "List leases.", list[Lease],
+                   "filter (id, labels.<k>); repeat to OR"),
         Route(
             "POST",
             "/v1/leases",

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
-
-import msgspec
 
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
@@ -30,12 +27,7 @@ async def init(ctx: InitContext[MetadataConfig]) -> Metadata:
         )
     db = Database(ctx.root / "meta.db", synchronous=ctx.config.synchronous.upper())
     db.open()
-    events = ctx.events
-
-    def publish(namespace: str, topic: str, event: msgspec.Struct) -> Any:
-        return events.publish(namespace, topic, event) if events is not None else None
-
-    return MetadataStore(db, publish)
+    return MetadataStore(db, ctx.publish)
 
 
 async def close(store: MetadataStore) -> None:
@@ -46,14 +38,8 @@ async def close(store: MetadataStore) -> None:
 @hookimpl
 def moorage_plugins() -> Iterator[Registration]:
     """The SQLite metadata store."""
-    yield Registration(
-        type="metadata",
-        id="sqlite",
-        init=init,
-        close=close,
-        config=MetadataConfig,
-        description="namespaced records in one SQLite database (WAL)",
-    )
+    yield Registration.named("metadata.sqlite", init, close=close, config=MetadataConfig,
+                             description="namespaced records in one SQLite database (WAL)")
     yield route_set("namespaces", ("metadata.sqlite",), "namespaces",
                     "runtime.plugins.metadata.routes:namespace_routes")
     yield route_set(

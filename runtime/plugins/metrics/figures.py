@@ -21,11 +21,15 @@ Families (labels in brackets):
   shared between namespaces); ``moorage_content_ingests`` [namespace]
 * ``moorage_snapshots`` [snapshotter, namespace, kind]
 * ``moorage_network_attachments`` [network]
+* ``moorage_process_async_tasks``, ``moorage_process_threads``,
+  ``moorage_process_open_fds``: the daemon's own, for leak checks
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -226,9 +230,38 @@ async def network_figures(plugins: PluginSet) -> list[Metric]:
     return [family]
 
 
+async def process_figures(plugins: PluginSet) -> list[Metric]:
+    """The daemon's asyncio tasks, threads and open descriptors, counted now.
+
+    What a leak shows up in: a stream, request or watch that ends must take
+    its tasks, worker threads and sockets with it. The count of tasks
+    includes the scrape's own; on a loop other than asyncio's it is left out.
+    """
+    families: list[Metric] = []
+    try:
+        tasks = len(asyncio.all_tasks())
+    except RuntimeError:  # no asyncio loop running (trio)
+        tasks = -1
+    if tasks >= 0:
+        family = GaugeMetricFamily("moorage_process_async_tasks",
+                                   "asyncio tasks alive in the daemon (this scrape's included).")
+        family.add_metric([], tasks)
+        families.append(family)
+    for name, directory, what in (("threads", "/proc/self/task", "Threads of the daemon."),
+                                  ("open_fds", "/proc/self/fd", "Open file descriptors.")):
+        try:
+            count = len(os.listdir(directory))
+        except OSError:
+            continue
+        family = GaugeMetricFamily(f"moorage_process_{name}", what)
+        family.add_metric([], count)
+        families.append(family)
+    return families
+
+
 READERS: tuple[Reader, ...] = (
     build_info, plugin_figures, event_figures, task_figures, content_figures,
-    snapshot_figures, network_figures,
+    snapshot_figures, network_figures, process_figures,
 )  # fmt: skip
 
 

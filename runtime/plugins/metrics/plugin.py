@@ -11,11 +11,10 @@ it is a separate route set so that the API server, which starts after every
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
-from runtime.plugins.api.api import Route, RouteSet, RouteSetWithMiddlewares
+from runtime.plugins.api.api import Route, RouteSet, RouteSetWithMiddlewares, route_set
 from runtime.plugins.metrics.service import PrometheusMetrics
 
 __all__ = ["MetricsConfig", "moorage_plugins"]
@@ -46,9 +45,8 @@ async def close(metrics: PrometheusMetrics) -> None:
     await metrics.aclose()
 
 
-async def init_routes(ctx: InitContext[Any]) -> RouteSet:
+def metrics_routes(metrics: PrometheusMetrics) -> RouteSet:
     """``GET /v1/metrics`` and the request-counting middleware."""
-    metrics: PrometheusMetrics = ctx.get("metrics.prometheus")
     return RouteSetWithMiddlewares(
         [Route("GET", "/v1/metrics", metrics.handle,
                "Daemon, task, content, snapshot, GC and API figures (Prometheus text).",
@@ -60,18 +58,8 @@ async def init_routes(ctx: InitContext[Any]) -> RouteSet:
 @hookimpl
 def moorage_plugins() -> Iterator[Registration]:
     """Prometheus metrics and their route."""
-    yield Registration(
-        type="metrics",
-        id="prometheus",
-        init=init,
-        close=close,
-        config=MetricsConfig,
-        description="Prometheus metrics: tasks, content, snapshots, GC, API, events, plugins",
-    )
-    yield Registration(
-        type="api",
-        id="metrics",
-        init=init_routes,
-        requires=("metrics.prometheus",),
-        description="GET /v1/metrics",
-    )
+    yield Registration.named(
+        "metrics.prometheus", init, close=close, config=MetricsConfig,
+        description="Prometheus metrics: tasks, content, snapshots, GC, API, events, plugins")
+    yield route_set("metrics", ("metrics.prometheus",), "GET /v1/metrics",
+                    "runtime.plugins.metrics.plugin:metrics_routes")

@@ -53,11 +53,7 @@ async def init(ctx: InitContext[RestartConfig]) -> RestartManager:
 @hookimpl
 def moorage_plugins() -> Iterator[Registration]:
     """Declare ``containers.restart``."""
-    yield Registration(
-        type="containers",
-        id="restart",
-        init=init,
-        config=RestartConfig,
+    yield Registration.named(
+        "containers.restart", init, config=RestartConfig,
         requires=("service.tasks", "metadata.sqlite"),
-        description="restart policies (--restart) and removal at exit (run -d --rm)",
-    )
+        description="restart policies (--restart) and removal at exit (run -d --rm)")

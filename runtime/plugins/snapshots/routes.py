@@ -17,7 +17,7 @@ from runtime.api.types import (
     Usage,
 )
 from runtime.core.errors import InvalidArgument
-from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
+from runtime.plugins.api.api import Route, RouteSet, decode_body, list_route, namespace_of
 from runtime.plugins.snapshots.api import NamespacedSnapshots, Snapshots
 
 T = TypeVar("T")
@@ -78,14 +78,8 @@ def snapshot_routes(service: Snapshots) -> RouteSet:
     # Keys may hold slashes; the action routes are declared first so they win.
     one = base + "/{key:.+}"
     return [
-        Route(
-            "GET",
-            base,
-            walk,
-            "Snapshots of the namespace.",
-            response=list[SnapshotInfo],
-            query=(Query("filter", "filter (kind, name, parent, labels.<k>)", True),),
-        ),
+        list_route(base, walk, "Snapshots of the namespace.", list[SnapshotInfo],
+                   "filter (kind, name, parent, labels.<k>)"),
         Route(
             "POST",
             base,

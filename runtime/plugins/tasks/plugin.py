@@ -28,13 +28,8 @@ async def init(ctx: InitContext[Any]) -> Tasks:
 @hookimpl
 def moorage_plugins() -> Iterator[Registration]:
     """The task service and its routes."""
-    yield Registration(
-        type="service",
-        id="tasks",
-        init=init,
-        requires=("containers.store", "runtime"),
-        description="task calls routed to the runtime a container names",
-    )
+    yield Registration.named("service.tasks", init, requires=("containers.store", "runtime"),
+                             description="task calls routed to the runtime a container names")
     yield route_set(
         "tasks", ("service.tasks",), "tasks: lifecycle, exec, logs, attach, metrics",
         "runtime.plugins.tasks.routes:task_routes",

@@ -27,7 +27,7 @@ from runtime.api.tasks import (
 )
 from runtime.core.config import DEFAULT_CGROUP_PARENT
 from runtime.core.filters import adapt, parse
-from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, namespace_of
+from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, list_route, namespace_of
 from runtime.plugins.containers.api import new_container
 from runtime.plugins.tasks.io_routes import io_routes
 from runtime.plugins.tasks.service import TaskService, parse_signal
@@ -145,8 +145,8 @@ def task_routes(service: TaskService, cgroup_parent: str = DEFAULT_CGROUP_PARENT
 
     one = "/v1/tasks/{id}"
     return [
-        Route("GET", "/v1/tasks", list_, "List tasks.", response=list[TaskState],
-              query=(Query("filter", "filter (id, container_id, pid, status, runtime)", True),)),
+        list_route("/v1/tasks", list_, "List tasks.", list[TaskState],
+                   "filter (id, container_id, pid, status, runtime)"),
         Route("POST", "/v1/tasks", create, "Create the task of a container (not started).",
               body=CreateTaskRequest, response=TaskState, status=201),
         Route("GET", one, get, "One task with its execs.", response=TaskState),

@@ -7,6 +7,7 @@ from typing import Any
 
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, Registration
+from runtime.plugins.api.api import route_set
 
 __all__ = ["moorage_plugins"]
 
@@ -18,27 +19,10 @@ async def init(ctx: InitContext[Any]) -> Any:
     return VolumeStore(ctx.root, ctx.get("containers.store"))
 
 
-async def init_routes(ctx: InitContext[Any]) -> Any:
-    """``/v1/volumes``."""
-    from runtime.plugins.volumes.routes import volume_routes
-
-    return volume_routes(ctx.get("volumes.local"))
-
-
 @hookimpl
 def moorage_plugins() -> Iterator[Registration]:
     """Named volumes and their routes."""
-    yield Registration(
-        type="volumes",
-        id="local",
-        init=init,
-        requires=("containers.store",),
-        description="named volumes: directories under the root, per namespace",
-    )
-    yield Registration(
-        type="api",
-        id="volumes",
-        init=init_routes,
-        requires=("volumes.local",),
-        description="volumes: create, list, inspect, remove, prune",
-    )
+    yield Registration.named("volumes.local", init, requires=("containers.store",),
+                             description="named volumes: directories under the root, per namespace")
+    yield route_set("volumes", ("volumes.local",), "volumes: create, list, inspect, remove, prune",
+                    "runtime.plugins.volumes.routes:volume_routes")

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.cri.streaming.host_servers import echo_listener, host_server
 from tests.cri.streaming.spdy_client import (
     RemoteCommand,
     SpdyClient,
@@ -73,20 +74,7 @@ async def test_expired_token_gets_404() -> None:
 
 
 async def test_host_network_port_forward_dials_the_hosts_localhost() -> None:
-    from runtime.plugins.cri.streaming import StreamingServer
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    listener = await asyncio.start_server(echo, "127.0.0.1", 0)
-    port = listener.sockets[0].getsockname()[1]
-    server = StreamingServer(namespace="k8s.io", runtime=None,  # type: ignore[arg-type]
-                             netns_path=lambda sandbox: None)
-    await server.start()
-    try:
+    async with echo_listener() as port, host_server() as server:
         client = await SpdyClient.connect(server.portforward_url("pod", [port]),
                                           ["portforward.k8s.io"])
         headers = {"port": str(port), "requestID": "0"}
@@ -98,10 +86,6 @@ async def test_host_network_port_forward_dials_the_hosts_localhost() -> None:
         assert await data.read_all() == payload
         assert await error.read_all() == b""
         await client.close()
-    finally:
-        await server.stop()
-        listener.close()
-        await listener.wait_closed()
 
 
 async def test_wrong_subprotocols_are_refused(cri: Any, container: str) -> None:
@@ -137,9 +121,16 @@ async def test_garbage_frames_end_that_session_with_goaway(cri: Any, container: 
     await still_serves(cri, container)
 
 
-def daemon_usage(daemon: Any) -> tuple[int, int]:
+def daemon_usage(daemon: Any) -> tuple[int, int, int]:
+    """The daemon's open fds and threads (from /proc) and its asyncio tasks (from its metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     pid = daemon.proc.pid
-    return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
+    response = daemon.client().open("GET", "/v1/metrics")
+    assert response.status == 200
+    families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    tasks = int(families["moorage_process_async_tasks"].samples[0].value)
+    return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task")), tasks
 
 
 async def test_200_sequential_exec_streams_leave_nothing_behind(
@@ -147,19 +138,20 @@ async def test_200_sequential_exec_streams_leave_nothing_behind(
     for _ in range(10):  # warm up: worker threads, caches
         await still_serves(cri, container)
     await asyncio.sleep(1)
-    fds_before, threads_before = daemon_usage(cri_daemon)
+    fds_before, threads_before, tasks_before = daemon_usage(cri_daemon)
     for i in range(200):
         command = await RemoteCommand.open(exec_url(cri, container,
                                                     ["sh", "-c", f"echo {i}; exit {i % 4}"]))
         out, _, status = await command.finish()
         assert out == f"{i}\n".encode() and exit_code(status) == i % 4
     await asyncio.sleep(1)
-    fds_after, threads_after = daemon_usage(cri_daemon)
-    print(f"daemon fds {fds_before} -> {fds_after}, threads {threads_before} -> {threads_after}")
+    fds_after, threads_after, tasks_after = daemon_usage(cri_daemon)
+    print(f"daemon fds {fds_before} -> {fds_after}, threads {threads_before} -> "
+          f"{threads_after}, asyncio tasks {tasks_before} -> {tasks_after}")
     assert fds_after <= fds_before + 2
     assert threads_after <= threads_before + 2
+    # Every session's tasks (reader, command, hang-up wait) ended with it.
+    assert tasks_after <= tasks_before + 2
     # Every exec process was deleted: the task holds none.
     execs = cri.runtime.ContainerStatus(cri.pb.ContainerStatusRequest(container_id=container))
     assert execs.status.state == cri.pb.CONTAINER_RUNNING
-    leftovers = [d for d in os.listdir(f"/proc/{cri_daemon.proc.pid}/fd")]
-    assert len(leftovers) == fds_after

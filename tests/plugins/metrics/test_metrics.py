@@ -8,6 +8,7 @@ fill ``/dev/shm``, which is charged to the task's memory cgroup.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import urllib.request
 from pathlib import Path
@@ -69,6 +70,18 @@ class TestDaemonFigures:
         # The GC follower is a subscriber of its own.
         assert (value(families, "moorage_events_subscribers") or 0) >= 1
         assert value(families, "moorage_events_overflows", "moorage_events_overflows_total") == 0
+
+    def test_process_figures_count_the_daemons_tasks_threads_and_fds(
+            self, daemon: Daemon) -> None:
+        families = scrape(daemon.client())
+        assert daemon.proc is not None
+        pid = daemon.proc.pid
+        # At least the scrape's handler and the API server's own tasks.
+        assert (value(families, "moorage_process_async_tasks") or 0) >= 2
+        threads = value(families, "moorage_process_threads")
+        fds = value(families, "moorage_process_open_fds")
+        assert threads is not None and 1 <= threads <= len(os.listdir(f"/proc/{pid}/task")) + 4
+        assert fds is not None and 3 <= fds <= len(os.listdir(f"/proc/{pid}/fd")) + 8
 
     def test_requests_counted_by_route_and_status(self, daemon: Daemon) -> None:
         api = daemon.client()

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import msgspec
-
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, Registration
 from runtime.plugins.api.api import route_set
@@ -19,23 +17,13 @@ from runtime.plugins.metadata.api import Metadata
 async def init(ctx: InitContext[Any]) -> NamespacedContent:
     """Open the store under the plugin root, on top of the metadata database."""
     metadata: Metadata = ctx.get("metadata.sqlite")
-    events = ctx.events
-
-    def publish(namespace: str, topic: str, event: msgspec.Struct) -> Any:
-        return events.publish(namespace, topic, event) if events is not None else None
-
-    return ContentService(ContentStore(ctx.root), metadata.db, publish)
+    return ContentService(ContentStore(ctx.root), metadata.db, ctx.publish)
 
 
 @hookimpl
 def moorage_plugins() -> Iterator[Registration]:
     """The local content store."""
-    yield Registration(
-        type="content",
-        id="local",
-        init=init,
-        requires=("metadata.sqlite",),
-        description="content-addressed blobs with resumable ingests",
-    )
+    yield Registration.named("content.local", init, requires=("metadata.sqlite",),
+                             description="content-addressed blobs with resumable ingests")
     yield route_set("content", ("content.local",), "content and ingests",
                     "runtime.plugins.content.routes:content_routes")

@@ -10,9 +10,10 @@
 * **websocket**, subprotocols ``v5.channel.k8s.io``, ``v4.channel.k8s.io``,
   ``channel.k8s.io`` and their base64 forms (exec, attach), where the first
   byte of a message names the channel (0 stdin, 1 stdout, 2 stderr, 3 error,
-  4 resize) and v5's ``[255, channel]`` half-closes one; or
-  ``SPDY/3.1+portforward.k8s.io``, SPDY carried in binary messages
-  (port-forward).
+  4 resize) and v5's ``[255, channel]`` half-closes one (:mod:`.websocket`);
+  for port-forward ``SPDY/3.1+portforward.k8s.io``, SPDY carried in binary
+  messages, or the older numbered channels (``portforward.k8s.io``,
+  ``v4.channel.k8s.io``..., or no subprotocol; :mod:`.wsportforward`).
 
 A bad token, a missing upgrade, an unknown subprotocol is a plain HTTP error
 (404, 400, 403) with a message; protocol errors afterwards end that session
@@ -22,21 +23,20 @@ only (GOAWAY, RST_STREAM, a websocket close).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import ipaddress
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from runtime.core.errors import InvalidArgument, MoorageError
-from runtime.plugins.cri.streaming.portforward import dial_in_netns, serve_port_forward
+from runtime.plugins.cri.streaming.portforward import Dialer, dial_in_netns, serve_port_forward
 from runtime.plugins.cri.streaming.remotecommand import (
     CommandStreams,
-    OutputSink,
     run_attach,
     run_exec,
 )
@@ -49,6 +49,18 @@ from runtime.plugins.cri.streaming.tokens import (
     StreamRequest,
     TokenCache,
 )
+from runtime.plugins.cri.streaming.upgrade import RawConnection, offered, upgrade_kind
+from runtime.plugins.cri.streaming.websocket import (
+    WS_COMMAND_PROTOCOLS,
+    WS_PORT_FORWARD_PROTOCOL,
+    serve_spdy_tunnel,
+    serve_ws_command,
+)
+from runtime.plugins.cri.streaming.wsportforward import (
+    WS_CHANNEL_PORT_FORWARD_PROTOCOLS,
+    parse_ports,
+    serve_ws_channel_port_forward,
+)
 from runtime.plugins.runtime.api import Runtime
 
 __all__ = ["StreamingServer"]
@@ -59,89 +71,6 @@ log = logging.getLogger("moorage.cri.streaming")
 SPDY_COMMAND_PROTOCOLS = {"v4.channel.k8s.io": 4, "v3.channel.k8s.io": 3,
                           "v2.channel.k8s.io": 2, "channel.k8s.io": 1}
 PORT_FORWARD_PROTOCOL = "portforward.k8s.io"
-#: Websocket remote-command subprotocols: (status as JSON, base64 text, v5 close signal).
-WS_COMMAND_PROTOCOLS = {
-    "v5.channel.k8s.io": (True, False, True),
-    "v4.channel.k8s.io": (True, False, False),
-    "v4.base64.channel.k8s.io": (True, True, False),
-    "channel.k8s.io": (False, False, False),
-    "base64.channel.k8s.io": (False, True, False),
-}
-WS_PORT_FORWARD_PROTOCOL = "SPDY/3.1+portforward.k8s.io"
-
-_STDIN, _STDOUT, _STDERR, _ERROR, _RESIZE, _CLOSE = 0, 1, 2, 3, 4, 255
-
-
-class _RawConnection(asyncio.Protocol):
-    """The upgraded socket, taken over from aiohttp after the 101 answer.
-
-    aiohttp's own protocol still owns the request; it hears of the
-    connection's end through us, so its bookkeeping stays right.
-    """
-
-    _HIGH_WATER = 256 * 1024
-
-    def __init__(self, transport: asyncio.Transport, previous: asyncio.BaseProtocol) -> None:
-        self._transport = transport
-        self._previous = previous
-        self._buffer = bytearray()
-        self._eof = False
-        self._lost = False
-        self._paused = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._writable = asyncio.Event()
-        self._writable.set()
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        self._wake()
-        if len(self._buffer) > self._HIGH_WATER and not self._paused:
-            self._paused = True
-            self._transport.pause_reading()
-
-    def eof_received(self) -> bool | None:
-        self._eof = True
-        self._wake()
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._eof = self._lost = True
-        self._wake()
-        self._writable.set()
-        self._previous.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._writable.clear()
-
-    def resume_writing(self) -> None:
-        self._writable.set()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def read(self) -> bytes:
-        """What arrived since the last read; ``b""`` at the end."""
-        while not self._buffer and not self._eof:
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        data = bytes(self._buffer)
-        self._buffer.clear()
-        if self._paused:
-            self._paused = False
-            self._transport.resume_reading()
-        return data
-
-    async def write(self, data: bytes) -> None:
-        if self._lost or self._transport.is_closing():
-            raise ConnectionResetError("the client closed the connection")
-        self._transport.write(data)
-        await self._writable.wait()
-        if self._lost:
-            raise ConnectionResetError("the client closed the connection")
-
-    def close(self) -> None:
-        self._transport.close()
 
 
 class _SpdyOutput:
@@ -155,39 +84,6 @@ class _SpdyOutput:
 
     async def close(self) -> None:
         await self._stream.close()
-
-
-class _WsOutput:
-    """An output channel of remote-command over a websocket."""
-
-    def __init__(self, ws: web.WebSocketResponse, channel: int, text: bool) -> None:
-        self._ws, self._channel, self._text = ws, channel, text
-
-    async def send(self, data: bytes) -> None:
-        if self._text:
-            await self._ws.send_str(str(self._channel) + base64.b64encode(data).decode())
-        else:
-            await self._ws.send_bytes(bytes((self._channel,)) + data)
-
-    async def close(self) -> None:
-        # Channels end with the websocket: clients before v5 know no other end,
-        # and v5 clients take a server's close signal for an unknown channel.
-        return None
-
-
-def _offered(request: web.Request, header: str) -> list[str]:
-    return [value.strip() for line in request.headers.getall(header, [])
-            for value in line.split(",") if value.strip()]
-
-
-def _upgrade_kind(request: web.Request) -> str:
-    connection = {v.lower() for v in _offered(request, "Connection")}
-    upgrade = {v.lower() for v in _offered(request, "Upgrade")}
-    if "upgrade" in connection and "websocket" in upgrade:
-        return "websocket"
-    if "upgrade" in connection and "spdy/3.1" in upgrade:
-        return "spdy"
-    return ""
 
 
 class StreamingServer:
@@ -325,31 +221,22 @@ class StreamingServer:
         return handle
 
     async def _serve(self, request: web.Request, found: StreamRequest) -> web.StreamResponse:
-        kind = _upgrade_kind(request)
+        kind = upgrade_kind(request)
         port_forward = isinstance(found, PortForwardRequest)
         if kind == "websocket":
-            offered = _offered(request, "Sec-WebSocket-Protocol")
-            supported = [WS_PORT_FORWARD_PROTOCOL] if port_forward else list(WS_COMMAND_PROTOCOLS)
-            if not offered and not port_forward:
-                offered = ["channel.k8s.io"]
-            chosen = next((p for p in offered if p in supported), None)
-            if chosen is None:
-                return web.Response(status=400, text=(
-                    f"unable to upgrade: none of the websocket subprotocols {offered} is "
-                    f"supported (supported: {', '.join(supported)})\n"))
-            return await self._serve_websocket(request, found, chosen)
+            return await self._upgrade_websocket(request, found)
         if kind == "spdy":
             supported = [PORT_FORWARD_PROTOCOL] if port_forward else list(
                 SPDY_COMMAND_PROTOCOLS)
-            offered = _offered(request, "X-Stream-Protocol-Version")
-            if not offered:
+            asked = offered(request, "X-Stream-Protocol-Version")
+            if not asked:
                 return web.Response(status=400, text=(
                     "unable to upgrade: X-Stream-Protocol-Version is required\n"))
-            chosen = next((p for p in offered if p in supported), None)
+            chosen = next((p for p in asked if p in supported), None)
             if chosen is None:
                 response = web.Response(status=403, text=(
                     f"unable to upgrade: unable to negotiate protocol: client supports "
-                    f"{offered}, server accepts {supported}\n"))
+                    f"{asked}, server accepts {supported}\n"))
                 for protocol in supported:
                     response.headers.add("X-Accepted-Stream-Protocol-Versions", protocol)
                 return response
@@ -369,7 +256,7 @@ class StreamingServer:
         transport = request.transport
         if transport is None or transport.is_closing():
             return response
-        connection = _RawConnection(transport, request.protocol)  # type: ignore[arg-type]
+        connection = RawConnection(transport, request.protocol)  # type: ignore[arg-type]
         transport.set_protocol(connection)
         transport.resume_reading()
         session = SpdySession(connection.write, idle_timeout=self.stream_idle_timeout)
@@ -447,7 +334,8 @@ class StreamingServer:
             await run_attach(command, self.runtime, self.namespace, found.container_id,
                              tty=found.tty)
 
-    async def _port_forward(self, session: SpdySession, found: PortForwardRequest) -> None:
+    def _dialer(self, found: PortForwardRequest) -> Dialer:
+        """Dials localhost:PORT in the sandbox's network namespace (or the host's)."""
         try:
             netns = self.netns_path(found.sandbox_id)
         except MoorageError as exc:
@@ -456,108 +344,54 @@ class StreamingServer:
         else:
             netns_error = None
 
-        async def dial(port: int) -> Any:
+        async def dial(port: int) -> socket.socket:
             if netns_error is not None:
                 raise OSError(0, netns_error)
             return await dial_in_netns(netns, port)
 
-        await serve_port_forward(session, dial, pod=found.sandbox_id,
+        return dial
+
+    async def _port_forward(self, session: SpdySession, found: PortForwardRequest) -> None:
+        await serve_port_forward(session, self._dialer(found), pod=found.sandbox_id,
                                  pair_timeout=self.stream_creation_timeout)
 
     # -- websocket ------------------------------------------------------------
 
-    async def _serve_websocket(self, request: web.Request, found: StreamRequest,
-                               protocol: str) -> web.StreamResponse:
-        offered = bool(_offered(request, "Sec-WebSocket-Protocol"))
-        ws = web.WebSocketResponse(protocols=(protocol,) if offered else (),
+    async def _upgrade_websocket(self, request: web.Request,
+                                 found: StreamRequest) -> web.StreamResponse:
+        asked = offered(request, "Sec-WebSocket-Protocol")
+        if isinstance(found, PortForwardRequest):
+            supported = [WS_PORT_FORWARD_PROTOCOL, *WS_CHANNEL_PORT_FORWARD_PROTOCOLS]
+            # No subprotocol at all: the numbered channels, as the kubelet's.
+            default = "portforward.k8s.io"
+        else:
+            supported, default = list(WS_COMMAND_PROTOCOLS), "channel.k8s.io"
+        chosen = next((p for p in asked or [default] if p in supported), None)
+        if chosen is None:
+            return web.Response(status=400, text=(
+                f"unable to upgrade: none of the websocket subprotocols {asked} is "
+                f"supported (supported: {', '.join(supported)})\n"))
+        ports: list[int] = []
+        if isinstance(found, PortForwardRequest) and chosen != WS_PORT_FORWARD_PROTOCOL:
+            try:
+                ports = list(found.ports) or parse_ports(request.query.getall("port", []))
+            except InvalidArgument as exc:
+                return web.Response(status=400, text=f"unable to upgrade: {exc.message}\n")
+        ws = web.WebSocketResponse(protocols=(chosen,) if asked else (),
                                    max_msg_size=4 << 20, autoping=True)
         await ws.prepare(request)
         try:
-            if isinstance(found, PortForwardRequest):
-                await self._ws_port_forward(ws, found)
+            if not isinstance(found, PortForwardRequest):
+                await serve_ws_command(ws, found, chosen,
+                                       lambda command: self._command(command, found))
+            elif chosen == WS_PORT_FORWARD_PROTOCOL:
+                await serve_spdy_tunnel(ws, self.stream_idle_timeout,
+                                        lambda session: self._port_forward(session, found))
             else:
-                await self._ws_command(ws, found, protocol)
+                await serve_ws_channel_port_forward(
+                    ws, ports, WS_CHANNEL_PORT_FORWARD_PROTOCOLS[chosen], self._dialer(found),
+                    pod=found.sandbox_id)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.hangup_grace):
                 await ws.close()
         return ws
-
-    async def _ws_port_forward(self, ws: web.WebSocketResponse,
-                               found: PortForwardRequest) -> None:
-        session = SpdySession(ws.send_bytes, idle_timeout=self.stream_idle_timeout)
-
-        async def receive() -> bytes:
-            while True:
-                message = await ws.receive()
-                if message.type == WSMsgType.BINARY:
-                    if message.data:
-                        return bytes(message.data)
-                    continue
-                if message.type == WSMsgType.TEXT:
-                    log.info("streaming: text message in a SPDY tunnel; closing it")
-                return b""
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(session.run, receive)
-            await self._port_forward(session, found)
-            tg.cancel_scope.cancel()
-
-    async def _ws_command(self, ws: web.WebSocketResponse, found: ExecRequest | AttachRequest,
-                          protocol: str) -> None:
-        status_json, text, close_signal = WS_COMMAND_PROTOCOLS[protocol]
-        stdin_send, stdin_receive = anyio.create_memory_object_stream[bytes](16)
-        resize_send, resize_receive = anyio.create_memory_object_stream[bytes](16)
-
-        def reader(stream: anyio.abc.ObjectReceiveStream[bytes]) -> Callable[[], Awaitable[bytes]]:
-            async def read() -> bytes:
-                try:
-                    return await stream.receive()
-                except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    return b""
-            return read
-
-        def output(channel: int) -> OutputSink:
-            return _WsOutput(ws, channel, text)
-
-        command = CommandStreams(
-            stdin=reader(stdin_receive) if found.stdin else None,
-            stdout=output(_STDOUT) if found.stdout else None,
-            stderr=output(_STDERR) if found.stderr and not found.tty else None,
-            resize=reader(resize_receive) if found.tty else None,
-            error=output(_ERROR), status_json=status_json)
-        # The kubelet's first message: an empty one on the lowest output channel.
-        first = _STDOUT if found.stdout else (_STDERR if found.stderr else _ERROR)
-        await output(first).send(b"")
-
-        async def demultiplex() -> None:
-            with stdin_send, resize_send:
-                async for message in ws:
-                    if message.type == WSMsgType.BINARY:
-                        data = bytes(message.data)
-                    elif message.type == WSMsgType.TEXT and text and message.data:
-                        try:
-                            data = bytes((int(message.data[0]),)) + base64.b64decode(
-                                message.data[1:], validate=True)
-                        except ValueError:
-                            continue
-                    else:
-                        continue
-                    if not data:
-                        continue
-                    channel, payload = data[0], data[1:]
-                    if close_signal and channel == _CLOSE:
-                        if payload == bytes((_STDIN,)):
-                            stdin_send.close()
-                        continue
-                    target = {_STDIN: stdin_send, _RESIZE: resize_send}.get(channel)
-                    if target is None or not payload:
-                        continue
-                    with contextlib.suppress(anyio.ClosedResourceError,
-                                             anyio.BrokenResourceError):
-                        await target.send(payload)
-            command.client_gone.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(demultiplex)
-            await self._command(command, found)
-            tg.cancel_scope.cancel()

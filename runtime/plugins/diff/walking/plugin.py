@@ -182,10 +182,5 @@ async def init(ctx: InitContext[WalkingConfig]) -> StagingApplier:
 @hookimpl
 def moorage_plugins() -> Iterator[Registration]:
     """The walking differ."""
-    yield Registration(
-        type="diff",
-        id="walking",
-        init=init,
-        config=WalkingConfig,
-        description="apply layers onto snapshots (overlay upperdir fast path)",
-    )
+    yield Registration.named("diff.walking", init, config=WalkingConfig,
+                             description="apply layers onto snapshots (overlay upperdir fast path)")

@@ -17,7 +17,7 @@ import msgspec
 from runtime.core.config import AbsolutePath
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, PluginSkipped, Registration
-from runtime.plugins.api.api import RouteSet
+from runtime.plugins.api.api import route_set
 from runtime.plugins.network.api import Network
 from runtime.plugins.network.cni.conflist import (
     DEFAULT_FILE,
@@ -105,13 +105,6 @@ async def init(ctx: InitContext[CniConfig]) -> Network:
     return service
 
 
-async def init_routes(ctx: InitContext[None]) -> RouteSet:
-    """``GET /v1/networks`` and the namespace's attachments."""
-    from runtime.plugins.network.routes import network_routes
-
-    return network_routes(ctx.get("network.cni"))
-
-
 def _has(bin_dirs: list[Path], type_: str) -> bool:
     try:
         find_plugin(type_, bin_dirs)
@@ -123,17 +116,8 @@ def _has(bin_dirs: list[Path], type_: str) -> bool:
 @hookimpl
 def moorage_plugins() -> Iterator[Registration]:
     """The CNI network plugin."""
-    yield Registration(
-        type="network",
-        id="cni",
-        init=init,
-        config=CniConfig,
-        description="container networks through CNI plugins (bridge, host-local, portmap)",
-    )
-    yield Registration(
-        type="api",
-        id="networks",
-        init=init_routes,
-        requires=("network.cni",),
-        description="networks and attachments",
-    )
+    yield Registration.named(
+        "network.cni", init, config=CniConfig,
+        description="container networks through CNI plugins (bridge, host-local, portmap)")
+    yield route_set("networks", ("network.cni",), "networks and attachments",
+                    "runtime.plugins.network.routes:network_routes")

@@ -17,10 +17,10 @@ import contextlib
 import os
 import socket
 from pathlib import Path
-from types import TracebackType
 
 import anyio
 
+from runtime.core.closing import AsyncClosing
 from runtime.core.errors import FailedPrecondition
 
 __all__ = ["AttachConnection", "connect_attach"]
@@ -30,23 +30,12 @@ _RECV = 65536
 _SEND = 16384
 
 
-class AttachConnection:
+class AttachConnection(AsyncClosing):
     """An open attach connection; use as ``async with``."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._stdin_open = True
-
-    async def __aenter__(self) -> AttachConnection:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     async def receive(self) -> tuple[int, bytes] | None:
         """The next ``(stream, data)`` of output, or ``None`` once the monitor hung up."""
@@ -85,6 +74,10 @@ class AttachConnection:
     def close(self) -> None:
         """Drop the connection."""
         self._sock.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, as ``async with`` calls it on the way out."""
+        self.close()
 
 
 def connect_attach(directory: Path) -> AttachConnection:

@@ -68,19 +68,15 @@ def _init_for(default_binary: str) -> Callable[[InitContext[RuntimeConfig]], Awa
             Path(ctx.daemon.state) / f"{ctx.registration.id}-root")
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         events = ctx.events
-
-        def publish(namespace: str, topic: str, event: msgspec.Struct) -> Any:
-            return events.publish(namespace, topic, event) if events is not None else None
-
         supervisor = Supervisor(
-            publish, events.wait_for_subscriber if events is not None else None,
+            ctx.publish, events.wait_for_subscriber if events is not None else None,
             interval=config.oom_check_interval, grace=config.exit_publish_grace)
         runtime = RuncRuntime(
             name=ctx.registration.name,
             oci=OciRuntime(binary, root, timeout=config.timeout,
                            systemd_cgroup=config.systemd_cgroup),
             runtime_path=binary, conmon=conmon, root=ctx.root, state=ctx.state,
-            publish=publish, supervisor=supervisor, timeout=config.timeout,
+            publish=ctx.publish, supervisor=supervisor, timeout=config.timeout,
             # Looked up per task, not required: the runtime works without a network plugin.
             network=lambda: next(iter(ctx.plugins.by_type("network").values()), None),
         )  # fmt: skip
@@ -95,10 +91,6 @@ def _init_for(default_binary: str) -> Callable[[InitContext[RuntimeConfig]], Awa
 def moorage_plugins() -> Iterator[Registration]:
     """The runc and crun runtimes."""
     for binary in ("runc", "crun"):
-        yield Registration(
-            type="runtime",
-            id=binary,
-            init=_init_for(binary),
-            config=RuntimeConfig,
-            description=f"OCI runtime {binary}, each task supervised by conmon",
-        )
+        yield Registration.named(
+            f"runtime.{binary}", _init_for(binary), config=RuntimeConfig,
+            description=f"OCI runtime {binary}, each task supervised by conmon")

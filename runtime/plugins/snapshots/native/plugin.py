@@ -35,11 +35,5 @@ async def close(snapshotter: NativeSnapshotter) -> None:
 @hookimpl
 def moorage_plugins() -> Iterator[Registration]:
     """The native (copying) snapshotter."""
-    yield Registration(
-        type="snapshotter",
-        id="native",
-        init=init,
-        close=close,
-        config=NativeConfig,
-        description="full-copy snapshots with bind mounts; works anywhere",
-    )
+    yield Registration.named("snapshotter.native", init, close=close, config=NativeConfig,
+                             description="full-copy snapshots with bind mounts; works anywhere")

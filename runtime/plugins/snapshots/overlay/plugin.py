@@ -93,11 +93,5 @@ async def close(snapshotter: OverlaySnapshotter) -> None:
 @hookimpl
 def moorage_plugins() -> Iterator[Registration]:
     """The overlayfs snapshotter."""
-    yield Registration(
-        type="snapshotter",
-        id="overlayfs",
-        init=init,
-        close=close,
-        config=OverlayConfig,
-        description="layered snapshots on overlayfs (needs d_type)",
-    )
+    yield Registration.named("snapshotter.overlayfs", init, close=close, config=OverlayConfig,
+                             description="layered snapshots on overlayfs (needs d_type)")

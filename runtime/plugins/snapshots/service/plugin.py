@@ -38,14 +38,9 @@ class SnapshotService:
 async def init(ctx: InitContext[Any]) -> Snapshots:
     """Wrap every running snapshotter."""
     metadata: Metadata = ctx.get("metadata.sqlite")
-    db = metadata.db
-    events = ctx.events
-
-    def publish(namespace: str, topic: str, event: Any) -> Any:
-        return events.publish(namespace, topic, event) if events is not None else None
-
     backends: dict[str, Snapshotter] = ctx.get_by_type("snapshotter")
-    wrapped = {n: NamespacedSnapshotter(n, b, db, publish) for n, b in backends.items()}
+    wrapped = {n: NamespacedSnapshotter(n, b, metadata.db, ctx.publish)
+               for n, b in backends.items()}
     for snapshotter in wrapped.values():
         # Before anyone is served: records a crash left without backend snapshots.
         await snapshotter.recover()
@@ -56,12 +51,8 @@ async def init(ctx: InitContext[Any]) -> Snapshots:
 @hookimpl
 def moorage_plugins() -> Iterator[Registration]:
     """The snapshot service."""
-    yield Registration(
-        type="service",
-        id="snapshots",
-        init=init,
-        requires=("metadata.sqlite", "snapshotter"),
-        description="namespaced snapshots over the snapshotter backends",
-    )
+    yield Registration.named("service.snapshots", init,
+                             requires=("metadata.sqlite", "snapshotter"),
+                             description="namespaced snapshots over the snapshotter backends")
     yield route_set("snapshots", ("service.snapshots",), "snapshots",
                     "runtime.plugins.snapshots.routes:snapshot_routes")
