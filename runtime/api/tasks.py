@@ -18,6 +18,7 @@ import msgspec
 from runtime.api.mounts import Mount
 
 __all__ = [
+    "KEEP_CGROUP_PARENTS_ANNOTATION",
     "LOG_PATH_ANNOTATION",
     "STDERR",
     "STDOUT",
@@ -52,6 +53,10 @@ __all__ = [
 #: Spec annotation: the init process's log file (the CRI's ``log_directory/log_path``),
 #: written by the monitor in the CRI's ``k8s-file`` format instead of the task's own log.
 LOG_PATH_ANNOTATION = "io.moorage.log-path"
+#: Spec annotation ``"true"``: the cgroups above the task's own belong to someone else (the
+#: kubelet's pod cgroup under ``/kubepods``), so deleting the task never removes them, empty
+#: or not. Without it the runtime removes the empty ones it made (``<cgroup_parent>/<ns>``).
+KEEP_CGROUP_PARENTS_ANNOTATION = "io.moorage.cgroup.keep-parents"
 #: The exit status reported when the real one cannot be known (containerd's value).
 UNKNOWN_EXIT_STATUS = 255
 #: Stream tags of attach frames (conmon's numbering): standard output and error.

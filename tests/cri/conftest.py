@@ -17,6 +17,7 @@ loopback registry (built from busybox-static by the session fixtures).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -40,17 +41,25 @@ def cri_config(extra: str = "") -> str:
     return '[plugins."cri.v1"]\nenabled = true\n' + extra
 
 
-@pytest.fixture
-def cri_daemon(tmp_path: Path) -> Iterator[Any]:
-    """A running daemon with ``cri.v1`` serving on ``<state>/cri.sock``."""
+@contextlib.contextmanager
+def running_cri_daemon(path: Path, config: str | None = None) -> Iterator[Any]:
+    """A daemon in ``path`` serving ``cri.v1`` (``config``: the whole TOML, default
+    :func:`cri_config`), once its socket answers; attribute ``cri_socket``."""
     require_root()
     for binary in ("runc", "conmon", "catatonit"):
         require_binary(binary)
     from tests.fixtures.daemon import Daemon
 
-    with Daemon(tmp_path / "daemon", cri_config()) as daemon:
+    with Daemon(path, cri_config() if config is None else config) as daemon:
         daemon.cri_socket = daemon.state / "cri.sock"  # type: ignore[attr-defined]
         wait_for_socket(daemon)
+        yield daemon
+
+
+@pytest.fixture
+def cri_daemon(tmp_path: Path) -> Iterator[Any]:
+    """A running daemon with ``cri.v1`` serving on ``<state>/cri.sock``."""
+    with running_cri_daemon(tmp_path / "daemon") as daemon:
         yield daemon
 
 
@@ -156,19 +165,26 @@ class CriClient:
                 self.pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox.id))
 
 
-@pytest.fixture
-def cri(cri_daemon: Any, tmp_path: Path) -> Iterator[CriClient]:
-    """A CRI client of ``cri_daemon``; pods left over are removed afterwards."""
-    client = CriClient(cri_daemon.cri_socket, tmp_path / "logs")
+@contextlib.contextmanager
+def connected(daemon: Any, log_dir: Path) -> Iterator[CriClient]:
+    """A CRI client of ``daemon``; the pods left over are removed afterwards."""
+    client = CriClient(daemon.cri_socket, log_dir)
     try:
         yield client
     finally:
-        if cri_daemon.running:
+        if daemon.running:
             try:
                 client.remove_everything()
             except Exception as exc:
                 print(f"CRI teardown: {exc}")
         client.close()
+
+
+@pytest.fixture
+def cri(cri_daemon: Any, tmp_path: Path) -> Iterator[CriClient]:
+    """A CRI client of ``cri_daemon``; pods left over are removed afterwards."""
+    with connected(cri_daemon, tmp_path / "logs") as client:
+        yield client
 
 
 def netns_exists(path: str) -> bool:

@@ -6,7 +6,7 @@ SIGKILL), restarts the daemon and checks, before any cleanup call:
 * nothing is left that no listed pod or container owns: no network namespace
   under ``network.cni``'s netns dir, no veth on the pod bridge, no address in
   the CNI IPAM dir, no mount under the daemon's root or state, no cgroup under
-  ``<cgroup parent>/k8s.io``;
+  ``<cgroup parent>/k8s.io`` or the pods' own cgroup parents (``.../kubepods/pod<case>``);
 * the half-made pod or container is gone, or listed in a state the kubelet can
   stop and remove, and StopPodSandbox + RemovePodSandbox then leave exactly
   what was there before the request;
@@ -61,8 +61,8 @@ SANDBOX_POINTS = (
     "task.create.before-runtime",
     "task.create.after-runtime",
     "cri.sandbox.after-infra-create",
-    # task.start.after-runtime and cri.sandbox.after-infra-start leave a running pod,
-    # whose netns and /dev/shm the store check calls stray mounts: not run yet.
+    "task.start.after-runtime",
+    "cri.sandbox.after-infra-start",
 )
 CONTAINER_POINTS = (
     "cri.container.after-record",
@@ -71,6 +71,8 @@ CONTAINER_POINTS = (
     "task.create.after-runtime",
     "cri.container.after-task",
 )
+#: The crash pods' cgroup parents are <daemon cgroup parent>/kubepods/pod<case>.
+KUBEPODS = "kubepods"
 #: What RunPodSandbox passes (CreateContainer passes cri.container.* and task.create.*).
 RUN_POD_TOUCHES = ("cri.sandbox", "network.attach", "task.create", "task.start")
 CREATE_TOUCHES = ("cri.container", "task.create")
@@ -126,9 +128,13 @@ def footprint(rig: CrashRig) -> Footprint:
         with contextlib.suppress(ValueError):
             ips.add(str(ipaddress.ip_address(path.name)))
     inner = f"{daemon.cgroup_parent.strip('/')}/{CRI_NAMESPACE}"
+    # The crash pods' own cgroups, under their (kubelet-style) pod cgroup parents.
+    pods = f"{daemon.cgroup_parent.strip('/')}/{KUBEPODS}/*"
     cgroups = {d.name for d in CGROUP_ROOT.glob(f"*/{inner}/*") if d.is_dir()}
+    cgroups |= {d.name for d in CGROUP_ROOT.glob(f"*/{pods}/*") if d.is_dir()}
     if (CGROUP_ROOT / "cgroup.controllers").exists():
         cgroups |= {d.name for d in (CGROUP_ROOT / inner).glob("*") if d.is_dir()}
+        cgroups |= {d.name for d in CGROUP_ROOT.glob(f"{pods}/*") if d.is_dir()}
     return Footprint(netns=netns, veths=veths, ips=frozenset(ips),
                      mounts=frozenset(mounts_under(daemon.root, daemon.state)),
                      cgroups=frozenset(cgroups))
@@ -208,6 +214,8 @@ def _baseline(ctx: Ctx, cri: CriClient) -> None:
 def _pod_config(cri: CriClient, ctx: Ctx) -> Any:
     config = cri.pod_config(f"crash-{ctx.tag}")
     config.metadata.uid = f"uid-{ctx.tag}"
+    # As the kubelet gives it (the sentinel pod has none: both kinds are covered).
+    config.linux.cgroup_parent = f"{ctx.rig.daemon.cgroup_parent}/{KUBEPODS}/pod{ctx.tag}"
     return config
 
 
@@ -288,9 +296,7 @@ SCENARIOS = [
              setup=create_setup, setup_touches=RUN_POD_TOUCHES,
              verify_touches=(*CREATE_TOUCHES, "task.start")),
 ]
-# The create-container cases wait for the store check to know a live pod's netns and
-# /dev/shm mounts (tests/reliability/store_check.py calls them stray): RunPodSandbox only.
-CASES = cases(SCENARIOS[:1])
+CASES = cases(SCENARIOS)
 
 
 @pytest.fixture(scope="module")
@@ -303,6 +309,18 @@ def rig(tmp_path_factory: pytest.TempPathFactory, cri_image: str) -> Iterator[Cr
     rig.registry = cri_image
     try:
         rig.life(None)
+        cri = rig.cri()
+        try:
+            cri.pull(cri_image)
+            sandbox_id, sandbox_config = cri.run_pod(cri.pod_config("sentinel"))
+            container_id = cri.create_container(
+                sandbox_id, sandbox_config, cri.container_config(cri_image, name="sentinel"))
+            cri.runtime.StartContainer(cri.pb.StartContainerRequest(container_id=container_id))
+        finally:
+            cri.close()
+        client = rig.client(CRI_NAMESPACE)
+        for id_ in (sandbox_id, container_id):
+            rig.add_sentinel(CRI_NAMESPACE, id_, client.task(id_).pid)
         yield rig
     finally:
         with contextlib.suppress(Exception):
@@ -318,6 +336,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory, cri_image: str) -> Iterator[Cr
 def test_every_risky_step_has_a_case() -> None:
     """Both requests are killed after each step that makes something on the host."""
     assert {c.point for c in CASES if c.scenario.name == "run-pod"} == set(SANDBOX_POINTS)
+    assert {c.point for c in CASES if c.scenario.name == "create-container"} == \
+        set(CONTAINER_POINTS)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+
+from tests.cri.conftest import CRI_NAMESPACE
 
 pytestmark = pytest.mark.root
 
@@ -109,20 +114,18 @@ def test_a_pod_name_is_reserved_until_removed_and_a_failed_run_releases_it(cri: 
 
 def test_the_infra_process_is_pid_1_and_ends_on_sigterm(cri: Any, cri_daemon: Any) -> None:
     sandbox_id, _ = cri.run_pod()
-    pids = subprocess.run(["pgrep", "-f", "^/pause -P"], capture_output=True, text=True).stdout
-    assert pids.split()
+    # The pod's own process, not a host-wide search: other daemons' pods come and go.
+    pid = cri_daemon.client(CRI_NAMESPACE).task(sandbox_id).pid
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2] == [b"/pause", b"-P"]
+    ns_pids = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if line.startswith("NSpid:"))
+    assert ns_pids.split()[-1] == "1", ns_pids  # PID 1 of the pod's PID namespace
+    assert sandbox_id in Path(f"/proc/{pid}/cgroup").read_text()
     # catatonit -P answers SIGTERM: a stop with a grace period ends quickly.
-    for pid in pids.split():
-        with open(f"/proc/{pid}/cgroup") as f:
-            if sandbox_id in f.read():
-                os.kill(int(pid), 15)
-                break
-    else:
-        pytest.fail("no infra process in the sandbox's cgroup")
-    for _ in range(100):
-        if _status(cri, sandbox_id).state == cri.pb.SANDBOX_NOTREADY:
-            break
-        import time
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while _status(cri, sandbox_id).state != cri.pb.SANDBOX_NOTREADY \
+            and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _status(cri, sandbox_id).state == cri.pb.SANDBOX_NOTREADY
 

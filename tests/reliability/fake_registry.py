@@ -110,6 +110,13 @@ class FakeRegistry:
             self.tags[(repo, tag)] = digest
         return f"{self.host}/{repo}:{tag}"
 
+    def misnamed(self, repo: str, data: bytes, media_type: str, digest: str) -> str:
+        """Serve ``data`` as the manifest ``digest`` it does not hash to; return ``repo@digest``."""
+        with self._lock:
+            self.blobs[digest] = data
+            self.media_types[digest] = media_type
+        return f"{self.host}/{repo}@{digest}"
+
     def fault(self, digest: str, fault: Fault, times: int | None = None) -> None:
         """Make downloads of ``digest`` fail as ``fault`` (the next ``times``, or always)."""
         with self._lock:

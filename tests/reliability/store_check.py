@@ -14,7 +14,8 @@ What it checks, each failure becoming one line of :attr:`StoreReport.problems`:
 * every snapshot record maps to an existing backend snapshot of the same kind whose
   data directory exists, and its parent record exists and is the backend's parent;
 * nothing is mounted under the daemon's root or state except the root filesystems of
-  the tasks it knows;
+  the tasks it knows and, for each pod sandbox the CRI (``cri.v1``) has a record of,
+  the pod's ``/dev/shm`` and, until the pod is stopped, its network namespace;
 * the OCI runtimes hold no container, and no monitor runs, for a task the daemon
   does not know; every running task's process is alive;
 * ``moorage images check --platform <host>`` passes in every namespace (when the images
@@ -44,6 +45,10 @@ __all__ = ["StoreReport", "assert_store_ok", "check_store", "mounts_under", "run
 _HEX = frozenset("0123456789abcdef")
 # Snapshotter backends whose bookkeeping lives in <root>/snapshotter.<name>/metadata.db.
 _BACKENDS = ("native", "overlayfs")
+# How cri.v1 marks a sandbox's record and where it keeps the pod's netns and directory
+# (runtime/plugins/cri/records.py: KIND_LABEL, EXTENSION, SandboxRecord).
+CRI_KIND_LABEL = "io.moorage.cri.kind"
+CRI_EXTENSION = "io.moorage.cri"
 # Runtime plugins and the directory (under the state) of their OCI runtime's state.
 _RUNTIMES = {"runtime.runc": ("runc", "runc-root"), "runtime.crun": ("crun", "crun-root")}
 
@@ -246,7 +251,10 @@ class _Checker:
                                  f"{task.pid} is gone")
         state = self.daemon.state
         allowed = [state / runtime / ns / cid for (ns, cid), runtime in known.items()]
+        pod_mounts = {m for ns in namespaces for m in self.cri_pod_mounts(ns)}
         for point in mounts_under(self.daemon.root, state):
+            if point in pod_mounts:
+                continue
             if not any(point == str(a) or point.startswith(f"{a}/") for a in allowed):
                 self.problem(f"stray mount {point}")
         for runtime, (binary, runtime_root) in _RUNTIMES.items():
@@ -266,6 +274,26 @@ class _Checker:
         for pid, argv in _monitors(state):
             if not any(str(a).encode() in arg for a in allowed for arg in argv):
                 self.problem(f"monitor {pid} runs for a task the daemon does not know")
+
+    def cri_pod_mounts(self, namespace: str) -> set[str]:
+        """The mounts the CRI's pod sandboxes recorded in ``namespace`` own: netns and /dev/shm.
+
+        Only a sandbox record's own netns bind mount (until StopPodSandbox, which
+        removes it before it marks the record stopped) and its ``<dir>/shm`` tmpfs
+        count, and only while the record exists: a pod the CRI forgot owns nothing.
+        """
+        owned: set[str] = set()
+        for container in self.daemon.client(namespace).containers():
+            if container.labels.get(CRI_KIND_LABEL) != "sandbox":
+                continue
+            ext = container.extensions.get(CRI_EXTENSION)
+            if not isinstance(ext, dict):
+                continue
+            if ext.get("netns") and not ext.get("stopped"):
+                owned.add(str(ext["netns"]))
+            if ext.get("dir") and ext.get("shm_mounted"):
+                owned.add(str(Path(str(ext["dir"])) / "shm"))
+        return owned
 
     def images(self) -> None:
         """``moorage images check`` in every namespace, when the images plugin runs."""

@@ -88,7 +88,7 @@ class Containers(PodRecords):
             spec = specs.container_spec(
                 self.namespace, container_id, config, sandbox_config, image_config,
                 infra_pid=infra.pid, target_pid=target_pid, files=self.files(sandbox),
-                log_path=log_path, cgroup_parent=self._cgroup_parent(sandbox_config),
+                log_path=log_path, cgroups_path=self._cgroups_path(sandbox_config, container_id),
                 min_oom_score_adj=_own_oom_score_adj())
             if log_path:
                 await anyio.to_thread.run_sync(

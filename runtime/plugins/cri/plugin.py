@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
+from runtime.core.config import AbsolutePath
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, PluginSkipped, Registration
 
@@ -36,9 +37,10 @@ class CriConfig(PluginConfig):
         sandbox_image: The pod's infra process: ``catatonit`` (Debian's, run
             from a root filesystem the plugin builds) or the absolute path of
             another static binary that waits for signals as PID 1.
-        cni_conf_dir: Where pod networks' conflists are; empty: the
-            ``network.cni`` plugin's own ``conf_dir``. The first network in it
-            (by file name) is the pod network.
+        cni_conf_dir: Where the pod network's configuration is: the first usable
+            ``.conflist``/``.conf``/``.json`` file in name order (as containerd's
+            CRI), read at each RunPodSandbox and Status, so a file added later is
+            used without a restart. Empty: ``network.cni``'s default network.
         log_root: Where logs go when a pod gives no ``log_directory``;
             default ``<root>/logs``.
         stream_address: The streaming server's address (exec, attach, port-forward).
@@ -54,7 +56,7 @@ class CriConfig(PluginConfig):
     namespace: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]+([._-][A-Za-z0-9]+)*$")] = \
         "k8s.io"
     sandbox_image: str = "catatonit"
-    cni_conf_dir: str = ""
+    cni_conf_dir: AbsolutePath = ""
     log_root: str = ""
     stream_address: str = "127.0.0.1"
     stream_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0

@@ -33,6 +33,7 @@ from runtime.core.errors import (
     MoorageError,
     NotFound,
 )
+from runtime.pkg.oci.spec import cgroups_path
 from runtime.plugins.containers.api import ContainerStore
 from runtime.plugins.cri import spec as specs
 from runtime.plugins.cri.images import CriImages
@@ -131,6 +132,8 @@ class PodRecords:
         log_root: Logs of pods without a log directory.
         cgroup_parent: The daemon's cgroup parent.
         infra_binary: The infra process's binary on the host.
+        cni_conf_dir: Where the pod network's configuration is (the first usable one);
+            None: ``network.cni``'s default network.
     """
 
     namespace: str
@@ -145,6 +148,7 @@ class PodRecords:
     log_root: Path
     cgroup_parent: str
     infra_binary: str
+    cni_conf_dir: Path | None = None
     _names: dict[str, str] = field(default_factory=dict)
     _stats: dict[str, StatsSample] = field(default_factory=dict)
     _oom: set[str] = field(default_factory=set)
@@ -159,14 +163,20 @@ class PodRecords:
         """The infra process's root filesystem."""
         return self.root / "infra" / "rootfs"
 
-    def _cgroup_parent(self, config: pb.PodSandboxConfig) -> str:
+    def _cgroups_path(self, config: pb.PodSandboxConfig, id_: str) -> str:
+        """The cgroup of a pod's infra process or container ``id_``.
+
+        With the pod's ``cgroup_parent`` (the kubelet's ``/kubepods/.../pod<uid>``)
+        it is ``<cgroup_parent>/<id>``, as containerd's cgroupfs driver makes it;
+        without, ``<daemon cgroup_parent>/<namespace>/<id>`` like every task's.
+        """
         parent = config.linux.cgroup_parent
         if not parent:
-            return self.cgroup_parent
-        if not parent.startswith("/"):
+            return cgroups_path(self.namespace, id_, self.cgroup_parent)
+        if not parent.startswith("/") or ".." in parent.split("/"):
             raise InvalidArgument(f"cgroup parent {parent!r} must be an absolute cgroupfs path "
                                   "(this runtime uses the cgroupfs driver)")
-        return parent
+        return f"{parent.rstrip('/')}/{id_}"
 
     def files(self, record: SandboxRecord) -> specs.SandboxFiles:
         """The pod's shared files."""
@@ -174,6 +184,8 @@ class PodRecords:
         shm = base / "shm" if record.shm_mounted else Path("/dev/shm")
         return specs.SandboxFiles(hostname=base / "hostname", hosts=base / "hosts",
                                   resolv_conf=base / "resolv.conf", shm=shm)
+
+    # -- names and records ----------------------------------------------------------
 
     def _lock(self, key: str) -> anyio.Lock:
         return self._locks.setdefault(key, anyio.Lock())
@@ -240,6 +252,8 @@ class PodRecords:
         config = pb.PodSandboxConfig()
         json_format.ParseDict(record.config, config, ignore_unknown_fields=True)
         return config
+
+    # -- tasks ----------------------------------------------------------------------
 
     async def _task(self, id_: str) -> TaskState | None:
         for runtime in self.runtimes.values():

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import secrets
 import signal
+from pathlib import Path
 
 import anyio
 import anyio.to_thread
@@ -14,6 +15,7 @@ import msgspec
 from runtime.api.containers import Container, RuntimeInfo
 from runtime.api.tasks import Status
 from runtime.core.errors import (
+    FailedPrecondition,
     InvalidArgument,
     MoorageError,
     NotFound,
@@ -51,14 +53,22 @@ class Sandboxes(Containers):
             raise InvalidArgument("pod sandbox metadata needs name, namespace and uid")
         validate_labels(dict(config.labels))
         runtime = self.runtime_for(request.runtime_handler)
+        modes = config.linux.security_context.namespace_options
+        host_net = modes.network == pb.NODE
+        network = BRIDGE
+        if not host_net:
+            found = await anyio.to_thread.run_sync(self.pod_network)
+            if found is None:
+                raise FailedPrecondition(
+                    f"no usable CNI network configuration in {self.network_conf_dir}: "
+                    "the pod network is not ready (NetworkPluginNotReady)")
+            network = found
         sandbox_id = secrets.token_hex(32)
         name = f"{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
         self._reserve(name, sandbox_id)
         made: list[str] = []
         record = SandboxRecord(id=sandbox_id, name=name, config=config_dict(config),
                                created_at=now_ns(), runtime_handler=request.runtime_handler)
-        modes = config.linux.security_context.namespace_options
-        host_net = modes.network == pb.NODE
         try:
             record.dir = str(self.state / "sandboxes" / sandbox_id)
             await self.containers.create(self.namespace, Container(
@@ -72,10 +82,10 @@ class Sandboxes(Containers):
             if not host_net:
                 made.append("network")
                 attachment = await self.network.attach(
-                    self.namespace, sandbox_id, BRIDGE, ports, cni_args={
+                    self.namespace, sandbox_id, network, ports, cni_args={
                         "IgnoreUnknown": "1", "K8S_POD_NAMESPACE": meta.namespace,
                         "K8S_POD_NAME": meta.name, "K8S_POD_INFRA_CONTAINER_ID": sandbox_id,
-                        "K8S_POD_UID": meta.uid})
+                        "K8S_POD_UID": meta.uid}, conf_dir=self.cni_conf_dir)
                 record.netns = attachment.netns
                 ips = [ip.ip for ip in attachment.ips]
                 record.ip = ips[0] if ips else ""
@@ -91,7 +101,7 @@ class Sandboxes(Containers):
             spec = specs.sandbox_spec(
                 self.namespace, sandbox_id, config, rootfs=self.infra_rootfs,
                 netns=record.netns or None,
-                cgroup_parent=self._cgroup_parent(config))
+                cgroups_path=self._cgroups_path(config, sandbox_id))
             made.append("task")
             await runtime.create(self.namespace, sandbox_id, spec, [])
             # Crash tests: the infra task is created, not started.
@@ -108,6 +118,24 @@ class Sandboxes(Containers):
         log.info("pod sandbox %s (%s/%s) running, ip %s", sandbox_id, meta.namespace, meta.name,
                  record.ip or "host", extra={"namespace": self.namespace})
         return sandbox_id
+
+    @property
+    def network_conf_dir(self) -> Path:
+        """Where the pod network's configuration is looked for."""
+        return self.cni_conf_dir or Path(self.network.conf_dir)
+
+    def pod_network(self) -> str | None:
+        """The network pods attach to, or None while no configuration is usable.
+
+        With ``cni_conf_dir`` it is the first usable ``.conflist``/``.conf``/``.json``
+        there in file-name order, as containerd's CRI loads it, read at each call (a
+        file added later is used without a restart); without, ``network.cni``'s
+        default network.
+        """
+        if self.cni_conf_dir is None:
+            return BRIDGE if self.network.networks() else None
+        name: str | None = self.network.first_network(self.cni_conf_dir)
+        return name
 
     async def _undo_sandbox(self, record: SandboxRecord, made: list[str],
                             runtime: Runtime | None) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio.to_thread
 import grpc
 import msgspec
 
@@ -104,11 +105,11 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
 
     @_guard
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
-        networks = self.server.network.networks()
-        net = pb.RuntimeCondition(type="NetworkReady", status=bool(networks))
-        if not networks:
+        network = await anyio.to_thread.run_sync(self.pods.pod_network)
+        net = pb.RuntimeCondition(type="NetworkReady", status=network is not None)
+        if network is None:
             net.reason = "NetworkPluginNotReady"
-            net.message = f"no CNI network configuration in {self.server.network.conf_dir}"
+            net.message = f"no usable CNI network configuration in {self.pods.network_conf_dir}"
         response = pb.StatusResponse()
         response.status.conditions.extend([
             pb.RuntimeCondition(type="RuntimeReady", status=True), net])
@@ -399,7 +400,8 @@ async def start_cri(ctx: InitContext[Any]) -> CriServer:
         runtimes=ctx.get_by_type("runtime"), network=network, images=images,
         root=ctx.root, state=ctx.state,
         log_root=Path(config.log_root) if config.log_root else ctx.root / "logs",
-        cgroup_parent=ctx.daemon.cgroup_parent, infra_binary=config.sandbox_image)
+        cgroup_parent=ctx.daemon.cgroup_parent, infra_binary=config.sandbox_image,
+        cni_conf_dir=Path(config.cni_conf_dir) if config.cni_conf_dir else None)
     await pods.load()
     address = Path(config.address) if config.address else Path(ctx.daemon.state) / "cri.sock"
     # Required, so running: the same exchange as ctx.events, typed.

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.api.specs import ImageConfig, SpecOptions
-from runtime.api.tasks import LOG_PATH_ANNOTATION
+from runtime.api.tasks import KEEP_CGROUP_PARENTS_ANNOTATION, LOG_PATH_ANNOTATION
 from runtime.core.errors import InvalidArgument
 from runtime.pkg.oci.spec import generate_spec, privileged_capabilities
 from runtime.pkg.seccomp import UNCONFINED, default_profile, parse_profile
@@ -83,18 +83,26 @@ def _apply_sysctls(spec: dict[str, Any], sysctls: dict[str, str], *, host_net: b
         spec["linux"].setdefault("sysctl", {}).update(sysctls)
 
 
+def _set_cgroup(spec: dict[str, Any], cgroups_path: str, pod: pb.PodSandboxConfig) -> None:
+    spec["linux"]["cgroupsPath"] = cgroups_path
+    if pod.linux.cgroup_parent:
+        # The kubelet's pod cgroup: it makes and removes it, even when it is empty.
+        spec.setdefault("annotations", {})[KEEP_CGROUP_PARENTS_ANNOTATION] = "true"
+
+
 def sandbox_spec(namespace: str, sandbox_id: str, config: pb.PodSandboxConfig, *,
-                 rootfs: Path, netns: str | None, cgroup_parent: str) -> dict[str, Any]:
+                 rootfs: Path, netns: str | None, cgroups_path: str) -> dict[str, Any]:
     """The infra container: PID 1 of the pod, holding its namespaces.
 
-    ``netns`` is the pod's network namespace, ``None`` for host networking.
+    ``netns`` is the pod's network namespace, ``None`` for host networking;
+    ``cgroups_path`` its cgroup (under the pod's cgroup parent).
     """
     sec = config.linux.security_context
     modes = sec.namespace_options
     host_net = modes.network == pb.NODE
     spec = generate_spec(namespace, sandbox_id, ImageConfig(entrypoint=[INFRA_BINARY, "-P"]),
-                         SpecOptions(hostname=config.hostname or ""),
-                         cgroup_parent=cgroup_parent)
+                         SpecOptions(hostname=config.hostname or ""))
+    _set_cgroup(spec, cgroups_path, config)
     spec["root"] = {"path": str(rootfs), "readonly": True}
     _set_namespace(spec, "network", netns, not host_net)
     _set_namespace(spec, "uts", None, not host_net)
@@ -186,7 +194,7 @@ def container_spec(
     target_pid: int | None,
     files: SandboxFiles,
     log_path: str,
-    cgroup_parent: str,
+    cgroups_path: str,
     min_oom_score_adj: int,
 ) -> dict[str, Any]:
     """A container's spec: the image, then the CRI config, joined to the sandbox's namespaces.
@@ -223,7 +231,8 @@ def container_spec(
         terminal=config.tty,
         annotations={LOG_PATH_ANNOTATION: log_path} if log_path else {},
     )
-    spec = generate_spec(namespace, container_id, image, options, cgroup_parent=cgroup_parent)
+    spec = generate_spec(namespace, container_id, image, options)
+    _set_cgroup(spec, cgroups_path, sandbox)
     process = spec["process"]
     modes = sec.namespace_options
     proc = f"/proc/{infra_pid}/ns"

@@ -143,6 +143,22 @@ class TestConflists:
         with pytest.raises(NotFound, match=r"network 'b' not found in .* \(networks: a\)"):
             conflist.find_conflist(tmp_path, "b")
 
+    def test_first_usable_file_in_name_order_passing_broken_ones(self, tmp_path: Path) -> None:
+        assert conflist.first_conflist(tmp_path / "missing") is None
+        (tmp_path / "00-broken.conflist").write_text("{")
+        (tmp_path / "01-no-plugins.conf").write_text('{"cniVersion": "1.0.0", "name": "x"}')
+        (tmp_path / "02-old.conf").write_text(
+            '{"cniVersion": "0.2.0", "name": "old", "type": "bridge"}')
+        (tmp_path / "05-README.md").write_text('{"cniVersion": "1.0.0", "name": "md"}')
+        assert conflist.first_conflist(tmp_path) is None
+        (tmp_path / "20-b.conflist").write_text(json.dumps(
+            {"cniVersion": "1.0.0", "name": "b", "plugins": [{"type": "ptp"}]}))
+        (tmp_path / "10-a.conf").write_text(json.dumps(
+            {"cniVersion": "1.0.0", "name": "a", "type": "bridge"}))
+        first = conflist.first_conflist(tmp_path)
+        assert first is not None and (first.name, first.source) == (
+            "a", str(tmp_path / "10-a.conf"))
+
     def test_default_network(self, tmp_path: Path) -> None:
         data = default_conflist(name="moorage", bridge="moorage0", subnet="10.88.0.0/16",
                                 ipam_dir=tmp_path, firewall=False)

@@ -26,6 +26,7 @@ __all__ = [
     "check_subnet",
     "default_conflist",
     "find_conflist",
+    "first_conflist",
     "list_conflists",
     "parse_subnet",
     "write_default",
@@ -104,6 +105,20 @@ def list_conflists(conf_dir: Path) -> dict[str, ConfList]:
             continue
         found.setdefault(conf.name, conf)
     return found
+
+
+def first_conflist(conf_dir: Path) -> ConfList | None:
+    """The first usable network in ``conf_dir`` in file-name order, or None.
+
+    Broken files are passed over, as libcni does when it loads the pod network
+    of containerd's CRI.
+    """
+    for path in _files(conf_dir):
+        try:
+            return ConfList.from_json(json.loads(path.read_text()), str(path))
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def find_conflist(conf_dir: Path, name: str) -> ConfList:

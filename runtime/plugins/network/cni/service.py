@@ -53,7 +53,12 @@ from runtime.plugins.network.api import (
     PortMapping,
 )
 from runtime.plugins.network.cni import netns
-from runtime.plugins.network.cni.conflist import ConfList, find_conflist, list_conflists
+from runtime.plugins.network.cni.conflist import (
+    ConfList,
+    find_conflist,
+    first_conflist,
+    list_conflists,
+)
 from runtime.plugins.network.cni.invoke import CniPluginError, Invocation, invoke, version_tuple
 
 __all__ = ["AttachmentRecord", "CniNetwork"]
@@ -230,22 +235,33 @@ class CniNetwork:
         """Names of the networks in ``conf_dir``."""
         return sorted(list_conflists(self.conf_dir))
 
-    def _resolve(self, network: str) -> ConfList | None:
+    def first_network(self, conf_dir: Path) -> str | None:
+        """The name of the first usable network configuration in ``conf_dir``, or None.
+
+        Files are read in name order, afresh at each call, and broken ones passed over.
+        """
+        conf = first_conflist(conf_dir)
+        return conf.name if conf is not None else None
+
+    def _resolve(self, network: str, conf_dir: Path | None = None) -> ConfList | None:
         if network == HOST:
             raise InvalidArgument("host networking needs no attachment: the task keeps the "
                                   "host's network namespace")
         if network == NONE:
             return None
-        return find_conflist(self.conf_dir, self.default_network if network == BRIDGE
-                             else network)
+        return find_conflist(conf_dir or self.conf_dir,
+                             self.default_network if network == BRIDGE else network)
 
     async def attach(self, namespace: str, container_id: str, network: str = BRIDGE,
                      ports: Sequence[PortMapping] = (),
-                     cni_args: Mapping[str, str] | None = None) -> Attachment:
+                     cni_args: Mapping[str, str] | None = None,
+                     conf_dir: Path | None = None) -> Attachment:
         """Create a network namespace for the container and run the network's ADD in it.
 
         ``cni_args`` go to every plugin as ``CNI_ARGS`` (``IgnoreUnknown=1``
-        lets plugins accept keys they do not know).
+        lets plugins accept keys they do not know). ``conf_dir`` looks the
+        network up in another directory than the plugin's own (the CRI's
+        ``cni_conf_dir``); its DEL reads the configuration kept with the record.
 
         Raises:
             AlreadyExists: The container is attached already.
@@ -255,7 +271,7 @@ class CniNetwork:
         """
         validate_namespace(namespace)
         validate_identifier(container_id, "container id")
-        conf = await anyio.to_thread.run_sync(self._resolve, network)
+        conf = await anyio.to_thread.run_sync(self._resolve, network, conf_dir)
         if conf is None and ports:
             raise InvalidArgument("ports cannot be published without a network "
                                   f"(network {network!r} has loopback only)")

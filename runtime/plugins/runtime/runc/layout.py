@@ -76,6 +76,8 @@ class TaskRecord(msgspec.Struct, kw_only=True):
         state: ``creating`` until the runtime created it, then ``created``.
         rootfs: The mounts on ``<bundle>/rootfs``.
         cgroups_path: The spec's ``linux.cgroupsPath``.
+        keep_cgroup_parents: Never remove the cgroups above the task's own (the spec's
+            ``KEEP_CGROUP_PARENTS_ANNOTATION``).
         init: The init process.
         created_at: When the task was created.
         oom_published: OOM kills already reported as ``/tasks/oom``.
@@ -87,6 +89,7 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     state: str = "creating"
     rootfs: list[Mount] = msgspec.field(default_factory=list)
     cgroups_path: str = ""
+    keep_cgroup_parents: bool = False
     init: ProcessRecord = msgspec.field(default_factory=ProcessRecord)
     created_at: datetime | None = None
     oom_published: int = 0

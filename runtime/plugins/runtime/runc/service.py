@@ -22,6 +22,7 @@ import anyio
 import anyio.to_thread
 
 from runtime.api.tasks import (
+    KEEP_CGROUP_PARENTS_ANNOTATION,
     LOG_PATH_ANNOTATION,
     ExecRequest,
     ExitStatus,
@@ -130,6 +131,8 @@ class RuncRuntime(TaskTable):
         record = TaskRecord(
             namespace=namespace, container_id=container_id, runtime=self.name, rootfs=rootfs,
             cgroups_path=str(spec.get("linux", {}).get("cgroupsPath", "")),
+            keep_cgroup_parents=spec.get("annotations", {}).get(
+                KEEP_CGROUP_PARENTS_ANNOTATION) == "true",
             init=ProcessRecord(terminal=terminal, stdin=stdin, created_at=now), created_at=now,
         )  # fmt: skip
         task = Task(record, paths)
@@ -429,7 +432,8 @@ class RuncRuntime(TaskTable):
     def _release(task: Task) -> None:
         teardown_bundle(task.paths)  # done already, unless that failed: idempotent
         if task.record.cgroups_path.startswith("/"):
-            levels = task.record.cgroups_path.strip("/").count("/")
+            levels = (0 if task.record.keep_cgroup_parents
+                      else task.record.cgroups_path.strip("/").count("/"))
             remove_empty(task.cgroups, levels)
         remove_tree(task.paths.record)
 
