@@ -179,6 +179,10 @@ class Network(Protocol):
         """Names of the networks configured (none: the network is not ready)."""
         ...
 
+    def first_network(self, conf_dir: Path) -> str | None:
+        """The first usable network configuration in ``conf_dir`` (the CRI's), or None."""
+        ...
+
     async def attach(
         self,
         namespace: str,
@@ -186,11 +190,13 @@ class Network(Protocol):
         network: str = BRIDGE,
         ports: Sequence[PortMapping] = (),
         cni_args: Mapping[str, str] | None = None,
+        conf_dir: Path | None = None,
     ) -> Attachment:
         """Create the container's network namespace and connect it to ``network``.
 
         The attachment is recorded durably before this returns, so a daemon
-        crash cannot leak it. ``cni_args`` reach every CNI plugin as ``CNI_ARGS``.
+        crash cannot leak it. ``cni_args`` reach every CNI plugin as ``CNI_ARGS``;
+        ``conf_dir`` looks ``network`` up in another directory than the plugin's own.
 
         Raises:
             AlreadyExists: The container is already attached.
