@@ -36,13 +36,16 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from runtime.plugins.content.local.store import ContentStore
+from runtime.plugins.content.local.tables import CONTENT, ContentSource
 from runtime.plugins.gc.collector import Collector
-from runtime.plugins.gc.graph import load, roots
+from runtime.plugins.gc.graph import load
 from runtime.plugins.gc.locking import timed_write
 from runtime.plugins.gc.mark import mark
+from runtime.plugins.images.tables import IMAGES, ImageSource
 from runtime.plugins.metadata.db import Database
 from runtime.plugins.metadata.namespaces import now
 from runtime.plugins.snapshots.native.snapshotter import NativeSnapshotter
+from runtime.plugins.snapshots.service.tables import SNAPSHOTS, SnapshotSource
 
 NS = "default"
 PAST = "2000-01-01T00:00:00Z"
@@ -206,6 +209,10 @@ async def bench(args: argparse.Namespace) -> None:
         db.open()
         store = ContentStore(root / "content")
         native = NativeSnapshotter(root / "native")
+        # The tables (and GC sources) of the stores whose rows populate() writes.
+        db.register(CONTENT, ContentSource(store))
+        db.register(SNAPSHOTS, SnapshotSource())
+        db.register(IMAGES, ImageSource())
         live = await db.write(lambda c: populate(c, args.objects))
         collector = Collector(db, store, {"native": native})
         print(
@@ -214,8 +221,8 @@ async def bench(args: argparse.Namespace) -> None:
         )
 
         def stop_the_world(conn: Any) -> int:
-            loaded = load(conn)
-            return len(mark(loaded, roots(loaded, datetime.now(UTC), set())).kept)
+            loaded = load(conn, db.sources)
+            return len(mark(loaded, loaded.roots(datetime.now(UTC))).kept)
 
         _, baseline = await timed_write(db, stop_the_world)
         idle = await idle_writes(db, 1.0)

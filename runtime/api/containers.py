@@ -11,15 +11,25 @@ from runtime.api.mounts import Mount
 from runtime.api.specs import ImageConfig, SpecOptions
 
 __all__ = [
+    "LAYER_DIFF_ID_HEADER",
+    "LAYER_DIGEST_HEADER",
+    "LAYER_MEDIA_TYPE_HEADER",
+    "ArchiveResult",
     "Container",
     "ContainerCreate",
     "ContainerCreateRequest",
     "ContainerDelete",
     "ContainerUpdate",
     "ContainerUpdateRequest",
+    "PathStatInfo",
     "RunRequest",
     "RuntimeInfo",
 ]
+
+#: Headers of ``GET /v1/containers/{id}/changes``: the layer blob's digest, diffID, media type.
+LAYER_DIGEST_HEADER = "Moorage-Layer-Digest"
+LAYER_DIFF_ID_HEADER = "Moorage-Layer-Diff-Id"
+LAYER_MEDIA_TYPE_HEADER = "Moorage-Layer-Media-Type"
 
 
 class RuntimeInfo(msgspec.Struct, kw_only=True):
@@ -149,3 +159,29 @@ class ContainerDelete(msgspec.Struct, kw_only=True):
     """Event ``/containers/delete``."""
 
     id: str
+
+
+class PathStatInfo(msgspec.Struct, kw_only=True):
+    """A path inside a container's root (``GET /v1/containers/{id}/archive/stat``).
+
+    Attributes:
+        name: Its base name.
+        mode: ``st_mode`` (type and permission bits).
+        size: ``st_size``.
+        mtime: Modification time, seconds since the epoch.
+        link_target: A symlink's target as written (empty otherwise).
+        is_dir: Whether it is a directory.
+    """
+
+    name: str
+    mode: int
+    size: int
+    mtime: float
+    link_target: str = ""
+    is_dir: bool = False
+
+
+class ArchiveResult(msgspec.Struct, kw_only=True):
+    """What ``PUT /v1/containers/{id}/archive`` unpacked: the number of entries made."""
+
+    entries: int

@@ -143,9 +143,12 @@ def register(sub: Any) -> None:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _credentials(user: str) -> tuple[str, str]:
+def _credentials(user: str, ref: str) -> tuple[str, str]:
+    """``--user`` (its password prompted if left out), else the caller's docker config's."""
     if not user:
-        return "", ""
+        from runtime.cli.docker_config import credentials_for
+
+        return credentials_for(ref)
     name, sep, password = user.partition(":")
     if not sep:
         password = getpass.getpass(f"Password for {name}: ")
@@ -159,7 +162,7 @@ def pull(args: argparse.Namespace) -> int:
     """Pull with progress bars."""
     from runtime.cli.main import client
 
-    user, password = _credentials(args.user)
+    user, password = _credentials(args.user, args.ref)
     events = client(args).pull(
         args.ref,
         platforms=args.platform,
@@ -191,8 +194,9 @@ def pull_for_run(args: Any, ref: str) -> None:
     from runtime.pkg.registry.reference import parse_reference
 
     domain = parse_reference(ref).domain
+    user, password = _credentials("", ref)
     events = client(args).pull(ref, snapshotter=getattr(args, "snapshotter", ""),
-                               plain_http=is_loopback(domain))
+                               plain_http=is_loopback(domain), user=user, password=password)
     summary("pulled", follow(events, quiet=False))
 
 
@@ -215,7 +219,7 @@ def push(args: argparse.Namespace) -> int:
     """Push with progress bars."""
     from runtime.cli.main import client
 
-    user, password = _credentials(args.user)
+    user, password = _credentials(args.user, args.remote)
     events = client(args).push(
         args.local or args.remote,
         args.remote,

@@ -28,7 +28,7 @@ __all__ = ["COMMANDS", "GROUPS", "build_parser", "main"]
 #: them; each module's ``register(sub)`` adds its commands.
 GROUPS = ("system", "namespaces", "content", "snapshots", "images", "containers", "run", "gc",
           "config_cmd", "verbs.containers", "verbs.inspect", "verbs.images", "verbs.volumes",
-          "verbs.networks", "completion")
+          "verbs.networks", "verbs.login", "verbs.cp", "verbs.commit", "verbs.disk", "completion")
 
 #: The group adding each top-level command and alias (a test keeps it complete).
 COMMANDS = {
@@ -43,7 +43,9 @@ COMMANDS = {
     **dict.fromkeys(("ps", "create", "exec", "stop", "start", "restart", "kill", "rm", "wait",
                      "pause", "unpause", "rename", "update"), "verbs.containers"),
     **dict.fromkeys(("inspect", "port", "info", "top", "stats"), "verbs.inspect"),
-    "rmi": "verbs.images", "tag": "verbs.images",
+    **dict.fromkeys(("rmi", "tag", "save", "load"), "verbs.images"),
+    "login": "verbs.login", "logout": "verbs.login", "cp": "verbs.cp",
+    "commit": "verbs.commit", "system": "verbs.disk",
     "volume": "verbs.volumes", "network": "verbs.networks",
     "completion": "completion", "man": "completion",
 }  # fmt: skip

@@ -38,6 +38,9 @@ def test_bash_completes_commands_subcommands_and_flags(bash_script: Path) -> Non
     assert {"ps", "pull", "pause", "port"} <= set(bash_complete(bash_script, "p"))
     assert "ls" in bash_complete(bash_script, "images", "l")
     assert set(bash_complete(bash_script, "stop", "--t")) == {"--time", "--timeout"}
+    assert {"cp", "commit", "create"} <= set(bash_complete(bash_script, "c"))
+    assert set(bash_complete(bash_script, "system", "")) >= {"df", "prune"}
+    assert "--password-stdin" in bash_complete(bash_script, "login", "--pass")
     # Global options and their values are skipped to find the command.
     assert "--all" in bash_complete(bash_script, "-n", "ns1", "ps", "--a")
     # A container name does not end the command: its flags still complete.

@@ -1,8 +1,16 @@
-"""The image verbs: ``images`` (the listing of ``moorage images``), ``rmi``, ``tag``."""
+"""The image verbs: ``images`` (its listing), ``rmi``, ``tag``, ``save`` and ``load``.
+
+``save`` writes the daemon's export, which is both an OCI image layout
+(``index.json``, ``oci-layout``, ``blobs/``) and a ``docker save`` archive
+(``manifest.json``), so ``docker load`` and ``skopeo`` read it; ``load`` takes
+either kind (and Docker's older ones with ``repositories``).
+"""
 
 from __future__ import annotations
 
-from runtime.cli.verbs import adder, ago, client
+import sys
+
+from runtime.cli.verbs import EXIT_USAGE, adder, ago, client
 
 # typing.TYPE_CHECKING without importing typing (a few ms of every CLI call).
 TYPE_CHECKING = False
@@ -23,6 +31,16 @@ def register(sub: Any) -> None:
     p = add("tag", tag, "give an image another name")
     p.add_argument("source")
     p.add_argument("target")
+
+    p = add("save", save, "images as one tar, Docker and OCI layout at once")
+    p.add_argument("-o", "--output", default="", metavar="FILE", help="default: stdout")
+    p.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]")
+    p.add_argument("--all-platforms", action="store_true")
+    p.add_argument("images", nargs="+")
+
+    p = add("load", load, "images from a tar made by save, docker save or an OCI layout")
+    p.add_argument("-i", "--input", default="-", metavar="FILE", help="default: stdin")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
 
 def images(args: argparse.Namespace) -> int:
@@ -92,4 +110,47 @@ def tag(args: argparse.Namespace) -> int:
         api.create_image(args.target, source.target, source.labels)
     except AlreadyExists:
         api.update_image(args.target, target=source.target)
+    return 0
+
+
+def save(args: argparse.Namespace) -> int:
+    """Write the images' archive to ``-o FILE`` (whole, or not at all) or stdout."""
+    from types import SimpleNamespace
+
+    from runtime.cli import images as ctr_images
+    from runtime.core.errors import MoorageError
+
+    if not args.output and sys.stdout.isatty():
+        print("moorage: invalid_argument: save: refusing to write a tar to a terminal; "
+              "use -o FILE or a redirection", file=sys.stderr)
+        return EXIT_USAGE
+    export = SimpleNamespace(**vars(args), file=args.output or "-", names=args.images)
+    try:
+        return ctr_images.export(export)  # type: ignore[arg-type]
+    except MoorageError as exc:
+        print(f"moorage: {exc.code}: save {' '.join(args.images)}: {exc.message}",
+              file=sys.stderr)
+        return EXIT_USAGE
+
+
+def load(args: argparse.Namespace) -> int:
+    """Import the archive (``-i FILE`` or stdin); print each image loaded."""
+    from runtime.cli.images import _file_chunks
+    from runtime.core.errors import MoorageError
+
+    where = "stdin" if args.input == "-" else args.input
+    if args.input != "-":
+        try:
+            open(args.input, "rb").close()  # fails here, not halfway through the upload
+        except OSError as exc:
+            print(f"moorage: not_found: load {where}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        loaded = client(args).import_images(_file_chunks(args.input))
+    except MoorageError as exc:
+        print(f"moorage: {exc.code}: load {where}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.quiet:
+        for image in loaded:
+            print(f"Loaded image: {image.name}")
     return 0

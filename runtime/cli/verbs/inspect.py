@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import argparse
     from typing import Any
 
-__all__ = ["attached_ports", "image_config", "register", "render"]
+__all__ = ["attached_ports", "image_config", "image_manifest", "register", "render"]
 
 
 def register(sub: Any) -> None:
@@ -196,22 +196,32 @@ def _container_doc(api: Any, container: Any) -> dict[str, Any]:
     }
 
 
-def image_config(api: Any, target: Any) -> dict[str, Any]:
-    """The image configuration blob (for this host's platform when ``target`` is an index)."""
+def image_manifest(api: Any, target: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The image manifest (this host's platform's when ``target`` is an index): doc, descriptor."""
     import json
 
     def blob(digest: str) -> Any:
         return json.loads(b"".join(api.read_content(digest)))
 
     doc = blob(target.digest)
+    desc = {"mediaType": target.mediaType, "digest": target.digest, "size": target.size}
     if "manifests" in doc:
         machine = os.uname().machine
         os_, arch = "linux", {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
         choices = doc["manifests"]
-        chosen = next((m for m in choices if (m.get("platform") or {}).get("os") == os_
-                       and m["platform"].get("architecture") == arch), choices[0])
-        doc = blob(chosen["digest"])
-    config: dict[str, Any] = blob(doc["config"]["digest"])
+        desc = next((m for m in choices if (m.get("platform") or {}).get("os") == os_
+                     and m["platform"].get("architecture") == arch), choices[0])
+        doc = blob(desc["digest"])
+    return doc, desc
+
+
+def image_config(api: Any, target: Any) -> dict[str, Any]:
+    """The image configuration blob (for this host's platform when ``target`` is an index)."""
+    import json
+
+    manifest, _ = image_manifest(api, target)
+    config: dict[str, Any] = json.loads(b"".join(api.read_content(
+        manifest["config"]["digest"])))
     return config
 
 

@@ -11,6 +11,7 @@ from runtime.core.errors import (
 __all__ = [
     "OVERLAY_XATTR",
     "XATTR_PAX",
+    "clean_parts",
     "clean_path",
     "member_times",
     "member_xattrs",
@@ -28,17 +29,25 @@ def clean_path(name: str, entry: str, what: str = "path") -> tuple[str, ...]:
     A leading ``/`` is dropped (layer paths are relative to the root); ``..`` that would climb
     above the root is refused rather than clamped, since only a hostile layer contains it.
     """
+    parts = clean_parts(name)
+    if parts is None:
+        raise InvalidArgument(f"layer entry {entry!r}: {what} climbs out of the target")
+    return tuple(parts)
+
+
+def clean_parts(name: str) -> list[str] | None:
+    """``name``'s components with ``.`` and ``..`` applied; ``None`` if ``..`` climbs above."""
     parts: list[str] = []
     for comp in name.split("/"):
         if comp in ("", "."):
             continue
         if comp == "..":
             if not parts:
-                raise InvalidArgument(f"layer entry {entry!r}: {what} climbs out of the target")
+                return None
             parts.pop()
         else:
             parts.append(comp)
-    return tuple(parts)
+    return parts
 
 
 def pax_ns(value: str) -> int:

@@ -37,7 +37,14 @@ from yarl import URL
 
 from runtime.core.errors import InvalidArgument, NotFound, Unauthenticated, Unavailable
 
-__all__ = ["Authorizer", "Challenge", "Credentials", "parse_challenges", "verified_tls"]
+__all__ = [
+    "Authorizer",
+    "Challenge",
+    "Credentials",
+    "normalize_host",
+    "parse_challenges",
+    "verified_tls",
+]
 
 
 @functools.cache
@@ -62,9 +69,12 @@ _DOCKER_HUB_ALIASES = frozenset({"index.docker.io", "registry-1.docker.io"})
 _PARAM = re.compile(r'([A-Za-z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
 
 
-def _normalize_host(key: str) -> str:
-    # config.json keys come as "https://index.docker.io/v1/", "host:port" or
-    # "http://host:port"; compare them on host[:port] alone.
+def normalize_host(key: str) -> str:
+    """The ``host[:port]`` a ``config.json`` key names (``docker.io`` for Docker Hub's).
+
+    Keys come as ``https://index.docker.io/v1/``, ``host:port`` or
+    ``http://host:port``; they are compared on ``host[:port]`` alone.
+    """
     key = key.strip()
     if "://" in key:
         key = key.split("://", 1)[1]
@@ -106,6 +116,8 @@ class Credentials:
         self._by_host: dict[str, tuple[str, str]] = {}
         explicit = path is not None
         self.path = path if path is not None else self.default_path()
+        if self._override is not None and not explicit:
+            return  # the override answers for every host: the default file has no say
         try:
             text = self.path.read_text()
         except FileNotFoundError as exc:
@@ -135,7 +147,7 @@ class Credentials:
                 raise InvalidArgument(f"docker config {self.path}: auths[{key!r}] is not an object")
             creds = self._entry(key, entry)
             if creds is not None:
-                self._by_host[_normalize_host(key)] = creds
+                self._by_host[normalize_host(key)] = creds
 
     def _entry(self, key: str, entry: dict[str, Any]) -> tuple[str, str] | None:
         if entry.get("identitytoken"):
@@ -166,7 +178,7 @@ class Credentials:
             user, secret = self._override
             assert user is not None and secret is not None
             return user, secret
-        return self._by_host.get(_normalize_host(host))
+        return self._by_host.get(normalize_host(host))
 
 
 class Challenge(msgspec.Struct, frozen=True):

@@ -14,6 +14,7 @@ from runtime.core.errors import AlreadyExists, InvalidArgument, NotFound
 from runtime.core.faults import fault_point
 from runtime.core.filters import adapt, parse
 from runtime.core.identifiers import validate_identifier, validate_labels, validate_namespace
+from runtime.plugins.containers.tables import CONTAINERS, ContainerSource
 from runtime.plugins.metadata.api import Database, ensure_namespace
 
 __all__ = ["SqliteContainerStore"]
@@ -62,6 +63,7 @@ class SqliteContainerStore:
     """
 
     def __init__(self, db: Database, publish: Publish) -> None:
+        db.register(CONTAINERS, ContainerSource())
         self.db = db
         self.publish = publish
 

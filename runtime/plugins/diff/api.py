@@ -1,9 +1,10 @@
-"""The diff contract: apply a layer blob onto a snapshot's mounts, and stage one ahead of time.
+"""The diff contract: apply a layer blob onto a snapshot's mounts, stage one, or compare two.
 
 Every differ is an :class:`Applier`. A differ that can also apply a layer into
 a scratch directory before its snapshot exists, and move it into the snapshot
 later, is a :class:`Stager` too; the unpacker asks once, when it is built, and
-applies layers side by side only then.
+applies layers side by side only then. A :class:`Comparer` writes the layer
+between two snapshots' mounts (``moorage commit``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ import msgspec
 from runtime.api.mounts import Mount
 from runtime.pkg.registry.types import Descriptor
 
-__all__ = ["Applier", "ApplyResult", "StagedLayer", "Stager", "StagingApplier"]
+__all__ = [
+    "Applier",
+    "ApplyResult",
+    "Comparer",
+    "LayerDiff",
+    "StagedLayer",
+    "Stager",
+    "StagingApplier",
+]
 
 
 class ApplyResult(msgspec.Struct, frozen=True):
@@ -64,6 +73,32 @@ class Stager(Protocol):
 
     async def discard(self, staged: StagedLayer) -> None:
         """Remove a staged layer that will not be grafted."""
+        ...
+
+
+class LayerDiff(msgspec.Struct, frozen=True):
+    """The layer blob a :class:`Comparer` wrote."""
+
+    diff_id: str
+    """``sha256:<hex>`` of the uncompressed tar (the OCI diffID)."""
+    digest: str
+    """``sha256:<hex>`` of the blob as written (its content address)."""
+    size: int
+    """Length of the blob in bytes."""
+    media_type: str
+    """The OCI layer media type matching its compression."""
+
+
+@runtime_checkable
+class Comparer(Protocol):
+    """The ability to write the layer that turns one snapshot's files into another's."""
+
+    async def compare(self, lower: Sequence[Mount], upper: Sequence[Mount], out: BinaryIO,
+                      *, compression: str = "gzip") -> LayerDiff:
+        """Write the changes from ``lower`` (no mounts: empty) to ``upper`` as a layer to ``out``.
+
+        ``upper`` should be quiesced (its container paused or stopped).
+        """
         ...
 
 

@@ -2,9 +2,10 @@
 
 Modules, in the order data flows through them:
 
-* :mod:`.api` - labels, the report and the ``/gc/run`` event (the contract).
+* :mod:`.api` - labels, the report, the ``/gc/run`` event, and the ``Source``
+  each store provides (the contract).
 * :mod:`.labels` - the ``containerd.io/gc.*`` label grammar.
-* :mod:`.graph` - nodes, roots and edges over the metadata tables.
+* :mod:`.graph` - nodes, roots and edges, asked of the stores' sources.
 * :mod:`.mark` - the mark, and the re-check after concurrent writes.
 * :mod:`.changes` - the change log of writes made during a mark.
 * :mod:`.locking` - write transactions that time their hold of the writer lock.

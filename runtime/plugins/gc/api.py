@@ -1,7 +1,9 @@
 """The garbage collector's contract: the labels it reads, the report it returns, its event.
 
 This is the only module of the package other code imports (the API route set,
-the client and the CLI): it needs msgspec and nothing else.
+the client, the CLI, and the stores that implement :class:`Source`): it needs
+msgspec and the standard library. A store subclasses :class:`Source` and
+:class:`Loaded` explicitly to inherit the defaults (no backend, no expiry).
 
 Labels (containerd's spelling, see ``docs/containerd-model.md`` section 10):
 
@@ -21,10 +23,28 @@ Labels (containerd's spelling, see ``docs/containerd-model.md`` section 10):
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Protocol
 
 import msgspec
+
+from runtime.plugins.gc.labels import (
+    LABEL_EXPIRE,
+    LABEL_FLAT,
+    LABEL_REF_CONTENT,
+    LABEL_REF_IMAGE,
+    LABEL_REF_SNAPSHOT,
+    LABEL_ROOT,
+    expire_time,
+    expired,
+    is_flat,
+    is_root,
+    label_refs,
+    labels_of,
+    parse_time,
+)
 
 __all__ = [
     "EVENT_NAMESPACE",
@@ -36,17 +56,141 @@ __all__ = [
     "LABEL_REF_SNAPSHOT",
     "LABEL_ROOT",
     "Collections",
+    "Edge",
     "GCReport",
+    "Loaded",
+    "Node",
+    "Records",
     "Removed",
+    "Source",
+    "expire_time",
+    "expired",
+    "expiries_in",
+    "is_flat",
+    "is_root",
+    "label_edges",
+    "label_refs",
+    "labels_of",
+    "parse_time",
 ]
 
-LABEL_ROOT = "containerd.io/gc.root"
-LABEL_REF_CONTENT = "containerd.io/gc.ref.content"
-#: Followed by ``<snapshotter>`` and optionally ``/<name>``.
-LABEL_REF_SNAPSHOT = "containerd.io/gc.ref.snapshot."
-LABEL_REF_IMAGE = "containerd.io/gc.ref.image"
-LABEL_EXPIRE = "containerd.io/gc.expire"
-LABEL_FLAT = "containerd.io/gc.flat"
+#: ``(kind, namespace, key)``. Kinds are spelled as lease resource types:
+#: ``content`` (digest), ``ingests`` (ref), ``images`` (name),
+#: ``snapshots/<snapshotter>`` (key), plus ``containers`` and ``leases`` (id).
+Node = tuple[str, str, str]
+#: A node kept alive, and whether its own edges are followed (False only
+#: through a ``containerd.io/gc.flat`` lease).
+Edge = tuple[Node, bool]
+
+
+def label_edges(ns: str, labels: Mapping[str, str]) -> Iterator[Edge]:
+    """The edges a record's ``containerd.io/gc.ref.*`` labels make, in its namespace ``ns``."""
+    for kind, key in label_refs(labels):
+        yield (kind, ns, key), True
+
+
+def expiries_in(conn: sqlite3.Connection, table: str) -> Iterator[datetime]:
+    """The ``containerd.io/gc.expire`` times on ``table``'s rows (labels: JSON in ``labels``)."""
+    sql = f"SELECT labels FROM {table} WHERE labels LIKE ?"
+    for (raw,) in conn.execute(sql, (f"%{LABEL_EXPIRE}%",)):
+        when = expire_time(labels_of(raw))
+        if when is not None:
+            yield when
+
+
+class Records(Protocol):
+    """One source's records as one reader sees them, for the nodes the source owns.
+
+    Two readers exist: the mark's read snapshot (:meth:`Source.load`) and
+    point queries on the writer's connection inside the exclusive phase
+    (:meth:`Source.live`). A source answers both from the same rules, so the
+    two phases never disagree on what refers to what. A node's edges come
+    from its own record only: a kept node keeps its record, so one collection
+    reaches the fixed point.
+    """
+
+    def edges(self, node: Node) -> Iterable[Edge]:
+        """What ``node`` keeps alive (nothing if its record does not exist)."""
+        ...
+
+    def parent(self, node: Node) -> Node | None:
+        """A node kept even through a flat lease (a snapshot's parent), or None."""
+        ...
+
+
+class Loaded(Records, Protocol):
+    """A source's records read in the mark's snapshot, held in memory."""
+
+    def roots(self, at: datetime) -> Iterable[Node]:
+        """The nodes alive by their records alone at ``at`` (after :meth:`observe`)."""
+        ...
+
+    def nodes(self) -> Iterable[Node]:
+        """Every node whose record the sweep may delete."""
+        ...
+
+    def __len__(self) -> int:
+        """How many records were loaded (the collectible ones and the rest)."""
+        ...
+
+    async def observe(self) -> None:
+        """Consult the backend once the read snapshot began (content: uploads in progress)."""
+        return None
+
+    async def revived(self, candidates: Collection[Node]) -> set[Node]:
+        """The ``candidates`` the backend shows alive since :meth:`observe` (kept as roots)."""
+        return set()
+
+
+class Source(Protocol):
+    """What one store tells the collector about the records in its tables.
+
+    A store registers its source with the metadata database next to its
+    tables (``Database.register``); the collector walks every registered
+    source and reads no table itself. The source's methods run inside the
+    collector's transactions, on the connection they are given.
+
+    Attributes:
+        name: The owner of the tables (as registered with the database).
+        logged: Per table, SQL expressions over ``NEW`` giving the node kind
+            and key a write to that row changes (the change log's triggers).
+    """
+
+    name: str
+    logged: Mapping[str, tuple[str, str]]
+
+    def owns(self, kind: str) -> bool:
+        """Whether nodes of ``kind`` are this source's records."""
+        ...
+
+    def load(self, conn: sqlite3.Connection) -> Loaded:
+        """Read every record the graph needs (inside the mark's read transaction)."""
+        ...
+
+    def live(self, conn: sqlite3.Connection) -> Records:
+        """Point queries on ``conn`` (inside the exclusive phase)."""
+        ...
+
+    def delete(self, conn: sqlite3.Connection, nodes: Collection[Node]) -> dict[str, int]:
+        """Delete the records of ``nodes`` (all owned); return counts per kind."""
+        ...
+
+    def expiries(self, conn: sqlite3.Connection) -> Iterable[datetime]:
+        """Every ``containerd.io/gc.expire`` time on the records (when to collect next)."""
+        return ()
+
+    def backend_refs(self, conn: sqlite3.Connection, backend: str) -> set[str]:
+        """The objects of ``backend`` the records refer to.
+
+        Backends: ``content`` (blob digests), ``ingests`` (backend ingest refs),
+        ``snapshots/<snapshotter>`` (backend keys). Empty for one it does not know.
+        """
+        return set()
+
+    def refers_to(self, conn: sqlite3.Connection, backend: str, key: str) -> bool:
+        """Whether a record refers to object ``key`` of ``backend`` (the disk phase's re-check)."""
+        return False
+
 
 #: Topic of the event published after each collection, with a :class:`GCReport`.
 EVENT_TOPIC = "/gc/run"

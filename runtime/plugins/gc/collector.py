@@ -20,10 +20,9 @@ bytes, which phase 4 of the next collection finds from the records alone.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -31,14 +30,13 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 
-from runtime.core.errors import NotFound
+from runtime.core.errors import FailedPrecondition, Unavailable
 from runtime.core.faults import fault_point
 from runtime.plugins.content.api import Store as ContentStore
 from runtime.plugins.gc import changes
-from runtime.plugins.gc.api import LABEL_EXPIRE, GCReport
+from runtime.plugins.gc.api import GCReport, Node, Source
 from runtime.plugins.gc.disk import DiskSweeper, Since, fs_clock_ns
-from runtime.plugins.gc.graph import Loaded, Node, load, roots
-from runtime.plugins.gc.labels import expire_time, parse_time
+from runtime.plugins.gc.graph import LoadedGraph, load
 from runtime.plugins.gc.locking import timed_write
 from runtime.plugins.gc.mark import Marking, mark
 from runtime.plugins.gc.sweep import SweepResult, sweep
@@ -51,6 +49,9 @@ T = TypeVar("T")
 
 #: The fault point between the record sweep and the disk phase.
 FAULT_AFTER_SWEEP = "gc.after-sweep"
+#: How long a collection waits for the stores whose tables are in the database
+#: to register (at start, the collector may be up before some of them).
+OWNERS_WAIT = 10.0
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Marked:
 
     Attributes:
         since: When the collection started.
+        sources: The sources it walks (the same in every phase).
         loaded: The records of the read snapshot.
         marking: What the mark reached.
         candidates: Existing nodes it did not reach: what the sweep deletes
@@ -67,7 +69,8 @@ class Marked:
     """
 
     since: Since
-    loaded: Loaded
+    sources: Sequence[Source]
+    loaded: LoadedGraph
     marking: Marking
     candidates: set[Node]
     held: float = 0.0
@@ -75,6 +78,9 @@ class Marked:
 
 class Collector:
     """Garbage collection over the metadata database and the backends.
+
+    The records are read through the :class:`~runtime.plugins.gc.api.Source`
+    each store registered with the database, never from its tables directly.
 
     Args:
         db: The metadata database.
@@ -117,7 +123,14 @@ class Collector:
             return report
 
     async def mark(self) -> Marked:
-        """Phases 1 and 2: start the change log, then mark on a read snapshot."""
+        """Phases 1 and 2: start the change log, then mark on a read snapshot.
+
+        Raises:
+            FailedPrecondition: A store has records in the database but has
+                not registered its source (its plugin is not running): what
+                those records keep would be lost.
+        """
+        sources = await self._sources()
         # Taken before the log starts, so "created after the start" errs towards keeping.
         since = Since(
             wall=datetime.now(UTC),
@@ -125,37 +138,54 @@ class Collector:
                 fs_clock_ns, self.store.root if self.store is not None else None
             ),
         )
-        _, held = await timed_write(self.db, changes.start)
+        _, held = await timed_write(self.db, lambda c: changes.start(c, sources))
         try:
-            loaded = await self._snapshot(load)
-            # Listed after the snapshot began: an ingest recorded in it was on disk first.
-            active = (
-                {s.ref for s in await self.store.list_statuses()}
-                if self.store is not None
-                else set()
-            )
+            loaded = await self._snapshot(lambda c: load(c, sources))
+            # After the snapshot began: an ingest recorded in it was on disk first.
+            await loaded.observe()
 
             def compute() -> tuple[Marking, set[Node]]:
-                marking = mark(loaded, roots(loaded, since.wall, active))
+                marking = mark(loaded, loaded.roots(since.wall))
                 return marking, {n for n in loaded.nodes() if n not in marking.kept}
 
             marking, candidates = await anyio.to_thread.run_sync(compute)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self.db.write(changes.stop)
+                await self.db.write(lambda c: changes.stop(c, sources))
             raise
-        return Marked(since, loaded, marking, candidates, held)
+        return Marked(since, sources, loaded, marking, candidates, held)
+
+    async def _sources(self) -> list[Source]:
+        """Every registered source, once each store with tables in the file registered."""
+        deadline = time.monotonic() + OWNERS_WAIT
+        while missing := await anyio.to_thread.run_sync(self.db.owners_not_registered):
+            if time.monotonic() > deadline:
+                raise FailedPrecondition(
+                    "garbage collection needs every store with records in the metadata "
+                    f"database; not running: {', '.join(missing)}"
+                )
+            await anyio.sleep(0.05)
+        return self.db.sources
 
     async def sweep(self, marked: Marked, report: GCReport) -> SweepResult:
         """Phase 3: the exclusive re-check and deletion of records; fills ``report``."""
-        revived = await self._recheck_ingests(marked)
+        # Found alive by a backend since the mark: roots now, like the change log's writes,
+        # and rescued with them (dropping them from the candidates alone would keep an
+        # ingest but not the content it expects).
+        revived = await marked.loaded.revived(marked.candidates)
+        sources = marked.sources
+
+        def exclusive(conn: sqlite3.Connection) -> SweepResult:
+            if len(self.db.sources) != len(sources):
+                # A store registered during the mark: its writes were not logged.
+                raise Unavailable("a store registered during the collection; collect again")
+            return sweep(conn, sources, marked.candidates, marked.marking, revived)
+
         try:
-            result, held = await timed_write(
-                self.db, lambda conn: sweep(conn, marked.candidates, marked.marking, revived)
-            )
+            result, held = await timed_write(self.db, exclusive)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self.db.write(changes.stop)
+                await self.db.write(lambda c: changes.stop(c, sources))
             raise
         report.pause_seconds = held
         report.lock_seconds += marked.held + held
@@ -166,49 +196,17 @@ class Collector:
         return result
 
     async def next_expiry(self, after: datetime | None = None) -> datetime | None:
-        """The earliest ``containerd.io/gc.expire`` among leases and images, later than ``after``.
+        """The earliest ``containerd.io/gc.expire`` on any record, later than ``after``.
 
         Read on a snapshot connection: it never waits for, nor holds back, writers.
         """
-        pattern = f"%{LABEL_EXPIRE}%"
+        sources = self.db.sources
 
-        def query(conn: sqlite3.Connection) -> list[str]:
-            return [
-                r[0]
-                for r in conn.execute(
-                    "SELECT labels FROM leases WHERE labels LIKE ? "
-                    "UNION ALL SELECT labels FROM images WHERE labels LIKE ?",
-                    (pattern, pattern),
-                )
-            ]
+        def query(conn: sqlite3.Connection) -> list[datetime]:
+            return [t for source in sources for t in source.expiries(conn)]
 
-        times = [expire_time(json.loads(raw)) for raw in await self._snapshot(query)]
-        found = [t for t in times if t is not None and (after is None or t > after)]
+        found = [t for t in await self._snapshot(query) if after is None or t > after]
         return min(found, default=None)
-
-    async def _recheck_ingests(self, marked: Marked) -> set[Node]:
-        """The candidate ingests whose backend appeared since the mark listed them.
-
-        An ingest row has no timestamp a resumed upload would bump, so the
-        change log cannot see it come back to life; the backend can. They are
-        roots now, like the writes of the change log, and go to the sweep's
-        rescue with them: dropping them from the candidates alone would keep
-        the ingest but not the content it expects.
-        """
-        revived: set[Node] = set()
-        if self.store is None:
-            return revived
-        for node in [n for n in marked.candidates if n[0] == "ingests"]:
-            _, ns, ref = node
-            _, expires_at, backend_ref = marked.loaded.ingest_rows[(ns, ref)]
-            if parse_time(expires_at) is not None:
-                continue  # expired: the expiry decides, not the backend
-            try:
-                await self.store.status(backend_ref)
-            except NotFound:
-                continue
-            revived.add(node)
-        return revived
 
     async def _snapshot(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one read transaction on a private read-only connection.

@@ -33,7 +33,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +43,7 @@ import anyio.to_thread
 from runtime.core.errors import FailedPrecondition, MoorageError, NotFound, Unavailable
 from runtime.core.faults import fault_point
 from runtime.plugins.content.api import Store as ContentStore
-from runtime.plugins.gc.api import GCReport
+from runtime.plugins.gc.api import GCReport, Source
 from runtime.plugins.gc.locking import timed_write
 from runtime.plugins.metadata.api import Database
 from runtime.plugins.snapshots.api import Snapshotter
@@ -62,7 +62,6 @@ _CLOCK_PROBE = ".gc-clock"
 BLOB_BATCH = 256
 #: Where blobs go between the re-check (under the lock) and the unlink (after it).
 TRASH = "gc-trash"
-_SNAPSHOT_REFERENCED = "SELECT 1 FROM snapshots WHERE snapshotter=? AND backend_key=?"
 
 
 def fs_clock_ns(directory: Path | None = None) -> int:
@@ -117,7 +116,8 @@ class DiskSweeper:
     """Removes unreferenced blobs, ingests and backend snapshots.
 
     Args:
-        db: The metadata database (records are read from it).
+        db: The metadata database: its registered sources say which backend
+            objects the records refer to.
         store: The content backend, or None to leave content alone.
         snapshotters: Snapshotter backends by name (as in the records).
         in_flight: Per snapshotter name, whether a backend key is being made
@@ -149,6 +149,15 @@ class DiskSweeper:
                 # One broken backend must not keep the others (or content) from being collected.
                 log.warning("gc: cleaning snapshotter %s failed", name, exc_info=True)
 
+    async def _referenced(self, backend: str) -> set[str]:
+        """The objects of ``backend`` some record refers to, through the sources."""
+        sources = self.db.sources
+        return await self.db.read(lambda c: _referenced(c, sources, backend))
+
+    async def _refers_to(self, backend: str, key: str) -> bool:
+        sources = self.db.sources
+        return await self.db.read(lambda c: _refers_to(c, sources, backend, key))
+
     # -- content ---------------------------------------------------------------
 
     async def _blobs(self, store: ContentStore, since: Since, report: GCReport) -> None:
@@ -157,7 +166,7 @@ class DiskSweeper:
         trash = store.root / "blobs" / TRASH
         await anyio.to_thread.run_sync(_empty_trash, trash)  # left by a crash
         on_disk = await anyio.to_thread.run_sync(_scan_blobs, directory)
-        referenced = await self.db.read(_referenced_digests)
+        referenced = await self._referenced("content")
         doomed = [
             hex_
             for hex_, ctime in on_disk
@@ -169,7 +178,12 @@ class DiskSweeper:
             removed, held = await timed_write(
                 self.db,
                 functools.partial(
-                    _move_unreferenced, directory=directory, trash=trash, hexes=batch, since=since
+                    _move_unreferenced,
+                    sources=self.db.sources,
+                    directory=directory,
+                    trash=trash,
+                    hexes=batch,
+                    since=since,
                 ),
             )
             report.lock_seconds += held
@@ -181,18 +195,12 @@ class DiskSweeper:
 
     async def _ingests(self, store: ContentStore, since: Since, report: GCReport) -> None:
         statuses = await store.list_statuses()
-        rows = await self.db.read(
-            lambda c: {r[0] for r in c.execute("SELECT backend_ref FROM ingests")}
-        )
+        rows = await self._referenced("ingests")
         figures = report.kind("ingests")
         for status in statuses:
             if status.ref in rows or _aware(status.started_at) >= since.wall:
                 continue
-            if await self.db.read(
-                functools.partial(
-                    _exists, sql="SELECT 1 FROM ingests WHERE backend_ref=?", args=(status.ref,)
-                )
-            ):
+            if await self._refers_to("ingests", status.ref):
                 continue  # registered since we listed
             try:
                 # Refused while a writer holds the ref: a resumed upload is left alone.
@@ -209,12 +217,8 @@ class DiskSweeper:
     ) -> None:
         figures = report.kind(f"snapshots/{name}")
         in_flight = self.in_flight.get(name, _nothing_in_flight)
-        referenced = await self.db.read(
-            lambda c: {
-                r[0]
-                for r in c.execute("SELECT backend_key FROM snapshots WHERE snapshotter=?", (name,))
-            }
-        )
+        kind = f"snapshots/{name}"
+        referenced = await self._referenced(kind)
         # Leaves first: a parent goes in a later round, once its children are gone.
         while True:
             infos = await backend.walk()
@@ -231,9 +235,7 @@ class DiskSweeper:
                 # Before the records, see the module docstring.
                 if in_flight(info.name):
                     continue
-                if await self.db.read(
-                    functools.partial(_exists, sql=_SNAPSHOT_REFERENCED, args=(name, info.name))
-                ):
+                if await self._refers_to(kind, info.name):
                     referenced.add(info.name)  # recorded since we listed
                     continue
                 size = 0
@@ -278,19 +280,25 @@ def _scan_blobs(directory: Path) -> list[tuple[str, int]]:
     return found
 
 
-def _exists(conn: sqlite3.Connection, sql: str, args: tuple[str, ...]) -> bool:
-    return conn.execute(sql, args).fetchone() is not None
+def _referenced(conn: sqlite3.Connection, sources: Sequence[Source], backend: str) -> set[str]:
+    """The objects of ``backend`` any source's records refer to."""
+    found: set[str] = set()
+    for source in sources:
+        found |= source.backend_refs(conn, backend)
+    return found
 
 
-def _referenced_digests(conn: sqlite3.Connection) -> set[str]:
-    rows = conn.execute(
-        "SELECT digest FROM content UNION SELECT expected FROM ingests WHERE expected != ''"
-    )
-    return {r[0] for r in rows}
+def _refers_to(conn: sqlite3.Connection, sources: Sequence[Source], backend: str, key: str) -> bool:
+    return any(source.refers_to(conn, backend, key) for source in sources)
 
 
 def _move_unreferenced(
-    conn: sqlite3.Connection, directory: Path, trash: Path, hexes: list[str], since: Since
+    conn: sqlite3.Connection,
+    sources: Sequence[Source],
+    directory: Path,
+    trash: Path,
+    hexes: list[str],
+    since: Since,
 ) -> list[int]:
     """Move the blobs still unreferenced to ``trash``; return their sizes.
 
@@ -303,9 +311,7 @@ def _move_unreferenced(
     removed = []
     for hex_ in hexes:
         digest = f"sha256:{hex_}"
-        if conn.execute("SELECT 1 FROM content WHERE digest=? LIMIT 1", (digest,)).fetchone():
-            continue
-        if conn.execute("SELECT 1 FROM ingests WHERE expected=? LIMIT 1", (digest,)).fetchone():
+        if _refers_to(conn, sources, "content", digest):
             continue
         path = directory / hex_
         try:

@@ -1,24 +1,49 @@
 """The label grammar of garbage collection: references, roots, expiry and flat leases.
 
 Only this module knows how the ``containerd.io/gc.*`` labels are spelled; the
-graph asks it which objects a set of labels refers to.
+stores' :class:`~runtime.plugins.gc.api.Source` implementations ask it (through
+:mod:`runtime.plugins.gc.api`, which re-exports it) which objects a set of
+labels refers to.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 
-from runtime.plugins.gc.api import (
-    LABEL_EXPIRE,
-    LABEL_FLAT,
-    LABEL_REF_CONTENT,
-    LABEL_REF_IMAGE,
-    LABEL_REF_SNAPSHOT,
-    LABEL_ROOT,
-)
+__all__ = [
+    "LABEL_EXPIRE",
+    "LABEL_FLAT",
+    "LABEL_REF_CONTENT",
+    "LABEL_REF_IMAGE",
+    "LABEL_REF_SNAPSHOT",
+    "LABEL_ROOT",
+    "expire_time",
+    "expired",
+    "is_flat",
+    "is_root",
+    "label_refs",
+    "labels_of",
+    "parse_time",
+]
 
-__all__ = ["expire_time", "expired", "is_flat", "is_root", "label_refs", "parse_time"]
+LABEL_ROOT = "containerd.io/gc.root"
+LABEL_REF_CONTENT = "containerd.io/gc.ref.content"
+#: Followed by ``<snapshotter>`` and optionally ``/<name>``.
+LABEL_REF_SNAPSHOT = "containerd.io/gc.ref.snapshot."
+LABEL_REF_IMAGE = "containerd.io/gc.ref.image"
+LABEL_EXPIRE = "containerd.io/gc.expire"
+LABEL_FLAT = "containerd.io/gc.flat"
+
+
+def labels_of(raw: str | None) -> dict[str, str]:
+    """A record's labels from their JSON text; ``{}`` for none or anything but an object."""
+    # Most records carry no labels: skip the JSON parser for them.
+    if not raw or raw == "{}":
+        return {}
+    value = json.loads(raw)
+    return value if isinstance(value, dict) else {}
 
 
 def _named(key: str, prefix: str) -> bool:

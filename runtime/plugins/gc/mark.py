@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from runtime.plugins.gc.graph import Node, Source, edges, parent_of
+from runtime.plugins.gc.api import Node, Records
 
 __all__ = ["Marking", "mark", "rescue"]
 
@@ -37,7 +37,7 @@ class Marking:
     expanded: set[Node] = field(default_factory=set)
 
 
-def mark(source: Source, roots: Iterable[Node]) -> Marking:
+def mark(source: Records, roots: Iterable[Node]) -> Marking:
     """Mark everything reachable from ``roots`` in ``source``."""
     marking = Marking()
     kept, expanded = marking.kept, marking.expanded
@@ -46,21 +46,21 @@ def mark(source: Source, roots: Iterable[Node]) -> Marking:
         node, follow = gray.pop()
         kept.add(node)
         if not follow:
-            parent = parent_of(source, node)
+            parent = source.parent(node)
             if parent is not None and parent not in kept:
                 gray.append((parent, False))
             continue
         if node in expanded:
             continue
         expanded.add(node)
-        for child, child_follow in edges(source, node):
+        for child, child_follow in source.edges(node):
             if child not in expanded and (child_follow or child not in kept):
                 gray.append((child, child_follow))
     return marking
 
 
 def rescue(
-    source: Source, changed: Iterable[Node], candidates: set[Node], marking: Marking
+    source: Records, changed: Iterable[Node], candidates: set[Node], marking: Marking
 ) -> set[Node]:
     """Take out of ``candidates`` whatever the writes since the mark made reachable.
 
@@ -85,13 +85,13 @@ def rescue(
             candidates.discard(node)
             rescued.add(node)
         if not follow:
-            parent = parent_of(source, node)
+            parent = source.parent(node)
             if parent is not None and parent in candidates:
                 gray.append((parent, False, False))
             continue
         if node in done or (not changed_node and node in marking.expanded):
             continue
         done.add(node)
-        for child, child_follow in edges(source, node):
+        for child, child_follow in source.edges(node):
             gray.append((child, child_follow, False))
     return rescued

@@ -10,22 +10,15 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from runtime.plugins.gc import changes
-from runtime.plugins.gc.graph import Live, Node
+from runtime.plugins.gc.api import Node, Source
+from runtime.plugins.gc.graph import live
 from runtime.plugins.gc.mark import Marking, rescue
 
 __all__ = ["SweepResult", "delete_records", "sweep"]
-
-# kind -> the statement deleting one record of that kind, by (namespace, key).
-_DELETE = {
-    "content": "DELETE FROM content WHERE namespace=? AND digest=?",
-    "images": "DELETE FROM images WHERE namespace=? AND name=?",
-    "ingests": "DELETE FROM ingests WHERE namespace=? AND ref=?",
-    "leases": "DELETE FROM leases WHERE namespace=? AND id=?",
-}
 
 
 @dataclass
@@ -45,6 +38,7 @@ class SweepResult:
 
 def sweep(
     conn: sqlite3.Connection,
+    sources: Sequence[Source],
     candidates: set[Node],
     marking: Marking,
     revived: Iterable[Node] = (),
@@ -55,30 +49,36 @@ def sweep(
     ``revived`` are nodes found alive since the mark by other means than the
     change log (ingests whose backend came back): rescued like the writes.
     """
-    changed = changes.drain(conn)
-    rescued = rescue(Live(conn), changed | set(revived), candidates, marking)
+    changed = changes.drain(conn, sources)
+    rescued = rescue(live(conn, sources), changed | set(revived), candidates, marking)
     return SweepResult(
-        changed=len(changed), rescued=len(rescued), deleted=delete_records(conn, candidates)
+        changed=len(changed),
+        rescued=len(rescued),
+        deleted=delete_records(conn, sources, candidates),
     )
 
 
-def delete_records(conn: sqlite3.Connection, nodes: set[Node]) -> dict[str, int]:
-    """Delete the records of ``nodes`` (never containers); return counts per kind."""
-    by_kind: dict[str, list[tuple[str, ...]]] = defaultdict(list)
-    for kind, ns, key in nodes:
-        if kind.startswith("snapshots/"):
-            by_kind[kind].append((ns, kind[len("snapshots/") :], key))
-        elif kind in _DELETE:
-            by_kind[kind].append((ns, key))
+def delete_records(
+    conn: sqlite3.Connection, sources: Sequence[Source], nodes: set[Node]
+) -> dict[str, int]:
+    """Delete the records of ``nodes``, each through its source; return counts per kind.
+
+    A node no source owns has no record. No lease_resources rows are dropped
+    for the other kinds: a live lease makes what it holds reachable, and an
+    expired one goes with its rows. (A by-resource delete would also scan that
+    table once per object, inside the pause.)
+    """
+    by_source: dict[int, list[Node]] = defaultdict(list)
+    owner_of: dict[str, int | None] = {}
+    for node in nodes:
+        kind = node[0]
+        if kind not in owner_of:
+            owner_of[kind] = next((i for i, s in enumerate(sources) if s.owns(kind)), None)
+        owner = owner_of[kind]
+        if owner is not None:
+            by_source[owner].append(node)
     counts: dict[str, int] = {}
-    for kind, rows in sorted(by_kind.items()):
-        if kind == "leases":
-            conn.executemany("DELETE FROM lease_resources WHERE namespace=? AND lease=?", rows)
-        sql = _DELETE.get(kind) or (
-            "DELETE FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?"
-        )
-        counts[kind] = conn.executemany(sql, rows).rowcount
-    # No lease_resources rows to drop for the other kinds: a live lease makes what it
-    # holds reachable, and an expired one goes above with its rows. (A by-resource
-    # delete would also scan that table once per object, inside the pause.)
+    for index, owned in sorted(by_source.items()):
+        for kind, count in sources[index].delete(conn, owned).items():
+            counts[kind] = counts.get(kind, 0) + count
     return counts

@@ -23,7 +23,8 @@ from runtime.core.identifiers import validate_labels, validate_namespace
 from runtime.pkg.registry.types import Descriptor
 from runtime.plugins.content.api import validate_digest
 from runtime.plugins.images.api import Image, ImageCreate, ImageDelete, ImageUpdate
-from runtime.plugins.metadata.api import Database, ensure_namespace, now
+from runtime.plugins.images.tables import IMAGES, ImageSource
+from runtime.plugins.metadata.api import Database, detach_everywhere, ensure_namespace, now
 
 __all__ = ["ImageStore", "validate_image"]
 
@@ -127,6 +128,7 @@ class ImageStore:
     """Create, list, update and delete image records, per namespace; emits events."""
 
     def __init__(self, db: Database, publish: Publish) -> None:
+        db.register(IMAGES, ImageSource())
         self.db = db
         self.publish = publish
 
@@ -234,10 +236,7 @@ class ImageStore:
             if target and json.loads(row["target"]).get("digest") != target:
                 raise FailedPrecondition(f"image {name!r} no longer points at {target}")
             conn.execute("DELETE FROM images WHERE namespace=? AND name=?", (namespace, name))
-            conn.execute(
-                "DELETE FROM lease_resources WHERE namespace=? AND type='images' AND resource=?",
-                (namespace, name),
-            )
+            detach_everywhere(conn, namespace, "images", name)
 
         await self.db.write(delete)
         self.publish(namespace, "/images/delete", ImageDelete(name=name))

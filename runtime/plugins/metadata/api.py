@@ -2,8 +2,10 @@
 
 Stores of other plugins (content, images, containers, snapshots) keep their
 records in the one SQLite database ``metadata.sqlite`` opens: they are handed its
-:class:`Database`, create a record's namespace with :func:`ensure_namespace` and
-add it to a lease with :func:`attach`, inside their own transaction.
+:class:`Database`, register their tables there as a :class:`Schema` (with the
+garbage collector's ``Source`` over them), create a record's namespace with
+:func:`ensure_namespace` and add it to a lease with :func:`attach`, inside
+their own transaction.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import msgspec
 from runtime.core.errors import InvalidArgument, NotFound
 from runtime.core.identifiers import validate_namespace
 from runtime.plugins.metadata.db import Database, sqlite_errors
+from runtime.plugins.metadata.schema import Schema
 
 __all__ = [
     "RESOURCE_TYPES",
@@ -33,8 +36,11 @@ __all__ = [
     "Namespaces",
     "Publish",
     "Resource",
+    "Schema",
     "attach",
+    "detach_everywhere",
     "ensure_namespace",
+    "lease_exists",
     "lease_expired",
     "now",
     "sqlite_errors",
@@ -152,19 +158,28 @@ def lease_expired(labels: Mapping[str, str], at: datetime | None = None) -> bool
     return when <= (at or datetime.now(UTC))
 
 
+def lease_exists(conn: sqlite3.Connection, namespace: str, lease: str) -> bool:
+    """Whether ``lease`` exists in ``namespace`` (read on the caller's connection)."""
+    sql = "SELECT 1 FROM leases WHERE namespace=? AND id=?"
+    return conn.execute(sql, (namespace, lease)).fetchone() is not None
+
+
 def attach(conn: sqlite3.Connection, namespace: str, lease: str, resource: Resource) -> None:
     """Add ``resource`` to ``lease`` inside the caller's transaction (NotFound if no lease)."""
     check_resource(resource)
-    if (
-        conn.execute(
-            "SELECT 1 FROM leases WHERE namespace=? AND id=?", (namespace, lease)
-        ).fetchone()
-        is None
-    ):
+    if not lease_exists(conn, namespace, lease):
         raise NotFound(f"lease {lease!r} not found")
     conn.execute(
         "INSERT OR IGNORE INTO lease_resources(namespace, lease, type, resource) VALUES (?,?,?,?)",
         (namespace, lease, resource.type, resource.id),
+    )
+
+
+def detach_everywhere(conn: sqlite3.Connection, namespace: str, type: str, resource: str) -> None:
+    """Drop ``resource`` from every lease, inside the caller's transaction (it was deleted)."""
+    conn.execute(
+        "DELETE FROM lease_resources WHERE namespace=? AND type=? AND resource=?",
+        (namespace, type, resource),
     )
 
 

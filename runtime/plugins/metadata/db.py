@@ -1,4 +1,9 @@
-"""The SQLite database: WAL, a schema version, migrations, and one writer at a time."""
+"""The SQLite database: WAL, migrations per owner, and one writer at a time.
+
+The database belongs to no store: each store declares its tables as a
+:class:`Schema` in its own package and registers it (with the garbage
+collector's :class:`~runtime.plugins.gc.api.Source` over them) when it starts.
+"""
 
 from __future__ import annotations
 
@@ -12,88 +17,26 @@ from typing import TypeVar
 import anyio.to_thread
 
 from runtime.core.errors import MoorageError, ResourceExhausted, Unavailable
+from runtime.plugins.gc.api import Source
+from runtime.plugins.metadata.lease_tables import LEASES, LeaseSource
+from runtime.plugins.metadata.schema import NAMESPACES, Schema
 
-__all__ = ["SCHEMA_VERSION", "Database", "sqlite_errors"]
+__all__ = ["SCHEMA_VERSION", "Database", "Schema", "sqlite_errors"]
 
 T = TypeVar("T")
 
-# Each entry migrates from version i to i+1. Records are namespaced by a
-# column; labels are JSON objects because every reader filters them in Python.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE namespaces (
-        name TEXT PRIMARY KEY,
-        labels TEXT NOT NULL DEFAULT '{}',
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL
-    );
-    CREATE TABLE content (
-        namespace TEXT NOT NULL REFERENCES namespaces(name),
-        digest TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        labels TEXT NOT NULL DEFAULT '{}',
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (namespace, digest)
-    );
-    CREATE INDEX content_by_digest ON content(digest);
-    CREATE TABLE ingests (
-        namespace TEXT NOT NULL REFERENCES namespaces(name),
-        ref TEXT NOT NULL,
-        backend_ref TEXT NOT NULL UNIQUE,
-        expected TEXT NOT NULL DEFAULT '',
-        expires_at TEXT NOT NULL DEFAULT '',
-        PRIMARY KEY (namespace, ref)
-    );
-    CREATE TABLE images (
-        namespace TEXT NOT NULL REFERENCES namespaces(name),
-        name TEXT NOT NULL,
-        target TEXT NOT NULL,
-        labels TEXT NOT NULL DEFAULT '{}',
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (namespace, name)
-    );
-    CREATE TABLE containers (
-        namespace TEXT NOT NULL REFERENCES namespaces(name),
-        id TEXT NOT NULL,
-        record TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (namespace, id)
-    );
-    CREATE TABLE snapshots (
-        namespace TEXT NOT NULL REFERENCES namespaces(name),
-        snapshotter TEXT NOT NULL,
-        key TEXT NOT NULL,
-        backend_key TEXT NOT NULL,
-        parent TEXT NOT NULL DEFAULT '',
-        kind TEXT NOT NULL,
-        labels TEXT NOT NULL DEFAULT '{}',
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (namespace, snapshotter, key)
-    );
-    CREATE INDEX snapshots_by_backend ON snapshots(snapshotter, backend_key);
-    CREATE TABLE leases (
-        namespace TEXT NOT NULL REFERENCES namespaces(name),
-        id TEXT NOT NULL,
-        labels TEXT NOT NULL DEFAULT '{}',
-        created_at TEXT NOT NULL,
-        PRIMARY KEY (namespace, id)
-    );
-    CREATE TABLE lease_resources (
-        namespace TEXT NOT NULL,
-        lease TEXT NOT NULL,
-        type TEXT NOT NULL,
-        resource TEXT NOT NULL,
-        PRIMARY KEY (namespace, lease, type, resource),
-        FOREIGN KEY (namespace, lease) REFERENCES leases(namespace, id) ON DELETE CASCADE
-    );
-    """,
-]
+#: The layout version of the file itself (``PRAGMA user_version``); never lowered.
+#: 1: one list of migrations held every table. 2: each store migrates its own
+#: tables, and ``schema_owners`` records each owner's version.
+SCHEMA_VERSION = 2
 
-SCHEMA_VERSION = len(MIGRATIONS)
+_OWNERS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_owners "
+    "(owner TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+)
+# The owners of version 1's tables: a file from before the split records them
+# at their first version, which created exactly those tables.
+_VERSION_1_OWNERS = ("namespaces", "content", "images", "containers", "snapshots", "leases")
 
 
 @contextmanager
@@ -125,9 +68,14 @@ class Database:
         self.synchronous = synchronous
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._schemas: dict[str, Schema] = {}
+        self._sources: dict[str, Source] = {}
 
     def open(self) -> None:
-        """Open (creating if needed) and migrate to :data:`SCHEMA_VERSION`."""
+        """Open (creating if needed), bring the file to :data:`SCHEMA_VERSION`, create namespaces.
+
+        Schemas registered before the open are migrated now.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with sqlite_errors():
             conn = sqlite3.connect(
@@ -138,26 +86,85 @@ class Database:
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA foreign_keys=ON")
             self._conn = conn
-            self._migrate(conn)
+            self._upgrade_layout(conn)
+        # The database's own tables: every store writes to them (ensure_namespace, attach).
+        self.register(NAMESPACES)
+        self.register(LEASES, LeaseSource())
+        for schema in list(self._schemas.values()):
+            self._migrate(schema)
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
+    def _upgrade_layout(self, conn: sqlite3.Connection) -> None:
         current = conn.execute("PRAGMA user_version").fetchone()[0]
         if current > SCHEMA_VERSION:
             raise MoorageError(
                 f"{self.path}: schema version {current} is newer than this daemon's "
                 f"{SCHEMA_VERSION}; refusing to downgrade"
             )
-        for version in range(current, SCHEMA_VERSION):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in MIGRATIONS[version].split(";"):
+        if current == SCHEMA_VERSION:
+            return
+        with _transaction(conn):
+            conn.execute(_OWNERS_TABLE)
+            if current == 1:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO schema_owners(owner, version) VALUES (?, 1)",
+                    [(owner,) for owner in _VERSION_1_OWNERS],
+                )
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def register(self, schema: Schema, source: Source | None = None) -> None:
+        """Own ``schema``'s tables: migrate them now (or at :meth:`open`); collect via ``source``.
+
+        Registering the same schema again (one per snapshotter, say) changes nothing.
+
+        Raises:
+            MoorageError: Another schema under that owner, or the file holds a
+                newer version of the owner's tables than ``schema`` knows.
+        """
+        known = self._schemas.get(schema.owner)
+        if known is not None and known != schema:
+            raise MoorageError(f"two schemas registered for owner {schema.owner!r}")
+        self._schemas[schema.owner] = schema
+        if source is not None:
+            self._sources.setdefault(schema.owner, source)
+        if self._conn is not None and known is None:
+            self._migrate(schema)
+
+    def _migrate(self, schema: Schema) -> None:
+        with self._lock, sqlite_errors(), _transaction(self.conn) as conn:
+            row = conn.execute(
+                "SELECT version FROM schema_owners WHERE owner=?", (schema.owner,)
+            ).fetchone()
+            current = 0 if row is None else int(row[0])
+            if current > schema.version:
+                raise MoorageError(
+                    f"{self.path}: the tables of {schema.owner!r} are at version {current}, "
+                    f"newer than this daemon's {schema.version}; refusing to downgrade"
+                )
+            for migration in schema.migrations[current:]:
+                for statement in migration.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={version + 1}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            if current < schema.version:
+                conn.execute(
+                    "INSERT OR REPLACE INTO schema_owners(owner, version) VALUES (?, ?)",
+                    (schema.owner, schema.version),
+                )
+
+    @property
+    def sources(self) -> list[Source]:
+        """The garbage collector's sources, one per owner that registered one."""
+        return list(self._sources.values())
+
+    def owners_not_registered(self) -> list[str]:
+        """Owners with tables in the file whose store has not registered in this process.
+
+        Their records are invisible to the collector until they do: collecting
+        then could delete what those records keep.
+        """
+        recorded = self.read_sync(
+            lambda c: [r[0] for r in c.execute("SELECT owner FROM schema_owners")]
+        )
+        return sorted(set(recorded) - set(self._schemas))
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -173,16 +180,8 @@ class Database:
 
     def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` inside one transaction, in the calling thread."""
-        with self._lock, sqlite_errors():
-            conn = self.conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+        with self._lock, sqlite_errors(), _transaction(self.conn) as conn:
+            return fn(conn)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` for reading in a worker thread."""
@@ -198,3 +197,16 @@ class Database:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+

@@ -112,28 +112,33 @@ class NamespaceStore:
         def delete(conn: sqlite3.Connection) -> None:
             if conn.execute("SELECT 1 FROM namespaces WHERE name=?", (name,)).fetchone() is None:
                 raise NotFound(f"namespace {name!r} not found")
+            # Each store creates its tables when it starts: one not running has none yet.
+            sql = "SELECT name FROM sqlite_master WHERE type='table'"
+            tables = {r[0] for r in conn.execute(sql)}
             held = [
                 f"{n} {what}"
                 for table, what in _BLOCKERS
-                if (
+                if table in tables
+                and (
                     n := conn.execute(
                         f"SELECT count(*) FROM {table} WHERE namespace=?", (name,)
                     ).fetchone()[0]
                 )
             ]
-            for sn, n in conn.execute(
-                "SELECT snapshotter, count(*) FROM snapshots WHERE namespace=? "
-                "GROUP BY snapshotter",
-                (name,),
-            ).fetchall():
-                held.append(f'{n} snapshots on "{sn}" snapshotter')
+            if "snapshots" in tables:
+                for sn, n in conn.execute(
+                    "SELECT snapshotter, count(*) FROM snapshots WHERE namespace=? "
+                    "GROUP BY snapshotter",
+                    (name,),
+                ).fetchall():
+                    held.append(f'{n} snapshots on "{sn}" snapshotter')
             if held:
                 raise FailedPrecondition(
                     f"namespace {name!r} must be empty, but it still has: {', '.join(held)}"
                 )
-            conn.execute("DELETE FROM lease_resources WHERE namespace=?", (name,))
-            conn.execute("DELETE FROM leases WHERE namespace=?", (name,))
-            conn.execute("DELETE FROM ingests WHERE namespace=?", (name,))
+            for table in ("lease_resources", "leases", "ingests"):
+                if table in tables:
+                    conn.execute(f"DELETE FROM {table} WHERE namespace=?", (name,))
             conn.execute("DELETE FROM namespaces WHERE name=?", (name,))
 
         await self.db.write(delete)

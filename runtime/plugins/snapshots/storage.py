@@ -14,6 +14,8 @@ record and renames the directory away in one transaction, deleting the data
 afterwards. Whatever a crash leaves behind is a directory no record
 references, which :meth:`MetaStore.cleanup` deletes.
 
+The table and its queries live in :mod:`.record_db`.
+
 Every public method is a coroutine that runs its blocking work through
 :func:`anyio.to_thread.run_sync`; database access is serialised by one lock
 while slow filesystem work (copying, measuring) runs outside it.
@@ -28,7 +30,6 @@ import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, final
 
@@ -41,12 +42,11 @@ from runtime.core.errors import (
     Conflict,
     FailedPrecondition,
     InvalidArgument,
-    MoorageError,
     NotFound,
-    ResourceExhausted,
     Unavailable,
 )
 from runtime.core.faults import fault_point
+from runtime.plugins.snapshots import record_db
 from runtime.plugins.snapshots.api import Info, Kind, Usage
 
 # Record and disk_usage have their own modules; they stay importable from here
@@ -60,52 +60,9 @@ __all__ = ["MetaStore", "Populate", "Record", "disk_usage"]
 #: nearest first. Runs in a worker thread, outside the database lock.
 Populate = Callable[[Path, Sequence[Path]], None]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS snapshots (
-    id        INTEGER PRIMARY KEY AUTOINCREMENT,
-    key       TEXT    NOT NULL UNIQUE,
-    kind      TEXT    NOT NULL CHECK (kind IN ('active', 'view', 'committed')),
-    parent_id INTEGER REFERENCES snapshots (id) ON DELETE RESTRICT,
-    labels    TEXT    NOT NULL,
-    created   INTEGER NOT NULL,
-    updated   INTEGER NOT NULL,
-    size      INTEGER NOT NULL DEFAULT 0,
-    inodes    INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots (parent_id);
-"""
-
-_SELECT = """
-SELECT s.id, s.key, s.kind, COALESCE(p.key, ''), s.parent_id, s.labels,
-       s.created, s.updated, s.size, s.inodes
-FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id
-"""
-
-# Parents of one snapshot, nearest first: what overlay's lowerdir needs.
-_CHAIN = """
-WITH RECURSIVE chain (id, parent_id, depth) AS (
-    SELECT id, parent_id, 0 FROM snapshots WHERE id = ?
-    UNION ALL
-    SELECT s.id, s.parent_id, c.depth + 1 FROM snapshots s JOIN chain c ON s.id = c.parent_id
-)
-SELECT id FROM chain WHERE depth > 0 ORDER BY depth
-"""
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 def _rmtree(path: Path) -> None:
     """The default ``delete_tree``: best effort, like ``rm -rf``."""
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _now() -> int:
-    # Microseconds since the epoch: exact round trip through datetime.
-    return (datetime.now(UTC) - _EPOCH) // timedelta(microseconds=1)
-
-
-def _time(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
 
 
 def _check_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
@@ -114,23 +71,6 @@ def _check_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
         if not isinstance(k, str) or not k or not isinstance(v, str):
             raise InvalidArgument(f"label {k!r}={v!r}: keys must be non-empty strings")
     return result
-
-
-@contextlib.contextmanager
-def _sqlite_errors(what: str) -> Iterator[None]:
-    """Translate sqlite3 errors into the domain vocabulary at this boundary."""
-    try:
-        yield
-    except sqlite3.IntegrityError as exc:
-        if "UNIQUE" in str(exc):
-            raise AlreadyExists(f"{what}: already exists") from exc
-        raise FailedPrecondition(f"{what}: {exc}") from exc
-    except sqlite3.OperationalError as exc:
-        if "full" in str(exc):
-            raise ResourceExhausted(f"{what}: {exc}") from exc
-        raise MoorageError(f"{what}: {exc}") from exc
-    except sqlite3.Error as exc:
-        raise MoorageError(f"{what}: {exc}") from exc
 
 
 def _fsync_dir(path: Path) -> None:
@@ -294,25 +234,14 @@ class MetaStore:
             raise Unavailable(f"snapshot store {self.root} is closed")
         if self._db is None:
             self.snapshots_dir.mkdir(parents=True, exist_ok=True)
-            with _sqlite_errors(f"open {self.root / 'metadata.db'}"):
-                # Autocommit mode: transactions are explicit BEGIN IMMEDIATE below.
-                db = sqlite3.connect(
-                    self.root / "metadata.db", isolation_level=None, check_same_thread=False
-                )
-                db.execute("PRAGMA journal_mode = WAL")
-                # FULL: a committed snapshot must survive power loss, since the
-                # directory rename it describes already happened.
-                db.execute("PRAGMA synchronous = FULL")
-                db.execute("PRAGMA foreign_keys = ON")
-                db.executescript(_SCHEMA)
-            self._db = db
+            self._db = record_db.connect(self.root / "metadata.db")
         return self._db
 
     @contextlib.contextmanager
     def _tx(self, what: str) -> Iterator[sqlite3.Connection]:
         """A write transaction; rolled back if the body raises. Lock must be held."""
         db = self._conn()
-        with _sqlite_errors(what):
+        with record_db.sqlite_errors(what):
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -322,11 +251,10 @@ class MetaStore:
             db.execute("COMMIT")
 
     def _row(self, db: sqlite3.Connection, key: str) -> Record | None:
-        row = db.execute(_SELECT + " WHERE s.key = ?", (key,)).fetchone()
-        return None if row is None else _record(row)
+        return record_db.by_key(db, key)
 
     def _get(self, key: str) -> Record:
-        with _sqlite_errors(f"stat {key!r}"):
+        with record_db.sqlite_errors(f"stat {key!r}"):
             record = self._row(self._conn(), key)
         if record is None:
             raise NotFound(f"snapshot {key!r} does not exist")
@@ -334,8 +262,8 @@ class MetaStore:
 
     def _get_with_parents(self, key: str) -> tuple[Record, list[int]]:
         record = self._get(key)
-        with _sqlite_errors(f"parents of {key!r}"):
-            ids = [row[0] for row in self._conn().execute(_CHAIN, (record.id,))]
+        with record_db.sqlite_errors(f"parents of {key!r}"):
+            ids = record_db.parent_ids(self._conn(), record.id)
         return record, ids
 
     def _check_new(self, db: sqlite3.Connection, key: str, parent: str) -> Record | None:
@@ -370,7 +298,7 @@ class MetaStore:
                 if (again.id if again else None) != (parent_ids[0] if parent_ids else None):
                     # Removed and committed anew while we copied: our copy is stale.
                     raise Conflict(f"parent {parent!r} changed while {key!r} was being created")
-                now = _now()
+                now = record_db.now()
                 cursor = db.execute(
                     "INSERT INTO snapshots (key, kind, parent_id, labels, created, updated)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
@@ -417,7 +345,7 @@ class MetaStore:
         usage = measure(self.path(active.id))
         with self._lock, self._tx(f"commit {key!r} as {name!r}") as db:
             active = check(db)
-            now = _now()
+            now = record_db.now()
             db.execute(
                 "UPDATE snapshots SET key = ?, kind = 'committed', labels = ?, created = ?,"
                 " updated = ?, size = ?, inodes = ? WHERE id = ?",
@@ -432,7 +360,7 @@ class MetaStore:
         with self._tx(f"update {key!r}") as db:
             cursor = db.execute(
                 "UPDATE snapshots SET labels = ?, updated = ? WHERE key = ?",
-                (msgspec.json.encode(labels).decode(), _now(), key),
+                (msgspec.json.encode(labels).decode(), record_db.now(), key),
             )
             if cursor.rowcount == 0:
                 raise NotFound(f"snapshot {key!r} does not exist")
@@ -473,11 +401,11 @@ class MetaStore:
         return None if moved is None else moved[1]
 
     def _all(self) -> list[Record]:
-        with _sqlite_errors("walk"):
-            return [_record(r) for r in self._conn().execute(_SELECT + " ORDER BY s.key")]
+        with record_db.sqlite_errors("walk"):
+            return record_db.every(self._conn())
 
     def _orphans(self) -> list[Path]:
-        with _sqlite_errors("cleanup"):
+        with record_db.sqlite_errors("cleanup"):
             live = {str(row[0]) for row in self._conn().execute("SELECT id FROM snapshots")}
         trash = []
         for entry in os.scandir(self.snapshots_dir):
@@ -500,18 +428,3 @@ class MetaStore:
                 self._db.close()
                 self._db = None
 
-
-def _record(row: Sequence[Any]) -> Record:
-    id_, key, kind, parent, parent_id, labels, created, updated, size, inodes = row
-    return Record(
-        id=id_,
-        key=key,
-        kind=Kind(kind),
-        parent=parent,
-        parent_id=parent_id,
-        labels=msgspec.json.decode(labels, type=dict[str, str]),
-        created=_time(created),
-        updated=_time(updated),
-        size=size,
-        inodes=inodes,
-    )

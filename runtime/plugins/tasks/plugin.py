@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, Registration
-from runtime.plugins.api.api import route_set
+from runtime.plugins.api.api import optional_service, route_set
 
 if TYPE_CHECKING:
     from runtime.plugins.snapshots.api import Snapshots
@@ -34,4 +34,16 @@ def moorage_plugins() -> Iterator[Registration]:
         "tasks", ("service.tasks",), "tasks: lifecycle, exec, logs, attach, metrics",
         "runtime.plugins.tasks.routes:task_routes",
         lambda ctx: (ctx.get("service.tasks"), ctx.daemon.cgroup_parent),
+    )
+    yield route_set(
+        "archive", ("service.tasks",), "container files as tar, out and in (cp)",
+        "runtime.plugins.tasks.archive_routes:archive_routes",
+        lambda ctx: (ctx.get("service.tasks"), ctx.state),
+    )
+    yield route_set(
+        "changes", ("service.tasks", "diff.walking", "service.snapshots"),
+        "a container's changes as a layer blob (commit)",
+        "runtime.plugins.tasks.changes_routes:changes_routes",
+        lambda ctx: (ctx.get("service.tasks"), ctx.get("diff.walking"),
+                     optional_service(ctx, "service.snapshots")),
     )

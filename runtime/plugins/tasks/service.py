@@ -208,6 +208,10 @@ class TaskService:
             raise NotFound("the snapshot service is not running")
         return service
 
+    async def root_mounts(self, namespace: str, container: Container) -> list[Mount]:
+        """The mounts of the container's snapshot (none when it has no snapshot)."""
+        return await self._snapshot_mounts(namespace, container)
+
     async def _snapshot_mounts(self, namespace: str, container: Container) -> list[Mount]:
         if not (container.snapshotter and container.snapshot_key):
             return []

@@ -3,7 +3,8 @@
 :class:`World` wires a :class:`Database`, a :class:`ContentStore` with its
 namespaced :class:`ContentService`, a native snapshotter with its namespaced
 wrapper, the lease store and a :class:`Collector`, all under one directory.
-Images and containers are written as rows, the way their stores write them.
+Images and containers are written as rows, the way their stores write them
+(the stores are built only to register their tables and GC sources).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import msgspec
 import pytest
 
 from runtime.core.events import Exchange
+from runtime.plugins.containers.store import SqliteContainerStore
 from runtime.plugins.content.local.service import ContentService
 from runtime.plugins.content.local.store import ContentStore
 from runtime.plugins.gc.collector import Collector
+from runtime.plugins.images.store import ImageStore
 from runtime.plugins.metadata.db import Database
 from runtime.plugins.metadata.leases import LeaseStore
 from runtime.plugins.metadata.namespaces import ensure_namespace, now
@@ -66,6 +69,9 @@ class World:
         self.native = NativeSnapshotter(root / "native")
         self.snapshots = NamespacedSnapshotter("native", self.native, self.db, self.publish)
         self.leases = LeaseStore(self.db, self.publish)
+        # Their rows are written directly below; the stores own (and create) the tables.
+        ImageStore(self.db, self.publish)
+        SqliteContainerStore(self.db, self.publish)
         self.collector = Collector(
             self.db, self.store, {"native": self.native}, {"native": self.snapshots.in_flight}
         )

@@ -24,6 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from runtime.plugins.containers.tables import ContainerSource, LoadedContainers
+from runtime.plugins.content.local.tables import ContentSource, LoadedContent
 from runtime.plugins.gc.api import (
     LABEL_EXPIRE,
     LABEL_FLAT,
@@ -35,10 +37,13 @@ from runtime.plugins.gc.api import (
     Removed,
 )
 from runtime.plugins.gc.collector import Collector
-from runtime.plugins.gc.graph import Loaded, roots
+from runtime.plugins.gc.graph import LoadedGraph
 from runtime.plugins.gc.labels import label_refs
 from runtime.plugins.gc.mark import mark, rescue
+from runtime.plugins.images.tables import ImageSource, LoadedImages
 from runtime.plugins.metadata.api import Resource
+from runtime.plugins.metadata.lease_tables import LeaseSource, LoadedLeases
+from runtime.plugins.snapshots.service.tables import LoadedSnapshots, SnapshotSource
 from tests.plugins.gc.conftest import State, World, digest_of
 
 MakeWorld = Callable[[Path], AbstractAsyncContextManager[World]]
@@ -391,20 +396,46 @@ async def test_collect_keeps_exactly_the_reachable(
             assert all(r.records == 0 for r in again.removed.values())
 
 
-def loaded_from(spec: dict[str, Namespace]) -> tuple[Loaded, set[str]]:
-    """The spec as the rows a read snapshot would load, and the live backend ingests."""
-    loaded, active = Loaded(), set()
+@dataclass
+class Rows:
+    """What each store's source would load from a read snapshot, and the graph over them."""
+
+    content: LoadedContent = field(default_factory=LoadedContent)
+    snapshots: LoadedSnapshots = field(default_factory=LoadedSnapshots)
+    images: LoadedImages = field(default_factory=LoadedImages)
+    containers: LoadedContainers = field(default_factory=LoadedContainers)
+    leases: LoadedLeases = field(default_factory=LoadedLeases)
+
+    def graph(self) -> LoadedGraph:
+        return LoadedGraph(
+            [
+                (ContentSource(), self.content),
+                (SnapshotSource(), self.snapshots),
+                (ImageSource(), self.images),
+                (ContainerSource(), self.containers),
+                (LeaseSource(), self.leases),
+            ]
+        )
+
+
+def loaded_from(spec: dict[str, Namespace]) -> tuple[Rows, LoadedGraph]:
+    """The spec as the rows a read snapshot would load (the live backend ingests included)."""
+    loaded = Rows()
+    active = loaded.content.active
     for ns, n in spec.items():
         for i, r in n.content.items():
-            loaded.content_rows[(ns, DIGESTS[i])] = json.dumps(r.labels())
+            loaded.content.content_rows[(ns, DIGESTS[i])] = json.dumps(r.labels())
         for i, snap in enumerate(n.snapshots):
             parent = f"s{snap.parent}" if snap.parent is not None else ""
-            loaded.snapshot_rows[(ns, "native", f"s{i}")] = (parent, json.dumps(snap.refs.labels()))
+            loaded.snapshots.snapshot_rows[(ns, "native", f"s{i}")] = (
+                parent,
+                json.dumps(snap.refs.labels()),
+            )
         for i, img in enumerate(n.images):
             labels = img.refs.labels() | ({LABEL_EXPIRE: img.expire} if img.expire else {})
-            loaded.image_rows[(ns, f"img{i}")] = (DIGESTS[img.target], json.dumps(labels))
+            loaded.images.image_rows[(ns, f"img{i}")] = (DIGESTS[img.target], json.dumps(labels))
         for i, c in enumerate(n.containers):
-            loaded.container_rows[(ns, f"c{i}")] = json.dumps(
+            loaded.containers.container_rows[(ns, f"c{i}")] = json.dumps(
                 {
                     "snapshotter": "native",
                     "snapshot_key": f"s{c.snapshot}" if c.snapshot is not None else "",
@@ -415,26 +446,26 @@ def loaded_from(spec: dict[str, Namespace]) -> tuple[Loaded, set[str]]:
         for i, ing in enumerate(n.ingests):
             expected = DIGESTS[ing.expected] if ing.expected is not None else ""
             expiry = {"live": "", "dead": "", "future": FUTURE, "past": PAST}[ing.state]
-            loaded.ingest_rows[(ns, f"in{i}")] = (expected, expiry, f"{ns}/in{i}")
+            loaded.content.ingest_rows[(ns, f"in{i}")] = (expected, expiry, f"{ns}/in{i}")
             if ing.state == "live":
                 active.add(f"{ns}/in{i}")
         for i, lease in enumerate(n.leases):
             labels = ({LABEL_EXPIRE: PAST} if lease.expired else {}) | (
                 {LABEL_FLAT: "1"} if lease.flat else {}
             )
-            loaded.lease_rows[(ns, f"l{i}")] = json.dumps(labels)
-            loaded.resource_rows[(ns, f"l{i}")] = list(lease.resources)
-    return loaded, active
+            loaded.leases.lease_rows[(ns, f"l{i}")] = json.dumps(labels)
+            loaded.leases.resource_rows[(ns, f"l{i}")] = list(lease.resources)
+    return loaded, loaded.graph()
 
 
 @settings(max_examples=150, deadline=None)
 @given(spec=stores)
 def test_mark_agrees_with_the_model(spec: dict[str, Namespace]) -> None:
     """The same property on the mark alone: cheap, so many more graphs."""
-    loaded, active = loaded_from(spec)
-    marking = mark(loaded, roots(loaded, datetime.now(UTC), active))
+    _, graph = loaded_from(spec)
+    marking = mark(graph, graph.roots(datetime.now(UTC)))
     kept = survivors(spec)
-    for node in loaded.nodes():
+    for node in graph.nodes():
         if node[0] != "leases":
             assert (node in marking.kept) == (node in kept), node
 
@@ -445,10 +476,10 @@ def test_rescue_after_new_roots_equals_a_fresh_mark(
     spec: dict[str, Namespace], data: st.DataObject
 ) -> None:
     """Adding roots after a mark, then rescuing from them, keeps what a fresh mark keeps."""
-    loaded, active = loaded_from(spec)
+    loaded, graph = loaded_from(spec)
     at = datetime.now(UTC)
-    marking = mark(loaded, roots(loaded, at, active))
-    candidates = {n for n in loaded.nodes() if n not in marking.kept}
+    marking = mark(graph, graph.roots(at))
+    candidates = {n for n in graph.nodes() if n not in marking.kept}
     # "Writes" during the mark: some candidates gain gc.root (an update, so they are logged).
     touched = data.draw(
         st.lists(st.sampled_from(sorted(candidates)), max_size=3, unique=True)
@@ -457,18 +488,18 @@ def test_rescue_after_new_roots_equals_a_fresh_mark(
     )
     for kind, ns, key in touched:
         if kind == "content":
-            labels = json.loads(loaded.content_rows[(ns, key)]) | {LABEL_ROOT: "1"}
-            loaded.content_rows[(ns, key)] = json.dumps(labels)
+            labels = json.loads(loaded.content.content_rows[(ns, key)]) | {LABEL_ROOT: "1"}
+            loaded.content.content_rows[(ns, key)] = json.dumps(labels)
         elif kind.startswith("snapshots/"):
-            parent, raw = loaded.snapshot_rows[(ns, "native", key)]
-            loaded.snapshot_rows[(ns, "native", key)] = (
+            parent, raw = loaded.snapshots.snapshot_rows[(ns, "native", key)]
+            loaded.snapshots.snapshot_rows[(ns, "native", key)] = (
                 parent,
                 json.dumps(json.loads(raw) | {LABEL_ROOT: "1"}),
             )
     touched = [n for n in touched if n[0] == "content" or n[0].startswith("snapshots/")]
-    rescue(loaded, touched, candidates, marking)
-    fresh = mark(loaded, roots(loaded, at, active))
-    assert candidates == {n for n in loaded.nodes() if n not in fresh.kept}
+    rescue(graph, touched, candidates, marking)
+    fresh = mark(graph, graph.roots(at))
+    assert candidates == {n for n in graph.nodes() if n not in fresh.kept}
 
 
 # -- focused cases ------------------------------------------------------------------------

@@ -288,3 +288,10 @@ def moorage(address: str, *args: str, input: str | None = None,
         [sys.executable, "-m", "runtime.cli.main", "--address", address, *args],
         input=input, capture_output=True, text=True, timeout=timeout, check=False,
     )
+
+
+def moorage_ok(rd: RuntimeDaemon, *args: str, input: str | None = None) -> str:
+    """Run the CLI against ``rd``, assert it succeeded; its stdout."""
+    result = moorage(rd.address, *args, input=input)
+    assert result.returncode == 0, result.stderr
+    return result.stdout

@@ -40,8 +40,18 @@ from runtime.plugins.content.api import (
     validate_digest,
 )
 from runtime.plugins.content.local.store import ContentStore
+from runtime.plugins.content.local.tables import CONTENT, ContentSource
 from runtime.plugins.content.local.writer import Follower, Writer
-from runtime.plugins.metadata.api import Database, Publish, Resource, attach, ensure_namespace, now
+from runtime.plugins.metadata.api import (
+    Database,
+    Publish,
+    Resource,
+    attach,
+    detach_everywhere,
+    ensure_namespace,
+    lease_exists,
+    now,
+)
 
 __all__ = ["ContentService", "NamespacedWriter"]
 
@@ -246,6 +256,7 @@ class ContentService:
     """Namespaced content: ingests, records, labels, reads and deletes."""
 
     def __init__(self, store: ContentStore, db: Database, publish: Publish) -> None:
+        db.register(CONTENT, ContentSource(store))
         self.store = store
         self.db = db
         self.publish = publish
@@ -300,8 +311,7 @@ class ContentService:
                                (namespace, digest))
             if cur.rowcount == 0:
                 raise NotFound(f"content {digest} not found")
-            conn.execute("DELETE FROM lease_resources WHERE namespace=? AND type='content' "
-                         "AND resource=?", (namespace, digest))
+            detach_everywhere(conn, namespace, "content", digest)
             return conn.execute("SELECT 1 FROM content WHERE digest=? LIMIT 1",
                                 (digest,)).fetchone() is None
 
@@ -375,8 +385,7 @@ class ContentService:
 
         def known(conn: sqlite3.Connection) -> bool:
             # An unknown lease fails before any file is touched.
-            if lease and conn.execute("SELECT 1 FROM leases WHERE namespace=? AND id=?",
-                                      (namespace, lease)).fetchone() is None:
+            if lease and not lease_exists(conn, namespace, lease):
                 raise NotFound(f"lease {lease!r} not found")
             return conn.execute("SELECT 1 FROM ingests WHERE namespace=? AND ref=?",
                                 (namespace, ref)).fetchone() is not None
@@ -404,8 +413,7 @@ class ContentService:
     async def _drop_ingest(self, namespace: str, ref: str) -> None:
         def drop(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM ingests WHERE namespace=? AND ref=?", (namespace, ref))
-            conn.execute("DELETE FROM lease_resources WHERE namespace=? AND type='ingests' "
-                         "AND resource=?", (namespace, ref))
+            detach_everywhere(conn, namespace, "ingests", ref)
 
         await self.db.write(drop)
 

@@ -18,8 +18,9 @@ Why it survives ``SIGKILL``:
 * One writer per ref: ``flock`` on ``lock`` (non-blocking) across processes, plus
   a dict of open writers in this process so that a second open fails before any IO.
 
-The ingest writer and its follower live in :mod:`.writer`, the file operations
-both use in :mod:`.files`.
+The ingest writer and its follower live in :mod:`.writer`, one ingest's
+directory (lock, state files, resume) in :mod:`.ingest_dirs`, the file
+operations they all use in :mod:`.files`.
 
 Blocking IO runs in worker threads. Bytes are written and hashed in batches of
 at least :data:`~.files.BATCH_SIZE`, and each batch is written and hashed in two threads
@@ -29,48 +30,31 @@ plus a few thread hops.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
 import shutil
 import weakref
 from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, final
+from typing import BinaryIO, final
 
 import anyio
 from anyio import to_thread
 
-from runtime.core.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    OutOfRange,
-)
+from runtime.core.errors import InvalidArgument, NotFound, OutOfRange
 from runtime.core.faults import fault_point
 from runtime.plugins.content.api import BlobExists, BlobInfo, Status, validate_digest
+from runtime.plugins.content.local import ingest_dirs
 from runtime.plugins.content.local.files import (
     NO_HARDLINKS,
     READ_CHUNK_SIZE,
-    REHASH_CHUNK,
     check_ref,
-    format_time,
     from_ns,
     fsync_dir,
     locked,
     os_errors,
-    read_file,
-    read_int,
-    read_time,
     touch_ctime,
-    utc_now,
-    write_file,
 )
 from runtime.plugins.content.local.writer import OpenedIngest, Writer
-
-if TYPE_CHECKING:
-    from hashlib import _Hash
 
 __all__ = [
     "ContentStore",
@@ -161,7 +145,7 @@ class ContentStore:
         if writer is not None:
             return writer.status()
         with os_errors(f"status of ingest {ref}"):
-            status = await to_thread.run_sync(self._read_status, self._ingest_dir(ref))
+            status = await to_thread.run_sync(ingest_dirs.read_status, self._ingest_dir(ref))
         if status is None:
             raise NotFound(f"ingest {ref}: not found")
         return status
@@ -170,7 +154,7 @@ class ContentStore:
         """Return the state of every ingest, sorted by ref."""
 
         def scan() -> list[Status]:
-            found = (self._read_status(entry) for entry in self._ingests.iterdir())
+            found = (ingest_dirs.read_status(entry) for entry in self._ingests.iterdir())
             return [s for s in found if s is not None]
 
         with os_errors("list ingests"):
@@ -191,7 +175,7 @@ class ContentStore:
 
         def work() -> None:
             path = self._ingest_dir(ref)
-            lock_fd = self._lock(path, ref, create=False)
+            lock_fd = ingest_dirs.lock(path, ref, create=False)
             try:
                 shutil.rmtree(path)
             finally:
@@ -342,158 +326,16 @@ class ContentStore:
         return self._blobs / validate_digest(digest)
 
     def _ingest_dir(self, ref: str) -> Path:
-        # Hashed, so any ref string maps to a safe, fixed-length directory name.
-        return self._ingests / hashlib.sha256(ref.encode()).hexdigest()
-
-    def _lock(self, path: Path, ref: str, *, create: bool) -> int:
-        """Take the ingest's flock without waiting; return the lock file's fd.
-
-        With ``create``, the directory is created if missing; without, a
-        missing ingest raises NotFound.
-        """
-        lock_path = path / "lock"
-        for _ in range(16):
-            if create:
-                path.mkdir(exist_ok=True)
-            try:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except FileNotFoundError:
-                if create:
-                    continue  # removed between mkdir and open: make it again
-                raise NotFound(f"ingest {ref}: not found") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise locked(ref) from None
-            except BaseException:
-                os.close(fd)
-                raise
-            # A holder that released between our open and our flock may have removed the
-            # directory (commit, abort): then we hold a lock nobody else can see. Start over.
-            try:
-                same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                return fd
-            os.close(fd)
-            if not create:
-                raise NotFound(f"ingest {ref}: not found")
-        raise locked(ref)
+        return ingest_dirs.directory(self._ingests, ref)
 
     def _open(self, ref: str, total: int | None, expected: str | None) -> OpenedIngest:
         path = self._ingest_dir(ref)
-        lock_fd = self._lock(path, ref, create=True)
+        lock_fd = ingest_dirs.lock(path, ref, create=True)
         try:
-            return self._load(path, ref, total, expected, lock_fd)
+            return ingest_dirs.load(path, ref, total, expected, lock_fd, self._blobs)
         except BaseException:
             os.close(lock_fd)
             raise
-
-    def _load(
-        self, path: Path, ref: str, total: int | None, expected: str | None, lock_fd: int
-    ) -> OpenedIngest:
-        """Initialise or resume the ingest at ``path``; the caller holds its lock."""
-        now = utc_now()
-        stored_ref = read_file(path / "ref")
-        resume = stored_ref is not None
-        stored_total = stored_expected = None
-        started_at = updated_at = now
-        if resume:
-            if stored_ref != ref:
-                raise FailedPrecondition(f"ingest {path.name} belongs to ref {stored_ref!r}")
-            stored_total = read_int(path / "total")
-            if total is not None and stored_total is not None and total != stored_total:
-                raise FailedPrecondition(
-                    f"ref {ref}: total {total} conflicts with recorded total {stored_total}"
-                )
-            stored_expected = read_file(path / "expected") or None
-            started_at = read_time(path / "startedat") or now
-            updated_at = read_time(path / "updatedat") or now
-        total = total if total is not None else stored_total
-        expected = expected or stored_expected
-        if expected is not None and self._blob_path(expected).exists():
-            if not resume:
-                shutil.rmtree(path, ignore_errors=True)
-            raise AlreadyExists(f"content {expected}: already exists")
-
-        if total is not None and total != stored_total:
-            write_file(path / "total", str(total))
-        if expected is not None and expected != stored_expected:
-            write_file(path / "expected", expected)
-        if resume:
-            fd, offset, hasher, mtime_ns = self._rehash(path / "data")
-            updated_at = max(updated_at, from_ns(mtime_ns))
-        else:
-            # Left by an open that died before writing ``ref``; not ours to keep.
-            for name, value in (("total", total), ("expected", expected)):
-                if value is None:
-                    (path / name).unlink(missing_ok=True)
-            write_file(path / "startedat", format_time(now))
-            write_file(path / "updatedat", format_time(now))
-            flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-            fd, offset, hasher = os.open(path / "data", flags, 0o644), 0, hashlib.sha256()
-            # Last: an ingest exists once its ref file does.
-            write_file(path / "ref", ref)
-        return OpenedIngest(
-            path=path,
-            ref=ref,
-            fd=fd,
-            lock_fd=lock_fd,
-            offset=offset,
-            hasher=hasher,
-            total=total,
-            expected=expected,
-            started_at=started_at,
-            updated_at=updated_at,
-        )
-
-    def _rehash(self, data: Path) -> tuple[int, int, _Hash, int]:
-        """Open an ingest's data for resuming; return fd, size, digest state, mtime."""
-        fd = os.open(data, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            st = os.fstat(fd)
-            if st.st_nlink > 1:
-                # A crash between linking into blobs/ and removing the ingest left ``data`` as
-                # a second name of a committed blob: writing would change the blob. Drop the
-                # name and start over; committing the same bytes again yields AlreadyExists.
-                os.close(fd)
-                os.unlink(data)
-                fd = os.open(data, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-                st = os.fstat(fd)
-            hasher = hashlib.sha256()
-            buf = memoryview(bytearray(REHASH_CHUNK))
-            offset = 0
-            while n := os.preadv(fd, [buf], offset):
-                hasher.update(buf[:n])
-                offset += n
-            return fd, offset, hasher, st.st_mtime_ns
-        except BaseException:
-            os.close(fd)
-            raise
-
-    def _read_status(self, path: Path) -> Status | None:
-        """Read an ingest's status from disk; None if it is missing or incomplete."""
-        ref = read_file(path / "ref")
-        if ref is None:
-            return None
-        try:
-            st = os.stat(path / "data")
-        except FileNotFoundError:
-            return None
-        mtime = from_ns(st.st_mtime_ns)
-        started_at = read_time(path / "startedat") or mtime
-        # updatedat is written on close only; a killed writer's last write shows in the mtime.
-        updated_at = max(read_time(path / "updatedat") or mtime, mtime)
-        return Status(
-            ref=ref,
-            offset=st.st_size,
-            total=read_int(path / "total"),
-            expected=read_file(path / "expected") or None,
-            started_at=started_at,
-            updated_at=updated_at,
-        )
 
     def _publish(self, ingest: Path, fd: int, digest: str) -> None:
         """Make a verified ingest's data the blob ``digest``, durably; drop the ingest."""

@@ -1,4 +1,4 @@
-"""Registration of ``diff.walking``: apply layer blobs onto snapshot mounts.
+"""Registration of ``diff.walking``: apply layer blobs onto snapshot mounts, and compare two.
 
 The service picks the cheapest way to reach the snapshot's files:
 
@@ -7,8 +7,10 @@ The service picks the cheapest way to reach the snapshot's files:
 * one read-write ``bind`` mount: write into its source directory;
 * anything else: mount under ``<root>/tmpmounts``, apply, unmount.
 
-Applying is blocking work (decompression, hashing, file system calls) and runs
-in a worker thread.
+Comparing reads one ``overlay`` mount's upperdir directly (every entry there is
+a change); other mounts are mounted under ``<root>/tmpmounts`` and walked side
+by side. Applying and comparing are blocking work (decompression, hashing,
+file system calls) and run in a worker thread.
 
 The appliers (:mod:`.apply`, :mod:`.staging`, with ``tarfile`` and ISA-L) are
 imported by the first layer applied: an idle daemon keeps them out of memory.
@@ -29,7 +31,7 @@ from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
 from runtime.pkg.mount import mount_all, unmount
 from runtime.pkg.registry.types import Descriptor
-from runtime.plugins.diff.api import ApplyResult, StagingApplier
+from runtime.plugins.diff.api import ApplyResult, LayerDiff, StagingApplier
 from runtime.plugins.diff.api import StagedLayer as Staged
 from runtime.plugins.snapshots.api import Mount
 
@@ -148,6 +150,45 @@ class WalkingDiff:
 
         await anyio.to_thread.run_sync(staging.discard, _own(staged))
 
+    async def compare(self, lower: Sequence[Mount], upper: Sequence[Mount], out: BinaryIO,
+                      *, compression: str = "gzip") -> LayerDiff:
+        """Write the layer from ``lower`` to ``upper`` (see :class:`~..api.Comparer`)."""
+        return await anyio.to_thread.run_sync(self._compare, list(lower), list(upper), out,
+                                              compression)
+
+    def _compare(self, lower: list[Mount], upper: list[Mount], out: BinaryIO,
+                 compression: str) -> LayerDiff:
+        from runtime.plugins.diff.walking.compare import write_diff, write_diff_from_overlay_upper
+
+        if len(upper) == 1 and upper[0].type == "overlay":
+            upperdir = _option(upper[0], "upperdir")
+            lowerdirs = _option(upper[0], "lowerdir")
+            if upperdir is not None:
+                lowers = [Path(p) for p in lowerdirs.split(":")] if lowerdirs else []
+                done = write_diff_from_overlay_upper(Path(upperdir), lowers, out,
+                                                     compression=compression)
+                return LayerDiff(done.diff_id, done.digest, done.size, done.media_type)
+        with self._mounted(lower) as lower_dir, self._mounted(upper) as upper_dir:
+            done = write_diff(lower_dir, upper_dir, out, compression=compression)
+        return LayerDiff(done.diff_id, done.digest, done.size, done.media_type)
+
+    @contextmanager
+    def _mounted(self, mounts: list[Mount]) -> Iterator[Path]:
+        """The mounts' tree at a temporary directory (empty for no mounts)."""
+        self.tmp_root.mkdir(parents=True, exist_ok=True)
+        where = Path(tempfile.mkdtemp(prefix="compare-", dir=self.tmp_root))
+        try:
+            if not mounts:
+                yield where
+                return
+            mount_all(mounts, where)
+            try:
+                yield where
+            finally:
+                unmount(where)
+        finally:
+            os.rmdir(where)
+
     @contextmanager
     def _target(self, mounts: list[Mount]) -> Iterator[tuple[Path, bool]]:
         """Yield ``(directory to apply into, is an overlay upperdir)``."""
@@ -183,4 +224,5 @@ async def init(ctx: InitContext[WalkingConfig]) -> StagingApplier:
 def moorage_plugins() -> Iterator[Registration]:
     """The walking differ."""
     yield Registration.named("diff.walking", init, config=WalkingConfig,
-                             description="apply layers onto snapshots (overlay upperdir fast path)")
+                             description="apply layers onto snapshots, compare two "
+                                         "(overlay upperdir fast path)")

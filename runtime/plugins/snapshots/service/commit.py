@@ -20,7 +20,7 @@ from typing import Any
 from runtime.core.errors import AlreadyExists, FailedPrecondition, NotFound
 from runtime.core.faults import fault_point
 from runtime.core.identifiers import validate_labels
-from runtime.plugins.metadata.api import Resource, attach, now
+from runtime.plugins.metadata.api import Resource, attach, detach_everywhere, lease_exists, now
 from runtime.plugins.snapshots.api import Kind
 from runtime.plugins.snapshots.service.events import (
     SnapshotCommit,
@@ -68,8 +68,7 @@ class SnapshotCommits(SnapshotRecords):
             raise FailedPrecondition(f"snapshot {key!r} is {row['kind']}; only active ones commit")
         if await self.db.read(lambda c: self._row(c, ns, name)) is not None:
             raise AlreadyExists(f"snapshot {name!r} already exists")
-        if lease and await self.db.read(lambda c: c.execute(
-                "SELECT 1 FROM leases WHERE namespace=? AND id=?", (ns, lease)).fetchone()) is None:
+        if lease and not await self.db.read(lambda c: lease_exists(c, ns, lease)):
             # Refused before the backend commits: afterwards there is no going back.
             raise NotFound(f"lease {lease!r} not found")
         backend_name = self._new_backend_key(ns, name)
@@ -151,12 +150,8 @@ class SnapshotCommits(SnapshotRecords):
             )  # fmt: skip
         except sqlite3.IntegrityError:
             raise AlreadyExists(f"snapshot {name!r} already exists") from None
-        conn.execute(
-            "DELETE FROM lease_resources WHERE namespace=? AND type=? AND resource=?",
-            (ns, f"snapshots/{self.name}", key),
-        )
-        if lease and (not recovering or conn.execute(
-                "SELECT 1 FROM leases WHERE namespace=? AND id=?", (ns, lease)).fetchone()):
+        detach_everywhere(conn, ns, f"snapshots/{self.name}", key)
+        if lease and (not recovering or lease_exists(conn, ns, lease)):
             attach(conn, ns, lease, Resource(type=f"snapshots/{self.name}", id=name))
         return True
 
@@ -205,8 +200,7 @@ class SnapshotCommits(SnapshotRecords):
             def drop(conn: sqlite3.Connection, r: sqlite3.Row = row) -> None:
                 conn.execute("DELETE FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?",
                              (r["namespace"], self.name, r["key"]))
-                conn.execute("DELETE FROM lease_resources WHERE namespace=? AND type=? AND "
-                             "resource=?", (r["namespace"], f"snapshots/{self.name}", r["key"]))
+                detach_everywhere(conn, r["namespace"], f"snapshots/{self.name}", r["key"])
 
             await self.db.write(drop)
         return len(missing)

@@ -21,7 +21,7 @@ from runtime.core.errors import InvalidArgument, NotFound
 from runtime.core.filters import adapt, parse
 from runtime.core.identifiers import validate_labels, validate_namespace
 from runtime.core.locks import KeyedLocks
-from runtime.plugins.metadata.api import Database, Publish, now
+from runtime.plugins.metadata.api import Database, Publish, detach_everywhere, now
 from runtime.plugins.snapshots.api import (
     Info,
     Kind,
@@ -30,6 +30,7 @@ from runtime.plugins.snapshots.api import (
     Snapshotter,
     Usage,
 )
+from runtime.plugins.snapshots.service.tables import SNAPSHOTS, SnapshotSource
 
 __all__ = ["COMMIT_LABEL", "SNAPSHOT_REF_LABEL", "SnapshotRecords"]
 
@@ -73,6 +74,8 @@ class SnapshotRecords:
     """
 
     def __init__(self, name: str, backend: Snapshotter, db: Database, publish: Publish) -> None:
+        # One table for every snapshotter: the first to start registers it.
+        db.register(SNAPSHOTS, SnapshotSource())
         self.name = name
         self.backend = backend
         # Asked once: only a backend on local disk has a directory to name.
@@ -140,8 +143,7 @@ class SnapshotRecords:
         """Delete the record ``key`` and its lease links (inside the caller's transaction)."""
         conn.execute("DELETE FROM snapshots WHERE namespace=? AND snapshotter=? AND key=?",
                      (ns, self.name, key))
-        conn.execute("DELETE FROM lease_resources WHERE namespace=? AND type=? AND resource=?",
-                     (ns, f"snapshots/{self.name}", key))
+        detach_everywhere(conn, ns, f"snapshots/{self.name}", key)
 
 
     # -- queries ----------------------------------------------------------------
