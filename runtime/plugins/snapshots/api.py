@@ -57,6 +57,8 @@ __all__ = [
     "LocalSnapshotter",
     "Mount",
     "NamespacedSnapshots",
+    "SnapshotCount",
+    "SnapshotCounts",
     "Snapshots",
     "Snapshotter",
     "Usage",
@@ -105,6 +107,23 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
 
     size: int = 0
     inodes: int = 0
+
+
+class SnapshotCount(msgspec.Struct, frozen=True, kw_only=True):
+    """How many snapshots of one kind a namespace records on one snapshotter."""
+
+    snapshotter: str
+    namespace: str
+    kind: Kind
+    count: int
+
+
+class SnapshotCounts(Protocol):
+    """What ``service.snapshots`` tells the metrics plugin about its records."""
+
+    async def counts(self) -> list[SnapshotCount]:
+        """Records per snapshotter, namespace and kind (stopped snapshotters' too), sorted."""
+        ...
 
 
 @runtime_checkable
@@ -336,8 +355,8 @@ class NamespacedSnapshots(Protocol):
         ...
 
 
-class Snapshots(Protocol):
-    """What ``service.snapshots`` provides: the namespaced snapshotters by name."""
+class Snapshots(SnapshotCounts, Protocol):
+    """What ``service.snapshots`` provides: the namespaced snapshotters by name, and counts."""
 
     @property
     def snapshotters(self) -> Mapping[str, NamespacedSnapshots]:
