@@ -217,6 +217,35 @@ class TestDaemonSidePolicies:
         assert rd.client().containers() == []
 
 
+    def test_unless_stopped_restarts_a_crash_but_not_after_a_stop_or_a_daemon_restart(
+            self, rd: RuntimeDaemon, rootfs: Path) -> None:
+        created(rd, rootfs, "steady", "--restart", "unless-stopped", "busybox", *SLEEPER)
+        ok(rd, "start", "steady")
+        pid = int(ok(rd, "inspect", "-f", "{{.State.Pid}}", "steady"))
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: status(rd, "steady") == "running"
+                   and int(ok(rd, "inspect", "-f", "{{.State.Pid}}", "steady")) != pid,
+                   what="the restart after SIGKILL")
+        assert ok(rd, "stop", "steady") == "steady\n"
+        # Unlike always, a stopped unless-stopped container stays down across the daemon's
+        # own restart.
+        rd.kill()
+        rd.restart()
+        time.sleep(1.5)
+        assert status(rd, "steady") == "exited"
+        assert ok(rd, "rm", "steady") == "steady\n"
+
+    def test_restart_no_leaves_a_failed_container_stopped(self, rd: RuntimeDaemon,
+                                                          rootfs: Path) -> None:
+        created(rd, rootfs, "once", "--restart", "no", "busybox", "sh", "-c", "exit 7")
+        ok(rd, "start", "once")
+        wait_until(lambda: status(rd, "once") == "exited", what="exit")
+        time.sleep(0.5)
+        assert "moorage/restart.count" not in labels(rd, "once")
+        assert ok(rd, "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}",
+                  "once") == "exited 7\n"
+
+
 class TestBadValues:
     @pytest.mark.parametrize(("flags", "named"), [
         (("--restart", "sometimes"), "--restart 'sometimes'"),
