@@ -236,6 +236,7 @@ class TestInspectLogsAndNames:
 class TestBadInput:
     @pytest.mark.parametrize(("argv", "named"), [
         (["ps", "--bogus"], "--bogus"), (["stop", "-t", "soon", "x"], "'soon'"),
+        (["stop", "-t", "-5", "x"], "'-5'"), (["restart", "-t", "nan", "x"], "'nan'"),
         (["exec"], "required"), (["logs", "--nope", "x"], "--nope"),
         (["run", "--bogus", "busybox"], "--bogus"), (["images", "--bogus"], "--bogus"),
         (["pull", "--bogus", "busybox"], "--bogus"), (["volume", "ls", "--bogus"], "--bogus"),

@@ -26,6 +26,19 @@ if TYPE_CHECKING:
 __all__ = ["port_text", "register", "requested_ports"]
 
 
+def grace_seconds(text: str) -> float:
+    """``stop -t``: seconds, 0 or more (a usage error, 125, naming the value otherwise)."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: use a number of seconds, 0 or more")
+    return value
+
+
 def register(sub: Any) -> None:
     """Add the lifecycle verbs."""
     import argparse
@@ -57,7 +70,7 @@ def register(sub: Any) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER)
 
     p = add("stop", stop, "stop containers: the stop signal, then SIGKILL after the grace")
-    p.add_argument("-t", "--time", "--timeout", dest="time", type=float, default=10.0,
+    p.add_argument("-t", "--time", "--timeout", dest="time", type=grace_seconds, default=10.0,
                    help="seconds to wait before SIGKILL (default 10)")
     p.add_argument("-s", "--signal", default="",
                    help="the first signal (default: the image's StopSignal, else SIGTERM)")
@@ -69,7 +82,7 @@ def register(sub: Any) -> None:
     p.add_argument("containers", nargs="+")
 
     p = add("restart", restart, "stop then start containers")
-    p.add_argument("-t", "--time", "--timeout", dest="time", type=float, default=10.0)
+    p.add_argument("-t", "--time", "--timeout", dest="time", type=grace_seconds, default=10.0)
     p.add_argument("containers", nargs="+")
 
     p = add("kill", kill, "send a signal to running containers (default SIGKILL)")
