@@ -10,9 +10,7 @@ terminal; otherwise they print one line per finished blob.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import getpass
-import hashlib
 import json
 import os
 import sys
@@ -61,6 +59,7 @@ def _add_pull(sub: Any, name: str, aliases: list[str] | None = None) -> Any:
 
 def register(sub: Any) -> None:
     """Add this group's commands (and the ``pull`` shortcut)."""
+    from runtime.cli import image_mounts
     from runtime.cli.main import add_label_command, add_list_command, add_output_flags
     from runtime.cli.verbs import docker_parser
     from runtime.cli.verbs.images import images as list_images
@@ -116,19 +115,7 @@ def register(sub: Any) -> None:
     p.add_argument("--all-platforms", action="store_true")
     p.set_defaults(handler=export)
 
-    p = isub.add_parser("mount", help="mount an image's root filesystem (needs root)")
-    p.add_argument("name")
-    p.add_argument("target")
-    p.add_argument("--rw", action="store_true", help="writable (an active snapshot)")
-    p.add_argument("--snapshotter", default="")
-    p.add_argument("--platform", default="")
-    p.set_defaults(handler=mount)
-
-    p = isub.add_parser("unmount", aliases=["umount"], help="unmount what images mount made")
-    p.add_argument("target")
-    p.add_argument("--snapshotter", default="")
-    p.add_argument("--rm", action="store_true", help="also remove the snapshot")
-    p.set_defaults(handler=unmount)
+    image_mounts.register(isub)
 
     p = isub.add_parser("check", help="are all blobs of the images present?")
     add_output_flags(p)
@@ -368,68 +355,6 @@ def export(args: argparse.Namespace) -> int:
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
-    return 0
-
-
-def _lease_id(target: str) -> str:
-    # Lease ids are identifiers; a path is not one.
-    return "mount-" + hashlib.sha256(target.encode()).hexdigest()[:16]
-
-
-def mount(args: argparse.Namespace) -> int:
-    """Unpack if needed, prepare a snapshot keyed by TARGET and mount it there."""
-    from runtime.api.mounts import Mount
-    from runtime.cli.main import client
-    from runtime.core.errors import MoorageError, PermissionDenied
-    from runtime.pkg.mount import mount_all
-
-    target = os.path.abspath(args.target)
-    api = client(args)
-    rootfs = api.image_rootfs(args.name, args.snapshotter, args.platform)
-    # The lease keeps the snapshot from garbage collection until unmount.
-    lease = api.create_lease(_lease_id(target), {"moorage/mount": target}).id
-    try:
-        mounts = api.prepare_snapshot(
-            rootfs.snapshotter, target, rootfs.chain_id, view=not args.rw, lease=lease
-        )
-        try:
-            mount_all(
-                [
-                    Mount(type=m.type, source=m.source, target=m.target, options=m.options)
-                    for m in mounts
-                ],
-                target,
-            )
-        except PermissionError as exc:
-            raise PermissionDenied(f"mount {target}: {exc.strerror} (mounting needs root)") from exc
-        except OSError as exc:
-            raise MoorageError(f"mount {target}: {exc}") from exc
-    except BaseException:
-        api.delete_lease(lease)
-        raise
-    print(target)
-    return 0
-
-
-def unmount(args: argparse.Namespace) -> int:
-    """Unmount TARGET; with --rm remove its snapshot too."""
-    from runtime.cli.main import client
-    from runtime.core.errors import MoorageError, NotFound
-    from runtime.pkg.mount import unmount as do_unmount
-
-    target = os.path.abspath(args.target)
-    try:
-        do_unmount(target)
-    except OSError as exc:
-        raise MoorageError(f"unmount {target}: {exc}") from exc
-    api = client(args)
-    if args.rm:
-        snapshotter = args.snapshotter or "overlayfs"
-        with contextlib.suppress(NotFound):
-            api.remove_snapshot(snapshotter, target)
-    with contextlib.suppress(NotFound):
-        api.delete_lease(_lease_id(target))
-    print(target)
     return 0
 
 

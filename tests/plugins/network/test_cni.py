@@ -17,6 +17,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import pytest
 from runtime.core.config import ConfigError, decode_plugin_config, parse_config
 from runtime.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from runtime.plugins.network import api as network_task
+from runtime.plugins.network import etc_files
 from runtime.plugins.network.api import (
     NETWORK_ANNOTATION,
     PORTS_ANNOTATION,
@@ -40,7 +42,8 @@ from runtime.plugins.network.api import (
 from runtime.plugins.network.cni import conflist, netns
 from runtime.plugins.network.cni.conflist import ConfList, check_subnet, default_conflist
 from runtime.plugins.network.cni.plugin import CniConfig
-from runtime.plugins.network.cni.service import AttachmentRecord, CniNetwork, _plugin_config
+from runtime.plugins.network.cni.records import AttachmentRecord
+from runtime.plugins.network.cni.service import CniNetwork, _plugin_config
 from tests.fixtures.network import (
     NetworkLease,
     daemon_token,
@@ -245,32 +248,48 @@ class TestPluginStdin:
             {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"}]}
 
 
+class TestContractModule:
+    def test_api_reexports_the_task_side_and_etc_files(self) -> None:
+        from runtime.plugins.network import task
+
+        assert network_task.setup_task_network is task.setup_task_network
+        assert network_task.teardown_task_network is task.teardown_task_network
+        assert network_task.etc_hosts is etc_files.etc_hosts
+        assert network_task.resolv_conf is etc_files.resolv_conf
+
+    @pytest.mark.parametrize("module", ["task", "etc_files", "api"])
+    def test_each_module_imports_first_without_a_cycle_error(self, module: str) -> None:
+        code = f"import runtime.plugins.network.{module}"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+
+
 class TestEtcFiles:
     def test_resolv_conf_drops_loopback_servers(self, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
         host = tmp_path / "resolv.conf"
         host.write_text("search example\nnameserver 127.0.0.53\nnameserver ::1\n"
                         "nameserver 10.0.0.2\noptions edns0\n")
-        monkeypatch.setattr(network_task, "HOST_RESOLV", host)
-        monkeypatch.setattr(network_task, "RESOLVED_UPSTREAM", tmp_path / "absent")
-        assert network_task.resolv_conf() == "search example\nnameserver 10.0.0.2\noptions edns0\n"
-        assert network_task.resolv_conf(host=True) == host.read_text()
+        monkeypatch.setattr(etc_files, "HOST_RESOLV", host)
+        monkeypatch.setattr(etc_files, "RESOLVED_UPSTREAM", tmp_path / "absent")
+        assert etc_files.resolv_conf() == "search example\nnameserver 10.0.0.2\noptions edns0\n"
+        assert etc_files.resolv_conf(host=True) == host.read_text()
 
     def test_resolved_upstream_replaces_a_stub_only_file(self, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
         (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.53\n")
         (tmp_path / "upstream").write_text("nameserver 10.1.2.3\n")
-        monkeypatch.setattr(network_task, "HOST_RESOLV", tmp_path / "resolv.conf")
-        monkeypatch.setattr(network_task, "RESOLVED_UPSTREAM", tmp_path / "upstream")
-        assert network_task.resolv_conf() == "nameserver 10.1.2.3\n"
+        monkeypatch.setattr(etc_files, "HOST_RESOLV", tmp_path / "resolv.conf")
+        monkeypatch.setattr(etc_files, "RESOLVED_UPSTREAM", tmp_path / "upstream")
+        assert etc_files.resolv_conf() == "nameserver 10.1.2.3\n"
 
     def test_hosts_names_the_container(self) -> None:
         attachment = Attachment(namespace="default", container_id="c1", network="moorage",
                                 netns="/x", ips=[IPConfig(address="10.88.0.5/16")])
-        hosts = network_task.etc_hosts("c1", attachment)
+        hosts = etc_files.etc_hosts("c1", attachment)
         assert hosts.startswith("127.0.0.1\tlocalhost\n")
         assert hosts.endswith("10.88.0.5\tc1\n")
-        assert "c1" not in network_task.etc_hosts("c1", None)
+        assert "c1" not in etc_files.etc_hosts("c1", None)
 
     async def test_spec_without_annotation_is_untouched(self, tmp_path: Path) -> None:
         spec: dict[str, Any] = {"linux": {"namespaces": [{"type": "network"}]}}

@@ -24,6 +24,7 @@ from runtime.pkg.oci.spec import (
     generate_spec,
 )
 from runtime.plugins.network import api as network
+from runtime.plugins.network import etc_files, task
 
 
 def env(spec: dict[str, object]) -> list[str]:
@@ -87,7 +88,7 @@ class TestPublishAll:
         assert annotations[EXPOSED_PORTS_ANNOTATION] == "80/tcp,53/udp,8080/tcp"
         assert annotations[PUBLISH_ALL_ANNOTATION] == "true"
         given = [network.parse_publish("9000:80")]
-        picked = network._exposed(annotations, given)
+        picked = task._exposed(annotations, given)
         assert [(p.host_port, p.container_port, p.protocol) for p in picked] == [
             (0, 53, "udp"), (0, 8080, "tcp")]
 
@@ -95,22 +96,22 @@ class TestPublishAll:
         image = ImageConfig(cmd=["sh"], exposed_ports={"80/tcp": {}})
         annotations = generate_spec("ns", "c", image, SpecOptions())["annotations"]
         assert PUBLISH_ALL_ANNOTATION not in annotations
-        assert network._exposed(annotations, []) == []
+        assert task._exposed(annotations, []) == []
 
 
 class TestNameFiles:
     def test_extra_hosts_come_last(self) -> None:
-        text = network.etc_hosts("web", None, extra=decode_hosts('["db:10.0.0.2"]'))
+        text = etc_files.etc_hosts("web", None, extra=decode_hosts('["db:10.0.0.2"]'))
         assert text.startswith("127.0.0.1\tlocalhost") and text.endswith("10.0.0.2\tdb\n")
 
     def test_dns_replaces_each_kind_it_gives(self, monkeypatch: pytest.MonkeyPatch,
                                              tmp_path: Path) -> None:
         host = tmp_path / "resolv.conf"
         host.write_text("nameserver 192.0.2.1\nsearch lan\noptions edns0\n")
-        monkeypatch.setattr(network, "HOST_RESOLV", host)
-        text = network.resolv_conf(dns=DnsSettings(servers=["192.0.2.9"]))
+        monkeypatch.setattr(etc_files, "HOST_RESOLV", host)
+        text = etc_files.resolv_conf(dns=DnsSettings(servers=["192.0.2.9"]))
         assert text.splitlines() == ["search lan", "options edns0", "nameserver 192.0.2.9"]
-        text = network.resolv_conf(dns=DnsSettings(search=["a.example", "b.example"],
+        text = etc_files.resolv_conf(dns=DnsSettings(search=["a.example", "b.example"],
                                                    options=["ndots:2"]))
         assert text.splitlines() == ["nameserver 192.0.2.1", "search a.example b.example",
                                      "options ndots:2"]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,8 +47,6 @@ from runtime.plugins.network.api import (
     HOST,
     NONE,
     Attachment,
-    Interface,
-    IPConfig,
     PortMapping,
 )
 from runtime.plugins.network.cni import netns
@@ -60,89 +57,15 @@ from runtime.plugins.network.cni.conflist import (
     list_conflists,
 )
 from runtime.plugins.network.cni.invoke import CniPluginError, Invocation, invoke, version_tuple
+from runtime.plugins.network.cni.records import AttachmentRecord, attachment_of, write_durably
 
-__all__ = ["AttachmentRecord", "CniNetwork"]
+__all__ = ["CniNetwork"]
 
 log = logging.getLogger("moorage.network.cni")
 
 IFNAME = "eth0"
 #: DEL receives the cached ADD result from this version on.
 _DEL_PREV_RESULT = (0, 4, 0)
-
-
-class AttachmentRecord(msgspec.Struct, kw_only=True):
-    """What is kept on disk about one attachment.
-
-    Attributes:
-        namespace: The container's namespace.
-        container_id: The container.
-        network: The network's name, or ``none``.
-        cni_id: ``CNI_CONTAINERID``: unique over namespaces.
-        netns: Path of the pinned namespace.
-        conflist: The network configuration ADD ran with; DEL runs the same,
-            even if the file changed since. ``None`` for ``none``.
-        ports: Published ports (``runtimeConfig.portMappings``).
-        result: The final ADD result, once ADD finished.
-        state: ``adding`` until ADD finished, then ``added``.
-        created_at: When the attachment began.
-        cni_args: ``CNI_ARGS`` given to every plugin run (ADD and DEL alike),
-            e.g. the CRI's ``K8S_POD_NAME``.
-    """
-
-    namespace: str
-    container_id: str
-    network: str
-    cni_id: str
-    netns: str
-    conflist: dict[str, Any] | None = None
-    ports: list[PortMapping] = msgspec.field(default_factory=list)
-    result: dict[str, Any] | None = None
-    state: str = "adding"
-    created_at: datetime | None = None
-    cni_args: dict[str, str] = msgspec.field(default_factory=dict)
-
-    @property
-    def key(self) -> tuple[str, str]:
-        """``(namespace, container id)``."""
-        return (self.namespace, self.container_id)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _attachment(record: AttachmentRecord) -> Attachment:
-    result = record.result or {}
-    raw_interfaces = result.get("interfaces") or []
-    interfaces = [Interface(name=str(i.get("name", "")), mac=str(i.get("mac", "")),
-                            sandbox=str(i.get("sandbox", "")))
-                  for i in raw_interfaces if isinstance(i, dict)]
-    ips = []
-    for ip in result.get("ips") or []:
-        if not isinstance(ip, dict) or "address" not in ip:
-            continue
-        index = ip.get("interface")
-        name = interfaces[index].name if isinstance(index, int) and \
-            0 <= index < len(interfaces) else ""
-        ips.append(IPConfig(address=str(ip["address"]), gateway=str(ip.get("gateway", "")),
-                            interface=name))
-    return Attachment(
-        namespace=record.namespace, container_id=record.container_id, network=record.network,
-        netns=record.netns, interfaces=interfaces, ips=ips, ports=list(record.ports),
-        created_at=record.created_at,
-    )  # fmt: skip
 
 
 class CniNetwork:
@@ -198,7 +121,7 @@ class CniNetwork:
             return None
 
     def _save(self, record: AttachmentRecord) -> None:
-        _write_durably(self._record_path(*record.key), msgspec.json.encode(record))
+        write_durably(self._record_path(*record.key), msgspec.json.encode(record))
 
     def _drop(self, record: AttachmentRecord) -> None:
         self._record_path(*record.key).unlink(missing_ok=True)
@@ -305,9 +228,9 @@ class CniNetwork:
                     ) from exc
                 raise
         log.info("container %s attached to %s: %s", container_id, record.network,
-                 ", ".join(ip.address for ip in _attachment(record).ips) or "loopback only",
+                 ", ".join(ip.address for ip in attachment_of(record).ips) or "loopback only",
                  extra={"namespace": namespace})
-        return _attachment(record)
+        return attachment_of(record)
 
     async def _retire(self, earlier: AttachmentRecord) -> None:
         """Finish an earlier attachment's teardown that failed, if nothing uses it."""
@@ -415,11 +338,11 @@ class CniNetwork:
         record = await anyio.to_thread.run_sync(self._read, namespace, container_id)
         if record is None:
             raise NotFound(f"container {container_id!r} has no network attachment")
-        return _attachment(record)
+        return attachment_of(record)
 
     async def attachments(self) -> list[Attachment]:
         """Every attachment, sorted by namespace and container id."""
-        return [_attachment(r) for r in await self._scan()]
+        return [attachment_of(r) for r in await self._scan()]
 
     async def live_keys(self) -> set[tuple[str, str]]:
         """Attachments some process still runs in: their containers are alive.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -102,6 +103,33 @@ class Process:
             return None
         return fd
 
+    def signal_directly(self, signum: int) -> bool:
+        """Signal this process (a task's init) without the OCI runtime; False if unsure.
+
+        ``runc kill`` without ``--all`` only signals the init process after
+        checking it is the container's; a runtime process costs far more than that
+        (each teardown of a burst of containers starts one per container). The
+        same check, here: the pid, pinned with a pidfd, must still be a child of
+        the task's live monitor (conmon is its subreaper). Otherwise the runtime
+        decides, and reports what is wrong.
+        """
+        pid = self.record.pid
+        if not pid or not self.monitor_alive():
+            return False
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return False
+        try:
+            if _parent_pid(pid) != self.record.monitor_pid:
+                return False
+            signal.pidfd_send_signal(pidfd, signum)
+        except OSError:
+            return False
+        finally:
+            os.close(pidfd)
+        return True
+
     async def watch(self, tick: Callable[[], Awaitable[None]], interval: float,
                     notifier: Any = None) -> None:
         """Return once the monitor has exited, calling ``tick()`` meanwhile.
@@ -175,3 +203,14 @@ class Process:
             # Not synced: after a power loss the exit is at worst published again.
             with contextlib.suppress(FileNotFoundError):
                 write_record(self.paths.exit_record, self.exit, sync=False)
+
+
+def _parent_pid(pid: int) -> int:
+    """The parent of ``pid`` from ``/proc`` (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return 0
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    return int(stat[stat.rfind(b")") + 2 :].split()[1])

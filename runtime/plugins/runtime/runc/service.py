@@ -319,7 +319,7 @@ class RuncRuntime(TaskTable):
         if process.status == Status.STOPPED:
             raise NotFound(f"process {process.event_id!r} already finished")
         if process is task.init:
-            if not all and _signal_directly(process, signal):
+            if not all and process.signal_directly(signal):
                 return
             await self.oci.kill(namespace, container_id, signal, all=all)
             return
@@ -458,42 +458,3 @@ class RuncRuntime(TaskTable):
 
 def _json(value: Any) -> bytes:
     return json.dumps(value).encode()
-
-
-def _signal_directly(process: Process, signum: int) -> bool:
-    """Signal a task's init process without running the OCI runtime; False if unsure.
-
-    ``runc kill`` without ``--all`` only signals the init process after
-    checking it is the container's; a runtime process costs far more than that
-    (each teardown of a burst of containers starts one per container). The
-    same check, here: the pid, pinned with a pidfd, must still be a child of
-    the task's live monitor (conmon is its subreaper). Otherwise the runtime
-    decides, and reports what is wrong.
-    """
-    pid = process.record.pid
-    if not pid or not process.monitor_alive():
-        return False
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return False
-    try:
-        if _parent_pid(pid) != process.record.monitor_pid:
-            return False
-        signal.pidfd_send_signal(pidfd, signum)
-    except OSError:
-        return False
-    finally:
-        os.close(pidfd)
-    return True
-
-
-def _parent_pid(pid: int) -> int:
-    """The parent of ``pid`` from ``/proc`` (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return 0
-    # The command name may hold spaces and parentheses: split after the last ')'.
-    return int(stat[stat.rfind(b")") + 2 :].split()[1])
