@@ -242,7 +242,9 @@ class TestBadInput:
         (["pull", "--bogus", "busybox"], "--bogus"), (["volume", "ls", "--bogus"], "--bogus"),
         (["network", "create", "--bogus", "n"], "--bogus"),
         (["system", "prune", "--bogus"], "--bogus"), (["volume"], "COMMAND"),
-        (["update", "--cpus", "lots", "x"], "'lots'"), (["cp", "--bogus", "a", "b"], "--bogus"),
+        (["update", "--cpus", "lots", "x"], "'lots'"), (["update", "--cpus", "0", "x"], "'0'"),
+        (["update", "-m", "1x", "x"], "'1x'"), (["update", "--memory", "0", "x"], "'0'"),
+        (["cp", "--bogus", "a", "b"], "--bogus"),
         (["login", "--bogus", "h"], "--bogus"), (["save", "--bogus", "x"], "--bogus"),
     ])
     def test_a_flag_error_prints_the_subcommands_usage_and_exits_125(
