@@ -16,7 +16,12 @@ help" while other work loads the cores:
   gives the CPU of every process of the daemon's and the clients' trees by
   name (client, daemon, runc, conmon, containerd-shim, the container's own);
 * ``start`` times a daemon from exec until its API socket accepts a
-  connection, on an empty root and on a root it has used before.
+  connection and until it answers a first request (``GET /v1/version``;
+  containerd: the HTTP/2 preface), on an empty root and on a root it has used
+  before, with its RSS one second later;
+* ``floor`` times ``python -c`` with each Moorage install's interpreter:
+  nothing, ``asyncio``, ``aiohttp.web`` and the other libraries the daemon
+  needs before it can answer.
 
 Examples::
 
@@ -202,6 +207,31 @@ def op_teardown(s: System, ref: str, n: int) -> tuple[float, float]:
     return wall, cpu
 
 
+def op_teardown_many(s: System, ref: str, n: int) -> tuple[float, float]:
+    """The same teardown with each system's many-id commands: two calls in all.
+
+    ``ctr tasks delete -f ID...`` (kills and deletes) then ``ctr containers
+    delete ID...``; ``moorage tasks rm -f ID...`` then ``moorage containers rm
+    ID...``. ``ctr tasks kill`` takes one id, so no separate kill stage.
+    """
+    assert s.daemon is not None
+    ids = getattr(s, "pending", None) or []
+    s.pending = []  # type: ignore[attr-defined]
+    if not ids:
+        return 0.0, 0.0
+    d = s.daemon
+    if s.kind == "containerd":
+        stages = [d.cli("tasks", "delete", "-f", *ids), d.cli("containers", "delete", *ids)]
+    else:
+        stages = [d.cli("tasks", "rm", "-f", *ids), d.cli("containers", "rm", *ids)]
+    wall = cpu = 0.0
+    for cmd in stages:
+        w, c = run_measured(cmd)
+        wall += w
+        cpu += c
+    return wall, cpu
+
+
 def teardown_cmds(s: System, cid: str) -> list[list[str]]:
     """The teardown's stages for one container (the harness's commands)."""
     assert s.daemon is not None
@@ -213,6 +243,7 @@ OPS: dict[str, Callable[[System, str, int], tuple[float, float]]] = {
     "version": op_version,
     "burst": op_burst,
     "teardown": op_teardown,
+    "teardown_many": op_teardown_many,
 }
 
 
@@ -235,8 +266,43 @@ def wait_listening(path: Path, proc: subprocess.Popen[bytes], timeout: float = 3
             time.sleep(0.002)
 
 
+#: HTTP/2's client connection preface: any HTTP/2 server (containerd's gRPC) answers
+#: it with a SETTINGS frame once it serves the connection.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def wait_answering(path: Path, kind: str, proc: subprocess.Popen[bytes],
+                   timeout: float = 30) -> None:
+    """Block until the daemon at ``path`` answers: Moorage ``GET /v1/version``, containerd
+    the HTTP/2 preface (a connection its gRPC server serves).
+
+    A socket that accepts connections may still answer nothing for a while (a
+    listening socket bound before the server runs queues them); this is the
+    time a client's first request waits for.
+    """
+    request = (_H2_PREFACE if kind == "containerd"
+               else b"GET /v1/version HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n")
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError("daemon did not answer in time")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(max(0.1, deadline - time.monotonic()))
+                sock.connect(str(path))
+                sock.sendall(request)
+                head = sock.recv(64)
+            if head and (kind == "containerd" or head.startswith(b"HTTP/1.1 200")):
+                return
+        except OSError:
+            pass
+        time.sleep(0.002)
+
+
 def time_start(s: System, base: Path) -> dict[str, float]:
-    """Start a daemon on ``base``: seconds and its CPU until the API listens."""
+    """Start a daemon on ``base``: seconds and its CPU until the API listens, then answers."""
     d = s.make(base)
     for sub in (d.root, d.state, d.socket.parent):
         sub.mkdir(parents=True, exist_ok=True)
@@ -250,12 +316,62 @@ def time_start(s: System, base: Path) -> dict[str, float]:
             wait_listening(d.socket, proc)
             wall = time.perf_counter() - started
             own, _ = proc_cpu(proc.pid)
+            wait_answering(d.socket, s.kind, proc)
+            answer = time.perf_counter() - started
+            own_answer, _ = proc_cpu(proc.pid)
             # CPU of the rest of the start-up (what runs after the API listens).
             time.sleep(1.0)
             own_1s, _ = proc_cpu(proc.pid)
+            rss = vm_rss(proc.pid)
         finally:
             d.stop()
-    return {"wall": wall, "cpu_to_listen": own, "cpu_first_second": own_1s, "load": load}
+    return {"wall": wall, "cpu_to_listen": own, "to_answer": answer,
+            "cpu_to_answer": own_answer, "cpu_first_second": own_1s, "rss_kb_1s": rss,
+            "load": load}
+
+
+def vm_rss(pid: int) -> int:
+    """``VmRSS`` of a process, KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+# What the daemon's start cannot go below: the interpreter and the libraries it imports
+# before it can answer. The environment is the daemon's around the aiohttp import.
+FLOORS = {
+    "python -c pass": "pass",
+    "import asyncio": "import asyncio",
+    "import aiohttp.web": "import aiohttp.web",
+    "+ msgspec, anyio, sqlite3, pluggy": "import aiohttp.web, msgspec, anyio._backends._asyncio, "
+                                          "sqlite3, pluggy",
+}
+
+
+def measure_floors(systems: list[System], reps: int) -> dict[str, Any]:
+    """``python -c ...`` with each Moorage install's interpreter: wall and CPU medians."""
+    env = {**ENV, "FROZENLIST_NO_EXTENSIONS": "1", "SSL_CERT_FILE": "/nonexistent",
+           "SSL_CERT_DIR": "/nonexistent"}
+    out: dict[str, Any] = {}
+    for s in systems:
+        if s.kind != "moorage" or s.bin_dir is None:
+            continue
+        python = str(s.bin_dir / "python")
+        for name, code in FLOORS.items():
+            walls, cpus = [], []
+            for _ in range(reps):
+                start = time.perf_counter()
+                proc = subprocess.Popen([python, "-c", code], env=env, cwd="/")
+                _, status, usage = os.wait4(proc.pid, 0)
+                walls.append(time.perf_counter() - start)
+                cpus.append(usage.ru_utime + usage.ru_stime)
+                assert os.waitstatus_to_exitcode(status) == 0, (python, code)
+            out.setdefault(s.label, {})[name] = {
+                "wall": round(statistics.median(walls), 4),
+                "cpu": round(statistics.median(cpus), 4), "load": loadavg()}
+    return out
 
 
 def measure_start(systems: list[System], reps: int) -> dict[str, Any]:
@@ -303,7 +419,7 @@ def perf_pass(s: System, op: str, ref: str, n: int, reps: int) -> dict[str, Any]
     assert s.daemon is not None
     daemon_pid = s.daemon.pid
     data = Path(tempfile.mkdtemp(prefix="so-perf-", dir="/var/tmp")) / "perf.data"
-    if op == "teardown":
+    if op.startswith("teardown"):
         op_burst(s, ref, n)
     perf = subprocess.Popen(
         ["perf", "record", "-q", "-a", "-o", str(data), "-e",
@@ -314,7 +430,7 @@ def perf_pass(s: System, op: str, ref: str, n: int, reps: int) -> dict[str, Any]
     walls = []
     try:
         for rep in range(reps):
-            if op == "teardown" and rep:
+            if op.startswith("teardown") and rep:
                 # The next teardown's containers (their start lands in this trace too,
                 # but under the daemon: subtract with the burst pass when reading).
                 raise RuntimeError("teardown under perf: use --reps 1 per pass")
@@ -420,7 +536,9 @@ def main() -> int:
             results["start"] = {label: {k: summarize(v) for k, v in r.items()}
                                 for label, r in raw.items()}
             results["start_samples"] = raw
-        timed = [o for o in ops if o != "start"]
+        if "floor" in ops:
+            results["floor"] = measure_floors(systems, args.reps)
+        timed = [o for o in ops if o not in ("start", "floor")]
         if timed:
             small = busybox_image(work / "busybox")
             with Registry(work / "registry") as registry:
@@ -437,7 +555,8 @@ def main() -> int:
                         for op in timed:
                             for s in systems if rep % 2 == 0 else systems[::-1]:
                                 assert s.daemon is not None
-                                if op == "teardown" and not getattr(s, "pending", None):
+                                if op.startswith("teardown") and not getattr(s, "pending",
+                                                                             None):
                                     op_burst(s, ref, args.burst)
                                     time.sleep(0.5)
                                 load = loadavg()
@@ -463,7 +582,7 @@ def main() -> int:
                     if args.perf:
                         for op in timed:
                             for s in systems:
-                                reps = 1 if op in ("teardown", "burst") else args.perf_reps
+                                reps = 1 if op.startswith(("teardown", "burst")) else args.perf_reps
                                 results["perf"].setdefault(op, {})[s.label] = perf_pass(
                                     s, op, ref, args.burst, reps)
                 finally:
@@ -503,9 +622,15 @@ def render(results: dict[str, Any]) -> str:
         for kind, r in by.items():
             lines.append(f"== start {kind:8} {label:12} to listen {r['wall']:.4f} s "
                          f"[{r['wall_min']:.4f}-{r['wall_max']:.4f}] CPU to listen "
-                         f"{r['cpu_to_listen'] * 1000:.0f} ms, first second "
+                         f"{r['cpu_to_listen'] * 1000:.0f} ms, to answer {r['to_answer']:.4f} s "
+                         f"CPU {r['cpu_to_answer'] * 1000:.0f} ms, RSS after 1 s "
+                         f"{r['rss_kb_1s']:,} KiB, first second "
                          f"{r['cpu_first_second'] * 1000:.0f} ms "
                          f"(load {r['load_range'][0]}-{r['load_range'][1]}, n {r['n']})")
+    for label, by in results.get("floor", {}).items():
+        for name, r in by.items():
+            lines.append(f"== floor {label:12} {name:36} wall {r['wall']:.4f} s "
+                         f"CPU {r['cpu'] * 1000:.1f} ms (load {r['load']})")
     return "\n".join(lines)
 
 

@@ -47,11 +47,11 @@ def register(sub: Any) -> None:
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
     p.add_argument("id")
     p.set_defaults(handler=tasks_start)
-    p = tsub.add_parser("kill", help="signal a task")
+    p = tsub.add_parser("kill", help="signal tasks (many ids: one request)")
     p.add_argument("-s", "--signal", default="SIGTERM")
     p.add_argument("-a", "--all", action="store_true", help="every process of the task")
-    p.add_argument("--exec-id", default="")
-    p.add_argument("id")
+    p.add_argument("--exec-id", default="", help="an exec of the one task named")
+    p.add_argument("ids", nargs="+")
     p.set_defaults(handler=tasks_kill)
     p = tsub.add_parser("rm", aliases=["delete"], help="delete stopped tasks")
     p.add_argument("-f", "--force", action="store_true", help="kill running ones first")
@@ -174,18 +174,16 @@ def containers_info(args: argparse.Namespace) -> int:
 
 
 def containers_rm(args: argparse.Namespace) -> int:
-    """Delete containers with their snapshots (``-f``: their tasks first); one request each.
+    """Delete containers with their snapshots (``-f``: their tasks first); one request for all.
 
     The snapshot goes at once, as with ``ctr containers rm``: left to the garbage
     collector, it would keep the container's id (its key) taken a while longer.
     """
-    from runtime.cli.each import for_each
+    from runtime.cli.each import report
     from runtime.cli.main import lean_client
 
-    api = lean_client(args)
-    return for_each(
-        args.ids, lambda cid: api.remove(cid, force=args.force, snapshot=not args.keep_snapshot)
-    )
+    return report(lean_client(args).remove_many(args.ids, force=args.force,
+                                                snapshot=not args.keep_snapshot))
 
 
 # -- tasks -------------------------------------------------------------------------
@@ -220,29 +218,34 @@ def tasks_start(args: argparse.Namespace) -> int:
 
 
 def tasks_kill(args: argparse.Namespace) -> int:
-    """Signal a task or exec."""
-    from runtime.cli.main import lean_client
-
-    lean_client(args).kill_task(args.id, args.signal, all=args.all, exec_id=args.exec_id)
-    return 0
-
-
-def tasks_rm(args: argparse.Namespace) -> int:
-    """Delete tasks (``-f``: kill first) or an exec."""
-    from runtime.cli.each import for_each
+    """Signal tasks (many in one request) or one task's exec."""
     from runtime.cli.main import lean_client
 
     api = lean_client(args)
+    if len(args.ids) == 1:
+        api.kill_task(args.ids[0], args.signal, all=args.all, exec_id=args.exec_id)
+        return 0
+    if args.exec_id:
+        print("moorage: tasks kill --exec-id names an exec of one task", file=sys.stderr)
+        return 2
+    from runtime.cli.each import report
 
-    def delete(task_id: str) -> None:
-        if args.exec_id:
-            api.delete_task(task_id, args.exec_id, result=False)
-        elif args.force:
-            api.delete_task(task_id, force=True, result=False)
-        else:
-            api.delete_task(task_id, result=False)
+    return report(api.kill_tasks(args.ids, args.signal, all=args.all), echo=False)
 
-    return for_each(args.ids, delete)
+
+def tasks_rm(args: argparse.Namespace) -> int:
+    """Delete tasks (``-f``: kill first; one request for all) or an exec of each."""
+    from runtime.cli.main import lean_client
+
+    api = lean_client(args)
+    if not args.exec_id:
+        from runtime.cli.each import report
+
+        return report(api.delete_tasks(args.ids, force=args.force))
+    from runtime.cli.each import for_each
+
+    return for_each(args.ids, lambda task_id: api.delete_task(task_id, args.exec_id,
+                                                              result=False))
 
 
 def tasks_exec(args: argparse.Namespace) -> int:

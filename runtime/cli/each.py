@@ -15,8 +15,9 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
+    from typing import Any
 
-__all__ = ["for_each"]
+__all__ = ["for_each", "report"]
 
 
 def for_each(names: Iterable[str], action: Callable[[str], object], *, echo: bool = True) -> int:
@@ -46,4 +47,23 @@ def for_each(names: Iterable[str], action: Callable[[str], object], *, echo: boo
         else:
             if echo:
                 print(name)
+    return 1 if failed else 0
+
+
+def report(results: Iterable[Any], *, echo: bool = True) -> int:
+    """:func:`for_each`'s output for the answer of a batch request (``runtime.api.batch``).
+
+    Each result with an error code is reported on stderr as
+    ``moorage: <code>: <message>``, each success printed (``echo``) on stdout.
+
+    Returns:
+        The exit status: 1 if any id failed, else 0.
+    """
+    failed = False
+    for result in results:
+        if result.code:
+            print(f"moorage: {result.code}: {result.message}", file=sys.stderr)
+            failed = True
+        elif echo:
+            print(result.id)
     return 1 if failed else 0

@@ -220,7 +220,7 @@ _FAST: dict[tuple[str, ...], tuple[str, str, dict[str, tuple[str, type]], str,
         "containers", "tasks_kill",
         {"-s": ("signal", str), "--signal": ("signal", str), "-a": ("all", bool),
          "--all": ("all", bool), "--exec-id": ("exec_id", str)},
-        "id", {"signal": "SIGTERM", "all": False, "exec_id": ""}),
+        "ids", {"signal": "SIGTERM", "all": False, "exec_id": ""}),
     ("tasks", "rm"): (
         "containers", "tasks_rm",
         {"-f": ("force", bool), "--force": ("force", bool), "--exec-id": ("exec_id", str)},

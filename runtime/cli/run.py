@@ -203,7 +203,8 @@ def run_container(api: Any, image: str, command: list[str], options: RunOptions)
 
     Two requests make a detached container (the image's root filesystem, then
     ``POST /v1/run``); an attached one adds the attach websocket, which starts
-    the process, and with ``remove`` one ``DELETE /v1/run/{id}`` at the end.
+    the process. With ``remove`` (and the lean client) the second request is
+    ``GET /v1/run/attach``, which creates, starts and removes it too.
 
     Args:
         api: A :class:`runtime.client.Client` or :class:`runtime.client.lean.LeanClient`.
@@ -239,6 +240,11 @@ def run_container(api: Any, image: str, command: list[str], options: RunOptions)
         container.update(image_config=prepared.config or None,
                          snapshotter=prepared.snapshotter, snapshot_key=container_id)
         parent = prepared.chain_id
+    if options.remove and not options.detach and hasattr(api, "run_attached"):
+        # One websocket creates, attaches, starts and, before the exit message,
+        # removes it (GET /v1/run/attach); the daemon undoes what a failure made.
+        return _attached(api, container_id, options, api.run_attached(
+            container, parent=parent, rootfs=rootfs, stdin=options.interactive, remove=True))
     # The daemon undoes everything it made if this fails.
     api.run(container, parent=parent, rootfs=rootfs, stdin=options.interactive,
             start=options.detach)
@@ -272,10 +278,12 @@ def image_rootfs(api: Any, image: str, options: RunOptions) -> Any:
     return api.image_rootfs(image, options.snapshotter)
 
 
-def _attached(api: Any, container_id: str, options: RunOptions) -> int:
+def _attached(api: Any, container_id: str, options: RunOptions,
+              attachment: Any = None) -> int:
     from runtime.cli.terminal import relay
 
-    attachment = api.attach_task(container_id, stdin=options.interactive, start=True)
+    if attachment is None:
+        attachment = api.attach_task(container_id, stdin=options.interactive, start=True)
 
     def forward(signum: int) -> None:
         # Outside a terminal, Ctrl-C and SIGTERM are meant for the container.

@@ -26,7 +26,7 @@ from runtime.client.plainjson import dumps, loads
 # call does without it): each costs a few ms of every call of the CLI.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
     from typing import Any
 
     from runtime.client.transport import Response
@@ -132,6 +132,26 @@ class LeanClient(BaseClient):
         query = {k: "1" for k, on in (("force", force), ("snapshot", snapshot)) if on}
         self.open("DELETE", f"/v1/run/{_id(container_id)}", query=query).read()
 
+    # Batches: one request for many ids; a list of ``.id``, ``.code`` ("" on success),
+    # ``.message`` per distinct id, in order (runtime.api.batch).
+
+    def remove_many(self, ids: Iterable[str], *, force: bool = False,
+                    snapshot: bool = False) -> list[Any]:
+        """``POST /v1/run/remove``: :meth:`remove` for each id."""
+        body = {"ids": list(ids), "force": force, "snapshot": snapshot}
+        return list(self.call("POST", "/v1/run/remove", body, timeout=None).results)
+
+    def kill_tasks(self, ids: Iterable[str], signal: int | str = 15, *,
+                   all: bool = False) -> list[Any]:
+        """``POST /v1/tasks/kill``: :meth:`kill_task` (init processes) for each id."""
+        body = {"ids": list(ids), "signal": signal, "all": all}
+        return list(self.call("POST", "/v1/tasks/kill", body).results)
+
+    def delete_tasks(self, ids: Iterable[str], *, force: bool = False) -> list[Any]:
+        """``POST /v1/tasks/delete``: :meth:`delete_task` for each id."""
+        body = {"ids": list(ids), "force": force}
+        return list(self.call("POST", "/v1/tasks/delete", body, timeout=None).results)
+
     def task(self, container_id: str) -> Any:
         """A task's state."""
         return self.call("GET", f"/v1/tasks/{_id(container_id)}")
@@ -164,6 +184,23 @@ class LeanClient(BaseClient):
     def delete_container(self, container_id: str) -> None:
         """Delete a container without a task."""
         self.open("DELETE", f"/v1/containers/{_id(container_id)}").read()
+
+    def run_attached(self, container: Mapping[str, Any], *, parent: str = "",
+                     rootfs: list[Mapping[str, Any]] | None = None, stdin: bool = False,
+                     remove: bool = False) -> Any:
+        """``GET /v1/run/attach``: create, attach to and start in one websocket.
+
+        ``remove`` has the daemon remove the container once it ended (before the
+        exit message) or when this connection closes. The attachment's events
+        raise the daemon's error if the create or the start failed.
+        """
+        from runtime.client.attach import open_attachment
+
+        query = "&".join(k + "=1" for k, on in (("stdin", stdin), ("remove", remove)) if on)
+        attachment = open_attachment(self, "/v1/run/attach" + ("?" + query if query else ""))
+        attachment.ws.send_text(dumps({"container": container, "parent": parent,
+                                       "rootfs": list(rootfs or []), "stdin": stdin}))
+        return attachment
 
     def attach_task(self, container_id: str, exec_id: str = "", *, stdin: bool = False,
                     start: bool = False) -> Any:

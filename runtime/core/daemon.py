@@ -9,13 +9,13 @@ import signal
 from pathlib import Path
 from typing import IO
 
-import anyio
-
+from runtime.core import listeners
 from runtime.core.config import DaemonConfig, load_config
-from runtime.core.discovery import discover
 from runtime.core.errors import FailedPrecondition, MoorageError
-from runtime.core.host import PluginHost, summarize
 from runtime.core.notify import sd_notify
+
+# anyio, discovery (pluggy) and the host are imported by run_daemon once the API's
+# socket listens: with aiohttp and the plugins they are most of the start's CPU.
 
 __all__ = ["DEFAULT_CONFIG_PATH", "StateLock", "config_path_for", "run_daemon", "serve"]
 
@@ -69,11 +69,19 @@ class StateLock:
 
 async def serve(config: DaemonConfig) -> None:
     """Run the plugin graph until SIGTERM or SIGINT, then stop it in reverse order."""
+    import anyio
+
+    from runtime.core.discovery import discover
+    from runtime.core.host import PluginHost, summarize
+
     discovery = discover()
     host = PluginHost(config, discovery)
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with host.running() as plugins:
             log.info("daemon started: %s", summarize(plugins.list()))
+            # A socket bound early that no server took (server.http disabled) must
+            # not keep clients waiting for an answer that never comes.
+            listeners.close_untaken()
             # Every plugin is up, the API listening: systemd may start what needs us.
             sd_notify(f"READY=1\nMAINPID={os.getpid()}")
             async for signum in signals:
@@ -95,9 +103,19 @@ def run_daemon(config_path: str | None) -> int:
     except MoorageError as exc:
         log.error("%s", exc)
         return 1
+    try:
+        # Clients connecting from now on wait in the backlog until the API
+        # server, started last, takes this socket over and answers them.
+        listeners.bind_early(Path(config.api.address))
+    except (MoorageError, OSError) as exc:
+        log.error("cannot listen on %s: %s", config.api.address, exc)
+        lock.release()
+        return 1
     _watch_children_with_pidfds()
     _python_frozenlist()
     _aiohttp_without_default_certificates()
+    import anyio
+
     try:
         # asyncio, not trio: the CRI plugin's gRPC server (grpc.aio) runs only on
         # asyncio's loop. Everything else in the daemon stays backend-neutral anyio.
@@ -113,6 +131,7 @@ def run_daemon(config_path: str | None) -> int:
         log.error("daemon failed to start: %s", errs[0])
         return 1
     finally:
+        listeners.close_untaken()
         lock.release()
     return 0
 

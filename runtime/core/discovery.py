@@ -7,9 +7,12 @@ that raises on import must become a plugin in status ``error``, never a crash.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
+from functools import reduce
 from types import ModuleType
 from typing import Any
 
@@ -18,7 +21,14 @@ import pluggy
 from runtime.core.hookspecs import PROJECT, MoorageSpecs
 from runtime.core.registration import Registration
 
-__all__ = ["ENTRY_POINT_GROUP", "Discovery", "LoadFailure", "PluginSource", "discover"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Discovery",
+    "EntryPoint",
+    "LoadFailure",
+    "PluginSource",
+    "discover",
+]
 
 ENTRY_POINT_GROUP = "moorage.plugins"
 
@@ -51,17 +61,96 @@ class Discovery:
     failures: list[LoadFailure] = field(default_factory=list)
 
 
-def find_entry_points(group: str = ENTRY_POINT_GROUP) -> list[tuple[PluginSource, Any]]:
-    """List the group's entry points with their distribution, sorted, without importing."""
-    found: dict[tuple[str, str], tuple[PluginSource, Any]] = {}
-    for dist in metadata.distributions():
-        # Metadata is read for every distribution anyway; filter on the group first.
-        eps = [ep for ep in dist.entry_points if ep.group == group]
+# ``module[:attr[.attr...]] [extras]``, as importlib.metadata's EntryPoint reads it.
+_VALUE = re.compile(r"(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+)\s*)?((?P<extras>\[.*\])\s*)?$")
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    """One entry point of the group: ``value`` names a module and optionally an attribute."""
+
+    name: str
+    value: str
+
+    def load(self) -> Any:
+        """Import the module (and follow the attribute path), as importlib.metadata does."""
+        match = _VALUE.match(self.value)
+        if match is None:
+            raise ValueError(f"malformed entry point value {self.value!r}")
+        module = __import__(match["module"], fromlist=["_"])
+        return reduce(getattr, (match["attr"] or "").split(".") if match["attr"] else (), module)
+
+
+def _installed() -> Iterator[str]:
+    """The metadata directories (``*.dist-info``, ``*.egg-info``) on ``sys.path``, in order."""
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue  # not a directory (a zip archive holds no plugins we load)
+        for name in names:
+            if name.endswith((".dist-info", ".egg-info")):
+                yield os.path.join(entry or ".", name)
+
+
+def _group_entries(text: str, group: str) -> list[EntryPoint]:
+    """The ``name = value`` lines of section ``[group]`` of an ``entry_points.txt``."""
+    out: list[EntryPoint] = []
+    inside = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            inside = line == f"[{group}]"
+        elif inside and "=" in line:
+            key, _, value = line.partition("=")
+            out.append(EntryPoint(key.strip(), value.strip()))
+    return out
+
+
+def _name_version(info: str) -> tuple[str, str]:
+    """``Name`` and ``Version`` from the headers of ``METADATA`` (or ``PKG-INFO``)."""
+    fields: dict[str, str] = {}
+    for filename in ("METADATA", "PKG-INFO"):
+        try:
+            with open(os.path.join(info, filename), encoding="utf-8") as handle:
+                for line in handle:
+                    if not line.strip():
+                        break  # the headers end at the first blank line
+                    key, sep, value = line.partition(":")
+                    if sep and key in ("Name", "Version"):
+                        fields.setdefault(key, value.strip())
+        except OSError:
+            continue
+        break
+    return fields.get("Name") or "?", fields.get("Version", "")
+
+
+def find_entry_points(group: str = ENTRY_POINT_GROUP) -> list[tuple[PluginSource, EntryPoint]]:
+    """List the group's entry points with their distribution, sorted, without importing.
+
+    Reads each installed distribution's ``entry_points.txt`` itself instead of
+    through ``importlib.metadata``: that package (with ``email``, ``zipfile``,
+    ``csv``, ``importlib.resources``) cost about 7 ms of CPU and 0.8 MB resident
+    on every daemon start, for the few lines read here. ``METADATA`` is read
+    only for the distributions that declare the group.
+    """
+    found: dict[tuple[str, str], tuple[PluginSource, EntryPoint]] = {}
+    for info in _installed():
+        try:
+            with open(os.path.join(info, "entry_points.txt"), encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        if f"[{group}]" not in text:
+            continue
+        eps = _group_entries(text, group)
         if not eps:
             continue
-        name = dist.metadata["Name"] or "?"
+        name, version = _name_version(info)
         for ep in eps:
-            source = PluginSource(name, dist.version, ep.name, ep.value)
+            source = PluginSource(name, version, ep.name, ep.value)
             # An editable install can appear twice on sys.path; keep one.
             found.setdefault((name, ep.name), (source, ep))
     return sorted(found.values(), key=lambda item: item[0])

@@ -321,11 +321,13 @@ def test_cli_run_annotations_match_the_network_contract() -> None:
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
-    (["tasks", "kill", "c1"], {"id": "c1", "signal": "SIGTERM", "all": False, "exec_id": ""}),
+    (["tasks", "kill", "c1"], {"ids": ["c1"], "signal": "SIGTERM", "all": False, "exec_id": ""}),
     (["t", "kill", "-s", "KILL", "--all", "c1"],
-     {"id": "c1", "signal": "KILL", "all": True, "exec_id": ""}),
+     {"ids": ["c1"], "signal": "KILL", "all": True, "exec_id": ""}),
     (["tasks", "kill", "--signal=9", "--exec-id", "e1", "c1"],
-     {"id": "c1", "signal": "9", "all": False, "exec_id": "e1"}),
+     {"ids": ["c1"], "signal": "9", "all": False, "exec_id": "e1"}),
+    (["tasks", "kill", "-s", "KILL", "a", "b"],
+     {"ids": ["a", "b"], "signal": "KILL", "all": False, "exec_id": ""}),
     (["tasks", "rm", "-f", "a", "b"], {"ids": ["a", "b"], "force": True, "exec_id": ""}),
     (["containers", "delete", "a"], {"ids": ["a"], "force": False, "keep_snapshot": False}),
     (["c", "rm", "--force", "--keep-snapshot", "a"],
@@ -345,7 +347,6 @@ def test_cli_teardown_commands_parse_as_argparse_would(argv: list[str],
 
 @pytest.mark.parametrize("argv", [
     ["tasks", "kill"],  # no id
-    ["tasks", "kill", "a", "b"],  # one id only
     ["tasks", "kill", "-s"],  # a flag without its value
     ["tasks", "kill", "--bogus", "a"],
     ["tasks", "kill", "-h"],

@@ -59,17 +59,23 @@ def test_daemon_says_ready_on_notify_socket_once_the_api_listens(tmp_path: Path)
         listener.settimeout(30)
         daemon = Daemon(tmp_path / "daemon", env={"NOTIFY_SOCKET": path})
 
+        checked = threading.Event()
+
         def receive() -> None:
             message = listener.recv(4096).decode()
             messages.append(message)
             # At READY=1 the API must already answer.
             answered.append(bool(LeanClient(daemon.address).version().version))
+            checked.set()
             messages.append(listener.recv(4096).decode())
 
         receiver = threading.Thread(target=receive, daemon=True)
         receiver.start()
         with daemon:
             pid = daemon.proc.pid if daemon.proc else 0
+            # The API may answer (the start's health check) before READY=1 is sent:
+            # stop the daemon only once the receiver has checked it at READY.
+            checked.wait(30)
         receiver.join(30)
     assert messages[0].splitlines() == ["READY=1", f"MAINPID={pid}"]
     assert answered == [True]

@@ -130,6 +130,24 @@ def test_find_entry_points_is_sorted_by_distribution(site: Site) -> None:
     assert found == ["fake-alpha", "fake-mid", "fake-zeta"]
 
 
+def test_find_entry_points_reads_the_group_as_importlib_metadata_does(site: Site) -> None:
+    site.dist("attr", {"mo_attr": "class Holder:\n    plugin = 'the attribute'\n"})
+    info = site.path / "fake-attr-1.0.dist-info"
+    info.joinpath("entry_points.txt").write_text(
+        "[console_scripts]\nx = mo_attr:nope\n\n"
+        f"# a comment\n[{ENTRY_POINT_GROUP}]\n"
+        "dotted = mo_attr : Holder.plugin [extra]\n"
+    )
+    ((source, ep),) = [f for f in find_entry_points() if f[0].distribution == "fake-attr"]
+    assert (source.entry_point, source.value) == ("dotted", "mo_attr : Holder.plugin [extra]")
+    assert ep.load() == "the attribute"
+    from importlib import metadata
+
+    (dist,) = metadata.distributions(path=[str(site.path)])
+    (theirs,) = dist.entry_points.select(group=ENTRY_POINT_GROUP)
+    assert (theirs.name, theirs.value) == (ep.name, ep.value)
+
+
 def test_builtin_plugins_use_the_same_entry_point_group() -> None:
     builtins = {s.value for s, _ in find_entry_points() if s.distribution == "moorage"}
     assert {

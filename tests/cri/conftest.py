@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import stat
 import time
 import uuid
@@ -66,10 +67,21 @@ def cri_daemon(tmp_path: Path) -> Iterator[Any]:
 def wait_for_socket(daemon: Any, timeout: float = 30.0) -> None:
     """Wait until ``cri.v1`` listens (the API answers before every plugin started)."""
     deadline = time.monotonic() + timeout
-    while not (daemon.cri_socket.exists() and stat.S_ISSOCK(daemon.cri_socket.stat().st_mode)):
+    # The file appears at bind(), before listen(): wait until a connect succeeds.
+    while not (daemon.cri_socket.exists() and stat.S_ISSOCK(daemon.cri_socket.stat().st_mode)
+               and _accepts(daemon.cri_socket)):
         if time.monotonic() > deadline or not daemon.running:
             raise AssertionError(f"cri.v1 did not start:\n{daemon.log()[-3000:]}")
         time.sleep(0.05)
+
+
+def _accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ at task create (see :mod:`.user`).
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import os
@@ -370,4 +369,7 @@ def generate_spec(
         annotations[PUBLISH_ALL_ANNOTATION] = "true"
     if not annotations:
         del spec["annotations"]
-    return copy.deepcopy(spec)
+    # Every list and dict above is new (the seccomp profile a copy of the cached
+    # one), so the spec shares nothing with its inputs: no final deep copy, which
+    # took half the time of a generation (0.2 of 0.4 ms).
+    return spec

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
-import stat
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import msgspec
 from aiohttp import web
 
 from runtime.api.types import DEFAULT_NAMESPACE, NAMESPACE_HEADER
+from runtime.core import listeners
 from runtime.core.errors import (
     InvalidArgument,
     MoorageError,
@@ -171,20 +170,14 @@ class ApiServer:
         )
 
     async def start(self) -> None:
-        """Bind the listeners; a stale socket file from a dead daemon is replaced."""
+        """Serve the unix socket the daemon bound at start, or bind it now.
+
+        A stale socket file from a dead daemon is replaced
+        (:func:`runtime.core.listeners.bind_unix`).
+        """
         await self.runner.setup()
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        if self.socket_path.exists() or self.socket_path.is_symlink():
-            if not stat.S_ISSOCK(self.socket_path.lstat().st_mode):
-                raise InvalidArgument(f"{self.socket_path} exists and is not a socket")
-            # The state lock guarantees no live daemon owns it.
-            self.socket_path.unlink()
-        old_umask = os.umask(0o117)
-        try:
-            await web.UnixSite(self.runner, str(self.socket_path)).start()
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.socket_path, 0o660)
+        sock = listeners.take(self.socket_path) or listeners.bind_unix(self.socket_path)
+        await web.SockSite(self.runner, sock).start()
         if self.tcp_address:
             host, _, port = self.tcp_address.rpartition(":")
             await web.TCPSite(self.runner, host or "127.0.0.1", int(port)).start()

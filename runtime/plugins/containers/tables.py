@@ -36,6 +36,7 @@ CONTAINERS = Schema(
         )
         """,
     ),
+    held=(("containers", "containers"),),
 )
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "DIGEST_ALGORITHM",
     "BlobExists",
     "BlobInfo",
+    "ContentUsage",
     "Follower",
     "IngestWriter",
     "NamespacedContent",
@@ -156,6 +157,24 @@ class Store(Protocol):
         ...
 
 
+class ContentUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """What the content store holds, counted when asked (the metrics plugin's figures).
+
+    Attributes:
+        blobs: Per namespace with any record: how many blobs it records.
+        bytes: Per namespace with any record: the size of those blobs summed.
+        ingests: Per namespace with ingests in progress: how many.
+        stored_blobs: Blobs on disk, each counted once however many namespaces record it.
+        stored_bytes: Bytes of the blobs on disk.
+    """
+
+    blobs: dict[str, int] = msgspec.field(default_factory=dict)
+    bytes: dict[str, int] = msgspec.field(default_factory=dict)
+    ingests: dict[str, int] = msgspec.field(default_factory=dict)
+    stored_blobs: int = 0
+    stored_bytes: int = 0
+
+
 class ContentInfo(msgspec.Struct, kw_only=True):
     """A blob as one namespace sees it: bytes shared, labels per namespace."""
 
@@ -280,4 +299,8 @@ class NamespacedContent(Protocol):
 
     async def abort(self, namespace: str, ref: str) -> None:
         """Drop the namespace's ingest ``ref``."""
+        ...
+
+    async def usage(self) -> ContentUsage:
+        """Records, ingests and blobs on disk, counted now (every namespace)."""
         ...

@@ -40,9 +40,13 @@ from runtime.plugins.cri.records import (
 from runtime.plugins.cri.v1 import api_pb2 as pb
 from runtime.plugins.runtime.api import Runtime
 
-__all__ = ["Containers"]
+__all__ = ["EXEC_SYNC_OUTPUT_LIMIT", "Containers"]
 
 log = logging.getLogger("moorage.cri")
+
+#: Most ExecSync output kept (stdout and stderr together): the response must fit in the
+#: kubelet's 16 MiB gRPC message limit, and the daemon must not buffer a flood.
+EXEC_SYNC_OUTPUT_LIMIT = (16 << 20) - (64 << 10)
 
 
 class Containers(PodRecords):
@@ -204,7 +208,7 @@ class Containers(PodRecords):
         status = pb.ContainerStatus(
             id=container_id, metadata=config.metadata, state=state,  # type: ignore[arg-type]
             created_at=record.created_at, started_at=record.started_at,
-            finished_at=finished, exit_code=exit_code, image=pb.ImageSpec(image=record.image),
+            finished_at=finished, exit_code=exit_code, image=_image_spec(record, config),
             image_ref=record.image_id, image_id=record.image_id, reason=reason,
             labels=config.labels, annotations=config.annotations, mounts=config.mounts,
             log_path=record.log_path)
@@ -249,11 +253,17 @@ class Containers(PodRecords):
     async def update_resources(self, container_id: str, res: pb.LinuxContainerResources) -> None:
         """UpdateContainerResources on the running task's cgroup."""
         container_id = await self._resolve_id(container_id, "container")
-        await self._record(container_id, "container")
+        _, record = await self._record(container_id, "container")
         runtime = self._runtime_of(container_id)
         if runtime is None:
             raise FailedPrecondition(f"container {container_id!r} has no task")
         await runtime.update(self.namespace, container_id, specs.linux_resources(res))
+        # ContainerStatus.resources reports the update (the kubelet's in-place resize reads it).
+        config = pb.ContainerConfig()
+        json_format.ParseDict(record.config, config, ignore_unknown_fields=True)
+        config.linux.resources.MergeFrom(res)
+        record.config = config_dict(config)
+        await self._save_ext(container_id, record)
 
     async def reopen_log(self, container_id: str) -> None:
         """ReopenContainerLog: conmon reopens the file; returns once the new file exists."""
@@ -319,8 +329,12 @@ class Containers(PodRecords):
             stream = await runtime.attach(self.namespace, container_id, exec_id, start=True)
             try:
                 with anyio.move_on_after(timeout if timeout > 0 else None) as scope:
+                    kept = 0
                     while (chunk := await stream.receive()) is not None:
-                        out.setdefault(chunk[0], bytearray()).extend(chunk[1])
+                        # Past the limit output is drained and dropped, as CRI-O does.
+                        part = chunk[1][:max(EXEC_SYNC_OUTPUT_LIMIT - kept, 0)]
+                        out.setdefault(chunk[0], bytearray()).extend(part)
+                        kept += len(part)
                     exit_ = await runtime.wait(self.namespace, container_id, exec_id)
                 timed_out = scope.cancelled_caught
             finally:
@@ -344,6 +358,18 @@ class Containers(PodRecords):
             await runtime.kill(self.namespace, container_id, signal.SIGKILL, exec_id=exec_id)
         with anyio.move_on_after(10), contextlib.suppress(MoorageError):
             await runtime.wait(self.namespace, container_id, exec_id)
+
+
+def _image_spec(record: ContainerRecord, config: pb.ContainerConfig) -> pb.ImageSpec:
+    """The status' image: a name, also for a container created by image id.
+
+    The kubelet creates containers by image id and shows this name in the pod's status;
+    containerd answers a repo tag too.
+    """
+    by_id = record.image.startswith("sha256:") or record.image == record.image_id.removeprefix(
+        "sha256:")
+    return pb.ImageSpec(image=record.image_name if by_id and record.image_name else record.image,
+                        user_specified_image=config.image.user_specified_image)
 
 
 def _state_of(task: TaskState | None) -> int:

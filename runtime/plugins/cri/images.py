@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +133,11 @@ class CriImages:
                             and record.target.digest == parsed.digest):
                         return image
         return None
+
+    async def verbose_info(self, image: CriImage) -> str:
+        """The ``info`` entry of a verbose ImageStatus: the OCI image config, as containerd's."""
+        _, _, config = await self.images.platform_manifest(self.namespace, image.records[0])
+        return json.dumps({"imageSpec": msgspec.to_builtins(config)})
 
     async def rootfs(self, name: str, snapshotter: str) -> tuple[str, RunConfig]:
         """The image's top chain ID in ``snapshotter`` (unpacking it if needed) and config."""

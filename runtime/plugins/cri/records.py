@@ -12,6 +12,8 @@ kubelet retries).
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -233,6 +235,29 @@ class PodRecords:
             raise NotFound(f"{'pod sandbox' if kind == 'sandbox' else 'container'} "
                            f"{id_!r} not found")
         raise InvalidArgument(f"{kind} id prefix {id_!r} is ambiguous")
+
+    async def verbose_info(self, id_: str, kind: str) -> str:
+        """The ``info`` entry of a verbose status (JSON), shaped as containerd's.
+
+        The process (``crictl inspect`` reads ``info.pid``), the record's config, the OCI spec.
+        """
+        id_ = await self._resolve_id(id_, kind)
+        container, record = await self._record(id_, kind)
+        task = await self._task(id_)
+        info: dict[str, Any] = {
+            "pid": task.pid if task is not None and task.pid else 0,
+            "processStatus": str(task.status) if task is not None else "deleted",
+            "snapshotter": container.snapshotter, "snapshotKey": container.snapshot_key,
+            "runtimeType": container.runtime.name, "config": record.config,
+            "runtimeSpec": container.spec}
+        if isinstance(record, ContainerRecord):
+            info["sandboxID"] = record.sandbox_id
+        else:
+            info["runtimeHandler"] = record.runtime_handler
+            if record.netns:
+                info["netNamespaceClosed"] = not await anyio.to_thread.run_sync(
+                    os.path.exists, record.netns)
+        return json.dumps(info)
 
     async def _list_records(self, kind: str) -> list[Container]:
         return [r for r in await self.containers.list(self.namespace)

@@ -155,6 +155,8 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
 
         status = await self.pods.sandbox_status(request.pod_sandbox_id)
         response = pb.PodSandboxStatusResponse(status=status, timestamp=time.time_ns())
+        if request.verbose:
+            response.info["info"] = await self.pods.verbose_info(status.id, "sandbox")
         containers = await self.pods.list_containers(pb.ContainerFilter(
             pod_sandbox_id=status.id))
         for container in containers:
@@ -202,8 +204,11 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
     @_guard
     async def ContainerStatus(self, request: pb.ContainerStatusRequest,
                               context: Any) -> pb.ContainerStatusResponse:
-        return pb.ContainerStatusResponse(
+        response = pb.ContainerStatusResponse(
             status=await self.pods.container_status(request.container_id))
+        if request.verbose:
+            response.info["info"] = await self.pods.verbose_info(response.status.id, "container")
+        return response
 
     @_guard
     async def UpdateContainerResources(self, request: pb.UpdateContainerResourcesRequest,
@@ -309,7 +314,12 @@ class ImageService(pb_grpc.ImageServiceServicer):  # type: ignore[misc]
                           context: Any) -> pb.ImageStatusResponse:
         found = await self.images.resolve(request.image.image)
         # An unknown image is an empty answer, not an error (the kubelet pulls then).
-        return pb.ImageStatusResponse(image=found.to_pb()) if found else pb.ImageStatusResponse()
+        if found is None:
+            return pb.ImageStatusResponse()
+        response = pb.ImageStatusResponse(image=found.to_pb())
+        if request.verbose:
+            response.info["info"] = await self.images.verbose_info(found)
+        return response
 
     @_guard
     async def PullImage(self, request: pb.PullImageRequest,

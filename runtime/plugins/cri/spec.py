@@ -18,7 +18,7 @@ from typing import Any
 
 from runtime.api.specs import ImageConfig, SpecOptions
 from runtime.api.tasks import KEEP_CGROUP_PARENTS_ANNOTATION, LOG_PATH_ANNOTATION
-from runtime.core.errors import InvalidArgument
+from runtime.core.errors import InvalidArgument, NotImplementedYet
 from runtime.pkg.oci.spec import generate_spec, privileged_capabilities
 from runtime.pkg.seccomp import UNCONFINED, default_profile, parse_profile
 from runtime.plugins.cri.v1 import api_pb2 as pb
@@ -166,12 +166,13 @@ def _propagation(mount: pb.Mount) -> str:
 
 
 def _user_mount(mount: pb.Mount) -> dict[str, Any]:
+    if mount.image.image:
+        # UNIMPLEMENTED is how critest and the kubelet learn image volumes are unsupported.
+        raise NotImplementedYet("image volumes are not supported")
     if not mount.container_path.startswith("/"):
         raise InvalidArgument(f"mount destination {mount.container_path!r} must be absolute")
     if not mount.host_path.startswith("/"):
         raise InvalidArgument(f"mount source {mount.host_path!r} must be an absolute host path")
-    if mount.image.image:
-        raise InvalidArgument("image volumes are not supported")
     source = Path(mount.host_path)
     if not source.exists() and not source.is_symlink():
         # As containerd and the kubelet's hostPath DirectoryOrCreate: make it.

@@ -43,6 +43,7 @@ IMAGES = Schema(
         )
         """,
     ),
+    held=(("images", "images"),),
 )
 
 

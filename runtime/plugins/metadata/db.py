@@ -151,6 +151,11 @@ class Database:
                 )
 
     @property
+    def schemas(self) -> list[Schema]:
+        """The schemas registered in this process, by owner (each asked what a namespace holds)."""
+        return sorted(self._schemas.values(), key=lambda schema: schema.owner)
+
+    @property
     def sources(self) -> list[Source]:
         """The garbage collector's sources, one per owner that registered one."""
         return list(self._sources.values())
@@ -161,9 +166,11 @@ class Database:
         Their records are invisible to the collector until they do: collecting
         then could delete what those records keep.
         """
-        recorded = self.read_sync(
-            lambda c: [r[0] for r in c.execute("SELECT owner FROM schema_owners")]
-        )
+        return self.read_sync(self.owners_not_registered_in)
+
+    def owners_not_registered_in(self, conn: sqlite3.Connection) -> list[str]:
+        """:meth:`owners_not_registered`, on ``conn`` (inside a :meth:`read` or :meth:`write`)."""
+        recorded = [r[0] for r in conn.execute("SELECT owner FROM schema_owners")]
         return sorted(set(recorded) - set(self._schemas))
 
     @property

@@ -49,6 +49,8 @@ LEASES = Schema(
         )
         """,
     ),
+    # lease_resources first: its rows name the leases they belong to.
+    released=("lease_resources", "leases"),
 )
 
 Held = list[tuple[str, str]]

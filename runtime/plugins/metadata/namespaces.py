@@ -22,15 +22,6 @@ from runtime.plugins.metadata.db import Database
 
 __all__ = ["NamespaceStore", "ensure_namespace", "now"]
 
-# What keeps a namespace from being deleted, as (table, what to call it).
-# Leases and ingests do not block, as in containerd: they go with the namespace.
-_BLOCKERS = (
-    ("images", "images"),
-    ("content", "blobs"),
-    ("containers", "containers"),
-)
-
-
 def _row(row: sqlite3.Row) -> Namespace:
     return Namespace(
         name=row["name"],
@@ -106,40 +97,35 @@ class NamespaceStore:
         return await self.get(name)
 
     async def delete(self, name: str) -> None:
-        """Delete an empty namespace; FailedPrecondition naming what it still holds."""
+        """Delete an empty namespace; FailedPrecondition naming what it still holds.
+
+        Every store registered with the database says what the namespace still
+        holds in its tables and drops what goes with it (:meth:`Schema.holds`,
+        :meth:`Schema.release`); this store reads no other store's table.
+        """
         validate_namespace(name)
 
         def delete(conn: sqlite3.Connection) -> None:
             if conn.execute("SELECT 1 FROM namespaces WHERE name=?", (name,)).fetchone() is None:
                 raise NotFound(f"namespace {name!r} not found")
-            # Each store creates its tables when it starts: one not running has none yet.
-            sql = "SELECT name FROM sqlite_master WHERE type='table'"
-            tables = {r[0] for r in conn.execute(sql)}
-            held = [
-                f"{n} {what}"
-                for table, what in _BLOCKERS
-                if table in tables
-                and (
-                    n := conn.execute(
-                        f"SELECT count(*) FROM {table} WHERE namespace=?", (name,)
-                    ).fetchone()[0]
-                )
-            ]
-            if "snapshots" in tables:
-                for sn, n in conn.execute(
-                    "SELECT snapshotter, count(*) FROM snapshots WHERE namespace=? "
-                    "GROUP BY snapshotter",
-                    (name,),
-                ).fetchall():
-                    held.append(f'{n} snapshots on "{sn}" snapshotter')
+            schemas = self.db.schemas
+            held = [what for schema in schemas for what in schema.holds(conn, name)]
             if held:
                 raise FailedPrecondition(
                     f"namespace {name!r} must be empty, but it still has: {', '.join(held)}"
                 )
-            for table in ("lease_resources", "leases", "ingests"):
-                if table in tables:
-                    conn.execute(f"DELETE FROM {table} WHERE namespace=?", (name,))
-            conn.execute("DELETE FROM namespaces WHERE name=?", (name,))
+            for schema in schemas:
+                schema.release(conn, name)
+            try:
+                conn.execute("DELETE FROM namespaces WHERE name=?", (name,))
+            except sqlite3.IntegrityError:
+                # Rows of a store not running this time (its tables carry a
+                # foreign key to the namespace): it is not there to be asked.
+                absent = ", ".join(self.db.owners_not_registered_in(conn)) or "unknown"
+                raise FailedPrecondition(
+                    f"namespace {name!r} must be empty, but it still has records "
+                    f"of stores not running: {absent}"
+                ) from None
 
         await self.db.write(delete)
         self.publish(name, "/namespaces/delete", NamespaceDelete(name=name))

@@ -43,6 +43,8 @@ from prometheus_client.core import (
 
 from runtime.core.errors import MoorageError
 from runtime.core.host import PluginSet
+from runtime.plugins.content.api import NamespacedContent
+from runtime.plugins.snapshots.api import SnapshotCounts
 
 __all__ = ["read_all"]
 
@@ -165,47 +167,38 @@ async def task_figures(plugins: PluginSet) -> list[Metric]:
 
 async def content_figures(plugins: PluginSet) -> list[Metric]:
     """Blob records and bytes per namespace, blobs on disk, ingests in progress."""
-    content = plugins.services.get("content.local")
+    content: NamespacedContent | None = plugins.services.get("content.local")
     if content is None:
         return []
-    rows = await content.db.read(lambda c: c.execute(
-        "SELECT namespace, COUNT(*), COALESCE(SUM(size), 0) FROM content "
-        "GROUP BY namespace ORDER BY namespace").fetchall())
-    ingests = await content.db.read(lambda c: c.execute(
-        "SELECT namespace, COUNT(*) FROM ingests GROUP BY namespace ORDER BY namespace"
-    ).fetchall())
+    usage = await content.usage()
     blobs = GaugeMetricFamily("moorage_content_blobs", "Blob records of the namespace.",
                               labels=["namespace"])
     size = GaugeMetricFamily("moorage_content_bytes", "Bytes of the namespace's blobs.",
                              labels=["namespace"])
-    for namespace, count, total in rows:
+    for namespace, count in sorted(usage.blobs.items()):
         blobs.add_metric([namespace], count)
-        size.add_metric([namespace], total)
+        size.add_metric([namespace], usage.bytes.get(namespace, 0))
     pending = GaugeMetricFamily("moorage_content_ingests", "Ingests in progress.",
                                 labels=["namespace"])
-    for namespace, count in ingests:
+    for namespace, count in sorted(usage.ingests.items()):
         pending.add_metric([namespace], count)
-    on_disk = await content.store.walk()
     store_blobs = GaugeMetricFamily("moorage_content_store_blobs",
                                     "Blobs on disk, each counted once over namespaces.")
-    store_blobs.add_metric([], len(on_disk))
+    store_blobs.add_metric([], usage.stored_blobs)
     store_bytes = GaugeMetricFamily("moorage_content_store_bytes", "Bytes of the blobs on disk.")
-    store_bytes.add_metric([], sum(b.size for b in on_disk))
+    store_bytes.add_metric([], usage.stored_bytes)
     return [blobs, size, pending, store_blobs, store_bytes]
 
 
 async def snapshot_figures(plugins: PluginSet) -> list[Metric]:
     """Snapshots per snapshotter, namespace and kind (active, view, committed)."""
-    metadata = plugins.services.get("metadata.sqlite")
-    if metadata is None:
+    snapshots: SnapshotCounts | None = plugins.services.get("service.snapshots")
+    if snapshots is None:
         return []
-    rows = await metadata.db.read(lambda c: c.execute(
-        "SELECT snapshotter, namespace, kind, COUNT(*) FROM snapshots "
-        "GROUP BY snapshotter, namespace, kind ORDER BY 1, 2, 3").fetchall())
     family = GaugeMetricFamily("moorage_snapshots", "Snapshots recorded.",
                                labels=["snapshotter", "namespace", "kind"])
-    for snapshotter, namespace, kind, count in rows:
-        family.add_metric([snapshotter, namespace, str(kind)], count)
+    for c in await snapshots.counts():
+        family.add_metric([c.snapshotter, c.namespace, str(c.kind)], c.count)
     return [family]
 
 

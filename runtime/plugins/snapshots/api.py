@@ -48,7 +48,7 @@ import msgspec
 
 from runtime.api.mounts import Mount
 
-__all__ = ["Info", "Kind", "Mount", "Snapshotter", "Usage"]
+__all__ = ["Info", "Kind", "Mount", "SnapshotCount", "SnapshotCounts", "Snapshotter", "Usage"]
 
 
 class Kind(StrEnum):
@@ -93,6 +93,23 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
 
     size: int = 0
     inodes: int = 0
+
+
+class SnapshotCount(msgspec.Struct, frozen=True, kw_only=True):
+    """How many snapshots of one kind a namespace records on one snapshotter."""
+
+    snapshotter: str
+    namespace: str
+    kind: Kind
+    count: int
+
+
+class SnapshotCounts(Protocol):
+    """What ``service.snapshots`` tells the metrics plugin about its records."""
+
+    async def counts(self) -> list[SnapshotCount]:
+        """Records per snapshotter, namespace and kind (stopped snapshotters' too), sorted."""
+        ...
 
 
 @runtime_checkable

@@ -23,17 +23,22 @@ import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import anyio.to_thread
 from aiohttp import web
 
 from runtime.api.containers import ArchiveResult, PathStatInfo
 from runtime.core.errors import InvalidArgument
-from runtime.pkg.archive import inroot
 from runtime.pkg.mount import mounted
 from runtime.plugins.api.api import Query, Route, RouteSet, namespace_of
 from runtime.plugins.tasks.service import TaskService
+
+if TYPE_CHECKING:
+    from runtime.pkg.archive.inroot import PathStat
+
+# runtime.pkg.archive.inroot (with tarfile) is imported by the first copy, not at
+# daemon start: an idle daemon keeps request-only modules out (test_idle_memory).
 
 __all__ = ["archive_routes", "send_file"]
 
@@ -99,7 +104,9 @@ def archive_routes(service: TaskService, state: Path) -> RouteSet:
         path = path_of(request)
         async with root_of(namespace_of(request), request.match_info["id"]) as root:
 
-            def work() -> inroot.PathStat:
+            def work() -> PathStat:
+                from runtime.pkg.archive import inroot
+
                 fd = inroot.open_root(root)
                 try:
                     return inroot.stat_path(fd, path, follow=follow(request))
@@ -118,6 +125,8 @@ def archive_routes(service: TaskService, state: Path) -> RouteSet:
             async with root_of(namespace_of(request), request.match_info["id"]) as root:
 
                 def work() -> None:
+                    from runtime.pkg.archive import inroot
+
                     fd = inroot.open_root(root)
                     try:
                         inroot.write_tar(fd, path, spool, follow=follow(request))
@@ -140,6 +149,8 @@ def archive_routes(service: TaskService, state: Path) -> RouteSet:
             async with root_of(namespace_of(request), request.match_info["id"]) as root:
 
                 def work() -> int:
+                    from runtime.pkg.archive import inroot
+
                     fd = inroot.open_root(root)
                     try:
                         return inroot.extract_tar(fd, path, spool)

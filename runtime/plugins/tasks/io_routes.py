@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -31,7 +32,7 @@ from runtime.plugins.api.api import Query, Route, RouteSet, namespace_of
 from runtime.plugins.runtime.api import AttachStream, Runtime
 from runtime.plugins.tasks.service import TaskService
 
-__all__ = ["io_routes"]
+__all__ = ["io_routes", "relay"]
 
 log = logging.getLogger("moorage.api")
 _encoder = msgspec.json.Encoder()
@@ -77,8 +78,8 @@ def io_routes(service: TaskService) -> RouteSet:
             pid = state.pid if not exec_id else next(
                 (e.pid for e in state.execs if e.id == exec_id), 0)
             await ws.send_str(json.dumps({"type": "attached", "pid": pid}))
-            await _relay(ws, stream, runtime, ns, task_id, exec_id,
-                         stdin=_flag(request, "stdin"))
+            await relay(ws, stream, runtime, ns, task_id, exec_id,
+                        stdin=_flag(request, "stdin"))
         finally:
             stream.close()
             await ws.close()
@@ -98,9 +99,15 @@ def io_routes(service: TaskService) -> RouteSet:
     ]
 
 
-async def _relay(ws: web.WebSocketResponse, stream: AttachStream, runtime: Runtime,
-                 ns: str, task_id: str, exec_id: str, *, stdin: bool) -> None:
-    """Copy output to the websocket and input to the process until either side ends."""
+async def relay(ws: web.WebSocketResponse, stream: AttachStream, runtime: Runtime,
+                ns: str, task_id: str, exec_id: str, *, stdin: bool,
+                before_exit: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Copy output to the websocket and input to the process until either side ends.
+
+    ``before_exit`` runs once the process has ended, before the exit message
+    goes out (``/v1/run/attach`` removes the container there, so that the
+    client, which ends on that message, leaves nothing behind).
+    """
     async with anyio.create_task_group() as tg:
 
         async def output() -> None:
@@ -109,6 +116,8 @@ async def _relay(ws: web.WebSocketResponse, stream: AttachStream, runtime: Runti
                 await ws.send_bytes(bytes([channel]) + data)
             # The monitor hung up: the process is gone; report how it ended.
             result = await runtime.wait(ns, task_id, exec_id)
+            if before_exit is not None:
+                await before_exit()
             await ws.send_str(json.dumps({
                 "type": "exit", "exit_status": result.exit_status,
                 "exited_at": result.exited_at.isoformat() if result.exited_at else None}))

@@ -29,7 +29,9 @@ from runtime.core.config import DEFAULT_CGROUP_PARENT
 from runtime.core.filters import adapt, parse
 from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, list_route, namespace_of
 from runtime.plugins.containers.api import new_container
+from runtime.plugins.tasks.batch_routes import batch_routes
 from runtime.plugins.tasks.io_routes import io_routes
+from runtime.plugins.tasks.run_attach import run_attach_routes
 from runtime.plugins.tasks.service import TaskService, parse_signal
 
 __all__ = ["parse_signal", "task_routes"]
@@ -179,6 +181,8 @@ def task_routes(service: TaskService, cgroup_parent: str = DEFAULT_CGROUP_PARENT
         Route("GET", one + "/metrics", metrics, "CPU, memory and pids of the task's cgroup.",
               response=TaskMetrics),
         *io_routes(service),
+        *batch_routes(service),
+        *run_attach_routes(service, cgroup_parent),
         Route("POST", "/v1/run", run,
               "Create a container, prepare its snapshot and create its task (start=true: "
               "start it too) in one call.", body=RunRequest, response=TaskState, status=201),

@@ -36,6 +36,7 @@ from runtime.plugins.content.api import (
     ContentCreate,
     ContentDelete,
     ContentInfo,
+    ContentUsage,
     Status,
     validate_digest,
 )
@@ -452,3 +453,26 @@ class ContentService:
         with contextlib.suppress(NotFound), _client_ref(backend, ref):
             await self.store.abort(backend)
         await self._drop_ingest(namespace, ref)
+
+    # -- figures --------------------------------------------------------------
+
+    async def usage(self) -> ContentUsage:
+        """Records and ingests per namespace, and blobs on disk, counted now."""
+
+        def count(conn: sqlite3.Connection) -> tuple[builtins.list[sqlite3.Row], ...]:
+            records = conn.execute(
+                "SELECT namespace, COUNT(*), COALESCE(SUM(size), 0) FROM content "
+                "GROUP BY namespace").fetchall()
+            ingests = conn.execute(
+                "SELECT namespace, COUNT(*) FROM ingests GROUP BY namespace").fetchall()
+            return records, ingests
+
+        records, ingests = await self.db.read(count)
+        on_disk = await self.store.walk()
+        return ContentUsage(
+            blobs={r[0]: r[1] for r in records},
+            bytes={r[0]: r[2] for r in records},
+            ingests={r[0]: r[1] for r in ingests},
+            stored_blobs=len(on_disk),
+            stored_bytes=sum(b.size for b in on_disk),
+        )

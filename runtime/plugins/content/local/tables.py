@@ -56,6 +56,8 @@ CONTENT = Schema(
         )
         """,
     ),
+    held=(("content", "blobs"),),
+    released=("ingests",),
 )
 
 

@@ -9,7 +9,10 @@ from runtime.core.errors import NotFound
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, Registration
 from runtime.plugins.api.api import route_set
+from runtime.plugins.metadata.api import Database
+from runtime.plugins.snapshots.api import SnapshotCount
 from runtime.plugins.snapshots.service.namespaced import NamespacedSnapshotter
+from runtime.plugins.snapshots.service.tables import count_snapshots
 
 __all__ = ["SnapshotService"]
 
@@ -17,9 +20,12 @@ __all__ = ["SnapshotService"]
 class SnapshotService:
     """Lookup of namespaced snapshotters by name (``overlayfs``, ``native``, ``btrfs``...)."""
 
-    def __init__(self, snapshotters: dict[str, NamespacedSnapshotter], default: str) -> None:
+    def __init__(
+        self, snapshotters: dict[str, NamespacedSnapshotter], default: str, db: Database
+    ) -> None:
         self.snapshotters = snapshotters
         self.default = default
+        self.db = db
 
     def get(self, name: str | None = None) -> NamespacedSnapshotter:
         """The snapshotter ``name`` (default: overlayfs when running, else the first)."""
@@ -32,6 +38,10 @@ class SnapshotService:
                 f"running: {', '.join(sorted(self.snapshotters))}"
             ) from None
 
+    async def counts(self) -> list[SnapshotCount]:
+        """Records per snapshotter, namespace and kind, stopped snapshotters' included."""
+        return await self.db.read(count_snapshots)
+
 
 async def init(ctx: InitContext[Any]) -> SnapshotService:
     """Wrap every running snapshotter."""
@@ -42,7 +52,7 @@ async def init(ctx: InitContext[Any]) -> SnapshotService:
         # Before anyone is served: records a crash left without backend snapshots.
         await snapshotter.recover()
     default = "overlayfs" if "overlayfs" in wrapped else sorted(wrapped)[0]
-    return SnapshotService(wrapped, default)
+    return SnapshotService(wrapped, default, db)
 
 
 @hookimpl

@@ -25,10 +25,25 @@ from runtime.plugins.gc.api import (
     labels_of,
 )
 from runtime.plugins.metadata.api import Schema
+from runtime.plugins.snapshots.api import Kind, SnapshotCount
 
-__all__ = ["SNAPSHOTS", "LoadedSnapshots", "SnapshotSource"]
+__all__ = ["SNAPSHOTS", "LoadedSnapshots", "SnapshotSource", "count_snapshots"]
 
-SNAPSHOTS = Schema(
+@dataclass(frozen=True)
+class _SnapshotSchema(Schema):
+    """The snapshots table; a namespace's snapshots are named per snapshotter."""
+
+    def holds(self, conn: sqlite3.Connection, namespace: str) -> list[str]:
+        """``'2 snapshots on "native" snapshotter'``, one entry per snapshotter."""
+        rows = conn.execute(
+            "SELECT snapshotter, count(*) FROM snapshots WHERE namespace=? "
+            "GROUP BY snapshotter ORDER BY snapshotter",
+            (namespace,),
+        )
+        return [f'{count} snapshots on "{snapshotter}" snapshotter' for snapshotter, count in rows]
+
+
+SNAPSHOTS = _SnapshotSchema(
     "snapshots",
     (
         """
@@ -169,3 +184,12 @@ class SnapshotSource(Source):
             return False
         sql = "SELECT 1 FROM snapshots WHERE snapshotter=? AND backend_key=?"
         return conn.execute(sql, (backend[len(_PREFIX) :], key)).fetchone() is not None
+
+
+def count_snapshots(conn: sqlite3.Connection) -> list[SnapshotCount]:
+    """The records per snapshotter, namespace and kind, sorted."""
+    rows = conn.execute(
+        "SELECT snapshotter, namespace, kind, COUNT(*) FROM snapshots "
+        "GROUP BY snapshotter, namespace, kind ORDER BY 1, 2, 3")
+    return [SnapshotCount(snapshotter=r[0], namespace=r[1], kind=Kind(r[2]), count=r[3])
+            for r in rows]

@@ -1,0 +1,103 @@
+"""Batch routes of ``api.tasks``: kill, delete or remove many containers in one request.
+
+Each id gets exactly what its single request would do; the ids are worked on
+side by side (:data:`PARALLEL` at a time: each is a ``runc`` call or two and
+some disk writes) and each failure is reported in its result, never as the
+request's status. See :mod:`runtime.api.batch` for the wire types.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+from aiohttp import web
+
+from runtime.api.batch import (
+    MAX_BATCH,
+    BatchResult,
+    DeleteTasksRequest,
+    ItemResult,
+    KillTasksRequest,
+    RemoveContainersRequest,
+)
+from runtime.core.errors import InvalidArgument, MoorageError
+from runtime.plugins.api.api import Route, decode_body, namespace_of
+from runtime.plugins.tasks.service import TaskService, parse_signal
+
+__all__ = ["PARALLEL", "batch_routes", "for_each_id"]
+
+log = logging.getLogger("moorage.tasks")
+
+#: Ids worked on at once within one request.
+PARALLEL = 8
+
+
+async def for_each_id(ids: list[str], action: Callable[[str], Awaitable[object]]) -> BatchResult:
+    """Run ``action`` for every distinct id, :data:`PARALLEL` at a time; one result each.
+
+    Raises:
+        InvalidArgument: No ids, or more than :data:`~runtime.api.batch.MAX_BATCH`.
+    """
+    if not ids:
+        raise InvalidArgument("ids: name at least one")
+    if len(ids) > MAX_BATCH:
+        raise InvalidArgument(f"ids: at most {MAX_BATCH} per request, got {len(ids)}")
+    results = [ItemResult(id=i) for i in dict.fromkeys(ids)]
+    limiter = anyio.CapacityLimiter(PARALLEL)
+
+    async def one(item: ItemResult) -> None:
+        async with limiter:
+            try:
+                await action(item.id)
+            except MoorageError as exc:
+                item.code, item.message = exc.code, exc.message
+            except Exception as exc:
+                # What the single request would answer as a 500, reported for this id only.
+                log.exception("batch action on %s failed", item.id)
+                item.code, item.message = "internal", f"{type(exc).__name__}: {exc}"
+
+    async with anyio.create_task_group() as tg:
+        for item in results:
+            tg.start_soon(one, item)
+    return BatchResult(results=results)
+
+
+def batch_routes(service: TaskService) -> list[Route]:
+    """``POST /v1/run/remove``, ``/v1/tasks/kill`` and ``/v1/tasks/delete``."""
+
+    async def remove(request: web.Request) -> BatchResult:
+        body = await decode_body(request, RemoveContainersRequest)
+        ns = namespace_of(request)
+        return await for_each_id(body.ids, lambda cid: service.remove(
+            ns, cid, force=body.force, snapshot=body.snapshot))
+
+    async def kill(request: web.Request) -> BatchResult:
+        body = await decode_body(request, KillTasksRequest)
+        ns, signum = namespace_of(request), parse_signal(body.signal)
+        return await for_each_id(body.ids, lambda cid: service.find(ns, cid).kill(
+            ns, cid, signum, all=body.all))
+
+    async def delete(request: web.Request) -> BatchResult:
+        body = await decode_body(request, DeleteTasksRequest)
+        ns = namespace_of(request)
+
+        async def one(cid: str) -> object:
+            if body.force:
+                return await service.delete_task(ns, cid, force=True)
+            return await service.find(ns, cid).delete(ns, cid, "")
+
+        return await for_each_id(body.ids, one)
+
+    return [
+        Route("POST", "/v1/run/remove", remove,
+              "DELETE /v1/run/{id} for many containers in one request; one result per id.",
+              body=RemoveContainersRequest, response=BatchResult),
+        Route("POST", "/v1/tasks/kill", kill,
+              "Signal the init process of many tasks in one request; one result per id.",
+              body=KillTasksRequest, response=BatchResult),
+        Route("POST", "/v1/tasks/delete", delete,
+              "Delete many tasks in one request (force: kill running ones first); "
+              "one result per id.", body=DeleteTasksRequest, response=BatchResult),
+    ]
