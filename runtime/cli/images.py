@@ -44,7 +44,7 @@ def _add_registry_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_pull(sub: Any, name: str, aliases: list[str] | None = None) -> None:
+def _add_pull(sub: Any, name: str, aliases: list[str] | None = None) -> Any:
     p = sub.add_parser(name, aliases=aliases or [], help="pull an image and unpack it")
     p.add_argument("ref", help="image reference (busybox, 127.0.0.1:5000/x/y:tag)")
     _add_registry_flags(p)
@@ -54,22 +54,26 @@ def _add_pull(sub: Any, name: str, aliases: list[str] | None = None) -> None:
     p.add_argument("--max-concurrent-downloads", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true", help="print the image name only")
     p.set_defaults(handler=pull)
+    return p
 
 
 def register(sub: Any) -> None:
     """Add this group's commands (and the ``pull`` shortcut)."""
     from runtime.cli import image_mounts
     from runtime.cli.main import add_label_command, add_list_command, add_output_flags
+    from runtime.cli.verbs import docker_parser
     from runtime.cli.verbs.images import images as list_images
 
-    images = sub.add_parser("images", aliases=["image", "i"],
-                            help="manage images (alone: list them, as docker images)")
+    # Alone, `images` is docker's verb: its flag errors exit 125 as the other verbs'.
+    images = docker_parser(sub.add_parser(
+        "images", aliases=["image", "i"],
+        help="manage images (alone: list them, as docker images)"))
     images.add_argument("-q", "--quiet", action="store_true", help="print image ids only")
     images.add_argument("--format", choices=("table", "json"), default="table")
     images.set_defaults(handler=list_images)
     isub = images.add_subparsers(dest="images_command", metavar="COMMAND")
     _add_pull(isub, "pull")
-    _add_pull(sub, "pull")
+    docker_parser(_add_pull(sub, "pull"))  # docker pull: 125 on a flag error
 
     p = isub.add_parser("push", help="push an image to a registry")
     p.add_argument("remote", help="where to push (registry reference)")

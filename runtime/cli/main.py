@@ -309,14 +309,20 @@ def _fast_args(options: dict[str, str], rest: list[str]) -> Any:
         handler=getattr(import_module(f"runtime.cli.{module}"), handler), **values)
 
 
-def _chosen(parser: argparse.ArgumentParser, args: Any) -> argparse.ArgumentParser:
-    """The (sub)command parser the command line picked: the one setting its handler."""
+def _chosen(parser: argparse.ArgumentParser, args: Any,
+            words: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The (sub)command parser the command line picked: the one setting its handler.
+
+    Only subcommands named in ``words`` count: ``pull`` and ``images pull`` share a handler.
+    """
     import argparse
 
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            for picked in action.choices.values():
-                found = _chosen(picked, args)
+            for name, picked in action.choices.items():
+                if words and name not in words:
+                    continue
+                found = _chosen(picked, args, words)
                 if found is not picked or picked.get_default("handler") is getattr(
                         args, "handler", None):
                     return found
@@ -331,7 +337,7 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Any:
     """
     args, extra = parser.parse_known_args(argv)
     if extra:
-        _chosen(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
+        _chosen(parser, args, argv).error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 
 

@@ -114,3 +114,40 @@ def test_config_default_comments_every_key(tmp_path: Path,
     path.write_text(text)
     assert main(["config", "check", str(path)]) == 0
     assert os.path.getsize(path) > 0
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+#: The docker/nerdctl verbs issue #18 asks for, each of which the command map must name.
+DOCKER_VERBS = ("ps", "exec", "stop", "start", "restart", "kill", "rm", "rmi", "inspect",
+                "logs", "top", "stats", "port", "wait", "pause", "unpause", "rename", "update",
+                "cp", "commit", "tag", "images", "save", "load", "system df", "system prune",
+                "info", "login", "logout", "volume", "network", "run", "create")
+
+
+def test_coming_from_nerdctl_maps_every_docker_verb_to_a_moorage_command() -> None:
+    text = (DOCS / "coming-from-nerdctl.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    docker_column = " ".join(row.split("|")[1] for row in rows)
+    missing = [verb for verb in DOCKER_VERBS
+               if not re.search(rf"(`|, |/){re.escape(verb)}\b", docker_column)]
+    assert not missing, missing
+    for code in ("125", "126", "127"):
+        assert code in text
+
+
+def test_troubleshooting_covers_the_operators_topics() -> None:
+    text = (DOCS / "troubleshooting.md").read_text().lower()
+    for topic in ("cannot reach the daemon", "cgroup v1", "v2", "missing cni plugins",
+                  "registry authentication", "status error"):
+        assert topic in text, topic
+
+
+def test_service_doc_covers_install_the_unit_and_the_config_reference() -> None:
+    text = (DOCS / "service.md").read_text()
+    for heading in ("## Install", "## The unit", "## Shell completion and the manual",
+                    "## Configuration reference"):
+        assert heading in text, heading
+    assert "contrib/systemd/moorage.service" in text
+    assert "/etc/moorage/plugins.toml" in text
+    assert "moorage config default" in text

@@ -69,6 +69,14 @@ def created(rd: RuntimeDaemon, rootfs: Path, name: str, *flags_and_command: str)
     assert (result.returncode, result.stdout) == (0, f"{name}\n"), result.stderr
 
 
+def _read_or_eof(fd: int) -> bytes:
+    """What a pty master holds; b"" once its other end is closed (EIO on Linux)."""
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return b""
+
+
 class TestPull:
     def test_run_pulls_an_image_it_lacks_with_progress(self, rd: RuntimeDaemon,
                                                        registry: Registry,
@@ -86,6 +94,35 @@ class TestPull:
                          "true")
         assert always.returncode == 0 and f"pulled {ref}" in always.stderr
         assert rd.client().containers() == []
+
+    def test_run_on_a_terminal_shows_progress_bars_while_it_pulls(self, rd: RuntimeDaemon,
+                                                                  registry: Registry,
+                                                                  busybox_layout: object) -> None:
+        ref = registry.push_layout(busybox_layout.path, busybox_layout.ref_name,  # type: ignore[attr-defined]
+                                   "flags/bars:1")
+        master, slave = os.openpty()
+        try:
+            with subprocess.Popen(
+                    [sys.executable, "-m", "runtime.cli.main", "--address", rd.address, "run",
+                     "--rm", "--net", "none", ref, "echo", "ran"],
+                    stdout=subprocess.PIPE, stderr=slave, text=True,
+                    env={**os.environ, "COLUMNS": "160", "TERM": "xterm"}) as proc:
+                os.close(slave)
+                shown = b""  # read while it runs: a full pty would block the CLI
+                while chunk := _read_or_eof(master):
+                    shown += chunk
+                assert proc.stdout is not None
+                out = proc.stdout.read()
+                returncode = proc.wait(60)
+        finally:
+            os.close(master)
+        assert (returncode, out) == (0, "ran\n")
+        text = shown.decode(errors="replace")
+        assert f"Unable to find image '{ref}' locally" in text
+        # rich's bars: the total row, a row per blob, redrawn in place with cursor moves.
+        assert "total" in text and "layer" in text and "blobs" in text
+        assert "\x1b[" in text
+        assert f"pulled {ref}" in text
 
     def test_pull_never_fails_on_a_missing_image(self, rd: RuntimeDaemon,
                                                  registry: Registry,
@@ -217,6 +254,35 @@ class TestDaemonSidePolicies:
         assert rd.client().containers() == []
 
 
+    def test_unless_stopped_restarts_a_crash_but_not_after_a_stop_or_a_daemon_restart(
+            self, rd: RuntimeDaemon, rootfs: Path) -> None:
+        created(rd, rootfs, "steady", "--restart", "unless-stopped", "busybox", *SLEEPER)
+        ok(rd, "start", "steady")
+        pid = int(ok(rd, "inspect", "-f", "{{.State.Pid}}", "steady"))
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: status(rd, "steady") == "running"
+                   and int(ok(rd, "inspect", "-f", "{{.State.Pid}}", "steady")) != pid,
+                   what="the restart after SIGKILL")
+        assert ok(rd, "stop", "steady") == "steady\n"
+        # Unlike always, a stopped unless-stopped container stays down across the daemon's
+        # own restart.
+        rd.kill()
+        rd.restart()
+        time.sleep(1.5)
+        assert status(rd, "steady") == "exited"
+        assert ok(rd, "rm", "steady") == "steady\n"
+
+    def test_restart_no_leaves_a_failed_container_stopped(self, rd: RuntimeDaemon,
+                                                          rootfs: Path) -> None:
+        created(rd, rootfs, "once", "--restart", "no", "busybox", "sh", "-c", "exit 7")
+        ok(rd, "start", "once")
+        wait_until(lambda: status(rd, "once") == "exited", what="exit")
+        time.sleep(0.5)
+        assert "moorage/restart.count" not in labels(rd, "once")
+        assert ok(rd, "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}",
+                  "once") == "exited 7\n"
+
+
 class TestBadValues:
     @pytest.mark.parametrize(("flags", "named"), [
         (("--restart", "sometimes"), "--restart 'sometimes'"),
@@ -224,6 +290,9 @@ class TestBadValues:
         (("--restart", "always", "--rm"), "--restart 'always' and --rm"),
         (("--pull", "often"), "--pull 'often'"),
         (("-p", "80:http"), "-p '80:http'"),
+        (("-p", "99999:80"), "-p '99999:80'"),
+        (("-p", "8080:80/sctp"), "-p '8080:80/sctp'"),
+        (("-p", "nowhere:8080:80"), "-p 'nowhere:8080:80'"),
         (("-v", "/no-such-dir-xyz:/data"), "-v '/no-such-dir-xyz:/data'"),
         (("-v", "/tmp:data"), "-v '/tmp:data'"),
         (("-v", "/tmp:/data:bogus"), "-v '/tmp:/data:bogus'"),

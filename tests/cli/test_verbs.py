@@ -234,19 +234,29 @@ class TestInspectLogsAndNames:
 
 
 class TestBadInput:
-    @pytest.mark.parametrize("argv", [
-        ["ps", "--bogus"], ["stop", "-t", "soon", "x"], ["exec"], ["logs", "--nope", "x"],
-        ["run", "--bogus", "busybox"],
+    @pytest.mark.parametrize(("argv", "named"), [
+        (["ps", "--bogus"], "--bogus"), (["stop", "-t", "soon", "x"], "'soon'"),
+        (["stop", "-t", "-5", "x"], "'-5'"), (["restart", "-t", "nan", "x"], "'nan'"),
+        (["exec"], "required"), (["logs", "--nope", "x"], "--nope"),
+        (["run", "--bogus", "busybox"], "--bogus"), (["images", "--bogus"], "--bogus"),
+        (["pull", "--bogus", "busybox"], "--bogus"), (["volume", "ls", "--bogus"], "--bogus"),
+        (["network", "create", "--bogus", "n"], "--bogus"),
+        (["system", "prune", "--bogus"], "--bogus"), (["volume"], "COMMAND"),
+        (["update", "--cpus", "lots", "x"], "'lots'"), (["update", "--cpus", "0", "x"], "'0'"),
+        (["update", "-m", "1x", "x"], "'1x'"), (["update", "--memory", "0", "x"], "'0'"),
+        (["cp", "--bogus", "a", "b"], "--bogus"),
+        (["login", "--bogus", "h"], "--bogus"), (["save", "--bogus", "x"], "--bogus"),
     ])
     def test_a_flag_error_prints_the_subcommands_usage_and_exits_125(
-            self, rd: RuntimeDaemon, argv: list[str]) -> None:
+            self, rd: RuntimeDaemon, argv: list[str], named: str) -> None:
         result = moorage(rd.address, *argv)
         assert result.returncode == 125
-        assert f"usage: moorage {argv[0]}" in result.stderr
+        # A group's subcommand reports with its own usage: `moorage volume ls`.
+        grouped = argv[0] in ("volume", "network", "system") and len(argv) > 1
+        command = " ".join(argv[:2]) if grouped else argv[0]
+        assert f"usage: moorage {command}" in result.stderr
         assert "usage: moorage [-h]" not in result.stderr
-        named = {"--bogus": "--bogus", "--nope": "--nope", "-t": "'soon'"}
-        if len(argv) > 1:
-            assert named[argv[1]] in result.stderr
+        assert named in result.stderr
         assert rd.client().containers() == []
 
 

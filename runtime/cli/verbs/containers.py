@@ -26,6 +26,47 @@ if TYPE_CHECKING:
 __all__ = ["port_text", "register", "requested_ports"]
 
 
+def grace_seconds(text: str) -> float:
+    """``stop -t``: seconds, 0 or more (a usage error, 125, naming the value otherwise)."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: use a number of seconds, 0 or more")
+    return value
+
+
+def cpus(text: str) -> float:
+    """``update --cpus``: a positive number of CPUs."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: use a positive number of CPUs, e.g. 1.5")
+    return value
+
+
+def memory_size(text: str) -> int:
+    """``update --memory``: ``64m``, ``1g``, ``512k`` or bytes, more than 0."""
+    import argparse
+
+    from runtime.cli.run_mounts import parse_size
+
+    try:
+        value = parse_size(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a size (e.g. 64m, 1g)")
+    return value
+
+
 def register(sub: Any) -> None:
     """Add the lifecycle verbs."""
     import argparse
@@ -57,7 +98,7 @@ def register(sub: Any) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER)
 
     p = add("stop", stop, "stop containers: the stop signal, then SIGKILL after the grace")
-    p.add_argument("-t", "--time", "--timeout", dest="time", type=float, default=10.0,
+    p.add_argument("-t", "--time", "--timeout", dest="time", type=grace_seconds, default=10.0,
                    help="seconds to wait before SIGKILL (default 10)")
     p.add_argument("-s", "--signal", default="",
                    help="the first signal (default: the image's StopSignal, else SIGTERM)")
@@ -69,7 +110,7 @@ def register(sub: Any) -> None:
     p.add_argument("containers", nargs="+")
 
     p = add("restart", restart, "stop then start containers")
-    p.add_argument("-t", "--time", "--timeout", dest="time", type=float, default=10.0)
+    p.add_argument("-t", "--time", "--timeout", dest="time", type=grace_seconds, default=10.0)
     p.add_argument("containers", nargs="+")
 
     p = add("kill", kill, "send a signal to running containers (default SIGKILL)")
@@ -94,8 +135,9 @@ def register(sub: Any) -> None:
     p.add_argument("new_name")
 
     p = add("update", update, "change a container's cpu, memory or pids limits")
-    p.add_argument("--cpus", type=float, default=None, help="CPU quota, e.g. 1.5")
-    p.add_argument("-m", "--memory", default="", help="memory limit, e.g. 64m")
+    p.add_argument("--cpus", type=cpus, default=None, help="CPU quota, e.g. 1.5")
+    p.add_argument("-m", "--memory", type=memory_size, default=None,
+                   help="memory limit, e.g. 64m")
     p.add_argument("--pids-limit", type=int, default=None)
     p.add_argument("containers", nargs="+")
 
@@ -375,19 +417,14 @@ def rename(args: argparse.Namespace) -> int:
 
 def update(args: argparse.Namespace) -> int:
     """Apply new limits to the running task and keep them in the container's spec."""
-    from runtime.cli.run import parse_size
     from runtime.core.errors import InvalidArgument
 
+    # The values were checked by the parser (cpus, memory_size): a bad one is a usage error.
     resources: dict[str, Any] = {}
     if args.cpus is not None:
-        if args.cpus <= 0:
-            raise InvalidArgument(f"--cpus {args.cpus}: must be positive")
         resources["cpu"] = {"quota": int(args.cpus * 100000), "period": 100000}
-    if args.memory:
-        try:
-            resources["memory"] = {"limit": parse_size(args.memory)}
-        except ValueError:
-            raise InvalidArgument(f"--memory {args.memory!r}: not a size") from None
+    if args.memory is not None:
+        resources["memory"] = {"limit": args.memory}
     if args.pids_limit is not None:
         resources["pids"] = {"limit": args.pids_limit}
     if not resources:

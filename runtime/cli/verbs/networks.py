@@ -17,7 +17,8 @@ __all__ = ["register"]
 
 def register(sub: Any) -> None:
     """Add ``network`` and its subcommands."""
-    network = sub.add_parser("network", help="networks (the CNI conflists of network.cni)")
+    network = docker_parser(sub.add_parser(
+        "network", help="networks (the CNI conflists of network.cni)"))
     nsub = network.add_subparsers(dest="network_command", required=True, metavar="COMMAND")
     p = docker_parser(nsub.add_parser("ls", aliases=["list"], help="list networks"))
     p.add_argument("-q", "--quiet", action="store_true", help="print names only")

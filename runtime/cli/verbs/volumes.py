@@ -17,7 +17,7 @@ __all__ = ["register"]
 
 def register(sub: Any) -> None:
     """Add ``volume`` and its subcommands."""
-    volume = sub.add_parser("volume", help="named volumes (-v NAME:PATH)")
+    volume = docker_parser(sub.add_parser("volume", help="named volumes (-v NAME:PATH)"))
     vsub = volume.add_subparsers(dest="volume_command", required=True, metavar="COMMAND")
     p = docker_parser(vsub.add_parser("create", help="create a volume"))
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")

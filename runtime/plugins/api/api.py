@@ -101,6 +101,8 @@ class RouteSetWithMiddlewares(list[Route]):
 
     The server puts these middlewares outermost, so they see each request's
     final status, errors included (``api.metrics`` counts and times requests).
+    This class is the contract: the server asks once, when it mounts the route
+    sets, which of them are one.
     """
 
     def __init__(self, routes: Iterable[Route], middlewares: Iterable[Middleware]) -> None:

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.core.errors import InvalidArgument
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, Registration
-from runtime.plugins.api.api import Middleware, Route, route_set
+from runtime.plugins.api.api import Middleware, Route, RouteSet, RouteSetWithMiddlewares, route_set
+
+if TYPE_CHECKING:
+    from runtime.plugins.api.server import ApiServer
 
 
-async def init_server(ctx: InitContext[Any]) -> Any:
+async def init_server(ctx: InitContext[Any]) -> ApiServer:
     """Mount every running route set and start the listeners."""
     import runtime
     from runtime.plugins.api.server import ApiServer, build_app
@@ -34,9 +37,11 @@ async def init_server(ctx: InitContext[Any]) -> Any:
             raise InvalidArgument(f"[api] token_file {api.token_file}: token shorter than 16")
     routes: list[Route] = []
     middlewares: list[Middleware] = []
-    for served in ctx.get_by_type("api").values():
+    route_sets: dict[str, RouteSet] = ctx.get_by_type("api")
+    for served in route_sets.values():
         routes.extend(served)
-        middlewares.extend(getattr(served, "middlewares", ()))
+        if isinstance(served, RouteSetWithMiddlewares):
+            middlewares.extend(served.middlewares)
     server = ApiServer(
         build_app(routes, version=runtime.__version__, token=token, middlewares=middlewares),
         Path(api.address),
@@ -46,7 +51,7 @@ async def init_server(ctx: InitContext[Any]) -> Any:
     return server
 
 
-async def close_server(server: Any) -> None:
+async def close_server(server: ApiServer) -> None:
     """Stop listening and remove the socket."""
     await server.stop()
 

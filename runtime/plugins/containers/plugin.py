@@ -8,12 +8,15 @@ from typing import Any
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, Registration
 from runtime.plugins.api.api import required_services, route_set
+from runtime.plugins.containers.api import ContainerStore
 from runtime.plugins.containers.store import SqliteContainerStore
+from runtime.plugins.metadata.api import Metadata
 
 
-async def init(ctx: InitContext[Any]) -> SqliteContainerStore:
+async def init(ctx: InitContext[Any]) -> ContainerStore:
     """Container records in the metadata plugin's database."""
-    return SqliteContainerStore(ctx.get("metadata.sqlite").db, ctx.publish)
+    metadata: Metadata = ctx.get("metadata.sqlite")
+    return SqliteContainerStore(metadata.db, ctx.publish)
 
 
 @hookimpl

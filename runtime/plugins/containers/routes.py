@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 
@@ -12,11 +11,12 @@ from runtime.core.config import DEFAULT_CGROUP_PARENT
 from runtime.core.errors import FailedPrecondition
 from runtime.plugins.api.api import Route, RouteSet, decode_body, list_route, namespace_of
 from runtime.plugins.containers.api import ContainerStore, check_privileges, new_container
+from runtime.plugins.runtime.api import Runtime
 
 __all__ = ["container_routes"]
 
 
-def container_routes(store: ContainerStore, runtimes: Callable[[], dict[str, Any]],
+def container_routes(store: ContainerStore, runtimes: Callable[[], Mapping[str, Runtime]],
                      cgroup_parent: str = DEFAULT_CGROUP_PARENT) -> RouteSet:
     """Routes over the container store; ``runtimes()`` gives the running runtimes by id.
 

@@ -12,7 +12,7 @@ file name it also keeps ``../`` and friends out of the blob directory.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -152,8 +152,13 @@ class Store(Protocol):
         """Open a committed blob for reading (blocking, but only an ``open``)."""
         ...
 
-    def read(self, digest: str, offset: int = 0, size: int | None = None) -> AsyncIterator[bytes]:
-        """Stream ``size`` bytes (to the end if ``None``) of a blob from ``offset``, in chunks."""
+    def read(
+        self, digest: str, offset: int = 0, size: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """Stream ``size`` bytes (to the end if ``None``) of a blob from ``offset``, in chunks.
+
+        ``aclose()`` releases the blob's file before the end is reached.
+        """
         ...
 
 
@@ -261,6 +266,11 @@ class IngestWriter(Protocol):
 class NamespacedContent(Protocol):
     """What ``content.local`` provides to other plugins: blobs and ingests per namespace."""
 
+    @property
+    def store(self) -> Store:
+        """The blobs themselves, shared by every namespace (for readers and the collector)."""
+        ...
+
     async def info(self, namespace: str, digest: str) -> ContentInfo:
         """The namespace's record of ``digest``; NotFound if it has none."""
         ...
@@ -277,8 +287,8 @@ class NamespacedContent(Protocol):
 
     async def read(
         self, namespace: str, digest: str, offset: int = 0, size: int | None = None
-    ) -> AsyncIterator[bytes]:
-        """Stream a blob the namespace can see."""
+    ) -> AsyncGenerator[bytes, None]:
+        """Stream a blob the namespace can see (``aclose()`` ends the stream early)."""
         ...
 
     async def open_writer(

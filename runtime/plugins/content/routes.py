@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -26,6 +26,9 @@ from runtime.plugins.api.api import (
     list_route,
     namespace_of,
 )
+
+if TYPE_CHECKING:
+    from runtime.plugins.content.local.service import ContentService
 
 T = TypeVar("T")
 
@@ -96,7 +99,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end - start + 1
 
 
-def content_routes(content: Any) -> RouteSet:
+def content_routes(content: ContentService) -> RouteSet:
     """Routes over the content service."""
 
     async def list_(request: web.Request) -> list[ContentInfo]:

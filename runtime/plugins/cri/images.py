@@ -14,7 +14,6 @@ import contextlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 import msgspec
@@ -23,7 +22,7 @@ from runtime.api.specs import ImageConfig as RunConfig
 from runtime.core.errors import DeadlineExceeded, InvalidArgument, MoorageError, NotFound
 from runtime.pkg.registry.reference import parse_reference
 from runtime.plugins.cri.v1 import api_pb2 as pb
-from runtime.plugins.images.api import Image, PullOptions
+from runtime.plugins.images.api import Image, Images, PullOptions
 
 __all__ = ["CriImage", "CriImages"]
 
@@ -77,7 +76,7 @@ class CriImages:
     """
 
     namespace: str
-    images: Any
+    images: Images
     snapshotter: str = ""
     # A record's target is immutable, so its config digest is cached by target.
     _configs: dict[str, tuple[str, int, str]] = field(default_factory=dict)
@@ -189,7 +188,7 @@ class CriImages:
         import time
 
         sn = self.images.snapshotter(self.snapshotter)
-        root = str(getattr(sn, "root", "") or "")
+        root = sn.root
         used = inodes = 0
         for image in await self.all():
             used += image.size

@@ -10,13 +10,16 @@ runs only on asyncio; see :func:`runtime.core.daemon.run_daemon`).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
 from runtime.core.config import AbsolutePath
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, PluginSkipped, Registration
+
+if TYPE_CHECKING:
+    from runtime.plugins.cri.server import CriServer
 
 __all__ = ["CriConfig", "moorage_plugins"]
 
@@ -62,7 +65,7 @@ class CriConfig(PluginConfig):
     snapshotter: str = ""
 
 
-async def init(ctx: InitContext[CriConfig]) -> Any:
+async def init(ctx: InitContext[CriConfig]) -> CriServer:
     """Build the CRI services on the running ones and serve them on the socket."""
     if not ctx.config.enabled:
         raise PluginSkipped('off: set enabled = true in [plugins."cri.v1"]')
@@ -72,7 +75,7 @@ async def init(ctx: InitContext[CriConfig]) -> Any:
     return await start_cri(ctx)
 
 
-async def close(service: Any) -> None:
+async def close(service: CriServer) -> None:
     """Stop serving; pods and containers keep running (as containerd's do)."""
     await service.close()
 

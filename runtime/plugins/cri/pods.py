@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import anyio
 import anyio.to_thread
 
 from runtime.core.errors import MoorageError
+from runtime.core.events import Exchange
 from runtime.plugins.cri import sandbox_setup as setup
 from runtime.plugins.cri.records import EXTENSION, KIND_LABEL, ns_of
 from runtime.plugins.cri.recovery import recover
@@ -46,7 +46,9 @@ class Pods(Sandboxes, PodStats):
                 if kind == "sandbox":
                     self._netns[record.id] = str(ext.get("netns", ""))
 
-    async def container_events(self, exchange: Any) -> AsyncIterator[pb.ContainerEventResponse]:
+    async def container_events(
+        self, exchange: Exchange
+    ) -> AsyncIterator[pb.ContainerEventResponse]:
         """GetContainerEvents: created, started, stopped, deleted, from the task events."""
         kinds = {"/tasks/create": pb.CONTAINER_CREATED_EVENT,
                  "/tasks/start": pb.CONTAINER_STARTED_EVENT,

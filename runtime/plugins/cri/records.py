@@ -40,7 +40,9 @@ from runtime.plugins.containers.api import ContainerStore
 from runtime.plugins.cri import spec as specs
 from runtime.plugins.cri.images import CriImages
 from runtime.plugins.cri.v1 import api_pb2 as pb
+from runtime.plugins.network.api import Network
 from runtime.plugins.runtime.api import Runtime
+from runtime.plugins.snapshots.api import Snapshots
 
 __all__ = [
     "EXTENSION", "KIND_LABEL", "ContainerRecord", "PodRecords", "SandboxRecord", "StatsSample",
@@ -138,10 +140,10 @@ class PodRecords:
 
     namespace: str
     containers: ContainerStore
-    snapshots: Any
+    snapshots: Snapshots
     snapshotter: str
     runtimes: dict[str, Runtime]
-    network: Any
+    network: Network
     images: CriImages
     root: Path
     state: Path

@@ -23,11 +23,14 @@ import msgspec
 
 from runtime import __version__
 from runtime.core import errors
+from runtime.core.events import Exchange
 from runtime.core.registration import InitContext
 from runtime.plugins.cri.images import CriImages
 from runtime.plugins.cri.pods import Pods
 from runtime.plugins.cri.v1 import api_pb2 as pb
 from runtime.plugins.cri.v1 import api_pb2_grpc as pb_grpc
+from runtime.plugins.images.api import Images
+from runtime.plugins.network.api import Network
 
 __all__ = ["STATUS_CODES", "CriServer", "start_cri", "status_code"]
 
@@ -342,8 +345,8 @@ class ImageService(pb_grpc.ImageServiceServicer):  # type: ignore[misc]
 class CriServer:
     """The running plugin: its services, the gRPC server, the streaming server."""
 
-    def __init__(self, *, config: Any, pods: Pods, images: CriImages, network: Any,
-                 exchange: Any, address: Path) -> None:
+    def __init__(self, *, config: Any, pods: Pods, images: CriImages, network: Network,
+                 exchange: Exchange, address: Path) -> None:
         self.config = config
         self.pods = pods
         self.images = images
@@ -386,7 +389,7 @@ class CriServer:
             self.address.unlink()
 
 
-async def _watch_ooms(pods: Pods, exchange: Any, *, task_status: Any) -> None:
+async def _watch_ooms(pods: Pods, exchange: Exchange, *, task_status: Any) -> None:
     async with exchange.subscribe('topic=="/tasks/oom"', namespace=pods.namespace) as events:
         task_status.started()
         async for envelope in events:
@@ -396,11 +399,11 @@ async def _watch_ooms(pods: Pods, exchange: Any, *, task_status: Any) -> None:
 async def start_cri(ctx: InitContext[Any]) -> CriServer:
     """Build the services from the required plugins and start serving."""
     config = ctx.config
-    images_service = ctx.get("images.store")
+    images_service: Images = ctx.get("images.store")
     snapshotter = images_service.snapshotter(config.snapshotter).name
     images = CriImages(namespace=config.namespace, images=images_service,
                        snapshotter=snapshotter)
-    network = ctx.get("network.cni")
+    network: Network = ctx.get("network.cni")
     pods = Pods(
         namespace=config.namespace, containers=ctx.get("containers.store"),
         snapshots=ctx.get("service.snapshots"), snapshotter=snapshotter,
@@ -411,10 +414,11 @@ async def start_cri(ctx: InitContext[Any]) -> CriServer:
         cni_conf_dir=Path(config.cni_conf_dir) if config.cni_conf_dir else None)
     await pods.load()
     address = Path(config.address) if config.address else Path(ctx.daemon.state) / "cri.sock"
+    # Required, so running: the same exchange as ctx.events, typed.
+    exchange: Exchange = ctx.get("events.exchange")
     server = CriServer(config=config, pods=pods, images=images, network=network,
-                       exchange=ctx.events, address=address)
-    if ctx.events is not None:
-        await ctx.start(_watch_ooms, pods, ctx.events, name="cri.v1 oom watch")
+                       exchange=exchange, address=address)
+    await ctx.start(_watch_ooms, pods, exchange, name="cri.v1 oom watch")
     server.streaming = await _start_streaming(config, pods)
     await server.serve()
     log.info("CRI v1 serving on %s (namespace %s)", address, config.namespace)

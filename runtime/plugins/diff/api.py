@@ -18,7 +18,15 @@ import msgspec
 from runtime.api.mounts import Mount
 from runtime.pkg.registry.types import Descriptor
 
-__all__ = ["Applier", "ApplyResult", "Comparer", "LayerDiff", "StagedLayer", "Stager"]
+__all__ = [
+    "Applier",
+    "ApplyResult",
+    "Comparer",
+    "LayerDiff",
+    "StagedLayer",
+    "Stager",
+    "StagingApplier",
+]
 
 
 class ApplyResult(msgspec.Struct, frozen=True):
@@ -92,3 +100,7 @@ class Comparer(Protocol):
         ``upper`` should be quiesced (its container paused or stopped).
         """
         ...
+
+
+class StagingApplier(Applier, Stager, Protocol):
+    """A differ with both abilities (``diff.walking``): what its registration promises."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 
@@ -30,7 +30,7 @@ async def _init(ctx: InitContext[ExchangeConfig]) -> Exchange:
     return Exchange(buffer_size=ctx.config.buffer_size)
 
 
-async def _close(exchange: Any) -> None:
+async def _close(exchange: Exchange) -> None:
     # Ends subscribers' streams so API handlers streaming events return at shutdown.
     exchange.close()
 

@@ -55,6 +55,7 @@ __all__ = [
     "LABEL_REF_IMAGE",
     "LABEL_REF_SNAPSHOT",
     "LABEL_ROOT",
+    "Collections",
     "Edge",
     "GCReport",
     "Loaded",
@@ -249,3 +250,15 @@ class GCReport(msgspec.Struct, kw_only=True):
     def bytes_removed(self) -> int:
         """Bytes freed on disk, every kind together."""
         return sum(r.bytes for r in self.removed.values())
+
+
+class Collections(Protocol):
+    """What ``gc.scheduler`` provides: collections on demand (``DELETE ...?sync=1``)."""
+
+    async def collect(self) -> GCReport:
+        """Run one collection now and return its report."""
+        ...
+
+    async def schedule_and_wait(self) -> GCReport:
+        """Ask for a collection soon (joining one already queued) and wait for its report."""
+        ...

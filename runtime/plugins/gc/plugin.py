@@ -12,9 +12,12 @@ from runtime.core.errors import InvalidArgument
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
 from runtime.plugins.api.api import route_set
-from runtime.plugins.gc.api import EVENT_NAMESPACE, EVENT_TOPIC, GCReport
+from runtime.plugins.content.api import NamespacedContent
+from runtime.plugins.gc.api import EVENT_NAMESPACE, EVENT_TOPIC, Collections, GCReport
 from runtime.plugins.gc.collector import Collector
 from runtime.plugins.gc.scheduler import Scheduler
+from runtime.plugins.metadata.api import Metadata
+from runtime.plugins.snapshots.api import Snapshots
 
 __all__ = ["GCConfig", "parse_duration"]
 
@@ -64,13 +67,15 @@ class GCConfig(PluginConfig):
     startup_delay: float | str = "100ms"
 
 
-async def init(ctx: InitContext[GCConfig]) -> Scheduler:
+async def init(ctx: InitContext[GCConfig]) -> Collections:
     """Build the collector over metadata, content and snapshots; start the scheduler."""
     config = ctx.config
-    snapshots = ctx.get("service.snapshots")
+    metadata: Metadata = ctx.get("metadata.sqlite")
+    content: NamespacedContent = ctx.get("content.local")
+    snapshots: Snapshots = ctx.get("service.snapshots")
     collector = Collector(
-        ctx.get("metadata.sqlite").db,
-        ctx.get("content.local").store,
+        metadata.db,
+        content.store,
         {name: ns.backend for name, ns in snapshots.snapshotters.items()},
         {name: ns.in_flight for name, ns in snapshots.snapshotters.items()},
     )

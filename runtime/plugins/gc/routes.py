@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from runtime.plugins.api.api import Route, RouteSet
-from runtime.plugins.gc.api import GCReport
+from runtime.plugins.gc.api import Collections, GCReport
 
 __all__ = ["gc_routes"]
 
 
-def gc_routes(scheduler: Any) -> RouteSet:
+def gc_routes(scheduler: Collections) -> RouteSet:
     """Routes over the ``gc.scheduler`` service."""
 
     async def collect(request: web.Request) -> GCReport:

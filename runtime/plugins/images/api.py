@@ -19,13 +19,19 @@ against containerd's rules finds the same references:
 
 from __future__ import annotations
 
+import builtins
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from runtime.pkg.registry.types import Descriptor
+
+if TYPE_CHECKING:
+    from runtime.plugins.images.manifests import ConfigFile, Manifest
+    from runtime.plugins.snapshots.api import NamespacedSnapshots
 
 __all__ = [
     "ANNOTATION_IMAGE_NAME",
@@ -47,6 +53,7 @@ __all__ = [
     "ImageDelete",
     "ImageUpdate",
     "ImageUsage",
+    "Images",
     "Progress",
     "ProgressEvent",
     "PullOptions",
@@ -276,3 +283,43 @@ class ImageUsage(msgspec.Struct, kw_only=True):
     snapshotter: str = ""
     snapshot_size: int = 0
     snapshots: int = 0
+
+
+class Images(Protocol):
+    """What ``images.store`` provides to other plugins (the CRI image and pod services)."""
+
+    async def list(self, namespace: str, filters: Sequence[str] = ()) -> builtins.list[Image]:
+        """Images of the namespace matching any filter."""
+        ...
+
+    async def get(self, namespace: str, name: str) -> Image:
+        """One image, or NotFound."""
+        ...
+
+    async def delete(
+        self, namespace: str, name: str, *, sync: bool = False, target: str = ""
+    ) -> None:
+        """Delete an image record (``target``: only if it still points there)."""
+        ...
+
+    async def pull(
+        self, namespace: str, reference: str, opts: PullOptions | None = None
+    ) -> Image:
+        """Pull (and unpack, unless ``opts`` say not to) an image."""
+        ...
+
+    def snapshotter(self, name: str = "") -> NamespacedSnapshots:
+        """The namespaced snapshotter images unpack into (default: the configured one)."""
+        ...
+
+    async def image_rootfs(
+        self, namespace: str, name: str, snapshotter: str = "", *, platform: str = ""
+    ) -> tuple[str, ImageConfig]:
+        """The image's top chain ID in ``snapshotter`` (unpacked if need be) and its config."""
+        ...
+
+    async def platform_manifest(
+        self, namespace: str, image: Image, platform: str = ""
+    ) -> tuple[Descriptor, Manifest, ConfigFile]:
+        """The image's manifest for ``platform`` (default: the host's) and its config."""
+        ...

@@ -19,7 +19,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
 import anyio
 
@@ -35,6 +34,7 @@ from runtime.core.locks import KeyedLocks
 from runtime.pkg.registry.client import RegistryClient
 from runtime.pkg.registry.reference import Reference
 from runtime.pkg.registry.types import Descriptor
+from runtime.plugins.content.api import IngestWriter, NamespacedContent
 from runtime.plugins.images.api import LABEL_DISTRIBUTION_SOURCE, LABEL_FETCHED_FROM, BlobStatus
 from runtime.plugins.images.documents import check_document
 from runtime.plugins.images.manifests import join, kind_of
@@ -53,7 +53,7 @@ _LOCKED_RETRIES = 8
 Keep = Callable[[str, str], Awaitable[None]]
 
 #: ``opened(writer)``: told that a download into ``writer`` (an open ingest) is starting.
-Opened = Callable[[Any], None]
+Opened = Callable[[IngestWriter], None]
 
 
 async def _keep_nothing(resource_type: str, resource_id: str) -> None:
@@ -96,7 +96,7 @@ class Fetcher:
         self,
         *,
         namespace: str,
-        content: Any,
+        content: NamespacedContent,
         client: RegistryClient,
         ref: Reference,
         locks: KeyedLocks,
@@ -178,7 +178,7 @@ class Fetcher:
             with contextlib.suppress(NotFound):
                 await self.content.update_labels(self.namespace, digest, labels)
 
-    async def _open_writer(self, desc: Descriptor, kind: str) -> Any:
+    async def _open_writer(self, desc: Descriptor, kind: str) -> IngestWriter:
         delay = 0.016
         for attempt in range(_LOCKED_RETRIES):
             try:

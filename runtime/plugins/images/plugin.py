@@ -15,8 +15,10 @@ from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
 from runtime.pkg.registry.retry import RetryPolicy
 from runtime.plugins.api.api import optional_service, required_services, route_set
+from runtime.plugins.images.api import Images
 from runtime.plugins.images.service import ImageService
 from runtime.plugins.images.store import ImageStore
+from runtime.plugins.metadata.api import Metadata
 
 
 class ImagesConfig(PluginConfig):
@@ -48,14 +50,14 @@ class ImagesConfig(PluginConfig):
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
 
 
-async def init(ctx: InitContext[ImagesConfig]) -> ImageService:
+async def init(ctx: InitContext[ImagesConfig]) -> Images:
     """Wire the image store to metadata, content, snapshots and diff."""
     for key in ("max_concurrent_downloads", "max_concurrent_unpacks"):
         if getattr(ctx.config, key) < 1:
             raise InvalidArgument(f"{key} must be at least 1")
     # Staged layers and spooled uploads of a daemon that died are of no use now.
     await anyio.to_thread.run_sync(shutil.rmtree, ctx.root / "tmp", True)
-    metadata = ctx.get("metadata.sqlite")
+    metadata: Metadata = ctx.get("metadata.sqlite")
     return ImageService(
         store=ImageStore(metadata.db, ctx.publish),
         content=ctx.get("content.local"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import msgspec
@@ -29,6 +29,10 @@ from runtime.api.types import (
 )
 from runtime.core.errors import InvalidArgument, MoorageError
 from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, list_route, namespace_of
+from runtime.plugins.gc.api import Collections
+
+if TYPE_CHECKING:
+    from runtime.plugins.images.service import ImageService
 
 __all__ = ["image_routes"]
 
@@ -60,7 +64,9 @@ def _flag(request: web.Request, name: str, default: bool = False) -> bool:
     raise InvalidArgument(f"query parameter {name}={raw!r}: use 1 or 0")
 
 
-def image_routes(service: Any, gc: Callable[[], Any] | None = None) -> RouteSet:
+def image_routes(
+    service: ImageService, gc: Callable[[], Collections | None] | None = None
+) -> RouteSet:
     """Routes over the images service (``images.store``).
 
     Args:

@@ -20,13 +20,15 @@ import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
 
 from runtime.core.errors import AlreadyExists, FailedPrecondition, MoorageError, NotFound
 from runtime.pkg.registry.types import Descriptor
+from runtime.plugins.content.api import NamespacedContent
+from runtime.plugins.diff.api import Applier, Stager
 from runtime.plugins.images.api import (
     LABEL_SNAPSHOTTER,
     CheckResult,
@@ -38,7 +40,8 @@ from runtime.plugins.images.api import (
 )
 from runtime.plugins.images.errors import single_error
 from runtime.plugins.images.store import ImageStore
-from runtime.plugins.metadata.api import Resource
+from runtime.plugins.metadata.api import Leases, Publish, Resource
+from runtime.plugins.snapshots.api import NamespacedSnapshots, Snapshots
 
 if TYPE_CHECKING:
     from runtime.pkg.registry.client import RegistryClient
@@ -72,12 +75,12 @@ class ImageService:
         self,
         *,
         store: ImageStore,
-        content: Any,
-        snapshots: Any,
-        diff: Any,
-        leases: Any,
+        content: NamespacedContent,
+        snapshots: Snapshots,
+        diff: Applier,
+        leases: Leases,
         config: ImagesConfig,
-        publish: Any = None,
+        publish: Publish | None = None,
         scratch: Path | None = None,
     ) -> None:
         from runtime.core.locks import KeyedLocks
@@ -86,6 +89,8 @@ class ImageService:
         self.content = content
         self.snapshots = snapshots
         self.diff = diff
+        # Asked once: only a differ that can stage applies an image's layers side by side.
+        self.stager: Stager | None = diff if isinstance(diff, Stager) else None
         self.leases = leases
         self.config = config
         self.publish = publish or (lambda namespace, topic, event: None)
@@ -149,7 +154,7 @@ class ImageService:
 
     # -- parts for the operations ----------------------------------------------
 
-    def snapshotter(self, name: str = "") -> Any:
+    def snapshotter(self, name: str = "") -> NamespacedSnapshots:
         """The namespaced snapshotter ``name`` (default: configured, then the service's)."""
         return self.snapshots.get(name or self.config.snapshotter or None)
 
@@ -193,7 +198,7 @@ class ImageService:
     def unpacker(
         self,
         namespace: str,
-        snapshotter: Any,
+        snapshotter: NamespacedSnapshots,
         lease: str | None = None,
         tracker: Tracker | None = None,
     ) -> Unpacker:
@@ -206,6 +211,7 @@ class ImageService:
             namespace=namespace,
             snapshotter=snapshotter,
             diff=self.diff,
+            stager=self.stager,
             content=self.content,
             locks=self.locks,
             lease=lease,

@@ -39,7 +39,7 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, cast
+from typing import BinaryIO, Protocol, TypeVar, cast
 
 import anyio
 
@@ -47,12 +47,13 @@ from runtime.core.errors import AlreadyExists, FailedPrecondition, MoorageError,
 from runtime.core.faults import fault_point
 from runtime.core.locks import KeyedLocks
 from runtime.pkg.registry.types import Descriptor
-from runtime.plugins.diff.api import Applier, Stager
+from runtime.plugins.content.api import NamespacedContent
+from runtime.plugins.diff.api import Applier, ApplyResult, StagedLayer, Stager
 from runtime.plugins.images.api import LABEL_GC_REF_SNAPSHOT, LABEL_UNCOMPRESSED, UnpackStatus
 from runtime.plugins.images.fetch import Keep
 from runtime.plugins.images.manifests import ConfigFile, Manifest, chain_ids
 from runtime.plugins.images.progress import Tracker
-from runtime.plugins.snapshots.api import Kind, Mount
+from runtime.plugins.snapshots.api import Kind, Mount, NamespacedSnapshots
 
 __all__ = [
     "SNAPSHOT_REF_LABEL",
@@ -67,6 +68,8 @@ log = logging.getLogger("moorage.images")
 
 SNAPSHOT_REF_LABEL = "containerd.io/snapshot.ref"
 _PREPARE_ATTEMPTS = 3
+
+R = TypeVar("R")
 
 #: Waits until layer ``i``'s blob is in the content store (raises if its fetch failed).
 LayerReady = Callable[[int], Awaitable[None]]
@@ -88,7 +91,7 @@ class LayerStream(Protocol):
         """Release the stream; idempotent."""
         ...
 
-    def __enter__(self) -> Any: ...
+    def __enter__(self) -> LayerStream: ...
 
     def __exit__(self, *exc_info: object) -> None: ...
 
@@ -116,10 +119,11 @@ class Unpacker:
 
     Args:
         namespace: Whose snapshots and content.
-        snapshotter: A namespaced snapshotter (``SnapshotService.get(name)``).
-        diff: The diff service: ``apply(desc, mounts, reader)``, and optionally
-            ``stage(desc, reader, scratch)``, ``graft(staged, mounts)`` and
-            ``discard(staged)`` for side-by-side layers.
+        snapshotter: A namespaced snapshotter (``Snapshots.get(name)``).
+        diff: The diff service: ``apply(desc, mounts, reader)``.
+        stager: The diff service again when it can also stage layers (see
+            :class:`~runtime.plugins.diff.api.Stager`, asked once by the image
+            service), for side-by-side layers; ``None`` applies them one by one.
         content: The content service (for labels and blob readers).
         locks: Keyed locks shared by every operation of the images plugin.
         lease: Lease new snapshots join while the operation runs.
@@ -137,9 +141,10 @@ class Unpacker:
         self,
         *,
         namespace: str,
-        snapshotter: Any,
+        snapshotter: NamespacedSnapshots,
         diff: Applier,
-        content: Any,
+        stager: Stager | None = None,
+        content: NamespacedContent,
         locks: KeyedLocks,
         lease: str | None = None,
         tracker: Tracker | None = None,
@@ -155,8 +160,7 @@ class Unpacker:
         self.locks = locks
         self.lease = lease
         self.tracker = tracker
-        # Asked once: only a differ that can stage applies layers side by side.
-        self.stager: Stager | None = diff if isinstance(diff, Stager) else None
+        self.stager = stager
         self.scratch = scratch if self.stager is not None else None
         self.parallel = parallel or anyio.Semaphore(1)
         self.grafts = grafts if grafts is not None else {}
@@ -170,7 +174,7 @@ class Unpacker:
     @property
     def name(self) -> str:
         """The snapshotter's name."""
-        return str(self.snapshotter.name)
+        return self.snapshotter.name
 
     async def unpack(
         self,
@@ -222,7 +226,7 @@ class Unpacker:
             info = await self.snapshotter.stat(self.namespace, chain_id)
         except NotFound:
             return False
-        return bool(info.kind == Kind.COMMITTED)
+        return info.kind == Kind.COMMITTED
 
     def _status(
         self, layer: Descriptor, status: UnpackStatus, chain_id: str, seconds: float | None = None
@@ -309,11 +313,11 @@ class Unpacker:
         chain: str,
         layer_ready: LayerReady,
         layer_stream: LayerSource,
-    ) -> Any:
+    ) -> StagedLayer:
         scratch = self.scratch
         assert scratch is not None
 
-        async def stage(reader: Callable[[], BinaryIO]) -> Any:
+        async def stage(reader: Callable[[], BinaryIO]) -> StagedLayer:
             return await self._staging().stage(layer, reader, scratch)
 
         staged = await self._read_layer(i, layer, chain, layer_ready, layer_stream, stage)
@@ -332,8 +336,8 @@ class Unpacker:
         chain: str,
         layer_ready: LayerReady,
         layer_stream: LayerSource,
-        work: Callable[[Callable[[], BinaryIO]], Awaitable[Any]],
-    ) -> Any:
+        work: Callable[[Callable[[], BinaryIO]], Awaitable[R]],
+    ) -> R:
         """Run ``work`` (an apply or a stage) on layer ``i``'s bytes; return once it is stored.
 
         A layer still downloading is read as it arrives. Its bytes are verified
@@ -383,7 +387,7 @@ class Unpacker:
         chains: list[str],
         layer_ready: LayerReady,
         layer_stream: LayerSource,
-        staged: Any,
+        staged: StagedLayer | None,
     ) -> bool:
         """Prepare, fill (graft or apply) and commit ``chain``; True if ``staged`` was used."""
         prepared = await self._prepare(chain, chains[i - 1] if i else "")
@@ -401,7 +405,7 @@ class Unpacker:
                 self._time("unpack.graft", time.monotonic() - started)
             if not used:
 
-                async def apply(reader: Callable[[], BinaryIO]) -> Any:
+                async def apply(reader: Callable[[], BinaryIO]) -> ApplyResult:
                     return await self.diff.apply(layer, mounts, reader)
 
                 result = await self._read_layer(i, layer, chain, layer_ready, layer_stream, apply)

@@ -10,9 +10,11 @@ their own transaction.
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import msgspec
 
@@ -25,10 +27,13 @@ __all__ = [
     "RESOURCE_TYPES",
     "Database",
     "Lease",
+    "Leases",
+    "Metadata",
     "Namespace",
     "NamespaceCreate",
     "NamespaceDelete",
     "NamespaceUpdate",
+    "Namespaces",
     "Publish",
     "Resource",
     "Schema",
@@ -176,3 +181,85 @@ def detach_everywhere(conn: sqlite3.Connection, namespace: str, type: str, resou
         "DELETE FROM lease_resources WHERE namespace=? AND type=? AND resource=?",
         (namespace, type, resource),
     )
+
+
+class Namespaces(Protocol):
+    """The namespace records of ``metadata.sqlite``."""
+
+    async def list(self) -> builtins.list[Namespace]:
+        """Every namespace, sorted by name."""
+        ...
+
+    async def get(self, name: str) -> Namespace:
+        """One namespace, or NotFound."""
+        ...
+
+    async def create(self, name: str, labels: Mapping[str, str] | None = None) -> Namespace:
+        """Create a namespace; AlreadyExists if it exists."""
+        ...
+
+    async def update_labels(self, name: str, labels: Mapping[str, str]) -> Namespace:
+        """Set labels; an empty value removes that label."""
+        ...
+
+    async def delete(self, name: str) -> None:
+        """Delete an empty namespace; FailedPrecondition naming what it still holds."""
+        ...
+
+
+class Leases(Protocol):
+    """The leases of ``metadata.sqlite``: what protects an operation's objects from GC."""
+
+    async def create(
+        self,
+        namespace: str,
+        lease_id: str = "",
+        labels: Mapping[str, str] | None = None,
+        expire: timedelta | None = None,
+    ) -> Lease:
+        """Create a lease (id generated when empty); ``expire`` sets the gc.expire label."""
+        ...
+
+    async def get(self, namespace: str, lease_id: str) -> Lease:
+        """One lease, or NotFound."""
+        ...
+
+    async def list(self, namespace: str, filters: builtins.list[str] | None = None
+                   ) -> builtins.list[Lease]:
+        """Leases of the namespace matching any filter."""
+        ...
+
+    async def delete(self, namespace: str, lease_id: str) -> None:
+        """Delete a lease; what it held becomes collectable unless referenced elsewhere."""
+        ...
+
+    async def add_resource(self, namespace: str, lease_id: str, resource: Resource) -> None:
+        """Hold ``resource`` under the lease."""
+        ...
+
+    async def delete_resource(self, namespace: str, lease_id: str, resource: Resource) -> None:
+        """Release ``resource`` from the lease."""
+        ...
+
+    async def resources(self, namespace: str, lease_id: str) -> builtins.list[Resource]:
+        """What the lease holds."""
+        ...
+
+
+class Metadata(Protocol):
+    """What ``metadata.sqlite`` provides: the shared database and its own two stores."""
+
+    @property
+    def db(self) -> Database:
+        """The one SQLite database the stores of other plugins keep their tables in."""
+        ...
+
+    @property
+    def namespaces(self) -> Namespaces:
+        """The namespace records."""
+        ...
+
+    @property
+    def leases(self) -> Leases:
+        """The leases."""
+        ...

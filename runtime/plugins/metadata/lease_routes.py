@@ -12,7 +12,8 @@ from aiohttp import web
 from runtime.api.types import Lease, LeaseCreateRequest, LeaseResource
 from runtime.core.errors import InvalidArgument
 from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, list_route, namespace_of
-from runtime.plugins.metadata.api import Resource
+from runtime.plugins.gc.api import Collections
+from runtime.plugins.metadata.api import Metadata, Resource
 
 __all__ = ["MAX_EXPIRE", "lease_routes"]
 
@@ -24,7 +25,9 @@ def _lease(obj: Any) -> Lease:
     return msgspec.convert(msgspec.to_builtins(obj), Lease)
 
 
-def lease_routes(metadata: Any, gc: Callable[[], Any] | None = None) -> RouteSet:
+def lease_routes(
+    metadata: Metadata, gc: Callable[[], Collections | None] | None = None
+) -> RouteSet:
     """Routes over the metadata plugin's lease store.
 
     ``gc`` returns the ``gc.scheduler`` service, or None when it is not running:

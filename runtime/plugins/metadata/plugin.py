@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
 from runtime.plugins.api.api import optional_service, required_services, route_set
+from runtime.plugins.metadata.api import Metadata
 from runtime.plugins.metadata.db import Database
 from runtime.plugins.metadata.store import MetadataStore
 
@@ -18,7 +19,7 @@ class MetadataConfig(PluginConfig):
     synchronous: str = "FULL"
 
 
-async def init(ctx: InitContext[MetadataConfig]) -> MetadataStore:
+async def init(ctx: InitContext[MetadataConfig]) -> Metadata:
     """Open the database under the plugin's root and migrate it."""
     if ctx.config.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
         raise ValueError(

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from runtime.api.types import Namespace, NamespaceCreateRequest, NamespaceLabelsRequest
 from runtime.plugins.api.api import Route, RouteSet, decode_body
+from runtime.plugins.metadata.api import Metadata
 
 __all__ = ["namespace_routes"]
 
@@ -15,9 +16,9 @@ def _info(ns: Namespace) -> Namespace:
     return msgspec.convert(msgspec.to_builtins(ns), Namespace)
 
 
-def namespace_routes(metadata: object) -> RouteSet:
+def namespace_routes(metadata: Metadata) -> RouteSet:
     """Routes over the metadata plugin's namespace store."""
-    store = metadata.namespaces  # type: ignore[attr-defined]
+    store = metadata.namespaces
 
     async def list_(_: web.Request) -> list[Namespace]:
         return [_info(ns) for ns in await store.list()]

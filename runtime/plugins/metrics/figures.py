@@ -31,7 +31,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import anyio
 from prometheus_client.core import (
@@ -45,6 +45,12 @@ from runtime.core.errors import MoorageError
 from runtime.core.host import PluginSet
 from runtime.plugins.content.api import NamespacedContent
 from runtime.plugins.snapshots.api import SnapshotCounts
+
+if TYPE_CHECKING:
+    from runtime.api.tasks import TaskMetrics
+    from runtime.plugins.metadata.api import Metadata
+    from runtime.plugins.network.api import Network
+    from runtime.plugins.runtime.api import Runtime
 
 __all__ = ["read_all"]
 
@@ -97,7 +103,7 @@ async def event_figures(plugins: PluginSet) -> list[Metric]:
 
 
 async def _namespaces(plugins: PluginSet) -> list[str]:
-    metadata = plugins.services.get("metadata.sqlite")
+    metadata: Metadata | None = plugins.services.get("metadata.sqlite")
     if metadata is None:
         return ["default"]
     return [ns.name for ns in await metadata.namespaces.list()]
@@ -128,19 +134,19 @@ async def task_figures(plugins: PluginSet) -> list[Metric]:
                                    "Processes of the task killed by the OOM killer.",
                                    labels=_TASK_LABELS),
     }
-    runtimes = plugins.by_type("runtime")
+    runtimes: dict[str, Runtime] = plugins.by_type("runtime")
     if not runtimes:
         return []
-    wanted: list[tuple[Any, str, str]] = []
+    wanted: list[tuple[Runtime, str, str]] = []
     for namespace in await _namespaces(plugins):
         for runtime in runtimes.values():
             for task in await runtime.list_tasks(namespace):
                 if str(task.status) in _LIVE:
                     wanted.append((runtime, namespace, task.container_id))
-    found: list[tuple[list[str], Any]] = []
+    found: list[tuple[list[str], TaskMetrics]] = []
     limiter = anyio.CapacityLimiter(_PARALLEL_TASKS)
 
-    async def read(runtime: Any, namespace: str, container_id: str) -> None:
+    async def read(runtime: Runtime, namespace: str, container_id: str) -> None:
         async with limiter:
             try:
                 metrics = await runtime.metrics(namespace, container_id)
@@ -204,8 +210,8 @@ async def snapshot_figures(plugins: PluginSet) -> list[Metric]:
 
 async def network_figures(plugins: PluginSet) -> list[Metric]:
     """Containers attached per network."""
-    network = next(iter(plugins.by_type("network").values()), None)
-    if network is None or not hasattr(network, "attachments"):
+    network: Network | None = next(iter(plugins.by_type("network").values()), None)
+    if network is None:
         return []
     counts: dict[str, int] = {}
     for attachment in await network.attachments():

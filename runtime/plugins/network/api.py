@@ -21,8 +21,9 @@ at the end, as other plugins may import only this module.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Protocol
 
 import msgspec
@@ -166,7 +167,20 @@ class Attachment(msgspec.Struct, kw_only=True):
 
 
 class Network(Protocol):
-    """What a ``network.*`` plugin provides to the runtime."""
+    """What a ``network.*`` plugin provides to the runtime, the CRI and the metrics."""
+
+    @property
+    def conf_dir(self) -> Path:
+        """Where the networks' configuration lists are."""
+        ...
+
+    def networks(self) -> list[str]:
+        """Names of the networks configured (none: the network is not ready)."""
+        ...
+
+    def first_network(self, conf_dir: Path) -> str | None:
+        """The first usable network configuration in ``conf_dir`` (the CRI's), or None."""
+        ...
 
     async def attach(
         self,
@@ -174,11 +188,14 @@ class Network(Protocol):
         container_id: str,
         network: str = BRIDGE,
         ports: Sequence[PortMapping] = (),
+        cni_args: Mapping[str, str] | None = None,
+        conf_dir: Path | None = None,
     ) -> Attachment:
         """Create the container's network namespace and connect it to ``network``.
 
         The attachment is recorded durably before this returns, so a daemon
-        crash cannot leak it.
+        crash cannot leak it. ``cni_args`` reach every CNI plugin as ``CNI_ARGS``;
+        ``conf_dir`` looks ``network`` up in another directory than the plugin's own.
 
         Raises:
             AlreadyExists: The container is already attached.
@@ -193,6 +210,10 @@ class Network(Protocol):
 
     async def get(self, namespace: str, container_id: str) -> Attachment:
         """The container's attachment; NotFound if it has none."""
+        ...
+
+    async def attachments(self) -> list[Attachment]:
+        """Every attachment, sorted by namespace and container id."""
         ...
 
     async def cleanup_stale(self, live: Collection[tuple[str, str]]) -> list[tuple[str, str]]:

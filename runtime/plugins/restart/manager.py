@@ -19,7 +19,7 @@ of the daemon itself to release the moment it starts.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -27,7 +27,7 @@ from anyio.abc import TaskStatus
 
 from runtime.api.tasks import CreateTaskRequest, Status
 from runtime.core.errors import MoorageError, NotFound, Unavailable
-from runtime.core.events import SubscriberOverflow
+from runtime.core.events import Exchange, SubscriberOverflow
 from runtime.plugins.restart.policy import (
     AUTO_REMOVE_LABEL,
     RESTART_COUNT_LABEL,
@@ -54,7 +54,8 @@ class RestartManager:
         max_backoff: The longest delay between restarts.
     """
 
-    def __init__(self, tasks: Tasks, namespaces: Callable[[], Any], events: Any, *,
+    def __init__(self, tasks: Tasks, namespaces: Callable[[], Awaitable[list[str]]],
+                 events: Exchange | None, *,
                  backoff: float = 0.1, max_backoff: float = 10.0,
                  subscribe_delay: float = 10.0) -> None:
         self.tasks = tasks
@@ -70,6 +71,9 @@ class RestartManager:
 
     async def follow(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Act on every init-process exit; runs until cancelled at shutdown."""
+        # Started only when the exchange runs (see the plugin).
+        assert self.events is not None
+        events_exchange = self.events
         task_status.started()
         await self.scan(startup=True)
         await anyio.sleep(self.subscribe_delay)
@@ -77,7 +81,7 @@ class RestartManager:
         async with anyio.create_task_group() as tg:
             while True:
                 try:
-                    subscription = self.events.subscribe('topic=="/tasks/exit"')
+                    subscription = events_exchange.subscribe('topic=="/tasks/exit"')
                 except Unavailable:
                     break  # the exchange is closed: the daemon is stopping
                 try:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
+
+if TYPE_CHECKING:
+    from runtime.plugins.metadata.api import Metadata
+    from runtime.plugins.restart.manager import RestartManager
 
 __all__ = ["RestartConfig", "moorage_plugins"]
 
@@ -29,11 +33,11 @@ class RestartConfig(PluginConfig):
     subscribe_delay: Annotated[float, msgspec.Meta(ge=0)] = 10.0
 
 
-async def init(ctx: InitContext[RestartConfig]) -> Any:
+async def init(ctx: InitContext[RestartConfig]) -> RestartManager:
     """The manager, following exits in the daemon's task group."""
     from runtime.plugins.restart.manager import RestartManager
 
-    metadata = ctx.get("metadata.sqlite")
+    metadata: Metadata = ctx.get("metadata.sqlite")
 
     async def namespaces() -> list[str]:
         return [ns.name for ns in await metadata.namespaces.list()]

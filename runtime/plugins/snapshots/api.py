@@ -28,8 +28,10 @@ Rules every backend obeys (the conformance suite in
 * An unknown key, name or parent raises :class:`~runtime.core.errors.NotFound`;
   an empty key raises :class:`~runtime.core.errors.InvalidArgument`.
 
-Backends are *not namespaced*: they see plain strings. The metadata plugin
-wraps them and maps the user's ``<namespace>``-scoped keys to backend keys.
+Backends are *not namespaced*: they see plain strings. ``service.snapshots``
+wraps each one (:class:`NamespacedSnapshots`, looked up by name through
+:class:`Snapshots`) and maps the user's ``<namespace>``-scoped keys to backend
+keys; other plugins hold that service, never a backend.
 
 Mounts are returned, never performed: the caller (the runtime, the diff
 service, a test) mounts them, typically with
@@ -42,13 +44,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import msgspec
 
 from runtime.api.mounts import Mount
 
-__all__ = ["Info", "Kind", "Mount", "SnapshotCount", "SnapshotCounts", "Snapshotter", "Usage"]
+__all__ = [
+    "Info",
+    "Kind",
+    "LocalSnapshotter",
+    "Mount",
+    "NamespacedSnapshots",
+    "SnapshotCount",
+    "SnapshotCounts",
+    "Snapshots",
+    "Snapshotter",
+    "Usage",
+]
 
 
 class Kind(StrEnum):
@@ -239,4 +253,116 @@ class Snapshotter(Protocol):
 
     async def close(self) -> None:
         """Release resources (database handles). Calling it twice is harmless."""
+        ...
+
+
+@runtime_checkable
+class LocalSnapshotter(Protocol):
+    """The optional ability of a backend to name the directory it keeps snapshots under.
+
+    Backends on local disk have one; a proxy to another process does not. The
+    namespaced snapshotter asks once, when it wraps the backend.
+    """
+
+    @property
+    def root(self) -> Path:
+        """The backend's directory."""
+        ...
+
+
+class NamespacedSnapshots(Protocol):
+    """One snapshotter seen through namespaces: what ``service.snapshots`` hands out.
+
+    The same operations as :class:`Snapshotter`, each taking the namespace first;
+    ``prepare``, ``view`` and ``commit`` also take the lease the new snapshot joins.
+    Keys are the namespace's own; the backend keys behind them never leave the service.
+    """
+
+    @property
+    def name(self) -> str:
+        """The snapshotter's name (``overlayfs``, ``native``...), as records name it."""
+        ...
+
+    @property
+    def backend(self) -> Snapshotter:
+        """The backend, keyed by backend keys (the garbage collector's disk phase uses it)."""
+        ...
+
+    @property
+    def root(self) -> str:
+        """The backend's directory; ``""`` when it has none (a proxy)."""
+        ...
+
+    def in_flight(self, backend_key: str) -> bool:
+        """Whether ``backend_key`` is being made and not yet recorded (never remove it)."""
+        ...
+
+    async def stat(self, ns: str, key: str) -> Info:
+        """The namespace's view of ``key``; NotFound if it has none."""
+        ...
+
+    async def update(self, ns: str, key: str, labels: Mapping[str, str]) -> Info:
+        """Set labels (an empty value removes one)."""
+        ...
+
+    async def usage(self, ns: str, key: str) -> Usage:
+        """Bytes and inodes of ``key`` itself."""
+        ...
+
+    async def mounts(self, ns: str, key: str) -> list[Mount]:
+        """Mounts of an active snapshot or view."""
+        ...
+
+    async def walk(self, ns: str, *filters: str) -> list[Info]:
+        """Snapshots of the namespace matching any filter."""
+        ...
+
+    async def prepare(
+        self,
+        ns: str,
+        key: str,
+        parent: str = "",
+        labels: Mapping[str, str] | None = None,
+        lease: str | None = None,
+    ) -> list[Mount]:
+        """An active snapshot ``key`` on ``parent``; AlreadyExists also when adopted."""
+        ...
+
+    async def view(
+        self,
+        ns: str,
+        key: str,
+        parent: str = "",
+        labels: Mapping[str, str] | None = None,
+        lease: str | None = None,
+    ) -> list[Mount]:
+        """A read-only view ``key`` of ``parent``."""
+        ...
+
+    async def commit(
+        self,
+        ns: str,
+        name: str,
+        key: str,
+        labels: Mapping[str, str] | None = None,
+        lease: str | None = None,
+    ) -> None:
+        """Commit the active snapshot ``key`` as ``name``."""
+        ...
+
+    async def remove(self, ns: str, key: str) -> None:
+        """Remove the namespace's snapshot ``key``."""
+        ...
+
+
+class Snapshots(SnapshotCounts, Protocol):
+    """What ``service.snapshots`` provides: the namespaced snapshotters by name, and counts."""
+
+    @property
+    def snapshotters(self) -> Mapping[str, NamespacedSnapshots]:
+        """Every running snapshotter, by name."""
+        ...
+
+    def get(self, name: str | None = None) -> NamespacedSnapshots:
+        """The snapshotter ``name`` (default: the service's); NotFound if it is not running."""
         ...

@@ -18,6 +18,7 @@ from runtime.api.types import (
 )
 from runtime.core.errors import InvalidArgument
 from runtime.plugins.api.api import Route, RouteSet, decode_body, list_route, namespace_of
+from runtime.plugins.snapshots.api import NamespacedSnapshots, Snapshots
 
 T = TypeVar("T")
 
@@ -28,10 +29,10 @@ def _conv(obj: Any, type_: type[T]) -> T:
     return msgspec.convert(msgspec.to_builtins(obj), type_)
 
 
-def snapshot_routes(service: Any) -> RouteSet:
+def snapshot_routes(service: Snapshots) -> RouteSet:
     """Routes over the snapshot service."""
 
-    def sn(request: web.Request) -> Any:
+    def sn(request: web.Request) -> NamespacedSnapshots:
         return service.get(request.match_info["snapshotter"])
 
     def key(request: web.Request) -> str:

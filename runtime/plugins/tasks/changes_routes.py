@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
 
@@ -25,7 +24,8 @@ from runtime.api.containers import (
 )
 from runtime.core.errors import FailedPrecondition, InvalidArgument
 from runtime.plugins.api.api import Query, Route, RouteSet, namespace_of
-from runtime.plugins.diff.api import Comparer
+from runtime.plugins.diff.api import Applier, Comparer
+from runtime.plugins.snapshots.api import Snapshots
 from runtime.plugins.tasks.archive_routes import send_file
 from runtime.plugins.tasks.service import TaskService
 
@@ -33,7 +33,8 @@ __all__ = ["changes_routes"]
 _COMPRESSIONS = ("gzip", "zstd", "none")
 
 
-def changes_routes(service: TaskService, differ: Any, snapshots: Callable[[], Any]) -> RouteSet:
+def changes_routes(service: TaskService, differ: Applier,
+                   snapshots: Callable[[], Snapshots | None]) -> RouteSet:
     """Routes over the task service's containers, the differ and the snapshot service.
 
     Args:
@@ -41,19 +42,24 @@ def changes_routes(service: TaskService, differ: Any, snapshots: Callable[[], An
         differ: The ``diff.*`` plugin; must be a :class:`Comparer`.
         snapshots: Returns the snapshot service.
     """
+    # Asked once, when the routes are built: only a differ that can compare serves them.
+    comparer = differ if isinstance(differ, Comparer) else None
 
     async def changes(request: web.Request) -> web.StreamResponse:
         ns, container_id = namespace_of(request), request.match_info["id"]
         compression = request.query.get("compression", "gzip")
         if compression not in _COMPRESSIONS:
             raise InvalidArgument(f"compression {compression!r}: use gzip, zstd or none")
-        if not isinstance(differ, Comparer):
+        if comparer is None:
             raise FailedPrecondition("the differ cannot compare snapshots")
         container = await service.containers.get(ns, container_id)
         if not (container.snapshotter and container.snapshot_key):
             raise FailedPrecondition(f"container {container_id!r} has no snapshot (it runs a "
                                      "--rootfs directory): it has no changes to an image")
-        snapshotter = snapshots().get(container.snapshotter)
+        snapshot_service = snapshots()
+        if snapshot_service is None:
+            raise FailedPrecondition("the snapshot service is not running")
+        snapshotter = snapshot_service.get(container.snapshotter)
         key = container.snapshot_key
         upper = await snapshotter.mounts(ns, key)
         parent = (await snapshotter.stat(ns, key)).parent
@@ -62,7 +68,7 @@ def changes_routes(service: TaskService, differ: Any, snapshots: Callable[[], An
         spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
         try:
             try:
-                layer = await differ.compare(lower, upper, spool, compression=compression)
+                layer = await comparer.compare(lower, upper, spool, compression=compression)
             finally:
                 if parent:
                     await snapshotter.remove(ns, view)

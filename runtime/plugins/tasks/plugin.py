@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, Registration
 from runtime.plugins.api.api import optional_service, route_set
 
+if TYPE_CHECKING:
+    from runtime.plugins.snapshots.api import Snapshots
+    from runtime.plugins.tasks.api import Tasks
 
-async def init(ctx: InitContext[Any]) -> Any:
+
+async def init(ctx: InitContext[Any]) -> Tasks:
     """The task service over the container store and every running runtime."""
     from runtime.plugins.tasks.service import TaskService
 
-    def snapshots() -> Any:
+    def snapshots() -> Snapshots | None:
         # Looked up per call: service.snapshots is optional here.
         return ctx.plugins.services.get("service.snapshots")
 

@@ -11,7 +11,6 @@ import contextlib
 import copy
 import signal
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import anyio
 
@@ -26,7 +25,7 @@ from runtime.core.errors import (
 )
 from runtime.plugins.containers.api import ContainerStore
 from runtime.plugins.runtime.api import Runtime, runtime_plugin_id
-from runtime.plugins.snapshots.api import Mount
+from runtime.plugins.snapshots.api import Mount, Snapshots
 
 __all__ = ["TaskService", "parse_signal"]
 
@@ -57,7 +56,7 @@ class TaskService:
     """
 
     def __init__(self, containers: ContainerStore, runtimes: Mapping[str, Runtime],
-                 snapshots: Callable[[], Any] | None = None) -> None:
+                 snapshots: Callable[[], Snapshots | None] | None = None) -> None:
         self.containers = containers
         self.runtimes = dict(runtimes)
         self._snapshots = snapshots or (lambda: None)
@@ -203,7 +202,7 @@ class TaskService:
             await runtime.wait(namespace, container_id)
         return await runtime.delete(namespace, container_id)
 
-    def _snapshot_service(self) -> Any:
+    def _snapshot_service(self) -> Snapshots:
         service = self._snapshots()
         if service is None:
             raise NotFound("the snapshot service is not running")

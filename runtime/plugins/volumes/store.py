@@ -12,13 +12,13 @@ import json
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import anyio
 
 from runtime.core.errors import AlreadyExists, FailedPrecondition, NotFound
 from runtime.core.identifiers import validate_identifier, validate_labels
 from runtime.core.locks import KeyedLocks
+from runtime.plugins.containers.api import ContainerStore
 from runtime.plugins.volumes.api import Volume
 
 __all__ = ["VolumeStore"]
@@ -32,7 +32,7 @@ class VolumeStore:
         containers: The container store (to tell which volumes are in use).
     """
 
-    def __init__(self, root: Path, containers: Any) -> None:
+    def __init__(self, root: Path, containers: ContainerStore) -> None:
         self.root = root
         self.containers = containers
         self._locks = KeyedLocks()

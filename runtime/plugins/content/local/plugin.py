@@ -8,13 +8,16 @@ from typing import Any
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, Registration
 from runtime.plugins.api.api import route_set
+from runtime.plugins.content.api import NamespacedContent
 from runtime.plugins.content.local.service import ContentService
 from runtime.plugins.content.local.store import ContentStore
+from runtime.plugins.metadata.api import Metadata
 
 
-async def init(ctx: InitContext[Any]) -> ContentService:
+async def init(ctx: InitContext[Any]) -> NamespacedContent:
     """Open the store under the plugin root, on top of the metadata database."""
-    return ContentService(ContentStore(ctx.root), ctx.get("metadata.sqlite").db, ctx.publish)
+    metadata: Metadata = ctx.get("metadata.sqlite")
+    return ContentService(ContentStore(ctx.root), metadata.db, ctx.publish)
 
 
 @hookimpl

@@ -22,7 +22,7 @@ import functools
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from datetime import datetime
 
 import anyio
@@ -323,7 +323,7 @@ class ContentService:
 
     async def read(
         self, namespace: str, digest: str, offset: int = 0, size: int | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Stream a blob the namespace can see (checked before the first byte)."""
         await self.info(namespace, digest)
         return self.store.read(digest, offset, size)

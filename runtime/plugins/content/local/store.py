@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import shutil
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import BinaryIO, final
 
@@ -282,7 +282,7 @@ class ContentStore:
 
     async def read(
         self, digest: str, offset: int = 0, size: int | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Yield ``size`` bytes of a blob from ``offset`` in chunks of :data:`READ_CHUNK_SIZE`.
 
         A range running past the end is cut at the end. As with any async

@@ -23,14 +23,16 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import anyio.to_thread
 
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
 from runtime.pkg.mount import mount_all, unmount
-from runtime.plugins.diff.api import ApplyResult, LayerDiff
+from runtime.pkg.registry.types import Descriptor
+from runtime.plugins.diff.api import ApplyResult, LayerDiff, StagingApplier
+from runtime.plugins.diff.api import StagedLayer as Staged
 from runtime.plugins.snapshots.api import Mount
 
 if TYPE_CHECKING:
@@ -46,9 +48,13 @@ class WalkingConfig(PluginConfig):
     max_uncompressed: int = 0
 
 
-def _media_type(desc: Any) -> str:
-    # Registry descriptors spell it as on the wire, other records in snake case.
-    return str(getattr(desc, "mediaType", "") or getattr(desc, "media_type", ""))
+def _own(staged: Staged) -> StagedLayer:
+    """The contract hands back what :meth:`WalkingDiff.stage` made; anything else is a bug."""
+    from runtime.plugins.diff.walking.staging import StagedLayer
+
+    if not isinstance(staged, StagedLayer):
+        raise TypeError(f"not a layer staged by diff.walking: {staged!r}")
+    return staged
 
 
 def _option(mount: Mount, key: str) -> str | None:
@@ -69,7 +75,7 @@ class WalkingDiff:
         self.max_uncompressed = max_uncompressed
 
     async def apply(
-        self, desc: Any, mounts: Sequence[Mount], reader: Callable[[], BinaryIO]
+        self, desc: Descriptor, mounts: Sequence[Mount], reader: Callable[[], BinaryIO]
     ) -> ApplyResult:
         """Apply the layer ``desc`` (read through ``reader()``) onto ``mounts``.
 
@@ -85,7 +91,7 @@ class WalkingDiff:
             NotImplementedYet: A media type this differ does not handle.
             InvalidArgument: A corrupt or hostile layer.
         """
-        return await anyio.to_thread.run_sync(self._apply, _media_type(desc), list(mounts), reader)
+        return await anyio.to_thread.run_sync(self._apply, desc.mediaType, list(mounts), reader)
 
     def _apply(
         self, media_type: str, mounts: list[Mount], reader: Callable[[], BinaryIO]
@@ -101,7 +107,9 @@ class WalkingDiff:
                 max_uncompressed=self.max_uncompressed,
             )
 
-    async def stage(self, desc: Any, reader: Callable[[], BinaryIO], scratch: Path) -> StagedLayer:
+    async def stage(
+        self, desc: Descriptor, reader: Callable[[], BinaryIO], scratch: Path
+    ) -> StagedLayer:
         """Apply a layer into a new directory under ``scratch``, for :meth:`graft` later.
 
         Lets an unpacker apply the layers of an image side by side; see
@@ -114,13 +122,13 @@ class WalkingDiff:
                 return staging.stage(
                     stream,
                     scratch,
-                    media_type=_media_type(desc),
+                    media_type=desc.mediaType,
                     max_uncompressed=self.max_uncompressed,
                 )
 
         return await anyio.to_thread.run_sync(work)
 
-    async def graft(self, staged: StagedLayer, mounts: Sequence[Mount]) -> bool:
+    async def graft(self, staged: Staged, mounts: Sequence[Mount]) -> bool:
         """Move a staged layer into the snapshot of ``mounts`` if it is one overlay mount.
 
         Returns:
@@ -134,13 +142,13 @@ class WalkingDiff:
             return False
         from runtime.plugins.diff.walking import staging
 
-        return await anyio.to_thread.run_sync(staging.graft, staged, Path(upperdir))
+        return await anyio.to_thread.run_sync(staging.graft, _own(staged), Path(upperdir))
 
-    async def discard(self, staged: StagedLayer) -> None:
+    async def discard(self, staged: Staged) -> None:
         """Remove a staged layer that will not be grafted."""
         from runtime.plugins.diff.walking import staging
 
-        await anyio.to_thread.run_sync(staging.discard, staged)
+        await anyio.to_thread.run_sync(staging.discard, _own(staged))
 
     async def compare(self, lower: Sequence[Mount], upper: Sequence[Mount], out: BinaryIO,
                       *, compression: str = "gzip") -> LayerDiff:
@@ -206,7 +214,7 @@ class WalkingDiff:
             os.rmdir(where)
 
 
-async def init(ctx: InitContext[WalkingConfig]) -> WalkingDiff:
+async def init(ctx: InitContext[WalkingConfig]) -> StagingApplier:
     """The differ, with temporary mounts under the plugin's state directory."""
     limit = ctx.config.max_uncompressed or None
     return WalkingDiff(ctx.state / "tmpmounts", limit)

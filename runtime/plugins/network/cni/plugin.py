@@ -18,6 +18,7 @@ from runtime.core.config import AbsolutePath
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, PluginSkipped, Registration
 from runtime.plugins.api.api import route_set
+from runtime.plugins.network.api import Network
 from runtime.plugins.network.cni.conflist import (
     DEFAULT_FILE,
     check_subnet,
@@ -69,7 +70,7 @@ class CniConfig(PluginConfig):
         parse_subnet(self.subnet)
 
 
-async def init(ctx: InitContext[CniConfig]) -> CniNetwork:
+async def init(ctx: InitContext[CniConfig]) -> Network:
     """Find the plugins, write the default network, clean up after a crash."""
     config = ctx.config
     if os.geteuid() != 0:

@@ -18,6 +18,7 @@ import msgspec
 from runtime.core.config import AbsolutePath, Program
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, PluginSkipped, Registration
+from runtime.plugins.runtime.api import Runtime
 from runtime.plugins.runtime.runc.oci import OciRuntime
 from runtime.plugins.runtime.runc.recovery import recover
 from runtime.plugins.runtime.runc.service import RuncRuntime
@@ -59,7 +60,7 @@ def _which(name: str, what: str) -> str:
 
 
 def _init_for(default_binary: str) -> Callable[[InitContext[RuntimeConfig]], Awaitable[Any]]:
-    async def init(ctx: InitContext[RuntimeConfig]) -> RuncRuntime:
+    async def init(ctx: InitContext[RuntimeConfig]) -> Runtime:
         config = ctx.config
         binary = _which(config.binary or default_binary, "OCI runtime")
         conmon = _which(config.conmon, "monitor")

@@ -47,7 +47,7 @@ from runtime.core.errors import (
 )
 from runtime.core.faults import fault_point
 from runtime.core.identifiers import validate_identifier, validate_namespace
-from runtime.plugins.network.api import setup_task_network, teardown_task_network
+from runtime.plugins.network.api import Network, setup_task_network, teardown_task_network
 from runtime.plugins.runtime.runc.attach import AttachConnection, connect_attach
 from runtime.plugins.runtime.runc.bundle import (
     exec_process_spec,
@@ -88,7 +88,8 @@ class RuncRuntime(DirectExecs):
 
     def __init__(self, *, name: str, oci: OciRuntime, runtime_path: str, conmon: str,
                  root: Path, state: Path, publish: Publish, supervisor: Supervisor,
-                 timeout: float = 60.0, network: Callable[[], Any] | None = None) -> None:
+                 timeout: float = 60.0,
+                 network: Callable[[], Network | None] | None = None) -> None:
         super().__init__(name, oci, root, state)
         self.network = network or (lambda: None)
         self.runtime_path = runtime_path

@@ -8,6 +8,7 @@ from pathlib import Path
 from runtime.core.config import AbsolutePath
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, Registration
+from runtime.plugins.snapshots.api import Snapshotter
 from runtime.plugins.snapshots.native.snapshotter import NativeSnapshotter
 
 
@@ -20,7 +21,7 @@ class NativeConfig(PluginConfig):
     sync_remove: bool = True
 
 
-async def init(ctx: InitContext[NativeConfig]) -> NativeSnapshotter:
+async def init(ctx: InitContext[NativeConfig]) -> Snapshotter:
     """Build the snapshotter; it works on any filesystem, so it never skips."""
     root = Path(ctx.config.root_path) if ctx.config.root_path else ctx.root
     return NativeSnapshotter(root, sync_remove=ctx.config.sync_remove)

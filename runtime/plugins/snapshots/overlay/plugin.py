@@ -13,6 +13,7 @@ from runtime.core.config import AbsolutePath
 from runtime.core.errors import NotImplementedYet
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, PluginSkipped, Registration
+from runtime.plugins.snapshots.api import Snapshotter
 from runtime.plugins.snapshots.overlay.snapshotter import OverlaySnapshotter, check_supported
 
 
@@ -68,7 +69,7 @@ def check_supported_once(root: Path) -> None:
     tmp.replace(cache)
 
 
-async def init(ctx: InitContext[OverlayConfig]) -> OverlaySnapshotter:
+async def init(ctx: InitContext[OverlayConfig]) -> Snapshotter:
     """Check that overlay works on the root, then build the snapshotter.
 
     Raises:

@@ -9,8 +9,8 @@ from runtime.core.errors import NotFound
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, Registration
 from runtime.plugins.api.api import route_set
-from runtime.plugins.metadata.api import Database
-from runtime.plugins.snapshots.api import SnapshotCount
+from runtime.plugins.metadata.api import Database, Metadata
+from runtime.plugins.snapshots.api import SnapshotCount, Snapshots, Snapshotter
 from runtime.plugins.snapshots.service.namespaced import NamespacedSnapshotter
 from runtime.plugins.snapshots.service.tables import count_snapshots
 
@@ -43,16 +43,17 @@ class SnapshotService:
         return await self.db.read(count_snapshots)
 
 
-async def init(ctx: InitContext[Any]) -> SnapshotService:
+async def init(ctx: InitContext[Any]) -> Snapshots:
     """Wrap every running snapshotter."""
-    db = ctx.get("metadata.sqlite").db
-    backends = ctx.get_by_type("snapshotter")
-    wrapped = {n: NamespacedSnapshotter(n, b, db, ctx.publish) for n, b in backends.items()}
+    metadata: Metadata = ctx.get("metadata.sqlite")
+    backends: dict[str, Snapshotter] = ctx.get_by_type("snapshotter")
+    wrapped = {n: NamespacedSnapshotter(n, b, metadata.db, ctx.publish)
+               for n, b in backends.items()}
     for snapshotter in wrapped.values():
         # Before anyone is served: records a crash left without backend snapshots.
         await snapshotter.recover()
     default = "overlayfs" if "overlayfs" in wrapped else sorted(wrapped)[0]
-    return SnapshotService(wrapped, default, db)
+    return SnapshotService(wrapped, default, metadata.db)
 
 
 @hookimpl

@@ -14,7 +14,6 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from typing import Any
 
 import msgspec
 
@@ -22,8 +21,15 @@ from runtime.core.errors import InvalidArgument, NotFound
 from runtime.core.filters import adapt, parse
 from runtime.core.identifiers import validate_labels, validate_namespace
 from runtime.core.locks import KeyedLocks
-from runtime.plugins.metadata.api import Database, detach_everywhere, now
-from runtime.plugins.snapshots.api import Info, Kind, Mount, Snapshotter, Usage
+from runtime.plugins.metadata.api import Database, Publish, detach_everywhere, now
+from runtime.plugins.snapshots.api import (
+    Info,
+    Kind,
+    LocalSnapshotter,
+    Mount,
+    Snapshotter,
+    Usage,
+)
 from runtime.plugins.snapshots.service.tables import SNAPSHOTS, SnapshotSource
 
 __all__ = ["COMMIT_LABEL", "SNAPSHOT_REF_LABEL", "SnapshotRecords"]
@@ -67,11 +73,13 @@ class SnapshotRecords:
     rules that keep records and backend consistent.
     """
 
-    def __init__(self, name: str, backend: Snapshotter, db: Database, publish: Any) -> None:
+    def __init__(self, name: str, backend: Snapshotter, db: Database, publish: Publish) -> None:
         # One table for every snapshotter: the first to start registers it.
         db.register(SNAPSHOTS, SnapshotSource())
         self.name = name
         self.backend = backend
+        # Asked once: only a backend on local disk has a directory to name.
+        self.root = str(backend.root) if isinstance(backend, LocalSnapshotter) else ""
         self.db = db
         self.publish = publish
         # Backend keys made but not yet recorded (or undone); see the module docstring.
