@@ -15,6 +15,7 @@ import pytest
 from tests.fixtures.images import busybox_image
 from tests.fixtures.network import lease_network, remove_network
 from tests.fixtures.registry import Registry
+from tests.fixtures.system import unavailable
 from tests.plugins.runtime.helpers import RuntimeDaemon, moorage, wait_until
 
 pytest_plugins = ["tests.plugins.runtime.runtime_fixtures"]
@@ -68,7 +69,7 @@ class TestNamesAndTerminal:
     def test_init_runs_the_command_under_catatonit_as_pid_1(self, rd: RuntimeDaemon,
                                                             rootfs: Path) -> None:
         if not os.path.isfile("/usr/bin/catatonit"):
-            pytest.skip("catatonit not installed (apt-get install catatonit)")
+            unavailable("catatonit not installed (apt-get install catatonit)")
         out = run(rd, rootfs, "--init", script="tr '\\0' ' ' < /proc/1/cmdline; echo; echo $$")
         first, pid = out.splitlines()
         assert first.startswith("/sbin/moorage-init -- sh -c")
