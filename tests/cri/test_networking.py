@@ -48,6 +48,18 @@ def test_the_pod_hostname_is_set_and_in_etc_hosts(cri: Any, cri_image: str) -> N
     assert b"HOSTNAME=web-0" in cri.exec(container_id, "env").stdout
 
 
+def test_a_pod_without_a_hostname_has_the_nodes(cri: Any, cri_image: str) -> None:
+    # As containerd's CRI: an empty PodSandboxConfig.hostname means the node's hostname
+    # (in the UTS namespace, /etc/hostname and HOSTNAME), not the pod's name.
+    pod = cri.run_pod(cri.pod_config("named-pod"))
+    _, container_id = cri.run_container(cri_image, pod=pod)
+    node = socket.gethostname()
+    assert cri.exec(container_id, "hostname").stdout.decode() == f"{node}\n"
+    assert cri.exec(container_id, "cat", "/etc/hostname").stdout.decode() == f"{node}\n"
+    assert f"HOSTNAME={node}\n" in cri.exec(container_id, "env").stdout.decode()
+    assert node in cri.exec(container_id, "cat", "/etc/hosts").stdout.decode()
+
+
 def test_the_pod_ip_is_reachable_from_the_host(cri: Any, cri_image: str) -> None:
     sandbox_id, _ = cri.run_container(cri_image, HTTPD)
     ip = cri.runtime.PodSandboxStatus(

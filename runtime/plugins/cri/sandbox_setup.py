@@ -47,8 +47,7 @@ def write_files(record: SandboxRecord, config: pb.PodSandboxConfig,
     base = Path(record.dir)
     base.mkdir(parents=True, exist_ok=True, mode=0o711)
     host_net = attachment is None
-    hostname = (os.uname().nodename if host_net
-                else (config.hostname or config.metadata.name)[:63])
+    hostname = specs.pod_hostname(config)
     (base / "hostname").write_text(hostname + "\n")
     (base / "hosts").write_text(etc_hosts(hostname, attachment, host=host_net))
     dns = config.dns_config

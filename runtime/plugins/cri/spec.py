@@ -27,6 +27,7 @@ __all__ = [
     "SandboxFiles",
     "container_spec",
     "parse_capability",
+    "pod_hostname",
     "sandbox_spec",
 ]
 
@@ -52,6 +53,17 @@ class SandboxFiles:
     hosts: Path
     resolv_conf: Path
     shm: Path
+
+
+def pod_hostname(config: pb.PodSandboxConfig) -> str:
+    """The pod's hostname: the config's, else the node's, as containerd's CRI does.
+
+    A host-network pod shares the host's UTS namespace, so it has the node's name
+    whatever the config says.
+    """
+    if config.linux.security_context.namespace_options.network == pb.NODE:
+        return os.uname().nodename
+    return config.hostname or os.uname().nodename
 
 
 def _namespaces(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -101,15 +113,13 @@ def sandbox_spec(namespace: str, sandbox_id: str, config: pb.PodSandboxConfig, *
     modes = sec.namespace_options
     host_net = modes.network == pb.NODE
     spec = generate_spec(namespace, sandbox_id, ImageConfig(entrypoint=[INFRA_BINARY, "-P"]),
-                         SpecOptions(hostname=config.hostname or ""))
+                         SpecOptions(hostname=pod_hostname(config)))
     _set_cgroup(spec, cgroups_path, config)
     spec["root"] = {"path": str(rootfs), "readonly": True}
     _set_namespace(spec, "network", netns, not host_net)
     _set_namespace(spec, "uts", None, not host_net)
     if host_net:
         spec.pop("hostname", None)
-    elif not config.hostname:
-        spec["hostname"] = config.metadata.name[:63] or sandbox_id[:63]
     _set_namespace(spec, "pid", None, modes.pid != pb.NODE)
     _set_namespace(spec, "ipc", None, modes.ipc != pb.NODE)
     _apply_sysctls(spec, dict(config.linux.sysctls), host_net=host_net,
@@ -254,9 +264,8 @@ def container_spec(
         _set_namespace(spec, "pid", f"{proc}/pid", True)
     # The UTS namespace is the pod's: its hostname is set there, not here.
     spec.pop("hostname", None)
-    hostname = sandbox.hostname or sandbox.metadata.name
-    if hostname and not any(e.startswith("HOSTNAME=") for e in process["env"]):
-        process["env"].append(f"HOSTNAME={hostname if not host_net else os.uname().nodename}")
+    if not any(e.startswith("HOSTNAME=") for e in process["env"]):
+        process["env"].append(f"HOSTNAME={pod_hostname(sandbox)}")
     mounts: list[dict[str, Any]] = spec["mounts"]
     user_mounts = sorted((_user_mount(m) for m in config.mounts),
                          key=lambda m: len(Path(m["destination"]).parts))
