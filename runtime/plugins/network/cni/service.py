@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +58,7 @@ from runtime.plugins.network.cni.conflist import (
     list_conflists,
 )
 from runtime.plugins.network.cni.invoke import CniPluginError, Invocation, invoke, version_tuple
+from runtime.plugins.network.cni.leftover_rules import remove_leftover_rules
 from runtime.plugins.network.cni.records import AttachmentRecord, attachment_of, write_durably
 
 __all__ = ["CniNetwork"]
@@ -257,6 +259,9 @@ class CniNetwork:
         for plugin in conf.plugins:
             config = _plugin_config(conf, plugin, prev, record.ports)
             prev = await invoke("ADD", config, call) or prev
+            # Crash tests: this plugin's ADD is done (network.attach.after-bridge,
+            # -after-portmap, ...), the record holds no result yet.
+            fault_point(f"network.attach.after-{plugin.get('type')}")
         record.result = prev
 
     def _create_netns(self, path: Path) -> None:
@@ -304,6 +309,9 @@ class CniNetwork:
         errors: list[MoorageError] = []
         conf = (ConfList.from_json(record.conflist, f"attachment {record.cni_id}")
                 if record.conflist else None)
+        # Unpinned (removed by hand, or a DEL retried after a failed one): see below.
+        netns_gone = conf is not None and not await anyio.to_thread.run_sync(
+            os.path.ismount, record.netns)
         if conf is not None:
             call = self._call(record, IFNAME)
             cached = record.result if version_tuple(conf.cni_version) >= _DEL_PREV_RESULT \
@@ -317,6 +325,14 @@ class CniNetwork:
                         errors.append(exc)
                 except MoorageError as exc:
                     errors.append(exc)
+            if netns_gone and not errors:
+                # Without the namespace the bridge plugin cannot find what it masqueraded.
+                removed = await anyio.to_thread.run_sync(
+                    remove_leftover_rules, conf.name, record.cni_id)
+                if removed:
+                    log.info("network namespace of %s was gone: removed %d iptables rules "
+                             "and chains its DEL left", record.container_id, len(removed),
+                             extra={"namespace": record.namespace})
         # lo needs no DEL: it goes with the namespace.
         try:
             await anyio.to_thread.run_sync(netns.remove, Path(record.netns))
