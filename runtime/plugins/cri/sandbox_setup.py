@@ -31,6 +31,10 @@ def port_mappings(config: pb.PodSandboxConfig) -> list[PortMapping]:
             continue  # declared, not published
         if pm.protocol == pb.SCTP:
             raise InvalidArgument("SCTP port mappings are not supported")
+        # Checked here: portmap would fail late, in iptables, after the address was taken.
+        if not (0 < pm.host_port <= 65535 and 0 < pm.container_port <= 65535):
+            raise InvalidArgument(f"port mapping {pm.host_port}:{pm.container_port}: ports "
+                                  "are 1 to 65535")
         try:
             ports.append(PortMapping(host_port=pm.host_port, container_port=pm.container_port,
                                      protocol="udp" if pm.protocol == pb.UDP else "tcp",
