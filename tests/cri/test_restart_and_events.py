@@ -1,13 +1,23 @@
-"""Pods survive a daemon restart; GetContainerEvents streams container lifecycle events."""
+"""Pods survive a daemon restart; GetContainerEvents streams container lifecycle events.
+
+Across a restart, running pods stay listed and ready, their containers running (exec
+works), their names reserved, their host ports published and their logs written.
+"""
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
+import urllib.request
+from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from tests.cri.conftest import wait_for_socket
+from tests.fixtures.network import iptables_leftovers
 
 pytestmark = pytest.mark.root
 
@@ -31,6 +41,60 @@ def test_running_pods_keep_running_across_a_daemon_restart(cri: Any, cri_daemon:
     assert status.network.ip
 
 
+def test_after_a_restart_names_stay_reserved_host_ports_answer_and_logs_flow(
+        cri: Any, cri_daemon: Any, cri_image: str) -> None:
+    pb = cri.pb
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        host_port = probe.getsockname()[1]
+    config = cri.pod_config()
+    config.port_mappings.add(protocol=pb.TCP, container_port=80, host_port=host_port)
+    network = cri_daemon.network
+    rules_before = set(iptables_leftovers(network.name, network.subnet, check=True))
+    pod = cri.run_pod(config)
+    container = cri.container_config(cri_image, [
+        "sh", "-c", "mkdir -p /www && echo web > /www/index.html && httpd -p 80 -h /www && "
+                    "while true; do echo tick; sleep 0.2; done"], name="web")
+    cri.pull(cri_image)
+    container_id = cri.create_container(pod[0], config, container)
+    cri.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id))
+    log = Path(cri.runtime.ContainerStatus(pb.ContainerStatusRequest(
+        container_id=container_id)).status.log_path)
+
+    cri_daemon.stop()
+    cri_daemon.cri_socket.unlink(missing_ok=True)
+    cri_daemon.start()
+    wait_for_socket(cri_daemon)
+
+    for again in (lambda: cri.run_pod(config),
+                  lambda: cri.create_container(pod[0], config, container)):
+        with pytest.raises(grpc.RpcError) as taken:
+            again()
+        assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert _get(f"http://127.0.0.1:{host_port}/") == "web\n"
+    size = log.stat().st_size
+    deadline = time.monotonic() + 10
+    while log.stat().st_size == size and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert log.stat().st_size > size  # conmon kept the log while the daemon was away
+    cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod[0]))
+    cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod[0]))
+    assert set(iptables_leftovers(network.name, network.subnet, check=True)) == rules_before
+    cri.run_pod(config)  # the name was released with the pod
+
+
+def _get(url: str, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return str(response.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def test_get_container_events_reports_created_started_stopped_deleted_not_execs(cri: Any,
                                                                       cri_image: str) -> None:
     pb = cri.pb
@@ -50,7 +114,6 @@ def test_get_container_events_reports_created_started_stopped_deleted_not_execs(
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    import time
     time.sleep(0.5)  # let the subscription start
     sandbox_id, container_id = cri.run_container(cri_image)
     # An exec's exit and delete are not the container's.
