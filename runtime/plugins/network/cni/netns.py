@@ -15,16 +15,18 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import json
 import os
 import socket
 import struct
+import subprocess
 import threading
 from collections.abc import Collection
 from pathlib import Path
 
 from runtime.pkg.mount import MS_BIND, unmount
 
-__all__ = ["create", "in_use", "loopback_up", "remove"]
+__all__ = ["addresses", "create", "in_use", "loopback_up", "remove"]
 
 CLONE_NEWNET = 0x40000000
 # <linux/sockios.h>, <net/if.h>
@@ -135,3 +137,22 @@ def in_use(paths: Collection[Path]) -> set[Path]:
         if inode in by_inode:
             found.add(by_inode[inode])
     return found
+
+
+def addresses(path: Path, ifname: str) -> list[str]:
+    """The global addresses of ``ifname`` in the namespace pinned on ``path``, as CIDRs.
+
+    Empty when the namespace or the interface is not there. Runs ``ip`` in the
+    namespace (``nsenter``): for the rare DEL that has no ADD result to go by.
+    """
+    listed = subprocess.run(["nsenter", f"--net={path}", "ip", "-j", "address", "show",
+                             "dev", ifname], capture_output=True, text=True, check=False)
+    if listed.returncode != 0:
+        return []
+    try:
+        links = json.loads(listed.stdout)
+    except ValueError:
+        return []
+    return [f"{a['local']}/{a['prefixlen']}" for link in links if isinstance(link, dict)
+            for a in link.get("addr_info", [])
+            if a.get("family") in ("inet", "inet6") and a.get("scope") == "global"]

@@ -259,10 +259,11 @@ class CniNetwork:
         for plugin in conf.plugins:
             config = _plugin_config(conf, plugin, prev, record.ports)
             prev = await invoke("ADD", config, call) or prev
+            # In memory: the DEL undoing a later plugin's failure gets it.
+            record.result = prev
             # Crash tests: this plugin's ADD is done (network.attach.after-bridge,
-            # -after-portmap, ...), the record holds no result yet.
+            # -after-portmap, ...), the record on disk holds no result yet.
             fault_point(f"network.attach.after-{plugin.get('type')}")
-        record.result = prev
 
     def _create_netns(self, path: Path) -> None:
         if path.exists():
@@ -314,8 +315,11 @@ class CniNetwork:
             os.path.ismount, record.netns)
         if conf is not None:
             call = self._call(record, IFNAME)
-            cached = record.result if version_tuple(conf.cni_version) >= _DEL_PREV_RESULT \
-                else None
+            with_result = version_tuple(conf.cni_version) >= _DEL_PREV_RESULT
+            cached = record.result if with_result else None
+            if with_result and cached is None and not netns_gone:
+                cached = await anyio.to_thread.run_sync(
+                    _result_from_interface, conf.cni_version, record.netns)
             for plugin in reversed(conf.plugins):
                 config = _plugin_config(conf, plugin, cached, record.ports)
                 try:
@@ -405,6 +409,24 @@ class CniNetwork:
         for path in orphans:
             if path not in used:
                 netns.remove(path)
+
+
+def _result_from_interface(cni_version: str, netns_path: str) -> dict[str, Any] | None:
+    """An ADD result rebuilt from the container's interface, when none was recorded.
+
+    The daemon died during ADD, before it recorded the result: plugins that find
+    what to undo by address in ``prevResult`` (``firewall``) would undo nothing.
+    The interface is still in the pinned namespace, with its addresses.
+    """
+    found = netns.addresses(Path(netns_path), IFNAME)
+    if not found:
+        return None
+    ips: list[dict[str, Any]] = [{"address": address, "interface": 0} for address in found]
+    if version_tuple(cni_version) < (1, 0, 0):
+        for ip in ips:
+            ip["version"] = "6" if ":" in ip["address"] else "4"
+    return {"cniVersion": cni_version, "interfaces": [{"name": IFNAME, "sandbox": netns_path}],
+            "ips": ips}
 
 
 def _plugin_config(conf: ConfList, plugin: dict[str, Any], prev: dict[str, Any] | None,
