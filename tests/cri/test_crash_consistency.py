@@ -5,12 +5,16 @@ SIGKILL), restarts the daemon and checks, before any cleanup call:
 
 * nothing is left that no listed pod or container owns: no network namespace
   under ``network.cni``'s netns dir, no veth on the pod bridge, no address in
-  the CNI IPAM dir, no mount under the daemon's root or state, no cgroup under
-  ``<cgroup parent>/k8s.io`` or the pods' own cgroup parents (``.../kubepods/pod<case>``);
+  the CNI IPAM dir, no iptables rule or chain of the daemon's network (ipMasq's
+  ``CNI-<hash>``, portmap's ``CNI-DN-<hash>`` and its ``CNI-HOSTPORT-*`` jumps, the
+  firewall's ``CNI-FORWARD`` rules), no mount under the daemon's root or state, no
+  cgroup under ``<cgroup parent>/k8s.io`` or the pods' own cgroup parents
+  (``.../kubepods/pod<case>``);
 * the half-made pod or container is gone, or listed in a state the kubelet can
   stop and remove, and StopPodSandbox + RemovePodSandbox then leave exactly
   what was there before the request;
-* the request, repeated with the same metadata, succeeds (its name was released).
+* the request, repeated with the same metadata, succeeds (its name was released);
+  a pod with a host port gets it again: the port answers on 127.0.0.1 from the new pod.
 
 A running pod (the sentinel) must keep running, with the same pid, through every
 crash. The cases share one daemon root (:class:`~tests.reliability.crash.CrashRig`),
@@ -20,7 +24,12 @@ so each one also starts on what the earlier crashes left.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
+import re
+import socket
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +41,7 @@ import pytest
 from runtime.core.errors import MoorageError
 from tests.cri.conftest import CRI_NAMESPACE, CriClient, cri_config, wait_for_socket
 from tests.fixtures.daemon import CGROUP_ROOT
+from tests.fixtures.network import iptables_leftovers
 from tests.fixtures.system import require_binary, require_root
 from tests.reliability.crash import Case, CrashRig, Ctx, Scenario, cases
 from tests.reliability.store_check import mounts_under
@@ -64,6 +74,17 @@ SANDBOX_POINTS = (
     "task.start.after-runtime",
     "cri.sandbox.after-infra-start",
 )
+#: RunPodSandbox of a pod with a host port, killed around CNI ADD: before any plugin,
+#: after each plugin of the default network (bridge, portmap, firewall) with no result
+#: recorded yet, after ADD, and once the pod runs with its port published.
+PORT_POINTS = (
+    "network.attach.after-netns",
+    "network.attach.after-bridge",
+    "network.attach.after-portmap",
+    "network.attach.after-firewall",
+    "cri.sandbox.after-cni-add",
+    "cri.sandbox.after-infra-start",
+)
 CONTAINER_POINTS = (
     "cri.container.after-record",
     "cri.container.after-snapshot",
@@ -76,6 +97,13 @@ KUBEPODS = "kubepods"
 #: What RunPodSandbox passes (CreateContainer passes cri.container.* and task.create.*).
 RUN_POD_TOUCHES = ("cri.sandbox", "network.attach", "task.create", "task.start")
 CREATE_TOUCHES = ("cri.container", "task.create")
+#: The ports scenario's verify runs a pod and a web server in it.
+PORTS_VERIFY_TOUCHES = (*RUN_POD_TOUCHES, "cri.container")
+#: What the web server of the ports scenario serves: the case's tag.
+HTTPD = ["sh", "-c", "mkdir -p /www && echo \"$TAG\" > /www/index.html && "
+                     "exec httpd -f -p 80 -h /www"]
+#: The longest iptables chain name; the plugins cut ``CNI-[DN-]<sha512 hex>`` to it.
+CHAIN_LENGTH = 28
 
 
 class CriCrashRig(CrashRig):
@@ -106,11 +134,13 @@ class Footprint:
     ips: frozenset[str]
     mounts: frozenset[str]
     cgroups: frozenset[str]
+    #: iptables rules and per-pod chains of the daemon's network (``table: rule``).
+    rules: frozenset[str]
 
     def minus(self, other: Footprint) -> dict[str, set[str]]:
         """What this footprint has that ``other`` has not, by kind (empty kinds left out)."""
         diff = {name: set(getattr(self, name)) - set(getattr(other, name))
-                for name in ("netns", "veths", "ips", "mounts", "cgroups")}
+                for name in ("netns", "veths", "ips", "mounts", "cgroups", "rules")}
         return {k: v for k, v in diff.items() if v}
 
 
@@ -120,9 +150,13 @@ def footprint(rig: CrashRig) -> Footprint:
     netns_dir = daemon.state / "network.cni" / "netns"
     netns = frozenset(p.name for p in netns_dir.iterdir()) if netns_dir.is_dir() else frozenset()
     veths: frozenset[str] = frozenset()
+    rules: frozenset[str] = frozenset()
     if daemon.network is not None:
         ports = Path("/sys/class/net", daemon.network.bridge, "brif")
         veths = frozenset(p.name for p in ports.iterdir()) if ports.is_dir() else frozenset()
+        # The daemon's own network name and subnet: other daemons' pods are not in it.
+        rules = frozenset(iptables_leftovers(daemon.network.name, daemon.network.subnet,
+                                             check=True))
     ips = set()
     for path in daemon.root.glob("network.cni/ipam/*/*"):
         with contextlib.suppress(ValueError):
@@ -137,11 +171,27 @@ def footprint(rig: CrashRig) -> Footprint:
         cgroups |= {d.name for d in CGROUP_ROOT.glob(f"{pods}/*") if d.is_dir()}
     return Footprint(netns=netns, veths=veths, ips=frozenset(ips),
                      mounts=frozenset(mounts_under(daemon.root, daemon.state)),
-                     cgroups=frozenset(cgroups))
+                     cgroups=frozenset(cgroups), rules=rules)
 
 
 def _owned_by(item: str, ids: set[str]) -> bool:
     return any(id_ in item for id_ in ids)
+
+
+def _pod_chains(rig: CrashRig, sandbox_id: str) -> set[str]:
+    """The per-pod chains the CNI plugins name after the network and the CNI container id."""
+    assert rig.daemon.network is not None
+    cni_id = f"{CRI_NAMESPACE}--{sandbox_id}"
+    digest = hashlib.sha512((rig.daemon.network.name + cni_id).encode()).hexdigest()
+    return {(prefix + digest)[:CHAIN_LENGTH] for prefix in ("CNI-", "CNI-DN-")}
+
+
+def _rule_owned_by(rule: str, sandbox_ids: set[str], ips: set[str], chains: set[str]) -> bool:
+    """Whether an iptables rule is one of these pods': it names one, its address or chain."""
+    if any(id_ in rule for id_ in sandbox_ids):  # the plugins' comments: id "k8s.io--<id>"
+        return True
+    words = set(re.split(r"[\s/:\"]+", rule))
+    return bool(words & (ips | chains))
 
 
 def _call_and_die(call: Any) -> None:
@@ -179,8 +229,11 @@ def _check_after_restart(ctx: Ctx) -> None:
             pod_sandbox_id=p)).status.network.ip for p in new_pods}
         leaked = footprint(rig).minus(before)
         orphans = {kind: {i for i in items if not _owned_by(i, owners)}
-                   for kind, items in leaked.items() if kind not in ("veths", "ips")}
+                   for kind, items in leaked.items() if kind not in ("veths", "ips", "rules")}
         orphans["ips"] = set(leaked.get("ips", set())) - pod_ips
+        chains = set().union(*(_pod_chains(rig, p) for p in new_pods))
+        orphans["rules"] = {r for r in leaked.get("rules", set())
+                            if not _rule_owned_by(r, new_pods, pod_ips - {""}, chains)}
         assert not any(orphans.values()), f"leaked after a kill at {ctx.point}: {orphans}"
         assert len(leaked.get("veths", ())) <= len(pod_ips - {""}), \
             f"veths leaked after a kill at {ctx.point}: {leaked['veths']}"
@@ -241,6 +294,67 @@ def run_pod_verify(ctx: Ctx) -> None:
         cri.close()
 
 
+# -- RunPodSandbox with a host port -------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _ports_pod_config(cri: CriClient, ctx: Ctx) -> Any:
+    config = _pod_config(cri, ctx)
+    config.port_mappings.add(protocol=cri.pb.TCP, container_port=80,
+                             host_port=ctx.data["port"])
+    return config
+
+
+def _get(url: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return str(response.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def ports_trigger(ctx: Ctx) -> None:
+    cri = ctx.rig.cri()  # type: ignore[attr-defined]
+    try:
+        _baseline(ctx, cri)
+        # portmap binds nothing: a port free now is one no pod of any daemon publishes.
+        ctx.data["port"] = _free_port()
+        config = _ports_pod_config(cri, ctx)
+        _call_and_die(lambda: cri.run_pod(config))
+    finally:
+        cri.close()
+
+
+def ports_verify(ctx: Ctx) -> None:
+    """No rule of the killed pod is left, and its host port reaches the next pod."""
+    _check_after_restart(ctx)
+    cri = ctx.rig.cri()  # type: ignore[attr-defined]
+    pb = cri.pb
+    try:
+        config = _ports_pod_config(cri, ctx)
+        sandbox_id, _ = cri.run_pod(config)  # the same name and port: both released
+        container_id = cri.create_container(sandbox_id, config, cri.container_config(
+            ctx.rig.registry, HTTPD, name=f"web-{ctx.tag}",
+            envs=[pb.KeyValue(key="TAG", value=ctx.tag.encode())]))
+        cri.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id))
+        # A rule of the killed pod left in CNI-HOSTPORT-DNAT would send this elsewhere.
+        assert _get(f"http://127.0.0.1:{ctx.data['port']}/") == f"{ctx.tag}\n"
+        cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+        cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+        assert footprint(ctx.rig) == ctx.data["footprint"]
+    finally:
+        cri.close()
+
+
 # -- CreateContainer -----------------------------------------------------------------
 
 
@@ -292,6 +406,8 @@ def create_verify(ctx: Ctx) -> None:
 SCENARIOS = [
     Scenario("run-pod", SANDBOX_POINTS, run_pod_trigger, run_pod_verify,
              verify_touches=RUN_POD_TOUCHES),
+    Scenario("run-pod-host-port", PORT_POINTS, ports_trigger, ports_verify,
+             verify_touches=PORTS_VERIFY_TOUCHES),
     Scenario("create-container", CONTAINER_POINTS, create_trigger, create_verify,
              setup=create_setup, setup_touches=RUN_POD_TOUCHES,
              verify_touches=(*CREATE_TOUCHES, "task.start")),
@@ -336,6 +452,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory, cri_image: str) -> Iterator[Cr
 def test_every_risky_step_has_a_case() -> None:
     """Both requests are killed after each step that makes something on the host."""
     assert {c.point for c in CASES if c.scenario.name == "run-pod"} == set(SANDBOX_POINTS)
+    assert {c.point for c in CASES if c.scenario.name == "run-pod-host-port"} == \
+        set(PORT_POINTS)
     assert {c.point for c in CASES if c.scenario.name == "create-container"} == \
         set(CONTAINER_POINTS)
 
