@@ -6,7 +6,10 @@ image's, then the config's (which wins); ``working_dir`` is the config's, else
 the image's. Devices are created in the container and allowed in its devices
 cgroup with the permissions asked; CPU and memory resources land in the
 container's own cgroup; ``oom_score_adj`` is applied, but never below the
-daemon's own (this host refuses lower values, see docs/cri.md).
+daemon's own (this host refuses lower values, see docs/cri.md). A user name is
+looked up in the image's own ``/etc/passwd``, a symlink in it followed inside the
+image's root (a hostile image cannot make the host's answer); an unknown one is
+INVALID_ARGUMENT and the create leaves nothing.
 """
 
 from __future__ import annotations
@@ -17,11 +20,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from tests.cri.conftest import CRI_NAMESPACE
 from tests.fixtures.daemon import CGROUP_ROOT
-from tests.fixtures.images import DEFAULT_ENV, busybox_image
+from tests.fixtures.images import (
+    DEFAULT_ENV,
+    LayerBuilder,
+    build_image,
+    busybox_image,
+    busybox_layer,
+    host_platform,
+)
 from tests.fixtures.registry import Registry
 from tests.fixtures.system import unavailable
 
@@ -147,3 +158,40 @@ def test_oom_score_adj_is_applied_but_never_below_the_daemons(
         scores[value] = int(Path(f"/proc/{pid}/oom_score_adj").read_text())
     assert scores[wanted] == wanted
     assert scores[-999] == max(-999, floor)
+
+
+@pytest.fixture(scope="module")
+def climbing_passwd_image(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """USER ``climber``, from an /etc/passwd that is a symlink climbing out of the root."""
+    layout = tmp_path_factory.mktemp("climbing-passwd") / "layout"
+    upper = (LayerBuilder(implicit_parents=True)
+             .file("users/passwd", "climber:x:4242:4343::/:/bin/sh\n")
+             .symlink("etc/passwd", "../../../../../../users/passwd"))
+    build_image(layout, (busybox_layer(), upper), platform=host_platform(), ref_name="climb",
+                cmd=["sh"], user="climber")
+    return registry.push_layout(layout, "climb", "cri/climb:1")
+
+
+def test_the_images_user_is_looked_up_inside_its_root(cri: Any,
+                                                      climbing_passwd_image: str) -> None:
+    _, container_id = cri.run_container(climbing_passwd_image)
+    assert cri.exec(container_id, "id", "-u").stdout == b"4242\n"
+    assert cri.exec(container_id, "id", "-g").stdout == b"4343\n"
+
+
+def test_an_unknown_user_is_invalid_argument_and_the_create_leaves_nothing(
+        cri: Any, cri_daemon: Any, cri_image: str) -> None:
+    pb = cri.pb
+    cri.pull(cri_image)
+    sandbox_id, sandbox_config = cri.run_pod()
+    config = cri.container_config(cri_image, name="who")
+    config.linux.security_context.run_as_username = "nobody-here"
+    records = {c.id for c in cri_daemon.client(CRI_NAMESPACE).containers()}
+    with pytest.raises(grpc.RpcError) as refused:
+        cri.create_container(sandbox_id, sandbox_config, config)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "nobody-here" in (refused.value.details() or "")
+    assert {c.id for c in cri_daemon.client(CRI_NAMESPACE).containers()} == records
+    assert cri.runtime.ListContainers(pb.ListContainersRequest()).containers == []
+    config.linux.security_context.ClearField("run_as_username")
+    cri.create_container(sandbox_id, sandbox_config, config)  # the name was released
