@@ -1,6 +1,6 @@
 """The CRI socket before gRPC is loaded: bound by the plugin, handed to gRPC when a client speaks.
 
-gRPC and the generated stubs cost the daemon some 10 MiB (grpcio's core
+gRPC and the generated stubs cost the daemon some 13 MiB (grpcio's core
 library, libstdc++), which a daemon that no kubelet or ``crictl`` ever drives
 should not pay. So ``cri.v1`` binds its unix socket itself with the standard
 library (:class:`LazyGrpcSocket`, asyncio only), and gRPC is imported and
@@ -16,14 +16,15 @@ and closes, such as a readiness check, loads nothing):
 3. The connections accepted before the switch (the one that spoke, others
    that came meanwhile) are relayed byte for byte to the relay target: their
    clients see no reconnect and no backoff, and their first RPC is answered
-   once gRPC has started (about 0.1 s of CPU). The relay target sends each of
-   them an HTTP/2 GOAWAY after :data:`RELAY_MAX_AGE` seconds (gRPC's
-   ``max_connection_age``): the client finishes the RPCs under way there
+   once gRPC has started (0.3 to 0.7 s on a loaded 2-core machine). The
+   relay target sends each of them an HTTP/2 GOAWAY after
+   :data:`RELAY_MAX_AGE` seconds (gRPC's ``max_connection_age``): the
+   client finishes the RPCs under way there
    (streams included, however long) and opens its next connection to the
    socket's path, gRPC's own listener. A kubelet's first channel thus moves
    off the relay within seconds, as gRPC clients do when a server ages its
-   connections out; the relay's own cost, while it lasts, is some tens of
-   microseconds of daemon CPU per RPC (docs/performance.md).
+   connections out; the relay's own cost, while it lasts, is 80 to 200 us
+   of daemon CPU per RPC (docs/performance.md, entry 22).
 4. The old listener accepts (and relays) for :data:`LINGER` seconds more, for
    the ``connect`` calls that resolved the path just before the rename, then
    closes; once no relayed connection is left the relay target is stopped.
@@ -139,15 +140,17 @@ class _Side(asyncio.Protocol):
     # -- relay ------------------------------------------------------------------
 
     def join(self, upstream: _Side) -> None:
-        """Relay to and from ``upstream``: what was held first, then everything."""
+        """Relay to and from ``upstream``: what either side holds first, then everything."""
         self.peer, upstream.peer = upstream, self
-        assert upstream.transport is not None and self.transport is not None
-        if self.held:
-            upstream.transport.write(bytes(self.held))
-            self.held.clear()
-        self.transport.resume_reading()
-        if self.eof and upstream.transport.can_write_eof():
-            upstream.transport.write_eof()
+        for side, other in ((self, upstream), (upstream, self)):
+            assert side.transport is not None and other.transport is not None
+            if side.held:
+                other.transport.write(bytes(side.held))
+                side.held.clear()
+            side.transport.resume_reading()
+        for side, other in ((self, upstream), (upstream, self)):
+            if side.eof and other.transport is not None and other.transport.can_write_eof():
+                other.transport.write_eof()
 
     def close(self) -> None:
         """Close this side (after what is buffered for it is written)."""

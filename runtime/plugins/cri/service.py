@@ -61,10 +61,11 @@ class CriServer:
         self._streaming_lock = anyio.Lock()
 
     async def _start_grpc(self, path: Path, relay_target: Path) -> None:
-        # In a worker thread: the import takes some 0.1 s of CPU the event loop
-        # (the admin API, the other plugins) need not wait for.
+        # In a worker thread: the event loop (the admin API, the other plugins)
+        # need not wait for the import.
         server: Any = await anyio.to_thread.run_sync(
             importlib.import_module, "runtime.plugins.cri.server")
+        await self._stop_grpc()  # what a failed attempt may have started
         self.grpc = await server.start_grpc(self, path)
         self.grpc_relay_target = await server.start_grpc(
             self, relay_target, max_connection_age=RELAY_MAX_AGE)
@@ -73,6 +74,13 @@ class CriServer:
         if self.grpc_relay_target is not None:
             await self.grpc_relay_target.stop(grace=STOP_GRACE)
             self.grpc_relay_target = None
+
+    async def _stop_grpc(self) -> None:
+        servers = [s for s in (self.grpc, self.grpc_relay_target) if s is not None]
+        self.grpc = self.grpc_relay_target = None
+        async with anyio.create_task_group() as group:
+            for server in servers:
+                group.start_soon(server.stop, STOP_GRACE)
 
     async def streaming_server(self) -> Any:
         """The streaming server, started on first use.
@@ -89,11 +97,7 @@ class CriServer:
     async def close(self) -> None:
         """Stop the gRPC and streaming servers and close the socket; pods keep running."""
         await self.socket.stop_accepting()
-        servers = [s for s in (self.grpc, self.grpc_relay_target) if s is not None]
-        self.grpc = self.grpc_relay_target = None
-        async with anyio.create_task_group() as group:
-            for server in servers:
-                group.start_soon(server.stop, STOP_GRACE)
+        await self._stop_grpc()
         await self.socket.close()
         if self.streaming is not None:
             with contextlib.suppress(Exception):
