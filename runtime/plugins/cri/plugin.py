@@ -31,7 +31,7 @@ class CriConfig(PluginConfig):
 
     Attributes:
         enabled: Serve the CRI. Off by default. Enabled, the plugin costs an idle
-            daemon a few MiB (the pods' code and the protobuf messages) until a
+            daemon a few MiB (the pods' code and protobuf) until a
             client connects; gRPC (some 13 MiB more, and libstdc++) is loaded
             when one first sends on the socket.
         address: The CRI socket (a path); default ``<state>/cri.sock``
