@@ -2,9 +2,11 @@
 
 The plugin's module imports neither :mod:`grpc` nor the generated stubs: the
 daemon imports every plugin's registration at start-up, and one with
-``cri.v1`` disabled must not pay for gRPC. :func:`init` imports the server
-when the plugin starts, inside the daemon's asyncio event loop (``grpc.aio``
-runs only on asyncio; see :func:`runtime.core.daemon.run_daemon`).
+``cri.v1`` disabled must not pay for them. :func:`init` builds the services
+and binds the CRI socket (:mod:`.service`), still without gRPC: that is
+imported and started when the first client sends on the socket
+(:mod:`.listener`), inside the daemon's asyncio event loop (``grpc.aio`` runs
+only on asyncio; see :func:`runtime.core.daemon.run_daemon`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, PluginSkipped, Registration
 
 if TYPE_CHECKING:
-    from runtime.plugins.cri.server import CriServer
+    from runtime.plugins.cri.service import CriServer
 
 __all__ = ["CriConfig", "moorage_plugins"]
 
@@ -28,8 +30,10 @@ class CriConfig(PluginConfig):
     """``[plugins."cri.v1"]``.
 
     Attributes:
-        enabled: Serve the CRI. Off by default: gRPC costs a daemon that no
-            kubelet drives some 20 MiB (and libstdc++), so an operator turns it on.
+        enabled: Serve the CRI. Off by default. Enabled, the plugin costs an idle
+            daemon a few MiB (the pods' code and protobuf) until a
+            client connects; gRPC (some 13 MiB more, and libstdc++) is loaded
+            when one first sends on the socket.
         address: The CRI socket (a path); default ``<state>/cri.sock``
             (``/run/moorage/cri.sock``).
         namespace: The Moorage namespace holding the pods, containers and
@@ -66,11 +70,11 @@ class CriConfig(PluginConfig):
 
 
 async def init(ctx: InitContext[CriConfig]) -> CriServer:
-    """Build the CRI services on the running ones and serve them on the socket."""
+    """Build the CRI services on the running ones and listen on the socket."""
     if not ctx.config.enabled:
         raise PluginSkipped('off: set enabled = true in [plugins."cri.v1"]')
     # Imported here, not at module level: see the module docstring.
-    from runtime.plugins.cri.server import start_cri
+    from runtime.plugins.cri.service import start_cri
 
     return await start_cri(ctx)
 

@@ -1,6 +1,7 @@
 """The gRPC server of ``cri.v1``: RuntimeService and ImageService on a unix socket.
 
-Imported only when the plugin starts (it imports :mod:`grpc`). Every handler
+Imported when the first CRI client sends on the socket, not when the plugin
+starts (it imports :mod:`grpc`; see :mod:`.listener`). Every handler
 runs under :func:`_guard`, the one place Moorage's errors become gRPC status
 codes (:data:`STATUS_CODES`). RPCs the plugin does not implement answer
 UNIMPLEMENTED, which the kubelet and critest accept for the ``Stream*``
@@ -12,10 +13,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
 import grpc
@@ -23,16 +23,13 @@ import msgspec
 
 from runtime import __version__
 from runtime.core import errors
-from runtime.core.events import Exchange
-from runtime.core.registration import InitContext
-from runtime.plugins.cri.images import CriImages
-from runtime.plugins.cri.pods import Pods
 from runtime.plugins.cri.v1 import api_pb2 as pb
 from runtime.plugins.cri.v1 import api_pb2_grpc as pb_grpc
-from runtime.plugins.images.api import Images
-from runtime.plugins.network.api import Network
 
-__all__ = ["STATUS_CODES", "CriServer", "start_cri", "status_code"]
+if TYPE_CHECKING:
+    from runtime.plugins.cri.service import CriServer
+
+__all__ = ["STATUS_CODES", "start_grpc", "status_code"]
 
 log = logging.getLogger("moorage.cri")
 
@@ -230,11 +227,6 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
         return await self.pods.exec_sync(request.container_id, list(request.cmd),
                                          int(request.timeout))
 
-    def _streaming(self) -> Any:
-        if self.server.streaming is None:
-            raise errors.Unavailable("the streaming server is not available")
-        return self.server.streaming
-
     @_guard
     async def Exec(self, request: pb.ExecRequest, context: Any) -> pb.ExecResponse:
         if not request.cmd:
@@ -242,23 +234,26 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
         if not (request.stdin or request.stdout or request.stderr):
             raise errors.InvalidArgument("one of stdin, stdout and stderr must be set")
         container_id = await self.pods.running_container(request.container_id)
-        url = self._streaming().exec_url(container_id, list(request.cmd), tty=request.tty,
-                                         stdin=request.stdin, stdout=request.stdout,
-                                         stderr=request.stderr)
+        streaming = await self.server.streaming_server()
+        url = streaming.exec_url(container_id, list(request.cmd), tty=request.tty,
+                                 stdin=request.stdin, stdout=request.stdout,
+                                 stderr=request.stderr)
         return pb.ExecResponse(url=url)
 
     @_guard
     async def Attach(self, request: pb.AttachRequest, context: Any) -> pb.AttachResponse:
         container_id = await self.pods.running_container(request.container_id)
-        url = self._streaming().attach_url(container_id, tty=request.tty, stdin=request.stdin,
-                                           stdout=request.stdout, stderr=request.stderr)
+        streaming = await self.server.streaming_server()
+        url = streaming.attach_url(container_id, tty=request.tty, stdin=request.stdin,
+                                   stdout=request.stdout, stderr=request.stderr)
         return pb.AttachResponse(url=url)
 
     @_guard
     async def PortForward(self, request: pb.PortForwardRequest,
                           context: Any) -> pb.PortForwardResponse:
         sandbox_id = await self.pods.known_sandbox(request.pod_sandbox_id)
-        url = self._streaming().portforward_url(sandbox_id, list(request.port))
+        streaming = await self.server.streaming_server()
+        url = streaming.portforward_url(sandbox_id, list(request.port))
         return pb.PortForwardResponse(url=url)
 
     @_guard
@@ -342,99 +337,29 @@ class ImageService(pb_grpc.ImageServiceServicer):  # type: ignore[misc]
         return await self.images.fs_info()
 
 
-class CriServer:
-    """The running plugin: its services, the gRPC server, the streaming server."""
+async def start_grpc(cri: CriServer, path: Path, *,
+                     max_connection_age: float | None = None) -> grpc.aio.Server:
+    """The RuntimeService and ImageService of ``cri`` served on ``path`` (a unix socket).
 
-    def __init__(self, *, config: Any, pods: Pods, images: CriImages, network: Network,
-                 exchange: Exchange, address: Path) -> None:
-        self.config = config
-        self.pods = pods
-        self.images = images
-        self.network = network
-        self.exchange = exchange
-        self.address = address
-        self.pod_cidr = ""
-        self.streaming: Any = None
-        self.grpc: grpc.aio.Server | None = None
-
-    async def serve(self) -> None:
-        """Bind the socket (a stale one is removed first) and start answering."""
-        limit = self.config.max_message_size
-        server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-        ])
-        add_runtime: Any = pb_grpc.add_RuntimeServiceServicer_to_server
-        add_image: Any = pb_grpc.add_ImageServiceServicer_to_server
-        add_runtime(RuntimeService(self), server)
-        add_image(ImageService(self), server)
-        self.address.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            # Nothing else can hold it: the daemon's state lock is ours.
-            self.address.unlink()
-        server.add_insecure_port(f"unix://{self.address}")
-        await server.start()
-        os.chmod(self.address, 0o660)
-        self.grpc = server
-
-    async def close(self) -> None:
-        """Stop the gRPC and streaming servers; pods keep running."""
-        if self.grpc is not None:
-            await self.grpc.stop(grace=2)
-            self.grpc = None
-        if self.streaming is not None:
-            with contextlib.suppress(Exception):
-                await self.streaming.stop()
-        with contextlib.suppress(FileNotFoundError):
-            self.address.unlink()
-
-
-async def _watch_ooms(pods: Pods, exchange: Exchange, *, task_status: Any) -> None:
-    async with exchange.subscribe('topic=="/tasks/oom"', namespace=pods.namespace) as events:
-        task_status.started()
-        async for envelope in events:
-            pods.note_oom(envelope.event.container_id)
-
-
-async def start_cri(ctx: InitContext[Any]) -> CriServer:
-    """Build the services from the required plugins and start serving."""
-    config = ctx.config
-    images_service: Images = ctx.get("images.store")
-    snapshotter = images_service.snapshotter(config.snapshotter).name
-    images = CriImages(namespace=config.namespace, images=images_service,
-                       snapshotter=snapshotter)
-    network: Network = ctx.get("network.cni")
-    pods = Pods(
-        namespace=config.namespace, containers=ctx.get("containers.store"),
-        snapshots=ctx.get("service.snapshots"), snapshotter=snapshotter,
-        runtimes=ctx.get_by_type("runtime"), network=network, images=images,
-        root=ctx.root, state=ctx.state,
-        log_root=Path(config.log_root) if config.log_root else ctx.root / "logs",
-        cgroup_parent=ctx.daemon.cgroup_parent, infra_binary=config.sandbox_image,
-        cni_conf_dir=Path(config.cni_conf_dir) if config.cni_conf_dir else None)
-    await pods.load()
-    address = Path(config.address) if config.address else Path(ctx.daemon.state) / "cri.sock"
-    # Required, so running: the same exchange as ctx.events, typed.
-    exchange: Exchange = ctx.get("events.exchange")
-    server = CriServer(config=config, pods=pods, images=images, network=network,
-                       exchange=exchange, address=address)
-    await ctx.start(_watch_ooms, pods, exchange, name="cri.v1 oom watch")
-    server.streaming = await _start_streaming(config, pods)
-    await server.serve()
-    log.info("CRI v1 serving on %s (namespace %s)", address, config.namespace)
+    Args:
+        cri: The running plugin (its pods, images, config).
+        path: Where to listen; gRPC replaces a stale socket there.
+        max_connection_age: Seconds after which each connection is sent a
+            GOAWAY (its RPCs under way finish; the client reconnects); None:
+            connections live as long as their clients keep them.
+    """
+    limit = cri.config.max_message_size
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+    ]
+    if max_connection_age is not None:
+        options.append(("grpc.max_connection_age_ms", int(max_connection_age * 1000)))
+    server = grpc.aio.server(options=options)
+    add_runtime: Any = pb_grpc.add_RuntimeServiceServicer_to_server
+    add_image: Any = pb_grpc.add_ImageServiceServicer_to_server
+    add_runtime(RuntimeService(cri), server)
+    add_image(ImageService(cri), server)
+    server.add_insecure_port(f"unix://{path}")
+    await server.start()
     return server
-
-
-async def _start_streaming(config: Any, pods: Pods) -> Any:
-    try:
-        from runtime.plugins.cri.streaming import StreamingServer  # type: ignore[attr-defined]
-    except ImportError:
-        log.warning("CRI streaming server not available: Exec, Attach and PortForward "
-                    "answer UNAVAILABLE")
-        return None
-    runtime = pods.runtime_for("")
-    streaming = StreamingServer(address=config.stream_address, port=config.stream_port,
-                                namespace=config.namespace, runtime=runtime,
-                                netns_path=pods.netns_path)
-    await streaming.start()
-    return streaming
