@@ -16,6 +16,7 @@ __all__ = [
     "LEASE_HEADER",
     "NAMESPACE_ENV",
     "NAMESPACE_HEADER",
+    "NAME_LABEL",
     "TOKEN_FILE_ENV",
 ]
 
@@ -38,6 +39,10 @@ NAMESPACE_HEADER = "Moorage-Namespace"
 DEFAULT_NAMESPACE = "default"
 #: Header naming the lease that new content, ingests and snapshots join.
 LEASE_HEADER = "Moorage-Lease"
+
+#: The label holding the name ``moorage rename`` gave a container; the docker-style
+#: verbs find a container by its id, this name or a unique prefix of its id.
+NAME_LABEL = "moorage/name"
 
 #: The media type of every request and answer body but blobs and streams.
 JSON = "application/json"

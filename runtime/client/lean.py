@@ -152,6 +152,28 @@ class LeanClient(BaseClient):
         body = {"ids": list(ids), "force": force}
         return list(self.call("POST", "/v1/tasks/delete", body, timeout=None).results)
 
+    # The docker-style verbs of many names (``moorage rm|stop|kill``): one result per
+    # name given, duplicates included, with the verbs' own rules (runtime.plugins.tasks.verbs).
+
+    def rm_names(self, names: Iterable[str], *, force: bool = False) -> list[Any]:
+        """``POST /v1/verbs/rm``: remove containers by name (running ones with ``force``)."""
+        body = {"names": list(names), "force": force}
+        return list(self.call("POST", "/v1/verbs/rm", body, timeout=None).results)
+
+    def stop_names(self, names: Iterable[str], *, signal: int | str = "",
+                   timeout: float = 10.0, wait: float | None = None) -> list[Any]:
+        """``POST /v1/verbs/stop``: the stop signal, SIGKILL after ``timeout`` seconds.
+
+        ``wait``: seconds this client waits for the answer (``None``: forever).
+        """
+        body = {"names": list(names), "signal": signal, "timeout": timeout}
+        return list(self.call("POST", "/v1/verbs/stop", body, timeout=wait).results)
+
+    def kill_names(self, names: Iterable[str], signal: int | str = "SIGKILL") -> list[Any]:
+        """``POST /v1/verbs/kill``: signal running containers by name."""
+        body = {"names": list(names), "signal": signal}
+        return list(self.call("POST", "/v1/verbs/kill", body).results)
+
     def task(self, container_id: str) -> Any:
         """A task's state."""
         return self.call("GET", f"/v1/tasks/{_id(container_id)}")
