@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugins.runtime.helpers import RuntimeDaemon, leftovers, moorage, wait_until
+from tests.plugins.runtime.helpers import (
+    RuntimeDaemon,
+    leftovers,
+    moorage,
+    requests_to,
+    wait_until,
+)
 
 pytest_plugins = ["tests.plugins.runtime.runtime_fixtures"]
 
@@ -231,16 +237,6 @@ class TestInspectLogsAndNames:
         assert ok(rd, "port", "pub", "80/tcp") == "127.0.0.1:18080\n"
         assert "127.0.0.1:18080->80/tcp" in ok(rd, "ps")
         assert moorage(rd.address, "port", "pub", "81").returncode == 1
-
-
-def requests_to(rd: RuntimeDaemon, route: str, method: str = "POST") -> float:
-    """How many requests the daemon answered on ``route`` (its ``/v1/metrics`` counter)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = rd.client().open("GET", "/v1/metrics").read().decode()
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "moorage_api_requests_total"
-               and s.labels.get("route") == route and s.labels.get("method") == method)
 
 
 class TestManyNames:
