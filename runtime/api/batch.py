@@ -10,10 +10,12 @@ id's single request would have answered.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
-__all__ = ["MAX_BATCH", "BatchResult", "DeleteTasksRequest", "ItemResult", "KillTasksRequest",
-           "RemoveContainersRequest"]
+__all__ = ["MAX_BATCH", "BatchResult", "DeleteTasksRequest", "ItemResult", "KillNamedRequest",
+           "KillTasksRequest", "RemoveContainersRequest", "RemoveNamedRequest", "StopNamedRequest"]
 
 #: The most ids one request may name.
 MAX_BATCH = 1024
@@ -49,6 +51,38 @@ class DeleteTasksRequest(_Batch):
     force: bool = False
 
 
+class _Named(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    names: list[str]
+
+
+class RemoveNamedRequest(_Named):
+    """``POST /v1/verbs/rm``: ``moorage rm [-f] NAME...``.
+
+    A container whose task runs (or is paused) is refused unless ``force``; the
+    restart policy is held, then the container goes with its task and snapshot.
+    """
+
+    force: bool = False
+
+
+class StopNamedRequest(_Named):
+    """``POST /v1/verbs/stop``: ``moorage stop [-t S] [-s SIG] NAME...``.
+
+    The restart policy is held; a running task gets ``signal`` (empty: its stop
+    signal), then SIGKILL after ``timeout`` seconds. A container not running is
+    left as it is (a success).
+    """
+
+    signal: int | str = ""
+    timeout: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+
+
+class KillNamedRequest(_Named):
+    """``POST /v1/verbs/kill``: ``moorage kill [-s SIG] NAME...``; a container not running fails."""
+
+    signal: int | str = "SIGKILL"
+
+
 class ItemResult(msgspec.Struct, kw_only=True):
     """What happened to one id: ``code`` empty on success, else the error's code and message."""
 
@@ -58,6 +92,6 @@ class ItemResult(msgspec.Struct, kw_only=True):
 
 
 class BatchResult(msgspec.Struct, kw_only=True):
-    """One result per distinct id, in request order."""
+    """One result per distinct id (per name given, for ``/v1/verbs``), in request order."""
 
     results: list[ItemResult]

@@ -14,8 +14,10 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "JSON",
     "LEASE_HEADER",
+    "MISSING_IMAGE",
     "NAMESPACE_ENV",
     "NAMESPACE_HEADER",
+    "NAME_LABEL",
     "TOKEN_FILE_ENV",
 ]
 
@@ -38,6 +40,14 @@ NAMESPACE_HEADER = "Moorage-Namespace"
 DEFAULT_NAMESPACE = "default"
 #: Header naming the lease that new content, ingests and snapshots join.
 LEASE_HEADER = "Moorage-Lease"
+
+#: The label holding the name ``moorage rename`` gave a container; the docker-style
+#: verbs find a container by its id, this name or a unique prefix of its id.
+NAME_LABEL = "moorage/name"
+
+#: How the NotFound of ``POST /v1/run`` (and ``/v1/run/attach``) with ``image_rootfs``
+#: begins when the image is missing: nothing was made, so a client may pull and ask again.
+MISSING_IMAGE = "run: no root filesystem for image"
 
 #: The media type of every request and answer body but blobs and streams.
 JSON = "application/json"

@@ -113,6 +113,13 @@ class RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         stdin: Keep the init process's stdin open for attaching.
         start: Start the task as well (``run -d``); otherwise attach with
             ``start=1`` so that no output is lost.
+        image_rootfs: The daemon finds the root filesystem of ``container.image``
+            itself, as ``GET /v1/images/{name}/rootfs`` would (in
+            ``container.snapshotter``, default the images' one; unpacked if
+            need be), and fills in ``parent``, the container's
+            ``image_config``, ``snapshotter`` and ``snapshot_key`` (its id):
+            ``moorage run`` is then one request (NotFound when the image is
+            missing, so the client can pull and ask again).
     """
 
     container: ContainerCreateRequest
@@ -120,6 +127,7 @@ class RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rootfs: list[Mount] = msgspec.field(default_factory=list)
     stdin: bool = False
     start: bool = False
+    image_rootfs: bool = False
 
 
 class ContainerUpdateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

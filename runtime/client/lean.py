@@ -118,10 +118,16 @@ class LeanClient(BaseClient):
 
     def run(self, container: Mapping[str, Any], *, parent: str = "",
             rootfs: Sequence[Mapping[str, Any]] | None = None, stdin: bool = False,
-            start: bool = False) -> Any:
-        """``POST /v1/run``: the container, its snapshot and its task; the task's state."""
+            start: bool = False, image_rootfs: bool = False) -> Any:
+        """``POST /v1/run``: the container, its snapshot and its task; the task's state.
+
+        ``image_rootfs``: the daemon finds the image's root filesystem itself
+        (``RunRequest.image_rootfs``) instead of ``parent``.
+        """
         body = {"container": container, "parent": parent, "rootfs": list(rootfs or []),
                 "stdin": stdin, "start": start}
+        if image_rootfs:
+            body["image_rootfs"] = True
         return self.call("POST", "/v1/run", body)
 
     def remove(self, container_id: str, *, force: bool = False, snapshot: bool = False) -> None:
@@ -151,6 +157,28 @@ class LeanClient(BaseClient):
         """``POST /v1/tasks/delete``: :meth:`delete_task` for each id."""
         body = {"ids": list(ids), "force": force}
         return list(self.call("POST", "/v1/tasks/delete", body, timeout=None).results)
+
+    # The docker-style verbs of many names (``moorage rm|stop|kill``): one result per
+    # name given, duplicates included, with the verbs' own rules (runtime.plugins.tasks.verbs).
+
+    def rm_names(self, names: Iterable[str], *, force: bool = False) -> list[Any]:
+        """``POST /v1/verbs/rm``: remove containers by name (running ones with ``force``)."""
+        body = {"names": list(names), "force": force}
+        return list(self.call("POST", "/v1/verbs/rm", body, timeout=None).results)
+
+    def stop_names(self, names: Iterable[str], *, signal: int | str = "",
+                   timeout: float = 10.0, wait: float | None = None) -> list[Any]:
+        """``POST /v1/verbs/stop``: the stop signal, SIGKILL after ``timeout`` seconds.
+
+        ``wait``: seconds this client waits for the answer (``None``: forever).
+        """
+        body = {"names": list(names), "signal": signal, "timeout": timeout}
+        return list(self.call("POST", "/v1/verbs/stop", body, timeout=wait).results)
+
+    def kill_names(self, names: Iterable[str], signal: int | str = "SIGKILL") -> list[Any]:
+        """``POST /v1/verbs/kill``: signal running containers by name."""
+        body = {"names": list(names), "signal": signal}
+        return list(self.call("POST", "/v1/verbs/kill", body).results)
 
     def task(self, container_id: str) -> Any:
         """A task's state."""
@@ -187,7 +215,7 @@ class LeanClient(BaseClient):
 
     def run_attached(self, container: Mapping[str, Any], *, parent: str = "",
                      rootfs: list[Mapping[str, Any]] | None = None, stdin: bool = False,
-                     remove: bool = False) -> Any:
+                     remove: bool = False, image_rootfs: bool = False) -> Any:
         """``GET /v1/run/attach``: create, attach to and start in one websocket.
 
         ``remove`` has the daemon remove the container once it ended (before the
@@ -198,8 +226,11 @@ class LeanClient(BaseClient):
 
         query = "&".join(k + "=1" for k, on in (("stdin", stdin), ("remove", remove)) if on)
         attachment = open_attachment(self, "/v1/run/attach" + ("?" + query if query else ""))
-        attachment.ws.send_text(dumps({"container": container, "parent": parent,
-                                       "rootfs": list(rootfs or []), "stdin": stdin}))
+        body = {"container": container, "parent": parent, "rootfs": list(rootfs or []),
+                "stdin": stdin}
+        if image_rootfs:
+            body["image_rootfs"] = True
+        attachment.ws.send_text(dumps(body))
         return attachment
 
     def attach_task(self, container_id: str, exec_id: str = "", *, stdin: bool = False,

@@ -22,6 +22,7 @@ from tests.plugins.runtime.helpers import (
     RuntimeDaemon,
     leftovers,
     moorage,
+    requests_to,
     require_runtime_host,
     wait_until,
 )
@@ -78,6 +79,24 @@ def _read_or_eof(fd: int) -> bytes:
 
 
 class TestPull:
+    def test_run_of_a_stored_image_is_one_request(self, rd: RuntimeDaemon,
+                                                  registry: Registry,
+                                                  busybox_layout: object) -> None:
+        ref = registry.push_layout(busybox_layout.path, busybox_layout.ref_name,  # type: ignore[attr-defined]
+                                   "flags/one:1")
+        ok(rd, "pull", "--plain-http", "-q", ref)
+        asked = requests_to(rd, "/v1/images/{name}/rootfs", "GET")
+        assert ok(rd, "run", "--rm", "--net", "none", ref, "echo", "once") == "once\n"
+        assert ok(rd, "run", "-d", "--net", "none", "--name", "bg", ref, *SLEEPER) == "bg\n"
+        # The daemon found the image's root filesystem in the run request itself.
+        assert requests_to(rd, "/v1/images/{name}/rootfs", "GET") == asked
+        assert requests_to(rd, "/v1/run", "POST") == 1
+        container = rd.client().container("bg")
+        assert (container.image, container.snapshot_key) == (ref, "bg")
+        assert container.snapshotter and container.spec["process"]["args"] == list(SLEEPER)
+        ok(rd, "rm", "-f", "bg")
+        assert rd.client().containers() == []
+
     def test_run_pulls_an_image_it_lacks_with_progress(self, rd: RuntimeDaemon,
                                                        registry: Registry,
                                                        busybox_layout: object) -> None:

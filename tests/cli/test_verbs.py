@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugins.runtime.helpers import RuntimeDaemon, leftovers, moorage, wait_until
+from tests.plugins.runtime.helpers import (
+    RuntimeDaemon,
+    leftovers,
+    moorage,
+    requests_to,
+    wait_until,
+)
 
 pytest_plugins = ["tests.plugins.runtime.runtime_fixtures"]
 
@@ -231,6 +237,82 @@ class TestInspectLogsAndNames:
         assert ok(rd, "port", "pub", "80/tcp") == "127.0.0.1:18080\n"
         assert "127.0.0.1:18080->80/tcp" in ok(rd, "ps")
         assert moorage(rd.address, "port", "pub", "81").returncode == 1
+
+
+class TestManyNames:
+    """``rm``, ``stop`` and ``kill`` of many names: one request, each name reported alone."""
+
+    def test_rm_of_many_names_is_one_request(self, rd: RuntimeDaemon, rootfs: Path) -> None:
+        detached(rd, rootfs, "busy")
+        detached(rd, rootfs, "done-one", "true")
+        detached(rd, rootfs, "done-two", "true")
+        ok(rd, "rename", "done-two", "second")
+        wait_until(lambda: status(rd, "done-one") == status(rd, "second") == "exited",
+                   what="the exits")
+        before = requests_to(rd, "/v1/verbs/rm")
+        singles = requests_to(rd, "/v1/run/{id}", "DELETE")
+        result = moorage(rd.address, "rm", "done-one", "busy", "second", "missing")
+        # Each name as one request per name reported it: successes on stdout, in order,
+        # each failure on stderr; 1 since one failed.
+        assert (result.returncode, result.stdout) == (1, "done-one\nsecond\n")
+        assert result.stderr.splitlines() == [
+            "moorage: failed_precondition: container 'busy' is running: "
+            "stop it first or use -f",
+            "moorage: not_found: no such container: missing",
+        ]
+        assert requests_to(rd, "/v1/verbs/rm") == before + 1
+        assert requests_to(rd, "/v1/run/{id}", "DELETE") == singles
+        assert ok(rd, "ps", "-a", "-q") == "busy\n"
+        assert leftovers(rd, "default", "done-one") == []
+        assert ok(rd, "rm", "-f", "bus") == "bus\n"  # a unique prefix
+        assert rd.client().containers() == []
+
+    def test_a_name_given_twice_is_removed_once_then_missing(self, rd: RuntimeDaemon,
+                                                             rootfs: Path) -> None:
+        detached(rd, rootfs, "twice", "true")
+        wait_until(lambda: status(rd, "twice") == "exited", what="the exit")
+        result = moorage(rd.address, "rm", "twice", "twice")
+        assert (result.returncode, result.stdout) == (1, "twice\n")
+        assert result.stderr == "moorage: not_found: no such container: twice\n"
+
+    def test_an_ambiguous_prefix_is_refused_by_name(self, rd: RuntimeDaemon,
+                                                     rootfs: Path) -> None:
+        detached(rd, rootfs, "box-a", "true")
+        detached(rd, rootfs, "box-b", "true")
+        result = moorage(rd.address, "rm", "-f", "box", "box-a")
+        assert (result.returncode, result.stdout) == (1, "box-a\n")
+        assert result.stderr == ("moorage: invalid_argument: container 'box' is ambiguous: "
+                                 "box-a, box-b\n")
+
+    def test_stop_and_kill_of_many_names_are_one_request_each(self, rd: RuntimeDaemon,
+                                                              rootfs: Path) -> None:
+        detached(rd, rootfs, "one")
+        detached(rd, rootfs, "two")
+        detached(rd, rootfs, "ended", "true")
+        wait_until(lambda: status(rd, "ended") == "exited", what="the exit")
+        kills = requests_to(rd, "/v1/verbs/kill")
+        result = moorage(rd.address, "kill", "-s", "SIGTERM", "one", "ended", "nobody")
+        assert (result.returncode, result.stdout) == (1, "one\n")
+        assert result.stderr.splitlines() == [
+            "moorage: failed_precondition: container 'ended' is not running",
+            "moorage: not_found: no such container: nobody",
+        ]
+        assert requests_to(rd, "/v1/verbs/kill") == kills + 1
+        wait_until(lambda: status(rd, "one") == "exited", what="the SIGTERM's exit")
+        bad = moorage(rd.address, "kill", "-s", "SIGNOPE", "two", "ended")
+        assert (bad.returncode, bad.stdout) == (1, "")
+        assert bad.stderr.splitlines() == [
+            "moorage: invalid_argument: unknown signal 'SIGNOPE'",
+            "moorage: failed_precondition: container 'ended' is not running",
+        ]
+        stops = requests_to(rd, "/v1/verbs/stop")
+        # A container not running is left as it is: a success, as before.
+        assert ok(rd, "stop", "-t", "5", "two", "one", "ended") == "two\none\nended\n"
+        assert requests_to(rd, "/v1/verbs/stop") == stops + 1
+        assert status(rd, "two") == "exited"
+        missing = moorage(rd.address, "stop", "two", "ghost")
+        assert (missing.returncode, missing.stdout) == (1, "two\n")
+        assert missing.stderr == "moorage: not_found: no such container: ghost\n"
 
 
 class TestBadInput:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import sys
 
+from runtime.api.constants import NAME_LABEL
+
 # typing.TYPE_CHECKING without importing typing (a few ms of every CLI call).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -36,8 +38,6 @@ __all__ = [
     "task_of",
 ]
 
-#: The label holding a container's name once ``rename`` gave it one (its id otherwise).
-NAME_LABEL = "moorage/name"
 #: Exit status of a command line Moorage refused (Docker's).
 EXIT_USAGE = 125
 #: Task states in which a container counts as running.

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 __all__ = ["port_text", "register", "requested_ports"]
 
+#: Containers the daemon stops at once in one ``stop`` (``runtime.plugins.tasks.verbs``).
+PARALLEL = 8
+
 
 def grace_seconds(text: str) -> float:
     """``stop -t``: seconds, 0 or more (a usage error, 125, naming the value otherwise)."""
@@ -315,9 +318,15 @@ def exec_(args: argparse.Namespace) -> int:
 
 
 def stop(args: argparse.Namespace) -> int:
-    """The stop signal, SIGKILL after ``-t`` seconds; prints each name."""
-    return each(args.containers, lambda api, cid: _stop(api, cid, args.time, args.signal),
-                 args)
+    """The stop signal, SIGKILL after ``-t`` seconds; prints each name (one request for all)."""
+    from runtime.cli.each import report
+    from runtime.cli.main import lean_client
+
+    # The daemon stops PARALLEL containers at a time, each within the grace and its kill.
+    rounds = -(-len(args.containers) // PARALLEL)
+    return report(lean_client(args).stop_names(
+        args.containers, signal=args.signal, timeout=args.time,
+        wait=rounds * args.time + 60))
 
 
 def start(args: argparse.Namespace) -> int:
@@ -354,30 +363,23 @@ def restart(args: argparse.Namespace) -> int:
 
 
 def kill(args: argparse.Namespace) -> int:
-    """Signal running containers."""
-    from runtime.core.errors import FailedPrecondition
+    """Signal running containers (one request for all the names)."""
+    from runtime.cli.each import report
+    from runtime.cli.main import lean_client
 
-    def signal(api: Any, cid: str) -> None:
-        task = task_of(api, cid)
-        if task is None or str(task.status) not in LIVE:
-            raise FailedPrecondition(f"container {cid!r} is not running")
-        api.kill_task(cid, args.signal)
-
-    return each(args.containers, signal, args)
+    return report(lean_client(args).kill_names(args.containers, args.signal))
 
 
 def rm(args: argparse.Namespace) -> int:
-    """Remove containers with their tasks and snapshots; running ones only with ``-f``."""
-    from runtime.core.errors import FailedPrecondition
+    """Remove containers with their tasks and snapshots; running ones only with ``-f``.
 
-    def remove(api: Any, cid: str) -> None:
-        task = task_of(api, cid)
-        if task is not None and str(task.status) in LIVE and not args.force:
-            raise FailedPrecondition(f"container {cid!r} is running: stop it first or use -f")
-        _hold_policy(api, cid, stopped=True)
-        api.remove(cid, force=True, snapshot=True)
+    One request for all the names: the daemon checks each one's task and holds its
+    restart policy (``runtime.plugins.tasks.verbs``).
+    """
+    from runtime.cli.each import report
+    from runtime.cli.main import lean_client
 
-    return each(args.containers, remove, args)
+    return report(lean_client(args).rm_names(args.containers, force=args.force))
 
 
 def wait(args: argparse.Namespace) -> int:

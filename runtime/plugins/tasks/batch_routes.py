@@ -19,12 +19,16 @@ from runtime.api.batch import (
     BatchResult,
     DeleteTasksRequest,
     ItemResult,
+    KillNamedRequest,
     KillTasksRequest,
     RemoveContainersRequest,
+    RemoveNamedRequest,
+    StopNamedRequest,
 )
 from runtime.core.errors import InvalidArgument, MoorageError
 from runtime.plugins.api.api import Route, decode_body, namespace_of
 from runtime.plugins.tasks.service import TaskService, parse_signal
+from runtime.plugins.tasks.verbs import Verbs
 
 __all__ = ["PARALLEL", "batch_routes", "for_each_id"]
 
@@ -65,7 +69,8 @@ async def for_each_id(ids: list[str], action: Callable[[str], Awaitable[object]]
 
 
 def batch_routes(service: TaskService) -> list[Route]:
-    """``POST /v1/run/remove``, ``/v1/tasks/kill`` and ``/v1/tasks/delete``."""
+    """``POST /v1/run/remove``, ``/v1/tasks/kill``, ``/v1/tasks/delete`` and ``/v1/verbs/*``."""
+    verbs = Verbs(service)
 
     async def remove(request: web.Request) -> BatchResult:
         body = await decode_body(request, RemoveContainersRequest)
@@ -90,6 +95,19 @@ def batch_routes(service: TaskService) -> list[Route]:
 
         return await for_each_id(body.ids, one)
 
+    async def verb_rm(request: web.Request) -> BatchResult:
+        body = await decode_body(request, RemoveNamedRequest)
+        return await verbs.rm(namespace_of(request), body.names, force=body.force)
+
+    async def verb_stop(request: web.Request) -> BatchResult:
+        body = await decode_body(request, StopNamedRequest)
+        return await verbs.stop(namespace_of(request), body.names, signal=body.signal,
+                                timeout=body.timeout)
+
+    async def verb_kill(request: web.Request) -> BatchResult:
+        body = await decode_body(request, KillNamedRequest)
+        return await verbs.kill(namespace_of(request), body.names, signal=body.signal)
+
     return [
         Route("POST", "/v1/run/remove", remove,
               "DELETE /v1/run/{id} for many containers in one request; one result per id.",
@@ -100,4 +118,15 @@ def batch_routes(service: TaskService) -> list[Route]:
         Route("POST", "/v1/tasks/delete", delete,
               "Delete many tasks in one request (force: kill running ones first); "
               "one result per id.", body=DeleteTasksRequest, response=BatchResult),
+        Route("POST", "/v1/verbs/rm", verb_rm,
+              "moorage rm [-f] NAME...: containers by id, name or id prefix, with their tasks "
+              "and snapshots (running ones only with force); one result per name.",
+              body=RemoveNamedRequest, response=BatchResult),
+        Route("POST", "/v1/verbs/stop", verb_stop,
+              "moorage stop NAME...: hold the restart policy, the stop signal, SIGKILL after "
+              "timeout seconds; one result per name.", body=StopNamedRequest,
+              response=BatchResult),
+        Route("POST", "/v1/verbs/kill", verb_kill,
+              "moorage kill NAME...: signal running containers; one result per name.",
+              body=KillNamedRequest, response=BatchResult),
     ]

@@ -33,7 +33,8 @@ def moorage_plugins() -> Iterator[Registration]:
     yield route_set(
         "tasks", ("service.tasks",), "tasks: lifecycle, exec, logs, attach, metrics",
         "runtime.plugins.tasks.routes:task_routes",
-        lambda ctx: (ctx.get("service.tasks"), ctx.daemon.cgroup_parent),
+        lambda ctx: (ctx.get("service.tasks"), ctx.daemon.cgroup_parent,
+                     optional_service(ctx, "images.store")),
     )
     yield route_set(
         "archive", ("service.tasks",), "container files as tar, out and in (cp)",

@@ -6,7 +6,8 @@ parameter); empty means the task's init process.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -32,7 +33,11 @@ from runtime.plugins.containers.api import new_container
 from runtime.plugins.tasks.batch_routes import batch_routes
 from runtime.plugins.tasks.io_routes import io_routes
 from runtime.plugins.tasks.run_attach import run_attach_routes
+from runtime.plugins.tasks.run_image import with_image_rootfs
 from runtime.plugins.tasks.service import TaskService, parse_signal
+
+if TYPE_CHECKING:
+    from runtime.plugins.images.api import Images
 
 __all__ = ["parse_signal", "task_routes"]
 
@@ -48,8 +53,12 @@ def _task_fields(task: TaskState) -> dict[str, Any]:
             "status": str(task.status), "runtime": task.runtime}
 
 
-def task_routes(service: TaskService, cgroup_parent: str = DEFAULT_CGROUP_PARENT) -> RouteSet:
-    """Routes over the task service; ``POST /v1/run`` generates specs under ``cgroup_parent``."""
+def task_routes(service: TaskService, cgroup_parent: str = DEFAULT_CGROUP_PARENT,
+                images: Callable[[], Images | None] = lambda: None) -> RouteSet:
+    """Routes over the task service; ``POST /v1/run`` generates specs under ``cgroup_parent``.
+
+    ``images()`` is the image service when it runs (``RunRequest.image_rootfs``).
+    """
 
     def ids(request: web.Request) -> tuple[str, str]:
         return namespace_of(request), request.match_info["id"]
@@ -64,8 +73,8 @@ def task_routes(service: TaskService, cgroup_parent: str = DEFAULT_CGROUP_PARENT
         return await service.create(namespace_of(request), body)
 
     async def run(request: web.Request) -> TaskState:
-        body = await decode_body(request, RunRequest)
         ns = namespace_of(request)
+        body = await with_image_rootfs(images, ns, await decode_body(request, RunRequest))
         container = new_container(ns, body.container, cgroup_parent)
         return await service.run(ns, container, parent=body.parent, rootfs=body.rootfs,
                                  stdin=body.stdin, start=body.start)
@@ -182,7 +191,7 @@ def task_routes(service: TaskService, cgroup_parent: str = DEFAULT_CGROUP_PARENT
               response=TaskMetrics),
         *io_routes(service),
         *batch_routes(service),
-        *run_attach_routes(service, cgroup_parent),
+        *run_attach_routes(service, cgroup_parent, images),
         Route("POST", "/v1/run", run,
               "Create a container, prepare its snapshot and create its task (start=true: "
               "start it too) in one call.", body=RunRequest, response=TaskState, status=201),

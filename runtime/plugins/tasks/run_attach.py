@@ -23,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
@@ -33,7 +35,11 @@ from runtime.core.errors import InvalidArgument, MoorageError, NotFound
 from runtime.plugins.api.api import Query, Route, namespace_of
 from runtime.plugins.containers.api import new_container
 from runtime.plugins.tasks.io_routes import relay
+from runtime.plugins.tasks.run_image import with_image_rootfs
 from runtime.plugins.tasks.service import TaskService
+
+if TYPE_CHECKING:
+    from runtime.plugins.images.api import Images
 
 __all__ = ["FIRST_MESSAGE_TIMEOUT", "run_attach_routes"]
 
@@ -59,8 +65,12 @@ async def _run_request(ws: web.WebSocketResponse) -> RunRequest:
         raise InvalidArgument(f"run request is not valid JSON: {exc}") from exc
 
 
-def run_attach_routes(service: TaskService, cgroup_parent: str) -> list[Route]:
-    """The one route; specs are generated under ``cgroup_parent`` as for ``POST /v1/run``."""
+def run_attach_routes(service: TaskService, cgroup_parent: str,
+                      images: Callable[[], Images | None] = lambda: None) -> list[Route]:
+    """The one route; specs are generated under ``cgroup_parent`` as for ``POST /v1/run``.
+
+    ``images()`` is the image service when it runs (``RunRequest.image_rootfs``).
+    """
 
     async def run_attached(request: web.Request) -> web.StreamResponse:
         ns = namespace_of(request)
@@ -77,7 +87,7 @@ def run_attach_routes(service: TaskService, cgroup_parent: str) -> list[Route]:
                 await service.remove(ns, made, force=True, snapshot=True)
 
         try:
-            body = await _run_request(ws)
+            body = await with_image_rootfs(images, ns, await _run_request(ws))
             container = new_container(ns, body.container, cgroup_parent)
             await service.run(ns, container, parent=body.parent, rootfs=body.rootfs,
                               stdin=stdin, start=False)

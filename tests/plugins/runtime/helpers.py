@@ -37,6 +37,7 @@ __all__ = [
     "leftovers",
     "make_rootfs",
     "moorage",
+    "requests_to",
     "require_runtime_host",
     "wait_until",
 ]
@@ -288,6 +289,16 @@ def moorage(address: str, *args: str, input: str | None = None,
         [sys.executable, "-m", "runtime.cli.main", "--address", address, *args],
         input=input, capture_output=True, text=True, timeout=timeout, check=False,
     )
+
+
+def requests_to(rd: RuntimeDaemon, route: str, method: str = "POST") -> float:
+    """How many requests the daemon answered on ``route`` (its ``/v1/metrics`` counter)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = rd.client().open("GET", "/v1/metrics").read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "moorage_api_requests_total"
+               and s.labels.get("route") == route and s.labels.get("method") == method)
 
 
 def moorage_ok(rd: RuntimeDaemon, *args: str, input: str | None = None) -> str:
