@@ -337,6 +337,26 @@ class ImageService(pb_grpc.ImageServiceServicer):  # type: ignore[misc]
         return await self.images.fs_info()
 
 
+def _answer_unimplemented(service: type, base: type) -> None:
+    """Give ``service`` a quiet UNIMPLEMENTED handler for each RPC of ``base`` it lacks.
+
+    The generated base methods raise NotImplementedError, which grpc logs at error level
+    with a traceback on every call; a kubelet polls some of them (the pod metrics).
+    """
+    for name, method in vars(base).items():
+        if name.startswith("_") or not callable(method) or name in vars(service):
+            continue
+
+        async def unimplemented(self: Any, request: Any, context: Any, rpc: str = name) -> Any:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{rpc} is not implemented")
+
+        setattr(service, name, unimplemented)
+
+
+_answer_unimplemented(RuntimeService, pb_grpc.RuntimeServiceServicer)
+_answer_unimplemented(ImageService, pb_grpc.ImageServiceServicer)
+
+
 async def start_grpc(cri: CriServer, path: Path, *,
                      max_connection_age: float | None = None) -> grpc.aio.Server:
     """The RuntimeService and ImageService of ``cri`` served on ``path`` (a unix socket).
