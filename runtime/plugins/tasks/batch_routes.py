@@ -12,7 +12,6 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import anyio
-from aiohttp import web
 
 from runtime.api.batch import (
     MAX_BATCH,
@@ -23,6 +22,7 @@ from runtime.api.batch import (
     RemoveContainersRequest,
 )
 from runtime.core.errors import InvalidArgument, MoorageError
+from runtime.pkg.http import web
 from runtime.plugins.api.api import Route, decode_body, namespace_of
 from runtime.plugins.tasks.service import TaskService, parse_signal
 
