@@ -31,6 +31,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def refuse(request: web.Request) -> web.Response:
+    return web.Response(status=507, text="full")
+
+
 async def crash(request: web.Request) -> web.Response:
     raise RuntimeError("boom")
 
@@ -58,6 +62,7 @@ def _app() -> web.Application:
     app.router.add_route("GET", "/refs/{name:.+}", echo)
     app.router.add_route("GET", "/stream", stream)
     app.router.add_route("GET", "/crash", crash)
+    app.router.add_route("POST", "/refuse", refuse)
     app.router.add_route("GET", "/ws", socket_handler)
     return app
 
@@ -120,6 +125,17 @@ def test_routes_match_as_aiohttp_does(tmp_path: Path) -> None:
         assert b"X-Name: a/b c" in regex
         wrong = await exchange(path, b"DELETE /echo HTTP/1.1\r\nConnection: close\r\n\r\n")
         assert wrong.startswith(b"HTTP/1.1 405 ")
+
+    run(tmp_path, scenario)
+
+
+def test_an_answer_before_the_body_is_read_reaches_a_client_still_sending(
+        tmp_path: Path) -> None:
+    async def scenario(path: str) -> None:
+        size = 8 << 20
+        answer = await exchange(path, b"POST /refuse HTTP/1.1\r\nConnection: close\r\n"
+                                      b"Content-Length: %d\r\n\r\n" % size + bytes(size))
+        assert answer.startswith(b"HTTP/1.1 507 ") and answer.endswith(b"full")
 
     run(tmp_path, scenario)
 

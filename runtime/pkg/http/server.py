@@ -40,9 +40,9 @@ log = logging.getLogger("moorage.http")
 
 #: Seconds an idle keep-alive connection is kept open.
 KEEPALIVE_TIMEOUT = 75.0
-#: Body bytes left unread by a handler that are read and dropped to keep the
-#: connection; with more, the connection is closed instead.
-_DISCARD_LIMIT = 256 * 1024
+#: Seconds the rest of a body left unread by its handler is read and dropped
+#: before the connection is closed.
+LINGER_SECONDS = 10.0
 
 
 class _Connection:
@@ -199,9 +199,15 @@ class HttpServer:
         if self.access_log is not None and self.access_log.isEnabledFor(logging.DEBUG):
             self.access_log.debug("%s %s %s %.1f ms", request.method, request.raw_path,
                                   response.status, (time.perf_counter() - started) * 1000)
-        if not request.keep_alive or self._stopping:
-            return False
+        if body.at_eof():
+            return request.keep_alive and not self._stopping
+        # The handler answered without reading the whole body (an error halfway
+        # through an upload): read and drop the rest for a while, so that the
+        # client, still sending, gets to read the answer instead of a broken
+        # pipe (aiohttp's "lingering").
         try:
-            return await body.discard(_DISCARD_LIMIT)
-        except BadRequest:
+            async with asyncio.timeout(LINGER_SECONDS):
+                ended = await body.discard(1 << 62)
+        except (BadRequest, TimeoutError):
             return False
+        return ended and request.keep_alive and not self._stopping
