@@ -11,7 +11,10 @@ and the CPU spent until then. The variants alternate, repetition by repetition.
 * ``lowlevel``: ``aiohttp.web_server.Server`` with a raw handler returning a
   ``web_response.Response`` (no application, router, middlewares, runner);
 * ``application``: ``web.Application`` with one route, ``AppRunner`` and
-  ``SockSite`` (what the admin API uses).
+  ``SockSite`` (what the admin API used until performance.md 22);
+* ``pkghttp``: :mod:`runtime.pkg.http` (what the admin API uses), one route.
+
+The interpreter must be able to import ``runtime`` for ``pkghttp``.
 """
 
 from __future__ import annotations
@@ -80,6 +83,22 @@ async def main():
     sock.bind(path)
     sock.listen(128)
     await web.SockSite(runner, sock).start()
+    await get()
+    print(rss(), time.process_time())
+asyncio.run(main())
+""",
+    "pkghttp": COMMON + r"""
+from runtime.pkg.http import web
+async def main():
+    async def version(request):
+        return web.json_response({})
+    app = web.Application()
+    app.router.add_get("/v1/version", version)
+    server = web.HttpServer(app)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(path)
+    sock.listen(128)
+    await server.serve_socket(sock)
     await get()
     print(rss(), time.process_time())
 asyncio.run(main())

@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from runtime.core import listeners
 from runtime.core.config import DaemonConfig, load_config
@@ -15,7 +15,7 @@ from runtime.core.errors import FailedPrecondition, MoorageError
 from runtime.core.notify import sd_notify
 
 # anyio, discovery (pluggy) and the host are imported by run_daemon once the API's
-# socket listens: with aiohttp and the plugins they are most of the start's CPU.
+# socket listens: with the plugins they are most of the start's CPU.
 
 __all__ = ["DEFAULT_CONFIG_PATH", "StateLock", "config_path_for", "run_daemon", "serve"]
 
@@ -112,8 +112,9 @@ def run_daemon(config_path: str | None) -> int:
         lock.release()
         return 1
     _watch_children_with_pidfds()
-    _python_frozenlist()
-    _aiohttp_without_default_certificates()
+    # The API serves without aiohttp; the registry client imports it at the
+    # first pull, and then with the daemon's choices below.
+    _shape_aiohttp_when_imported()
     import anyio
 
     try:
@@ -207,6 +208,63 @@ def _aiohttp_without_default_certificates() -> None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+class _ShapedLoader:
+    """Runs aiohttp's own loader with :func:`_python_frozenlist`'s and the certificates' choice.
+
+    Both must be in place while ``aiohttp/__init__`` runs: it imports frozenlist and
+    ``aiohttp.connector`` (which makes the TLS contexts).
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        _python_frozenlist()
+        saved = {k: os.environ.get(k) for k in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+        os.environ["SSL_CERT_FILE"] = os.environ["SSL_CERT_DIR"] = "/nonexistent/moorage-no-certs"
+        try:
+            self.loader.exec_module(module)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+class _AiohttpFinder:
+    """A meta path finder that hands aiohttp's first import to :class:`_ShapedLoader`."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != "aiohttp":
+            return None
+        import sys
+        from importlib.machinery import PathFinder
+
+        sys.meta_path.remove(self)
+        spec = PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ShapedLoader(spec.loader)  # type: ignore[assignment]
+        return spec
+
+
+def _shape_aiohttp_when_imported() -> None:
+    """Have aiohttp, whenever the daemon first imports it, skip libstdc++ and the CA files.
+
+    The reasons are :func:`_python_frozenlist`'s and
+    :func:`_aiohttp_without_default_certificates`'s; a daemon that never pulls
+    never imports aiohttp at all.
+    """
+    import sys
+
+    if "aiohttp" not in sys.modules and not any(
+            isinstance(f, _AiohttpFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AiohttpFinder())  # type: ignore[arg-type]
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -28,6 +28,9 @@ __all__ = ["BACKLOG", "bind_early", "bind_unix", "close_untaken", "take"]
 #: Connections the kernel queues before the server accepts them (aiohttp's own default).
 BACKLOG = 128
 
+#: ``sun_path``'s size on Linux, the terminating NUL included.
+_SUN_PATH_MAX = 108
+
 _bound: dict[str, socket.socket] = {}
 
 
@@ -44,13 +47,24 @@ def bind_unix(path: Path, *, backlog: int = BACKLOG) -> socket.socket:
         # The state lock guarantees that no live daemon owns it.
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Bound and listening under a temporary name, then renamed: a client that
+    # sees the path can connect at once (between bind and listen it would be
+    # refused).
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    if len(os.fsencode(staging)) >= _SUN_PATH_MAX:
+        staging = path  # no room for a longer name: bind in place
     old_umask = os.umask(0o117)
     try:
-        sock.bind(str(path))
-        os.chmod(path, 0o660)
+        staging.unlink(missing_ok=True)
+        sock.bind(str(staging))
+        os.chmod(staging, 0o660)
         sock.listen(backlog)
+        if staging != path:
+            os.rename(staging, path)
     except BaseException:
         sock.close()
+        if staging != path:
+            staging.unlink(missing_ok=True)
         raise
     finally:
         os.umask(old_umask)

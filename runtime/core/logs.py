@@ -43,7 +43,7 @@ def setup_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiohttp's access log is one line per request; keep it at debug.
-    logging.getLogger("aiohttp.access").setLevel(
-        logging.DEBUG if level == "debug" else logging.WARNING
-    )
+    # The access logs (the API's, the CRI streaming server's) are one line per
+    # request; keep them at debug.
+    for name in ("moorage.http.access", "aiohttp.access"):
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)

@@ -2,8 +2,9 @@
 
 Every plugin starts at daemon start, but what only a request needs is imported
 by the first such request: the Prometheus exposition, the layer appliers
-(``tarfile``, ISA-L, zstd), the registry client and the unpacker. aiohttp
-gets frozenlist's Python ``FrozenList``, so ``libstdc++`` is not mapped.
+(``tarfile``, ISA-L, zstd), the registry client (and with it aiohttp: the API
+is served by :mod:`runtime.pkg.http`) and the unpacker. When aiohttp comes,
+it gets frozenlist's Python ``FrozenList``, so ``libstdc++`` is not mapped.
 ``PYTHONVERBOSE`` makes the daemon log each module it imports, however imported.
 """
 
@@ -27,6 +28,10 @@ REQUEST_ONLY = (
     "runtime.pkg.registry.client",
     "runtime.plugins.images.unpack",
     "runtime.plugins.images.fetch",
+    "aiohttp",
+    "yarl",
+    "multidict",
+    "frozenlist",
 )
 
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
-from aiohttp import typedefs, web
 
 from runtime.api.types import ErrorBody, ErrorDetail
 from runtime.core.errors import InvalidArgument
 from runtime.core.registration import InitContext, Registration
+from runtime.pkg.http import web
 
 __all__ = [
     "NAMESPACE_KEY",
@@ -67,7 +67,7 @@ class Route:
 
     Attributes:
         method: HTTP method.
-        path: aiohttp path pattern (``/v1/namespaces/{name}``).
+        path: Path pattern (``/v1/namespaces/{name}``, aiohttp's syntax).
         handler: ``async def handler(request) -> value``; ``None`` answers 204.
         summary: One line for the OpenAPI document.
         body: The request body type, for decoding and documentation.
@@ -92,8 +92,8 @@ class Route:
 #: The service an ``api.*`` plugin returns: the routes it contributes.
 RouteSet = list[Route]
 
-#: An aiohttp middleware: ``async def mw(request, handler) -> response``.
-Middleware = typedefs.Middleware
+#: A middleware: ``async def mw(request, handler) -> response``.
+Middleware = web.Middleware
 
 
 class RouteSetWithMiddlewares(list[Route]):
@@ -155,7 +155,7 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
 def ends_at_shutdown(request: web.Request, end: Callable[[], None]) -> Iterator[None]:
     """Have the server call ``end`` if it stops while this streaming handler runs.
 
-    aiohttp waits for running handlers (up to its shutdown timeout) and then
+    The server waits for running handlers (up to its shutdown timeout) and then
     cancels them, so a stream that never ends by itself, like the event stream,
     must be told to end; its client then sees a clean end instead of a cut.
     """

@@ -1,15 +1,19 @@
-"""The admin API server: one aiohttp app on a unix socket and, optionally, TCP with a token."""
+"""The admin API server: one app on a unix socket and, optionally, TCP with a token.
+
+It runs on :mod:`runtime.pkg.http`, not aiohttp: importing ``aiohttp.web`` was
+most of the daemon's start.
+"""
 
 from __future__ import annotations
 
 import hmac
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from aiohttp import web
 
 from runtime.api.types import DEFAULT_NAMESPACE, NAMESPACE_HEADER
 from runtime.core import listeners
@@ -21,6 +25,7 @@ from runtime.core.errors import (
     Unauthenticated,
 )
 from runtime.core.identifiers import validate_namespace
+from runtime.pkg.http import web
 from runtime.plugins.api.api import (
     NAMESPACE_KEY,
     STREAM_ENDERS,
@@ -118,7 +123,7 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
 
 def build_app(routes: list[Route], *, version: str, token: str = "",
               middlewares: Sequence[Middleware] = ()) -> web.Application:
-    """An aiohttp application serving ``routes`` plus ``GET /v1/openapi.json``.
+    """An application serving ``routes`` plus ``GET /v1/openapi.json``.
 
     ``middlewares`` (from route sets) wrap the built-in ones, so they see
     every request with its final status, errors rendered.
@@ -161,13 +166,8 @@ class ApiServer:
         self.app = app
         self.socket_path = socket_path
         self.tcp_address = tcp_address
-        # aiohttp's own access logger: setup_logging keeps it quiet below debug.
-        self.runner = web.AppRunner(
-            app,
-            access_log=logging.getLogger("aiohttp.access"),
-            shutdown_timeout=2.0,
-            handle_signals=False,
-        )
+        # One debug line per request; setup_logging keeps it quiet below debug.
+        self.server = web.HttpServer(app, access_log=logging.getLogger("moorage.http.access"))
 
     async def start(self) -> None:
         """Serve the unix socket the daemon bound at start, or bind it now.
@@ -175,12 +175,11 @@ class ApiServer:
         A stale socket file from a dead daemon is replaced
         (:func:`runtime.core.listeners.bind_unix`).
         """
-        await self.runner.setup()
         sock = listeners.take(self.socket_path) or listeners.bind_unix(self.socket_path)
-        await web.SockSite(self.runner, sock).start()
+        await self.server.serve_socket(sock)
         if self.tcp_address:
             host, _, port = self.tcp_address.rpartition(":")
-            await web.TCPSite(self.runner, host or "127.0.0.1", int(port)).start()
+            await self.server.serve_tcp(host or "127.0.0.1", int(port))
         log.info(
             "API listening on unix://%s%s",
             self.socket_path,
@@ -190,15 +189,12 @@ class ApiServer:
     @property
     def tcp_port(self) -> int | None:
         """The bound TCP port (useful when configured as port 0)."""
-        for site in self.runner.sites:
-            if isinstance(site, web.TCPSite):
-                server = site._server
-                sockets = getattr(server, "sockets", None)
-                if sockets:
-                    return int(sockets[0].getsockname()[1])
+        for sock in self.server.sockets:
+            if sock.family != socket.AF_UNIX:
+                return int(sock.getsockname()[1])
         return None
 
     async def stop(self) -> None:
         """Close listeners and remove the socket file."""
-        await self.runner.cleanup()
+        await self.server.shutdown(timeout=2.0)
         self.socket_path.unlink(missing_ok=True)

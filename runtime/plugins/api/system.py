@@ -6,7 +6,6 @@ import os
 from typing import Any
 
 import msgspec
-from aiohttp import web
 
 from runtime.api.constants import API_VERSION
 from runtime.api.types import (
@@ -19,6 +18,7 @@ from runtime.api.types import (
 )
 from runtime.core.errors import MoorageError, Unavailable
 from runtime.core.registration import InitContext
+from runtime.pkg.http import web
 from runtime.plugins.api.api import Query, Route, RouteSet, ends_at_shutdown, namespace_of
 
 __all__ = ["system_routes"]

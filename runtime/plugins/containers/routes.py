@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from aiohttp import web
-
 from runtime.api.containers import Container, ContainerCreateRequest, ContainerUpdateRequest
 from runtime.core.config import DEFAULT_CGROUP_PARENT
 from runtime.core.errors import FailedPrecondition
+from runtime.pkg.http import web
 from runtime.plugins.api.api import Route, RouteSet, decode_body, list_route, namespace_of
 from runtime.plugins.containers.api import ContainerStore, check_privileges, new_container
 from runtime.plugins.runtime.api import Runtime

@@ -6,7 +6,6 @@ import re
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
-from aiohttp import web
 
 from runtime.api.types import (
     LEASE_HEADER,
@@ -17,6 +16,7 @@ from runtime.api.types import (
 )
 from runtime.core.errors import InvalidArgument, OutOfRange
 from runtime.core.identifiers import validate_labels
+from runtime.pkg.http import web
 from runtime.plugins.api.api import (
     Query,
     Route,

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-
+from runtime.pkg.http import web
 from runtime.plugins.api.api import Route, RouteSet
 from runtime.plugins.gc.api import Collections, GCReport
 

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import msgspec
-from aiohttp import web
 
 from runtime.api.types import (
     CheckResult,
@@ -28,6 +27,7 @@ from runtime.api.types import (
     ImageUsage,
 )
 from runtime.core.errors import InvalidArgument, MoorageError
+from runtime.pkg.http import web
 from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, list_route, namespace_of
 from runtime.plugins.gc.api import Collections
 

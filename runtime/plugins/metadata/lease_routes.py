@@ -7,10 +7,10 @@ from datetime import timedelta
 from typing import Any
 
 import msgspec
-from aiohttp import web
 
 from runtime.api.types import Lease, LeaseCreateRequest, LeaseResource
 from runtime.core.errors import InvalidArgument
+from runtime.pkg.http import web
 from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, list_route, namespace_of
 from runtime.plugins.gc.api import Collections
 from runtime.plugins.metadata.api import Metadata, Resource

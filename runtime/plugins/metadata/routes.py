@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import msgspec
-from aiohttp import web
 
 from runtime.api.types import Namespace, NamespaceCreateRequest, NamespaceLabelsRequest
+from runtime.pkg.http import web
 from runtime.plugins.api.api import Route, RouteSet, decode_body
 from runtime.plugins.metadata.api import Metadata
 

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
-from aiohttp import web
 from anyio.abc import TaskStatus
 
 from runtime.core.errors import InvalidArgument, Unavailable
 from runtime.core.events import Exchange, SubscriberOverflow
 from runtime.core.host import PluginSet
+from runtime.pkg.http import web
 from runtime.plugins.gc.api import EVENT_TOPIC, GCReport
 from runtime.plugins.metrics.series import (
     CounterSeries,
@@ -99,7 +99,7 @@ class PrometheusMetrics:
         self._created = created_series_enabled()
         # One scrape at a time, as when a shared collector handed out the families.
         self._lock = anyio.Lock()
-        self._runner: web.AppRunner | None = None
+        self._server: web.HttpServer | None = None
 
     async def listen(self, address: str) -> None:
         """Serve ``GET /metrics`` on ``host:port`` too (no token: keep it on loopback).
@@ -114,16 +114,15 @@ class PrometheusMetrics:
         app = web.Application()
         app.router.add_get("/metrics", self.handle)
         app.router.add_get("/v1/metrics", self.handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, int(port)).start()
+        self._server = web.HttpServer(app)
+        await self._server.serve_tcp(host, int(port))
         log.info("metrics listening on http://%s:%s/metrics", host, port)
 
     async def aclose(self) -> None:
         """Stop the separate listener, if any."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:
+            await self._server.shutdown()
+            self._server = None
 
     async def render(self) -> bytes:
         """The whole exposition, with the plugins' figures read now."""

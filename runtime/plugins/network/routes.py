@@ -8,8 +8,8 @@ so no task is created before networks are available.
 from __future__ import annotations
 
 import msgspec
-from aiohttp import web
 
+from runtime.pkg.http import web
 from runtime.plugins.api.api import Route, RouteSet, decode_body, namespace_of
 from runtime.plugins.network.api import Attachment
 from runtime.plugins.network.cni.conflist import list_conflists

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import msgspec
-from aiohttp import web
 
 from runtime.api.types import (
     LEASE_HEADER,
@@ -17,6 +16,7 @@ from runtime.api.types import (
     Usage,
 )
 from runtime.core.errors import InvalidArgument
+from runtime.pkg.http import web
 from runtime.plugins.api.api import Route, RouteSet, decode_body, list_route, namespace_of
 from runtime.plugins.snapshots.api import NamespacedSnapshots, Snapshots
 

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 import anyio.to_thread
-from aiohttp import web
 
 from runtime.api.containers import ArchiveResult, PathStatInfo
 from runtime.core.errors import InvalidArgument
+from runtime.pkg.http import web
 from runtime.pkg.mount import mounted
 from runtime.plugins.api.api import Query, Route, RouteSet, namespace_of
 from runtime.plugins.tasks.service import TaskService

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import anyio
-from aiohttp import web
 
 from runtime.api.batch import (
     MAX_BATCH,
@@ -26,6 +25,7 @@ from runtime.api.batch import (
     StopNamedRequest,
 )
 from runtime.core.errors import InvalidArgument, MoorageError
+from runtime.pkg.http import web
 from runtime.plugins.api.api import Route, decode_body, namespace_of
 from runtime.plugins.tasks.service import TaskService, parse_signal
 from runtime.plugins.tasks.verbs import Verbs

@@ -15,14 +15,13 @@ import os
 import tempfile
 from collections.abc import Callable
 
-from aiohttp import web
-
 from runtime.api.containers import (
     LAYER_DIFF_ID_HEADER,
     LAYER_DIGEST_HEADER,
     LAYER_MEDIA_TYPE_HEADER,
 )
 from runtime.core.errors import FailedPrecondition, InvalidArgument
+from runtime.pkg.http import web
 from runtime.plugins.api.api import Query, Route, RouteSet, namespace_of
 from runtime.plugins.diff.api import Applier, Comparer
 from runtime.plugins.snapshots.api import Snapshots

@@ -25,9 +25,10 @@ from typing import Any
 
 import anyio
 import msgspec
-from aiohttp import WSMsgType, web
 
 from runtime.core.errors import MoorageError, NotFound
+from runtime.pkg.http import web
+from runtime.pkg.http.web import WSMsgType
 from runtime.plugins.api.api import Query, Route, RouteSet, namespace_of
 from runtime.plugins.runtime.api import AttachStream, Runtime
 from runtime.plugins.tasks.service import TaskService

@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
 from runtime.api.containers import RunRequest
 from runtime.api.tasks import (
     CreateTaskRequest,
@@ -28,6 +26,7 @@ from runtime.api.tasks import (
 )
 from runtime.core.config import DEFAULT_CGROUP_PARENT
 from runtime.core.filters import adapt, parse
+from runtime.pkg.http import web
 from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, list_route, namespace_of
 from runtime.plugins.containers.api import new_container
 from runtime.plugins.tasks.batch_routes import batch_routes

@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
-from aiohttp import WSMsgType, web
 
 from runtime.api.containers import RunRequest
 from runtime.core.errors import InvalidArgument, MoorageError, NotFound
+from runtime.pkg.http import web
+from runtime.pkg.http.web import WSMsgType
 from runtime.plugins.api.api import Query, Route, namespace_of
 from runtime.plugins.containers.api import new_container
 from runtime.plugins.tasks.io_routes import relay

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-
+from runtime.pkg.http import web
 from runtime.plugins.api.api import Route, RouteSet, decode_body, namespace_of
 from runtime.plugins.volumes.api import Volume, VolumeCreateRequest, VolumePruneReport
 from runtime.plugins.volumes.store import VolumeStore
