@@ -1443,10 +1443,8 @@ static int follow(websocket_t *w, const char *container_id)
 
 static int cmd_run(const run_t *r)
 {
-    char id[32];
-    if (r->name[0]) {
-        snprintf(id, sizeof id, "%s", ""); /* unused */
-    } else {
+    char id[13] = "";
+    if (!r->name[0]) { /* os.urandom(6).hex() */
         unsigned char raw[6];
         random_bytes(raw, sizeof raw);
         for (int i = 0; i < 6; i++)
