@@ -319,47 +319,53 @@ def test_run_rm_forwards_sigterm_to_the_container(commands: Commands, daemon: Ru
 
 
 def _wheel(tmp_path: Path, env: dict[str, str]) -> Path:
+    """A wheel of a copy of the tree's package (pip builds in the source directory)."""
+    source = tmp_path / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
+        source.mkdir(exist_ok=True)
+        shutil.copy2(REPO / name, source / name)
+    for name in ("bin", "frontend", "runtime"):
+        shutil.copytree(REPO / name, source / name, ignore=ignore)
     out = tmp_path / "wheel"
     done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps",
-         "--no-build-isolation", "-w", str(out), str(REPO)],
+         "--no-build-isolation", "-w", str(out), str(source)],
         capture_output=True, text=True, env={**os.environ, **env}, timeout=600, check=False)
     assert done.returncode == 0, done.stderr
-    # The build directory is the tree's own: keep it from leaking into the next build.
-    shutil.rmtree(REPO / "build", ignore_errors=True)
     (wheel,) = out.glob("moorage-*.whl")
     return wheel
 
 
 def _install(tmp_path: Path, wheel: Path) -> Path:
-    """The wheel installed (without dependencies) into a venv that sees this interpreter's."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True, capture_output=True, timeout=300)
-    done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-                           "--disable-pip-version-check", "--no-deps", str(wheel)],
-                          capture_output=True, text=True, timeout=600, check=False)
+    """The wheel installed by pip (without dependencies) into a directory; its ``bin``."""
+    target = tmp_path / "installed"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                           "--disable-pip-version-check", "--no-deps", "--target", str(target),
+                           str(wheel)], capture_output=True, text=True, timeout=600,
+                          check=False)
     assert done.returncode == 0, done.stderr
-    return venv / "bin"
+    return target / "bin"
 
 
 def _works(bin_dir: Path) -> None:
+    """``moorage`` and ``moorage-py`` answer (the hot path and the Python CLI's)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
-    env["PYTHONPATH"] = ""
+    env["PYTHONPATH"] = str(bin_dir.parent)  # the installed package, not the tree
     for exe in ("moorage", "moorage-py"):
         done = subprocess.run([str(bin_dir / exe), "--address", UNREACHABLE, "version"],
                               capture_output=True, text=True, env=env, timeout=120,
                               check=False)
         assert done.returncode == 1 and "is it running?" in done.stderr, done.stderr
         done = subprocess.run([str(bin_dir / exe), "--help"], capture_output=True, text=True,
-                              env=env, timeout=120, check=False)
+                              env=env, timeout=120, check=False, cwd="/")
         assert done.returncode == 0 and "usage: moorage" in done.stdout, done.stderr
 
 
 def test_wheel_holds_the_front_end_for_this_platform(tmp_path: Path) -> None:
     require_binary("cc")
     wheel = _wheel(tmp_path, {})
-    assert wheel.name.endswith("-py3-none-linux_x86_64.whl") or "-py3-none-linux_" in wheel.name
+    assert "-py3-none-linux_" in wheel.name
     with zipfile.ZipFile(wheel) as archive:
         names = {n.rsplit("/", 1)[-1]: n for n in archive.namelist() if "/scripts/" in n}
         assert sorted(names) == ["moorage", "moorage-py"]
