@@ -21,6 +21,12 @@ never both busy at once:
   Moorage: ``cri.v1`` enabled), one fresh start per repetition.
 * ``rss_with_pods``: the daemon's RSS with the N pods running.
 
+With ``--perf``, one more pods_up and pods_down per daemon run under ``perf``
+(harness/proctrace.py): CPU milliseconds per pod of every process of the
+daemon's tree by role (the daemon, runc, conmon or shims, each CNI plugin,
+the infra process...) and execs per pod by binary. ``--reps 0 --rss-reps 0
+--perf`` gives only those.
+
 Medians over ``--reps``; the JSON (every sample, load averages, daemon CPU)
 and a markdown table go to ``benchmarks/results/cri-<UTC stamp>.{json,md}``.
 ``benchmarks/run.py --cri`` runs the same and adds the rows to its table.
@@ -50,6 +56,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 from harness.cri import CriClient, CriContainerd, CriDaemon, CriMoorage, build_pause_layout  # noqa: E402
 from harness.cri_figures import CRI_TARGETS, cri_ratios  # noqa: E402
 from harness.memory import pss_kib, rss_kib  # noqa: E402
+from harness.proctrace import CpuGroup, cgroups_cpu, trace_tree  # noqa: E402
 from harness.stats import proc_cpu  # noqa: E402
 
 from tests.fixtures.images import busybox_image  # noqa: E402
@@ -66,32 +73,57 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+#: Each running daemon's cpuacct group, by pid (harness/proctrace.py).
+_GROUPS: dict[int, CpuGroup | None] = {}
+
+
 class Timed:
-    """Samples of one figure for one daemon: wall seconds, daemon CPU, load."""
+    """Samples of one figure for one daemon: wall seconds, daemon CPU, its tree's CPU, load."""
 
     def __init__(self) -> None:
         self.samples: list[dict[str, float]] = []
 
-    def measure(self, daemon: CriDaemon, fn: Callable[[], Any]) -> None:
-        """Time ``fn``; record the daemon's CPU (own and reaped children's) over it."""
+    def measure(self, daemon: CriDaemon, fn: Callable[[], Any],
+                made: list[tuple[str, str]] | None = None) -> None:
+        """Time ``fn``; record the daemon's own CPU and its tree's over it.
+
+        The tree is the daemon and every process it started, containers' own
+        processes left out (its cpuacct group); absent where the host has none.
+        With ``made`` (the pods and containers ``fn`` made), also the CPU
+        charged to their own cgroups by then: runc's init once it has moved
+        there, the infra process, the workload's start.
+        """
         load = loadavg()
+        group = _GROUPS.get(daemon.pid)
+        tree0 = group.seconds() if group is not None else 0.0
         cpu0 = proc_cpu(daemon.pid)
         start = time.perf_counter()
         fn()
         wall = time.perf_counter() - start
         cpu1 = proc_cpu(daemon.pid)
-        self.samples.append({"wall": wall, "daemon_cpu": sum(cpu1) - sum(cpu0),
-                             "load": load})
+        sample = {"wall": wall, "daemon_cpu": sum(cpu1) - sum(cpu0), "load": load}
+        if group is not None:
+            sample["tree_cpu"] = group.seconds() - tree0
+            if made is not None:
+                sample["pods_cpu"] = cgroups_cpu({i for ids in made for i in ids})
+        self.samples.append(sample)
 
     def summary(self) -> dict[str, Any]:
         """Median, min, max of wall; median daemon CPU; every sample."""
         if not self.samples:
             return {"n": 0}
         walls = [s["wall"] for s in self.samples]
-        return {"n": len(walls), "unit": "s", "median": statistics.median(walls),
-                "min": min(walls), "max": max(walls),
-                "daemon_cpu_median": statistics.median(s["daemon_cpu"] for s in self.samples),
-                "samples": self.samples}
+        summary = {"n": len(walls), "unit": "s", "median": statistics.median(walls),
+                   "min": min(walls), "max": max(walls),
+                   "daemon_cpu_median": statistics.median(s["daemon_cpu"] for s in self.samples),
+                   "samples": self.samples}
+        trees = [s["tree_cpu"] for s in self.samples if "tree_cpu" in s]
+        if trees:
+            summary["tree_cpu_median"] = statistics.median(trees)
+        both = [s["tree_cpu"] + s["pods_cpu"] for s in self.samples if "pods_cpu" in s]
+        if both:
+            summary["tree_and_pods_cpu_median"] = statistics.median(both)
+        return summary
 
 
 def _streamed_execs(client: CriClient, container_id: str, count: int) -> None:
@@ -148,7 +180,7 @@ def _one_round(daemon: CriDaemon, client: CriClient, image: str, pods: int, exec
 
     name = daemon.name
     try:
-        series["pods_up"][name].measure(daemon, up)
+        series["pods_up"][name].measure(daemon, up, made)
         time.sleep(1)
         rss[name].append(rss_kib(daemon.pid))
         target = made[0][1]
@@ -163,11 +195,45 @@ def _one_round(daemon: CriDaemon, client: CriClient, image: str, pods: int, exec
         raise
 
 
+def _traced_round(daemon: CriDaemon, client: CriClient, image: str,
+                  pods: int) -> dict[str, Any]:
+    """pods_up and pods_down of ``pods`` pods, each under perf, per pod."""
+    made: list[tuple[str, str]] = []
+
+    def up() -> None:
+        with ThreadPoolExecutor(pods) as pool:
+            made.extend(pool.map(lambda _: client.run_pod_with_container(image, WORKLOAD),
+                                 range(pods)))
+
+    def down() -> None:
+        with ThreadPoolExecutor(pods) as pool:
+            list(pool.map(lambda ids: client.tear_down(*ids), made))
+
+    try:
+        found = {"pods_up": trace_tree(daemon.pid, up, per=pods)}
+        time.sleep(1)
+        found["pods_down"] = trace_tree(daemon.pid, down, per=pods)
+    except BaseException:
+        client.remove_everything()
+        raise
+    return found
+
+
 def _start(cls: type[CriContainerd] | type[CriMoorage], work: Path) -> CriDaemon:
     base = Path(tempfile.mkdtemp(prefix=f"cri-{cls.name[:2]}-", dir=work))
     daemon = cls(base)
     daemon.start()
+    _GROUPS[daemon.pid] = CpuGroup.adopt(daemon.pid, f"mb-cri-{os.getpid()}-{cls.name}")
     return daemon
+
+
+def _stop(daemon: CriDaemon) -> None:
+    pid = daemon.pid
+    daemon.stop()
+    group = _GROUPS.pop(pid, None)
+    if group is not None:
+        group.remove()
+    daemon.wipe()
 
 
 def _idle_rss(work: Path, reps: int, settle: float) -> dict[str, Any]:
@@ -182,8 +248,7 @@ def _idle_rss(work: Path, reps: int, settle: float) -> dict[str, Any]:
                 found[cls.name].append({"rss_kib": rss_kib(daemon.pid),
                                         "pss_kib": pss_kib(daemon.pid)})
             finally:
-                daemon.stop()
-                daemon.wipe()
+                _stop(daemon)
     return {name: {"median": statistics.median(s["rss_kib"] for s in samples),
                    "pss_median": statistics.median(s["pss_kib"] for s in samples),
                    "unit": "KiB", "samples": samples}
@@ -191,12 +256,13 @@ def _idle_rss(work: Path, reps: int, settle: float) -> dict[str, Any]:
 
 
 def measure_cri(reps: int = 5, pods: int = 20, execs: int = 100, rss_reps: int = 3,
-                settle: float = 5.0) -> dict[str, Any]:
+                settle: float = 5.0, perf: bool = False) -> dict[str, Any]:
     """Every CRI figure for both daemons (see the module docstring)."""
     work = Path(tempfile.mkdtemp(prefix="mb-cri-", dir="/var/tmp"))
     results: dict[str, Any] = {"pods": pods, "execs": execs, "reps": reps}
     try:
-        results["idle_rss"] = _idle_rss(work, rss_reps, settle)
+        if rss_reps > 0:
+            results["idle_rss"] = _idle_rss(work, rss_reps, settle)
         busybox = busybox_image(work / "busybox", ref_name="moorage.local/bench/busybox:1")
         pause = build_pause_layout(work / "pause")
         series = {fig: {"containerd": Timed(), "moorage": Timed()}
@@ -229,12 +295,17 @@ def measure_cri(reps: int = 5, pods: int = 20, execs: int = 100, rss_reps: int =
                         print(f"== rep {rep + 1}/{reps} {name}", file=sys.stderr, flush=True)
                         _one_round(daemons[name], clients[name], images[name], pods, execs,
                                    series, rss)
+                if perf:
+                    results["perf"] = {}
+                    for name, daemon in daemons.items():
+                        print(f"== perf {name}", file=sys.stderr, flush=True)
+                        results["perf"][name] = _traced_round(daemon, clients[name],
+                                                              images[name], pods)
             finally:
                 for client in clients.values():
                     client.close()
                 for daemon in (moorage, containerd):
-                    daemon.stop()
-                    daemon.wipe()
+                    _stop(daemon)
         for fig, both in series.items():
             results[fig] = {name: timed.summary() for name, timed in both.items()}
         results["rss_with_pods"] = {name: {"median": statistics.median(v), "unit": "KiB",
@@ -272,9 +343,62 @@ def render(record: dict[str, Any]) -> str:
                      f"{_fmt(row['containerd'], kib)} | "
                      f"{'n/a' if ratio is None else f'{ratio:.2f}'} | "
                      f"{target if target is not None else 'report'} | {met} |")
+    lines += _tree_cpu_lines(res)
+    if res.get("perf"):
+        lines += _perf_lines(res["perf"])
     if "error" in res:
         lines += ["", f"Error: {res['error'][:500]}"]
     return "\n".join(lines) + "\n"
+
+
+def _tree_cpu_lines(res: dict[str, Any]) -> list[str]:
+    """CPU of each daemon's tree (medians), per pod for the pod figures."""
+    rows = []
+    for fig, per in (("pods_up", res.get("pods", 1)), ("pods_down", res.get("pods", 1)),
+                     ("exec_sync", res.get("execs", 1))):
+        node = res.get(fig, {})
+        got = {n: node.get(n, {}).get("tree_cpu_median") for n in ("moorage", "containerd")}
+        own = {n: node.get(n, {}).get("daemon_cpu_median") for n in ("moorage", "containerd")}
+        if got["moorage"] is None or got["containerd"] is None:
+            continue
+        unit = "pod" if fig.startswith("pods") else "exec"
+        m, c = got["moorage"] / per * 1e3, got["containerd"] / per * 1e3
+        rows.append(f"| {fig} | ms per {unit} | {m:.1f} ({own['moorage'] / per * 1e3:.1f}) | "
+                    f"{c:.1f} ({own['containerd'] / per * 1e3:.1f}) | {m / c:.2f} |")
+        both = {n: node.get(n, {}).get("tree_and_pods_cpu_median")
+                for n in ("moorage", "containerd")}
+        if both["moorage"] is not None and both["containerd"]:
+            m, c = both["moorage"] / per * 1e3, both["containerd"] / per * 1e3
+            rows.append(f"| {fig}, with the pods' cgroups | ms per pod | {m:.1f} | {c:.1f} | "
+                        f"{m / c:.2f} |")
+    if not rows:
+        return []
+    return ["", "CPU of the daemon and every process it started (its cpuacct group; what "
+            "runs in the pods' and containers' cgroups left out, then added), medians; in "
+            "brackets the daemon's own:", "",
+            "| figure | unit | moorage | containerd | ratio |", "|---|---|---|---|---|", *rows]
+
+
+def _perf_lines(perf: dict[str, Any]) -> list[str]:
+    """The perf pass as tables: CPU ms per pod by role, execs per pod by binary."""
+    lines: list[str] = []
+    for fig in ("pods_up", "pods_down"):
+        cpu = {name: perf[name][fig]["cpu_ms"] for name in perf}
+        roles = [*sorted({r for v in cpu.values() for r in v if r != "total"}), "total"]
+        names = sorted(cpu)
+        lines += ["", f"CPU ms per pod, {fig} under perf (lost chunks: "
+                  + ", ".join(f"{n} {perf[n][fig]['lost_chunks']}" for n in names) + "; wall: "
+                  + ", ".join(f"{n} {perf[n][fig]['wall']:.3f} s" for n in names) + "):", "",
+                  "| role | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += [f"| {r} | " + " | ".join(f"{cpu[n].get(r, 0):.1f}" for n in names) + " |"
+                  for r in roles]
+        execs = {name: perf[name][fig]["execs"] for name in perf}
+        binaries = sorted({b for v in execs.values() for b in v})
+        lines += ["", f"Execs per pod, {fig}:", "",
+                  "| binary | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += [f"| {b} | " + " | ".join(f"{execs[n].get(b, 0):g}" for n in names) + " |"
+                  for b in binaries]
+    return lines
 
 
 def _loads(results: dict[str, Any]) -> list[float]:
@@ -290,6 +414,9 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=20)
     parser.add_argument("--execs", type=int, default=100)
     parser.add_argument("--rss-reps", type=int, default=3)
+    parser.add_argument("--perf", action="store_true",
+                        help="one more pods_up and pods_down per daemon under perf: CPU per "
+                             "pod of each process role, execs per pod")
     parser.add_argument("--install", choices=("venv", "editable"), default="venv",
                         help="measure a wheel of this tree in the benchmark's venv "
                              "(harness/install.py) or the development install")
@@ -300,7 +427,7 @@ def main() -> int:
 
         CriMoorage.bin_dir = venv_bin()
     try:
-        results = measure_cri(args.reps, args.pods, args.execs, args.rss_reps)
+        results = measure_cri(args.reps, args.pods, args.execs, args.rss_reps, perf=args.perf)
     except Exception as exc:
         traceback.print_exc()
         results = {"error": f"{type(exc).__name__}: {exc}"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -243,3 +244,23 @@ def test_privileged_ignores_seccomp(cri: Any, cri_image: str) -> None:
                                   seccomp=pb.SecurityProfile(
                                       profile_type=pb.SecurityProfile.RuntimeDefault))
     assert _seccomp_mode(cri, container_id) == "0"
+
+
+def _infra_seccomp_mode(cri: Any, sandbox_id: str) -> str:
+    info = json.loads(cri.runtime.PodSandboxStatus(cri.pb.PodSandboxStatusRequest(
+        pod_sandbox_id=sandbox_id, verbose=True)).info["info"])
+    with open(f"/proc/{info['pid']}/status") as status:
+        line = next(x for x in status if x.startswith("Seccomp:"))
+    return line.split()[1]
+
+
+def test_infra_process_takes_the_pods_seccomp_profile(cri: Any) -> None:
+    """None asked for: unconfined, as containerd's sandbox container; RuntimeDefault: filtered."""
+    pb = cri.pb
+    plain, _ = cri.run_pod(cri.pod_config("plain"))
+    assert _infra_seccomp_mode(cri, plain) == "0"
+    config = cri.pod_config("confined")
+    config.linux.security_context.seccomp.CopyFrom(
+        pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault))
+    confined, _ = cri.run_pod(config)
+    assert _infra_seccomp_mode(cri, confined) == "2"

@@ -45,8 +45,13 @@ class ContainerStore(Protocol):
         image: str | None = None,
         snapshot_key: str | None = None,
         extensions: Mapping[str, Any] | None = None,
+        durable: bool = True,
     ) -> Container:
-        """Change the mutable fields given; labels merge (an empty value removes one)."""
+        """Change the mutable fields given; labels merge (an empty value removes one).
+
+        ``durable=False``: the change survives a crash of the daemon, not
+        necessarily a power loss (for state that a reboot ends anyway).
+        """
         ...
 
     async def delete(self, namespace: str, id: str) -> None:

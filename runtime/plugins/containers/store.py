@@ -126,10 +126,13 @@ class SqliteContainerStore:
         image: str | None = None,
         snapshot_key: str | None = None,
         extensions: Mapping[str, Any] | None = None,
+        durable: bool = True,
     ) -> Container:
         """Change the mutable fields given; labels merge and an empty value removes one.
 
         ``extensions`` merge too; a ``None`` value removes an extension.
+        ``durable=False``: a daemon crash cannot lose the change, a power loss can
+        (see :meth:`~runtime.plugins.metadata.db.Database.write_sync`).
         """
         validate_namespace(namespace)
         if labels is not None:
@@ -161,7 +164,7 @@ class SqliteContainerStore:
                          (record.decode(), datetime.now(UTC).isoformat(), namespace, id))
             return current
 
-        updated = await self.db.write(change)
+        updated = await self.db.write(change, durable=durable)
         self.publish(namespace, "/containers/update", ContainerUpdate(
             id=id, image=updated.image, labels=updated.labels,
             snapshot_key=updated.snapshot_key))

@@ -144,7 +144,7 @@ class Containers(PodRecords):
                                      "not created")
         await runtime.start(self.namespace, container_id)
         record.started_at = now_ns()
-        await self._save_ext(container_id, record)
+        await self._save_ext(container_id, record, durable=False)
 
     async def stop_container(self, container_id: str, timeout: int) -> None:
         """StopContainer: its stop signal, ``timeout`` seconds, then SIGKILL; idempotent."""

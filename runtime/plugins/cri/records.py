@@ -269,9 +269,17 @@ class PodRecords:
         return [r for r in await self._list_records("container")
                 if r.extensions.get(EXTENSION, {}).get("sandbox_id") == sandbox_id]
 
-    async def _save_ext(self, id_: str, ext: msgspec.Struct) -> None:
+    async def _save_ext(self, id_: str, ext: msgspec.Struct, *, durable: bool = True) -> None:
+        """Store the record's CRI extension.
+
+        ``durable=False`` for what describes processes and mounts a reboot ends
+        anyway (a pod's netns, address and ``/dev/shm``, a start time): after a
+        reboot recovery removes such pods and containers whatever their record
+        says, and a daemon crash loses nothing either way.
+        """
         await self.containers.update(self.namespace, id_,
-                                     extensions={EXTENSION: msgspec.to_builtins(ext)})
+                                     extensions={EXTENSION: msgspec.to_builtins(ext)},
+                                     durable=durable)
 
     def _sandbox_config(self, record: SandboxRecord) -> pb.PodSandboxConfig:
         config = pb.PodSandboxConfig()

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +36,7 @@ import msgspec
 from runtime.api.containers import Container
 from runtime.api.tasks import Status
 from runtime.core.errors import MoorageError, NotFound
+from runtime.plugins.cri.sandbox_setup import unmount_shm
 
 if TYPE_CHECKING:
     from runtime.plugins.cri.pods import Pods
@@ -101,8 +100,6 @@ def _remove_orphan_dirs(base: Path, kept: set[str]) -> None:
     for entry in base.iterdir():
         if entry.name in kept or not entry.is_dir():
             continue
-        shm = entry / "shm"
-        if os.path.ismount(shm):
-            subprocess.run(["umount", "-l", str(shm)], check=False, capture_output=True)
+        unmount_shm(entry / "shm")
         log.info("removing the files of pod sandbox %s (no record)", entry.name)
         shutil.rmtree(entry, ignore_errors=True)

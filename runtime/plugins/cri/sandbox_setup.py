@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import msgspec
 
+from runtime.api.mounts import Mount
 from runtime.core.errors import FailedPrecondition, InvalidArgument
+from runtime.pkg.mount import mount_all, unmount
 from runtime.plugins.cri import spec as specs
 from runtime.plugins.cri.records import SandboxRecord
 from runtime.plugins.cri.v1 import api_pb2 as pb
 from runtime.plugins.network.api import Attachment, PortMapping, etc_hosts, resolv_conf
 
-__all__ = ["port_mappings", "remove_files", "write_files", "write_infra_rootfs"]
+__all__ = ["port_mappings", "remove_files", "unmount_shm", "write_files", "write_infra_rootfs"]
+
+#: The pod's ``/dev/shm``: 64 MiB, as containerd's and the kubelet's default.
+_SHM = Mount(type="tmpfs", source="shm",
+             options=["nosuid", "nodev", "noexec", "mode=1777", "size=65536k"])
 
 
 def port_mappings(config: pb.PodSandboxConfig) -> list[PortMapping]:
@@ -71,9 +76,15 @@ def write_files(record: SandboxRecord, config: pb.PodSandboxConfig,
         return False
     shm = base / "shm"
     shm.mkdir(exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "nosuid,nodev,noexec,mode=1777,size=65536k",
-                    "shm", str(shm)], check=True, capture_output=True)
+    # mount(2) from this thread: no mount(8) process per pod.
+    mount_all([_SHM], shm)
     return True
+
+
+def unmount_shm(shm: Path) -> None:
+    """Detach a pod's ``/dev/shm`` if it is mounted (its containers may still hold it)."""
+    if os.path.ismount(shm):
+        unmount(shm, detach=True)
 
 
 def remove_files(record: SandboxRecord) -> None:
@@ -81,10 +92,8 @@ def remove_files(record: SandboxRecord) -> None:
     if not record.dir:
         return
     base = Path(record.dir)
-    shm = base / "shm"
     # Mounted even when the record does not say so (a crash before it was saved).
-    if os.path.ismount(shm):
-        subprocess.run(["umount", "-l", str(shm)], check=False, capture_output=True)
+    unmount_shm(base / "shm")
     shutil.rmtree(base, ignore_errors=True)
 
 

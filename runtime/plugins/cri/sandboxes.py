@@ -6,6 +6,7 @@ import contextlib
 import logging
 import secrets
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -34,7 +35,7 @@ from runtime.plugins.cri.records import (
     now_ns,
 )
 from runtime.plugins.cri.v1 import api_pb2 as pb
-from runtime.plugins.network.api import BRIDGE
+from runtime.plugins.network.api import BRIDGE, Attachment, PortMapping
 from runtime.plugins.runtime.api import Runtime
 
 __all__ = ["Sandboxes"]
@@ -79,33 +80,8 @@ class Sandboxes(Containers):
             # Crash tests: the record only; nothing made yet.
             fault_point("cri.sandbox.after-record")
             ports = setup.port_mappings(config)
-            if not host_net:
-                made.append("network")
-                attachment = await self.network.attach(
-                    self.namespace, sandbox_id, network, ports, cni_args={
-                        "IgnoreUnknown": "1", "K8S_POD_NAMESPACE": meta.namespace,
-                        "K8S_POD_NAME": meta.name, "K8S_POD_INFRA_CONTAINER_ID": sandbox_id,
-                        "K8S_POD_UID": meta.uid}, conf_dir=self.cni_conf_dir)
-                record.netns = attachment.netns
-                ips = [ip.ip for ip in attachment.ips]
-                record.ip = ips[0] if ips else ""
-                record.additional_ips = ips[1:]
-                # Crash tests: an address is allocated, the record does not say which.
-                fault_point("cri.sandbox.after-cni-add")
-            made.append("files")
-            record.shm_mounted = await anyio.to_thread.run_sync(
-                setup.write_files, record, config, attachment if not host_net else None)
-            # Crash tests: /dev/shm is mounted, the record does not say so.
-            fault_point("cri.sandbox.after-files")
-            await self._save_ext(sandbox_id, record)
-            spec = specs.sandbox_spec(
-                self.namespace, sandbox_id, config, rootfs=self.infra_rootfs,
-                netns=record.netns or None,
-                cgroups_path=self._cgroups_path(config, sandbox_id))
-            made.append("task")
-            await runtime.create(self.namespace, sandbox_id, spec, [])
-            # Crash tests: the infra task is created, not started.
-            fault_point("cri.sandbox.after-infra-create")
+            await self._make_sandbox(record, config, runtime, made, None if host_net else (
+                network, ports))
             await runtime.start(self.namespace, sandbox_id)
             # Crash tests: the pod runs, but the kubelet never hears its id.
             fault_point("cri.sandbox.after-infra-start")
@@ -118,6 +94,82 @@ class Sandboxes(Containers):
         log.info("pod sandbox %s (%s/%s) running, ip %s", sandbox_id, meta.namespace, meta.name,
                  record.ip or "host", extra={"namespace": self.namespace})
         return sandbox_id
+
+    async def _make_sandbox(self, record: SandboxRecord, config: pb.PodSandboxConfig,
+                            runtime: Runtime, made: list[str],
+                            network: tuple[str, list[PortMapping]] | None) -> None:
+        """The pod's network and files beside its infra task (created, not started).
+
+        ``network`` is the network and ports to attach to, ``None`` for host
+        networking. Neither half needs the other once the network namespace
+        exists: the infra process only joins it, and the pod files (``hosts``
+        needs the pod's address) are for the containers. So the CNI ADD runs
+        while runc creates the infra process, as containerd's sandbox does.
+        ``made`` says what to undo; the first failure is raised as it is (the
+        other half is cancelled), not as a group.
+        """
+        failures: list[Exception] = []
+        netns_ready = anyio.Event()
+
+        async def network_and_files(scope: anyio.CancelScope) -> None:
+            try:
+                attachment = None
+                if network is not None:
+                    made.append("network")
+                    attachment = await self._attach(record, config.metadata, network,
+                                                    netns_ready.set)
+                made.append("files")
+                record.shm_mounted = await anyio.to_thread.run_sync(
+                    setup.write_files, record, config, attachment)
+                # Crash tests: /dev/shm is mounted, the record does not say so.
+                fault_point("cri.sandbox.after-files")
+                await self._save_ext(record.id, record, durable=False)
+            except Exception as exc:
+                failures.append(exc)
+                scope.cancel()
+
+        async def infra(scope: anyio.CancelScope) -> None:
+            try:
+                if network is not None:
+                    await netns_ready.wait()
+                spec = specs.sandbox_spec(
+                    self.namespace, record.id, config, rootfs=self.infra_rootfs,
+                    netns=record.netns or None,
+                    cgroups_path=self._cgroups_path(config, record.id))
+                made.append("task")
+                await runtime.create(self.namespace, record.id, spec, [])
+                # Crash tests: the infra task is created, not started.
+                fault_point("cri.sandbox.after-infra-create")
+            except Exception as exc:
+                failures.append(exc)
+                scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(network_and_files, tg.cancel_scope)
+            tg.start_soon(infra, tg.cancel_scope)
+        if failures:
+            raise failures[0]
+
+    async def _attach(self, record: SandboxRecord, meta: pb.PodSandboxMetadata,
+                      network: tuple[str, list[PortMapping]],
+                      netns_ready: Callable[[], object]) -> Attachment:
+        """CNI ADD of the pod; ``record`` gets its netns (before ``netns_ready``) and addresses."""
+        def pinned(path: str) -> None:
+            record.netns = path
+            netns_ready()
+
+        attachment = await self.network.attach(
+            self.namespace, record.id, network[0], network[1], cni_args={
+                "IgnoreUnknown": "1", "K8S_POD_NAMESPACE": meta.namespace,
+                "K8S_POD_NAME": meta.name, "K8S_POD_INFRA_CONTAINER_ID": record.id,
+                "K8S_POD_UID": meta.uid}, conf_dir=self.cni_conf_dir, netns_ready=pinned)
+        record.netns = attachment.netns
+        ips = [ip.ip for ip in attachment.ips]
+        record.ip = ips[0] if ips else ""
+        record.additional_ips = ips[1:]
+        # Crash tests: an address is allocated, the record does not say which.
+        fault_point("cri.sandbox.after-cni-add")
+        return attachment
 
     @property
     def network_conf_dir(self) -> Path:

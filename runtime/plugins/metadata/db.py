@@ -61,13 +61,21 @@ class Database:
     Every multi-step change goes through :meth:`write`, which is one
     ``BEGIN IMMEDIATE`` transaction: a crash at any point leaves the previous
     or the next consistent state, never a mix.
+
+    Reads have a connection of their own, each :meth:`read` one read
+    transaction on it: in WAL mode it sees every commit made before it began
+    and never waits for a writer, in particular not for the ``fsync`` that
+    ends a commit (with many requests at once, reads queued behind those
+    were most of a request's time).
     """
 
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
         self.path = path
         self.synchronous = synchronous
         self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
         self._schemas: dict[str, Schema] = {}
         self._sources: dict[str, Source] = {}
 
@@ -92,6 +100,12 @@ class Database:
         self.register(LEASES, LeaseSource())
         for schema in list(self._schemas.values()):
             self._migrate(schema)
+        with sqlite_errors():
+            reader = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            reader.row_factory = sqlite3.Row
+            self._reader = reader
 
     def _upgrade_layout(self, conn: sqlite3.Connection) -> None:
         current = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -181,25 +195,59 @@ class Database:
         return self._conn
 
     def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` for reading, in the calling thread."""
-        with self._lock, sqlite_errors():
-            return fn(self.conn)
+        """Run ``fn(conn)`` for reading, in the calling thread: one consistent snapshot.
 
-    def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` inside one transaction, in the calling thread."""
-        with self._lock, sqlite_errors(), _transaction(self.conn) as conn:
-            return fn(conn)
+        ``fn`` must not write: its connection is the readers'.
+        """
+        reader = self._reader
+        if reader is None:
+            raise Unavailable("metadata database is not open")
+        with self._read_lock, sqlite_errors():
+            # Deferred: a read transaction from the first SELECT to the COMMIT.
+            reader.execute("BEGIN")
+            try:
+                return fn(reader)
+            finally:
+                reader.execute("COMMIT")
+
+    def write_sync(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """Run ``fn(conn)`` inside one transaction, in the calling thread.
+
+        ``durable=False`` commits without syncing the WAL (``synchronous=NORMAL``
+        for that commit): a crash of the daemon cannot lose it, a power loss can,
+        until the next durable commit or checkpoint syncs the WAL with it. Only
+        for changes that describe what a reboot ends anyway (a task's pid, a
+        pod's network namespace); a later durable commit never survives
+        without an earlier lazy one, the WAL being replayed in order.
+        """
+        lazy = not durable and self.synchronous in ("FULL", "EXTRA")
+        with self._lock, sqlite_errors():
+            conn = self.conn
+            if lazy:
+                conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with _transaction(conn):
+                    return fn(conn)
+            finally:
+                if lazy:
+                    conn.execute(f"PRAGMA synchronous={self.synchronous}")
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` for reading in a worker thread."""
         return await anyio.to_thread.run_sync(self.read_sync, fn)
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` as one transaction in a worker thread."""
-        return await anyio.to_thread.run_sync(self.write_sync, fn)
+    async def write(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """Run ``fn(conn)`` as one transaction in a worker thread (see :meth:`write_sync`)."""
+        if durable:
+            return await anyio.to_thread.run_sync(self.write_sync, fn)
+        return await anyio.to_thread.run_sync(lambda: self.write_sync(fn, durable=False))
 
     def close(self) -> None:
         """Checkpoint and close."""
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         with self._lock:
             if self._conn is not None:
                 self._conn.close()

@@ -21,7 +21,7 @@ at the end, as other plugins may import only this module.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Protocol
@@ -190,12 +190,15 @@ class Network(Protocol):
         ports: Sequence[PortMapping] = (),
         cni_args: Mapping[str, str] | None = None,
         conf_dir: Path | None = None,
+        netns_ready: Callable[[str], object] | None = None,
     ) -> Attachment:
         """Create the container's network namespace and connect it to ``network``.
 
         The attachment is recorded durably before this returns, so a daemon
         crash cannot leak it. ``cni_args`` reach every CNI plugin as ``CNI_ARGS``;
         ``conf_dir`` looks ``network`` up in another directory than the plugin's own.
+        ``netns_ready(path)`` is called once the namespace exists, before the
+        network's plugins run in it: a process may join it from then on.
 
         Raises:
             AlreadyExists: The container is already attached.

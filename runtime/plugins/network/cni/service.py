@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -122,8 +122,8 @@ class CniNetwork:
             log.warning("attachment record %s is unreadable: %s", path, exc)
             return None
 
-    def _save(self, record: AttachmentRecord) -> None:
-        write_durably(self._record_path(*record.key), msgspec.json.encode(record))
+    def _save(self, record: AttachmentRecord, sync: bool = True) -> None:
+        write_durably(self._record_path(*record.key), msgspec.json.encode(record), sync=sync)
 
     def _drop(self, record: AttachmentRecord) -> None:
         self._record_path(*record.key).unlink(missing_ok=True)
@@ -180,13 +180,17 @@ class CniNetwork:
     async def attach(self, namespace: str, container_id: str, network: str = BRIDGE,
                      ports: Sequence[PortMapping] = (),
                      cni_args: Mapping[str, str] | None = None,
-                     conf_dir: Path | None = None) -> Attachment:
+                     conf_dir: Path | None = None,
+                     netns_ready: Callable[[str], object] | None = None) -> Attachment:
         """Create a network namespace for the container and run the network's ADD in it.
 
         ``cni_args`` go to every plugin as ``CNI_ARGS`` (``IgnoreUnknown=1``
         lets plugins accept keys they do not know). ``conf_dir`` looks the
         network up in another directory than the plugin's own (the CRI's
         ``cni_conf_dir``); its DEL reads the configuration kept with the record.
+        ``netns_ready(path)`` is called once the namespace is pinned, before
+        the first plugin runs (the CRI starts the pod's infra process in it
+        meanwhile).
 
         Raises:
             AlreadyExists: The container is attached already.
@@ -218,9 +222,12 @@ class CniNetwork:
             self._recorded.add(key)
             await anyio.to_thread.run_sync(self._save, record)
             try:
-                await self._add(record, conf)
+                await self._add(record, conf, netns_ready)
                 record.state = "added"
-                await anyio.to_thread.run_sync(self._save, record)
+                # Not synced: the record above is (a crash of the daemon loses
+                # neither); after a power loss, which ends the namespace and the
+                # processes in it, the synced one still leads cleanup to the DEL.
+                await anyio.to_thread.run_sync(self._save, record, False)
             except BaseException as exc:
                 with anyio.CancelScope(shield=True):
                     await self._undo(record, log_errors=True)
@@ -246,12 +253,15 @@ class CniNetwork:
                 f"{'; '.join(e.message for e in errors)}"
             )
 
-    async def _add(self, record: AttachmentRecord, conf: ConfList | None) -> None:
+    async def _add(self, record: AttachmentRecord, conf: ConfList | None,
+                   netns_ready: Callable[[str], object] | None = None) -> None:
         path = Path(record.netns)
         # With lo up already: no loopback plugin to run.
         await anyio.to_thread.run_sync(self._create_netns, path)
         # Crash tests: a pinned namespace, no plugin has run in it.
         fault_point("network.attach.after-netns")
+        if netns_ready is not None:
+            netns_ready(record.netns)
         if conf is None:
             return
         call = self._call(record, IFNAME)
