@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,18 +115,16 @@ class TestStopSignal:
            script)
         wait_until(lambda: moorage(rd.address, "exec", "quits", "cat", "/tmp/up").stdout
                    == "up\n", timeout=10)
-        started = time.monotonic()
         ok(rd, "stop", "-t", "20", "quits")
-        assert time.monotonic() - started < 10  # SIGQUIT ended it, not the SIGKILL at 20 s
+        # Exit status 3 is the QUIT trap's: the image's signal ended it, not the SIGKILL (137).
         assert ok(rd, "inspect", "-f", "{{.State.ExitCode}}", "quits").strip() == "3"
         # restart goes through the same stop; -s still wins over the image's signal.
         ok(rd, "restart", "-t", "20", "quits")
         wait_until(lambda: moorage(rd.address, "exec", "quits", "cat", "/tmp/up").stdout
                    == "up\n", timeout=10)
-        started = time.monotonic()
         ok(rd, "stop", "-s", "SIGTERM", "-t", "1", "quits")
+        # TERM is trapped to nothing, so only the SIGKILL after the timeout ends it.
         assert ok(rd, "inspect", "-f", "{{.State.ExitCode}}", "quits").strip() == "137"
-        assert time.monotonic() - started < 8
 
 
 class TestVolumeCopyUp:
