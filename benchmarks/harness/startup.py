@@ -194,8 +194,13 @@ def daemon_imports(make: Callable[[Path], Daemon]) -> list[str]:
 
 
 def floor_code(modules: list[str]) -> list[str]:
-    """``python`` arguments that import ``modules``, each by its name."""
-    return ["-c", f"for m in {modules!r}: __import__(m)"]
+    """``python`` arguments that import ``modules``, each by its name.
+
+    The list holds what the daemon tried as well as what it loaded (``-X importtime``
+    lists an import that raised too: ``sniffio``, ``brotli``, ``_winapi``...): an
+    ImportError is passed over here as it was there.
+    """
+    return ["-c", f"for m in {modules!r}:\n try: __import__(m)\n except ImportError: pass"]
 
 
 def python_floor(python: str, args: list[str], env: Mapping[str, str] | None = None
