@@ -203,17 +203,26 @@ def floor_code(modules: list[str]) -> list[str]:
     return ["-c", f"for m in {modules!r}:\n try: __import__(m)\n except ImportError: pass"]
 
 
+#: Appended to each floor's code: its resident set at the end. (``wait4``'s
+#: ``ru_maxrss`` would count the forked harness before the exec.)
+_PRINT_RSS = ("\nfor line in open('/proc/self/status'):\n"
+              " if line.startswith('VmRSS:'): print(line.split()[1])")
+
+
 def python_floor(python: str, args: list[str], env: Mapping[str, str] | None = None
                  ) -> dict[str, float]:
-    """One ``python ARGS`` from exec to exit: wall and CPU seconds, peak RSS (KiB)."""
+    """One ``python ... -c CODE`` from exec to exit: wall, CPU seconds, end VmRSS (KiB)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([python, *args], cwd="/",
-                            env={**env_without_proxies(), **(env or {})})
+    proc = subprocess.Popen([python, *args[:-1], args[-1] + _PRINT_RSS], cwd="/",
+                            stdout=subprocess.PIPE, env={**env_without_proxies(), **(env or {})})
+    assert proc.stdout is not None
+    out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{python} {' '.join(args)[:200]} exited {status}")
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_kib": usage.ru_maxrss}
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime,
+            "rss_kib": int(out.split()[-1])}
 
 
 def python_floors(python: str, imports: list[str], reps: int) -> dict[str, dict[str, Any]]:
