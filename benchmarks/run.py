@@ -4,7 +4,9 @@ Builds the images (cached), starts a registry on 127.0.0.1, measures every
 figure for both runtimes (never both busy at once), prints the ratio table and
 writes JSON and markdown to ``benchmarks/results/``. ``--quick`` runs fewer
 repetitions; ``--only a,b`` picks figures; ``--cri`` adds the CRI figures of
-``bench_cri.py`` (both daemons with their CRI on; a few minutes more).
+``bench_cri.py`` (both daemons with their CRI on; a few minutes more). The
+interpreter's floors (``floor_python``, a few seconds) are measured with any
+choice of figures: the table shows each figure's floor beside it.
 """
 
 from __future__ import annotations
@@ -79,6 +81,11 @@ def main() -> int:
                         help="also measure the CRI side by side (bench_cri.py)")
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n] or list(FIGURES)
+    unknown = [n for n in names if n not in FIGURES]
+    if unknown:
+        parser.error(f"unknown figures {', '.join(unknown)} (known: {', '.join(FIGURES)})")
+    if "floor_python" not in names:
+        names.append("floor_python")
 
     started = time.monotonic()
     compile_bytecode()

@@ -20,8 +20,8 @@ help" while other work loads the cores:
   containerd: the HTTP/2 preface), on an empty root and on a root it has used
   before, with its RSS one second later;
 * ``floor`` times ``python -c`` with each Moorage install's interpreter:
-  nothing, ``asyncio``, ``aiohttp.web`` and the other libraries the daemon
-  needs before it can answer.
+  ``pass`` (with and without ``site``), ``import aiohttp.web`` and every
+  library the daemon has imported by the time it answers, with their RSS.
 
 Examples::
 
@@ -43,7 +43,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,17 +59,13 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from harness.daemons import Containerd, Moorage, env_without_proxies  # noqa: E402
+from harness.startup import daemon_imports, loadavg, python_floors, start_twice  # noqa: E402
 
 from tests.fixtures.images import busybox_image  # noqa: E402
 from tests.fixtures.registry import Registry  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 ENV = env_without_proxies()
-
-
-def loadavg() -> float:
-    """The one-minute load average."""
-    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 def proc_cpu(pid: int) -> tuple[float, float]:
@@ -179,6 +174,12 @@ def op_version(s: System, ref: str, n: int) -> tuple[float, float]:
     return run_measured(s.daemon.version())
 
 
+def op_pull(s: System, ref: str, n: int) -> tuple[float, float]:
+    """Pull of the small image again: present and unpacked (the warm pull)."""
+    assert s.daemon is not None
+    return run_measured(s.daemon.pull(ref))
+
+
 def _burst_ids(s: System, n: int) -> list[str]:
     return s.next_ids(n, "b")
 
@@ -241,136 +242,24 @@ def teardown_cmds(s: System, cid: str) -> list[list[str]]:
 OPS: dict[str, Callable[[System, str, int], tuple[float, float]]] = {
     "run_rm": op_run_rm,
     "version": op_version,
+    "pull": op_pull,
     "burst": op_burst,
     "teardown": op_teardown,
     "teardown_many": op_teardown_many,
 }
 
 
-# -- daemon start -----------------------------------------------------------------------
-
-
-def wait_listening(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """Block until a unix socket at ``path`` accepts a connection."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError("daemon did not listen in time")
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.connect(str(path))
-            return
-        except OSError:
-            time.sleep(0.002)
-
-
-#: HTTP/2's client connection preface: any HTTP/2 server (containerd's gRPC) answers
-#: it with a SETTINGS frame once it serves the connection.
-_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-
-
-def wait_answering(path: Path, kind: str, proc: subprocess.Popen[bytes],
-                   timeout: float = 30) -> None:
-    """Block until the daemon at ``path`` answers: Moorage ``GET /v1/version``, containerd
-    the HTTP/2 preface (a connection its gRPC server serves).
-
-    A socket that accepts connections may still answer nothing for a while (a
-    listening socket bound before the server runs queues them); this is the
-    time a client's first request waits for.
-    """
-    request = (_H2_PREFACE if kind == "containerd"
-               else b"GET /v1/version HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n")
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError("daemon did not answer in time")
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(max(0.1, deadline - time.monotonic()))
-                sock.connect(str(path))
-                sock.sendall(request)
-                head = sock.recv(64)
-            if head and (kind == "containerd" or head.startswith(b"HTTP/1.1 200")):
-                return
-        except OSError:
-            pass
-        time.sleep(0.002)
-
-
-def time_start(s: System, base: Path) -> dict[str, float]:
-    """Start a daemon on ``base``: seconds and its CPU until the API listens, then answers."""
-    d = s.make(base)
-    for sub in (d.root, d.state, d.socket.parent):
-        sub.mkdir(parents=True, exist_ok=True)
-    d.write_config()
-    load = loadavg()
-    with open(d.log, "ab") as log:
-        started = time.perf_counter()
-        proc = subprocess.Popen(d.command(), stdout=log, stderr=log, start_new_session=True)
-        d.proc = proc
-        try:
-            wait_listening(d.socket, proc)
-            wall = time.perf_counter() - started
-            own, _ = proc_cpu(proc.pid)
-            wait_answering(d.socket, s.kind, proc)
-            answer = time.perf_counter() - started
-            own_answer, _ = proc_cpu(proc.pid)
-            # CPU of the rest of the start-up (what runs after the API listens).
-            time.sleep(1.0)
-            own_1s, _ = proc_cpu(proc.pid)
-            rss = vm_rss(proc.pid)
-        finally:
-            d.stop()
-    return {"wall": wall, "cpu_to_listen": own, "to_answer": answer,
-            "cpu_to_answer": own_answer, "cpu_first_second": own_1s, "rss_kb_1s": rss,
-            "load": load}
-
-
-def vm_rss(pid: int) -> int:
-    """``VmRSS`` of a process, KiB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-# What the daemon's start cannot go below: the interpreter and the libraries it imports
-# before it can answer. The environment is the daemon's around the aiohttp import.
-FLOORS = {
-    "python -c pass": "pass",
-    "import asyncio": "import asyncio",
-    "import aiohttp.web": "import aiohttp.web",
-    "+ msgspec, anyio, sqlite3, pluggy": "import aiohttp.web, msgspec, anyio._backends._asyncio, "
-                                          "sqlite3, pluggy",
-}
+# -- daemon start and the interpreter's floors (harness/startup.py) ---------------------
 
 
 def measure_floors(systems: list[System], reps: int) -> dict[str, Any]:
-    """``python -c ...`` with each Moorage install's interpreter: wall and CPU medians."""
-    env = {**ENV, "FROZENLIST_NO_EXTENSIONS": "1", "SSL_CERT_FILE": "/nonexistent",
-           "SSL_CERT_DIR": "/nonexistent"}
+    """``python -c ...`` with each Moorage install's interpreter: wall, CPU, RSS medians."""
     out: dict[str, Any] = {}
     for s in systems:
         if s.kind != "moorage" or s.bin_dir is None:
             continue
-        python = str(s.bin_dir / "python")
-        for name, code in FLOORS.items():
-            walls, cpus = [], []
-            for _ in range(reps):
-                start = time.perf_counter()
-                proc = subprocess.Popen([python, "-c", code], env=env, cwd="/")
-                _, status, usage = os.wait4(proc.pid, 0)
-                walls.append(time.perf_counter() - start)
-                cpus.append(usage.ru_utime + usage.ru_stime)
-                assert os.waitstatus_to_exitcode(status) == 0, (python, code)
-            out.setdefault(s.label, {})[name] = {
-                "wall": round(statistics.median(walls), 4),
-                "cpu": round(statistics.median(cpus), 4), "load": loadavg()}
+        imports = daemon_imports(s.make)
+        out[s.label] = python_floors(str(s.bin_dir / "python"), imports, reps)
     return out
 
 
@@ -379,13 +268,8 @@ def measure_start(systems: list[System], reps: int) -> dict[str, Any]:
     out: dict[str, Any] = {s.label: {"fresh": [], "restart": []} for s in systems}
     for rep in range(reps):
         for s in systems if rep % 2 == 0 else systems[::-1]:
-            base = Path(tempfile.mkdtemp(prefix=f"so-start-{s.label}-", dir="/var/tmp"))
-            try:
-                out[s.label]["fresh"].append(time_start(s, base))
-                out[s.label]["restart"].append(time_start(s, base))
-            finally:
-                d = s.make(base)
-                d.wipe()
+            for kind, sample in start_twice(s.make, s.label).items():
+                out[s.label][kind].append(sample)
     return out
 
 
@@ -630,7 +514,8 @@ def render(results: dict[str, Any]) -> str:
     for label, by in results.get("floor", {}).items():
         for name, r in by.items():
             lines.append(f"== floor {label:12} {name:36} wall {r['wall']:.4f} s "
-                         f"CPU {r['cpu'] * 1000:.1f} ms (load {r['load']})")
+                         f"CPU {r['cpu'] * 1000:.1f} ms RSS {r['rss_kib']:,} KiB "
+                         f"(load {r['load']})")
     return "\n".join(lines)
 
 

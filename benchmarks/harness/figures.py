@@ -17,6 +17,7 @@ from harness.bigimage import layer_blobs
 from harness.daemons import Containerd, Moorage, env_without_proxies
 from harness.freshfs import fresh_filesystem
 from harness.memory import pids_named, pss_kib, rss_kib
+from harness.startup import daemon_imports, python_floors, start_twice
 from harness.stats import Sample, Series, measure
 
 __all__ = ["FIGURES", "Context"]
@@ -224,6 +225,63 @@ def cli_round_trip(ctx: Context) -> dict[str, Any]:
     return _pair(series)
 
 
+def warm_pull(ctx: Context) -> dict[str, Any]:
+    """``images pull`` of the small image again: present and unpacked; alternating.
+
+    What a script's ``pull`` before each ``run`` costs: resolve the tag at the
+    registry, find every blob and the snapshots there. ``daemon_cpu_mean`` is
+    the daemon's share (the client's is ``user_median`` + ``system_median``).
+    """
+    series = {"containerd": Series(), "moorage": Series()}
+    daemons = [_warm(ctx, cls) for cls in (Containerd, Moorage)]
+    for i in range(ctx.reps(20)):
+        for daemon in daemons if i % 2 == 0 else daemons[::-1]:
+            series[daemon.name].add(
+                measure(lambda d=daemon: run(d.pull(ctx.small_ref)), daemon=daemon.pid))
+    return _pair(series)
+
+
+def daemon_start(ctx: Context) -> dict[str, Any]:
+    """Exec of the daemon until it answers a first request, on an empty root and on a used one.
+
+    Moorage: ``GET /v1/version`` over its socket; containerd: its gRPC server's
+    answer to the HTTP/2 preface (``harness/startup.py``). ``restart`` starts
+    again on the root (database, directories) the first start made.
+    Repetitions alternate between the runtimes (and which goes first).
+    """
+    samples: dict[str, dict[str, list[dict[str, float]]]] = {
+        kind: {"containerd": [], "moorage": []} for kind in ("fresh", "restart")}
+    classes: list[type[Containerd] | type[Moorage]] = [Containerd, Moorage]
+    for rep in range(ctx.reps(10)):
+        for cls in classes if rep % 2 == 0 else classes[::-1]:
+            for kind, sample in start_twice(cls, cls.name).items():
+                samples[kind][cls.name].append(sample)
+
+    def summary(runs: list[dict[str, float]]) -> dict[str, Any]:
+        answer = [r["to_answer"] for r in runs]
+        return {"n": len(runs), "unit": "s", "median": statistics.median(answer),
+                "min": min(answer), "max": max(answer),
+                **{f"{k}_median": statistics.median(r[k] for r in runs)
+                   for k in ("wall", "cpu_to_listen", "cpu_to_answer", "cpu_first_second",
+                             "rss_kb_1s")},
+                "load": [min(r["load"] for r in runs), max(r["load"] for r in runs)]}
+
+    return {kind: {who: summary(runs) for who, runs in by.items()}
+            for kind, by in samples.items()}
+
+
+def floor_python(ctx: Context) -> dict[str, Any]:
+    """``python -c`` floors with the measured install's interpreter (``harness/startup.py``).
+
+    ``pass`` with and without ``site``, ``import aiohttp.web``, and every module
+    outside ``runtime`` that the daemon has imported by the time it answers:
+    what ``daemon_start`` and the daemon's idle RSS cannot go below.
+    """
+    imports = daemon_imports(Moorage)
+    return {"python": Moorage.python(), "daemon_imports": imports,
+            "floors": python_floors(Moorage.python(), imports, ctx.reps(10))}
+
+
 FIGURES: dict[str, Callable[[Context], dict[str, Any]]] = {
     "cold_pull": cold_pull,
     "floor_sha256": floor_sha256,
@@ -232,6 +290,9 @@ FIGURES: dict[str, Callable[[Context], dict[str, Any]]] = {
     "run_rm": run_rm,
     "floor_runc": floor_runc,
     "burst_teardown": burst_and_teardown,
+    "warm_pull": warm_pull,
+    "daemon_start": daemon_start,
+    "floor_python": floor_python,
 }
 
 _ = Sample  # re-exported for type readers of results

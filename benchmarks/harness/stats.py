@@ -20,6 +20,8 @@ class Sample:
     wall: float
     user: float = 0.0
     system: float = 0.0
+    #: CPU seconds the daemon spent meanwhile (clock ticks: read means, not medians).
+    daemon: float = 0.0
 
 
 @dataclass
@@ -43,7 +45,7 @@ class Series:
         if not self.samples:
             return {"n": 0}
         walls = [s.wall for s in self.samples]
-        return {
+        out: dict[str, Any] = {
             "n": len(walls),
             "unit": self.unit,
             "median": statistics.median(walls),
@@ -52,6 +54,9 @@ class Series:
             "user_median": statistics.median(s.user for s in self.samples),
             "system_median": statistics.median(s.system for s in self.samples),
         }
+        if any(s.daemon for s in self.samples):
+            out["daemon_cpu_mean"] = statistics.mean(s.daemon for s in self.samples)
+        return out
 
 
 def _children() -> tuple[float, float]:
@@ -59,19 +64,21 @@ def _children() -> tuple[float, float]:
     return usage.ru_utime, usage.ru_stime
 
 
-def measure(fn: Callable[[], Any]) -> Sample:
+def measure(fn: Callable[[], Any], daemon: int | None = None) -> Sample:
     """Time ``fn`` (which runs child processes) on the wall clock and in child CPU.
 
     Only children that have been waited for count towards CPU, which is true of
     every ``subprocess.run``; daemons running in the background are not counted
-    here (their CPU is read from /proc by the daemon wrappers).
+    there: ``daemon`` (a pid) has its own CPU meanwhile read from /proc.
     """
+    d0 = sum(proc_cpu(daemon)) if daemon else 0.0
     u0, s0 = _children()
     start = time.perf_counter()
     fn()
     wall = time.perf_counter() - start
     u1, s1 = _children()
-    return Sample(wall=wall, user=u1 - u0, system=s1 - s0)
+    d1 = sum(proc_cpu(daemon)) if daemon else 0.0
+    return Sample(wall=wall, user=u1 - u0, system=s1 - s0, daemon=d1 - d0)
 
 
 def proc_cpu(pid: int) -> tuple[float, float]:

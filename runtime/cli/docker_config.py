@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.core.errors import InvalidArgument, Unavailable
-from runtime.pkg.registry.auth import normalize_host
+from runtime.pkg.registry.reference import normalize_host
 
 __all__ = ["DOCKER_HUB_KEY", "DockerConfig", "credentials_for", "server_key"]
 
@@ -76,8 +76,9 @@ class DockerConfig:
     @staticmethod
     def default_path() -> Path:
         """``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``."""
-        base = os.environ.get("DOCKER_CONFIG")
-        return Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
+        from runtime.cli.docker_home import config_file
+
+        return Path(config_file())
 
     @property
     def auths(self) -> dict[str, Any]:

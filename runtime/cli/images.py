@@ -9,16 +9,19 @@ terminal; otherwise they print one line per finished blob.
 
 from __future__ import annotations
 
-import argparse
-import getpass
-import json
 import os
 import sys
-from collections.abc import Iterator
-from typing import Any
 
 from runtime.cli.namespaces import format_labels, parse_labels
 from runtime.cli.transfers import follow, human, summary
+
+# typing.TYPE_CHECKING without importing typing, argparse, getpass or json: ``images
+# pull`` runs without argparse (runtime.cli.main), and scripts pull before each run.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterator
+    from typing import Any
 
 __all__ = ["register"]
 
@@ -137,11 +140,17 @@ def register(sub: Any) -> None:
 def _credentials(user: str, ref: str) -> tuple[str, str]:
     """``--user`` (its password prompted if left out), else the caller's docker config's."""
     if not user:
+        from runtime.cli.docker_home import config_file
+
+        if not os.path.exists(config_file()):
+            return "", ""  # no file, no stored credentials: its reader is not even imported
         from runtime.cli.docker_config import credentials_for
 
         return credentials_for(ref)
     name, sep, password = user.partition(":")
     if not sep:
+        import getpass
+
         password = getpass.getpass(f"Password for {name}: ")
     return name, password
 
@@ -150,11 +159,16 @@ def _credentials(user: str, ref: str) -> tuple[str, str]:
 
 
 def pull(args: argparse.Namespace) -> int:
-    """Pull with progress bars."""
-    from runtime.cli.main import client
+    """Pull with progress bars; ``--quiet``: print the image's name only.
+
+    Quiet pulls are what scripts run before each ``run``: they go through the
+    standard-library client (:mod:`runtime.client.lean`), which reads the
+    same progress lines as attribute bags.
+    """
+    from runtime.cli.main import client, lean_client
 
     user, password = _credentials(args.user, args.ref)
-    events = client(args).pull(
+    events = (lean_client(args) if args.quiet else client(args)).pull(
         args.ref,
         platforms=args.platform,
         all_platforms=args.all_platforms,
@@ -166,11 +180,15 @@ def pull(args: argparse.Namespace) -> int:
         password=password,
         max_concurrent_downloads=args.max_concurrent_downloads,
     )
-    done = follow(events, quiet=args.quiet)
-    if args.quiet and done is not None and done.image is not None:
+    if not args.quiet:
+        summary("pulled", follow(events, quiet=False))
+        return 0
+    done = None
+    for event in events:
+        if event.type == "done":
+            done = event
+    if done is not None and done.image is not None:
         print(done.image.name)
-    elif not args.quiet:
-        summary("pulled", done)
     return 0
 
 
@@ -296,6 +314,8 @@ def label(args: argparse.Namespace) -> int:
 
 def inspect(args: argparse.Namespace) -> int:
     """Print the record and whether its content is complete, as JSON."""
+    import json
+
     import msgspec
 
     from runtime.cli.main import client

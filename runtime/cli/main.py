@@ -3,8 +3,9 @@
 Scripts call the CLI by the dozen, so a call imports only what its command
 needs: the parser holds just the group of the command named on the command
 line (every group for ``--help`` or a word no group claims), and ``version``,
-``run`` and the teardown commands (``tasks kill``, ``tasks rm``, ``containers
-rm``) skip argparse altogether unless their command line holds something unusual.
+``run``, ``images pull`` and the teardown commands (``tasks kill``, ``tasks rm``,
+``containers rm``) skip argparse altogether unless their command line holds
+something unusual.
 ``python -X importtime -m runtime.cli.main version`` shows what is left.
 """
 
@@ -188,8 +189,8 @@ def _fast_version(options: dict[str, str], rest: list[str]) -> int | None:
 #: costs more than the request): (group word, command word) -> (module,
 #: handler, {flag: (dest, kind)}, positional kind, defaults). A flag's kind is
 #: ``bool`` (store_true), ``str`` / ``int`` / ``float`` (one value, converted)
-#: or ``list`` (a value appended each time). Positional kinds: ``id`` (exactly
-#: one word), ``ids`` (one or more), ``image`` (the image, then the command:
+#: or ``list`` (a value appended each time). Positional kinds: ``id`` and ``ref``
+#: (exactly one word), ``ids`` (one or more), ``image`` (the image, then the command:
 #: every word after the image, flags included, as argparse's REMAINDER).
 #: A word this table does not expect sends the command line to argparse, which
 #: then judges it (and prints the usual errors); a test keeps the table and the
@@ -214,6 +215,18 @@ _RUN_FLAGS: dict[str, tuple[str, type]] = {
     "--dns-search": ("dns_search", list), "--dns-option": ("dns_option", list),
     "--dns-opt": ("dns_option", list),
 }  # fmt: skip
+_PULL_FLAGS: dict[str, tuple[str, type]] = {
+    "--plain-http": ("plain_http", bool), "-u": ("user", str), "--user": ("user", str),
+    "--hosts-dir": ("hosts_dir", str), "--platform": ("platform", list),
+    "--all-platforms": ("all_platforms", bool), "--snapshotter": ("snapshotter", str),
+    "--no-unpack": ("no_unpack", bool),
+    "--max-concurrent-downloads": ("max_concurrent_downloads", int),
+    "-q": ("quiet", bool), "--quiet": ("quiet", bool),
+}  # fmt: skip
+_PULL_DEFAULTS: dict[str, Any] = {
+    "plain_http": False, "user": "", "hosts_dir": "", "platform": [], "all_platforms": False,
+    "snapshotter": "", "no_unpack": False, "max_concurrent_downloads": 0, "quiet": False,
+}  # fmt: skip
 _FAST: dict[tuple[str, ...], tuple[str, str, dict[str, tuple[str, type]], str,
                                    dict[str, Any]]] = {
     ("tasks", "kill"): (
@@ -230,6 +243,8 @@ _FAST: dict[tuple[str, ...], tuple[str, str, dict[str, tuple[str, type]], str,
         {"-f": ("force", bool), "--force": ("force", bool),
          "--keep-snapshot": ("keep_snapshot", bool)},
         "ids", {"force": False, "keep_snapshot": False}),
+    ("images", "pull"): ("images", "pull", _PULL_FLAGS, "ref", _PULL_DEFAULTS),
+    ("pull",): ("images", "pull", _PULL_FLAGS, "ref", _PULL_DEFAULTS),
     ("run",): (
         "run", "run", _RUN_FLAGS, "image",
         {"env": [], "user": "", "workdir": "", "entrypoint": None, "hostname": "", "mount": [],
@@ -241,13 +256,14 @@ _FAST: dict[tuple[str, ...], tuple[str, str, dict[str, tuple[str, type]], str,
          "tmpfs": [], "publish_all": False, "init": False, "add_host": [], "dns": [],
          "dns_search": [], "dns_option": []}),
 }  # fmt: skip
-_FAST_ALIASES = {"t": "tasks", "c": "containers", "delete": "rm"}
+_FAST_ALIASES = {"t": "tasks", "c": "containers", "i": "images", "image": "images",
+                 "delete": "rm"}
 
 
 def _fast_key(rest: list[str]) -> tuple[str, ...] | None:
     """The :data:`_FAST` key the command line starts with, if any."""
-    if rest and rest[0] == "run":
-        return ("run",)
+    if rest and rest[0] in ("run", "pull"):
+        return (rest[0],)
     if len(rest) >= 2:
         key = (_FAST_ALIASES.get(rest[0], rest[0]), _FAST_ALIASES.get(rest[1], rest[1]))
         if key in _FAST:
@@ -293,12 +309,13 @@ def _fast_args(options: dict[str, str], rest: list[str]) -> Any:
         else:
             words.append(word)
         i += 1
-    if not words or (positional == "id" and len(words) != 1):
+    one = positional in ("id", "ref")
+    if not words or (one and len(words) != 1):
         return None
     if positional == "image":
         values["image"], values["command"] = words[0], words[1:]
     else:
-        values[positional] = words[0] if positional == "id" else words
+        values[positional] = words[0] if one else words
     from types import SimpleNamespace
 
     env = os.environ.get

@@ -8,8 +8,13 @@ blobs are printed, one line each, so logs stay readable.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from typing import Any
+
+# typing.TYPE_CHECKING without importing typing (and re with it): ``images pull``
+# imports this module on its way to the standard-library client.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 __all__ = ["follow", "human", "summary"]
 

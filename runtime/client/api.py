@@ -1,4 +1,4 @@
-"""The contract of the hot calls: what ``moorage run`` and the teardown commands call.
+"""The contract of the hot calls: what ``run``, ``images pull -q`` and the teardown call.
 
 Both clients implement :class:`HotClient`: :class:`runtime.client.Client` answers
 with the typed records named here, :class:`runtime.client.lean.LeanClient` with
@@ -11,12 +11,12 @@ signatures at run time.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from runtime.api.tasks import ExitStatus, TaskState
-    from runtime.api.types import ImageRootfs, Version
+    from runtime.api.types import ImageProgress, ImageRootfs, Version
     from runtime.client.attach import Attachment
     from runtime.client.lean import LeanClient
     from runtime.client.sync import Client
@@ -38,6 +38,16 @@ class HotClient(Protocol):
 
     def image_rootfs(self, name: str, snapshotter: str = "") -> ImageRootfs:
         """Unpack if needed; the image's snapshotter, top chain ID and run config."""
+        ...
+
+    def pull(self, ref: str, *, platforms: Sequence[str] = (), all_platforms: bool = False,
+             snapshotter: str = "", unpack: bool = True, plain_http: bool = False,
+             hosts_dir: str = "", user: str = "", password: str = "",
+             max_concurrent_downloads: int = 0) -> Iterator[ImageProgress]:
+        """``POST /v1/images/pull``: its progress, ending with the ``done`` line.
+
+        Raises the pull's error when its ``error`` line arrives.
+        """
         ...
 
     def run(self, container: Mapping[str, Any], *, parent: str = "",
@@ -78,7 +88,7 @@ class HotClient(Protocol):
 
 
 #: The methods of :class:`HotClient`, for checks at run time.
-HOT_METHODS = ("version", "image_rootfs", "run", "remove", "task", "kill_task", "wait_task",
+HOT_METHODS = ("version", "image_rootfs", "pull", "run", "remove", "task", "kill_task", "wait_task",
                "delete_task", "delete_container", "attach_task")
 
 if TYPE_CHECKING:

@@ -364,9 +364,10 @@ def test_cli_unusual_teardown_command_lines_go_to_argparse(argv: list[str]) -> N
 @pytest.mark.parametrize("argv", [
     ["tasks", "kill", "x"],
     ["run", "--rm", "--net", "none", "--name", "c1", "busybox", "echo", "hi"],
+    ["images", "pull", "--plain-http", "-q", "127.0.0.1:5000/x:1"],
 ])
 def test_cli_hot_paths_import_no_json_argparse_enum_or_contextlib(argv: list[str]) -> None:
-    """``run`` and the teardown commands import neither ``json`` (with ``re``),
+    """``run``, ``images pull`` and the teardown commands import neither ``json`` (with ``re``),
     ``socket`` or ``signal`` (with ``enum``), ``typing``, argparse, contextlib nor msgspec."""
     code = ("import sys; from runtime.cli import main; "
             f"args = main._fast_args({{}}, {argv!r}); assert args is not None; "
@@ -405,6 +406,37 @@ def test_cli_run_parses_as_argparse_would(argv: list[str]) -> None:
         k: v for k, v in slow.items() if k not in ("command",) and k in fast}
     assert fast["command"] == slow["command"]
     assert set(slow) - set(fast) <= {"command"}
+
+
+@pytest.mark.parametrize("argv", [
+    ["images", "pull", "--plain-http", "--quiet", "127.0.0.1:5000/x:1"],
+    ["pull", "-q", "busybox"],
+    ["i", "pull", "busybox", "--platform", "linux/amd64", "--platform=linux/arm64", "-u", "me:pw",
+     "--hosts-dir", "/etc/h", "--all-platforms", "--snapshotter", "native", "--no-unpack",
+     "--max-concurrent-downloads", "2"],
+])
+def test_cli_pull_parses_as_argparse_would(argv: list[str]) -> None:
+    """``images pull`` (and docker's ``pull``) without argparse: what argparse gives the handler."""
+    from runtime.cli.main import _fast_args, build_parser
+
+    fast = vars(_fast_args({"namespace": "ns1"}, argv))
+    slow = vars(build_parser().parse_args(["-n", "ns1", *argv]))
+    assert fast.pop("handler") is slow.pop("handler")
+    assert fast == {k: v for k, v in slow.items() if k in fast}
+    assert set(slow) - set(fast) <= {"command", "command_word", "images_command", "format"}
+
+
+@pytest.mark.parametrize("argv", [
+    ["pull"],  # no reference
+    ["pull", "a", "b"],
+    ["images", "pull", "--max-concurrent-downloads", "many", "busybox"],
+    ["images", "pull", "-qu", "me", "busybox"],
+    ["images", "pull", "--help"],
+])
+def test_cli_unusual_pull_command_lines_go_to_argparse(argv: list[str]) -> None:
+    from runtime.cli.main import _fast_args
+
+    assert _fast_args({}, argv) is None
 
 
 @pytest.mark.parametrize("argv", [

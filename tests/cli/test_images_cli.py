@@ -59,6 +59,16 @@ def test_pull_quiet_prints_the_name_and_ls_lists_it(cli: Cli, ref: str) -> None:
     assert table[1].split()[:2] == [ref, "manifest"]
 
 
+def test_pull_quiet_and_verbose_report_the_same_error(cli: Cli, registry: Registry) -> None:
+    """The quiet pull's standard-library client rebuilds the daemon's error as the typed one."""
+    missing = f"{registry.host}/cli/missing:latest"
+    quiet = cli("pull", "--plain-http", "-q", missing)
+    verbose = cli("images", "pull", "--plain-http", missing)
+    assert quiet[0] == verbose[0] == 1
+    assert quiet[2] == verbose[2]
+    assert quiet[2].startswith("moorage: not_found: ") and missing in quiet[2]
+
+
 def test_pull_without_a_terminal_prints_one_line_per_blob(cli: Cli, ref: str) -> None:
     code, out, err = cli("images", "pull", "--plain-http", ref)
     assert (code, out) == (0, "")

@@ -85,7 +85,7 @@ async def _verify(host: str, user: str, secret: str, plain_http: bool) -> None:
 
 def _host(server: str) -> str:
     """``host[:port]`` of what the user typed (``https://host/v1/`` or ``host:port``)."""
-    from runtime.pkg.registry.auth import normalize_host
+    from runtime.pkg.registry.reference import normalize_host
 
     return normalize_host(server)
 

@@ -36,12 +36,12 @@ import msgspec
 from yarl import URL
 
 from runtime.core.errors import InvalidArgument, NotFound, Unauthenticated, Unavailable
+from runtime.pkg.registry.reference import normalize_host
 
 __all__ = [
     "Authorizer",
     "Challenge",
     "Credentials",
-    "normalize_host",
     "parse_challenges",
     "verified_tls",
 ]
@@ -65,21 +65,7 @@ _CLIENT_ID = "moorage"
 _MIN_TOKEN_LIFETIME = 60  # seconds; the token spec's default and minimum
 _EXPIRY_MARGIN = 10  # refresh a little early so a token never expires in flight
 _POST_FALLBACK = frozenset({400, 401, 404, 405})  # token servers that only do GET
-_DOCKER_HUB_ALIASES = frozenset({"index.docker.io", "registry-1.docker.io"})
 _PARAM = re.compile(r'([A-Za-z0-9_.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
-
-
-def normalize_host(key: str) -> str:
-    """The ``host[:port]`` a ``config.json`` key names (``docker.io`` for Docker Hub's).
-
-    Keys come as ``https://index.docker.io/v1/``, ``host:port`` or
-    ``http://host:port``; they are compared on ``host[:port]`` alone.
-    """
-    key = key.strip()
-    if "://" in key:
-        key = key.split("://", 1)[1]
-    key = key.split("/", 1)[0].lower()
-    return "docker.io" if key in _DOCKER_HUB_ALIASES else key
 
 
 class Credentials:

@@ -23,7 +23,14 @@ import msgspec
 
 from runtime.core.errors import InvalidArgument
 
-__all__ = ["DEFAULT_DOMAIN", "DEFAULT_TAG", "Reference", "parse_reference", "validate_tag"]
+__all__ = [
+    "DEFAULT_DOMAIN",
+    "DEFAULT_TAG",
+    "Reference",
+    "normalize_host",
+    "parse_reference",
+    "validate_tag",
+]
 
 DEFAULT_DOMAIN = "docker.io"
 DEFAULT_TAG = "latest"
@@ -76,6 +83,19 @@ class Reference(msgspec.Struct, frozen=True):
 
     def __str__(self) -> str:
         return self.name
+
+
+def normalize_host(key: str) -> str:
+    """The ``host[:port]`` a ``config.json`` key names (``docker.io`` for Docker Hub's).
+
+    Keys come as ``https://index.docker.io/v1/``, ``host:port`` or
+    ``http://host:port``; they are compared on ``host[:port]`` alone.
+    """
+    key = key.strip()
+    if "://" in key:
+        key = key.split("://", 1)[1]
+    key = key.split("/", 1)[0].lower()
+    return DEFAULT_DOMAIN if key in _LEGACY_DOMAINS else key
 
 
 def validate_tag(tag: str) -> str:

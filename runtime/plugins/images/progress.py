@@ -79,6 +79,7 @@ class Tracker:
         self._messages: list[Progress] = []
         self._wakeup = anyio.Event()
         self._closed = False
+        self._finished = anyio.Event()
 
     # -- updates from workers ---------------------------------------------------
 
@@ -161,6 +162,7 @@ class Tracker:
         """End the operation with its result; readers drain and stop."""
         self._messages.append(message)
         self._closed = True
+        self._finished.set()
         self._changed()
 
     def _publish(self, record: BlobProgress) -> None:
@@ -181,7 +183,11 @@ class Tracker:
         return out
 
     async def messages(self, interval: float = 0.1) -> AsyncIterator[Progress]:
-        """Yield changes at most every ``interval`` seconds, ending after the result."""
+        """Yield changes at most every ``interval`` seconds, ending after the result.
+
+        The result itself is not held back: an operation that ends within the
+        interval (a pull of an image already there) answers at once.
+        """
         while True:
             await self._wakeup.wait()
             self._wakeup = anyio.Event()
@@ -190,4 +196,5 @@ class Tracker:
                 yield message
             if closed:
                 return
-            await anyio.sleep(interval)
+            with anyio.move_on_after(interval):
+                await self._finished.wait()

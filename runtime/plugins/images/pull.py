@@ -2,9 +2,11 @@
 
 The transfer runs in the daemon, like containerd's transfer service. Steps:
 
-1. A lease (24 h expiry) holds everything the pull writes until the image
+1. Resolve the reference to a root descriptor (HEAD, then GET if needed).
+   When the image is there already, complete and unpacked, the pull ends
+   here, having written nothing (:mod:`.present`).
+2. A lease (24 h expiry) holds everything the pull writes until the image
    record exists; it is deleted at the end, whatever happens.
-2. Resolve the reference to a root descriptor (HEAD, then GET if needed).
 3. Walk the root: an index keeps the best manifest for the platforms (or all
    of them) and is labelled ``containerd.io/gc.ref.content.m.<i>``; a manifest
    is labelled with its config and layers; children are fetched concurrently.
@@ -28,7 +30,7 @@ import anyio
 from runtime.core.errors import MoorageError, NotFound
 from runtime.core.faults import fault_point
 from runtime.pkg.registry.reference import Reference, parse_reference
-from runtime.pkg.registry.types import Descriptor, Platform
+from runtime.pkg.registry.types import Descriptor
 from runtime.plugins.images.api import (
     LABEL_SNAPSHOTTER,
     Image,
@@ -54,6 +56,7 @@ from runtime.plugins.images.platforms import (
     parse_platform,
     select_manifests,
 )
+from runtime.plugins.images.present import already_pulled, unpacks
 from runtime.plugins.images.progress import Tracker
 from runtime.plugins.images.unpack import Unpacker
 
@@ -183,12 +186,7 @@ class _Pull:
                 tg.start_soon(run_unpack)
 
     def _should_unpack(self, unpack: bool | None, config: ConfigFile) -> bool:
-        if unpack is not None:
-            return unpack
-        if not config.os or not config.architecture:
-            return True
-        platform = Platform(os=config.os, architecture=config.architecture, variant=config.variant)
-        return self.unpack_matcher.match(platform)
+        return unpacks(unpack, config, self.unpack_matcher)
 
 
 async def pull(
@@ -225,22 +223,27 @@ async def pull(
     unpack_matcher = only(wanted)
     fetch_matcher = None if opts.all_platforms else unpack_matcher
     snapshotter = svc.snapshotter(opts.snapshotter) if opts.unpack else None
-    lease = await svc.leases.create(
-        namespace,
-        labels={"moorage/operation": "pull"},
-        expire=timedelta(seconds=svc.config.lease_expire),
-    )
-    try:
-        async with svc.registry(
-            plain_http=opts.plain_http,
-            hosts_dir=opts.hosts_dir,
-            username=opts.username,
-            password=opts.password,
-        ) as client:
-            started = time.monotonic()
-            root, host = await client.resolve(ref)
-            tracker.timings.add("resolve", time.monotonic() - started)
-            tracker.resolved(root, host)
+    async with svc.registry_for(opts) as client:
+        started = time.monotonic()
+        root, host = await client.resolve(ref)
+        tracker.timings.add("resolve", time.monotonic() - started)
+        tracker.resolved(root, host)
+        started = time.monotonic()
+        present = await already_pulled(
+            svc, namespace, ref, root, fetch=fetch_matcher, unpack=unpack_matcher,
+            snapshotter=snapshotter, tracker=tracker,
+        )
+        if present is not None:
+            tracker.timings.add("transfer", time.monotonic() - started)
+            log.info("pulled %s (%s) in %.3fs: present already", ref.name, root.digest,
+                     tracker.timings.elapsed())
+            return present
+        lease = await svc.leases.create(
+            namespace,
+            labels={"moorage/operation": "pull"},
+            expire=timedelta(seconds=svc.config.lease_expire),
+        )
+        try:
             limit = opts.max_concurrent_downloads or svc.config.max_concurrent_downloads
             fetcher = Fetcher(
                 namespace=namespace,
@@ -269,23 +272,25 @@ async def pull(
             started = time.monotonic()
             await run.node(root)
             tracker.timings.add("transfer", time.monotonic() - started)
-        labels: dict[str, str] = {}
-        if snapshotter is not None and run.unpacked:
-            # One platform is unpacked; its top chain ID is what `run` prepares on.
-            labels[LABEL_SNAPSHOTTER + snapshotter.name] = next(iter(run.unpacked.values()))
-        target = Descriptor(mediaType=root.mediaType, digest=root.digest, size=root.size)
-        # Crash tests: everything fetched and unpacked, held only by the pull's lease.
-        fault_point("pull.before-image-record")
-        image = await svc.put_image(namespace, Image(name=ref.name, target=target, labels=labels))
-        tracker.bytes += fetcher.received
-        log.info(
-            "pulled %s (%s) in %.3fs: %s",
-            ref.name,
-            root.digest,
-            tracker.timings.elapsed(),
-            tracker.timings.summary(),
-        )
-        return image
-    finally:
-        with anyio.CancelScope(shield=True), contextlib.suppress(MoorageError):
-            await svc.leases.delete(namespace, lease.id)
+            labels: dict[str, str] = {}
+            if snapshotter is not None and run.unpacked:
+                # One platform is unpacked; its top chain ID is what `run` prepares on.
+                labels[LABEL_SNAPSHOTTER + snapshotter.name] = next(iter(run.unpacked.values()))
+            target = Descriptor(mediaType=root.mediaType, digest=root.digest, size=root.size)
+            # Crash tests: everything fetched and unpacked, held only by the pull's lease.
+            fault_point("pull.before-image-record")
+            image = await svc.put_image(
+                namespace, Image(name=ref.name, target=target, labels=labels)
+            )
+            tracker.bytes += fetcher.received
+            log.info(
+                "pulled %s (%s) in %.3fs: %s",
+                ref.name,
+                root.digest,
+                tracker.timings.elapsed(),
+                tracker.timings.summary(),
+            )
+            return image
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(MoorageError):
+                await svc.leases.delete(namespace, lease.id)

@@ -169,12 +169,7 @@ async def push(
         raise InvalidArgument(f"cannot push {root.digest} as {ref.name}")
     root = Descriptor(mediaType=root.mediaType, digest=root.digest, size=root.size)
     started = time.monotonic()
-    async with svc.registry(
-        plain_http=opts.plain_http,
-        hosts_dir=opts.hosts_dir,
-        username=opts.username,
-        password=opts.password,
-    ) as client:
+    async with svc.registry_for(opts) as client:
         await _Push(svc, namespace, client, ref, tracker, svc.config.max_concurrent_downloads).run(
             root, walked
         )

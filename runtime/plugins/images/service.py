@@ -185,6 +185,15 @@ class ImageService:
             retry=self.config.retry,
         )
 
+    def registry_for(self, opts: PullOptions | PushOptions) -> RegistryClient:
+        """:meth:`registry` with a pull's or a push's registry access."""
+        return self.registry(
+            plain_http=opts.plain_http,
+            hosts_dir=opts.hosts_dir,
+            username=opts.username,
+            password=opts.password,
+        )
+
     def keeper(self, namespace: str, lease: str) -> Keep:
         """Adds existing objects to ``lease`` (they may be unreferenced leftovers)."""
 

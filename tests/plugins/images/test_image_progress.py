@@ -44,6 +44,26 @@ async def test_tracker_sends_latest_states_then_the_result_last() -> None:
     ]
 
 
+async def test_tracker_ends_with_the_result_without_waiting_out_the_interval() -> None:
+    """A pull that ends between two throttled updates answers at once, not an interval later."""
+    tracker = Tracker("img")
+    tracker.resolved(LAYER, "http://h")
+    seen: list[object] = []
+
+    async def read() -> None:
+        async for message in tracker.messages(interval=3600):
+            seen.append(message)
+
+    # A guard against waiting the hour, not a measurement: any answer within it passes.
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            await anyio.wait_all_tasks_blocked()
+            assert len(seen) == 1, "the first update goes out at once"
+            tracker.finish(Done(seconds=0.1))
+    assert isinstance(seen[-1], Done)
+
+
 async def test_keyed_locks_serialise_per_key_and_report_waiting() -> None:
     locks = KeyedLocks()
     order: list[str] = []

@@ -266,6 +266,58 @@ def test_pull_twice_the_second_is_a_no_op(daemon: Daemon, multilayer_ref: str) -
     assert second.image == first.image, "unchanged record: not even updated_at moves"
 
 
+def test_warm_pull_of_present_image_fetches_no_blob_and_writes_nothing(
+    daemon: Daemon, images_registry: Registry, multilayer_ref: str,
+    multilayer_layout: ImageLayout
+) -> None:
+    """The second pull only asks the registry what the tag names, and leaves the store as is."""
+    with CountingProxy(images_registry.host) as proxy:
+        ref = multilayer_ref.replace(images_registry.host, proxy.host)
+        client = daemon.client()
+        first, _ = pull(client, ref)
+        manifest = multilayer_layout.manifest()
+        digests = [multilayer_layout.descriptor.digest, manifest["config"]["digest"],
+                   *(layer["digest"] for layer in manifest["layers"])]
+        before = {d: client.content_info(d) for d in digests}
+        proxy.requests.clear()
+        second, blobs = pull(client, ref)
+    assert [method for method, _, _ in proxy.requests] == ["HEAD"]
+    assert "/manifests/" in proxy.requests[0][1]
+    assert second.image == first.image and second.bytes == 0
+    assert {d: client.content_info(d) for d in digests} == before, "no label written again"
+    assert set(blobs) == set(digests)
+    assert {b.status for b in blobs.values()} == {"exists"}
+    assert {b.unpack for b in blobs.values() if b.kind == "layer"} == {"exists"}
+    assert client.leases() == []
+
+
+def test_warm_pull_puts_back_a_label_that_went_missing(
+    daemon: Daemon, multilayer_ref: str, multilayer_layout: ImageLayout
+) -> None:
+    """A present image missing part of what a pull records gets the whole pull again."""
+    client = daemon.client()
+    pull(client, multilayer_ref)
+    config = multilayer_layout.manifest()["config"]["digest"]
+    key = "containerd.io/gc.ref.snapshot.overlayfs"
+    client.label_content(config, {key: ""})
+    done, blobs = pull(client, multilayer_ref)
+    assert client.content_info(config).labels[key] == expected_chain(multilayer_layout)
+    assert done.bytes == 0 and {b.status for b in blobs.values()} == {"exists"}
+
+
+def test_warm_pull_unpacks_again_when_the_snapshot_is_gone(
+    daemon: Daemon, multilayer_ref: str, multilayer_layout: ImageLayout
+) -> None:
+    client = daemon.client()
+    pull(client, multilayer_ref)
+    chain = expected_chain(multilayer_layout)
+    client.remove_snapshot("overlayfs", chain)
+    done, blobs = pull(client, multilayer_ref)
+    top = multilayer_layout.manifest()["layers"][-1]["digest"]
+    assert blobs[top].unpack == "applied" and done.bytes == 0
+    assert client.snapshot("overlayfs", chain).kind == "committed"
+
+
 def test_pull_of_an_index_takes_the_host_platform_only(
     daemon: Daemon, images_registry: Registry, multiarch_layout: ImageLayout
 ) -> None:
