@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from runtime.client.plainjson import dumps, loads
+from runtime.client.transport import unreachable
 from runtime.client.websocket import BINARY, CLOSE, TEXT, HandshakeError, WebSocket
-from runtime.core.errors import Unavailable, from_code
+from runtime.core.errors import from_code
 
 __all__ = ["Attachment", "Exited", "Output", "Started", "open_attachment"]
 
@@ -146,5 +147,5 @@ def open_attachment(client: Any, target: str) -> Attachment:
     except HandshakeError as exc:
         raise client._error(exc.status, exc.body) from None
     except OSError as exc:
-        raise Unavailable(f"cannot reach the moorage daemon at {client.address}: {exc}") from exc
+        raise unreachable(client.address, exc) from exc
     return Attachment(ws)
