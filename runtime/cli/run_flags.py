@@ -140,7 +140,7 @@ def policy_labels(args: Any) -> dict[str, str]:
     remove_at_exit = getattr(args, "rm", False) and getattr(args, "detach", False)
     if restart == "no" and not remove_at_exit:
         return labels
-    from runtime.plugins.restart.policy import AUTO_REMOVE_LABEL, RESTART_LABEL, parse_policy
+    from runtime.plugins.restart.api import AUTO_REMOVE_LABEL, RESTART_LABEL, parse_policy
 
     if restart != "no":
         parse_policy(restart)

@@ -185,7 +185,7 @@ def _hold_policy(api: Any, container_id: str, stopped: bool) -> None:
     A manual stop cancels the restart policy until the next manual start, as in
     Docker; a start also resets the count ``on-failure:N`` is held to.
     """
-    from runtime.plugins.restart.policy import RESTART_COUNT_LABEL, RESTART_LABEL, STOPPED_LABEL
+    from runtime.plugins.restart.api import RESTART_COUNT_LABEL, RESTART_LABEL, STOPPED_LABEL
 
     labels = api.container(container_id).labels
     if RESTART_LABEL not in labels:

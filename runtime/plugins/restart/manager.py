@@ -28,7 +28,7 @@ from anyio.abc import TaskStatus
 from runtime.api.tasks import CreateTaskRequest, Status
 from runtime.core.errors import MoorageError, NotFound, Unavailable
 from runtime.core.events import Exchange, SubscriberOverflow
-from runtime.plugins.restart.policy import (
+from runtime.plugins.restart.api import (
     AUTO_REMOVE_LABEL,
     RESTART_COUNT_LABEL,
     RESTART_LABEL,

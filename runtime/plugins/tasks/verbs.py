@@ -33,7 +33,7 @@ from runtime.api.constants import NAME_LABEL
 from runtime.api.containers import Container
 from runtime.api.tasks import Status, TaskState
 from runtime.core.errors import FailedPrecondition, InvalidArgument, MoorageError, NotFound
-from runtime.plugins.restart.policy import RESTART_LABEL, STOPPED_LABEL
+from runtime.plugins.restart.api import RESTART_LABEL, STOPPED_LABEL
 from runtime.plugins.tasks.service import TaskService, parse_signal
 
 __all__ = ["PARALLEL", "Verbs"]
