@@ -28,8 +28,6 @@ import hashlib
 import ipaddress
 import re
 import socket
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +39,7 @@ import pytest
 from runtime.core.errors import MoorageError
 from tests.cri.conftest import CRI_NAMESPACE, CriClient, cri_config, wait_for_socket
 from tests.fixtures.daemon import CGROUP_ROOT
-from tests.fixtures.network import iptables_leftovers
+from tests.fixtures.network import http_get, iptables_leftovers
 from tests.fixtures.system import require_binary, require_root
 from tests.reliability.crash import Case, CrashRig, Ctx, Scenario, cases
 from tests.reliability.store_check import mounts_under
@@ -310,17 +308,6 @@ def _ports_pod_config(cri: CriClient, ctx: Ctx) -> Any:
     return config
 
 
-def _get(url: str, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return str(response.read().decode())
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
 
 def ports_trigger(ctx: Ctx) -> None:
     cri = ctx.rig.cri()  # type: ignore[attr-defined]
@@ -347,7 +334,7 @@ def ports_verify(ctx: Ctx) -> None:
             envs=[pb.KeyValue(key="TAG", value=ctx.tag.encode())]))
         cri.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id))
         # A rule of the killed pod left in CNI-HOSTPORT-DNAT would send this elsewhere.
-        assert _get(f"http://127.0.0.1:{ctx.data['port']}/") == f"{ctx.tag}\n"
+        assert http_get(f"http://127.0.0.1:{ctx.data['port']}/") == f"{ctx.tag}\n"
         cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
         cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
         assert footprint(ctx.rig) == ctx.data["footprint"]

@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import socket
 import time
-import urllib.request
 from typing import Any
 
 import pytest
+
+from tests.fixtures.network import http_get
 
 pytestmark = pytest.mark.root
 
 HTTPD = ["sh", "-c", "mkdir -p /www && echo hello-from-pod > /www/index.html && "
                      "exec httpd -f -p 80 -h /www"]
 
-
-def _get(url: str, timeout: float = 20) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return str(response.read().decode())
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def test_dns_config_lands_in_resolv_conf(cri: Any, cri_image: str) -> None:
@@ -64,7 +54,7 @@ def test_the_pod_ip_is_reachable_from_the_host(cri: Any, cri_image: str) -> None
     sandbox_id, _ = cri.run_container(cri_image, HTTPD)
     ip = cri.runtime.PodSandboxStatus(
         cri.pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id)).status.network.ip
-    assert _get(f"http://{ip}:80/") == "hello-from-pod\n"
+    assert http_get(f"http://{ip}:80/") == "hello-from-pod\n"
 
 
 def test_a_host_port_answers_on_127_0_0_1(cri: Any, cri_image: str) -> None:
@@ -75,7 +65,7 @@ def test_a_host_port_answers_on_127_0_0_1(cri: Any, cri_image: str) -> None:
     config.port_mappings.add(protocol=cri.pb.TCP, container_port=80, host_port=host_port)
     pod = cri.run_pod(config)
     cri.run_container(cri_image, HTTPD, pod=pod)
-    assert _get(f"http://127.0.0.1:{host_port}/") == "hello-from-pod\n"
+    assert http_get(f"http://127.0.0.1:{host_port}/") == "hello-from-pod\n"
 
 
 def test_containers_of_a_pod_share_its_network(cri: Any, cri_image: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import grpc
 import pytest
 
 from tests.cri.conftest import wait_for_socket
-from tests.fixtures.network import iptables_leftovers
+from tests.fixtures.network import http_get, iptables_leftovers
 
 pytestmark = pytest.mark.root
 
@@ -71,7 +70,7 @@ def test_after_a_restart_names_stay_reserved_host_ports_answer_and_logs_flow(
         with pytest.raises(grpc.RpcError) as taken:
             again()
         assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert _get(f"http://127.0.0.1:{host_port}/") == "web\n"
+    assert http_get(f"http://127.0.0.1:{host_port}/") == "web\n"
     size = log.stat().st_size
     deadline = time.monotonic() + 10
     while log.stat().st_size == size and time.monotonic() < deadline:
@@ -82,17 +81,6 @@ def test_after_a_restart_names_stay_reserved_host_ports_answer_and_logs_flow(
     assert set(iptables_leftovers(network.name, network.subnet, check=True)) == rules_before
     cri.run_pod(config)  # the name was released with the pod
 
-
-def _get(url: str, timeout: float = 20) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return str(response.read().decode())
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def test_get_container_events_reports_created_started_stopped_deleted_not_execs(cri: Any,
