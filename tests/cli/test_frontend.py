@@ -130,6 +130,14 @@ def test_frontend_knows_every_error_code_of_the_python_cli() -> None:
     assert re.findall(r'"(\w+)"', table.group(1)) == sorted(errors._BY_CODE)
 
 
+def test_frontend_knows_the_daemons_missing_image_message() -> None:
+    """``run`` falls back to the Python CLI (which pulls) on exactly this NotFound."""
+    from runtime.api.constants import MISSING_IMAGE
+
+    found = re.search(r'#define MISSING_IMAGE "(.*?)"', SOURCE.read_text())
+    assert found is not None and found.group(1) == MISSING_IMAGE
+
+
 def test_frontend_flags_are_fast_path_flags_of_the_python_cli() -> None:
     """A flag the front end parses means the same to runtime.cli.main's fast path."""
     text = SOURCE.read_text()
