@@ -18,8 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import subprocess
@@ -112,6 +110,10 @@ _libc: Any = None
 
 
 def _lib() -> Any:
+    # ctypes and ctypes.util (which brings tempfile and random) are imported by
+    # the first mount, not by every plugin that imports this module at start.
+    import ctypes.util
+
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -119,6 +121,8 @@ def _lib() -> Any:
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str) -> None:
+    import ctypes
+
     rc = _lib().mount(
         source.encode() if source is not None else None,
         target.encode(),
@@ -238,6 +242,8 @@ def unmount(target: Path | str, *, detach: bool = False, all_layers: bool = True
     Raises:
         OSError: ``umount2(2)`` failed for another reason than "not mounted".
     """
+    import ctypes
+
     path = str(target).encode()
     flags = MNT_DETACH if detach else 0
     busy = 0
