@@ -97,8 +97,8 @@ _PAGE = os.sysconf("SC_PAGESIZE")
 
 # Run by the child in the long-options case: argv = source target fstype flags data.
 _CHILD = """\
-import ctypes, ctypes.util, os, sys
-libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
 src, tgt, fstype, flags, data = sys.argv[1:]
 if libc.mount(src.encode(), tgt.encode(), fstype.encode(), int(flags), data.encode()) != 0:
     e = ctypes.get_errno()
@@ -110,13 +110,14 @@ _libc: Any = None
 
 
 def _lib() -> Any:
-    # ctypes and ctypes.util (which brings tempfile and random) are imported by
-    # the first mount, not by every plugin that imports this module at start.
-    import ctypes.util
+    # ctypes is imported by the first mount, not by every plugin that imports
+    # this module at start. dlopen(NULL) finds libc among the process's own
+    # libraries; ctypes.util.find_library would run `ldconfig -p` to find it.
+    import ctypes
 
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        _libc = ctypes.CDLL(None, use_errno=True)
     return _libc
 
 
