@@ -237,6 +237,10 @@ def test_run_of_an_image_not_stored_goes_to_the_python_cli(commands: Commands,
     assert code == 125
     code, _, err = commands.same(*on(daemon, "run", "--rm", "localhost:1/nothing:here", "true"))
     assert code == 125 and "Unable to find image" in err
+    # Detached, the daemon's MISSING_IMAGE answer to POST /v1/run sends it there too.
+    code, _, err = commands.same(*on(daemon, "run", "-d", "--net", "none",
+                                     "localhost:1/nothing:here", "true"))
+    assert code == 125 and "Unable to find image" in err
 
 
 def test_detached_run_and_teardown(commands: Commands, daemon: RuntimeDaemon,
