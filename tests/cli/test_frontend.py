@@ -130,6 +130,14 @@ def test_frontend_knows_every_error_code_of_the_python_cli() -> None:
     assert re.findall(r'"(\w+)"', table.group(1)) == sorted(errors._BY_CODE)
 
 
+def test_frontend_knows_the_daemons_missing_image_message() -> None:
+    """``run`` falls back to the Python CLI (which pulls) on exactly this NotFound."""
+    from runtime.api.constants import MISSING_IMAGE
+
+    found = re.search(r'#define MISSING_IMAGE "(.*?)"', SOURCE.read_text())
+    assert found is not None and found.group(1) == MISSING_IMAGE
+
+
 def test_frontend_flags_are_fast_path_flags_of_the_python_cli() -> None:
     """A flag the front end parses means the same to runtime.cli.main's fast path."""
     text = SOURCE.read_text()
@@ -228,6 +236,10 @@ def test_run_of_an_image_not_stored_goes_to_the_python_cli(commands: Commands,
                                      "true"))
     assert code == 125
     code, _, err = commands.same(*on(daemon, "run", "--rm", "localhost:1/nothing:here", "true"))
+    assert code == 125 and "Unable to find image" in err
+    # Detached, the daemon's MISSING_IMAGE answer to POST /v1/run sends it there too.
+    code, _, err = commands.same(*on(daemon, "run", "-d", "--net", "none",
+                                     "localhost:1/nothing:here", "true"))
     assert code == 125 and "Unable to find image" in err
 
 
