@@ -29,7 +29,7 @@ from runtime.cli.main import _FAST, _RUN_FLAGS
 from runtime.core import errors
 from tests.fixtures.images import ImageLayout
 from tests.fixtures.system import require_binary, unavailable
-from tests.plugins.runtime.helpers import RuntimeDaemon, require_runtime_host
+from tests.plugins.runtime.helpers import DEFAULT_CONFIG, RuntimeDaemon, require_runtime_host
 
 pytest_plugins = ["tests.plugins.runtime.runtime_fixtures"]
 
@@ -87,10 +87,19 @@ def commands(tmp_path_factory: pytest.TempPathFactory) -> Commands:
     return Commands(bin_dir)
 
 
+#: A pull from a registry that is not there (``localhost:1``) is tried again after
+#: 0.05, 0.1 and 0.2 s, not 0.5, 1 and 2 s: the specs ask for the answer, not the backoff.
+QUICK_RETRIES = DEFAULT_CONFIG + """
+[plugins."images.store".retry]
+backoff = 0.05
+max_backoff = 0.2
+"""
+
+
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeDaemon]:
     require_runtime_host()
-    running = RuntimeDaemon(tmp_path_factory.mktemp("frontend"))
+    running = RuntimeDaemon(tmp_path_factory.mktemp("frontend"), QUICK_RETRIES)
     try:
         yield running
     finally:
