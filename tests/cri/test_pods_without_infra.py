@@ -30,7 +30,8 @@ def _pod(cri: Any, pid: str = "CONTAINER", **modes: str) -> tuple[str, Any]:
     options.pid = getattr(pb, pid)
     for key, value in modes.items():
         setattr(options, key, getattr(pb, value))
-    return cri.run_pod(config)
+    sandbox_id, config = cri.run_pod(config)
+    return str(sandbox_id), config
 
 
 def _container(cri: Any, image: str, pod: tuple[str, Any], *command: str) -> str:
@@ -41,7 +42,7 @@ def _container(cri: Any, image: str, pod: tuple[str, Any], *command: str) -> str
     cri.pull(image)
     container_id = cri.create_container(pod[0], pod[1], config)
     cri.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id))
-    return container_id
+    return str(container_id)
 
 
 def _pod_dir(daemon: Any, sandbox_id: str) -> Path:
