@@ -54,6 +54,7 @@ class Sandboxes(Containers):
         if not (meta.name and meta.namespace and meta.uid):
             raise InvalidArgument("pod sandbox metadata needs name, namespace and uid")
         validate_labels(dict(config.labels))
+        specs.pod_sysctls(config)  # refused before anything is made
         runtime = self.runtime_for(request.runtime_handler)
         modes = config.linux.security_context.namespace_options
         host_net = modes.network == pb.NODE
