@@ -7,7 +7,10 @@ stubs. Figures, each repetition alternating which daemon goes first and
 never both busy at once:
 
 * ``pods_up``: RunPodSandbox + CreateContainer + StartContainer for N pods
-  (20), N at once as a kubelet's pod workers do; ``pods_down``: their
+  (20), N at once as a kubelet's pod workers do, with the kubelet's namespace
+  options for a plain pod (PID namespace not shared: Moorage runs no infra
+  process then, containerd 1.6 still its pause container; ``--share-pid``
+  shares it); ``pods_down``: their
   StopContainer + StopPodSandbox + RemoveContainer + RemovePodSandbox, N at
   once. The container is busybox ``sh`` that exits on SIGTERM.
 * ``exec_sync``: M (100) sequential ExecSync of ``true`` in one container.
@@ -417,11 +420,15 @@ def main() -> int:
     parser.add_argument("--perf", action="store_true",
                         help="one more pods_up and pods_down per daemon under perf: CPU per "
                              "pod of each process role, execs per pod")
+    parser.add_argument("--share-pid", action="store_true",
+                        help="pods share their PID namespace (NamespaceOption.pid POD; "
+                             "default CONTAINER, the kubelet's)")
     parser.add_argument("--install", choices=("venv", "editable"), default="venv",
                         help="measure a wheel of this tree in the benchmark's venv "
                              "(harness/install.py) or the development install")
     args = parser.parse_args()
     started = time.monotonic()
+    CriClient.share_pid = args.share_pid
     if args.install == "venv":
         from harness.install import venv_bin
 
@@ -439,6 +446,7 @@ def main() -> int:
         "containerd": subprocess.run(["containerd", "--version"], capture_output=True,
                                      text=True).stdout.split()[2],
         "install": args.install,
+        "share_pid": args.share_pid,
         "load": {"min": min(loads), "max": max(loads), "median": statistics.median(loads)},
         "results": results,
         "ratios": cri_ratios(results),

@@ -225,19 +225,32 @@ class CriClient:
         return str(self.images.PullImage(self.pb.PullImageRequest(
             image=self.pb.ImageSpec(image=image))).image_ref)
 
+    #: Pods share their PID namespace (``shareProcessNamespace: true``); the kubelet's
+    #: default is not to (``NamespaceOption.pid = CONTAINER``), which this mirrors.
+    share_pid = False
+
     def run_pod_with_container(self, image: str, command: Sequence[str]) -> tuple[str, str]:
-        """RunPodSandbox + CreateContainer + StartContainer, as a kubelet's pod worker."""
+        """RunPodSandbox + CreateContainer + StartContainer, as a kubelet's pod worker.
+
+        The namespace options are the kubelet's for a plain pod: ``pid=CONTAINER``
+        in the pod's and the container's config (``POD`` with :attr:`share_pid`).
+        """
         pb = self.pb
         name = f"bench-{uuid.uuid4().hex[:10]}"
+        modes = pb.NamespaceOption(pid=pb.POD if self.share_pid else pb.CONTAINER)
         config = pb.PodSandboxConfig(
             metadata=pb.PodSandboxMetadata(name=name, namespace="default",
                                            uid=uuid.uuid4().hex, attempt=0),
-            hostname=name, log_directory=str(self.log_dir / name))
+            hostname=name, log_directory=str(self.log_dir / name),
+            linux=pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
+                namespace_options=modes)))
         sandbox_id = str(self.runtime.RunPodSandbox(
             pb.RunPodSandboxRequest(config=config)).pod_sandbox_id)
-        container = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="main"),
-                                       image=pb.ImageSpec(image=image), command=list(command),
-                                       log_path="main.log")
+        container = pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name="main"), image=pb.ImageSpec(image=image),
+            command=list(command), log_path="main.log",
+            linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
+                namespace_options=modes)))
         container_id = str(self.runtime.CreateContainer(pb.CreateContainerRequest(
             pod_sandbox_id=sandbox_id, config=container, sandbox_config=config)).container_id)
         self.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id))

@@ -68,7 +68,8 @@ def role(comm: str) -> str:
         return "infra"
     if comm in ("mount", "umount"):
         return "mount"
-    if comm in ("moorage", "python", "python3", "containerd") or comm.startswith(
+    # ``moorage-py``: the Python daemon the compiled ``moorage`` front end execs.
+    if comm in ("moorage", "moorage-py", "python", "python3", "containerd") or comm.startswith(
             ("asyncio", "AnyIO", "ThreadPool", "anyio", "grpc", "netns ", "default-executo")):
         return "daemon"
     return "container"

@@ -72,6 +72,16 @@ SANDBOX_POINTS = (
     "task.start.after-runtime",
     "cri.sandbox.after-infra-start",
 )
+#: RunPodSandbox of a pod without infra (PID namespace not shared: its IPC and UTS
+#: namespaces are pinned by bind mounts, no task).
+NO_INFRA_POINTS = (
+    "cri.sandbox.after-record",
+    "network.attach.after-netns",
+    "cri.sandbox.after-cni-add",
+    "cri.sandbox.after-files",
+    "cri.sandbox.after-pins",
+    "cri.sandbox.after-ready",
+)
 #: RunPodSandbox of a pod with a host port, killed around CNI ADD: before any plugin,
 #: after each plugin of the default network (bridge, portmap, firewall) with no result
 #: recorded yet, after ADD, and once the pod runs with its port published.
@@ -292,6 +302,39 @@ def run_pod_verify(ctx: Ctx) -> None:
         cri.close()
 
 
+# -- RunPodSandbox without infra -----------------------------------------------------
+
+
+def _no_infra_pod_config(cri: CriClient, ctx: Ctx) -> Any:
+    config = _pod_config(cri, ctx)
+    config.linux.security_context.namespace_options.pid = cri.pb.CONTAINER
+    config.linux.sysctls["kernel.shm_rmid_forced"] = "1"
+    return config
+
+
+def no_infra_trigger(ctx: Ctx) -> None:
+    cri = ctx.rig.cri()  # type: ignore[attr-defined]
+    try:
+        _baseline(ctx, cri)
+        config = _no_infra_pod_config(cri, ctx)
+        _call_and_die(lambda: cri.run_pod(config))
+    finally:
+        cri.close()
+
+
+def no_infra_verify(ctx: Ctx) -> None:
+    """No pin mount is left (the footprint's mounts), and the same pod runs again."""
+    _check_after_restart(ctx)
+    cri = ctx.rig.cri()  # type: ignore[attr-defined]
+    try:
+        sandbox_id, _ = cri.run_pod(_no_infra_pod_config(cri, ctx))
+        cri.runtime.StopPodSandbox(cri.pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+        cri.runtime.RemovePodSandbox(cri.pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+        assert footprint(ctx.rig) == ctx.data["footprint"]
+    finally:
+        cri.close()
+
+
 # -- RunPodSandbox with a host port -------------------------------------------------
 
 
@@ -393,6 +436,8 @@ def create_verify(ctx: Ctx) -> None:
 SCENARIOS = [
     Scenario("run-pod", SANDBOX_POINTS, run_pod_trigger, run_pod_verify,
              verify_touches=RUN_POD_TOUCHES),
+    Scenario("run-pod-no-infra", NO_INFRA_POINTS, no_infra_trigger, no_infra_verify,
+             verify_touches=RUN_POD_TOUCHES),
     Scenario("run-pod-host-port", PORT_POINTS, ports_trigger, ports_verify,
              verify_touches=PORTS_VERIFY_TOUCHES),
     Scenario("create-container", CONTAINER_POINTS, create_trigger, create_verify,
@@ -439,6 +484,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory, cri_image: str) -> Iterator[Cr
 def test_every_risky_step_has_a_case() -> None:
     """Both requests are killed after each step that makes something on the host."""
     assert {c.point for c in CASES if c.scenario.name == "run-pod"} == set(SANDBOX_POINTS)
+    assert {c.point for c in CASES if c.scenario.name == "run-pod-no-infra"} == \
+        set(NO_INFRA_POINTS)
     assert {c.point for c in CASES if c.scenario.name == "run-pod-host-port"} == \
         set(PORT_POINTS)
     assert {c.point for c in CASES if c.scenario.name == "create-container"} == \

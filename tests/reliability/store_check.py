@@ -276,7 +276,7 @@ class _Checker:
                 self.problem(f"monitor {pid} runs for a task the daemon does not know")
 
     def cri_pod_mounts(self, namespace: str) -> set[str]:
-        """The mounts the CRI's pod sandboxes recorded in ``namespace`` own: netns and /dev/shm.
+        """The mounts the CRI's pod sandboxes in ``namespace`` own: netns, /dev/shm, pins.
 
         Only a sandbox record's own netns bind mount (until StopPodSandbox, which
         removes it before it marks the record stopped) and its ``<dir>/shm`` tmpfs
@@ -293,6 +293,10 @@ class _Checker:
                 owned.add(str(ext["netns"]))
             if ext.get("dir") and ext.get("shm_mounted"):
                 owned.add(str(Path(str(ext["dir"])) / "shm"))
+            if ext.get("dir") and ext.get("infra") is False and ext.get("ready") \
+                    and not ext.get("stopped"):
+                # A pod without infra: its pinned IPC and UTS namespaces (cri/pins.py).
+                owned |= {str(Path(str(ext["dir"])) / "ns" / kind) for kind in ("ipc", "uts")}
         return owned
 
     def images(self) -> None:

@@ -60,8 +60,9 @@ class Containers(PodRecords):
         validate_labels(dict(config.labels))
         sandbox_id = await self._resolve_id(request.pod_sandbox_id, "sandbox")
         _, sandbox = await self._record(sandbox_id, "sandbox")
-        infra = await self._task(sandbox_id)
-        if sandbox.stopped or infra is None or infra.status != Status.RUNNING:
+        infra = await self._task(sandbox_id) if sandbox.infra else None
+        if sandbox.stopped or (not sandbox.ready if not sandbox.infra else (
+                infra is None or infra.status != Status.RUNNING)):
             raise FailedPrecondition(f"pod sandbox {sandbox_id!r} is not ready")
         sandbox_config = self._sandbox_config(sandbox)
         image = await self.images.resolve(config.image.image)
@@ -89,7 +90,8 @@ class Containers(PodRecords):
                 target_pid = target.pid if target and target.pid else None
             spec = specs.container_spec(
                 self.namespace, container_id, config, sandbox_config, image_config,
-                infra_pid=infra.pid, target_pid=target_pid, files=self.files(sandbox),
+                namespaces=self.pod_namespaces(sandbox, infra), target_pid=target_pid,
+                files=self.files(sandbox),
                 log_path=log_path, cgroups_path=self._cgroups_path(sandbox_config, container_id),
                 min_oom_score_adj=_own_oom_score_adj())
             if log_path:

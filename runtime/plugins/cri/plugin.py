@@ -38,7 +38,8 @@ class CriConfig(PluginConfig):
             (``/run/moorage/cri.sock``).
         namespace: The Moorage namespace holding the pods, containers and
             images the kubelet manages.
-        sandbox_image: The pod's infra process: ``catatonit`` (Debian's, run
+        sandbox_image: The infra process of a pod sharing its PID namespace
+            (others run none): ``catatonit`` (Debian's, run
             from a root filesystem the plugin builds) or the absolute path of
             another static binary that waits for signals as PID 1.
         cni_conf_dir: Where the pod network's configuration is: the first usable

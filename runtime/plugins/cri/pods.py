@@ -6,8 +6,9 @@ per concept: the records and lookups (:mod:`.records`), containers
 ports in :mod:`.sandbox_setup`), statistics (:mod:`.stats`); start-up recovery
 is :mod:`.recovery`, and the container events are here.
 
-A sandbox's infra process (``catatonit -P``, PID 1 of the pod) runs from a
-tiny read-only root filesystem the plugin writes under its root directory.
+A sandbox's infra process (``catatonit -P``, PID 1 of a pod that shares its
+PID namespace) runs from a tiny read-only root filesystem the plugin writes
+under its root directory; other pods run none (:mod:`.pins`).
 """
 
 from __future__ import annotations

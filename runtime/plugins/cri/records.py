@@ -37,6 +37,7 @@ from runtime.core.errors import (
 )
 from runtime.pkg.oci.spec import cgroups_path
 from runtime.plugins.containers.api import ContainerStore
+from runtime.plugins.cri import pins
 from runtime.plugins.cri import spec as specs
 from runtime.plugins.cri.images import CriImages
 from runtime.plugins.cri.v1 import api_pb2 as pb
@@ -69,6 +70,11 @@ class SandboxRecord(msgspec.Struct, kw_only=True):
     dir: str = ""
     shm_mounted: bool = False
     stopped: bool = False
+    #: The pod runs an infra process (its PID namespace is shared); else its IPC and UTS
+    #: namespaces are pinned under ``dir`` (see :mod:`.pins`).
+    infra: bool = True
+    #: A pod without infra: RunPodSandbox finished (a record without it is a crash's).
+    ready: bool = False
 
 
 class ContainerRecord(msgspec.Struct, kw_only=True):
@@ -186,6 +192,19 @@ class PodRecords:
         shm = base / "shm" if record.shm_mounted else Path("/dev/shm")
         return specs.SandboxFiles(hostname=base / "hostname", hosts=base / "hosts",
                                   resolv_conf=base / "resolv.conf", shm=shm)
+
+    def pod_namespaces(self, record: SandboxRecord, infra: TaskState | None) -> specs.PodNamespaces:
+        """The pod's namespaces its containers join (``infra``: its running infra task)."""
+        config = self._sandbox_config(record)
+        if record.infra:
+            assert infra is not None and infra.pid
+            return specs.PodNamespaces.of_infra(infra.pid, config)
+        modes = config.linux.security_context.namespace_options
+        host_net = modes.network == pb.NODE
+        return specs.PodNamespaces(
+            network=record.netns, uts="" if host_net else str(pins.pin_path(record.dir, pins.UTS)),
+            ipc="" if modes.ipc == pb.NODE else str(pins.pin_path(record.dir, pins.IPC)),
+            pid="" if modes.pid == pb.NODE else None)
 
     # -- names and records ----------------------------------------------------------
 

@@ -11,21 +11,25 @@ half-made object has a record to find:
   kubelet never got its id, or already asked to remove it. It is removed, with
   its snapshot, and its name is released.
 * a sandbox not stopped whose infra task is missing or was never started died
-  in RunPodSandbox: the kubelet never got its id. It is undone like a failed
+  in RunPodSandbox: the kubelet never got its id. So did a pod without infra
+  (PID namespace not shared, :mod:`.pins`) whose record is not ``ready``; one
+  whose directory or pinned namespaces are gone (a reboot) is removed too, as
+  an infra pod whose task is missing. It is undone like a failed
   RunPodSandbox: infra task, CNI DEL (releases the address, veth, port rules),
-  netns, ``/dev/shm`` mount and pod files, record, name.
+  netns, ``/dev/shm`` mount, pinned namespaces and pod files, record, name.
 * everything else is a pod or a container the kubelet knows or can list: it
   stays, in the state its task is in (a created container, a running or a
   not-ready pod), and Stop/Remove clean it as usual.
 
 Pod directories without a record (a crash between removing the record and the
-files) are removed last, unmounting their ``/dev/shm`` first.
+files) are removed last, unmounting their ``/dev/shm`` and pins first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,10 +40,12 @@ import msgspec
 from runtime.api.containers import Container
 from runtime.api.tasks import Status
 from runtime.core.errors import MoorageError, NotFound
-from runtime.plugins.cri.sandbox_setup import unmount_shm
+from runtime.plugins.cri import pins
+from runtime.plugins.cri.sandbox_setup import pinned_kinds, unmount_pod_dir
 
 if TYPE_CHECKING:
     from runtime.plugins.cri.pods import Pods
+    from runtime.plugins.cri.records import SandboxRecord
 
 __all__ = ["recover"]
 
@@ -62,9 +68,14 @@ async def recover(pods: Pods) -> None:
         if record.labels.get(KIND_LABEL) != "sandbox":
             continue
         sandbox = msgspec.convert(record.extensions.get(EXTENSION, {}), SandboxRecord)
-        task = await pods._task(record.id)
-        half_made = not sandbox.stopped and record.runtime.name in loaded and (
-            task is None or task.status == Status.CREATED)
+        if sandbox.infra:
+            task = await pods._task(record.id)
+            half_made = not sandbox.stopped and record.runtime.name in loaded and (
+                task is None or task.status == Status.CREATED)
+        else:
+            # Not ready: a crash in RunPodSandbox. Pins gone: a reboot, as a missing task.
+            intact = sandbox.ready and await anyio.to_thread.run_sync(_intact, pods, sandbox)
+            half_made = not sandbox.stopped and not intact
         if not half_made:
             kept.add(record.id)
             continue
@@ -94,12 +105,18 @@ async def _remove_container(pods: Pods, record: Container) -> None:
         await pods.containers.delete(pods.namespace, record.id)
 
 
+def _intact(pods: Pods, sandbox: SandboxRecord) -> bool:
+    """Whether a pod without infra still has its directory and pinned namespaces."""
+    return os.path.isdir(sandbox.dir) and pins.pinned(
+        sandbox.dir, pinned_kinds(pods._sandbox_config(sandbox)))
+
+
 def _remove_orphan_dirs(base: Path, kept: set[str]) -> None:
     if not base.is_dir():
         return
     for entry in base.iterdir():
         if entry.name in kept or not entry.is_dir():
             continue
-        unmount_shm(entry / "shm")
+        unmount_pod_dir(entry)
         log.info("removing the files of pod sandbox %s (no record)", entry.name)
         shutil.rmtree(entry, ignore_errors=True)

@@ -16,12 +16,14 @@ import msgspec
 from runtime.api.mounts import Mount
 from runtime.core.errors import FailedPrecondition, InvalidArgument
 from runtime.pkg.mount import mount_all, unmount
+from runtime.plugins.cri import pins
 from runtime.plugins.cri import spec as specs
 from runtime.plugins.cri.records import SandboxRecord
 from runtime.plugins.cri.v1 import api_pb2 as pb
 from runtime.plugins.network.api import Attachment, PortMapping, etc_hosts, resolv_conf
 
-__all__ = ["port_mappings", "remove_files", "unmount_shm", "write_files", "write_infra_rootfs"]
+__all__ = ["pinned_kinds", "port_mappings", "remove_files", "unmount_pod_dir", "unmount_shm",
+           "write_files", "write_infra_rootfs"]
 
 #: The pod's ``/dev/shm``: 64 MiB, as containerd's and the kubelet's default.
 _SHM = Mount(type="tmpfs", source="shm",
@@ -87,13 +89,26 @@ def unmount_shm(shm: Path) -> None:
         unmount(shm, detach=True)
 
 
+def pinned_kinds(config: pb.PodSandboxConfig) -> tuple[str, ...]:
+    """The namespaces a pod without infra pins: IPC unless the host's, UTS unless host network."""
+    modes = config.linux.security_context.namespace_options
+    return tuple(kind for kind, host in ((pins.IPC, modes.ipc == pb.NODE),
+                                         (pins.UTS, modes.network == pb.NODE)) if not host)
+
+
+def unmount_pod_dir(base: Path) -> None:
+    """Detach a pod directory's ``/dev/shm`` and pinned namespaces, whichever are mounted."""
+    unmount_shm(base / "shm")
+    pins.unpin(base)
+
+
 def remove_files(record: SandboxRecord) -> None:
-    """Unmount the pod's /dev/shm and remove its directory."""
+    """Unmount the pod's /dev/shm and pinned namespaces and remove its directory; idempotent."""
     if not record.dir:
         return
     base = Path(record.dir)
     # Mounted even when the record does not say so (a crash before it was saved).
-    unmount_shm(base / "shm")
+    unmount_pod_dir(base)
     shutil.rmtree(base, ignore_errors=True)
 
 

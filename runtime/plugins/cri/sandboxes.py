@@ -23,6 +23,7 @@ from runtime.core.errors import (
 )
 from runtime.core.faults import fault_point
 from runtime.core.identifiers import validate_labels
+from runtime.plugins.cri import pins
 from runtime.plugins.cri import sandbox_setup as setup
 from runtime.plugins.cri import spec as specs
 from runtime.plugins.cri.containers import Containers
@@ -47,12 +48,13 @@ class Sandboxes(Containers):
     """The sandbox half of the CRI RuntimeService (stopping a pod stops its containers)."""
 
     async def run_sandbox(self, request: pb.RunPodSandboxRequest) -> str:
-        """RunPodSandbox: netns + CNI, pod files, the infra process."""
+        """RunPodSandbox: netns + CNI, pod files, the infra process or the pinned namespaces."""
         config = request.config
         meta = config.metadata
         if not (meta.name and meta.namespace and meta.uid):
             raise InvalidArgument("pod sandbox metadata needs name, namespace and uid")
         validate_labels(dict(config.labels))
+        specs.pod_sysctls(config)  # refused before anything is made
         runtime = self.runtime_for(request.runtime_handler)
         modes = config.linux.security_context.namespace_options
         host_net = modes.network == pb.NODE
@@ -69,7 +71,8 @@ class Sandboxes(Containers):
         self._reserve(name, sandbox_id)
         made: list[str] = []
         record = SandboxRecord(id=sandbox_id, name=name, config=config_dict(config),
-                               created_at=now_ns(), runtime_handler=request.runtime_handler)
+                               created_at=now_ns(), runtime_handler=request.runtime_handler,
+                               infra=specs.needs_infra(config))
         try:
             record.dir = str(self.state / "sandboxes" / sandbox_id)
             await self.containers.create(self.namespace, Container(
@@ -82,9 +85,20 @@ class Sandboxes(Containers):
             ports = setup.port_mappings(config)
             await self._make_sandbox(record, config, runtime, made, None if host_net else (
                 network, ports))
-            await runtime.start(self.namespace, sandbox_id)
-            # Crash tests: the pod runs, but the kubelet never hears its id.
-            fault_point("cri.sandbox.after-infra-start")
+            if record.infra:
+                await runtime.start(self.namespace, sandbox_id)
+                # Crash tests: the pod runs, but the kubelet never hears its id.
+                fault_point("cri.sandbox.after-infra-start")
+            else:
+                _, net_sysctls = specs.pod_sysctls(config)
+                if net_sysctls:
+                    await anyio.to_thread.run_sync(pins.apply_sysctls, record.netns, net_sysctls)
+                # The one record update of a pod without infra: its netns, address,
+                # /dev/shm, and that it is complete (recovery removes it otherwise).
+                record.ready = True
+                await self._save_ext(record.id, record, durable=False)
+                # Crash tests: the pod is ready, but the kubelet never hears its id.
+                fault_point("cri.sandbox.after-ready")
             self._netns[sandbox_id] = record.netns
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -98,7 +112,11 @@ class Sandboxes(Containers):
     async def _make_sandbox(self, record: SandboxRecord, config: pb.PodSandboxConfig,
                             runtime: Runtime, made: list[str],
                             network: tuple[str, list[PortMapping]] | None) -> None:
-        """The pod's network and files beside its infra task (created, not started).
+        """The pod's network and files beside its infra task (created, not started) or pins.
+
+        A pod without infra (``record.infra`` false) gets its IPC and UTS
+        namespaces pinned instead (:mod:`.pins`, no process), with its hostname
+        and IPC sysctls; its record is saved by the caller once all is made.
 
         ``network`` is the network and ports to attach to, ``None`` for host
         networking. Neither half needs the other once the network namespace
@@ -123,7 +141,8 @@ class Sandboxes(Containers):
                     setup.write_files, record, config, attachment)
                 # Crash tests: /dev/shm is mounted, the record does not say so.
                 fault_point("cri.sandbox.after-files")
-                await self._save_ext(record.id, record, durable=False)
+                if record.infra:
+                    await self._save_ext(record.id, record, durable=False)
             except Exception as exc:
                 failures.append(exc)
                 scope.cancel()
@@ -144,9 +163,22 @@ class Sandboxes(Containers):
                 failures.append(exc)
                 scope.cancel()
 
+        async def pinned(scope: anyio.CancelScope) -> None:
+            try:
+                own_sysctls, _ = specs.pod_sysctls(config)
+                made.append("pins")
+                await anyio.to_thread.run_sync(lambda: pins.pin(
+                    Path(record.dir), setup.pinned_kinds(config),
+                    hostname=specs.pod_hostname(config), sysctls=own_sysctls))
+                # Crash tests: the namespaces are pinned, the record does not say so.
+                fault_point("cri.sandbox.after-pins")
+            except Exception as exc:
+                failures.append(exc)
+                scope.cancel()
+
         async with anyio.create_task_group() as tg:
             tg.start_soon(network_and_files, tg.cancel_scope)
-            tg.start_soon(infra, tg.cancel_scope)
+            tg.start_soon(infra if record.infra else pinned, tg.cancel_scope)
         if failures:
             raise failures[0]
 
@@ -198,7 +230,7 @@ class Sandboxes(Containers):
             # DEL even when ADD half-failed: the network service keeps the record until then.
             with contextlib.suppress(MoorageError):
                 await self.network.detach(self.namespace, record.id)
-        if "files" in made:
+        if "files" in made or "pins" in made:
             await anyio.to_thread.run_sync(setup.remove_files, record)
         if "record" in made:
             with contextlib.suppress(MoorageError):
@@ -215,6 +247,10 @@ class Sandboxes(Containers):
             for container in await self._containers_of(sandbox_id):
                 await self.stop_container(container.id, 0)
             await self._stop_task(sandbox_id, 0, signal.SIGKILL)
+            if not record.infra and record.dir:
+                # What stopping the infra process does: the namespaces go with the
+                # containers (already stopped). /dev/shm and the files stay until removal.
+                await anyio.to_thread.run_sync(pins.unpin, record.dir)
             # DEL always, even if the netns is gone or ADD half-failed.
             await self.network.detach(self.namespace, sandbox_id)
             if not record.stopped:
@@ -242,6 +278,9 @@ class Sandboxes(Containers):
             self._stats.pop(sandbox_id, None)
 
     async def _sandbox_state(self, record: SandboxRecord) -> int:
+        if not record.infra:
+            ready = record.ready and not record.stopped
+            return pb.SANDBOX_READY if ready else pb.SANDBOX_NOTREADY
         task = await self._task(record.id)
         ready = (not record.stopped and task is not None and task.status == Status.RUNNING)
         return pb.SANDBOX_READY if ready else pb.SANDBOX_NOTREADY

@@ -24,10 +24,13 @@ from runtime.pkg.seccomp import UNCONFINED, default_profile, parse_profile
 from runtime.plugins.cri.v1 import api_pb2 as pb
 
 __all__ = [
+    "PodNamespaces",
     "SandboxFiles",
     "container_spec",
+    "needs_infra",
     "parse_capability",
     "pod_hostname",
+    "pod_sysctls",
     "sandbox_spec",
 ]
 
@@ -53,6 +56,83 @@ class SandboxFiles:
     hosts: Path
     resolv_conf: Path
     shm: Path
+
+
+@dataclass(frozen=True)
+class PodNamespaces:
+    """The namespaces of a pod its containers join: paths, ``""`` for the host's.
+
+    Attributes:
+        network: The pod's network namespace.
+        uts: Its UTS namespace (the host's with host networking).
+        ipc: Its IPC namespace.
+        pid: Its shared PID namespace (the infra process's); ``None`` when the
+            pod shares none (``CONTAINER``): a container asking for ``POD`` then
+            gets its own.
+    """
+
+    network: str
+    uts: str
+    ipc: str
+    pid: str | None
+
+    @classmethod
+    def of_infra(cls, pid: int, config: pb.PodSandboxConfig) -> PodNamespaces:
+        """Those the infra process ``pid`` holds."""
+        modes = config.linux.security_context.namespace_options
+        proc = f"/proc/{pid}/ns"
+        host_net = modes.network == pb.NODE
+        return cls(network="" if host_net else f"{proc}/net", uts="" if host_net else f"{proc}/uts",
+                   ipc="" if modes.ipc == pb.NODE else f"{proc}/ipc",
+                   pid="" if modes.pid == pb.NODE else f"{proc}/pid")
+
+
+def needs_infra(config: pb.PodSandboxConfig) -> bool:
+    """Whether the pod runs an infra process: only to be PID 1 of a shared PID namespace.
+
+    A PID namespace cannot be pinned (it dies with its PID 1), so ``pid=POD``
+    (and anything but ``CONTAINER`` and ``NODE``) keeps one.
+    """
+    return config.linux.security_context.namespace_options.pid not in (pb.CONTAINER, pb.NODE)
+
+
+#: Sysctls of the IPC namespace (as runc's list), and of the UTS namespace.
+_IPC_SYSCTLS = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
+                "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced")
+_UTS_SYSCTLS = ("kernel.hostname", "kernel.domainname")
+
+
+def pod_sysctls(config: pb.PodSandboxConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """The pod's sysctls split by where they are written: (IPC and UTS ones, ``net.*`` ones).
+
+    Raises:
+        InvalidArgument: A malformed key, one of no namespace the pod owns
+            (``net.*`` with host networking, IPC ones with host IPC), or one
+            not namespaced at all.
+    """
+    modes = config.linux.security_context.namespace_options
+    host_net, host_ipc = modes.network == pb.NODE, modes.ipc == pb.NODE
+    own: dict[str, str] = {}
+    net: dict[str, str] = {}
+    for key, value in config.linux.sysctls.items():
+        if not key or any(not part for part in key.replace("/", ".").split(".")):
+            raise InvalidArgument(f"sysctl {key!r} is not a sysctl name")
+        name = key.replace("/", ".")
+        if name.startswith("net."):
+            if host_net:
+                raise InvalidArgument(f"sysctl {key!r} is not allowed with host networking")
+            net[key] = value
+        elif name in _IPC_SYSCTLS or name.startswith("fs.mqueue."):
+            if host_ipc:
+                raise InvalidArgument(f"sysctl {key!r} is not allowed with host IPC")
+            own[key] = value
+        elif name in _UTS_SYSCTLS:
+            if host_net:
+                raise InvalidArgument(f"sysctl {key!r} is not allowed with host networking")
+            own[key] = value
+        else:
+            raise InvalidArgument(f"sysctl {key!r} is not in a namespace of the pod")
+    return own, net
 
 
 def pod_hostname(config: pb.PodSandboxConfig) -> str:
@@ -82,19 +162,6 @@ def _set_namespace(spec: dict[str, Any], type_: str, path: str | None, present: 
     spec["linux"]["namespaces"] = kept
 
 
-def _apply_sysctls(spec: dict[str, Any], sysctls: dict[str, str], *, host_net: bool,
-                   host_ipc: bool) -> None:
-    for key, _value in sysctls.items():
-        # Namespaced sysctls only, as the kubelet's safe/unsafe lists assume.
-        if key.startswith("net.") and host_net:
-            raise InvalidArgument(f"sysctl {key!r} is not allowed with host networking")
-        if (key.startswith(("kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue."))
-                and host_ipc):
-            raise InvalidArgument(f"sysctl {key!r} is not allowed with host IPC")
-    if sysctls:
-        spec["linux"].setdefault("sysctl", {}).update(sysctls)
-
-
 def _set_cgroup(spec: dict[str, Any], cgroups_path: str, pod: pb.PodSandboxConfig) -> None:
     spec["linux"]["cgroupsPath"] = cgroups_path
     if pod.linux.cgroup_parent:
@@ -122,8 +189,9 @@ def sandbox_spec(namespace: str, sandbox_id: str, config: pb.PodSandboxConfig, *
         spec.pop("hostname", None)
     _set_namespace(spec, "pid", None, modes.pid != pb.NODE)
     _set_namespace(spec, "ipc", None, modes.ipc != pb.NODE)
-    _apply_sysctls(spec, dict(config.linux.sysctls), host_net=host_net,
-                   host_ipc=modes.ipc == pb.NODE)
+    own, net = pod_sysctls(config)
+    if own or net:
+        spec["linux"].setdefault("sysctl", {}).update({**own, **net})
     process = spec["process"]
     # The infra process needs nothing: no capabilities, no new privileges.
     process["capabilities"] = {"bounding": [], "permitted": [], "effective": []}
@@ -205,7 +273,7 @@ def container_spec(
     sandbox: pb.PodSandboxConfig,
     image: ImageConfig,
     *,
-    infra_pid: int,
+    namespaces: PodNamespaces,
     target_pid: int | None,
     files: SandboxFiles,
     log_path: str,
@@ -250,22 +318,19 @@ def container_spec(
     _set_cgroup(spec, cgroups_path, sandbox)
     process = spec["process"]
     modes = sec.namespace_options
-    proc = f"/proc/{infra_pid}/ns"
-    host_net = sandbox_sec.namespace_options.network == pb.NODE
-    host_ipc = sandbox_sec.namespace_options.ipc == pb.NODE
-    _set_namespace(spec, "network", f"{proc}/net", not host_net)
-    _set_namespace(spec, "uts", f"{proc}/uts", not host_net)
-    _set_namespace(spec, "ipc", f"{proc}/ipc", not host_ipc)
+    _set_namespace(spec, "network", namespaces.network, bool(namespaces.network))
+    _set_namespace(spec, "uts", namespaces.uts, bool(namespaces.uts))
+    _set_namespace(spec, "ipc", namespaces.ipc, bool(namespaces.ipc))
     if modes.pid == pb.NODE:
         _set_namespace(spec, "pid", None, False)
-    elif modes.pid == pb.CONTAINER:
+    elif modes.pid == pb.CONTAINER or (modes.pid == pb.POD and namespaces.pid is None):
         _set_namespace(spec, "pid", None, True)
     elif modes.pid == pb.TARGET:
         if target_pid is None:
             raise InvalidArgument(f"PID namespace target {modes.target_id!r} is not running")
         _set_namespace(spec, "pid", f"/proc/{target_pid}/ns/pid", True)
     else:
-        _set_namespace(spec, "pid", f"{proc}/pid", True)
+        _set_namespace(spec, "pid", namespaces.pid, bool(namespaces.pid))
     # The UTS namespace is the pod's: its hostname is set there, not here.
     spec.pop("hostname", None)
     if not any(e.startswith("HOSTNAME=") for e in process["env"]):

@@ -1,0 +1,159 @@
+"""A pod's IPC and UTS namespaces without an infra process: made in a thread, held by bind mounts.
+
+A pod whose PID namespace is not shared (``NamespaceOption.pid`` ``CONTAINER``
+or ``NODE``, the kubelet's default) needs no process of its own: what the
+infra process did for it, holding the namespaces its containers join, a bind
+mount of each namespace's ``nsfs`` file does (as CRI-O's ``pinns``). The
+network namespace is ``network.cni``'s already; this module makes the other
+two. :func:`pin` runs ``unshare(CLONE_NEWIPC | CLONE_NEWUTS)`` in a throwaway
+thread (namespaces are per thread; it exits right after and never runs
+anything else), sets the pod's hostname and its IPC and UTS sysctls there,
+and bind-mounts the thread's ``ns/ipc`` and ``ns/uts`` on ``<pod dir>/ns/``.
+No process is started. Containers join the files by path (see :mod:`.spec`);
+:func:`unpin` unmounts them, and the namespaces go with the last container.
+
+All functions block; call them from a worker thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from runtime.core.errors import FailedPrecondition
+from runtime.pkg.mount import MS_BIND, unmount
+
+__all__ = ["IPC", "UTS", "apply_sysctls", "pin", "pin_path", "pinned", "unpin"]
+
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWNET = 0x40000000
+#: The namespaces pinned, by their name in ``/proc/<tid>/ns``.
+IPC = "ipc"
+UTS = "uts"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def pin_path(directory: Path | str, kind: str) -> Path:
+    """Where namespace ``kind`` (:data:`IPC`, :data:`UTS`) of the pod in ``directory`` is pinned."""
+    return Path(directory) / "ns" / kind
+
+
+def pinned(directory: Path | str, kinds: tuple[str, ...]) -> bool:
+    """Whether every namespace of ``kinds`` is still pinned (false after a reboot)."""
+    return all(os.path.ismount(pin_path(directory, kind)) for kind in kinds)
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _write_sysctls(sysctls: Mapping[str, str]) -> None:
+    """Write ``sysctls`` (key -> value) in the calling thread's namespaces."""
+    for key, value in sysctls.items():
+        # As runc: dots are separators ("/" may be used too); specs checked the key.
+        path = "/proc/sys/" + key.replace(".", "/")
+        try:
+            with open(path, "w") as file:
+                file.write(value)
+        except OSError as exc:
+            raise FailedPrecondition(f"sysctl {key!r} = {value!r}: "
+                                     f"{exc.strerror or exc}") from None
+
+
+def _in_thread(name: str, work: Callable[[], None]) -> None:
+    """Run ``work`` in a fresh thread it may leave in other namespaces; re-raise its error."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:
+            failure.append(exc)
+
+    # Never a pool worker: the thread changes namespaces for good.
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+def pin(directory: Path, kinds: tuple[str, ...], *, hostname: str,
+        sysctls: Mapping[str, str]) -> None:
+    """New namespaces of ``kinds`` pinned under ``directory/ns``, hostname and sysctls set.
+
+    ``hostname`` is set when :data:`UTS` is among ``kinds``; ``sysctls`` are
+    the pod's IPC and UTS ones. Whatever failed is undone.
+
+    Raises:
+        FailedPrecondition: A sysctl could not be written.
+        OSError: ``unshare`` or a bind mount failed.
+    """
+    if not kinds:
+        return
+    (directory / "ns").mkdir(parents=True, exist_ok=True, mode=0o711)
+    for kind in kinds:
+        fd = os.open(pin_path(directory, kind), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o444)
+        os.close(fd)
+    flags = (CLONE_NEWIPC if IPC in kinds else 0) | (CLONE_NEWUTS if UTS in kinds else 0)
+
+    def work() -> None:
+        _check(_libc.unshare(flags), "unshare of the pod's namespaces")
+        if UTS in kinds:
+            socket.sethostname(hostname)
+        _write_sysctls(sysctls)
+        tid = threading.get_native_id()
+        for kind in kinds:
+            source, target = f"/proc/self/task/{tid}/ns/{kind}", str(pin_path(directory, kind))
+            _check(_libc.mount(source.encode(), target.encode(), None, ctypes.c_ulong(MS_BIND),
+                               None), f"pin of the pod's {kind} namespace on {target}")
+
+    try:
+        _in_thread(f"pins {directory.name[:8]}", work)
+    except BaseException:
+        unpin(directory)
+        raise
+
+
+def apply_sysctls(netns: str, sysctls: Mapping[str, str]) -> None:
+    """Write the pod's ``net.*`` sysctls in its network namespace (pinned on ``netns``).
+
+    Raises:
+        FailedPrecondition: A sysctl could not be written, or the namespace is gone.
+    """
+    if not sysctls:
+        return
+
+    def work() -> None:
+        try:
+            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise FailedPrecondition(f"network namespace {netns}: {exc.strerror}") from None
+        try:
+            _check(_libc.setns(fd, CLONE_NEWNET), f"setns {netns}")
+        finally:
+            os.close(fd)
+        _write_sysctls(sysctls)
+
+    _in_thread("pod sysctls", work)
+
+
+def unpin(directory: Path | str) -> None:
+    """Unmount the pod's pinned namespaces and remove their files; idempotent."""
+    for kind in (IPC, UTS):
+        path = pin_path(directory, kind)
+        try:
+            unmount(path, detach=True)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.EINVAL):
+                raise
+        path.unlink(missing_ok=True)
