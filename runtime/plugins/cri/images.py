@@ -21,7 +21,7 @@ import msgspec
 from runtime.api.specs import ImageConfig as RunConfig
 from runtime.core.errors import DeadlineExceeded, InvalidArgument, MoorageError, NotFound
 from runtime.pkg.registry.reference import parse_reference
-from runtime.plugins.cri.v1 import api_pb2 as pb
+from runtime.plugins.cri.messages import pb
 from runtime.plugins.images.api import Image, Images, PullOptions
 
 __all__ = ["CriImage", "CriImages"]

@@ -24,7 +24,6 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import msgspec
-from google.protobuf import json_format
 
 from runtime.api.containers import Container
 from runtime.api.tasks import Status, TaskState
@@ -39,7 +38,7 @@ from runtime.pkg.oci.spec import cgroups_path
 from runtime.plugins.containers.api import ContainerStore
 from runtime.plugins.cri import spec as specs
 from runtime.plugins.cri.images import CriImages
-from runtime.plugins.cri.v1 import api_pb2 as pb
+from runtime.plugins.cri.messages import pb
 from runtime.plugins.network.api import Network
 from runtime.plugins.runtime.api import Runtime
 from runtime.plugins.snapshots.api import Snapshots
@@ -100,6 +99,7 @@ def ns_of(when: datetime | None) -> int:
 
 def config_dict(message: Any) -> dict[str, Any]:
     """A CRI config message as a dict, with the proto field names (as records keep it)."""
+    from google.protobuf import json_format
     data: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
     return data
 
@@ -283,6 +283,7 @@ class PodRecords:
 
     def _sandbox_config(self, record: SandboxRecord) -> pb.PodSandboxConfig:
         config = pb.PodSandboxConfig()
+        from google.protobuf import json_format
         json_format.ParseDict(record.config, config, ignore_unknown_fields=True)
         return config
 

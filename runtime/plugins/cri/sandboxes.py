@@ -26,6 +26,7 @@ from runtime.core.identifiers import validate_labels
 from runtime.plugins.cri import sandbox_setup as setup
 from runtime.plugins.cri import spec as specs
 from runtime.plugins.cri.containers import Containers
+from runtime.plugins.cri.messages import pb
 from runtime.plugins.cri.records import (
     EXTENSION,
     KIND_LABEL,
@@ -34,7 +35,6 @@ from runtime.plugins.cri.records import (
     labels_match,
     now_ns,
 )
-from runtime.plugins.cri.v1 import api_pb2 as pb
 from runtime.plugins.network.api import BRIDGE, Attachment, PortMapping
 from runtime.plugins.runtime.api import Runtime
 
