@@ -80,7 +80,7 @@ class Containers(PodRecords):
             log_path=log_path, created_at=now_ns())
         made: list[str] = []
         try:
-            chain, image_config = await self.images.rootfs(image.name, self.snapshotter)
+            chain, image_config = await self.images.rootfs(image, self.snapshotter)
             target_pid = None
             modes = config.linux.security_context.namespace_options
             if modes.pid == pb.TARGET:

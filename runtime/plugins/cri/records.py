@@ -157,6 +157,9 @@ class PodRecords:
     _locks: dict[str, anyio.Lock] = field(default_factory=dict)
     # Sandbox id -> netns path ("" for host networking), for the streaming server.
     _netns: dict[str, str] = field(default_factory=dict)
+    # Sandbox id -> its config, parsed once: a sandbox's config never changes, and
+    # json_format's parse is pure Python (CreateContainer, statuses, listings read it).
+    _sandbox_configs: dict[str, pb.PodSandboxConfig] = field(default_factory=dict)
 
     # -- set-up ---------------------------------------------------------------------
 
@@ -282,9 +285,14 @@ class PodRecords:
                                      durable=durable)
 
     def _sandbox_config(self, record: SandboxRecord) -> pb.PodSandboxConfig:
-        config = pb.PodSandboxConfig()
-        from google.protobuf import json_format
-        json_format.ParseDict(record.config, config, ignore_unknown_fields=True)
+        """The sandbox's config, parsed from its record once (callers must not change it)."""
+        config = self._sandbox_configs.get(record.id)
+        if config is None:
+            from google.protobuf import json_format
+
+            config = pb.PodSandboxConfig()
+            json_format.ParseDict(record.config, config, ignore_unknown_fields=True)
+            self._sandbox_configs[record.id] = config
         return config
 
     # -- tasks ----------------------------------------------------------------------

@@ -240,6 +240,7 @@ class Sandboxes(Containers):
             self._release(record.name, sandbox_id)
             self._netns.pop(sandbox_id, None)
             self._stats.pop(sandbox_id, None)
+            self._sandbox_configs.pop(sandbox_id, None)
 
     async def _sandbox_state(self, record: SandboxRecord) -> int:
         task = await self._task(record.id)
