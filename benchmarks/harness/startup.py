@@ -46,11 +46,16 @@ __all__ = [
 Daemon = Containerd | Moorage
 
 #: ``python -c`` floors by name: the interpreter alone (with ``site`` and without),
-#: and the HTTP server library the daemon's API has used.
+#: the HTTP server library the daemon's API has used, and what a daemon that
+#: answered ``GET /v1/version`` before starting any plugin would import at the
+#: least (its CLI, configuration and listener, asyncio and its own HTTP server):
+#: the floor of every design that answers before the plugins have started.
 PYTHON_FLOORS: dict[str, list[str]] = {
     "python -c pass": ["-c", "pass"],
     "python -S -c pass": ["-S", "-c", "pass"],
     "python -c 'import aiohttp.web'": ["-c", "import aiohttp.web"],
+    "python -c 'import <an API server alone>'": [
+        "-c", "import asyncio, runtime.cli.main, runtime.core.daemon, runtime.pkg.http.web"],
 }
 
 #: The environment the daemon imports its libraries in (``runtime.core.daemon``:

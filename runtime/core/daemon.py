@@ -6,6 +6,8 @@ import fcntl
 import logging
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -181,8 +183,9 @@ def _python_frozenlist() -> None:
         del os.environ["FROZENLIST_NO_EXTENSIONS"]
 
 
-def _aiohttp_without_default_certificates() -> None:
-    """Import aiohttp without loading the CA certificates into its default TLS contexts.
+@contextmanager
+def _without_default_certificates() -> Iterator[None]:
+    """While inside, TLS contexts made with default paths load no CA certificates.
 
     ``aiohttp.connector`` makes two TLS contexts at import, each loading the
     system's CA certificates (``set_default_verify_paths``): about 60 ms of
@@ -190,18 +193,14 @@ def _aiohttp_without_default_certificates() -> None:
     daemon never uses them: the registry client passes its own context
     (``runtime.pkg.registry.auth.verified_tls``, made on the first
     TLS request). OpenSSL reads ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` when the
-    paths are loaded, so pointing them nowhere just for this import leaves
+    paths are loaded, so pointing them nowhere just for that import leaves
     those two contexts empty: a request that still fell back to them would fail
-    verification, never skip it. The operator's own values are restored.
+    verification, never skip it. The operator's own values are restored on exit.
     """
-    import sys
-
-    if "aiohttp.connector" in sys.modules:
-        return
     saved = {k: os.environ.get(k) for k in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
     os.environ["SSL_CERT_FILE"] = os.environ["SSL_CERT_DIR"] = "/nonexistent/moorage-no-certs"
     try:
-        import aiohttp.connector  # noqa: F401 - imported for its side effect
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
@@ -225,16 +224,8 @@ class _ShapedLoader:
 
     def exec_module(self, module: Any) -> None:
         _python_frozenlist()
-        saved = {k: os.environ.get(k) for k in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
-        os.environ["SSL_CERT_FILE"] = os.environ["SSL_CERT_DIR"] = "/nonexistent/moorage-no-certs"
-        try:
+        with _without_default_certificates():
             self.loader.exec_module(module)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 class _AiohttpFinder:
@@ -257,7 +248,7 @@ def _shape_aiohttp_when_imported() -> None:
     """Have aiohttp, whenever the daemon first imports it, skip libstdc++ and the CA files.
 
     The reasons are :func:`_python_frozenlist`'s and
-    :func:`_aiohttp_without_default_certificates`'s; a daemon that never pulls
+    :func:`_without_default_certificates`'s; a daemon that never pulls
     never imports aiohttp at all.
     """
     import sys

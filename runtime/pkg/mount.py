@@ -18,8 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import subprocess
@@ -99,8 +97,8 @@ _PAGE = os.sysconf("SC_PAGESIZE")
 
 # Run by the child in the long-options case: argv = source target fstype flags data.
 _CHILD = """\
-import ctypes, ctypes.util, os, sys
-libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
 src, tgt, fstype, flags, data = sys.argv[1:]
 if libc.mount(src.encode(), tgt.encode(), fstype.encode(), int(flags), data.encode()) != 0:
     e = ctypes.get_errno()
@@ -112,13 +110,20 @@ _libc: Any = None
 
 
 def _lib() -> Any:
+    # ctypes is imported by the first mount, not by every plugin that imports
+    # this module at start. dlopen(NULL) finds libc among the process's own
+    # libraries; ctypes.util.find_library would run `ldconfig -p` to find it.
+    import ctypes
+
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        _libc = ctypes.CDLL(None, use_errno=True)
     return _libc
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str) -> None:
+    import ctypes
+
     rc = _lib().mount(
         source.encode() if source is not None else None,
         target.encode(),
@@ -238,6 +243,8 @@ def unmount(target: Path | str, *, detach: bool = False, all_layers: bool = True
     Raises:
         OSError: ``umount2(2)`` failed for another reason than "not mounted".
     """
+    import ctypes
+
     path = str(target).encode()
     flags = MNT_DETACH if detach else 0
     busy = 0

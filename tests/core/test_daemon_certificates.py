@@ -9,9 +9,9 @@ _PROBE = """
 import os, ssl
 os.environ["SSL_CERT_FILE"] = "/operator/own.pem"
 os.environ.pop("SSL_CERT_DIR", None)
-from runtime.core.daemon import _aiohttp_without_default_certificates
-_aiohttp_without_default_certificates()
-import aiohttp.connector
+from runtime.core.daemon import _without_default_certificates
+with _without_default_certificates():
+    import aiohttp.connector
 from runtime.pkg.registry.auth import verified_tls
 print(aiohttp.connector._SSL_CONTEXT_VERIFIED.cert_store_stats()["x509_ca"])
 print(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))

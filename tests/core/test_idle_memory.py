@@ -32,6 +32,8 @@ REQUEST_ONLY = (
     "yarl",
     "multidict",
     "frozenlist",
+    # Parses a registry's HTTP-date Retry-After, and only that (runtime.pkg.registry.retry).
+    "email.utils",
 )
 
 

@@ -54,7 +54,7 @@ def verified_tls() -> ssl.SSLContext:
     Made here on first use rather than taken from aiohttp (``ssl=True``): the
     daemon imports aiohttp without loading the certificates into the two
     default contexts ``aiohttp.connector`` makes at import
-    (:func:`runtime.core.daemon._aiohttp_without_default_certificates`), which
+    (:func:`runtime.core.daemon._without_default_certificates`), which
     cost 60 ms of CPU and 2.5 MB at every start, pull or no pull.
     """
     return ssl.create_default_context()

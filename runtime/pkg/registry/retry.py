@@ -19,7 +19,6 @@ are raised at once.
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import time
 from datetime import UTC, datetime
@@ -78,6 +77,10 @@ def parse_retry_after(value: str, now: float | None = None) -> float | None:
         return None
     if value.isdigit():
         return float(value)
+    # email's date parser (email.utils and its charset modules, about 7 ms of
+    # CPU) is imported by the first HTTP-date Retry-After, not by the daemon's start.
+    import email.utils
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -7,7 +7,6 @@ and knows nothing of blobs or ingests; :mod:`.writer` and :mod:`.store` build on
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import functools
 import os
@@ -54,6 +53,8 @@ SYNC_FILE_RANGE_WRITE = 2  # from <fcntl.h>; not exposed by the os module
 @functools.cache
 def sync_file_range() -> Callable[[int, int, int, int], int] | None:
     """Return libc's ``sync_file_range`` (Linux), or None where there is none."""
+    import ctypes  # by the first ingest, not at the content plugin's registration
+
     try:
         fn = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):

@@ -19,7 +19,6 @@ imported by the first layer applied: an idle daemon keeps them out of memory.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -175,6 +174,8 @@ class WalkingDiff:
     @contextmanager
     def _mounted(self, mounts: list[Mount]) -> Iterator[Path]:
         """The mounts' tree at a temporary directory (empty for no mounts)."""
+        import tempfile  # (with random and its hashing) by the first diff, not at start
+
         self.tmp_root.mkdir(parents=True, exist_ok=True)
         where = Path(tempfile.mkdtemp(prefix="compare-", dir=self.tmp_root))
         try:
@@ -202,6 +203,8 @@ class WalkingDiff:
             if mount.type == "bind" and "ro" not in mount.options:
                 yield Path(mount.source), False
                 return
+        import tempfile
+
         self.tmp_root.mkdir(parents=True, exist_ok=True)
         where = Path(tempfile.mkdtemp(prefix="apply-", dir=self.tmp_root))
         try:

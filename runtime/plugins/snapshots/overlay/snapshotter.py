@@ -25,7 +25,6 @@ the file in every child once committed.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 import shutil
@@ -140,7 +139,7 @@ def _supports_d_type(directory: Path) -> bool:
     is the same on every Linux architecture.
     """
     (directory / "probe").touch()
-    libc: Any = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc: Any = ctypes.CDLL(None, use_errno=True)
     libc.opendir.restype = ctypes.c_void_p
     libc.opendir.argtypes = [ctypes.c_char_p]
     libc.readdir64.restype = ctypes.POINTER(_Dirent64)
