@@ -81,9 +81,10 @@ class CriImages:
     snapshotter: str = ""
     # A record's target is immutable, so its config digest is cached by target.
     _configs: dict[str, tuple[str, int, str]] = field(default_factory=dict)
-    # (record name, target digest, snapshotter) -> the top chain ID and run config
-    # image_rootfs gave: content-addressed, so valid while that snapshot exists.
-    _rootfs: dict[tuple[str, str, str], tuple[str, RunConfig]] = field(default_factory=dict)
+    # (record name, snapshotter) -> the record's target digest when image_rootfs ran, the
+    # top chain ID and run config it gave: content-addressed, so valid for that target
+    # while the snapshot exists. Keyed by name, so a moved tag replaces its entry.
+    _rootfs: dict[tuple[str, str], tuple[str, str, RunConfig]] = field(default_factory=dict)
 
     async def _describe(self, record: Image) -> tuple[str, int, str] | None:
         key = record.target.digest
@@ -155,18 +156,19 @@ class CriImages:
         """
         name = image.name
         record = next(r for r in image.records if r.name == name)
-        key = (name, record.target.digest, snapshotter)
+        key = (name, snapshotter)
         known = self._rootfs.get(key)
         # The record's label is what keeps the snapshot from the garbage collector: a
         # record made again under the same name and target lacks it until image_rootfs.
-        if (known is not None and record.labels.get(LABEL_SNAPSHOTTER + snapshotter) == known[0]
-                and await self._committed(known[0], snapshotter)):
-            return known
+        if (known is not None and known[0] == record.target.digest
+                and record.labels.get(LABEL_SNAPSHOTTER + snapshotter) == known[1]
+                and await self._committed(known[1], snapshotter)):
+            return known[1], known[2]
         chain, config = await self.images.image_rootfs(self.namespace, name, snapshotter)
         # The image service's config type and the runtime's spell the same OCI object.
-        found = chain, msgspec.convert(msgspec.to_builtins(config), RunConfig)
-        self._rootfs[key] = found
-        return found
+        run_config = msgspec.convert(msgspec.to_builtins(config), RunConfig)
+        self._rootfs[key] = (record.target.digest, chain, run_config)
+        return chain, run_config
 
     async def _committed(self, chain: str, snapshotter: str) -> bool:
         try:
