@@ -48,6 +48,9 @@
 /* As runtime.plugins.restart.policy.AUTO_REMOVE_LABEL and run_flags.NETWORK_ANNOTATION. */
 #define AUTO_REMOVE_LABEL "moorage/auto-remove"
 #define NETWORK_ANNOTATION "io.moorage.network"
+/* As runtime.api.constants.MISSING_IMAGE: the daemon's NotFound for an image it does not
+ * store, answered before it makes anything (RunRequest.image_rootfs). */
+#define MISSING_IMAGE "run: no root filesystem for image"
 /* As runtime.cli.run: Docker's exit codes. */
 #define EXIT_MOORAGE_FAILED 125
 #define EXIT_CANNOT_EXECUTE 126
@@ -966,10 +969,8 @@ static int ws_connect(websocket_t *w, const char *target, error_t *err)
     int fd = connect_daemon(DEFAULT_TIMEOUT);
     buf_t text = {0};
     if (fd < 0) {
-        buf_fmt(&text, "cannot reach the moorage daemon at %s: ", g_address);
-        os_error_text(&text, errno);
-        set_error(err, "unavailable", text.p);
-        free(text.p);
+        /* runtime.client.attach: transport.unreachable, as for every other request. */
+        unreachable(err, errno, NULL);
         return -1;
     }
     unsigned char nonce[16];
@@ -1420,6 +1421,13 @@ static int relay(websocket_t *w, const char *container_id, long *status, error_t
     return result;
 }
 
+/* The daemon's answer for an image it does not store (nothing was made for it). */
+static int missing_image(const error_t *err)
+{
+    return err->code && err->message && !strcmp(err->code, "not_found") &&
+           !strncmp(err->message, MISSING_IMAGE, sizeof MISSING_IMAGE - 1);
+}
+
 /* Follow an attachment to its end: the exit code of `moorage run`. */
 static int follow(websocket_t *w, const char *container_id)
 {
@@ -1427,8 +1435,11 @@ static int follow(websocket_t *w, const char *container_id)
     error_t err;
     int rc = relay(w, container_id, &status, &err);
     ws_close(w);
-    if (rc < 0)
+    if (rc < 0) {
+        if (missing_image(&err))
+            fallback(); /* the daemon made nothing: the Python CLI pulls it and runs */
         return run_failed(&err);
+    }
     if (status == -1) {
         char *path = id_path("/v1/tasks/", container_id, "/wait");
         response_t resp = {0};
@@ -1540,38 +1551,6 @@ static int cmd_run(const run_t *r)
         json_str(&rootfs_buf, r->rootfs);
         buf_str(&rootfs_buf, ",\"options\":[\"rbind\",\"rw\"]}]");
         rootfs = rootfs_buf.p;
-    } else {
-        buf_t path = {0};
-        buf_str(&path, "/v1/images/");
-        buf_quote(&path, r->image, "/:@");
-        buf_str(&path, "/rootfs");
-        response_t resp = {0};
-        if (http("GET", path.p, NULL, NO_TIMEOUT, &resp, &err) < 0) {
-            if (!strcmp(err.code, "not_found"))
-                fallback(); /* not stored yet: the Python CLI pulls it (--pull missing) */
-            return run_failed(&err);
-        }
-        free(path.p);
-        const char *body = json_body(&resp);
-        const char *snapshotter = body ? json_get(body, "snapshotter") : NULL;
-        const char *chain_id = body ? json_get(body, "chain_id") : NULL;
-        const char *config = body ? json_get(body, "config") : NULL;
-        char *s = snapshotter ? json_text(snapshotter) : NULL;
-        char *chain = chain_id ? json_text(chain_id) : NULL;
-        if (s == NULL || chain == NULL)
-            fallback(); /* an answer this program does not know: nothing was made yet */
-        buf_str(&c, ",\"image_config\":");
-        if (json_truthy(config))
-            buf_add(&c, config, (size_t)(skip_value(config, 0) - config));
-        else
-            buf_str(&c, "null");
-        buf_str(&c, ",\"snapshotter\":");
-        json_str(&c, s);
-        buf_str(&c, ",\"snapshot_key\":");
-        json_str(&c, container_id);
-        buf_str(&parent, chain);
-        free(s);
-        free(chain);
     }
     buf_str(&c, "}");
 
@@ -1581,6 +1560,10 @@ static int cmd_run(const run_t *r)
     buf_str(&body, ",\"parent\":");
     json_str(&body, parent.p);
     buf_fmt(&body, ",\"rootfs\":%s,\"stdin\":false", rootfs);
+    /* Without --rootfs the daemon finds the image's root filesystem in the same request
+     * (one round trip and one request fewer than GET /v1/images/{name}/rootfs first). */
+    if (!r->rootfs[0])
+        buf_str(&body, ",\"image_rootfs\":true");
     websocket_t w;
     if (r->rm && !r->detach) {
         /* One websocket creates, attaches, starts and removes it (GET /v1/run/attach). */
@@ -1596,8 +1579,11 @@ static int cmd_run(const run_t *r)
     }
     buf_fmt(&body, ",\"start\":%s}", r->detach ? "true" : "false");
     response_t resp = {0};
-    if (http("POST", "/v1/run", &body, DEFAULT_TIMEOUT, &resp, &err) < 0)
+    if (http("POST", "/v1/run", &body, DEFAULT_TIMEOUT, &resp, &err) < 0) {
+        if (missing_image(&err))
+            fallback(); /* not stored yet: the Python CLI pulls it (--pull missing) */
         return run_failed(&err);
+    }
     if (r->detach) {
         printf("%s\n", container_id);
         return 0;

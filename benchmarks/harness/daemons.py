@@ -114,13 +114,19 @@ class Containerd(_Daemon):
         """Pull (with unpack) over plain HTTP."""
         return self.cli("images", "pull", "--plain-http", ref)
 
+    #: ``ctr run`` sets no seccomp filter unless asked, where Moorage's ``run``
+    #: applies its default profile (as docker and nerdctl do); runc compiling and
+    #: loading a filter costs about 10 ms of CPU per container (performance.md,
+    #: entry 29), so both sides are measured with their default profile.
+    run_flags = ("--seccomp",)
+
     def run_rm(self, ref: str, cid: str, *args: str) -> list[str]:
-        """``ctr run --rm``."""
-        return self.cli("run", "--rm", ref, cid, *args)
+        """``ctr run --rm --seccomp``."""
+        return self.cli("run", "--rm", *self.run_flags, ref, cid, *args)
 
     def run_detached(self, ref: str, cid: str, *args: str) -> list[str]:
-        """``ctr run -d``."""
-        return self.cli("run", "-d", ref, cid, *args)
+        """``ctr run -d --seccomp``."""
+        return self.cli("run", "-d", *self.run_flags, ref, cid, *args)
 
     def teardown(self, cid: str) -> list[list[str]]:
         """Kill, delete the task, delete the container."""

@@ -20,6 +20,7 @@ from runtime.api.mounts import Mount
 __all__ = [
     "KEEP_CGROUP_PARENTS_ANNOTATION",
     "LOG_PATH_ANNOTATION",
+    "LOG_UNSYNCED_ANNOTATION",
     "STDERR",
     "STDOUT",
     "UNKNOWN_EXIT_STATUS",
@@ -54,6 +55,11 @@ __all__ = [
 #: Spec annotation: the init process's log file (the CRI's ``log_directory/log_path``),
 #: written by the monitor in the CRI's ``k8s-file`` format instead of the task's own log.
 LOG_PATH_ANNOTATION = "io.moorage.log-path"
+#: Spec annotation ``"true"``: the monitor does not sync the init process's log when the
+#: process ends (conmon's ``--no-sync-log``). Set on an attached ``run --rm`` container,
+#: whose output went to its client and whose log is removed with it right after the exit,
+#: so the sync would only delay the exit's report.
+LOG_UNSYNCED_ANNOTATION = "io.moorage.log-unsynced"
 #: Spec annotation ``"true"``: the cgroups above the task's own belong to someone else (the
 #: kubelet's pod cgroup under ``/kubepods``), so deleting the task never removes them, empty
 #: or not. Without it the runtime removes the empty ones it made (``<cgroup_parent>/<ns>``).

@@ -29,7 +29,7 @@ from runtime.cli.main import _FAST, _RUN_FLAGS
 from runtime.core import errors
 from tests.fixtures.images import ImageLayout
 from tests.fixtures.system import require_binary, unavailable
-from tests.plugins.runtime.helpers import RuntimeDaemon, require_runtime_host
+from tests.plugins.runtime.helpers import DEFAULT_CONFIG, RuntimeDaemon, require_runtime_host
 
 pytest_plugins = ["tests.plugins.runtime.runtime_fixtures"]
 
@@ -87,10 +87,19 @@ def commands(tmp_path_factory: pytest.TempPathFactory) -> Commands:
     return Commands(bin_dir)
 
 
+#: A pull from a registry that is not there (``localhost:1``) is tried again after
+#: 0.05, 0.1 and 0.2 s, not 0.5, 1 and 2 s: the specs ask for the answer, not the backoff.
+QUICK_RETRIES = DEFAULT_CONFIG + """
+[plugins."images.store".retry]
+backoff = 0.05
+max_backoff = 0.2
+"""
+
+
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeDaemon]:
     require_runtime_host()
-    running = RuntimeDaemon(tmp_path_factory.mktemp("frontend"))
+    running = RuntimeDaemon(tmp_path_factory.mktemp("frontend"), QUICK_RETRIES)
     try:
         yield running
     finally:
@@ -128,6 +137,14 @@ def test_frontend_knows_every_error_code_of_the_python_cli() -> None:
     table = re.search(r"KNOWN_CODES\[\] = \{(.*?)\};", SOURCE.read_text(), re.DOTALL)
     assert table is not None
     assert re.findall(r'"(\w+)"', table.group(1)) == sorted(errors._BY_CODE)
+
+
+def test_frontend_knows_the_daemons_missing_image_message() -> None:
+    """``run`` falls back to the Python CLI (which pulls) on exactly this NotFound."""
+    from runtime.api.constants import MISSING_IMAGE
+
+    found = re.search(r'#define MISSING_IMAGE "(.*?)"', SOURCE.read_text())
+    assert found is not None and found.group(1) == MISSING_IMAGE
 
 
 def test_frontend_flags_are_fast_path_flags_of_the_python_cli() -> None:
@@ -228,6 +245,10 @@ def test_run_of_an_image_not_stored_goes_to_the_python_cli(commands: Commands,
                                      "true"))
     assert code == 125
     code, _, err = commands.same(*on(daemon, "run", "--rm", "localhost:1/nothing:here", "true"))
+    assert code == 125 and "Unable to find image" in err
+    # Detached, the daemon's MISSING_IMAGE answer to POST /v1/run sends it there too.
+    code, _, err = commands.same(*on(daemon, "run", "-d", "--net", "none",
+                                     "localhost:1/nothing:here", "true"))
     assert code == 125 and "Unable to find image" in err
 
 

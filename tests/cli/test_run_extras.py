@@ -15,7 +15,13 @@ from tests.fixtures.images import busybox_image
 from tests.fixtures.network import lease_network, remove_network
 from tests.fixtures.registry import Registry
 from tests.fixtures.system import unavailable
-from tests.plugins.runtime.helpers import RuntimeDaemon, moorage, wait_until
+from tests.plugins.runtime.helpers import (
+    RuntimeDaemon,
+    SharedDaemon,
+    moorage,
+    require_runtime_host,
+    wait_until,
+)
 
 pytest_plugins = ["tests.plugins.runtime.runtime_fixtures"]
 
@@ -213,7 +219,21 @@ class TestNetworks:
             assert refused.returncode == 125 and "default network" in refused.stderr
 
 
+@pytest.fixture(scope="class")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedDaemon]:
+    """Daemons for one class's tests (see :class:`SharedDaemon`)."""
+    require_runtime_host()
+    shared = SharedDaemon(tmp_path_factory)
+    yield shared
+    shared.close()
+
+
 class TestBadValues:
+    @pytest.fixture
+    def rd(self, shared: SharedDaemon) -> RuntimeDaemon:
+        """A daemon as a fresh one is (these refusals change nothing), shared by the class."""
+        return shared.daemon()
+
     @pytest.mark.parametrize(("flags", "named"), [
         (("-p", "80:"), "-p '80:'"),
         (("-p", "70000"), "-p '70000'"),

@@ -20,6 +20,7 @@ from tests.fixtures.registry import Registry
 from tests.plugins.runtime.helpers import (
     DEFAULT_CONFIG,
     RuntimeDaemon,
+    SharedDaemon,
     leftovers,
     moorage,
     requests_to,
@@ -34,16 +35,17 @@ pytestmark = pytest.mark.root
 SLEEPER = ("sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done")
 
 
+#: A runtime daemon whose restart manager listens for exits at once. By default it
+#: waits (subscribe_delay) so that exits held at startup reach the API's subscribers
+#: first; these tests watch it act right after startup.
+CONFIG = DEFAULT_CONFIG + '\n[plugins."containers.restart"]\nsubscribe_delay = 0.0\n'
+
+
 @pytest.fixture
 def rd(tmp_path: Path) -> Iterator[RuntimeDaemon]:
-    """A runtime daemon whose restart manager listens for exits at once.
-
-    By default it waits (subscribe_delay) so that exits held at startup reach the
-    API's subscribers first; these tests watch it act right after startup.
-    """
+    """A runtime daemon of :data:`CONFIG`."""
     require_runtime_host()
-    config = DEFAULT_CONFIG + '\n[plugins."containers.restart"]\nsubscribe_delay = 0.0\n'
-    running = RuntimeDaemon(tmp_path, config)
+    running = RuntimeDaemon(tmp_path, CONFIG)
     try:
         yield running
     finally:
@@ -302,7 +304,21 @@ class TestDaemonSidePolicies:
                   "once") == "exited 7\n"
 
 
+@pytest.fixture(scope="class")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedDaemon]:
+    """Daemons for one class's tests (see :class:`SharedDaemon`)."""
+    require_runtime_host()
+    shared = SharedDaemon(tmp_path_factory, CONFIG)
+    yield shared
+    shared.close()
+
+
 class TestBadValues:
+    @pytest.fixture
+    def rd(self, shared: SharedDaemon) -> RuntimeDaemon:
+        """A daemon as a fresh one is (these refusals change nothing), shared by the class."""
+        return shared.daemon()
+
     @pytest.mark.parametrize(("flags", "named"), [
         (("--restart", "sometimes"), "--restart 'sometimes'"),
         (("--restart", "on-failure:x"), "--restart 'on-failure:x'"),

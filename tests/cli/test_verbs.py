@@ -11,15 +11,18 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.plugins.runtime.helpers import (
     RuntimeDaemon,
+    SharedDaemon,
     leftovers,
     moorage,
     requests_to,
+    require_runtime_host,
     wait_until,
 )
 
@@ -315,7 +318,21 @@ class TestManyNames:
         assert missing.stderr == "moorage: not_found: no such container: ghost\n"
 
 
+@pytest.fixture(scope="class")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedDaemon]:
+    """Daemons for one class's tests (see :class:`SharedDaemon`)."""
+    require_runtime_host()
+    shared = SharedDaemon(tmp_path_factory)
+    yield shared
+    shared.close()
+
+
 class TestBadInput:
+    @pytest.fixture
+    def rd(self, shared: SharedDaemon) -> RuntimeDaemon:
+        """A daemon as a fresh one is (these refusals change nothing), shared by the class."""
+        return shared.daemon()
+
     @pytest.mark.parametrize(("argv", "named"), [
         (["ps", "--bogus"], "--bogus"), (["stop", "-t", "soon", "x"], "'soon'"),
         (["stop", "-t", "-5", "x"], "'-5'"), (["restart", "-t", "nan", "x"], "'nan'"),

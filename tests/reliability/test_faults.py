@@ -43,17 +43,24 @@ from tests.reliability.store_check import assert_store_ok, mounts_under
 
 pytestmark = pytest.mark.root
 
-#: Collections only when asked; pulls give up on a silent registry after 2 s.
+#: Collections only when asked.
 QUIET = """
 [plugins."gc.scheduler"]
 startup_delay = "0"
 mutation_threshold = 0
 deletion_threshold = 1000000
 """
+#: Pulls give up on a silent registry after 2 s, and try a failing one again (the default
+#: four attempts) after 0.05 to 0.2 s rather than 0.5 to 2 s: these specs assert the error
+#: and the store, not the backoff (tests/reliability/test_bounded_retries.py does that).
 REGISTRY_CONFIG = QUIET + """
 [plugins."images.store"]
 read_timeout = 2.0
 connect_timeout = 2.0
+
+[plugins."images.store".retry]
+backoff = 0.05
+max_backoff = 0.2
 """
 
 

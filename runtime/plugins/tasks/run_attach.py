@@ -30,6 +30,7 @@ import anyio
 import msgspec
 
 from runtime.api.containers import RunRequest
+from runtime.api.tasks import LOG_UNSYNCED_ANNOTATION
 from runtime.core.errors import InvalidArgument, MoorageError, NotFound
 from runtime.pkg.http import web
 from runtime.pkg.http.web import WSMsgType
@@ -90,6 +91,10 @@ def run_attach_routes(service: TaskService, cgroup_parent: str,
         try:
             body = await with_image_rootfs(images, ns, await _run_request(ws))
             container = new_container(ns, body.container, cgroup_parent)
+            if remove:
+                # Its output goes to this client and its log goes with it at the exit:
+                # conmon's sync of that log would only delay the exit (and its removal).
+                container.spec.setdefault("annotations", {})[LOG_UNSYNCED_ANNOTATION] = "true"
             await service.run(ns, container, parent=body.parent, rootfs=body.rootfs,
                               stdin=stdin, start=False)
             made = container.id

@@ -41,6 +41,7 @@ from runtime.pkg.registry import (
     parse_reference,
 )
 from runtime.pkg.registry import types as mt
+from runtime.pkg.registry.retry import RetryPolicy
 from tests.fixtures.images import ImageLayout, blob_path
 from tests.fixtures.plugin import AUTH_PASSWORD, AUTH_USER
 from tests.fixtures.registry import Registry, free_port
@@ -57,10 +58,12 @@ def _digest(data: bytes) -> str:
 
 
 def _client(**kwargs: Any) -> RegistryClient:
-    # Short timeouts keep failure tests fast; loopback answers in microseconds.
+    # Short timeouts and waits between attempts keep failure tests fast; loopback
+    # answers in microseconds. These specs count attempts and resumes, not the backoff.
     kwargs.setdefault("plain_http", True)
     kwargs.setdefault("connect_timeout", 2)
     kwargs.setdefault("read_timeout", 5)
+    kwargs.setdefault("retry", RetryPolicy(backoff=0.05, max_backoff=0.2))
     return RegistryClient(**kwargs)
 
 

@@ -34,6 +34,8 @@ from tests.fixtures.system import require_binary, require_root, unavailable
 __all__ = [
     "EventLog",
     "RuntimeDaemon",
+    "SharedDaemon",
+    "footprint",
     "leftovers",
     "make_rootfs",
     "moorage",
@@ -229,6 +231,64 @@ class RuntimeDaemon:
         for pid in monitor_pids(state):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def footprint(rd: RuntimeDaemon) -> tuple[Any, ...]:
+    """What a test could leave in a daemon: records of every namespace, volumes, networks,
+    mounts under its state directory."""
+    api = rd.client()
+    records = {}
+    for namespace in sorted(ns.name for ns in api.namespaces()):
+        scoped = rd.client(namespace)
+        records[namespace] = (
+            sorted(c.id for c in scoped.containers()),
+            sorted(t.container_id for t in scoped.tasks()),
+            sorted(i.name for i in scoped.images()),
+        )
+    volumes = sorted(v["name"] for v in api.call("GET", "/v1/volumes", list))
+    networks = sorted(n["name"] for n in api.call("GET", "/v1/networks", list))
+    return records, volumes, networks, mounts_under(str(rd.state))
+
+
+class SharedDaemon:
+    """One :class:`RuntimeDaemon` for tests that each must leave nothing behind.
+
+    Tests of refusals (a bad flag is 125 and creates nothing) need a daemon but change
+    nothing in it; starting one per test is most of their time. :meth:`daemon` hands
+    each test a daemon whose :func:`footprint` is that of a fresh one: the shared one
+    while it is, else (a test before left something, or stopped it) a new one, so no
+    test sees what another did.
+
+    Args:
+        tmp_path_factory: Where each daemon gets its directory.
+        config: TOML for the daemons.
+    """
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory,
+                 config: str = DEFAULT_CONFIG) -> None:
+        self._factory = tmp_path_factory
+        self._config = config
+        self._current: RuntimeDaemon | None = None
+        self._fresh: tuple[Any, ...] = ()
+
+    def daemon(self) -> RuntimeDaemon:
+        """A running daemon in the state of a fresh one."""
+        current = self._current
+        if current is not None and current.daemon.running:
+            with contextlib.suppress(MoorageError, OSError):
+                if footprint(current) == self._fresh:
+                    return current
+        self.close()
+        current = RuntimeDaemon(self._factory.mktemp("shared"), self._config)
+        self._current = current
+        self._fresh = footprint(current)
+        return current
+
+    def close(self) -> None:
+        """Close the current daemon (a later :meth:`daemon` starts another)."""
+        current, self._current = self._current, None
+        if current is not None:
+            current.close()
 
 
 def mounts_under(prefix: str) -> list[str]:

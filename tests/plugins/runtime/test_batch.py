@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.api.tasks import LOG_UNSYNCED_ANNOTATION
 from runtime.client.attach import Exited, Output, Started
 from runtime.client.lean import LeanClient
 from runtime.core.errors import CommandNotFound, InvalidArgument, NotFound
@@ -141,7 +142,41 @@ def test_run_attach_without_remove_keeps_the_stopped_container(rd: RuntimeDaemon
     assert attached_run(rd, rootfs, "r1", "echo kept", remove=False) == ("kept\n", 0)
     api = LeanClient(rd.address, namespace="default")
     assert api.task("r1").status == "stopped"
+    # Its log stays (`moorage logs`), so conmon synced it at the exit as ever.
+    assert LOG_UNSYNCED_ANNOTATION not in rd.client().container("r1").spec.get("annotations", {})
     api.remove("r1", force=True)
+
+
+def monitor_command_line(container_id: str) -> list[str]:
+    """The command line of the conmon that supervises ``container_id``'s init."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode() for a in argv if a]
+        if words and words[0].endswith("conmon") and ["--cid", container_id] == \
+                words[words.index("--cid"):words.index("--cid") + 2] and "--exec" not in words:
+            return words
+    raise AssertionError(f"no conmon for {container_id}")
+
+
+def test_run_attach_with_remove_does_not_sync_the_log_it_removes(rd: RuntimeDaemon,
+                                                                 rootfs: Path) -> None:
+    api = LeanClient(rd.address, namespace="default")
+    mounts = [{"type": "bind", "source": str(rootfs), "options": ["rbind", "rw"]}]
+    attachment = api.run_attached({"id": "r1", "spec_options": {"args": SLEEP}},
+                                  rootfs=mounts, remove=True)
+    try:
+        assert isinstance(attachment.receive(), Started)
+        annotations = rd.client().container("r1").spec["annotations"]
+        assert annotations[LOG_UNSYNCED_ANNOTATION] == "true"
+        assert "--no-sync-log" in monitor_command_line("r1")
+    finally:
+        attachment.close()
+    wait_until(lambda: rd.client().containers() == [], timeout=15)
 
 
 def test_run_attach_start_failure_is_the_error_and_nothing_is_left(rd: RuntimeDaemon,

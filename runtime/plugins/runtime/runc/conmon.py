@@ -87,6 +87,8 @@ class MonitorOptions:
         env: Extra environment for conmon.
         log_path: Where the output goes instead of ``paths.log`` (a CRI
             container's ``log_directory/log_path``).
+        sync_log: Sync the log once the process ended (conmon does unless
+            told ``--no-sync-log``).
     """
 
     conmon: str
@@ -102,6 +104,7 @@ class MonitorOptions:
     timeout: float = 60.0
     env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
+    sync_log: bool = True
 
     def argv(self) -> list[str]:
         """Conmon's command line."""
@@ -125,6 +128,8 @@ class MonitorOptions:
             args.append("--terminal")
         if self.stdin:
             args.append("--stdin")
+        if not self.sync_log:
+            args.append("--no-sync-log")
         if self.exec_spec is not None:
             args += ["--exec", "--exec-process-spec", str(self.exec_spec)]
             if self.exec_attach:

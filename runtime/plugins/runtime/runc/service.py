@@ -24,6 +24,7 @@ import anyio.to_thread
 from runtime.api.tasks import (
     KEEP_CGROUP_PARENTS_ANNOTATION,
     LOG_PATH_ANNOTATION,
+    LOG_UNSYNCED_ANNOTATION,
     ExecRequest,
     ExitStatus,
     ProcessState,
@@ -145,9 +146,11 @@ class RuncRuntime(DirectExecs):
 
         await anyio.to_thread.run_sync(fresh_record)
         options = self._monitor_options(namespace, container_id, task.init, paths.bundle)
-        log_path = spec.get("annotations", {}).get(LOG_PATH_ANNOTATION, "")
+        annotations = spec.get("annotations", {})
+        log_path = annotations.get(LOG_PATH_ANNOTATION, "")
         if log_path:
             options.log_path = Path(log_path)
+        options.sync_log = annotations.get(LOG_UNSYNCED_ANNOTATION) != "true"
         monitor = Monitor(options)
         try:
             spec = await setup_task_network(self.network(), namespace, container_id, spec,
