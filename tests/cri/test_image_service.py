@@ -132,3 +132,36 @@ def test_pull_of_an_invalid_reference_is_invalid_argument(cri: Any) -> None:
     with pytest.raises(grpc.RpcError) as err:
         cri.pull("UPPER/Case::bad")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _create(cri: Any, pod: tuple[str, Any], image: str) -> Any:
+    """CreateContainer of ``image`` in ``pod``; its ContainerStatus."""
+    container_id = cri.create_container(*pod, cri.container_config(image))
+    return cri.runtime.ContainerStatus(
+        cri.pb.ContainerStatusRequest(container_id=container_id)).status
+
+
+def test_create_container_after_its_tag_moves_runs_the_image_the_tag_names_now(
+        cri: Any, registry: Registry, tmp_path: Path) -> None:
+    first = busybox_image(tmp_path / "first")
+    second = busybox_image(tmp_path / "second", user="1002")
+    ref = registry.push_layout(first.path, first.ref_name, "cri/moving:1")
+    first_id = cri.pull(ref)
+    pod = cri.run_pod()
+    before = _create(cri, pod, ref)
+    assert registry.push_layout(second.path, second.ref_name, "cri/moving:1") == ref
+    second_id = cri.pull(ref)
+    assert second_id != first_id
+    after = _create(cri, pod, ref)
+    assert (before.image_id, before.user.linux.uid) == (first_id, 0)
+    assert (after.image_id, after.user.linux.uid) == (second_id, 1002)
+
+
+def test_create_container_of_a_removed_image_is_not_found(cri: Any, cri_image: str) -> None:
+    image_id = cri.pull(cri_image)
+    pod = cri.run_pod()
+    assert _create(cri, pod, cri_image).image_id == image_id
+    cri.images.RemoveImage(cri.pb.RemoveImageRequest(image=cri.pb.ImageSpec(image=image_id)))
+    with pytest.raises(grpc.RpcError) as caught:
+        cri.create_container(*pod, cri.container_config(cri_image))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND

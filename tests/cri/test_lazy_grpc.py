@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.cri.conftest import running_cri_daemon, wait_for_socket
+from tests.cri.conftest import connected, running_cri_daemon, wait_for_socket
 
 pytestmark = pytest.mark.root
 
@@ -29,6 +29,15 @@ def grpc_loaded(daemon: Any) -> bool:
     """Whether the daemon process has grpcio's core (``cygrpc``) mapped."""
     assert daemon.proc is not None
     return "cygrpc" in Path(f"/proc/{daemon.proc.pid}/maps").read_text()
+
+
+def protobuf_loaded(daemon: Any) -> bool:
+    """Whether the daemon has protobuf's runtime (upb's ``_message`` extension) mapped.
+
+    The CRI messages (``api_pb2``) and ``json_format`` cannot be imported without it.
+    """
+    assert daemon.proc is not None
+    return "google/_upb/_message" in Path(f"/proc/{daemon.proc.pid}/maps").read_text()
 
 
 def fresh_channel(path: Path) -> Any:
@@ -84,6 +93,15 @@ def test_daemon_with_cri_enabled_imports_no_grpc_until_a_client_connects(
     assert stat.S_ISSOCK(daemon.cri_socket.stat().st_mode)
     assert stat.S_IMODE(daemon.cri_socket.stat().st_mode) == 0o660
     assert "streaming server listening" not in daemon.log()
+
+
+def test_daemon_with_cri_enabled_loads_no_protobuf_until_a_client_connects(
+        idle_cri_daemon: Any) -> None:
+    daemon = idle_cri_daemon
+    assert not protobuf_loaded(daemon)
+    with fresh_channel(daemon.cri_socket) as channel:
+        assert runtime_stub(channel).Version(pb().VersionRequest(), timeout=30).version
+    assert protobuf_loaded(daemon)
 
 
 def test_the_first_status_and_version_on_a_fresh_channel_succeed(idle_cri_daemon: Any) -> None:
@@ -189,13 +207,18 @@ def test_stop_while_a_relayed_stream_is_open_ends_it_and_removes_the_socket(
 
 def test_a_restarted_daemon_listens_without_grpc_and_answers_its_first_client(
         tmp_path: Path) -> None:
-    with running_cri_daemon(tmp_path / "daemon") as daemon:
-        with fresh_channel(daemon.cri_socket) as channel:
-            runtime_stub(channel).Version(pb().VersionRequest(), timeout=30)
+    with running_cri_daemon(tmp_path / "daemon") as daemon, \
+            connected(daemon, tmp_path / "logs") as client:
+        # A pod to recover at the restart: recovery reads its record without protobuf.
+        sandbox_id, _ = client.run_pod()
         assert daemon.stop() == 0
         daemon.start()
         wait_for_socket(daemon)
         assert not grpc_loaded(daemon)
+        assert not protobuf_loaded(daemon)
         with fresh_channel(daemon.cri_socket) as channel:
             assert runtime_stub(channel).Status(pb().StatusRequest(), timeout=30).status
+            pods = runtime_stub(channel).ListPodSandbox(pb().ListPodSandboxRequest(),
+                                                        timeout=30).items
         assert grpc_loaded(daemon)
+        assert [p.id for p in pods] == [sandbox_id]

@@ -12,7 +12,6 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 import msgspec
-from google.protobuf import json_format
 
 from runtime.api.containers import Container, RuntimeInfo
 from runtime.api.tasks import ExecRequest, Status, TaskState
@@ -26,6 +25,7 @@ from runtime.core.errors import (
 from runtime.core.faults import fault_point
 from runtime.core.identifiers import validate_labels
 from runtime.plugins.cri import spec as specs
+from runtime.plugins.cri.messages import pb
 from runtime.plugins.cri.records import (
     EXTENSION,
     KIND_LABEL,
@@ -36,7 +36,6 @@ from runtime.plugins.cri.records import (
     now_ns,
     ns_of,
 )
-from runtime.plugins.cri.v1 import api_pb2 as pb
 
 __all__ = ["EXEC_SYNC_OUTPUT_LIMIT", "Containers"]
 
@@ -82,7 +81,7 @@ class Containers(PodRecords):
             log_path=log_path, created_at=now_ns())
         made: list[str] = []
         try:
-            chain, image_config = await self.images.rootfs(image.name, self.snapshotter)
+            chain, image_config = await self.images.rootfs(image, self.snapshotter)
             target_pid = None
             modes = config.linux.security_context.namespace_options
             if modes.pid == pb.TARGET:
@@ -185,6 +184,7 @@ class Containers(PodRecords):
         container_id = await self._resolve_id(container_id, "container")
         container, record = await self._record(container_id, "container")
         config = pb.ContainerConfig()
+        from google.protobuf import json_format
         json_format.ParseDict(record.config, config, ignore_unknown_fields=True)
         task = await self._task(container_id)
         state, exit_code, finished, reason = pb.CONTAINER_UNKNOWN, 0, 0, ""
@@ -223,6 +223,7 @@ class Containers(PodRecords):
     async def _container_item(self, container: Container) -> tuple[pb.Container, str]:
         record = msgspec.convert(container.extensions.get(EXTENSION, {}), ContainerRecord)
         config = pb.ContainerConfig()
+        from google.protobuf import json_format
         json_format.ParseDict(record.config, config, ignore_unknown_fields=True)
         task = await self._task(container.id)
         state = _state_of(task)
@@ -260,6 +261,7 @@ class Containers(PodRecords):
         await runtime.update(self.namespace, container_id, specs.linux_resources(res))
         # ContainerStatus.resources reports the update (the kubelet's in-place resize reads it).
         config = pb.ContainerConfig()
+        from google.protobuf import json_format
         json_format.ParseDict(record.config, config, ignore_unknown_fields=True)
         config.linux.resources.MergeFrom(res)
         record.config = config_dict(config)

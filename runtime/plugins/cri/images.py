@@ -21,8 +21,9 @@ import msgspec
 from runtime.api.specs import ImageConfig as RunConfig
 from runtime.core.errors import DeadlineExceeded, InvalidArgument, MoorageError, NotFound
 from runtime.pkg.registry.reference import parse_reference
-from runtime.plugins.cri.v1 import api_pb2 as pb
-from runtime.plugins.images.api import Image, Images, PullOptions
+from runtime.plugins.cri.messages import pb
+from runtime.plugins.images.api import LABEL_SNAPSHOTTER, Image, Images, PullOptions
+from runtime.plugins.snapshots.api import Kind
 
 __all__ = ["CriImage", "CriImages"]
 
@@ -80,6 +81,10 @@ class CriImages:
     snapshotter: str = ""
     # A record's target is immutable, so its config digest is cached by target.
     _configs: dict[str, tuple[str, int, str]] = field(default_factory=dict)
+    # (record name, snapshotter) -> the record's target digest when image_rootfs ran, the
+    # top chain ID and run config it gave: content-addressed, so valid for that target
+    # while the snapshot exists. Keyed by name, so a moved tag replaces its entry.
+    _rootfs: dict[tuple[str, str], tuple[str, str, RunConfig]] = field(default_factory=dict)
 
     async def _describe(self, record: Image) -> tuple[str, int, str] | None:
         key = record.target.digest
@@ -138,11 +143,39 @@ class CriImages:
         _, _, config = await self.images.platform_manifest(self.namespace, image.records[0])
         return json.dumps({"imageSpec": msgspec.to_builtins(config)})
 
-    async def rootfs(self, name: str, snapshotter: str) -> tuple[str, RunConfig]:
-        """The image's top chain ID in ``snapshotter`` (unpacking it if needed) and config."""
+    async def rootfs(self, image: CriImage, snapshotter: str) -> tuple[str, RunConfig]:
+        """The image's top chain ID in ``snapshotter`` (unpacking it if needed) and config.
+
+        The image service walks the image's index, manifest and config in the
+        content store each time; a CreateContainer per pod need not. What it
+        found is kept by the record's name and target (a digest: the same target
+        is the same manifest, config and layers), and used again while the
+        chain's committed snapshot exists. A record re-tagged to another target
+        or removed is never looked up here: :meth:`resolve` reads the records
+        each call.
+        """
+        name = image.name
+        record = next(r for r in image.records if r.name == name)
+        key = (name, snapshotter)
+        known = self._rootfs.get(key)
+        # The record's label is what keeps the snapshot from the garbage collector: a
+        # record made again under the same name and target lacks it until image_rootfs.
+        if (known is not None and known[0] == record.target.digest
+                and record.labels.get(LABEL_SNAPSHOTTER + snapshotter) == known[1]
+                and await self._committed(known[1], snapshotter)):
+            return known[1], known[2]
         chain, config = await self.images.image_rootfs(self.namespace, name, snapshotter)
         # The image service's config type and the runtime's spell the same OCI object.
-        return chain, msgspec.convert(msgspec.to_builtins(config), RunConfig)
+        run_config = msgspec.convert(msgspec.to_builtins(config), RunConfig)
+        self._rootfs[key] = (record.target.digest, chain, run_config)
+        return chain, run_config
+
+    async def _committed(self, chain: str, snapshotter: str) -> bool:
+        try:
+            info = await self.images.snapshotter(snapshotter).stat(self.namespace, chain)
+        except NotFound:
+            return False
+        return info.kind == Kind.COMMITTED
 
     async def pull(self, request: pb.PullImageRequest, timeout: float | None) -> str:
         """PullImage; returns the image id. ``timeout``: the call's remaining deadline."""

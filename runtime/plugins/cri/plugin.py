@@ -31,9 +31,9 @@ class CriConfig(PluginConfig):
 
     Attributes:
         enabled: Serve the CRI. Off by default. Enabled, the plugin costs an idle
-            daemon a few MiB (the pods' code and protobuf) until a
-            client connects; gRPC (some 13 MiB more, and libstdc++) is loaded
-            when one first sends on the socket.
+            daemon a few MiB (the pods' code) until a client connects; gRPC
+            and protobuf (some 19 MiB more, and libstdc++) are loaded when
+            one first sends on the socket.
         address: The CRI socket (a path); default ``<state>/cri.sock``
             (``/run/moorage/cri.sock``).
         namespace: The Moorage namespace holding the pods, containers and

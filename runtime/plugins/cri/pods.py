@@ -22,11 +22,11 @@ import anyio.to_thread
 from runtime.core.errors import MoorageError
 from runtime.core.events import Exchange
 from runtime.plugins.cri import sandbox_setup as setup
+from runtime.plugins.cri.messages import pb
 from runtime.plugins.cri.records import EXTENSION, KIND_LABEL, ns_of
 from runtime.plugins.cri.recovery import recover
 from runtime.plugins.cri.sandboxes import Sandboxes
 from runtime.plugins.cri.stats import PodStats
-from runtime.plugins.cri.v1 import api_pb2 as pb
 
 __all__ = ["EXTENSION", "KIND_LABEL", "Pods"]
 

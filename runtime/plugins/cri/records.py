@@ -24,7 +24,6 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import msgspec
-from google.protobuf import json_format
 
 from runtime.api.containers import Container
 from runtime.api.tasks import Status, TaskState
@@ -40,7 +39,7 @@ from runtime.plugins.containers.api import ContainerStore
 from runtime.plugins.cri import pins
 from runtime.plugins.cri import spec as specs
 from runtime.plugins.cri.images import CriImages
-from runtime.plugins.cri.v1 import api_pb2 as pb
+from runtime.plugins.cri.messages import pb
 from runtime.plugins.network.api import Network
 from runtime.plugins.runtime.api import Runtime
 from runtime.plugins.snapshots.api import Snapshots
@@ -106,6 +105,7 @@ def ns_of(when: datetime | None) -> int:
 
 def config_dict(message: Any) -> dict[str, Any]:
     """A CRI config message as a dict, with the proto field names (as records keep it)."""
+    from google.protobuf import json_format
     data: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
     return data
 
@@ -163,6 +163,9 @@ class PodRecords:
     _locks: dict[str, anyio.Lock] = field(default_factory=dict)
     # Sandbox id -> netns path ("" for host networking), for the streaming server.
     _netns: dict[str, str] = field(default_factory=dict)
+    # Sandbox id -> its config, parsed once: a sandbox's config never changes, and
+    # json_format's parse is pure Python (CreateContainer, statuses, listings read it).
+    _sandbox_configs: dict[str, pb.PodSandboxConfig] = field(default_factory=dict)
 
     # -- set-up ---------------------------------------------------------------------
 
@@ -301,8 +304,14 @@ class PodRecords:
                                      durable=durable)
 
     def _sandbox_config(self, record: SandboxRecord) -> pb.PodSandboxConfig:
-        config = pb.PodSandboxConfig()
-        json_format.ParseDict(record.config, config, ignore_unknown_fields=True)
+        """The sandbox's config, parsed from its record once (callers must not change it)."""
+        config = self._sandbox_configs.get(record.id)
+        if config is None:
+            from google.protobuf import json_format
+
+            config = pb.PodSandboxConfig()
+            json_format.ParseDict(record.config, config, ignore_unknown_fields=True)
+            self._sandbox_configs[record.id] = config
         return config
 
     # -- tasks ----------------------------------------------------------------------

@@ -18,8 +18,8 @@ from runtime.core.errors import FailedPrecondition, InvalidArgument
 from runtime.pkg.mount import mount_all, unmount
 from runtime.plugins.cri import pins
 from runtime.plugins.cri import spec as specs
+from runtime.plugins.cri.messages import pb
 from runtime.plugins.cri.records import SandboxRecord
-from runtime.plugins.cri.v1 import api_pb2 as pb
 from runtime.plugins.network.api import Attachment, PortMapping, etc_hosts, resolv_conf
 
 __all__ = ["pinned_kinds", "port_mappings", "remove_files", "unmount_pod_dir", "unmount_shm",

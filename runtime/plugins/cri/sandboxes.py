@@ -27,6 +27,7 @@ from runtime.plugins.cri import pins
 from runtime.plugins.cri import sandbox_setup as setup
 from runtime.plugins.cri import spec as specs
 from runtime.plugins.cri.containers import Containers
+from runtime.plugins.cri.messages import pb
 from runtime.plugins.cri.records import (
     EXTENSION,
     KIND_LABEL,
@@ -35,7 +36,6 @@ from runtime.plugins.cri.records import (
     labels_match,
     now_ns,
 )
-from runtime.plugins.cri.v1 import api_pb2 as pb
 from runtime.plugins.network.api import BRIDGE, Attachment, PortMapping
 from runtime.plugins.runtime.api import Runtime
 
@@ -276,6 +276,7 @@ class Sandboxes(Containers):
             self._release(record.name, sandbox_id)
             self._netns.pop(sandbox_id, None)
             self._stats.pop(sandbox_id, None)
+            self._sandbox_configs.pop(sandbox_id, None)
 
     async def _sandbox_state(self, record: SandboxRecord) -> int:
         if not record.infra:

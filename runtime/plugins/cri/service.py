@@ -3,8 +3,8 @@
 At start the plugin builds its services on the daemon's, runs the pods'
 start-up recovery (:mod:`.recovery`), watches OOM events and binds the CRI
 socket (:class:`~runtime.plugins.cri.listener.LazyGrpcSocket`). None of that
-imports :mod:`grpc` (the pods' code does import the generated messages,
-``api_pb2``, a protobuf module). The gRPC server (:mod:`.server`) is imported
+imports :mod:`grpc` or protobuf (the pods' code reads the generated messages
+through :mod:`.messages`, imported on first use). The gRPC server (:mod:`.server`) is imported
 and started when a client first sends on the socket; the streaming server
 (exec, attach, port-forward: aiohttp) when the first Exec, Attach or
 PortForward asks for a URL.

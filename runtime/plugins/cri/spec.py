@@ -10,6 +10,7 @@ own; ``TARGET`` joins another container's PID namespace.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from runtime.api.tasks import KEEP_CGROUP_PARENTS_ANNOTATION, LOG_PATH_ANNOTATIO
 from runtime.core.errors import InvalidArgument, NotImplementedYet
 from runtime.pkg.oci.spec import generate_spec, privileged_capabilities
 from runtime.pkg.seccomp import UNCONFINED, default_profile, parse_profile
-from runtime.plugins.cri.v1 import api_pb2 as pb
+from runtime.plugins.cri.messages import pb
 
 __all__ = [
     "PodNamespaces",
@@ -37,8 +38,11 @@ __all__ = [
 #: The infra process's path inside its root filesystem.
 INFRA_BINARY = "/pause"
 
-# CRI's Signal enum by value -> the signal's name as runc takes it.
-_SIGNALS = {v.number: v.name for v in pb.Signal.DESCRIPTOR.values if v.number}
+
+@functools.cache
+def _signal_names() -> dict[int, str]:
+    """CRI's Signal enum by value -> the signal's name as runc takes it (read on first use)."""
+    return {v.number: v.name for v in pb.Signal.DESCRIPTOR.values if v.number}
 
 
 @dataclass(frozen=True)
@@ -374,7 +378,8 @@ def container_spec(
     _apply_seccomp(spec, sec)
     _apply_resources(spec, linux.resources, min_oom_score_adj)
     if config.stop_signal:
-        spec.setdefault("annotations", {})["io.moorage.stop-signal"] = _SIGNALS[config.stop_signal]
+        spec.setdefault("annotations", {})["io.moorage.stop-signal"] = \
+            _signal_names()[config.stop_signal]
     return spec
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 
 import msgspec
-from google.protobuf import json_format
 
 from runtime.api.containers import Container
 from runtime.core.errors import MoorageError
+from runtime.plugins.cri.messages import pb
 from runtime.plugins.cri.records import (
     EXTENSION,
     ContainerRecord,
@@ -18,7 +18,6 @@ from runtime.plugins.cri.records import (
     labels_match,
     now_ns,
 )
-from runtime.plugins.cri.v1 import api_pb2 as pb
 
 __all__ = ["PodStats"]
 
@@ -34,6 +33,7 @@ class PodStats(PodRecords):
 
     async def _stats_of(self, container: Container, record: ContainerRecord) -> pb.ContainerStats:
         config = pb.ContainerConfig()
+        from google.protobuf import json_format
         json_format.ParseDict(record.config, config, ignore_unknown_fields=True)
         stats = pb.ContainerStats()
         stats.attributes.id = container.id
