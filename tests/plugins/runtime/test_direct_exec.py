@@ -146,3 +146,36 @@ async def test_a_stream_that_never_started_raises_the_runtime_s_message(tmp_path
     with pytest.raises(FailedPrecondition, match="container is paused"):
         await start_stream(["sh", "-c", "echo container is paused >&2; exit 1"],
                            tmp_path / "pid", lambda _: None)
+
+
+async def test_a_stream_whose_process_ended_before_the_first_look_still_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The runtime writes the pid file, runs `true` and exits between start_stream's
+    # look at the file and its look at the runtime's exit: a started process,
+    # not a runtime that failed to start one.
+    from runtime.plugins.runtime.runc import direct_stream
+
+    pid_file, looks = tmp_path / "pid", []
+    real_read_pid = direct_stream.read_pid
+
+    def read_pid_too_early(path: Path) -> int:
+        looks.append(path)
+        if len(looks) == 1:
+            deadline = time.monotonic() + 10
+            while not real_read_pid(path) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(0.2)  # the runtime exits meanwhile
+            return 0
+        return real_read_pid(path)
+
+    monkeypatch.setattr(direct_stream, "read_pid", read_pid_too_early)
+    ended: list[int] = []
+    stream = await start_stream(fake_runtime(pid_file, "echo done"), pid_file, ended.append)
+    assert stream.pid == real_read_pid(pid_file)
+    output = b""
+    with anyio.fail_after(30):
+        while (item := await stream.receive()) is not None:
+            output += item[1]
+        assert await stream.end() == 0
+    assert output == b"done\n" and ended == [0]

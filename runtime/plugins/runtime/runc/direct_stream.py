@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 from collections.abc import Callable, Iterable
@@ -164,9 +165,16 @@ async def start_stream(command: list[str], pid_file: Path,
     """
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
+    # The exit is watched through a pidfd, which does not reap: a runtime that
+    # wrote the pid file and exited with its short-lived process in between
+    # two looks still has a pid for DirectStream's own pidfd, and the pid
+    # file is read once more before the exit counts as a failure to start.
+    pidfd = os.pidfd_open(process.pid)
     try:
         while not (pid := read_pid(pid_file)):
-            if process.poll() is not None:
+            if _exited(pidfd):
+                if pid := read_pid(pid_file):
+                    break
                 _, stderr = await anyio.to_thread.run_sync(process.communicate)
                 raise start_failure(command[0], stderr)
             await anyio.sleep(_PID_POLL)
@@ -179,6 +187,13 @@ async def start_stream(command: list[str], pid_file: Path,
             if pipe is not None:
                 pipe.close()
         raise
+    finally:
+        os.close(pidfd)
+
+
+def _exited(pidfd: int) -> bool:
+    """Whether the process behind ``pidfd`` has exited (it is not reaped)."""
+    return bool(select.select([pidfd], [], [], 0)[0])
 
 
 def read_pid(pid_file: Path) -> int:
