@@ -33,7 +33,7 @@ import anyio.to_thread
 
 from runtime.api.mounts import Mount
 
-__all__ = ["mount_all", "mounted", "unmount"]
+__all__ = ["bind_mount", "mount_all", "mounted", "unmount"]
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -134,6 +134,15 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount {fstype or '(flags)'} {source} on {target}: {os.strerror(err)}")
+
+
+def bind_mount(source: str, target: str) -> None:
+    """Bind-mount ``source`` on ``target`` (``mount(2)``, no recursion, no propagation change).
+
+    Raises:
+        OSError: The mount failed.
+    """
+    _mount(source, target, None, MS_BIND, "")
 
 
 def _parse(options: Sequence[str]) -> tuple[int, int, list[str]]:

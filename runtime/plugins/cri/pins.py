@@ -18,15 +18,14 @@ All functions block; call them from a worker thread.
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import socket
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from runtime.core.errors import FailedPrecondition
-from runtime.pkg.mount import MS_BIND, unmount
+from runtime.pkg.namespaces import in_fresh_thread, pin_own
+from runtime.pkg.namespaces import unpin as unpin_namespace
 
 __all__ = ["IPC", "UTS", "apply_sysctls", "pin", "pin_path", "pinned", "unpin"]
 
@@ -69,24 +68,6 @@ def _write_sysctls(sysctls: Mapping[str, str]) -> None:
                                      f"{exc.strerror or exc}") from None
 
 
-def _in_thread(name: str, work: Callable[[], None]) -> None:
-    """Run ``work`` in a fresh thread it may leave in other namespaces; re-raise its error."""
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            work()
-        except BaseException as exc:
-            failure.append(exc)
-
-    # Never a pool worker: the thread changes namespaces for good.
-    thread = threading.Thread(target=run, name=name, daemon=True)
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-
-
 def pin(directory: Path, kinds: tuple[str, ...], *, hostname: str,
         sysctls: Mapping[str, str]) -> None:
     """New namespaces of ``kinds`` pinned under ``directory/ns``, hostname and sysctls set.
@@ -111,14 +92,11 @@ def pin(directory: Path, kinds: tuple[str, ...], *, hostname: str,
         if UTS in kinds:
             socket.sethostname(hostname)
         _write_sysctls(sysctls)
-        tid = threading.get_native_id()
         for kind in kinds:
-            source, target = f"/proc/self/task/{tid}/ns/{kind}", str(pin_path(directory, kind))
-            _check(_libc.mount(source.encode(), target.encode(), None, ctypes.c_ulong(MS_BIND),
-                               None), f"pin of the pod's {kind} namespace on {target}")
+            pin_own(kind, pin_path(directory, kind))
 
     try:
-        _in_thread(f"pins {directory.name[:8]}", work)
+        in_fresh_thread(f"pins {directory.name[:8]}", work)
     except BaseException:
         unpin(directory)
         raise
@@ -144,16 +122,10 @@ def apply_sysctls(netns: str, sysctls: Mapping[str, str]) -> None:
             os.close(fd)
         _write_sysctls(sysctls)
 
-    _in_thread("pod sysctls", work)
+    in_fresh_thread("pod sysctls", work)
 
 
 def unpin(directory: Path | str) -> None:
     """Unmount the pod's pinned namespaces and remove their files; idempotent."""
     for kind in (IPC, UTS):
-        path = pin_path(directory, kind)
-        try:
-            unmount(path, detach=True)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.EINVAL):
-                raise
-        path.unlink(missing_ok=True)
+        unpin_namespace(pin_path(directory, kind))

@@ -13,18 +13,16 @@ All functions block; call them from a worker thread.
 from __future__ import annotations
 
 import ctypes
-import errno
 import fcntl
 import json
 import os
 import socket
 import struct
 import subprocess
-import threading
 from collections.abc import Collection
 from pathlib import Path
 
-from runtime.pkg.mount import MS_BIND, unmount
+from runtime.pkg.namespaces import in_fresh_thread, pin_own, unpin
 
 __all__ = ["addresses", "create", "in_use", "loopback_up", "remove"]
 
@@ -38,12 +36,6 @@ _IFF_UP = 0x1
 _IFREQ = struct.Struct("16sH22x")
 
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _mount(source: str, target: str, flags: int) -> None:
-    if _libc.mount(source.encode(), target.encode(), None, ctypes.c_ulong(flags), None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {target}: {os.strerror(err)}")
 
 
 def loopback_up() -> None:
@@ -70,27 +62,19 @@ def create(path: Path) -> None:
     """
     fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
     os.close(fd)
-    failure: list[BaseException] = []
 
     def pin() -> None:
-        try:
-            if _libc.unshare(CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
-            loopback_up()
-            own = f"/proc/self/task/{threading.get_native_id()}/ns/net"
-            _mount(own, str(path), MS_BIND)
-        except BaseException as exc:
-            failure.append(exc)
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+        loopback_up()
+        pin_own("net", path)
 
-    # A fresh thread, never a pool worker: it leaves our network namespace for
-    # good, and must not run anything else afterwards.
-    thread = threading.Thread(target=pin, name=f"netns {path.name}", daemon=True)
-    thread.start()
-    thread.join()
-    if failure:
+    try:
+        in_fresh_thread(f"netns {path.name}", pin)
+    except BaseException:
         path.unlink(missing_ok=True)
-        raise failure[0]
+        raise
 
 
 def remove(path: Path) -> None:
@@ -99,12 +83,7 @@ def remove(path: Path) -> None:
     The namespace itself goes once nothing else holds it (its last process
     exited); its interfaces go with it.
     """
-    try:
-        unmount(path, detach=True)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.EINVAL):
-            raise
-    path.unlink(missing_ok=True)
+    unpin(path)
 
 
 def in_use(paths: Collection[Path]) -> set[Path]:
