@@ -18,7 +18,7 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "EventLog",
     "RuntimeDaemon",
     "SharedDaemon",
+    "command_lines",
     "footprint",
     "leftovers",
     "make_rootfs",
@@ -302,9 +303,8 @@ def mounts_under(prefix: str) -> list[str]:
     return found
 
 
-def monitor_pids(state: str) -> list[int]:
-    """Pids of conmon processes whose command line names ``state`` (ours only)."""
-    pids = []
+def command_lines() -> Iterator[tuple[int, list[bytes]]]:
+    """``(pid, argv)`` of every process on the host that is still there to read."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -312,8 +312,15 @@ def monitor_pids(state: str) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
+        yield int(entry.name), argv
+
+
+def monitor_pids(state: str) -> list[int]:
+    """Pids of conmon processes whose command line names ``state`` (ours only)."""
+    pids = []
+    for pid, argv in command_lines():
         if argv and argv[0].endswith(b"conmon") and any(state.encode() in a for a in argv):
-            pids.append(int(entry.name))
+            pids.append(pid)
     return pids
 
 

@@ -16,7 +16,13 @@ from runtime.api.tasks import LOG_UNSYNCED_ANNOTATION
 from runtime.client.attach import Exited, Output, Started
 from runtime.client.lean import LeanClient
 from runtime.core.errors import CommandNotFound, InvalidArgument, NotFound
-from tests.plugins.runtime.helpers import RuntimeDaemon, leftovers, moorage, wait_until
+from tests.plugins.runtime.helpers import (
+    RuntimeDaemon,
+    command_lines,
+    leftovers,
+    moorage,
+    wait_until,
+)
 
 pytest_plugins = ["tests.plugins.runtime.runtime_fixtures"]
 
@@ -149,13 +155,7 @@ def test_run_attach_without_remove_keeps_the_stopped_container(rd: RuntimeDaemon
 
 def monitor_command_line(container_id: str) -> list[str]:
     """The command line of the conmon that supervises ``container_id``'s init."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
+    for _, argv in command_lines():
         words = [a.decode() for a in argv if a]
         if words and words[0].endswith("conmon") and ["--cid", container_id] == \
                 words[words.index("--cid"):words.index("--cid") + 2] and "--exec" not in words:
