@@ -13,18 +13,29 @@ import dataclasses
 import importlib
 from pathlib import Path
 
+import pytest
+
 from tests.core.test_idle_memory import imported
 from tests.fixtures.daemon import Daemon
 
+#: The daemon's own config, and with the CRI served (its records come at start then).
+CONFIGS = {
+    "default": ("", "runtime.core.discovery"),
+    "cri": ('[plugins."cri.v1"]\nenabled = true\naddress = "{tmp}/cri.sock"\n',
+            "runtime.plugins.cri.records"),
+}
 
-def test_daemon_start_defines_no_dataclass_of_its_own(tmp_path: Path) -> None:
-    daemon = Daemon(tmp_path, env={"PYTHONVERBOSE": "1"}).start()
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_daemon_start_defines_no_dataclass_of_its_own(tmp_path: Path, config: str) -> None:
+    extra, expected = CONFIGS[config]
+    daemon = Daemon(tmp_path, extra.format(tmp=tmp_path), env={"PYTHONVERBOSE": "1"}).start()
     try:
         daemon.client().healthz()
         ours = sorted(m for m in imported(daemon.log()) if m.split(".")[0] == "runtime")
     finally:
         daemon.close()
-    assert "runtime.core.discovery" in ours  # the log does list our modules
+    assert expected in ours  # the log does list our modules (and the CRI's when served)
     made = [
         f"{name}.{attr}"
         for name in ours
