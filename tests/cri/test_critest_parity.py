@@ -591,6 +591,11 @@ def test_recursive_readonly_mounts_are_advertised_for_runc(cri: Any) -> None:
     features = {h.name: h.features.recursive_read_only_mounts for h in handlers}
     assert features[""] is True
     assert features["runc"] is True
+    # Any other runtime has it exactly when its own features document lists ``rro``.
+    for name in set(features) - {"", "runc"}:
+        document = json.loads(subprocess.run([name, "features"], capture_output=True,
+                                             check=False).stdout or b"{}")
+        assert features[name] is ("rro" in document.get("mountOptions", [])), name
 
 
 def test_a_recursive_readonly_mount_makes_submounts_readonly(

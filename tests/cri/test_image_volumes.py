@@ -16,6 +16,8 @@ import grpc
 import pytest
 
 from tests.cri.conftest import CRI_NAMESPACE, wait_for_socket
+from tests.fixtures.images import LayerBuilder, build_image, busybox_layer, host_platform
+from tests.fixtures.registry import Registry
 from tests.reliability.store_check import mounts_under
 
 pytestmark = pytest.mark.root
@@ -174,3 +176,36 @@ def test_two_image_volumes_of_one_container_each_get_a_view(cri: Any, cri_daemon
     assert _views(cri_daemon) == {f"{container_id}-image-volume-{i}" for i in (0, 1)}
     cri.remove_everything()
     assert _views(cri_daemon) == set()
+
+
+@pytest.fixture(scope="module")
+def layered_image(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Two layers: the upper one deletes ``/etc/hostname`` and adds ``/data/real/file`` and
+    ``/link``, a symlink climbing out of the root towards ``/data/real``."""
+    layout = tmp_path_factory.mktemp("image-volume-layers") / "layout"
+    upper = (LayerBuilder(implicit_parents=True)
+             .whiteout("etc/hostname")
+             .file("data/real/file", "from the image\n")
+             .symlink("link", "../../../../../data/real"))
+    build_image(layout, (busybox_layer(), upper), platform=host_platform(), ref_name="layers",
+                cmd=["sh"])
+    return registry.push_layout(layout, "layers", "cri/image-volume-layers:1")
+
+
+def test_an_image_volume_of_a_layered_image_shows_its_merged_tree(
+        cri: Any, cri_image: str, layered_image: str) -> None:
+    """An image of several layers is seen merged, whiteouts applied, as its containers see it;
+    a sub path through a symlink is resolved inside the image, never on the host."""
+    cri.pull(cri_image)
+    image_ref = cri.pull(layered_image)
+    config = _volume_config(cri, cri_image, image_ref)
+    config.mounts.add(container_path="/linked", readonly=True, image_sub_path="link",
+                      image=cri.pb.ImageSpec(image=layered_image))
+    container_id = _start(cri, config)
+    assert cri.exec(container_id, "ls", f"{VOLUME}/bin/busybox").exit_code == 0
+    assert cri.exec(container_id, "ls", f"{VOLUME}/etc/hostname").exit_code != 0
+    assert cri.exec(container_id, "cat", f"{VOLUME}/data/real/file").stdout == \
+        b"from the image\n"
+    assert cri.exec(container_id, "cat", "/linked/file").stdout == b"from the image\n"
+    assert cri.exec(container_id, "touch", f"{VOLUME}/data/real/new").exit_code != 0
+
