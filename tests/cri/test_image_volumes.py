@@ -209,3 +209,19 @@ def test_an_image_volume_of_a_layered_image_shows_its_merged_tree(
     assert cri.exec(container_id, "cat", "/linked/file").stdout == b"from the image\n"
     assert cri.exec(container_id, "touch", f"{VOLUME}/data/real/new").exit_code != 0
 
+
+
+def test_the_garbage_collector_keeps_an_image_volume_while_its_container_exists(
+        cri: Any, cri_daemon: Any, cri_image: str) -> None:
+    """The container's record refers to its views (a gc.ref.snapshot label): a collection
+    keeps them; once the record is gone without RemoveContainer, the next one takes them."""
+    image_ref = cri.pull(cri_image)
+    container_id = _start(cri, _volume_config(cri, cri_image, image_ref))
+    client = cri_daemon.client(CRI_NAMESPACE)
+    client.gc()
+    assert _views(cri_daemon) == {f"{container_id}-image-volume-0"}
+    assert cri.exec(container_id, "ls", f"{VOLUME}/bin/busybox").exit_code == 0
+    # Behind the CRI's back: the record and its task, not the views.
+    client.remove(container_id, force=True, snapshot=True)
+    client.gc()
+    assert _views(cri_daemon) == set()
