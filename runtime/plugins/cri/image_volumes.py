@@ -34,7 +34,6 @@ import anyio.to_thread
 from runtime.api.mounts import Mount
 from runtime.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from runtime.pkg import mount as mounting
-from runtime.pkg.archive import inroot
 from runtime.plugins.cri.images import CriImage, CriImages
 from runtime.plugins.cri.messages import pb
 from runtime.plugins.gc.api import LABEL_REF_SNAPSHOT
@@ -162,6 +161,9 @@ def _mount_view(view: Sequence[Mount], target: Path, sub_path: str, image: str) 
     mounting.mount_all(view, target)
     if not sub_path:
         return
+    # Imported by the first sub path, not with the plugin (it brings tarfile).
+    from runtime.pkg.archive import inroot
+
     try:
         root = inroot.open_root(str(target))
         try:
