@@ -126,8 +126,10 @@ class StatsSample(msgspec.Struct):
     usage_ns: int
 
 
-class PodRecords(msgspec.Struct):
+class PodRecords(msgspec.Struct, dict=True):
     """The CRI's records of its sandboxes and containers, and what finds them.
+
+    ``dict=True``: a ``__dict__`` for :attr:`image_volumes` (a cached property).
 
     Args:
         namespace: The Moorage namespace of everything the CRI makes.
