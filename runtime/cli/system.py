@@ -42,6 +42,9 @@ def register(sub: Any) -> None:
 
 def daemon(args: argparse.Namespace) -> int:
     """Run the daemon in the foreground."""
+    from runtime.core import collector
+
+    collector.pause()  # before the daemon's imports; resumed once its plugins have started
     from runtime.core.daemon import run_daemon
     from runtime.core.logs import setup_logging
 

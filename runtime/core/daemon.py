@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import gc
 import logging
 import os
 import signal
@@ -12,13 +11,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from runtime.core import listeners
+from runtime.core import collector, listeners
 from runtime.core.errors import FailedPrecondition, MoorageError
 from runtime.core.notify import sd_notify
 
 # The configuration (msgspec, tomllib) is imported by run_daemon once the
-# collector is paused; anyio, discovery (pluggy) and the host once the API's
-# socket listens: with the plugins they are most of the start's CPU.
+# collector is paused (runtime.core.collector); anyio, discovery (pluggy) and
+# the host once the API's socket listens: with the plugins they are most of
+# the start's CPU.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from runtime.core.config import DaemonConfig
@@ -37,40 +37,6 @@ def config_path_for(given: str | None) -> str | None:
     if given is not None:
         return given
     return str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.is_file() else None
-
-
-class _CollectorPause:
-    """Python's cyclic garbage collector off while the daemon starts, on again once it has.
-
-    The start creates some 35,000 long-lived objects (about 400 modules, the
-    plugins and their services) and next to no garbage: with the collector on,
-    it ran some 80 collections over them, about 20 ms of the start's CPU (load
-    3, ``gc.callbacks`` timed). When every plugin has started, what the start
-    made is frozen (:func:`gc.freeze`: moved to a generation no collection
-    scans, so no later full collection walks it either) and collection resumes
-    for what requests make. The price: the start's few hundred objects of
-    cyclic garbage (mostly classes and functions that imports build and drop)
-    are never freed; a collection to free them would cost 15 to 40 ms of CPU
-    just when the first clients are waiting.
-    """
-
-    def __init__(self) -> None:
-        self._resume = False
-
-    def pause(self) -> None:
-        """Stop collecting, unless the collector was off already (then leave it alone)."""
-        self._resume = gc.isenabled()
-        gc.disable()
-
-    def resume(self) -> None:
-        """Freeze what exists and collect again, if :meth:`pause` stopped the collector."""
-        if self._resume:
-            self._resume = False
-            gc.freeze()
-            gc.enable()
-
-
-_collector = _CollectorPause()
 
 
 class StateLock:
@@ -118,7 +84,7 @@ async def serve(config: DaemonConfig) -> None:
     host = PluginHost(config, discovery)
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with host.running() as plugins:
-            _collector.resume()
+            collector.resume()
             log.info("daemon started: %s", summarize(plugins.list()))
             # A socket bound early that no server took (server.http disabled) must
             # not keep clients waiting for an answer that never comes.
@@ -134,11 +100,11 @@ async def serve(config: DaemonConfig) -> None:
 
 def run_daemon(config_path: str | None) -> int:
     """Entry point of ``moorage daemon``; returns the process exit code."""
-    _collector.pause()
+    collector.pause()
     try:
         return _run_daemon(config_path)
     finally:
-        _collector.resume()  # a start that failed: nothing was resumed
+        collector.resume()  # a start that failed: nothing was resumed
 
 
 def _run_daemon(config_path: str | None) -> int:

@@ -1,7 +1,7 @@
 """``moorage daemon`` starts with Python's cyclic collector paused, and collects again once up.
 
-:class:`runtime.core.daemon._CollectorPause`: no collection runs over the
-start's imports and plugins; once every plugin has started, what the start
+:mod:`runtime.core.collector`: no collection runs over the start's imports
+and plugins; once every plugin has started, what the start
 made is frozen and the collector is on again, also after a start that failed.
 """
 
@@ -13,23 +13,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+from runtime.core import collector
 from runtime.core import daemon as daemon_module
 from tests.fixtures.daemon import Daemon
 
-#: Runs run_daemon(argv[1]) in this process; a thread waits for the first answer on
-#: the socket argv[2], prints what it saw and sends SIGTERM.
+#: Runs `moorage daemon -c argv[1]` in this process; a thread waits for the first answer on
+#: the socket argv[2] and for the end of the start, prints what it saw and sends SIGTERM.
 _DRIVER = r"""
 import gc, os, signal, socket, sys, threading, time
-from runtime.core import daemon
+from runtime.core import collector
 
 collections = []
 gc.callbacks.append(lambda phase, info: phase == "start" and collections.append(1))
 at_resume = []
-resume = daemon._collector.resume
+resume = collector.resume
 def recording_resume():
     at_resume.append((gc.isenabled(), len(collections)))
     resume()
-daemon._collector.resume = recording_resume
+collector.resume = recording_resume
 
 def probe():
     while True:
@@ -42,12 +43,17 @@ def probe():
         except OSError:
             pass
         time.sleep(0.02)
+    # The API may answer while a plugin that does not need it is still starting.
+    deadline = time.monotonic() + 20
+    while not at_resume and time.monotonic() < deadline:
+        time.sleep(0.01)
     print("answered", at_resume, gc.isenabled(), gc.get_freeze_count(), flush=True)
     os.kill(os.getpid(), signal.SIGTERM)
 
+from runtime.cli.main import main
 threading.Thread(target=probe, daemon=True).start()
 collections.clear()
-code = daemon.run_daemon(sys.argv[1])
+code = main(["daemon", "-c", sys.argv[1]])
 print("exited", code, gc.isenabled(), flush=True)
 """
 
@@ -66,7 +72,7 @@ def test_daemon_start_runs_no_collection_and_collects_again_once_started(
     assert out.startswith("answered"), out
     answered, exited = out.splitlines()
     words = answered.split()
-    # Paused from run_daemon's entry to the plugins' start: not one collection.
+    # Paused from the command's start to the plugins': not one collection.
     assert " ".join(words[1:-2]) == "[(False, 0)]"
     assert words[-2] == "True"  # collecting again by the first answer
     assert int(words[-1]) > 10_000  # the start's objects, frozen
@@ -83,18 +89,18 @@ def test_daemon_start_that_fails_leaves_the_collector_on(tmp_path: Path) -> None
 
 
 def test_collector_pause_leaves_a_collector_that_was_off_alone() -> None:
-    pause = daemon_module._CollectorPause()
     gc.disable()
     try:
-        pause.pause()
-        pause.resume()
+        collector.pause()
+        collector.resume()
         assert not gc.isenabled()
     finally:
         gc.enable()
-    pause.pause()
+    collector.pause()
+    collector.pause()  # paused twice (the command, then run_daemon): resumed once
     assert not gc.isenabled()
     try:
-        pause.resume()
+        collector.resume()
         assert gc.isenabled()
     finally:
         gc.unfreeze()  # this test process's objects: back to the collector
