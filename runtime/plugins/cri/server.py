@@ -113,6 +113,9 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
         response.runtime_handlers.extend(
             [pb.RuntimeHandler(name=""), *(pb.RuntimeHandler(name=n)
                                            for n in sorted(self.pods.runtimes))])
+        # ContainerConfig's SupplementalGroupsPolicy Strict is honoured, and
+        # ContainerStatus reports the groups the process runs with.
+        response.features.supplemental_groups_policy = True
         if request.verbose:
             response.info["config"] = msgspec.json.encode(self.server.config).decode()
         return response
