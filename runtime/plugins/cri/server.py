@@ -285,6 +285,16 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
         return pb.ListPodSandboxStatsResponse(
             stats=await self.pods.list_sandbox_stats(filter_))
 
+    @_guard
+    async def ListMetricDescriptors(self, request: pb.ListMetricDescriptorsRequest,
+                                    context: Any) -> pb.ListMetricDescriptorsResponse:
+        return pb.ListMetricDescriptorsResponse(descriptors=self.pods.metric_descriptors())
+
+    @_guard
+    async def ListPodSandboxMetrics(self, request: pb.ListPodSandboxMetricsRequest,
+                                    context: Any) -> pb.ListPodSandboxMetricsResponse:
+        return pb.ListPodSandboxMetricsResponse(pod_metrics=await self.pods.list_pod_metrics())
+
     async def GetContainerEvents(self, request: pb.GetEventsRequest, context: Any) -> Any:
         try:
             async for event in self.pods.container_events(self.server.exchange):
