@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 
+import anyio.to_thread
 import msgspec
 
 from runtime.api.containers import Container
 from runtime.core.errors import MoorageError
 from runtime.plugins.cri.messages import pb
+from runtime.plugins.cri.netdev import read_net_dev
 from runtime.plugins.cri.records import (
     EXTENSION,
     ContainerRecord,
@@ -120,6 +122,20 @@ class PodStats(PodRecords):
         linux.process.timestamp = now_ns()
         linux.process.process_count.value = procs
         linux.network.timestamp = now_ns()
+        if record.netns:  # a host-network pod has none of its own
+            with contextlib.suppress(OSError):
+                interfaces = await anyio.to_thread.run_sync(read_net_dev, record.netns)
+                for counters in interfaces:
+                    usage = linux.network.interfaces.add(name=counters.name)
+                    usage.rx_bytes.value = counters.rx_bytes
+                    usage.rx_errors.value = counters.rx_errors
+                    usage.tx_bytes.value = counters.tx_bytes
+                    usage.tx_errors.value = counters.tx_errors
+                # The kubelet's "default" interface is eth0, the one CNI made.
+                default = next((i for i in linux.network.interfaces if i.name == "eth0"),
+                               linux.network.interfaces[0] if interfaces else None)
+                if default is not None:
+                    linux.network.default_interface.CopyFrom(default)
         return stats
 
     async def list_sandbox_stats(self, filter_: pb.PodSandboxStatsFilter | None
