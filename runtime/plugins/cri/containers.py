@@ -26,6 +26,7 @@ from runtime.core.errors import (
 )
 from runtime.core.faults import fault_point
 from runtime.core.identifiers import validate_labels
+from runtime.pkg.oci.spec import USER_ANNOTATION
 from runtime.plugins.cri import spec as specs
 from runtime.plugins.cri.messages import pb
 from runtime.plugins.cri.records import (
@@ -380,9 +381,10 @@ def _effective_user(spec: dict[str, Any], task: TaskState | None) -> dict[str, A
 
     Names and the image's group memberships are resolved by the runtime at task
     create, into the bundle's ``config.json``; the stored spec has them unresolved.
-    Without a bundle (the task is gone) the stored spec's user is all there is.
+    Without a user to resolve, or without a bundle (the task is gone), the stored
+    spec's user is all there is.
     """
-    if task is not None and task.bundle:
+    if USER_ANNOTATION in spec.get("annotations", {}) and task is not None and task.bundle:
         with contextlib.suppress(OSError, ValueError):
             final = json.loads((Path(task.bundle) / "config.json").read_bytes())
             user = final.get("process", {}).get("user")
