@@ -107,7 +107,7 @@ def test_list_pod_sandbox_metrics_reports_the_containers_own_figures(
     for name, samples in series.items():
         for sample in samples:
             assert len(sample.label_values) == len(descriptors[name].label_keys), name
-            counter = (name.endswith("_total") and name != "container_fs_inodes_total"
+            counter = ((name.endswith("_total") and name != "container_fs_inodes_total")
                        or name == "container_memory_failcnt")
             assert sample.metric_type == (pb.COUNTER if counter else pb.GAUGE), name
 
