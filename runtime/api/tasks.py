@@ -172,6 +172,7 @@ class TaskMetrics(msgspec.Struct, kw_only=True):
             this is the working set the kubelet evicts by.
         memory_failcnt: Times the limit was hit (v1 ``failcnt``, v2 ``events max``).
         memory_pgfault, memory_pgmajfault: Page faults, and those that read from disk.
+        pids: The processes in the cgroup now (``cgroup.procs``; threads not listed).
     """
 
     container_id: str
@@ -202,6 +203,7 @@ class TaskMetrics(msgspec.Struct, kw_only=True):
     memory_failcnt: int = 0
     memory_pgfault: int = 0
     memory_pgmajfault: int = 0
+    pids: list[int] = msgspec.field(default_factory=list)
 
 
 class LogEntry(msgspec.Struct, kw_only=True):

@@ -273,7 +273,6 @@ class PodMetrics(PodRecords):
         try:
             task: TaskState = await runtime.state(self.namespace, container.id)
             usage = await runtime.metrics(self.namespace, container.id)
-            pids = [p.pid for p in await runtime.pids(self.namespace, container.id)]
         except MoorageError:
             return None  # no task, or it went meanwhile
         record = msgspec.convert(container.extensions.get(EXTENSION, {}), ContainerRecord)
@@ -284,8 +283,8 @@ class PodMetrics(PodRecords):
         samples = _Samples([config.metadata.name, cgroup, record.image_name, container.id,
                             pod.metadata.namespace, pod.metadata.name], now, [])
         _add_task_metrics(samples, usage)
-        fds, sockets = await anyio.to_thread.run_sync(_open_files, pids)
-        samples.add("container_processes", len(pids))
+        fds, sockets = await anyio.to_thread.run_sync(_open_files, usage.pids)
+        samples.add("container_processes", len(usage.pids))
         samples.add("container_file_descriptors", fds)
         samples.add("container_sockets", sockets)
         with contextlib.suppress(MoorageError):

@@ -247,7 +247,17 @@ def read_metrics(container_id: str, paths: CgroupPaths) -> TaskMetrics:
     metrics.io_reads, metrics.io_writes = _io_ops(paths)
     _cpu_details(metrics, paths)
     _memory_details(metrics, paths)
+    metrics.pids = _procs(paths)
     return metrics
+
+
+def _procs(paths: CgroupPaths) -> list[int]:
+    """The processes of the cgroup: ``cgroup.procs`` of its first hierarchy that has one."""
+    for directory in paths.all_dirs():
+        text = _read(directory / "cgroup.procs")
+        if text is not None:
+            return [int(pid) for pid in text.split() if pid.isdigit()]
+    return []
 
 
 #: v1 ``cpuacct.stat`` counts in USER_HZ clock ticks.
