@@ -253,7 +253,8 @@ def test_stats_have_timestamps_and_cpu_and_memory_usage(cri: Any, cri_image: str
     assert [p.attributes.id for p in pods] == [sandbox_id]
 
 
-def test_pod_sandbox_stats_count_the_pods_traffic_on_eth0(cri: Any, cri_image: str) -> None:
+def test_pod_sandbox_stats_count_the_pods_traffic_on_eth0_and_its_processes(
+        cri: Any, cri_image: str) -> None:
     pb = cri.pb
     sandbox_id, _ = cri.run_container(cri_image)
     ip = cri.runtime.PodSandboxStatus(
@@ -275,6 +276,9 @@ def test_pod_sandbox_stats_count_the_pods_traffic_on_eth0(cri: Any, cri_image: s
     assert rx >= before.default_interface.rx_bytes.value + 3 * 40
     assert tx >= before.default_interface.tx_bytes.value + 3 * 40
     assert after.default_interface.rx_errors.value == 0
+    # The container's sleep, from its cgroup.
+    assert cri.runtime.PodSandboxStats(pb.PodSandboxStatsRequest(
+        pod_sandbox_id=sandbox_id)).stats.linux.process.process_count.value == 1
 
 
 def test_update_container_resources_changes_the_memory_limit(cri: Any, cri_image: str) -> None:
