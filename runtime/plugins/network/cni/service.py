@@ -58,7 +58,6 @@ from runtime.plugins.network.cni.conflist import (
     list_conflists,
 )
 from runtime.plugins.network.cni.invoke import CniPluginError, Invocation, invoke, version_tuple
-from runtime.plugins.network.cni.leftover_rules import remove_leftover_rules
 from runtime.plugins.network.cni.records import AttachmentRecord, attachment_of, write_durably
 
 __all__ = ["CniNetwork"]
@@ -340,6 +339,9 @@ class CniNetwork:
                 except MoorageError as exc:
                     errors.append(exc)
             if netns_gone and not errors:
+                # Imported here, as it is rarely needed (it brings shlex).
+                from runtime.plugins.network.cni.leftover_rules import remove_leftover_rules
+
                 # Without the namespace the bridge plugin cannot find what it masqueraded.
                 removed = await anyio.to_thread.run_sync(
                     remove_leftover_rules, conf.name, record.cni_id)

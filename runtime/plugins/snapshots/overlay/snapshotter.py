@@ -24,12 +24,10 @@ the file in every child once committed.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import shutil
 import stat
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, final
@@ -121,14 +119,21 @@ def _in_user_namespace() -> bool:
     return fields != ["0", "0", "4294967295"]
 
 
-class _Dirent64(ctypes.Structure):
-    _fields_ = [
-        ("d_ino", ctypes.c_uint64),
-        ("d_off", ctypes.c_int64),
-        ("d_reclen", ctypes.c_ushort),
-        ("d_type", ctypes.c_ubyte),
-        ("d_name", ctypes.c_char * 256),
-    ]
+@functools.cache
+def _dirent64() -> Any:
+    """``struct dirent64``; ctypes is imported by the probe alone (a fresh root, a new kernel)."""
+    import ctypes
+
+    class Dirent64(ctypes.Structure):
+        _fields_ = [
+            ("d_ino", ctypes.c_uint64),
+            ("d_off", ctypes.c_int64),
+            ("d_reclen", ctypes.c_ushort),
+            ("d_type", ctypes.c_ubyte),
+            ("d_name", ctypes.c_char * 256),
+        ]
+
+    return Dirent64
 
 
 def _supports_d_type(directory: Path) -> bool:
@@ -138,11 +143,13 @@ def _supports_d_type(directory: Path) -> bool:
     this reads the directory through libc's ``readdir64``, whose record layout
     is the same on every Linux architecture.
     """
+    import ctypes
+
     (directory / "probe").touch()
     libc: Any = ctypes.CDLL(None, use_errno=True)
     libc.opendir.restype = ctypes.c_void_p
     libc.opendir.argtypes = [ctypes.c_char_p]
-    libc.readdir64.restype = ctypes.POINTER(_Dirent64)
+    libc.readdir64.restype = ctypes.POINTER(_dirent64())
     libc.readdir64.argtypes = [ctypes.c_void_p]
     libc.closedir.argtypes = [ctypes.c_void_p]
     handle = libc.opendir(str(directory).encode())
@@ -167,6 +174,8 @@ def check_supported(root: Path) -> None:
     Raises:
         NotImplementedYet: Overlay cannot be used here; the message says why.
     """
+    import tempfile  # the probe runs once per kernel and filesystem: not at every start
+
     root.mkdir(parents=True, exist_ok=True)
     probe = Path(tempfile.mkdtemp(prefix="check-", dir=root))
     try:
