@@ -38,7 +38,7 @@ from runtime.plugins.snapshots.api import Kind, Mount
 from runtime.plugins.snapshots.backend import MetaStoreSnapshotter
 from runtime.plugins.snapshots.record import Record
 
-__all__ = ["OverlaySnapshotter", "check_supported"]
+__all__ = ["OverlaySnapshotter", "check_supported", "probe_overlay", "remove_probe"]
 
 
 @final
@@ -174,6 +174,21 @@ def check_supported(root: Path) -> None:
     Raises:
         NotImplementedYet: Overlay cannot be used here; the message says why.
     """
+    remove_probe(probe_overlay(root))
+
+
+def probe_overlay(root: Path) -> Path:
+    """:func:`check_supported` up to its answer: the probe stays mounted for :func:`remove_probe`.
+
+    The unmount and the removal of the probe's directories take longer than
+    the probe itself; the plugin does them after it has started.
+
+    Returns:
+        The probe's directory under ``root`` (``check-*``), its overlay mounted on ``merged``.
+
+    Raises:
+        NotImplementedYet: Overlay cannot be used here (nothing is left behind).
+    """
     import tempfile  # the probe runs once per kernel and filesystem: not at every start
 
     root.mkdir(parents=True, exist_ok=True)
@@ -190,10 +205,17 @@ def check_supported(root: Path) -> None:
             mount_all([Mount(type="overlay", source="overlay", options=options)], probe / "merged")
         except OSError as exc:
             raise NotImplementedYet(f"overlayfs cannot be mounted on {root}: {exc}") from exc
-        try:
-            if not (probe / "merged" / "file").exists():
-                raise NotImplementedYet(f"overlayfs on {root} does not show its lower layer")
-        finally:
-            unmount(probe / "merged")
+        if not (probe / "merged" / "file").exists():
+            raise NotImplementedYet(f"overlayfs on {root} does not show its lower layer")
+    except BaseException:
+        remove_probe(probe)
+        raise
+    return probe
+
+
+def remove_probe(probe: Path) -> None:
+    """Unmount and remove what :func:`probe_overlay` made (blocking)."""
+    try:
+        unmount(probe / "merged")
     finally:
         shutil.rmtree(probe, ignore_errors=True)
