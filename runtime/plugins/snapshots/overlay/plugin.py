@@ -85,11 +85,6 @@ def remember(root: Path) -> None:
     tmp.replace(cache)
 
 
-def _probe_unless_remembered(root: Path) -> Path | None:
-    """The mounted probe to remove (:func:`probe_overlay`), or None: it passed here before."""
-    return None if remembered(root) else probe_overlay(root)
-
-
 async def _finish_probe(root: Path, probe: Path, *,
                         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
     """Unmount and remove a probe that passed, then remember the success.
@@ -111,11 +106,17 @@ async def init(ctx: InitContext[OverlayConfig]) -> Snapshotter:
     """
     root = Path(ctx.config.root_path) if ctx.config.root_path else ctx.root
     try:
-        probe = await anyio.to_thread.run_sync(_probe_unless_remembered, root)
+        if not await anyio.to_thread.run_sync(remembered, root):
+            # What the probe imports, imported here: imported by the worker thread
+            # beside the other plugins' imports, a fresh root's start took 10 to
+            # 20 ms longer (docs/performance.md, entry 32).
+            import ctypes  # noqa: F401
+            import tempfile  # noqa: F401
+
+            probe = await anyio.to_thread.run_sync(probe_overlay, root)
+            await ctx.start(_finish_probe, root, probe, name="snapshotter.overlayfs probe removal")
     except (NotImplementedYet, PermissionError) as exc:
         raise PluginSkipped(str(exc)) from exc
-    if probe is not None:
-        await ctx.start(_finish_probe, root, probe, name="snapshotter.overlayfs probe removal")
     return OverlaySnapshotter(
         root, mount_options=ctx.config.mount_options, sync_remove=ctx.config.sync_remove
     )
