@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
 import signal
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -24,7 +26,9 @@ from runtime.core.errors import (
 )
 from runtime.core.faults import fault_point
 from runtime.core.identifiers import validate_labels
+from runtime.pkg.oci.spec import USER_ANNOTATION
 from runtime.plugins.cri import spec as specs
+from runtime.plugins.cri.image_volumes import view_key
 from runtime.plugins.cri.messages import pb
 from runtime.plugins.cri.records import (
     EXTENSION,
@@ -64,13 +68,21 @@ class Containers(PodRecords):
                 infra is None or infra.status != Status.RUNNING)):
             raise FailedPrecondition(f"pod sandbox {sandbox_id!r} is not ready")
         sandbox_config = self._sandbox_config(sandbox)
+        runtime = self.runtime_for(sandbox.runtime_handler)
+        if any(m.recursive_read_only for m in config.mounts):
+            rro = await self.supports_recursive_read_only(sandbox.runtime_handler)
+        else:
+            rro = False
+        for mount in config.mounts:
+            specs.validate_mount(mount, recursive_read_only=rro)
         image = await self.images.resolve(config.image.image)
         if image is None:
             raise NotFound(f"image {config.image.image!r} not found")
+        volumes = self.image_volumes
+        volume_images = await volumes.resolve(config.mounts)
         container_id = secrets.token_hex(32)
         name = f"{config.metadata.name}_{sandbox.name}_{config.metadata.attempt}"
         self._reserve(name, container_id)
-        runtime = self.runtime_for(sandbox.runtime_handler)
         log_path = ""
         if config.log_path:
             log_dir = sandbox_config.log_directory or str(self.log_root / sandbox_id)
@@ -78,7 +90,8 @@ class Containers(PodRecords):
         record = ContainerRecord(
             id=container_id, sandbox_id=sandbox_id, name=name, config=config_dict(config),
             image=config.image.image, image_id=image.id, image_name=image.name,
-            log_path=log_path, created_at=now_ns())
+            log_path=log_path, created_at=now_ns(),
+            image_volumes=[view_key(container_id, i) for i in volume_images])
         made: list[str] = []
         try:
             chain, image_config = await self.images.rootfs(image, self.snapshotter)
@@ -92,14 +105,16 @@ class Containers(PodRecords):
                 namespaces=self.pod_namespaces(sandbox, infra), target_pid=target_pid,
                 files=self.files(sandbox),
                 log_path=log_path, cgroups_path=self._cgroups_path(sandbox_config, container_id),
-                min_oom_score_adj=_own_oom_score_adj())
+                min_oom_score_adj=_own_oom_score_adj(),
+                image_volumes=volumes.sources(container_id, config.mounts))
             if log_path:
                 await anyio.to_thread.run_sync(
                     lambda: Path(log_path).parent.mkdir(parents=True, exist_ok=True))
             await self.containers.create(self.namespace, Container(
                 id=container_id, image=image.name, runtime=RuntimeInfo(name=runtime.name),
                 spec=spec, snapshotter=self.snapshotter, snapshot_key=container_id,
-                labels={KIND_LABEL: "container", **dict(config.labels)},
+                labels={KIND_LABEL: "container", **dict(config.labels),
+                        **volumes.gc_labels(container_id, config.mounts)},
                 extensions={EXTENSION: msgspec.to_builtins(record)}))
             made.append("record")
             # Crash tests: a record without a snapshot or a task.
@@ -109,21 +124,33 @@ class Containers(PodRecords):
             made.append("snapshot")
             # Crash tests: the root filesystem's snapshot exists, no task yet.
             fault_point("cri.container.after-snapshot")
+            if volume_images:
+                made.append("image-volumes")
+                await volumes.mount(container_id, config.mounts, volume_images)
+                # Crash tests: image volumes mounted on the host, no task yet.
+                fault_point("cri.container.after-image-volumes")
             made.append("task")
             await runtime.create(self.namespace, container_id, spec, mounts, stdin=config.stdin)
+            if volume_images:
+                # The task's mount namespace has its own copies now.
+                await volumes.unmount(container_id)
             # Crash tests: created, but the kubelet never hears its id.
             fault_point("cri.container.after-task")
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._undo_container(container_id, made)
+                await self._undo_container(container_id, made, record.image_volumes)
                 self._release(name, container_id)
             raise
         return container_id
 
-    async def _undo_container(self, container_id: str, made: list[str]) -> None:
+    async def _undo_container(self, container_id: str, made: list[str],
+                              image_volumes: list[str]) -> None:
         if "task" in made:
             with contextlib.suppress(MoorageError):
                 await self._kill_and_delete(container_id)
+        if "image-volumes" in made:
+            with contextlib.suppress(MoorageError, OSError):
+                await self.image_volumes.release(container_id, image_volumes)
         if "snapshot" in made:
             with contextlib.suppress(MoorageError):
                 await self.snapshots.get(self.snapshotter).remove(self.namespace, container_id)
@@ -169,6 +196,8 @@ class Containers(PodRecords):
             await self._kill_and_delete(container_id)
         with contextlib.suppress(NotFound):
             await self.snapshots.get(self.snapshotter).remove(self.namespace, container_id)
+        if record.image_volumes:
+            await self.image_volumes.release(container_id, record.image_volumes)
         with contextlib.suppress(NotFound):
             await self.containers.delete(self.namespace, container_id)
         self._release(record.name, container_id)
@@ -213,11 +242,13 @@ class Containers(PodRecords):
             labels=config.labels, annotations=config.annotations, mounts=config.mounts,
             log_path=record.log_path)
         status.resources.linux.CopyFrom(config.linux.resources)
-        user = container.spec.get("process", {}).get("user", {})
+        user = await anyio.to_thread.run_sync(_effective_user, container.spec, task)
         status.user.linux.uid = int(user.get("uid", 0))
         status.user.linux.gid = int(user.get("gid", 0))
-        status.user.linux.supplemental_groups.extend(int(g) for g in
-                                                     user.get("additionalGids", []))
+        # The process's groups: its primary one, then the others (as containerd and
+        # the kernel's getgroups() report them; the kubelet compares the set).
+        gids = [int(user.get("gid", 0)), *(int(g) for g in user.get("additionalGids", []))]
+        status.user.linux.supplemental_groups.extend(dict.fromkeys(gids))
         return status
 
     async def _container_item(self, container: Container) -> tuple[pb.Container, str]:
@@ -369,3 +400,21 @@ def _own_oom_score_adj() -> int:
         return int(Path("/proc/self/oom_score_adj").read_text().strip())
     except (OSError, ValueError):
         return 0
+
+
+def _effective_user(spec: dict[str, Any], task: TaskState | None) -> dict[str, Any]:
+    """The OCI ``process.user`` the container runs as.
+
+    Names and the image's group memberships are resolved by the runtime at task
+    create, into the bundle's ``config.json``; the stored spec has them unresolved.
+    Without a user to resolve, or without a bundle (the task is gone), the stored
+    spec's user is all there is.
+    """
+    if USER_ANNOTATION in spec.get("annotations", {}) and task is not None and task.bundle:
+        with contextlib.suppress(OSError, ValueError):
+            final = json.loads((Path(task.bundle) / "config.json").read_bytes())
+            user = final.get("process", {}).get("user")
+            if isinstance(user, dict):
+                return user
+    stored: dict[str, Any] = spec.get("process", {}).get("user", {})
+    return stored
