@@ -91,6 +91,8 @@ FIRST_USE_ONLY = (
     "runtime.plugins.images.progress",
     "runtime.plugins.network.cni.leftover_rules",
     "runtime.plugins.runtime.runc.user",
+    # The websocket protocol: the first attach, exec or `run` that opens one.
+    "runtime.pkg.http.websocket",
 )
 
 
