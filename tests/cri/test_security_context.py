@@ -34,7 +34,7 @@ def _with_security(cri: Any, image: str, command: list[str] | None = None, *,
     sandbox_id, sandbox_config = pod or cri.run_pod()
     container_id = cri.create_container(sandbox_id, sandbox_config, config)
     cri.runtime.StartContainer(cri.pb.StartContainerRequest(container_id=container_id))
-    return container_id
+    return str(container_id)
 
 
 def test_run_as_user_and_group_and_supplemental_groups(cri: Any, cri_image: str) -> None:
@@ -207,7 +207,7 @@ def test_oom_killed_container_has_reason_oomkilled(cri: Any, cri_image: str) -> 
 
 def _seccomp_mode(cri: Any, container_id: str) -> str:
     status = cri.exec(container_id, "cat", "/proc/self/status").stdout.decode()
-    return next(x.split()[1] for x in status.splitlines() if x.startswith("Seccomp:"))
+    return str(next(x.split()[1] for x in status.splitlines() if x.startswith("Seccomp:")))
 
 
 def test_seccomp_nil_is_unconfined_and_runtime_default_filters(cri: Any, cri_image: str) -> None:
