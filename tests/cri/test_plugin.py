@@ -78,3 +78,26 @@ def test_unimplemented_rpcs_answer_unimplemented(cri: Any) -> None:
     with pytest.raises(grpc.RpcError) as err:
         cri.runtime.ListMetricDescriptors(pb.ListMetricDescriptorsRequest())
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+@pytest.mark.root
+def test_requests_up_to_16_mib_are_served_and_larger_ones_refused(cri: Any) -> None:
+    """The kubelet's 16 MiB limit on requests, also on a client's first connection (relayed
+    while gRPC starts): 12 MiB (over gRPC's 4 MiB default) is served; 17 MiB is
+    RESOURCE_EXHAUSTED, and the daemon answers the next call. Answers near 16 MiB:
+    test_critest_parity.py::test_exec_sync_keeps_long_output_and_caps_a_flood."""
+    import grpc
+
+    pb = cri.pb
+
+    def listed(size: int) -> Any:
+        selector = {"big": "x" * size}
+        return cri.runtime.ListContainers(pb.ListContainersRequest(
+            filter=pb.ContainerFilter(label_selector=selector))).containers
+
+    for _ in range(2):  # the first call may go through the relay, the second does not
+        assert list(listed(12 << 20)) == []
+    with pytest.raises(grpc.RpcError) as refused:
+        listed(17 << 20)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
+    assert cri.runtime.Version(pb.VersionRequest()).runtime_name == "moorage"
