@@ -239,3 +239,26 @@ def test_a_pod_without_infra_has_its_dns_and_answers_at_its_ip_and_host_port(
         pod_sandbox_id=pod[0])).status.network.ip
     assert http_get(f"http://{ip}:80/") == "hello-from-pod\n"
     assert http_get(f"http://127.0.0.1:{host_port}/") == "hello-from-pod\n"
+
+
+def test_pod_sandbox_stats_of_a_pod_without_infra_are_its_containers(cri: Any,
+                                                                    cri_image: str) -> None:
+    """No infra cgroup to read: the pod's cpu and memory are its containers' sums, with
+    non-zero timestamps and usage_nano_cores from the previous sample."""
+    import time
+
+    pb = cri.pb
+    pod = _pod(cri)
+    busy = _container(cri, cri_image, pod, "sh", "-c", "while true; do :; done")
+    request = pb.PodSandboxStatsRequest(pod_sandbox_id=pod[0])
+    first = cri.runtime.PodSandboxStats(request).stats.linux
+    time.sleep(0.5)
+    second = cri.runtime.PodSandboxStats(request).stats.linux
+    assert second.cpu.timestamp > first.cpu.timestamp > 0 and second.memory.timestamp > 0
+    assert [c.attributes.id for c in second.containers] == [busy]
+    assert second.cpu.usage_core_nano_seconds.value > first.cpu.usage_core_nano_seconds.value
+    assert second.cpu.usage_nano_cores.value > 0
+    assert second.memory.working_set_bytes.value == \
+        second.containers[0].memory.working_set_bytes.value > 0
+    listed = cri.runtime.ListPodSandboxStats(pb.ListPodSandboxStatsRequest()).stats
+    assert [s.attributes.id for s in listed] == [pod[0]]
