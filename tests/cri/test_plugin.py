@@ -101,3 +101,47 @@ def test_requests_up_to_16_mib_are_served_and_larger_ones_refused(cri: Any) -> N
         listed(17 << 20)
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
     assert cri.runtime.Version(pb.VersionRequest()).runtime_name == "moorage"
+
+
+@pytest.mark.root
+def test_the_config_keys_namespace_log_root_sandbox_image_stream_port_and_size_apply(
+        tmp_path: Path, cri_image: str) -> None:
+    """``namespace``, ``log_root`` (a pod without ``log_directory``), ``stream_port`` (in
+    Exec's URL) and ``max_message_size`` are used; ``sandbox_image`` as an absolute path is
+    taken (the pod's PID 1 is the infra binary, copied as ``/pause``)."""
+    import grpc
+
+    from tests.cri.conftest import connected, running_cri_daemon
+    from tests.fixtures.registry import free_port
+
+    log_root = tmp_path / "cri-logs"
+    port = free_port()
+    extra = (f'namespace = "k8s-test"\nlog_root = "{log_root}"\n'
+             f'sandbox_image = "/usr/bin/catatonit"\nstream_port = {port}\n'
+             f'max_message_size = {8 << 20}\n')
+    with running_cri_daemon(tmp_path / "d", cri_config(extra)) as daemon, \
+            connected(daemon, tmp_path / "logs") as cri:
+        pb = cri.pb
+        cri.pull(cri_image)
+        config = cri.pod_config()
+        config.ClearField("log_directory")
+        sandbox_id, _ = cri.run_pod(config)
+        container_id = cri.create_container(sandbox_id, config,
+                                            cri.container_config(cri_image, name="app"))
+        cri.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id))
+        assert {c.id for c in daemon.client("k8s-test").containers()} == {sandbox_id,
+                                                                          container_id}
+        assert [i.name for i in daemon.client("k8s-test").images()] == [cri_image]
+        assert daemon.client("k8s.io").containers() == []
+        status = cri.runtime.ContainerStatus(pb.ContainerStatusRequest(
+            container_id=container_id)).status
+        assert Path(status.log_path) == log_root / sandbox_id / "app.log"
+        assert bytes(cri.exec(container_id, "cat", "/proc/1/cmdline").stdout).startswith(
+            b"/pause")
+        url = cri.runtime.Exec(pb.ExecRequest(container_id=container_id, cmd=["true"],
+                                              stdout=True)).url
+        assert url.startswith(f"http://127.0.0.1:{port}/exec/"), url
+        with pytest.raises(grpc.RpcError) as refused:
+            cri.runtime.ListContainers(pb.ListContainersRequest(filter=pb.ContainerFilter(
+                label_selector={"big": "x" * (9 << 20)})))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
