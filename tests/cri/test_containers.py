@@ -157,7 +157,8 @@ def test_exec_sync_timeout_fails_and_kills_the_process_tree(cri: Any, cri_image:
     options.security_context.namespace_options.pid = pid
     _, container_id = cri.run_container(cri_image, pod=pod, linux=options)
     with pytest.raises(grpc.RpcError) as err:
-        cri.exec(container_id, "sh", "-c", "sleep 600 & sleep 601", timeout=1)
+        # sleep 602 is an orphan by then (its subshell exited): still in the exec's session.
+        cri.exec(container_id, "sh", "-c", "(sleep 602 &); sleep 600 & sleep 601", timeout=1)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     ps = cri.exec(container_id, "ps", "-o", "args").stdout.decode()
     assert "sleep 60" not in ps, ps
