@@ -33,7 +33,7 @@ import anyio.to_thread
 
 from runtime.api.mounts import Mount
 
-__all__ = ["bind_mount", "mount_all", "mounted", "unmount"]
+__all__ = ["bind_mount", "mount_all", "mounted", "recursive_attributes_supported", "unmount"]
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -143,6 +143,24 @@ def bind_mount(source: str, target: str) -> None:
         OSError: The mount failed.
     """
     _mount(source, target, None, MS_BIND, "")
+
+
+#: mount_setattr(2): the same number on every architecture (the unified syscall table).
+_SYS_MOUNT_SETATTR = 442
+
+
+def recursive_attributes_supported() -> bool:
+    """Whether the kernel has ``mount_setattr(2)`` (Linux 5.12), which ``rro`` and friends need.
+
+    Asked with an invalid descriptor: a kernel that has the call answers
+    ``EBADF`` (or ``EINVAL``), one that lacks it ``ENOSYS``.
+    """
+    import ctypes
+
+    if _lib().syscall(_SYS_MOUNT_SETATTR, ctypes.c_int(-1), ctypes.c_char_p(b""),
+                      ctypes.c_uint(0), None, ctypes.c_size_t(0)) == 0:
+        return True
+    return ctypes.get_errno() != errno.ENOSYS
 
 
 def _parse(options: Sequence[str]) -> tuple[int, int, list[str]]:

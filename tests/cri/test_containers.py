@@ -66,9 +66,14 @@ def test_remove_container_force_stops_a_running_one(cri: Any, cri_image: str) ->
 
 
 def test_stop_container_kills_after_the_timeout(cri: Any, cri_image: str) -> None:
-    # The shell ignores SIGTERM: StopContainer must SIGKILL once the timeout passed.
+    # The shell ignores SIGTERM: StopContainer must SIGKILL once the timeout passed. It says
+    # when its trap is set, so the SIGTERM cannot arrive first and end it with 143.
     _, container_id = cri.run_container(
-        cri_image, ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"])
+        cri_image, ["sh", "-c", "trap '' TERM; touch /tmp/trapped; while true; do sleep 0.1; done"])
+    deadline = time.monotonic() + 10
+    while cri.exec(container_id, "test", "-e", "/tmp/trapped").exit_code != 0:
+        assert time.monotonic() < deadline, "the shell never set its trap"
+        time.sleep(0.05)
     started = time.monotonic()
     cri.runtime.StopContainer(cri.pb.StopContainerRequest(container_id=container_id, timeout=1))
     assert time.monotonic() - started < 10

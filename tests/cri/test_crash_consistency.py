@@ -100,6 +100,13 @@ CONTAINER_POINTS = (
     "task.create.after-runtime",
     "cri.container.after-task",
 )
+#: A container with an image volume: its view is mounted on the host during the create.
+IMAGE_VOLUME_POINTS = (
+    "cri.container.after-snapshot",
+    "cri.container.after-image-volumes",
+    "task.create.after-runtime",
+    "cri.container.after-task",
+)
 #: The crash pods' cgroup parents are <daemon cgroup parent>/kubepods/pod<case>.
 KUBEPODS = "kubepods"
 #: What RunPodSandbox passes (CreateContainer passes cri.container.* and task.create.*).
@@ -433,6 +440,50 @@ def create_verify(ctx: Ctx) -> None:
         cri.close()
 
 
+def _image_volume_config(cri: CriClient, ctx: Ctx) -> Any:
+    config = _container_config(cri, ctx)
+    config.mounts.add(container_path="/volume", readonly=True, image_sub_path="etc",
+                      image=cri.pb.ImageSpec(image=ctx.rig.registry))
+    return config
+
+
+def _views(rig: CrashRig) -> set[str]:
+    return {s.name for s in rig.client(CRI_NAMESPACE).snapshots("overlayfs")
+            if "image-volume" in s.name}
+
+
+def image_volume_trigger(ctx: Ctx) -> None:
+    cri = ctx.rig.cri()  # type: ignore[attr-defined]
+    try:
+        _baseline(ctx, cri)
+        ctx.data["views"] = _views(ctx.rig)
+        sandbox_id, sandbox_config = ctx.data["pod"]
+        config = _image_volume_config(cri, ctx)
+        _call_and_die(lambda: cri.create_container(sandbox_id, sandbox_config, config))
+    finally:
+        cri.close()
+
+
+def image_volume_verify(ctx: Ctx) -> None:
+    _check_after_restart(ctx)
+    # Removing what the crash left removed its view too.
+    assert _views(ctx.rig) == ctx.data["views"], f"views left after a kill at {ctx.point}"
+    cri = ctx.rig.cri()  # type: ignore[attr-defined]
+    pb = cri.pb
+    try:
+        sandbox_id, sandbox_config = ctx.data["pod"]
+        container_id = cri.create_container(sandbox_id, sandbox_config,
+                                            _image_volume_config(cri, ctx))
+        cri.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id))
+        assert cri.exec(container_id, "cat", "/volume/hostname").stdout == b"moorage\n"
+        cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+        cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+        assert footprint(ctx.rig).minus(ctx.data["footprint"]) == {}
+        assert _views(ctx.rig) == ctx.data["views"]
+    finally:
+        cri.close()
+
+
 SCENARIOS = [
     Scenario("run-pod", SANDBOX_POINTS, run_pod_trigger, run_pod_verify,
              verify_touches=RUN_POD_TOUCHES),
@@ -442,6 +493,9 @@ SCENARIOS = [
              verify_touches=PORTS_VERIFY_TOUCHES),
     Scenario("create-container", CONTAINER_POINTS, create_trigger, create_verify,
              setup=create_setup, setup_touches=RUN_POD_TOUCHES,
+             verify_touches=(*CREATE_TOUCHES, "task.start")),
+    Scenario("create-image-volume", IMAGE_VOLUME_POINTS, image_volume_trigger,
+             image_volume_verify, setup=create_setup, setup_touches=RUN_POD_TOUCHES,
              verify_touches=(*CREATE_TOUCHES, "task.start")),
 ]
 CASES = cases(SCENARIOS)
@@ -490,6 +544,8 @@ def test_every_risky_step_has_a_case() -> None:
         set(PORT_POINTS)
     assert {c.point for c in CASES if c.scenario.name == "create-container"} == \
         set(CONTAINER_POINTS)
+    assert {c.point for c in CASES if c.scenario.name == "create-image-volume"} == \
+        set(IMAGE_VOLUME_POINTS)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -578,16 +578,76 @@ def test_a_non_recursive_readonly_mount_leaves_submounts_writable(
         _umount(str(tmpfs))
 
 
-def test_an_image_volume_is_unimplemented(cri: Any, cri_image: str) -> None:
-    """critest Image Volume specs skip on UNIMPLEMENTED (any other error fails them)."""
-    config = cri.container_config(cri_image)
-    config.mounts.add(container_path="/volume", image=cri.pb.ImageSpec(image=cri_image),
-                      readonly=True)
-    cri.pull(cri_image)
-    sandbox_id, sandbox_config = cri.run_pod()
-    with pytest.raises(grpc.RpcError) as err:
+def _tmpfs_under(host: Path) -> Path:
+    tmpfs = host / "tmpfs"
+    tmpfs.mkdir()
+    _mount("none", str(tmpfs), "tmpfs", 0)
+    return tmpfs
+
+
+def test_recursive_readonly_mounts_are_advertised_for_runc(cri: Any) -> None:
+    """critest asks Status: the default handler and runc's (runc 1.1 has ``rro``) have it."""
+    handlers = cri.runtime.Status(cri.pb.StatusRequest()).runtime_handlers
+    features = {h.name: h.features.recursive_read_only_mounts for h in handlers}
+    assert features[""] is True
+    assert features["runc"] is True
+    # Any other runtime has it exactly when its own features document lists ``rro``.
+    for name in set(features) - {"", "runc"}:
+        document = json.loads(subprocess.run([name, "features"], capture_output=True,
+                                             check=False).stdout or b"{}")
+        assert features[name] is ("rro" in document.get("mountOptions", [])), name
+
+
+def test_a_recursive_readonly_mount_makes_submounts_readonly(
+        cri: Any, cri_image: str, tmp_path: Path) -> None:
+    """critest: should support recursive readonly mounts (the tmpfs under it is read-only)."""
+    tmpfs = _tmpfs_under(tmp_path)
+    try:
+        config = cri.container_config(cri_image, ["sh", "-c", "top"])
+        config.mounts.add(host_path=str(tmp_path), container_path="/mnt", readonly=True,
+                          recursive_read_only=True, selinux_relabel=True)
+        cri.pull(cri_image)
+        container_id = _start(cri, _privileged_pod(cri), config)
+        assert len(_status(cri, container_id).mounts) == 1
+        result = cri.exec(container_id, "sh", "-c", "touch /mnt/tmpfs/foo 2>&1")
+        assert result.exit_code != 0
+        assert b"Read-only file system" in result.stdout
+        assert cri.exec(container_id, "touch", "/mnt/top").exit_code != 0
+        # The host's tmpfs itself stays writable: only the container's copy is read-only.
+        (tmpfs / "host-side").write_text("ok")
+    finally:
+        cri.remove_everything()
+        _umount(str(tmpfs))
+
+
+@pytest.mark.parametrize("readonly,propagation", [
+    (True, "PROPAGATION_HOST_TO_CONTAINER"), (True, "PROPAGATION_BIDIRECTIONAL"),
+    (False, "PROPAGATION_PRIVATE")], ids=["host-to-container", "bidirectional", "read-write"])
+def test_a_recursive_readonly_mount_needs_readonly_and_private_propagation(
+        cri: Any, cri_image: str, tmp_path: Path, readonly: bool, propagation: str) -> None:
+    """critest: should reject a recursive readonly mount with PROPAGATION_HOST_TO_CONTAINER,
+    with PROPAGATION_BIDIRECTIONAL, and with ReadOnly: false (INVALID_ARGUMENT, as containerd).
+    """
+    tmpfs = _tmpfs_under(tmp_path)
+    try:
+        config = cri.container_config(cri_image)
+        config.mounts.add(host_path=str(tmp_path), container_path="/mnt", readonly=readonly,
+                          recursive_read_only=True, selinux_relabel=True,
+                          propagation=getattr(cri.pb, propagation))
+        cri.pull(cri_image)
+        sandbox_id, sandbox_config = _privileged_pod(cri)
+        with pytest.raises(grpc.RpcError) as err:
+            cri.create_container(sandbox_id, sandbox_config, config)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "recursive read-only" in (err.value.details() or "")
+        assert list(cri.runtime.ListContainers(cri.pb.ListContainersRequest()).containers) == []
+        # The name was not kept: the same container, read-only and private, is created.
+        config.mounts[0].readonly = True
+        config.mounts[0].propagation = cri.pb.PROPAGATION_PRIVATE
         cri.create_container(sandbox_id, sandbox_config, config)
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        cri.remove_everything()
+        _umount(str(tmpfs))
 
 
 # -- ImageService -------------------------------------------------------------------

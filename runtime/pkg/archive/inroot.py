@@ -31,6 +31,7 @@ __all__ = [
     "PathStat",
     "Readable",
     "extract_tar",
+    "open_in_root",
     "open_root",
     "path_parts",
     "stat_path",
@@ -83,6 +84,16 @@ def _open(root_fd: int, parts: list[str] | tuple[str, ...], flags: int, shown: s
             raise FailedPrecondition("this kernel lacks openat2 (Linux 5.6+), needed by cp")
         raise InvalidArgument(f"{shown}: {os.strerror(code)}")
     return int(fd)
+
+
+def open_in_root(root_fd: int, path: str, flags: int = os.O_PATH) -> int:
+    """A descriptor of ``path`` inside the root, every symlink resolved within it.
+
+    Raises:
+        NotFound: Nothing is there.
+        InvalidArgument: The path climbs out of the root, or ``openat2`` refused it.
+    """
+    return _open(root_fd, path_parts(path), flags, path)
 
 
 def path_parts(path: str, what: str = "path") -> list[str]:

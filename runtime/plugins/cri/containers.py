@@ -25,6 +25,7 @@ from runtime.core.errors import (
 from runtime.core.faults import fault_point
 from runtime.core.identifiers import validate_labels
 from runtime.plugins.cri import spec as specs
+from runtime.plugins.cri.image_volumes import view_key
 from runtime.plugins.cri.messages import pb
 from runtime.plugins.cri.records import (
     EXTENSION,
@@ -64,13 +65,21 @@ class Containers(PodRecords):
                 infra is None or infra.status != Status.RUNNING)):
             raise FailedPrecondition(f"pod sandbox {sandbox_id!r} is not ready")
         sandbox_config = self._sandbox_config(sandbox)
+        runtime = self.runtime_for(sandbox.runtime_handler)
+        if any(m.recursive_read_only for m in config.mounts):
+            rro = await self.supports_recursive_read_only(sandbox.runtime_handler)
+        else:
+            rro = False
+        for mount in config.mounts:
+            specs.validate_mount(mount, recursive_read_only=rro)
         image = await self.images.resolve(config.image.image)
         if image is None:
             raise NotFound(f"image {config.image.image!r} not found")
+        volumes = self.image_volumes
+        volume_images = await volumes.resolve(config.mounts)
         container_id = secrets.token_hex(32)
         name = f"{config.metadata.name}_{sandbox.name}_{config.metadata.attempt}"
         self._reserve(name, container_id)
-        runtime = self.runtime_for(sandbox.runtime_handler)
         log_path = ""
         if config.log_path:
             log_dir = sandbox_config.log_directory or str(self.log_root / sandbox_id)
@@ -78,7 +87,8 @@ class Containers(PodRecords):
         record = ContainerRecord(
             id=container_id, sandbox_id=sandbox_id, name=name, config=config_dict(config),
             image=config.image.image, image_id=image.id, image_name=image.name,
-            log_path=log_path, created_at=now_ns())
+            log_path=log_path, created_at=now_ns(),
+            image_volumes=[view_key(container_id, i) for i in volume_images])
         made: list[str] = []
         try:
             chain, image_config = await self.images.rootfs(image, self.snapshotter)
@@ -89,14 +99,16 @@ class Containers(PodRecords):
                 namespaces=self.pod_namespaces(sandbox, infra), target_pid=target_pid,
                 files=self.files(sandbox),
                 log_path=log_path, cgroups_path=self._cgroups_path(sandbox_config, container_id),
-                min_oom_score_adj=_own_oom_score_adj())
+                min_oom_score_adj=_own_oom_score_adj(),
+                image_volumes=volumes.sources(container_id, config.mounts))
             if log_path:
                 await anyio.to_thread.run_sync(
                     lambda: Path(log_path).parent.mkdir(parents=True, exist_ok=True))
             await self.containers.create(self.namespace, Container(
                 id=container_id, image=image.name, runtime=RuntimeInfo(name=runtime.name),
                 spec=spec, snapshotter=self.snapshotter, snapshot_key=container_id,
-                labels={KIND_LABEL: "container", **dict(config.labels)},
+                labels={KIND_LABEL: "container", **dict(config.labels),
+                        **volumes.gc_labels(container_id, config.mounts)},
                 extensions={EXTENSION: msgspec.to_builtins(record)}))
             made.append("record")
             # Crash tests: a record without a snapshot or a task.
@@ -106,13 +118,21 @@ class Containers(PodRecords):
             made.append("snapshot")
             # Crash tests: the root filesystem's snapshot exists, no task yet.
             fault_point("cri.container.after-snapshot")
+            if volume_images:
+                made.append("image-volumes")
+                await volumes.mount(container_id, config.mounts, volume_images)
+                # Crash tests: image volumes mounted on the host, no task yet.
+                fault_point("cri.container.after-image-volumes")
             made.append("task")
             await runtime.create(self.namespace, container_id, spec, mounts, stdin=config.stdin)
+            if volume_images:
+                # The task's mount namespace has its own copies now.
+                await volumes.unmount(container_id)
             # Crash tests: created, but the kubelet never hears its id.
             fault_point("cri.container.after-task")
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._undo_container(container_id, made)
+                await self._undo_container(container_id, made, record.image_volumes)
                 self._release(name, container_id)
             raise
         return container_id
@@ -142,10 +162,14 @@ class Containers(PodRecords):
         task = await self._task(target_id)
         return task.pid if task is not None and task.pid else None
 
-    async def _undo_container(self, container_id: str, made: list[str]) -> None:
+    async def _undo_container(self, container_id: str, made: list[str],
+                              image_volumes: list[str]) -> None:
         if "task" in made:
             with contextlib.suppress(MoorageError):
                 await self._kill_and_delete(container_id)
+        if "image-volumes" in made:
+            with contextlib.suppress(MoorageError, OSError):
+                await self.image_volumes.release(container_id, image_volumes)
         if "snapshot" in made:
             with contextlib.suppress(MoorageError):
                 await self.snapshots.get(self.snapshotter).remove(self.namespace, container_id)
@@ -191,6 +215,8 @@ class Containers(PodRecords):
             await self._kill_and_delete(container_id)
         with contextlib.suppress(NotFound):
             await self.snapshots.get(self.snapshotter).remove(self.namespace, container_id)
+        if record.image_volumes:
+            await self.image_volumes.release(container_id, record.image_volumes)
         with contextlib.suppress(NotFound):
             await self.containers.delete(self.namespace, container_id)
         self._release(record.name, container_id)

@@ -12,6 +12,7 @@ kubelet retries).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -34,10 +35,12 @@ from runtime.core.errors import (
     MoorageError,
     NotFound,
 )
+from runtime.pkg.mount import recursive_attributes_supported
 from runtime.pkg.oci.spec import cgroups_path
 from runtime.plugins.containers.api import ContainerStore
 from runtime.plugins.cri import pins
 from runtime.plugins.cri import spec as specs
+from runtime.plugins.cri.image_volumes import ImageVolumes
 from runtime.plugins.cri.images import CriImages
 from runtime.plugins.cri.messages import pb
 from runtime.plugins.network.api import Network
@@ -91,6 +94,8 @@ class ContainerRecord(msgspec.Struct, kw_only=True):
     started_at: int = 0
     finished_at: int = 0
     oom: bool = False
+    #: Snapshot keys of the views behind its image volumes (see :mod:`.image_volumes`).
+    image_volumes: list[str] = msgspec.field(default_factory=list)
 
 
 def now_ns() -> int:
@@ -208,6 +213,22 @@ class PodRecords:
             network=record.netns, uts="" if host_net else str(pins.pin_path(record.dir, pins.UTS)),
             ipc="" if modes.ipc == pb.NODE else str(pins.pin_path(record.dir, pins.IPC)),
             pid="" if modes.pid == pb.NODE else None)
+
+    @functools.cached_property
+    def image_volumes(self) -> ImageVolumes:
+        """The containers' image volumes (views mounted under ``<state>/image-volumes``)."""
+        return ImageVolumes(namespace=self.namespace, snapshots=self.snapshots,
+                            snapshotter=self.snapshotter, images=self.images,
+                            base=self.state / "image-volumes")
+
+    async def supports_recursive_read_only(self, handler: str) -> bool:
+        """Whether the handler's runtime can make recursive read-only mounts.
+
+        As containerd decides it: the runtime lists ``rro`` among its mount
+        options and the kernel has ``mount_setattr(2)``.
+        """
+        runtime = self.runtime_for(handler)
+        return "rro" in await runtime.mount_options() and recursive_attributes_supported()
 
     # -- names and records ----------------------------------------------------------
 

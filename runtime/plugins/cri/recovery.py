@@ -9,7 +9,9 @@ half-made object has a record to find:
 * a container record whose runtime knows no task died in CreateContainer
   (before the task existed) or in RemoveContainer (after the task went): the
   kubelet never got its id, or already asked to remove it. It is removed, with
-  its snapshot, and its name is released.
+  its snapshot and its image volumes' views, and its name is released. Image
+  volumes still mounted on the host (a crash during a create) are unmounted
+  first, whatever became of their container.
 * a sandbox not stopped whose infra task is missing or was never started died
   in RunPodSandbox: the kubelet never got its id. So did a pod without infra
   (PID namespace not shared, :mod:`.pins`) whose record is not ``ready``; one
@@ -56,6 +58,9 @@ async def recover(pods: Pods) -> None:
     """Remove the half-made containers and sandboxes a crash left (before serving)."""
     from runtime.plugins.cri.records import EXTENSION, KIND_LABEL, SandboxRecord
 
+    # Image volumes are mounted on the host only while a task is created: any still
+    # mounted are a crash's (the task, if it was made, holds its own copies).
+    await anyio.to_thread.run_sync(pods.image_volumes.unmount_leftovers)
     records = await pods.containers.list(pods.namespace)
     loaded = {runtime.name for runtime in pods.runtimes.values()}
     for record in records:
@@ -95,12 +100,16 @@ async def recover(pods: Pods) -> None:
 
 
 async def _remove_container(pods: Pods, record: Container) -> None:
+    from runtime.plugins.cri.records import EXTENSION, ContainerRecord
+
     log.info("container %s has no task after the restart; removing it", record.id,
              extra={"namespace": pods.namespace})
     with contextlib.suppress(NotFound):
         await pods._kill_and_delete(record.id)
     with contextlib.suppress(NotFound):
         await pods.snapshots.get(pods.snapshotter).remove(pods.namespace, record.id)
+    container = msgspec.convert(record.extensions.get(EXTENSION, {}), ContainerRecord)
+    await pods.image_volumes.release(record.id, container.image_volumes)
     with contextlib.suppress(NotFound):
         await pods.containers.delete(pods.namespace, record.id)
 

@@ -110,9 +110,10 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
         response = pb.StatusResponse()
         response.status.conditions.extend([
             pb.RuntimeCondition(type="RuntimeReady", status=True), net])
-        response.runtime_handlers.extend(
-            [pb.RuntimeHandler(name=""), *(pb.RuntimeHandler(name=n)
-                                           for n in sorted(self.pods.runtimes))])
+        for name in ("", *sorted(self.pods.runtimes)):
+            handler = response.runtime_handlers.add(name=name)
+            handler.features.recursive_read_only_mounts = \
+                await self.pods.supports_recursive_read_only(name)
         if request.verbose:
             response.info["config"] = msgspec.json.encode(self.server.config).decode()
         return response

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runtime.api.specs import ImageConfig, SpecOptions
 from runtime.api.tasks import KEEP_CGROUP_PARENTS_ANNOTATION, LOG_PATH_ANNOTATION
-from runtime.core.errors import InvalidArgument, NotImplementedYet
+from runtime.core.errors import InvalidArgument
 from runtime.pkg.oci.spec import generate_spec, privileged_capabilities
 from runtime.pkg.seccomp import UNCONFINED, default_profile, parse_profile
 from runtime.plugins.cri.messages import pb
@@ -33,6 +33,7 @@ __all__ = [
     "pod_hostname",
     "pod_sysctls",
     "sandbox_spec",
+    "validate_mount",
 ]
 
 #: The infra process's path inside its root filesystem.
@@ -251,21 +252,63 @@ def _propagation(mount: pb.Mount) -> str:
     return "rprivate"
 
 
-def _user_mount(mount: pb.Mount) -> dict[str, Any]:
-    if mount.image.image:
-        # UNIMPLEMENTED is how critest and the kubelet learn image volumes are unsupported.
-        raise NotImplementedYet("image volumes are not supported")
+def validate_mount(mount: pb.Mount, *, recursive_read_only: bool) -> None:
+    """Refuse a mount the CRI forbids, before anything is made for the container.
+
+    ``recursive_read_only``: whether the pod's runtime handler can make one
+    (what ``Status`` advertises for it).
+
+    Raises:
+        InvalidArgument: A relative destination; an image volume with a host
+            path or not read-only; a recursive read-only mount that is not
+            read-only, not private, or that the runtime cannot make (as
+            containerd refuses them).
+    """
     if not mount.container_path.startswith("/"):
         raise InvalidArgument(f"mount destination {mount.container_path!r} must be absolute")
-    if not mount.host_path.startswith("/"):
-        raise InvalidArgument(f"mount source {mount.host_path!r} must be an absolute host path")
-    source = Path(mount.host_path)
-    if not source.exists() and not source.is_symlink():
-        # As containerd and the kubelet's hostPath DirectoryOrCreate: make it.
-        source.mkdir(parents=True, exist_ok=True)
-    # A symlinked host path is bound at its target (runc would refuse the link).
-    resolved = os.path.realpath(source)
-    options = ["rbind", _propagation(mount), "ro" if mount.readonly else "rw"]
+    if mount.image.image:
+        if mount.host_path:
+            raise InvalidArgument(f"image volume {mount.container_path!r} must not have a "
+                                  f"host path (got {mount.host_path!r})")
+        if not mount.readonly:
+            raise InvalidArgument(f"image volume {mount.container_path!r} must be read-only")
+    elif mount.image_sub_path:
+        raise InvalidArgument(f"mount {mount.container_path!r}: image_sub_path needs an image")
+    if not mount.recursive_read_only:
+        return
+    if not mount.readonly:
+        raise InvalidArgument(f"recursive read-only mount {mount.container_path!r} "
+                              "conflicts with a read-write mount (readonly is false)")
+    if mount.propagation != pb.PROPAGATION_PRIVATE:
+        raise InvalidArgument(f"recursive read-only mount {mount.container_path!r} needs "
+                              f"private propagation, got "
+                              f"{pb.MountPropagation.Name(mount.propagation)}")
+    if not recursive_read_only:
+        raise InvalidArgument(f"recursive read-only mount {mount.container_path!r}: the "
+                              "runtime handler does not support recursive read-only mounts")
+
+
+def _user_mount(mount: pb.Mount, image_source: str | None) -> dict[str, Any]:
+    """The OCI mount of a CRI mount (validated by :func:`validate_mount`).
+
+    ``image_source``: for an image volume, where its view is mounted on the host.
+    """
+    if image_source is not None:
+        resolved = image_source
+    else:
+        if not mount.host_path.startswith("/"):
+            raise InvalidArgument(f"mount source {mount.host_path!r} must be an absolute "
+                                  "host path")
+        source = Path(mount.host_path)
+        if not source.exists() and not source.is_symlink():
+            # As containerd and the kubelet's hostPath DirectoryOrCreate: make it.
+            source.mkdir(parents=True, exist_ok=True)
+        # A symlinked host path is bound at its target (runc would refuse the link).
+        resolved = os.path.realpath(source)
+    # ``rro``: the runtime makes every submount read-only too (mount_setattr(2) with
+    # AT_RECURSIVE); plain ``ro`` only remounts the top one.
+    mode = "rro" if mount.recursive_read_only else "ro" if mount.readonly else "rw"
+    options = ["rbind", _propagation(mount), mode]
     return {"destination": mount.container_path, "type": "bind", "source": resolved,
             "options": options}
 
@@ -283,8 +326,12 @@ def container_spec(
     log_path: str,
     cgroups_path: str,
     min_oom_score_adj: int,
+    image_volumes: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
     """A container's spec: the image, then the CRI config, joined to the sandbox's namespaces.
+
+    ``image_volumes`` maps the index in ``config.mounts`` of each image volume
+    to the host directory its view is mounted on (image_sub_path applied).
 
     Raises:
         InvalidArgument: A malformed field, or a combination the CRI refuses
@@ -340,7 +387,8 @@ def container_spec(
     if not any(e.startswith("HOSTNAME=") for e in process["env"]):
         process["env"].append(f"HOSTNAME={pod_hostname(sandbox)}")
     mounts: list[dict[str, Any]] = spec["mounts"]
-    user_mounts = sorted((_user_mount(m) for m in config.mounts),
+    volumes = image_volumes or {}
+    user_mounts = sorted((_user_mount(m, volumes.get(i)) for i, m in enumerate(config.mounts)),
                          key=lambda m: len(Path(m["destination"]).parts))
     taken = {m["destination"] for m in user_mounts}
     pod_files: Sequence[tuple[str, Path, bool]] = (

@@ -112,6 +112,15 @@ class Runtime(Protocol):
         """Whether this runtime holds that task."""
         ...
 
+    async def mount_options(self) -> frozenset[str]:
+        """The spec mount options the OCI runtime understands (``rro``, ``rnosuid``...).
+
+        From the runtime's ``features`` document (OCI runtime-spec
+        ``features.md``); empty when the runtime cannot tell. Asked once, then
+        remembered: the binary does not change under a running daemon.
+        """
+        ...
+
     async def list_tasks(self, namespace: str) -> list[TaskState]:
         """Every task of the namespace."""
         ...

@@ -160,3 +160,23 @@ class OciRuntime:
         raw = await self.run(namespace, "list", "--format", "json")
         found = json.loads(raw or b"[]")
         return list(found or [])
+
+    async def features(self) -> dict[str, Any]:
+        """The runtime's ``features`` document (OCI runtime-spec ``features.md``).
+
+        runc has it since 1.1, crun since 1.5; an older binary, or one whose
+        answer is not a JSON object, gives ``{}``.
+        """
+        try:
+            with anyio.fail_after(self.timeout):
+                result = await anyio.run_process([self.binary, "features"], check=False,
+                                                 stderr=subprocess.DEVNULL)
+        except (TimeoutError, OSError):
+            return {}
+        if result.returncode != 0:
+            return {}
+        try:
+            document = json.loads(result.stdout)
+        except ValueError:
+            return {}
+        return document if isinstance(document, dict) else {}

@@ -46,8 +46,18 @@ class TaskTable:
         self.root = root
         self.state_dir = state
         self.tasks: dict[tuple[str, str], Task] = {}
+        self._mount_options: frozenset[str] | None = None
 
     # -- lookup -------------------------------------------------------------------
+
+    async def mount_options(self) -> frozenset[str]:
+        """See :meth:`~runtime.plugins.runtime.api.Runtime.mount_options` (asked once)."""
+        if self._mount_options is None:
+            options = (await self.oci.features()).get("mountOptions")
+            self._mount_options = frozenset(
+                o for o in options if isinstance(o, str)) if isinstance(options, list) \
+                else frozenset()
+        return self._mount_options
 
     def has(self, namespace: str, container_id: str) -> bool:
         """Whether this runtime holds the task."""
