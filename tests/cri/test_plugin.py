@@ -80,6 +80,16 @@ def test_unimplemented_rpcs_answer_unimplemented(cri: Any) -> None:
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+def _past_the_relay(cri: Any) -> None:
+    """Be on gRPC's own listener: the connections relayed while gRPC started are aged out
+    after a second (docs/cri.md). An oversized request on a relayed connection just as it
+    ages out can end UNAVAILABLE ("Stream removed") instead of RESOURCE_EXHAUSTED."""
+    import time
+
+    time.sleep(2.5)
+    cri.runtime.Version(cri.pb.VersionRequest())
+
+
 @pytest.mark.root
 def test_requests_up_to_16_mib_are_served_and_larger_ones_refused(cri: Any) -> None:
     """The kubelet's 16 MiB limit on requests, also on a client's first connection (relayed
@@ -97,6 +107,7 @@ def test_requests_up_to_16_mib_are_served_and_larger_ones_refused(cri: Any) -> N
 
     for _ in range(2):  # the first call may go through the relay, the second does not
         assert list(listed(12 << 20)) == []
+    _past_the_relay(cri)
     with pytest.raises(grpc.RpcError) as refused:
         listed(17 << 20)
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
@@ -141,6 +152,7 @@ def test_the_config_keys_namespace_log_root_sandbox_image_stream_port_and_size_a
         url = cri.runtime.Exec(pb.ExecRequest(container_id=container_id, cmd=["true"],
                                               stdout=True)).url
         assert url.startswith(f"http://127.0.0.1:{port}/exec/"), url
+        _past_the_relay(cri)
         with pytest.raises(grpc.RpcError) as refused:
             cri.runtime.ListContainers(pb.ListContainersRequest(filter=pb.ContainerFilter(
                 label_selector={"big": "x" * (9 << 20)})))
