@@ -157,6 +157,22 @@ class TaskMetrics(msgspec.Struct, kw_only=True):
         oom_kills: Processes killed by the OOM killer in this cgroup.
         io_read_bytes: Bytes read from block devices (page-cache hits not counted).
         io_write_bytes: Bytes written to block devices.
+        io_reads, io_writes: Read and write operations on block devices.
+        cpu_user_usec, cpu_system_usec: CPU time in user and kernel mode (v1 counts
+            it in clock ticks: 10 ms steps).
+        cpu_periods, cpu_throttled_periods, cpu_throttled_usec: CFS quota periods
+            elapsed, those in which the cgroup was throttled, and the time throttled.
+        memory_max_usage_bytes: The highest ``memory_usage_bytes`` seen (v2: 0 on
+            kernels without ``memory.peak``).
+        memory_cache_bytes, memory_rss_bytes, memory_mapped_file_bytes: Page cache,
+            anonymous memory and mapped files (``memory.stat``).
+        memory_swap_bytes: Swap in use.
+        memory_kernel_bytes: Kernel memory charged (v1 ``kmem``, v2 ``kernel``).
+        memory_inactive_file_bytes: Page cache the kernel may reclaim first; usage less
+            this is the working set the kubelet evicts by.
+        memory_failcnt: Times the limit was hit (v1 ``failcnt``, v2 ``events max``).
+        memory_pgfault, memory_pgmajfault: Page faults, and those that read from disk.
+        pids: The processes in the cgroup now (``cgroup.procs``; threads not listed).
     """
 
     container_id: str
@@ -170,6 +186,24 @@ class TaskMetrics(msgspec.Struct, kw_only=True):
     oom_kills: int = 0
     io_read_bytes: int = 0
     io_write_bytes: int = 0
+    io_reads: int = 0
+    io_writes: int = 0
+    cpu_user_usec: int = 0
+    cpu_system_usec: int = 0
+    cpu_periods: int = 0
+    cpu_throttled_periods: int = 0
+    cpu_throttled_usec: int = 0
+    memory_max_usage_bytes: int = 0
+    memory_cache_bytes: int = 0
+    memory_rss_bytes: int = 0
+    memory_mapped_file_bytes: int = 0
+    memory_swap_bytes: int = 0
+    memory_kernel_bytes: int = 0
+    memory_inactive_file_bytes: int = 0
+    memory_failcnt: int = 0
+    memory_pgfault: int = 0
+    memory_pgmajfault: int = 0
+    pids: list[int] = msgspec.field(default_factory=list)
 
 
 class LogEntry(msgspec.Struct, kw_only=True):

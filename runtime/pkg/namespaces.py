@@ -6,21 +6,28 @@ carry the namespaces into unrelated work). The thread bind-mounts its own
 ``/proc/self/task/<tid>/ns/<kind>`` file on a pin file; the namespace then
 lives until it is unpinned and its last process has gone. Used by
 ``network.cni`` (pod and container network namespaces) and ``cri.v1`` (a pod's
-IPC and UTS namespaces).
+IPC and UTS namespaces). :func:`enter_netns` moves such a thread into a
+network namespace already made (Python 3.11 has no ``os.setns``).
 
 All functions block; call them from a worker thread.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from runtime.pkg.mount import bind_mount, unmount
 
-__all__ = ["in_fresh_thread", "pin_own", "unpin"]
+__all__ = ["CLONE_NEWNET", "enter_netns", "in_fresh_thread", "pin_own", "unpin"]
+
+CLONE_NEWNET = 0x40000000
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def in_fresh_thread(name: str, work: Callable[[], None]) -> None:
@@ -38,6 +45,23 @@ def in_fresh_thread(name: str, work: Callable[[], None]) -> None:
     thread.join()
     if failure:
         raise failure[0]
+
+
+def enter_netns(path: Path | str) -> None:
+    """Move the calling thread into the network namespace at ``path`` (a pin, ``/proc/PID/ns/net``).
+
+    For a thread of :func:`in_fresh_thread` only: the thread stays there.
+
+    Raises:
+        OSError: ``path`` cannot be opened, or is no network namespace.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 def pin_own(kind: str, target: Path | str) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -264,6 +266,34 @@ def test_stats_have_timestamps_and_cpu_and_memory_usage(cri: Any, cri_image: str
     assert [c.attributes.id for c in pod.linux.containers] == [container_id]
     pods = cri.runtime.ListPodSandboxStats(pb.ListPodSandboxStatsRequest()).stats
     assert [p.attributes.id for p in pods] == [sandbox_id]
+
+
+def test_pod_sandbox_stats_count_the_pods_traffic_on_eth0_and_its_processes(
+        cri: Any, cri_image: str) -> None:
+    pb = cri.pb
+    sandbox_id, _ = cri.run_container(cri_image)
+    ip = cri.runtime.PodSandboxStatus(
+        pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id)).status.network.ip
+
+    def network() -> Any:
+        return cri.runtime.PodSandboxStats(
+            pb.PodSandboxStatsRequest(pod_sandbox_id=sandbox_id)).stats.linux.network
+
+    before = network()
+    for _ in range(3):  # a SYN in and a RST out each: nothing listens on port 9
+        with socket.socket() as probe, contextlib.suppress(OSError):
+            probe.settimeout(2)
+            probe.connect((ip, 9))
+    after = network()
+    assert [i.name for i in after.interfaces] == ["eth0"]  # lo is left out
+    assert after.default_interface.name == "eth0"
+    rx, tx = after.default_interface.rx_bytes.value, after.default_interface.tx_bytes.value
+    assert rx >= before.default_interface.rx_bytes.value + 3 * 40
+    assert tx >= before.default_interface.tx_bytes.value + 3 * 40
+    assert after.default_interface.rx_errors.value == 0
+    # The container's sleep, from its cgroup.
+    assert cri.runtime.PodSandboxStats(pb.PodSandboxStatsRequest(
+        pod_sandbox_id=sandbox_id)).stats.linux.process.process_count.value == 1
 
 
 def test_update_container_resources_changes_the_memory_limit(cri: Any, cri_image: str) -> None:

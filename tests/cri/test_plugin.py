@@ -76,7 +76,7 @@ def test_unimplemented_rpcs_answer_unimplemented(cri: Any) -> None:
         list(cri.runtime.StreamPodSandboxes(pb.StreamPodSandboxesRequest()))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     with pytest.raises(grpc.RpcError) as err:
-        cri.runtime.ListMetricDescriptors(pb.ListMetricDescriptorsRequest())
+        list(cri.runtime.StreamPodSandboxMetrics(pb.StreamPodSandboxMetricsRequest()))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_CAPABILITIES",
     "DEFAULT_PATH",
     "EXPOSED_PORTS_ANNOTATION",
+    "GROUPS_POLICY_ANNOTATION",
     "INIT_BINARIES",
     "INIT_PATH",
     "PUBLISH_ALL_ANNOTATION",
@@ -39,6 +40,9 @@ __all__ = [
 
 #: Annotation holding a ``user[:group]`` still to be looked up in the rootfs.
 USER_ANNOTATION = "io.moorage.user"
+#: ``strict``: the user's groups are only its primary one and ``additionalGids``, not the
+#: memberships the image's ``/etc/group`` lists (the CRI's SupplementalGroupsPolicy).
+GROUPS_POLICY_ANNOTATION = "io.moorage.user.groups-policy"
 #: The image's ``StopSignal``, which a stop sends first (``moorage stop``).
 STOP_SIGNAL_ANNOTATION = "io.moorage.stop-signal"
 #: The image's ``ExposedPorts`` (``80/tcp,53/udp``), published by ``run -P``.

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
 import signal
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -24,6 +26,7 @@ from runtime.core.errors import (
 )
 from runtime.core.faults import fault_point
 from runtime.core.identifiers import validate_labels
+from runtime.pkg.oci.spec import USER_ANNOTATION
 from runtime.plugins.cri import spec as specs
 from runtime.plugins.cri.image_volumes import view_key
 from runtime.plugins.cri.messages import pb
@@ -261,11 +264,13 @@ class Containers(PodRecords):
             labels=config.labels, annotations=config.annotations, mounts=config.mounts,
             log_path=record.log_path)
         status.resources.linux.CopyFrom(config.linux.resources)
-        user = container.spec.get("process", {}).get("user", {})
+        user = await anyio.to_thread.run_sync(_effective_user, container.spec, task)
         status.user.linux.uid = int(user.get("uid", 0))
         status.user.linux.gid = int(user.get("gid", 0))
-        status.user.linux.supplemental_groups.extend(int(g) for g in
-                                                     user.get("additionalGids", []))
+        # The process's groups: its primary one, then the others (as containerd and
+        # the kernel's getgroups() report them; the kubelet compares the set).
+        gids = [int(user.get("gid", 0)), *(int(g) for g in user.get("additionalGids", []))]
+        status.user.linux.supplemental_groups.extend(dict.fromkeys(gids))
         return status
 
     async def _container_item(self, container: Container) -> tuple[pb.Container, str]:
@@ -417,3 +422,21 @@ def _own_oom_score_adj() -> int:
         return int(Path("/proc/self/oom_score_adj").read_text().strip())
     except (OSError, ValueError):
         return 0
+
+
+def _effective_user(spec: dict[str, Any], task: TaskState | None) -> dict[str, Any]:
+    """The OCI ``process.user`` the container runs as.
+
+    Names and the image's group memberships are resolved by the runtime at task
+    create, into the bundle's ``config.json``; the stored spec has them unresolved.
+    Without a user to resolve, or without a bundle (the task is gone), the stored
+    spec's user is all there is.
+    """
+    if USER_ANNOTATION in spec.get("annotations", {}) and task is not None and task.bundle:
+        with contextlib.suppress(OSError, ValueError):
+            final = json.loads((Path(task.bundle) / "config.json").read_bytes())
+            user = final.get("process", {}).get("user")
+            if isinstance(user, dict):
+                return user
+    stored: dict[str, Any] = spec.get("process", {}).get("user", {})
+    return stored

@@ -24,14 +24,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from runtime.core.errors import FailedPrecondition
-from runtime.pkg.namespaces import in_fresh_thread, pin_own
+from runtime.pkg.namespaces import enter_netns, in_fresh_thread, pin_own
 from runtime.pkg.namespaces import unpin as unpin_namespace
 
 __all__ = ["IPC", "UTS", "apply_sysctls", "pin", "pin_path", "pinned", "unpin"]
 
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
-CLONE_NEWNET = 0x40000000
 #: The namespaces pinned, by their name in ``/proc/<tid>/ns``.
 IPC = "ipc"
 UTS = "uts"
@@ -113,13 +112,9 @@ def apply_sysctls(netns: str, sysctls: Mapping[str, str]) -> None:
 
     def work() -> None:
         try:
-            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+            enter_netns(netns)
         except OSError as exc:
             raise FailedPrecondition(f"network namespace {netns}: {exc.strerror}") from None
-        try:
-            _check(_libc.setns(fd, CLONE_NEWNET), f"setns {netns}")
-        finally:
-            os.close(fd)
         _write_sysctls(sysctls)
 
     in_fresh_thread("pod sysctls", work)

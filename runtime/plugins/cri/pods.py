@@ -23,6 +23,7 @@ from runtime.core.errors import MoorageError
 from runtime.core.events import Exchange
 from runtime.plugins.cri import sandbox_setup as setup
 from runtime.plugins.cri.messages import pb
+from runtime.plugins.cri.pod_metrics import PodMetrics
 from runtime.plugins.cri.records import EXTENSION, KIND_LABEL, ns_of
 from runtime.plugins.cri.recovery import recover
 from runtime.plugins.cri.sandboxes import Sandboxes
@@ -31,7 +32,7 @@ from runtime.plugins.cri.stats import PodStats
 __all__ = ["EXTENSION", "KIND_LABEL", "Pods"]
 
 
-class Pods(Sandboxes, PodStats):
+class Pods(Sandboxes, PodStats, PodMetrics):
     """The CRI RuntimeService's pods and containers."""
 
     async def load(self) -> None:

@@ -114,6 +114,9 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
             handler = response.runtime_handlers.add(name=name)
             handler.features.recursive_read_only_mounts = \
                 await self.pods.supports_recursive_read_only(name)
+        # ContainerConfig's SupplementalGroupsPolicy Strict is honoured, and
+        # ContainerStatus reports the groups the process runs with.
+        response.features.supplemental_groups_policy = True
         if request.verbose:
             response.info["config"] = msgspec.json.encode(self.server.config).decode()
         return response
@@ -282,6 +285,16 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
         filter_ = request.filter if request.HasField("filter") else None
         return pb.ListPodSandboxStatsResponse(
             stats=await self.pods.list_sandbox_stats(filter_))
+
+    @_guard
+    async def ListMetricDescriptors(self, request: pb.ListMetricDescriptorsRequest,
+                                    context: Any) -> pb.ListMetricDescriptorsResponse:
+        return pb.ListMetricDescriptorsResponse(descriptors=self.pods.metric_descriptors())
+
+    @_guard
+    async def ListPodSandboxMetrics(self, request: pb.ListPodSandboxMetricsRequest,
+                                    context: Any) -> pb.ListPodSandboxMetricsResponse:
+        return pb.ListPodSandboxMetricsResponse(pod_metrics=await self.pods.list_pod_metrics())
 
     async def GetContainerEvents(self, request: pb.GetEventsRequest, context: Any) -> Any:
         try:

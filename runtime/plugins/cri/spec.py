@@ -20,7 +20,11 @@ from typing import Any
 from runtime.api.specs import ImageConfig, SpecOptions
 from runtime.api.tasks import KEEP_CGROUP_PARENTS_ANNOTATION, LOG_PATH_ANNOTATION
 from runtime.core.errors import InvalidArgument
-from runtime.pkg.oci.spec import generate_spec, privileged_capabilities
+from runtime.pkg.oci.spec import (
+    GROUPS_POLICY_ANNOTATION,
+    generate_spec,
+    privileged_capabilities,
+)
 from runtime.pkg.seccomp import UNCONFINED, default_profile, parse_profile
 from runtime.plugins.cri.messages import pb
 
@@ -423,6 +427,10 @@ def container_spec(
     process["noNewPrivileges"] = sec.no_new_privs
     if sec.supplemental_groups:
         process["user"]["additionalGids"] = [int(g) for g in sec.supplemental_groups]
+    # Strict: the image's /etc/group memberships are left out (the runtime resolves
+    # them at task create); the kubelet sets the pod's policy on each container too.
+    if pb.Strict in (sec.supplemental_groups_policy, sandbox_sec.supplemental_groups_policy):
+        spec.setdefault("annotations", {})[GROUPS_POLICY_ANNOTATION] = "strict"
     _apply_seccomp(spec, sec)
     _apply_resources(spec, linux.resources, min_oom_score_adj)
     if config.stop_signal:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 
+import anyio.to_thread
 import msgspec
 
 from runtime.api.containers import Container
+from runtime.api.tasks import TaskMetrics
 from runtime.core.errors import MoorageError
 from runtime.plugins.cri.messages import pb
+from runtime.plugins.cri.netdev import read_net_dev
 from runtime.plugins.cri.records import (
     EXTENSION,
     ContainerRecord,
@@ -32,6 +35,11 @@ class PodStats(PodRecords):
         return await self._stats_of(container, record)
 
     async def _stats_of(self, container: Container, record: ContainerRecord) -> pb.ContainerStats:
+        return (await self._stats_and_metrics(container, record))[0]
+
+    async def _stats_and_metrics(self, container: Container, record: ContainerRecord
+                                 ) -> tuple[pb.ContainerStats, TaskMetrics | None]:
+        """The container's stats, and the cgroup figures they came from (``None``: no task)."""
         config = pb.ContainerConfig()
         from google.protobuf import json_format
         json_format.ParseDict(record.config, config, ignore_unknown_fields=True)
@@ -40,25 +48,26 @@ class PodStats(PodRecords):
         stats.attributes.metadata.CopyFrom(config.metadata)
         stats.attributes.labels.update(config.labels)
         stats.attributes.annotations.update(config.annotations)
-        await self._fill_usage(container.id, stats.cpu, stats.memory)
+        metrics = await self._fill_usage(container.id, stats.cpu, stats.memory)
         stats.writable_layer.timestamp = now_ns()
         stats.writable_layer.fs_id.mountpoint = container.snapshotter
         with contextlib.suppress(MoorageError):
             usage = await self.snapshots.get(self.snapshotter).usage(self.namespace, container.id)
             stats.writable_layer.used_bytes.value = usage.size
             stats.writable_layer.inodes_used.value = usage.inodes
-        return stats
+        return stats, metrics
 
-    async def _fill_usage(self, id_: str, cpu: pb.CpuUsage, memory: pb.MemoryUsage) -> None:
+    async def _fill_usage(self, id_: str, cpu: pb.CpuUsage, memory: pb.MemoryUsage
+                          ) -> TaskMetrics | None:
         runtime = self._runtime_of(id_)
         now = now_ns()
         cpu.timestamp = memory.timestamp = now
         if runtime is None:
-            return
+            return None
         try:
             metrics = await runtime.metrics(self.namespace, id_)
         except MoorageError:
-            return
+            return None
         usage_ns = metrics.cpu_usage_usec * 1000
         cpu.usage_core_nano_seconds.value = usage_ns
         earlier = self._stats.get(id_)
@@ -71,6 +80,7 @@ class PodStats(PodRecords):
         if metrics.memory_limit_bytes:
             memory.available_bytes.value = max(
                 metrics.memory_limit_bytes - metrics.memory_usage_bytes, 0)
+        return metrics
 
     async def list_container_stats(self, filter_: pb.ContainerStatsFilter | None
                                    ) -> list[pb.ContainerStats]:
@@ -107,19 +117,31 @@ class PodStats(PodRecords):
         procs = 0
         for container in await self._containers_of(record.id):
             crecord = msgspec.convert(container.extensions.get(EXTENSION, {}), ContainerRecord)
-            cstats = await self._stats_of(container, crecord)
+            cstats, metrics = await self._stats_and_metrics(container, crecord)
             linux.containers.append(cstats)
             linux.cpu.usage_core_nano_seconds.value += cstats.cpu.usage_core_nano_seconds.value
             linux.cpu.usage_nano_cores.value += cstats.cpu.usage_nano_cores.value
             linux.memory.working_set_bytes.value += cstats.memory.working_set_bytes.value
             linux.memory.usage_bytes.value += cstats.memory.usage_bytes.value
-            runtime = self._runtime_of(container.id)
-            if runtime is not None:
-                with contextlib.suppress(MoorageError):
-                    procs += len(await runtime.pids(self.namespace, container.id))
+            # The cgroup's processes, read with its other figures (no runc ps).
+            procs += len(metrics.pids) if metrics is not None else 0
         linux.process.timestamp = now_ns()
         linux.process.process_count.value = procs
         linux.network.timestamp = now_ns()
+        if record.netns:  # a host-network pod has none of its own
+            with contextlib.suppress(OSError):
+                interfaces = await anyio.to_thread.run_sync(read_net_dev, record.netns)
+                for counters in interfaces:
+                    usage = linux.network.interfaces.add(name=counters.name)
+                    usage.rx_bytes.value = counters.rx_bytes
+                    usage.rx_errors.value = counters.rx_errors
+                    usage.tx_bytes.value = counters.tx_bytes
+                    usage.tx_errors.value = counters.tx_errors
+                # The kubelet's "default" interface is eth0, the one CNI made.
+                default = next((i for i in linux.network.interfaces if i.name == "eth0"),
+                               linux.network.interfaces[0] if interfaces else None)
+                if default is not None:
+                    linux.network.default_interface.CopyFrom(default)
         return stats
 
     async def list_sandbox_stats(self, filter_: pb.PodSandboxStatsFilter | None

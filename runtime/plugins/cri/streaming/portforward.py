@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import logging
 import os
@@ -27,6 +26,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
+from runtime.pkg.namespaces import enter_netns
 from runtime.plugins.cri.streaming.session import SpdySession, SpdyStream, StreamClosed
 from runtime.plugins.cri.streaming.spdy import RstStatus
 
@@ -34,9 +34,7 @@ __all__ = ["dial_in_netns", "serve_port_forward"]
 
 log = logging.getLogger("moorage.cri.streaming")
 
-_CLONE_NEWNET = 0x40000000
 _RECV = 64 * 1024
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _sockets_in_netns(netns_path: str) -> tuple[socket.socket, socket.socket | None]:
@@ -46,13 +44,7 @@ def _sockets_in_netns(netns_path: str) -> tuple[socket.socket, socket.socket | N
 
     def enter_and_make() -> None:
         try:
-            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                    code = ctypes.get_errno()
-                    raise OSError(code, f"setns {netns_path}: {os.strerror(code)}")
-            finally:
-                os.close(fd)
+            enter_netns(netns_path)
             made.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             try:
                 made.append(socket.socket(socket.AF_INET6, socket.SOCK_STREAM))

@@ -21,7 +21,7 @@ from runtime.api.tasks import ExecRequest
 from runtime.core.errors import InvalidArgument
 from runtime.pkg.copyup import VOLUMES_ANNOTATION, copy_up_volumes
 from runtime.pkg.mount import mount_all, unmount
-from runtime.pkg.oci.spec import USER_ANNOTATION, merge_env
+from runtime.pkg.oci.spec import GROUPS_POLICY_ANNOTATION, USER_ANNOTATION, merge_env
 from runtime.plugins.runtime.runc.layout import TaskPaths, write_durably
 from runtime.plugins.runtime.runc.user import resolve_user
 from runtime.plugins.snapshots.api import Mount
@@ -48,15 +48,17 @@ def root_mounts(spec: dict[str, Any], rootfs: Sequence[Mount]) -> list[Mount]:
     )
 
 
-def _resolve_process_user(process: dict[str, Any], user: str | None, rootfs: Path) -> None:
+def _resolve_process_user(process: dict[str, Any], user: str | None, rootfs: Path,
+                          image_groups: bool = True) -> None:
     env: list[str] = process.setdefault("env", [])
     current = process.setdefault("user", {"uid": 0, "gid": 0})
     if user:
         resolved = resolve_user(rootfs, user)
         process["user"] = {"uid": resolved.uid, "gid": resolved.gid}
-        # The image's groups for the user, then any the spec asked for besides.
-        gids = [*resolved.additional_gids, *(g for g in current.get("additionalGids") or []
-                                             if g not in resolved.additional_gids)]
+        # The image's groups for the user (unless the policy is strict), then any the
+        # spec asked for besides.
+        found = resolved.additional_gids if image_groups else []
+        gids = [*found, *(g for g in current.get("additionalGids") or [] if g not in found)]
         if gids:
             process["user"]["additionalGids"] = gids
         home = resolved.home
@@ -79,8 +81,9 @@ def prepare_bundle(paths: TaskPaths, spec: dict[str, Any], rootfs: Sequence[Moun
     try:
         final.setdefault("root", {})["path"] = "rootfs"
         annotations = final.setdefault("annotations", {})
-        _resolve_process_user(final.setdefault("process", {}),
-                              annotations.pop(USER_ANNOTATION, None), paths.rootfs)
+        _resolve_process_user(
+            final.setdefault("process", {}), annotations.pop(USER_ANNOTATION, None),
+            paths.rootfs, annotations.pop(GROUPS_POLICY_ANNOTATION, "") != "strict")
         copy_up_volumes(final, str(paths.rootfs), annotations.pop(VOLUMES_ANNOTATION, None))
         # The bundle does not outlive the host: no fsync.
         write_durably(paths.config, _json(final), sync=False)

@@ -244,7 +244,102 @@ def read_metrics(container_id: str, paths: CgroupPaths) -> TaskMetrics:
         metrics.pids_limit = _limit(_read(v2 / "pids.max"), False)
     metrics.oom_kills = total_oom_kills(paths)
     metrics.io_read_bytes, metrics.io_write_bytes = _io_bytes(paths)
+    metrics.io_reads, metrics.io_writes = _io_ops(paths)
+    _cpu_details(metrics, paths)
+    _memory_details(metrics, paths)
+    metrics.pids = _procs(paths)
     return metrics
+
+
+def _procs(paths: CgroupPaths) -> list[int]:
+    """The processes of the cgroup: ``cgroup.procs`` of its first hierarchy that has one."""
+    for directory in paths.all_dirs():
+        text = _read(directory / "cgroup.procs")
+        if text is not None:
+            return [int(pid) for pid in text.split() if pid.isdigit()]
+    return []
+
+
+#: v1 ``cpuacct.stat`` counts in USER_HZ clock ticks.
+_USEC_PER_TICK = 1_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_details(metrics: TaskMetrics, paths: CgroupPaths) -> None:
+    """User and system time, CFS periods and throttling."""
+    if "cpuacct" in paths.v1:
+        ticks = _keyed(paths.v1["cpuacct"] / "cpuacct.stat")
+        metrics.cpu_user_usec = ticks.get("user", 0) * _USEC_PER_TICK
+        metrics.cpu_system_usec = ticks.get("system", 0) * _USEC_PER_TICK
+    if "cpu" in paths.v1:
+        stat = _keyed(paths.v1["cpu"] / "cpu.stat")
+        metrics.cpu_periods = stat.get("nr_periods", 0)
+        metrics.cpu_throttled_periods = stat.get("nr_throttled", 0)
+        metrics.cpu_throttled_usec = stat.get("throttled_time", 0) // 1000
+    v2 = _v2(paths, "cgroup")
+    if v2 is None or ("cpuacct" in paths.v1 and "cpu" in paths.v1):
+        return
+    stat = _keyed(v2 / "cpu.stat")
+    if "cpuacct" not in paths.v1:
+        metrics.cpu_user_usec = stat.get("user_usec", 0)
+        metrics.cpu_system_usec = stat.get("system_usec", 0)
+    if "cpu" not in paths.v1:
+        metrics.cpu_periods = stat.get("nr_periods", 0)
+        metrics.cpu_throttled_periods = stat.get("nr_throttled", 0)
+        metrics.cpu_throttled_usec = stat.get("throttled_usec", 0)
+
+
+def _memory_details(metrics: TaskMetrics, paths: CgroupPaths) -> None:
+    """The ``memory.stat`` breakdown, peak, swap, kernel memory and limit hits."""
+    if "memory" in paths.v1:
+        memory = paths.v1["memory"]
+        # The total_ figures include the cgroup's children (a pod's containers).
+        stat = _keyed(memory / "memory.stat")
+        metrics.memory_cache_bytes = stat.get("total_cache", 0)
+        metrics.memory_rss_bytes = stat.get("total_rss", 0)
+        metrics.memory_mapped_file_bytes = stat.get("total_mapped_file", 0)
+        metrics.memory_swap_bytes = stat.get("total_swap", 0)
+        metrics.memory_inactive_file_bytes = stat.get("total_inactive_file", 0)
+        metrics.memory_pgfault = stat.get("total_pgfault", 0)
+        metrics.memory_pgmajfault = stat.get("total_pgmajfault", 0)
+        metrics.memory_max_usage_bytes = _int(memory / "memory.max_usage_in_bytes") or 0
+        metrics.memory_kernel_bytes = _int(memory / "memory.kmem.usage_in_bytes") or 0
+        metrics.memory_failcnt = _int(memory / "memory.failcnt") or 0
+    elif (v2 := _v2(paths, "memory")) is not None:
+        stat = _keyed(v2 / "memory.stat")
+        metrics.memory_cache_bytes = stat.get("file", 0)
+        metrics.memory_rss_bytes = stat.get("anon", 0)
+        metrics.memory_mapped_file_bytes = stat.get("file_mapped", 0)
+        metrics.memory_inactive_file_bytes = stat.get("inactive_file", 0)
+        metrics.memory_pgfault = stat.get("pgfault", 0)
+        metrics.memory_pgmajfault = stat.get("pgmajfault", 0)
+        metrics.memory_kernel_bytes = stat.get(
+            "kernel", stat.get("kernel_stack", 0) + stat.get("slab", 0))
+        metrics.memory_swap_bytes = _int(v2 / "memory.swap.current") or 0
+        metrics.memory_max_usage_bytes = _int(v2 / "memory.peak") or 0
+        metrics.memory_failcnt = _keyed(v2 / "memory.events").get("max", 0)
+
+
+def _io_ops(paths: CgroupPaths) -> tuple[int, int]:
+    """Read and write operations, summed over devices: v1 ``blkio``, else v2 ``io.stat``."""
+    reads = writes = 0
+    if "blkio" in paths.v1:
+        text = _read(paths.v1["blkio"] / "blkio.throttle.io_serviced") or ""
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) == 3 and fields[2].isdigit():
+                if fields[1] == "Read":
+                    reads += int(fields[2])
+                elif fields[1] == "Write":
+                    writes += int(fields[2])
+    elif (v2 := _v2(paths, "io")) is not None:
+        for line in (_read(v2 / "io.stat") or "").splitlines():
+            for item in line.split()[1:]:
+                key, _, value = item.partition("=")
+                if value.isdigit() and key == "rios":
+                    reads += int(value)
+                elif value.isdigit() and key == "wios":
+                    writes += int(value)
+    return reads, writes
 
 
 def _io_bytes(paths: CgroupPaths) -> tuple[int, int]:
