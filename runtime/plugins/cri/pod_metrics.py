@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio.to_thread
@@ -51,8 +50,7 @@ _COUNTER, _GAUGE = 0, 1
 _USEC, _NSEC = 1_000_000, 1_000_000_000
 
 
-@dataclass(frozen=True)
-class _Series:
+class _Series(msgspec.Struct, frozen=True):
     name: str
     help: str
     type: int
@@ -161,8 +159,7 @@ def _open_files(pids: Iterable[int]) -> tuple[int, int]:
     return fds, sockets
 
 
-@dataclass
-class _Samples:
+class _Samples(msgspec.Struct):
     """The samples of one container (or the pod), labelled alike."""
 
     labels: list[str]
