@@ -20,20 +20,26 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from runtime.core.errors import FailedPrecondition
 from runtime.pkg.namespaces import enter_netns, in_fresh_thread, pin_own
 from runtime.pkg.namespaces import unpin as unpin_namespace
+from runtime.pkg.userns import IDMapping, pin_new
 
-__all__ = ["IPC", "UTS", "apply_sysctls", "pin", "pin_path", "pinned", "unpin"]
+__all__ = ["IPC", "NET", "USER", "UTS", "apply_sysctls", "pin", "pin_path",
+           "pin_with_user_namespace", "pinned", "unpin"]
 
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 #: The namespaces pinned, by their name in ``/proc/<tid>/ns``.
 IPC = "ipc"
 UTS = "uts"
+#: A pod with a user namespace pins it too, and its network namespace until
+#: ``network.cni`` has pinned that one as its own (:func:`pin_with_user_namespace`).
+USER = "user"
+NET = "net"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -101,6 +107,49 @@ def pin(directory: Path, kinds: tuple[str, ...], *, hostname: str,
         raise
 
 
+_SETNS_FLAGS = {IPC: CLONE_NEWIPC, UTS: CLONE_NEWUTS}
+
+
+def pin_with_user_namespace(directory: Path, kinds: tuple[str, ...], *, uids: Sequence[IDMapping],
+                            gids: Sequence[IDMapping], hostname: str,
+                            sysctls: Mapping[str, str]) -> None:
+    """A new user namespace and, owned by it, a network namespace and those of ``kinds``, pinned.
+
+    The pod's containers (and infra process) join the user namespace first,
+    so every other namespace they join must be owned by it; a thread cannot
+    make them there (:mod:`runtime.pkg.userns`). The hostname and ``sysctls``
+    (IPC and UTS ones) are set from a thread that enters the new namespaces
+    (the daemon's root has every capability in a user namespace it made).
+    The network namespace is pinned on ``ns/net`` for ``network.cni`` to
+    adopt, and unpinned by the caller after that. Whatever failed is undone.
+
+    Raises:
+        FailedPrecondition: A sysctl could not be written.
+        OSError: The namespaces cannot be made or pinned.
+    """
+    (directory / "ns").mkdir(parents=True, exist_ok=True, mode=0o711)
+    wanted = (USER, NET, *kinds)
+    try:
+        pin_new({kind: pin_path(directory, kind) for kind in wanted}, uids, gids)
+
+        def work() -> None:
+            for kind in kinds:
+                fd = os.open(pin_path(directory, kind), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    _check(_libc.setns(fd, _SETNS_FLAGS[kind]), f"setns {kind}")
+                finally:
+                    os.close(fd)
+            if UTS in kinds:
+                socket.sethostname(hostname)
+            _write_sysctls(sysctls)
+
+        if UTS in kinds or sysctls:
+            in_fresh_thread(f"pins {directory.name[:8]}", work)
+    except BaseException:
+        unpin(directory)
+        raise
+
+
 def apply_sysctls(netns: str, sysctls: Mapping[str, str]) -> None:
     """Write the pod's ``net.*`` sysctls in its network namespace (pinned on ``netns``).
 
@@ -122,5 +171,5 @@ def apply_sysctls(netns: str, sysctls: Mapping[str, str]) -> None:
 
 def unpin(directory: Path | str) -> None:
     """Unmount the pod's pinned namespaces and remove their files; idempotent."""
-    for kind in (IPC, UTS):
+    for kind in (IPC, UTS, NET, USER):
         unpin_namespace(pin_path(directory, kind))
