@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,6 @@ pytestmark = pytest.mark.root
 _MAP = (0, 1000, 100000)
 
 
-@pytest.fixture
-def cri_daemon(tmp_path: Path) -> Iterator[Any]:
-    """A CRI daemon whose state directory others may search, as user namespaces need."""
-    with running_cri_daemon(tmp_path / "daemon") as daemon:
-        daemon.state.chmod(0o711)  # mkdtemp's is 0700; the feature is probed at first use
-        yield daemon
 
 
 def _userns(pb: Any, mode: int, mappings: list[tuple[int, int, int]] | None = None,
@@ -205,7 +198,7 @@ def test_removing_the_pod_leaves_no_namespace_pin_mount_or_netns(
 def test_user_namespaces_are_not_advertised_and_refused_when_the_state_is_private(
         tmp_path: Path) -> None:
     with running_cri_daemon(tmp_path / "daemon") as daemon:
-        assert daemon.state.stat().st_mode & 0o777 == 0o700
+        daemon.state.chmod(0o700)  # before the first call: the feature is probed then
         with connected(daemon, tmp_path / "logs") as cri:
             pb = cri.pb
             handlers = cri.runtime.Status(pb.StatusRequest()).runtime_handlers
