@@ -210,3 +210,21 @@ def test_user_namespaces_are_not_advertised_and_refused_when_the_state_is_privat
             # NODE is the host's: nothing to support.
             sandbox_id, _ = _pod(cri, _userns(pb, pb.NODE))
             assert sandbox_id
+
+
+@pytest.mark.parametrize("pid", ["POD", "CONTAINER"])
+def test_the_pods_hostname_and_sysctls_are_set_in_its_own_namespaces(
+        cri: Any, cri_image: str, pid: str) -> None:
+    pb = cri.pb
+    cri.pull(cri_image)
+    config = cri.pod_config(hostname="userns-pod")
+    config.linux.security_context.namespace_options.CopyFrom(
+        _userns(pb, pb.POD, [_MAP], pid=getattr(pb, pid)))
+    config.linux.sysctls["kernel.shm_rmid_forced"] = "1"
+    config.linux.sysctls["net.ipv4.ip_unprivileged_port_start"] = "0"
+    pod = cri.run_pod(config)
+    container_id = _run(cri, cri_image, pod, ["sleep", "3600"])
+    assert cri.exec(container_id, "hostname").stdout == b"userns-pod\n"
+    for key, value in (("kernel/shm_rmid_forced", b"1\n"),
+                       ("net/ipv4/ip_unprivileged_port_start", b"0\n")):
+        assert cri.exec(container_id, "cat", f"/proc/sys/{key}").stdout == value

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
+import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -107,7 +108,11 @@ def pin(directory: Path, kinds: tuple[str, ...], *, hostname: str,
         raise
 
 
-_SETNS_FLAGS = {IPC: CLONE_NEWIPC, UTS: CLONE_NEWUTS}
+#: Run inside the pod's namespaces as its root: ``hostname`` (or ``-``), then key-value pairs.
+_SET_IN_POD = (
+    'if [ "$1" != - ]; then hostname "$1" || exit 1; fi; shift; '
+    'while [ $# -gt 1 ]; do '
+    'printf %s "$2" > "/proc/sys/$1" || { echo "sysctl $1" >&2; exit 1; }; shift 2; done')
 
 
 def pin_with_user_namespace(directory: Path, kinds: tuple[str, ...], *, uids: Sequence[IDMapping],
@@ -118,36 +123,42 @@ def pin_with_user_namespace(directory: Path, kinds: tuple[str, ...], *, uids: Se
     The pod's containers (and infra process) join the user namespace first,
     so every other namespace they join must be owned by it; a thread cannot
     make them there (:mod:`runtime.pkg.userns`). The hostname and ``sysctls``
-    (IPC and UTS ones) are set from a thread that enters the new namespaces
-    (the daemon's root has every capability in a user namespace it made).
-    The network namespace is pinned on ``ns/net`` for ``network.cni`` to
-    adopt, and unpinned by the caller after that. Whatever failed is undone.
+    (IPC and UTS ones) are set by a process that enters the namespaces as
+    their root (``nsenter``): the kernel lets only the IPC namespace's root
+    (or a process with ``CAP_CHECKPOINT_RESTORE`` there) write its sysctls,
+    not the daemon's root, whose id is not mapped there. The network
+    namespace is pinned on ``ns/net`` for ``network.cni`` to adopt, and
+    unpinned by the caller after that. Whatever failed is undone.
 
     Raises:
-        FailedPrecondition: A sysctl could not be written.
+        FailedPrecondition: A sysctl or the hostname could not be set.
         OSError: The namespaces cannot be made or pinned.
     """
     (directory / "ns").mkdir(parents=True, exist_ok=True, mode=0o711)
     wanted = (USER, NET, *kinds)
     try:
         pin_new({kind: pin_path(directory, kind) for kind in wanted}, uids, gids)
-
-        def work() -> None:
-            for kind in kinds:
-                fd = os.open(pin_path(directory, kind), os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    _check(_libc.setns(fd, _SETNS_FLAGS[kind]), f"setns {kind}")
-                finally:
-                    os.close(fd)
-            if UTS in kinds:
-                socket.sethostname(hostname)
-            _write_sysctls(sysctls)
-
         if UTS in kinds or sysctls:
-            in_fresh_thread(f"pins {directory.name[:8]}", work)
+            _set_in_pod(directory, kinds, hostname if UTS in kinds else "-", sysctls)
     except BaseException:
         unpin(directory)
         raise
+
+
+def _set_in_pod(directory: Path, kinds: tuple[str, ...], hostname: str,
+                sysctls: Mapping[str, str]) -> None:
+    # As runc: dots are separators ("/" may be used too); specs checked the keys.
+    pairs = [item for key, value in sysctls.items()
+             for item in (key.replace(".", "/"), value)]
+    enter = [f"--user={pin_path(directory, USER)}",
+             *(f"--{kind}={pin_path(directory, kind)}" for kind in kinds)]
+    result = subprocess.run(["nsenter", *enter, "--", "sh", "-c", _SET_IN_POD, "sh",
+                             hostname, *pairs],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise FailedPrecondition(
+            f"setting the pod's hostname or sysctls in its namespaces failed: "
+            f"{result.stderr.strip() or result.returncode}")
 
 
 def apply_sysctls(netns: str, sysctls: Mapping[str, str]) -> None:

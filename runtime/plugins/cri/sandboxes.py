@@ -280,9 +280,10 @@ class Sandboxes(Containers):
             for container in await self._containers_of(sandbox_id):
                 await self.stop_container(container.id, 0)
             await self._stop_task(sandbox_id, 0, signal.SIGKILL)
-            if not record.infra and record.dir:
+            if record.dir:
                 # What stopping the infra process does: the namespaces go with the
                 # containers (already stopped). /dev/shm and the files stay until removal.
+                # An infra pod has pins too when it has a user namespace.
                 await anyio.to_thread.run_sync(pins.unpin, record.dir)
             # DEL always, even if the netns is gone or ADD half-failed.
             await self.network.detach(self.namespace, sandbox_id)
