@@ -228,3 +228,26 @@ def test_the_pods_hostname_and_sysctls_are_set_in_its_own_namespaces(
     for key, value in (("kernel/shm_rmid_forced", b"1\n"),
                        ("net/ipv4/ip_unprivileged_port_start", b"0\n")):
         assert cri.exec(container_id, "cat", f"/proc/sys/{key}").stdout == value
+
+
+def test_host_path_mounts_and_the_pods_files_are_reachable_but_not_idmapped(
+        cri: Any, cri_image: str, tmp_path: Path) -> None:
+    pb = cri.pb
+    cri.pull(cri_image)
+    host_dir = tmp_path / "shared"
+    host_dir.mkdir()
+    (host_dir / "data").write_text("from the host\n")
+    tmp_path.chmod(0o755)
+    pod = _pod(cri, _userns(pb, pb.POD, [_MAP]))
+    config = cri.container_config(cri_image, ["sleep", "3600"])
+    config.linux.security_context.namespace_options.CopyFrom(
+        pod[1].linux.security_context.namespace_options)
+    config.mounts.add(container_path="/shared", host_path=str(host_dir), readonly=True)
+    container_id = cri.create_container(pod[0], pod[1], config)
+    cri.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id))
+    assert cri.exec(container_id, "cat", "/shared/data").stdout == b"from the host\n"
+    # Host root is unmapped inside: only the root filesystem is idmapped (runc 1.1).
+    assert cri.exec(container_id, "stat", "-c", "%u", "/shared/data").stdout == b"65534\n"
+    assert cri.exec(container_id, "cat", "/etc/hostname").exit_code == 0
+    assert cri.exec(container_id, "sh", "-c", "echo x > /dev/shm/f && cat /dev/shm/f"
+                    ).stdout == b"x\n"
