@@ -251,3 +251,26 @@ def test_host_path_mounts_and_the_pods_files_are_reachable_but_not_idmapped(
     assert cri.exec(container_id, "cat", "/etc/hostname").exit_code == 0
     assert cri.exec(container_id, "sh", "-c", "echo x > /dev/shm/f && cat /dev/shm/f"
                     ).stdout == b"x\n"
+
+
+@pytest.mark.parametrize("pid", ["POD", "CONTAINER"])
+def test_a_user_namespace_pod_keeps_running_across_a_daemon_restart(
+        cri: Any, cri_daemon: Any, cri_image: str, pid: str) -> None:
+    from tests.cri.conftest import wait_for_socket
+
+    pb = cri.pb
+    cri.pull(cri_image)
+    pod = _pod(cri, _userns(pb, pb.POD, [_MAP], pid=getattr(pb, pid)))
+    first = _run(cri, cri_image, pod, ["sleep", "3600"])
+    cri_daemon.stop()
+    cri_daemon.cri_socket.unlink(missing_ok=True)
+    cri_daemon.start()
+    wait_for_socket(cri_daemon)
+    sandboxes = cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items
+    assert [(s.id, s.state) for s in sandboxes] == [(pod[0], pb.SANDBOX_READY)]
+    # A container made after the restart joins the same user namespace.
+    second = _run(cri, cri_image, pod, ["sleep", "3600"])
+    pids = [_pid(cri, c) for c in (first, second)]
+    assert os.stat(f"/proc/{pids[0]}/ns/user").st_ino == os.stat(f"/proc/{pids[1]}/ns/user").st_ino
+    assert cri.exec(second, "cat", "/proc/self/uid_map").stdout.split() == [b"0", b"1000",
+                                                                            b"100000"]
