@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import Any
+
+# typing.TYPE_CHECKING without importing typing; argparse only for the types:
+# `moorage daemon` is parsed without it (runtime.cli.main._FAST).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
 
 __all__ = ["register"]
 
 
 def register(sub: Any) -> None:
     """Add this group's commands."""
-    from runtime.cli.main import add_list_command, add_output_flags
+    from runtime.cli.main import LOG_LEVELS, add_list_command, add_output_flags
 
     p = sub.add_parser("daemon", help="run the daemon")
     p.add_argument("--config", "-c", default=None,
                    help="plugins.toml (default: /etc/moorage/plugins.toml if it exists, "
                    "else built-in defaults)")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     p.set_defaults(handler=daemon)
 
     p = sub.add_parser("version", help="client and daemon versions")
@@ -37,6 +42,9 @@ def register(sub: Any) -> None:
 
 def daemon(args: argparse.Namespace) -> int:
     """Run the daemon in the foreground."""
+    from runtime.core import collector
+
+    collector.pause()  # before the daemon's imports; resumed once its plugins have started
     from runtime.core.daemon import run_daemon
     from runtime.core.logs import setup_logging
 

@@ -294,6 +294,21 @@ def load_config(path: Path | str | None) -> DaemonConfig:
     return parse_config(text, str(path))
 
 
+def _defaults(struct: type[S]) -> S | None:
+    """``struct()``, or ``None`` where only :func:`msgspec.convert` can tell what is wrong.
+
+    What ``msgspec.convert({}, struct)`` gives, without building msgspec's
+    decoder for the type: about 0.15 ms of CPU per plugin at daemon start, 2 ms
+    in all, for the sections most configurations leave out. A required field
+    (``TypeError``) or a ``__post_init__`` that refuses the defaults goes
+    through ``convert``, which words the error.
+    """
+    try:
+        return struct()
+    except (TypeError, ValueError):
+        return None
+
+
 def decode_plugin_config(config: DaemonConfig, name: str, struct: type[S]) -> S:
     """Decode ``[plugins."<name>"]`` onto ``struct`` (defaults when the table is absent).
 
@@ -301,8 +316,10 @@ def decode_plugin_config(config: DaemonConfig, name: str, struct: type[S]) -> S:
         ConfigError: naming the file, the section and the key at fault.
     """
     table = config.plugins.get(name, {})
+    decoded = _defaults(struct) if not table else None
     try:
-        decoded = msgspec.convert(table, struct, strict=True)
+        if decoded is None:
+            decoded = msgspec.convert(table, struct, strict=True)
     except msgspec.ValidationError as exc:
         raise ConfigError(_describe(exc, config.source, f'plugins."{name}"')) from exc
     check_path_keys(decoded, config.source, f'plugins."{name}"')

@@ -11,13 +11,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from runtime.core import listeners
-from runtime.core.config import DaemonConfig, load_config
+from runtime.core import collector, listeners
 from runtime.core.errors import FailedPrecondition, MoorageError
 from runtime.core.notify import sd_notify
 
-# anyio, discovery (pluggy) and the host are imported by run_daemon once the API's
-# socket listens: with the plugins they are most of the start's CPU.
+# The configuration (msgspec, tomllib) is imported by run_daemon once the
+# collector is paused (runtime.core.collector); anyio, discovery (pluggy) and
+# the host once the API's socket listens: with the plugins they are most of
+# the start's CPU.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from runtime.core.config import DaemonConfig
 
 __all__ = ["DEFAULT_CONFIG_PATH", "StateLock", "config_path_for", "run_daemon", "serve"]
 
@@ -80,6 +84,7 @@ async def serve(config: DaemonConfig) -> None:
     host = PluginHost(config, discovery)
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with host.running() as plugins:
+            collector.resume()
             log.info("daemon started: %s", summarize(plugins.list()))
             # A socket bound early that no server took (server.http disabled) must
             # not keep clients waiting for an answer that never comes.
@@ -95,6 +100,16 @@ async def serve(config: DaemonConfig) -> None:
 
 def run_daemon(config_path: str | None) -> int:
     """Entry point of ``moorage daemon``; returns the process exit code."""
+    collector.pause()
+    try:
+        return _run_daemon(config_path)
+    finally:
+        collector.resume()  # a start that failed: nothing was resumed
+
+
+def _run_daemon(config_path: str | None) -> int:
+    from runtime.core.config import load_config
+
     try:
         config_path = config_path_for(config_path)
         if config_path is not None:

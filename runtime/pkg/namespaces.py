@@ -14,12 +14,13 @@ All functions block; call them from a worker thread.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import threading
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 from runtime.pkg.mount import bind_mount, unmount
 
@@ -27,7 +28,13 @@ __all__ = ["CLONE_NEWNET", "enter_netns", "in_fresh_thread", "pin_own", "unpin"]
 
 CLONE_NEWNET = 0x40000000
 
-_libc = ctypes.CDLL(None, use_errno=True)
+
+@cache
+def _libc() -> Any:
+    """libc, for ``setns``: loaded by the first namespace entered, not at the daemon's start."""
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def in_fresh_thread(name: str, work: Callable[[], None]) -> None:
@@ -57,7 +64,9 @@ def enter_netns(path: Path | str) -> None:
     """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
+        import ctypes
+
+        if _libc().setns(fd, CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"setns {path}: {os.strerror(err)}")
     finally:

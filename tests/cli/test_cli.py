@@ -346,6 +346,37 @@ def test_cli_teardown_commands_parse_as_argparse_would(argv: list[str],
 
 
 @pytest.mark.parametrize("argv", [
+    ["daemon"],
+    ["daemon", "-c", "/etc/x.toml"],
+    ["daemon", "--config", "/x.toml", "--log-level", "warning"],
+    ["daemon", "--log-level=debug", "--config=/x.toml"],
+])
+def test_cli_daemon_parses_as_argparse_would(argv: list[str]) -> None:
+    """``moorage daemon`` without argparse: what argparse gives its handler."""
+    from runtime.cli.main import _fast_args, build_parser
+
+    fast = vars(_fast_args({}, argv))
+    slow = vars(build_parser().parse_args(argv))
+    assert fast.pop("handler") is slow.pop("handler")
+    assert {k: fast[k] for k in ("config", "log_level")} == {
+        k: slow[k] for k in ("config", "log_level")}
+    assert set(slow) - set(fast) <= {"command"}
+
+
+@pytest.mark.parametrize("argv", [
+    ["daemon", "--log-level", "loud"],  # not a choice: argparse words the error
+    ["daemon", "extra"],
+    ["daemon", "--help"],
+    ["daemon", "--conf", "/x.toml"],  # an abbreviation
+    ["daemon", "-c"],
+])
+def test_cli_unusual_daemon_command_lines_go_to_argparse(argv: list[str]) -> None:
+    from runtime.cli.main import _fast_args
+
+    assert _fast_args({}, argv) is None
+
+
+@pytest.mark.parametrize("argv", [
     ["tasks", "kill"],  # no id
     ["tasks", "kill", "-s"],  # a flag without its value
     ["tasks", "kill", "--bogus", "a"],

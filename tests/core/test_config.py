@@ -190,6 +190,28 @@ def test_plugin_config_defaults_when_the_section_is_absent() -> None:
     assert decode_plugin_config(parse_config(""), "greeter.basic", GreeterConfig) == GreeterConfig()
 
 
+class _Required(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str
+
+
+class _RefusesDefaults(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError("size must be at least 1")
+
+
+def test_plugin_config_absent_section_gives_what_decoding_an_empty_table_gives() -> None:
+    config = parse_config("")
+    for struct in (GreeterConfig, Inner):
+        assert decode_plugin_config(config, "x.y", struct) == msgspec.convert({}, struct)
+    with pytest.raises(ConfigError, match=r'\[plugins."x.y"\]: object missing required field'):
+        decode_plugin_config(config, "x.y", _Required)
+    with pytest.raises(ConfigError, match=r'\[plugins."x.y"\]: size must be at least 1$'):
+        decode_plugin_config(config, "x.y", _RefusesDefaults)
+
+
 def test_plugin_config_decoded_from_its_section() -> None:
     config = parse_config('[plugins."greeter.basic"]\ngreeting = "hi"\ninner.size = 3')
     assert decode_plugin_config(config, "greeter.basic", GreeterConfig) == GreeterConfig(

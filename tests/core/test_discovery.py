@@ -13,6 +13,7 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import pluggy
 import pytest
 
 from runtime.core.config import DaemonConfig
@@ -379,3 +380,38 @@ async def test_load_failures_with_the_same_entry_point_name_are_all_listed(
         ("plugin", "fake-one", "import of mo_same_one failed: ImportError: one is broken"),
         ("plugin", "fake-two", "import of mo_same_two failed: ImportError: two is broken"),
     ]
+
+
+def _hooks_of(pm: pluggy.PluginManager, module: object) -> list[tuple[str, object]]:
+    return sorted(((caller.name, impl.function) for caller in pm.get_hookcallers(module) or ()
+                   for impl in caller.get_hookimpls() if impl.plugin is module),
+                  key=lambda pair: pair[0])
+
+
+def test_discovery_registers_the_hooks_pluggy_would_find() -> None:
+    """The manager that passes over non-callable names finds what pluggy's own finds."""
+    import types
+
+    from runtime.core.discovery import ENTRY_POINT_GROUP, _plugin_manager, find_entry_points
+    from runtime.core.hookspecs import PROJECT, MoorageSpecs, hookimpl
+
+    odd = types.ModuleType("odd_plugin")
+
+    def plugins() -> list[Registration]:
+        return []
+
+    moorage_plugins = hookimpl(plugins)
+    odd.moorage_plugins = moorage_plugins  # type: ignore[attr-defined]
+    odd.alias = moorage_plugins  # type: ignore[attr-defined] # not a hook name: pluggy's call
+    odd.number = 3  # type: ignore[attr-defined]
+    odd.Klass = type("Klass", (), {"moorage_plugins": moorage_plugins})  # type: ignore[attr-defined]
+    modules = [odd, *(ep.load() for _, ep in find_entry_points(ENTRY_POINT_GROUP))]
+    ours = _plugin_manager()
+    theirs = pluggy.PluginManager(PROJECT)
+    theirs.add_hookspecs(MoorageSpecs)
+    for i, module in enumerate(modules):
+        ours.register(module, name=str(i))
+        theirs.register(module, name=str(i))
+        assert _hooks_of(ours, module) == _hooks_of(theirs, module)
+    assert _hooks_of(ours, odd) == [("alias", moorage_plugins),
+                                    ("moorage_plugins", moorage_plugins)]

@@ -37,6 +37,10 @@ REQUEST_ONLY = (
 )
 
 
+#: Imported by nothing the daemon does: ``moorage daemon`` is parsed without argparse.
+NEVER = ("argparse",)
+
+
 def imported(log: str) -> set[str]:
     return set(re.findall(r"^import '([\w.]+)' #", log, flags=re.MULTILINE))
 
@@ -48,6 +52,7 @@ def test_idle_daemon_leaves_request_only_modules_unimported(tmp_path: Path) -> N
         at_idle = imported(daemon.log())
         assert "runtime.plugins.metrics.plugin" in at_idle  # the log does list imports
         assert sorted(m for m in REQUEST_ONLY if m in at_idle) == []
+        assert sorted(m for m in NEVER if m in at_idle) == []
         assert daemon.proc is not None
         maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
         assert "libstdc++" not in maps
@@ -70,3 +75,39 @@ def test_daemon_children_do_not_inherit_the_frozenlist_switch(tmp_path: Path) ->
     finally:
         daemon.close()
     assert "FROZENLIST_NO_EXTENSIONS" not in os.environ
+
+
+#: Imported by the first use that needs them, not by any plugin's registration or
+#: init on a root used before (issue 20: daemon start). ``ctypes``: a network
+#: namespace made, a mount, the overlay probe; ``tempfile``: an upload, a copy, a
+#: diff; ``secrets``, ``shlex``: no plugin needs them (``os.urandom``), or only to
+#: remove a DEL's leftover iptables rules; a user's lookup in the image: the first bundle.
+FIRST_USE_ONLY = (
+    "ctypes",
+    "tempfile",
+    "secrets",
+    "shlex",
+    "runtime.plugins.images.platforms",
+    "runtime.plugins.images.progress",
+    "runtime.plugins.network.cni.leftover_rules",
+    "runtime.plugins.runtime.runc.user",
+    # The websocket protocol: the first attach, exec or `run` that opens one.
+    "runtime.pkg.http.websocket",
+)
+
+
+def test_plugins_start_on_a_used_root_without_first_use_modules(tmp_path: Path) -> None:
+    """The second start (the overlay probe remembered) imports none of them; a pull would."""
+    daemon = Daemon(tmp_path, env={"PYTHONVERBOSE": "1"})
+    try:
+        daemon.start()
+        daemon.client().healthz()
+        daemon.stop()
+        first_start = len(daemon.log())
+        daemon.start()
+        daemon.client().healthz()
+        at_idle = imported(daemon.log()[first_start:])
+        assert "runtime.plugins.images.routes" in at_idle  # this start's imports are listed
+        assert sorted(m for m in FIRST_USE_ONLY if m in at_idle) == []
+    finally:
+        daemon.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from runtime.pkg.http.app import AppKey, Application, Handler, Middleware, middleware
 from runtime.pkg.http.errors import (
     HTTPBadRequest,
@@ -14,7 +16,9 @@ from runtime.pkg.http.errors import (
 from runtime.pkg.http.request import Request
 from runtime.pkg.http.response import Response, StreamResponse, json_response
 from runtime.pkg.http.server import HttpServer
-from runtime.pkg.http.websocket import WebSocketResponse, WSCloseCode, WSMessage, WSMsgType
+
+if TYPE_CHECKING:
+    from runtime.pkg.http.websocket import WebSocketResponse, WSCloseCode, WSMessage, WSMsgType
 
 __all__ = [
     "AppKey",
@@ -38,3 +42,16 @@ __all__ = [
     "json_response",
     "middleware",
 ]
+
+_WEBSOCKET = frozenset({"WSCloseCode", "WSMessage", "WSMsgType", "WebSocketResponse"})
+
+
+def __getattr__(name: str) -> Any:
+    """The websocket names, imported by the first websocket a handler opens, not at start."""
+    if name not in _WEBSOCKET:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from runtime.pkg.http import websocket
+
+    value = getattr(websocket, name)
+    globals()[name] = value
+    return value

@@ -32,6 +32,7 @@ from runtime.plugins.api.api import Query, Route, RouteSet, decode_body, list_ro
 from runtime.plugins.gc.api import Collections
 
 if TYPE_CHECKING:
+    from runtime.plugins.images.progress import Tracker
     from runtime.plugins.images.service import ImageService
 
 __all__ = ["image_routes"]
@@ -82,8 +83,6 @@ def image_routes(
         PullOptions,
         PushOptions,
     )
-    from runtime.plugins.images.platforms import parse_platform
-    from runtime.plugins.images.progress import Tracker
 
     def name_of(request: web.Request) -> str:
         # Accept short names (busybox) the way the CLI does: normalised.
@@ -169,6 +168,10 @@ def image_routes(
     async def pull(request: web.Request) -> web.StreamResponse:
         ns = namespace_of(request)
         body = await decode_body(request, ImagePullRequest)
+        # Imported by the first pull or push, not at the daemon's start.
+        from runtime.plugins.images.platforms import parse_platform
+        from runtime.plugins.images.progress import Tracker
+
         ref = parse_reference(body.ref)
         for platform in body.platforms:
             parse_platform(platform)
@@ -191,6 +194,8 @@ def image_routes(
         return await stream(request, tracker, lambda: service.pull(ns, ref.name, opts, tracker))
 
     async def push(request: web.Request) -> web.StreamResponse:
+        from runtime.plugins.images.progress import Tracker
+
         ns = namespace_of(request)
         body = await decode_body(request, ImagePushRequest)
         name = parse_reference(body.name).name

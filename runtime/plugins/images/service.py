@@ -16,7 +16,6 @@ import builtins
 import contextlib
 import logging
 import os
-import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -94,7 +93,7 @@ class ImageService:
         self.leases = leases
         self.config = config
         self.publish = publish or (lambda namespace, topic, event: None)
-        self.scratch = scratch or Path(tempfile.gettempdir())
+        self._scratch = scratch
         self.locks = KeyedLocks()
         # Service-wide: concurrent pulls share the CPU that applying layers needs.
         self.unpacks = anyio.Semaphore(max(1, config.max_concurrent_unpacks))
@@ -102,6 +101,18 @@ class ImageService:
         self.grafts: dict[str, bool] = {}
 
     # -- records ----------------------------------------------------------------
+
+    @property
+    def scratch(self) -> Path:
+        """Where uploads and staged layers go: the given directory, else the system's temporary one.
+
+        Looked up at first use: ``tempfile`` is no import of the daemon's start.
+        """
+        if self._scratch is None:
+            import tempfile
+
+            self._scratch = Path(tempfile.gettempdir())
+        return self._scratch
 
     async def list(self, namespace: str, filters: Sequence[str] = ()) -> list[Image]:
         """Images of the namespace matching any filter."""
@@ -346,6 +357,8 @@ class ImageService:
         snapshotter: str = "",
     ) -> builtins.list[Image]:
         """Import an archive arriving as a stream (an upload): spooled to disk first."""
+        import tempfile
+
         self.scratch.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="import-", suffix=".tar", dir=self.scratch)
         path = Path(name)

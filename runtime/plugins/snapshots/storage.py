@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import sqlite3
 import threading
@@ -288,7 +287,7 @@ class MetaStore:
             parent_ids: list[int] = []
             if parent_record is not None:
                 parent_ids = [parent_record.id, *self._get_with_parents(parent)[1]]
-            temp = self.snapshots_dir / f"new-{secrets.token_hex(8)}"
+            temp = self.snapshots_dir / f"new-{os.urandom(8).hex()}"
             temp.mkdir()
             self._building.add(temp.name)
         try:
@@ -389,7 +388,7 @@ class MetaStore:
                 db.execute("DELETE FROM snapshots WHERE id = ?", (record.id,))
                 source = self.path(record.id)
                 if source.exists():
-                    trash = self.snapshots_dir / f"rm-{record.id}-{secrets.token_hex(4)}"
+                    trash = self.snapshots_dir / f"rm-{record.id}-{os.urandom(4).hex()}"
                     source.rename(trash)
                     moved = (source, trash)
                     _fsync_dir(self.snapshots_dir)
@@ -415,7 +414,7 @@ class MetaStore:
             if not entry.name.startswith("rm-"):
                 # Renamed under the lock so that a create reusing this id
                 # cannot race with the deletion that follows outside it.
-                renamed = self.snapshots_dir / f"rm-{entry.name}-{secrets.token_hex(4)}"
+                renamed = self.snapshots_dir / f"rm-{entry.name}-{os.urandom(4).hex()}"
                 path.rename(renamed)
                 path = renamed
             trash.append(path)

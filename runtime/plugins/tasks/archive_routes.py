@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -83,6 +82,8 @@ def archive_routes(service: TaskService, state: Path) -> RouteSet:
             yield path
             return
         state.mkdir(parents=True, exist_ok=True)
+        import tempfile  # at the first copy, not at the daemon's start
+
         where = Path(tempfile.mkdtemp(prefix="cp-", dir=state))
         try:
             async with mounted(mounts, where):
@@ -120,6 +121,8 @@ def archive_routes(service: TaskService, state: Path) -> RouteSet:
 
     async def get(request: web.Request) -> web.StreamResponse:
         path = path_of(request)
+        import tempfile
+
         spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL)  # noqa: SIM115 - closed below
         try:
             async with root_of(namespace_of(request), request.match_info["id"]) as root:
@@ -141,6 +144,8 @@ def archive_routes(service: TaskService, state: Path) -> RouteSet:
 
     async def put(request: web.Request) -> ArchiveResult:
         path = path_of(request)
+        import tempfile
+
         spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL)  # noqa: SIM115 - closed below
         try:
             async for chunk in request.content.iter_chunked(_CHUNK):

@@ -12,7 +12,6 @@ pauses a running one, as Docker does.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 
 from runtime.api.containers import (
@@ -64,6 +63,8 @@ def changes_routes(service: TaskService, differ: Applier,
         parent = (await snapshotter.stat(ns, key)).parent
         view = f"changes-{container_id}-{os.urandom(4).hex()}"
         lower = await snapshotter.view(ns, view, parent) if parent else []
+        import tempfile  # at the first changes request, not at the daemon's start
+
         spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
         try:
             try:

@@ -28,7 +28,6 @@ import msgspec
 
 from runtime.core.errors import MoorageError, NotFound
 from runtime.pkg.http import web
-from runtime.pkg.http.web import WSMsgType
 from runtime.plugins.api.api import Query, Route, RouteSet, namespace_of
 from runtime.plugins.runtime.api import AttachStream, Runtime
 from runtime.plugins.tasks.service import TaskService
@@ -126,11 +125,11 @@ async def relay(ws: web.WebSocketResponse, stream: AttachStream, runtime: Runtim
 
         async def input_() -> None:
             async for message in ws:
-                if message.type == WSMsgType.BINARY and stdin:
+                if message.type == web.WSMsgType.BINARY and stdin:
                     await stream.send(message.data)
-                elif message.type == WSMsgType.TEXT:
+                elif message.type == web.WSMsgType.TEXT:
                     await _control(message.data, stream, runtime, ns, task_id, exec_id)
-                elif message.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+                elif message.type in (web.WSMsgType.CLOSE, web.WSMsgType.ERROR):
                     break
             # The client left: stop relaying output too.
             tg.cancel_scope.cancel()

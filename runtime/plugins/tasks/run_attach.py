@@ -33,7 +33,6 @@ from runtime.api.containers import RunRequest
 from runtime.api.tasks import LOG_UNSYNCED_ANNOTATION
 from runtime.core.errors import InvalidArgument, MoorageError, NotFound
 from runtime.pkg.http import web
-from runtime.pkg.http.web import WSMsgType
 from runtime.plugins.api.api import Query, Route, namespace_of
 from runtime.plugins.containers.api import new_container
 from runtime.plugins.tasks.io_routes import relay
@@ -57,7 +56,7 @@ def _flag(request: web.Request, name: str) -> bool:
 
 async def _run_request(ws: web.WebSocketResponse) -> RunRequest:
     message = await ws.receive(timeout=FIRST_MESSAGE_TIMEOUT)
-    if message.type != WSMsgType.TEXT:
+    if message.type != web.WSMsgType.TEXT:
         raise InvalidArgument("the first message must be the run request (a text message)")
     try:
         return msgspec.json.decode(message.data, type=RunRequest)

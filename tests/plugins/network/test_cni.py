@@ -390,6 +390,41 @@ class TestDetach:
         assert not path.exists()
 
 
+class TestStartup:
+    async def test_release_at_startup_detaches_unused_records_and_unrecorded_namespaces(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """What the init runs: stale records undone, namespaces without a record removed."""
+        require_root()  # unpinning: umount(2) of the (absent) namespace file
+        record = AttachmentRecord(namespace="default", container_id="old", network="none",
+                                  cni_id="default--old",
+                                  netns=str(tmp_path / "netns" / "default--old"))
+        path = tmp_path / "attachments" / "default" / "old.json"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(msgspec.json.encode(record))
+        # Left by a crash between a record's removal and its namespace's: no record.
+        orphan = tmp_path / "netns" / "default--gone"
+        orphan.parent.mkdir()
+        orphan.touch()
+        service = cni_network(tmp_path)
+        assert await service.release_at_startup() == [("default", "old")]
+        assert not path.exists()
+        assert not orphan.exists()
+        assert await service.attachments() == []
+
+        def no_read(*args: Any) -> None:
+            raise AssertionError("record read")
+
+        # The scan counts as the startup scan: detach of a never-attached task reads nothing.
+        monkeypatch.setattr(service, "_read", no_read)
+        await service.detach("default", "c1")
+
+    async def test_release_at_startup_on_an_empty_root_finds_nothing(self,
+                                                                     tmp_path: Path) -> None:
+        service = cni_network(tmp_path)
+        assert await service.release_at_startup() == []
+        assert await service.attachments() == []
+
+
 def test_created_namespace_has_loopback_up(tmp_path: Path) -> None:
     """netns.create brings lo up in-process: no loopback plugin runs."""
     require_root()

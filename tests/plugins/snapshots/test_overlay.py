@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import anyio.to_thread
 import pytest
+from anyio.abc import TaskGroup
 
 from runtime.core.errors import NotImplementedYet, Unavailable
 from runtime.core.registration import InitContext, PluginSkipped, Registration
@@ -166,7 +169,8 @@ class TestOverlayPlugin:
         require_root()
         [registration] = list(plugin.moorage_plugins())
         config = plugin.OverlayConfig(mount_options=["volatile"], sync_remove=False)
-        sn = await registration.init(_context(registration, config, tmp_path))
+        async with anyio.create_task_group() as tg:
+            sn = await registration.init(_context(registration, config, tmp_path, tg))
         try:
             assert isinstance(sn, OverlaySnapshotter)
             assert sn.root == tmp_path / "root"
@@ -181,7 +185,8 @@ class TestOverlayPlugin:
         require_root()
         [registration] = list(plugin.moorage_plugins())
         config = plugin.OverlayConfig(root_path=str(tmp_path / "elsewhere"))
-        sn = await registration.init(_context(registration, config, tmp_path))
+        async with anyio.create_task_group() as tg:
+            sn = await registration.init(_context(registration, config, tmp_path, tg))
         await sn.close()
         assert sn.root == tmp_path / "elsewhere"
 
@@ -191,10 +196,31 @@ class TestOverlayPlugin:
         def unsupported(root: Path) -> None:
             raise NotImplementedYet(f"{root} does not support d_type, overlayfs needs it")
 
-        monkeypatch.setattr(plugin, "check_supported", unsupported)
+        monkeypatch.setattr(plugin, "probe_overlay", unsupported)
         [registration] = list(plugin.moorage_plugins())
         with pytest.raises(PluginSkipped, match="does not support d_type"):
             await registration.init(_context(registration, plugin.OverlayConfig(), tmp_path))
+
+    async def test_the_probe_is_removed_after_the_start_and_then_remembered(
+        self, tmp_path: Path
+    ) -> None:
+        """The init answers once overlay mounted; the unmount and removal come after it."""
+        require_root()
+        [registration] = list(plugin.moorage_plugins())
+        root = tmp_path / "root"
+        async with anyio.create_task_group() as tg:
+            sn = await registration.init(_context(registration, plugin.OverlayConfig(),
+                                                  tmp_path, tg))
+            # Remembered only once the probe is gone: a kill meanwhile probes again.
+            assert not (root / plugin.CHECK_CACHE).exists()
+        assert list(root.glob("check-*")) == []
+        assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                    if str(root / "check-") in line]
+        assert plugin.remembered(root)
+        await sn.close()
+        # The next start on this root probes nothing and starts no removal.
+        sn = await registration.init(_context(registration, plugin.OverlayConfig(), tmp_path))
+        await sn.close()
 
     def test_probe_runs_once_per_kernel_and_filesystem(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -223,8 +249,13 @@ class TestOverlayPlugin:
 
 
 def _context(
-    registration: Registration, config: plugin.OverlayConfig, tmp_path: Path
+    registration: Registration, config: plugin.OverlayConfig, tmp_path: Path,
+    tg: TaskGroup | None = None,
 ) -> InitContext[plugin.OverlayConfig]:
+    async def spawn(fn: Any, *args: Any, name: str) -> Any:
+        assert tg is not None, "this init starts a task"
+        return await tg.start(fn, *args, name=name)
+
     return InitContext(
         registration=registration,
         config=config,
@@ -233,4 +264,5 @@ def _context(
         daemon=None,  # type: ignore[arg-type]  # not used by this plugin
         plugins=None,  # type: ignore[arg-type]
         events=None,
+        _spawn=spawn,
     )

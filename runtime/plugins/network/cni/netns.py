@@ -12,7 +12,6 @@ All functions block; call them from a worker thread.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import json
 import os
@@ -20,7 +19,9 @@ import socket
 import struct
 import subprocess
 from collections.abc import Collection
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 from runtime.pkg.mount import bind_mount
 from runtime.pkg.namespaces import enter_netns, in_fresh_thread, pin_own, unpin
@@ -36,7 +37,13 @@ _IFF_UP = 0x1
 # for these two requests is the short ifr_flags.
 _IFREQ = struct.Struct("16sH22x")
 
-_libc = ctypes.CDLL(None, use_errno=True)
+
+@cache
+def _libc() -> Any:
+    """libc, for ``unshare``; loaded by the first namespace made, not at the daemon's start."""
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def loopback_up() -> None:
@@ -65,7 +72,9 @@ def create(path: Path) -> None:
     os.close(fd)
 
     def pin() -> None:
-        if _libc.unshare(CLONE_NEWNET) != 0:
+        import ctypes
+
+        if _libc().unshare(CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
         loopback_up()

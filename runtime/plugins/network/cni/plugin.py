@@ -101,7 +101,7 @@ async def init(ctx: InitContext[CniConfig]) -> Network:
                          timeout=config.timeout, ipam_dir=ipam_dir, firewall=has_firewall)
     # Nothing is being created yet, so a namespace no process is in belongs to a
     # container that is gone: release its addresses, veths and port mappings.
-    await service.cleanup_stale(await service.live_keys())
+    await service.release_at_startup()
     return service
 
 

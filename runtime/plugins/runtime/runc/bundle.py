@@ -26,7 +26,6 @@ from runtime.pkg.mount import mount_all, unmount
 from runtime.pkg.oci.spec import GROUPS_POLICY_ANNOTATION, USER_ANNOTATION, merge_env
 from runtime.pkg.userns import IDMAP_ROOTFS_ANNOTATION, idmap_mount, idmapped_overlay
 from runtime.plugins.runtime.runc.layout import TaskPaths, write_durably
-from runtime.plugins.runtime.runc.user import resolve_user
 from runtime.plugins.snapshots.api import Mount
 
 __all__ = ["exec_process_spec", "prepare_bundle", "remove_tree", "root_mounts", "teardown_bundle"]
@@ -53,6 +52,9 @@ def root_mounts(spec: dict[str, Any], rootfs: Sequence[Mount]) -> list[Mount]:
 
 def _resolve_process_user(process: dict[str, Any], user: str | None, rootfs: Path,
                           image_groups: bool = True) -> None:
+    # Imported by the first bundle (in a worker thread), not at the daemon's start.
+    from runtime.plugins.runtime.runc.user import resolve_user
+
     env: list[str] = process.setdefault("env", [])
     current = process.setdefault("user", {"uid": 0, "gid": 0})
     if user:

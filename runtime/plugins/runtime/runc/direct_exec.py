@@ -17,7 +17,7 @@ ExecSync processes die with their container.
 from __future__ import annotations
 
 import json
-import secrets
+import os
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -149,7 +149,7 @@ class DirectExecs(TaskTable):
 
 
 def _workdir(task: Task, request: ExecRequest) -> tuple[str, Path]:
-    exec_id = request.exec_id or "direct-" + secrets.token_hex(8)
+    exec_id = request.exec_id or "direct-" + os.urandom(8).hex()
     # Under the bundle (the state directory), not the record: nothing here must
     # survive a restart, and recovery never sees it.
     return exec_id, task.paths.bundle / "direct-execs" / exec_id

@@ -6,15 +6,22 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import anyio.to_thread
 import msgspec
+from anyio.abc import TaskStatus
 
 from runtime.core.config import AbsolutePath
 from runtime.core.errors import NotImplementedYet
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, PluginSkipped, Registration
 from runtime.plugins.snapshots.api import Snapshotter
-from runtime.plugins.snapshots.overlay.snapshotter import OverlaySnapshotter, check_supported
+from runtime.plugins.snapshots.overlay.snapshotter import (
+    OverlaySnapshotter,
+    check_supported,
+    probe_overlay,
+    remove_probe,
+)
 
 
 class OverlayConfig(PluginConfig):
@@ -54,19 +61,41 @@ def check_supported_once(root: Path) -> None:
     type and device; a new kernel, or the root moved to another filesystem,
     probes again. A failure is never remembered.
     """
-    root.mkdir(parents=True, exist_ok=True)
-    key = _backing(root)
-    cache = root / CHECK_CACHE
-    try:
-        if cache.read_text() == key:
-            return
-    except OSError:
-        pass
+    if remembered(root):
+        return
     check_supported(root)
+    remember(root)
+
+
+def remembered(root: Path) -> bool:
+    """Whether a probe passed on ``root`` before, on this kernel and filesystem."""
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        return (root / CHECK_CACHE).read_text() == _backing(root)
+    except OSError:
+        return False
+
+
+def remember(root: Path) -> None:
+    """Write down that the probe passed on ``root`` (see :func:`check_supported_once`)."""
+    cache = root / CHECK_CACHE
     # Not synced: losing it costs one more probe at the next start.
     tmp = cache.with_name(cache.name + ".tmp")
-    tmp.write_text(key)
+    tmp.write_text(_backing(root))
     tmp.replace(cache)
+
+
+async def _finish_probe(root: Path, probe: Path, *,
+                        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    """Unmount and remove a probe that passed, then remember the success.
+
+    Runs beside the rest of the start (the unmount and the removal took as
+    long as the probe). Remembered only once the probe is gone: a daemon
+    killed meanwhile probes again at its next start.
+    """
+    task_status.started()
+    await anyio.to_thread.run_sync(remove_probe, probe)
+    await anyio.to_thread.run_sync(remember, root)
 
 
 async def init(ctx: InitContext[OverlayConfig]) -> Snapshotter:
@@ -77,7 +106,15 @@ async def init(ctx: InitContext[OverlayConfig]) -> Snapshotter:
     """
     root = Path(ctx.config.root_path) if ctx.config.root_path else ctx.root
     try:
-        await anyio.to_thread.run_sync(check_supported_once, root)
+        if not await anyio.to_thread.run_sync(remembered, root):
+            # What the probe imports, imported here: imported by the worker thread
+            # beside the other plugins' imports, a fresh root's start took 10 to
+            # 20 ms longer (docs/performance.md, entry 32).
+            import ctypes  # noqa: F401
+            import tempfile  # noqa: F401
+
+            probe = await anyio.to_thread.run_sync(probe_overlay, root)
+            await ctx.start(_finish_probe, root, probe, name="snapshotter.overlayfs probe removal")
     except (NotImplementedYet, PermissionError) as exc:
         raise PluginSkipped(str(exc)) from exc
     return OverlaySnapshotter(

@@ -24,12 +24,10 @@ the file in every child once committed.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import shutil
 import stat
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, final
@@ -40,7 +38,7 @@ from runtime.plugins.snapshots.api import Kind, Mount
 from runtime.plugins.snapshots.backend import MetaStoreSnapshotter
 from runtime.plugins.snapshots.record import Record
 
-__all__ = ["OverlaySnapshotter", "check_supported"]
+__all__ = ["OverlaySnapshotter", "check_supported", "probe_overlay", "remove_probe"]
 
 
 @final
@@ -121,14 +119,21 @@ def _in_user_namespace() -> bool:
     return fields != ["0", "0", "4294967295"]
 
 
-class _Dirent64(ctypes.Structure):
-    _fields_ = [
-        ("d_ino", ctypes.c_uint64),
-        ("d_off", ctypes.c_int64),
-        ("d_reclen", ctypes.c_ushort),
-        ("d_type", ctypes.c_ubyte),
-        ("d_name", ctypes.c_char * 256),
-    ]
+@functools.cache
+def _dirent64() -> Any:
+    """``struct dirent64``; ctypes is imported by the probe alone (a fresh root, a new kernel)."""
+    import ctypes
+
+    class Dirent64(ctypes.Structure):
+        _fields_ = [
+            ("d_ino", ctypes.c_uint64),
+            ("d_off", ctypes.c_int64),
+            ("d_reclen", ctypes.c_ushort),
+            ("d_type", ctypes.c_ubyte),
+            ("d_name", ctypes.c_char * 256),
+        ]
+
+    return Dirent64
 
 
 def _supports_d_type(directory: Path) -> bool:
@@ -138,11 +143,13 @@ def _supports_d_type(directory: Path) -> bool:
     this reads the directory through libc's ``readdir64``, whose record layout
     is the same on every Linux architecture.
     """
+    import ctypes
+
     (directory / "probe").touch()
     libc: Any = ctypes.CDLL(None, use_errno=True)
     libc.opendir.restype = ctypes.c_void_p
     libc.opendir.argtypes = [ctypes.c_char_p]
-    libc.readdir64.restype = ctypes.POINTER(_Dirent64)
+    libc.readdir64.restype = ctypes.POINTER(_dirent64())
     libc.readdir64.argtypes = [ctypes.c_void_p]
     libc.closedir.argtypes = [ctypes.c_void_p]
     handle = libc.opendir(str(directory).encode())
@@ -167,6 +174,23 @@ def check_supported(root: Path) -> None:
     Raises:
         NotImplementedYet: Overlay cannot be used here; the message says why.
     """
+    remove_probe(probe_overlay(root))
+
+
+def probe_overlay(root: Path) -> Path:
+    """:func:`check_supported` up to its answer: the probe stays mounted for :func:`remove_probe`.
+
+    The unmount and the removal of the probe's directories take longer than
+    the probe itself; the plugin does them after it has started.
+
+    Returns:
+        The probe's directory under ``root`` (``check-*``), its overlay mounted on ``merged``.
+
+    Raises:
+        NotImplementedYet: Overlay cannot be used here (nothing is left behind).
+    """
+    import tempfile  # the probe runs once per kernel and filesystem: not at every start
+
     root.mkdir(parents=True, exist_ok=True)
     probe = Path(tempfile.mkdtemp(prefix="check-", dir=root))
     try:
@@ -181,10 +205,17 @@ def check_supported(root: Path) -> None:
             mount_all([Mount(type="overlay", source="overlay", options=options)], probe / "merged")
         except OSError as exc:
             raise NotImplementedYet(f"overlayfs cannot be mounted on {root}: {exc}") from exc
-        try:
-            if not (probe / "merged" / "file").exists():
-                raise NotImplementedYet(f"overlayfs on {root} does not show its lower layer")
-        finally:
-            unmount(probe / "merged")
+        if not (probe / "merged" / "file").exists():
+            raise NotImplementedYet(f"overlayfs on {root} does not show its lower layer")
+    except BaseException:
+        remove_probe(probe)
+        raise
+    return probe
+
+
+def remove_probe(probe: Path) -> None:
+    """Unmount and remove what :func:`probe_overlay` made (blocking)."""
+    try:
+        unmount(probe / "merged")
     finally:
         shutil.rmtree(probe, ignore_errors=True)
