@@ -27,12 +27,13 @@ All functions block; call them from a worker thread.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 from runtime.api.mounts import Mount
 from runtime.pkg.mount import bind_mount
@@ -57,12 +58,27 @@ _SYS_OPEN_TREE = 428
 _SYS_MOVE_MOUNT = 429
 _SYS_MOUNT_SETATTR = 442
 
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
-class _MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+@cache
+def _libc() -> Any:
+    # ctypes is loaded by the first user namespace pod, not at the daemon's start
+    # (runtime.runc's bundle imports this module for its annotation).
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+@cache
+def _mount_attr_type() -> Any:
+    """``struct mount_attr`` of ``mount_setattr(2)``."""
+    import ctypes
+
+    class MountAttr(ctypes.Structure):
+        _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                    ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+    return MountAttr
 
 
 @dataclass(frozen=True)
@@ -79,6 +95,8 @@ class IDMapping:
 
 
 def _check(rc: int, what: str) -> int:
+    import ctypes
+
     if rc < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
@@ -139,14 +157,19 @@ def pin_new(pins: dict[str, Path], uids: Sequence[IDMapping], gids: Sequence[IDM
 
 
 def _open_tree_clone(path: Path | str) -> int:
-    return _check(_libc.syscall(_SYS_OPEN_TREE, ctypes.c_int(_AT_FDCWD), os.fsencode(path),
+    import ctypes
+
+    return _check(_libc().syscall(_SYS_OPEN_TREE, ctypes.c_int(_AT_FDCWD), os.fsencode(path),
                                 ctypes.c_uint(_OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC)),
                   f"open_tree {path}")
 
 
 def _set_idmap(tree: int, userns_fd: int, path: Path | str) -> None:
-    attr = _MountAttr(attr_set=_MOUNT_ATTR_IDMAP, attr_clr=0, propagation=0, userns_fd=userns_fd)
-    _check(_libc.syscall(_SYS_MOUNT_SETATTR, ctypes.c_int(tree), b"",
+    import ctypes
+
+    attr = _mount_attr_type()(attr_set=_MOUNT_ATTR_IDMAP, attr_clr=0, propagation=0,
+                              userns_fd=userns_fd)
+    _check(_libc().syscall(_SYS_MOUNT_SETATTR, ctypes.c_int(tree), b"",
                          ctypes.c_uint(_AT_EMPTY_PATH), ctypes.byref(attr),
                          ctypes.c_size_t(ctypes.sizeof(attr))),
            f"mount_setattr MOUNT_ATTR_IDMAP {path}")
@@ -162,6 +185,8 @@ def idmap_mount(target: Path | str, userns: Path | str) -> None:
         OSError: The filesystem cannot be idmapped, or a step failed (the
             original mount is then still on ``target``).
     """
+    import ctypes
+
     tree = _open_tree_clone(target)
     try:
         userns_fd = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
@@ -169,8 +194,8 @@ def idmap_mount(target: Path | str, userns: Path | str) -> None:
             _set_idmap(tree, userns_fd, target)
         finally:
             os.close(userns_fd)
-        _check(_libc.umount2(os.fsencode(target), ctypes.c_int(_MNT_DETACH)), f"umount {target}")
-        _check(_libc.syscall(_SYS_MOVE_MOUNT, ctypes.c_int(tree), b"", ctypes.c_int(_AT_FDCWD),
+        _check(_libc().umount2(os.fsencode(target), ctypes.c_int(_MNT_DETACH)), f"umount {target}")
+        _check(_libc().syscall(_SYS_MOVE_MOUNT, ctypes.c_int(tree), b"", ctypes.c_int(_AT_FDCWD),
                              os.fsencode(target), ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH)),
                f"move_mount {target}")
     finally:
