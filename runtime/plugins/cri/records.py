@@ -245,9 +245,11 @@ class PodRecords:
         """Whether pods of the handler may have a user namespace (``userns_options`` ``POD``).
 
         The runtime must be runc (1.1 joins a user namespace by path; the
-        ``runtime.runc`` plugin idmaps the root filesystem for it, which the
-        kernel must allow on the plugin's and the snapshots' filesystem:
-        tried once, as critest does, and overlayfs needs Linux 5.19).
+        ``runtime.runc`` plugin idmaps the root filesystem for it), the kernel
+        must idmap a mount of the plugin's root directory (tried once, as
+        critest tries it; the snapshots are on the daemon's root too) and
+        overlayfs layers (Linux 5.19), and the daemon's state directory must
+        be searchable by others.
         """
         runtime = self.runtime_for(handler)
         if runtime.name != "runtime.runc":
@@ -412,7 +414,6 @@ class PodRecords:
                 await runtime.resume(self.namespace, id_)
         with anyio.move_on_after(30):
             await runtime.wait(self.namespace, id_)
-
 
 
 def _probe_idmap(root: Path, daemon_state: Path) -> str:
