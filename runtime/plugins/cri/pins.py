@@ -12,6 +12,10 @@ and bind-mounts the thread's ``ns/ipc`` and ``ns/uts`` on ``<pod dir>/ns/``.
 No process is started. Containers join the files by path (see :mod:`.spec`);
 :func:`unpin` unmounts them, and the namespaces go with the last container.
 
+A pod with a user namespace (with infra or not) has it pinned too, with IPC,
+UTS and network namespaces it owns, made by a process instead of a thread
+(:func:`pin_with_user_namespace`, :mod:`runtime.pkg.userns`).
+
 All functions block; call them from a worker thread.
 """
 
