@@ -11,11 +11,11 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from functools import reduce
 from types import FunctionType, MethodType, ModuleType
 from typing import Any
 
+import msgspec
 import pluggy
 
 from runtime.core.hookspecs import PROJECT, MoorageSpecs
@@ -35,8 +35,7 @@ ENTRY_POINT_GROUP = "moorage.plugins"
 log = logging.getLogger("moorage.discovery")
 
 
-@dataclass(frozen=True, order=True)
-class PluginSource:
+class PluginSource(msgspec.Struct, frozen=True, order=True):
     """Where a plugin module came from: the distribution and its entry point."""
 
     distribution: str
@@ -45,28 +44,25 @@ class PluginSource:
     value: str
 
 
-@dataclass(frozen=True)
-class LoadFailure:
+class LoadFailure(msgspec.Struct, frozen=True):
     """An entry point whose module could not be imported or whose hook failed."""
 
     source: PluginSource
     error: str
 
 
-@dataclass
-class Discovery:
+class Discovery(msgspec.Struct):
     """Everything discovery found, in a deterministic order."""
 
-    registrations: list[tuple[Registration, PluginSource]] = field(default_factory=list)
-    failures: list[LoadFailure] = field(default_factory=list)
+    registrations: list[tuple[Registration, PluginSource]] = msgspec.field(default_factory=list)
+    failures: list[LoadFailure] = msgspec.field(default_factory=list)
 
 
 # ``module[:attr[.attr...]] [extras]``, as importlib.metadata's EntryPoint reads it.
 _VALUE = re.compile(r"(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+)\s*)?((?P<extras>\[.*\])\s*)?$")
 
 
-@dataclass(frozen=True)
-class EntryPoint:
+class EntryPoint(msgspec.Struct, frozen=True):
     """One entry point of the group: ``value`` names a module and optionally an attribute."""
 
     name: str

@@ -45,10 +45,12 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, TypeAlias, final
+from typing import Any, ClassVar, TypeAlias, final
+
+import msgspec
+from msgspec.structs import force_setattr
 
 from runtime.core.errors import InvalidArgument
 
@@ -82,8 +84,7 @@ _OPERATORS = frozenset(op.value for op in Operator)
 
 
 @final
-@dataclass(frozen=True)
-class Selector:
+class Selector(msgspec.Struct, frozen=True, dict=True):
     """One ``fieldpath [operator value]`` term.
 
     Attributes:
@@ -95,12 +96,15 @@ class Selector:
     fieldpath: tuple[str, ...]
     operator: Operator | None = None
     value: str = ""
-    _pattern: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+    #: The compiled value of a ``~=`` selector. Not a field, so neither compared,
+    #: hashed nor printed: set on the instance (``dict=True`` gives it a
+    #: ``__dict__``) by ``__post_init__``; the class's ``None`` otherwise.
+    _pattern: ClassVar[re.Pattern[str] | None] = None
 
     def __post_init__(self) -> None:
         # Compiled once here: matching runs on the publish path of every event.
-        pattern = re.compile(self.value) if self.operator is Operator.MATCHES else None
-        object.__setattr__(self, "_pattern", pattern)
+        if self.operator is Operator.MATCHES:
+            force_setattr(self, "_pattern", re.compile(self.value))
 
     def match(self, adaptor: Adaptor) -> bool:
         """Whether the record seen through ``adaptor`` satisfies this selector."""
@@ -117,8 +121,7 @@ class Selector:
 
 
 @final
-@dataclass(frozen=True)
-class Filter:
+class Filter(msgspec.Struct, frozen=True):
     """A parsed filter: alternatives (OR) of selector groups (AND).
 
     Attributes:

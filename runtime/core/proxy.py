@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Final
+
+import msgspec
 
 from runtime.core.config import ConfigError, DaemonConfig, ProxyPluginConfig
 from runtime.core.discovery import Discovery, PluginSource
@@ -53,8 +54,7 @@ CLIENTS: Final[dict[str, str]] = {
 _UNIX = "unix://"
 
 
-@dataclass(frozen=True, kw_only=True)
-class ProxyTarget:
+class ProxyTarget(msgspec.Struct, frozen=True, kw_only=True):
     """Where a proxy plugin is served, as its client needs it.
 
     Attributes:

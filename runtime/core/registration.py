@@ -5,11 +5,11 @@ from __future__ import annotations
 import builtins
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
+from msgspec.structs import force_setattr
 
 if TYPE_CHECKING:
     from runtime.core.config import DaemonConfig
@@ -51,8 +51,7 @@ class PluginSkipped(Exception):
         return str(self.args[0]) if self.args else "skipped"
 
 
-@dataclass(frozen=True, kw_only=True)
-class Registration:
+class Registration(msgspec.Struct, frozen=True, kw_only=True):
     """One plugin, as yielded by a ``moorage_plugins`` hook implementation.
 
     Attributes:
@@ -82,7 +81,7 @@ class Registration:
         for part, what in ((self.type, "type"), (self.id, "id")):
             if not _NAME.match(part):
                 raise ValueError(f"plugin {what} {part!r} must match {_NAME.pattern}")
-        object.__setattr__(self, "requires", tuple(self.requires))
+        force_setattr(self, "requires", tuple(self.requires))
         for req in self.requires:
             if req == self.name:
                 raise ValueError(f"plugin {self.name} cannot require itself")
@@ -116,8 +115,7 @@ class Registration:
                    api_version=api_version, description=description)
 
 
-@dataclass(kw_only=True)
-class InitContext(Generic[T]):
+class InitContext(msgspec.Struct, Generic[T], kw_only=True):
     """Everything a plugin's init receives.
 
     Attributes:
@@ -138,7 +136,7 @@ class InitContext(Generic[T]):
     daemon: DaemonConfig
     plugins: PluginSet
     events: Exchange | None
-    _required: Mapping[str, Any] = field(default_factory=dict)
+    _required: Mapping[str, Any] = msgspec.field(default_factory=dict)
     _spawn: Callable[..., Awaitable[Any]] | None = None
 
     def publish(self, namespace: str, topic: str, event: msgspec.Struct) -> Envelope | None:

@@ -30,10 +30,11 @@ import contextlib
 import os
 import subprocess
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from runtime.api.mounts import Mount
 from runtime.pkg.mount import bind_mount
@@ -81,8 +82,7 @@ def _mount_attr_type() -> Any:
     return MountAttr
 
 
-@dataclass(frozen=True)
-class IDMapping:
+class IDMapping(msgspec.Struct, frozen=True):
     """One line of ``uid_map``/``gid_map``: ``size`` ids from ``container_id`` on ``host_id``."""
 
     container_id: int

@@ -132,6 +132,18 @@ def _unknown_sysctl(config: Any, pb: Any) -> None:
     config.linux.sysctls["net.ipv4.no_such_sysctl"] = "1"
 
 
+def _no_infra_unknown_sysctl(key: str) -> Callable[[Any, Any], None]:
+    """A pod without infra (its IPC/UTS pinned) with a sysctl the kernel has not."""
+    def change(config: Any, pb: Any) -> None:
+        config.linux.security_context.namespace_options.pid = pb.CONTAINER
+        config.linux.sysctls[key] = "1"
+    return change
+
+
+def _no_uid(config: Any, pb: Any) -> None:
+    config.metadata.uid = ""
+
+
 def _nameless(config: Any, pb: Any) -> None:
     config.metadata.name = ""
 
@@ -208,6 +220,15 @@ CASES: list[tuple[str, Request, grpc.StatusCode, str]] = [
     # The runtime refuses it, once the pod's network namespace and address exist.
     ("pod-unknown-sysctl", _run_pod(_unknown_sysctl), grpc.StatusCode.FAILED_PRECONDITION,
      "no_such_sysctl"),
+    ("pod-metadata-without-uid", _run_pod(_no_uid), grpc.StatusCode.INVALID_ARGUMENT, "uid"),
+    # Pods without infra: the IPC sysctl fails in the pinning thread, the net one after
+    # CNI ADD; the pins, network and files made by then are undone.
+    ("pod-without-infra-unknown-ipc-sysctl",
+     _run_pod(_no_infra_unknown_sysctl("fs.mqueue.no_such")),
+     grpc.StatusCode.FAILED_PRECONDITION, "no_such"),
+    ("pod-without-infra-unknown-net-sysctl",
+     _run_pod(_no_infra_unknown_sysctl("net.ipv4.no_such_sysctl")),
+     grpc.StatusCode.FAILED_PRECONDITION, "no_such_sysctl"),
     ("container-without-name", _create(_nameless), grpc.StatusCode.INVALID_ARGUMENT, "name"),
     ("container-without-image", _create(_imageless), grpc.StatusCode.INVALID_ARGUMENT, "image"),
     ("container-unknown-image", _create(_unknown_image), grpc.StatusCode.NOT_FOUND,

@@ -109,3 +109,49 @@ def test_the_first_usable_file_in_name_order_is_the_pod_network(
     (conf_dir / "01-single.conf").write_text(json.dumps({**single, **bridge}))
     sandbox_id, _ = client.run_pod()
     assert _attached_network(daemon, sandbox_id) == f"{base}-single"
+
+
+def test_a_cni_add_that_fails_halfway_is_deleted_leaving_no_ip_veth_or_rule(
+        client: CriClient, daemon: Any, conf_dir: Path) -> None:
+    """The last plugin of the chain fails its ADD after bridge (veth, address), portmap (the
+    host port's rules) and firewall made theirs: RunPodSandbox fails with the plugin's
+    message, CNI DEL undoes every plugin, and the same pod runs once the chain is fixed."""
+    import socket
+
+    from tests.fixtures.network import iptables_leftovers
+
+    name = f"{daemon.network.name}-half"
+    conflist = _pod_network(daemon, conf_dir, name)
+    good = json.loads(json.dumps(conflist))
+    conflist["plugins"].append({"type": "tuning", "sysctl": {"net.core.no_such_sysctl": "1"}})
+    (conf_dir / "10-pods.conflist").write_text(json.dumps(conflist))
+    subnet = daemon.network.subnet
+
+    def held() -> dict[str, set[str]]:
+        bridge_ports = Path("/sys/class/net", daemon.network.bridge, "brif")
+        return {
+            "rules": set(iptables_leftovers(name, subnet, check=True))
+            | set(iptables_leftovers(daemon.network.name, subnet, check=True)),
+            "veths": {p.name for p in bridge_ports.iterdir()} if bridge_ports.is_dir() else set(),
+            "ips": {p.name for p in (daemon.root / "network.cni" / "ipam").rglob("*")
+                    if p.is_file() and p.name[0].isdigit()},
+            "netns": {p.name for p in (daemon.state / "network.cni" / "netns").iterdir()},
+            "pod dirs": {p.name for p in (daemon.state / "cri.v1" / "sandboxes").glob("*")},
+        }
+
+    before = held()
+    config = client.pod_config("half")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        host_port = probe.getsockname()[1]
+    config.port_mappings.add(protocol=client.pb.TCP, container_port=80, host_port=host_port)
+    with pytest.raises(grpc.RpcError) as failed:
+        client.run_pod(config)
+    assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no_such_sysctl" in (failed.value.details() or ""), failed.value.details()
+    assert held() == before
+    assert not client.runtime.ListPodSandbox(client.pb.ListPodSandboxRequest()).items
+    (conf_dir / "10-pods.conflist").write_text(json.dumps(good))
+    sandbox_id, _ = client.run_pod(config)  # the name was released
+    assert client.runtime.PodSandboxStatus(client.pb.PodSandboxStatusRequest(
+        pod_sandbox_id=sandbox_id)).status.network.ip

@@ -152,10 +152,20 @@ def test_exec_sync_returns_output_and_a_non_zero_exit_code(cri: Any, cri_image: 
     assert (response.stdout, response.stderr, response.exit_code) == (b"hello\n", b"oops\n", 7)
 
 
-def test_exec_sync_timeout_fails_and_kills_the_process_tree(cri: Any, cri_image: str) -> None:
-    _, container_id = cri.run_container(cri_image)
+@pytest.mark.parametrize("pid_mode", ["POD", "CONTAINER"], ids=["pod-pid", "own-pid"])
+def test_exec_sync_timeout_fails_and_kills_the_process_tree(cri: Any, cri_image: str,
+                                                            pid_mode: str) -> None:
+    # Own PID namespace (the kubelet's default): orphans would go to the container's PID 1.
+    pid = getattr(cri.pb, pid_mode)
+    config = cri.pod_config()
+    config.linux.security_context.namespace_options.pid = pid
+    pod = cri.run_pod(config)
+    options = cri.pb.LinuxContainerConfig()
+    options.security_context.namespace_options.pid = pid
+    _, container_id = cri.run_container(cri_image, pod=pod, linux=options)
     with pytest.raises(grpc.RpcError) as err:
-        cri.exec(container_id, "sh", "-c", "sleep 600 & sleep 601", timeout=1)
+        # sleep 602 is an orphan by then (its subshell exited): still in the exec's session.
+        cri.exec(container_id, "sh", "-c", "(sleep 602 &); sleep 600 & sleep 601", timeout=1)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     ps = cri.exec(container_id, "ps", "-o", "args").stdout.decode()
     assert "sleep 60" not in ps, ps

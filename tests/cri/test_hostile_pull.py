@@ -132,3 +132,25 @@ def test_a_manifest_whose_digest_lies_is_refused(cri: CriClient,
     assert f"with digest {sha256(other)}" in error.details(), error.details()
     # A second try fails the same way: nothing of the first one was kept as good.
     assert _refused(cri, ref).code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_pull_past_its_deadline_is_deadline_exceeded_and_let_go(
+        cri: CriClient, registry: FakeRegistry) -> None:
+    """A layer that stalls (60 s) outlasts a 2 s deadline: DEADLINE_EXCEEDED, no image
+    listed, and the daemon gave the pull up: the next pull (30 s deadline, shorter than
+    the stall) gets the whole image."""
+    image = memory_image([raw_layer([Member("file", data=b"s" * 65536)])])
+    ref = registry.add("slow/stalled", image)
+    registry.fault(image.layers[0].digest, Fault.STALL, times=1)
+    try:
+        with pytest.raises(grpc.RpcError) as late:
+            cri.pull(ref, timeout=2)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, late.value.details()
+        pb = cri.pb
+        assert not cri.images.ImageStatus(pb.ImageStatusRequest(
+            image=pb.ImageSpec(image=ref))).HasField("image")
+    finally:
+        registry.clear_faults()
+    image_id = cri.pull(ref, timeout=30)
+    assert image_id.startswith("sha256:")
+    cri.images.RemoveImage(cri.pb.RemoveImageRequest(image=cri.pb.ImageSpec(image=image_id)))

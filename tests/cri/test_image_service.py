@@ -116,6 +116,14 @@ def test_images_live_in_the_k8s_io_namespace(cri: Any, cri_daemon: Any, cri_imag
     names = [i.name for i in cri_daemon.client("k8s.io").images()]
     assert names == [cri_image]
     assert cri_daemon.client("default").images() == []
+    # And as the issue says it: `moorage -n k8s.io images ls`.
+    import subprocess
+    import sys
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "runtime.cli.main", "--address", cri_daemon.address,
+         "-n", "k8s.io", "images", "ls", "-q"], capture_output=True, text=True, check=True)
+    assert listed.stdout.split() == [cri_image], listed.stderr
 
 
 def test_image_fs_info_names_the_snapshotter_directory(cri: Any, cri_image: str) -> None:

@@ -86,12 +86,15 @@ def test_each_pod_has_its_own_dev_shm_shared_by_its_containers(cri: Any,
     assert shm and shm[-1][2] == "tmpfs", shm
 
 
+@pytest.mark.parametrize("pid_mode", ["POD", "CONTAINER"], ids=["with-infra", "without-infra"])
 def test_stop_pod_sandbox_releases_the_network_when_the_netns_is_gone(
-        cri: Any, cri_daemon: Any) -> None:
+        cri: Any, cri_daemon: Any, pid_mode: str) -> None:
+    """Without infra nothing else holds the namespace: it is really gone, veth and all."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         host_port = probe.getsockname()[1]
     config = cri.pod_config()
+    config.linux.security_context.namespace_options.pid = getattr(cri.pb, pid_mode)
     config.port_mappings.add(protocol=cri.pb.TCP, container_port=80, host_port=host_port)
     network = cri_daemon.network
     before = set(iptables_leftovers(network.name, network.subnet, check=True))
@@ -101,7 +104,7 @@ def test_stop_pod_sandbox_releases_the_network_when_the_netns_is_gone(
     added = set(iptables_leftovers(network.name, network.subnet, check=True)) - before
     assert any(f"--dports {host_port}" in rule or f"--dport {host_port}" in rule
                for rule in added), added
-    # Someone removed the pinned namespace (the infra process still holds it).
+    # Someone removed the pinned namespace (an infra process still holds it).
     netns = cri_daemon.state / "network.cni" / "netns" / f"{CRI_NAMESPACE}--{sandbox_id}"
     subprocess.run(["umount", str(netns)], check=True)
     netns.unlink()

@@ -205,3 +205,60 @@ def test_a_pod_without_infra_whose_pins_are_gone_is_removed_at_start(cri: Any, c
     wait_for_socket(cri_daemon)
     assert cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items == []
     cri.run_pod(pod[1])  # its name was released
+
+
+HTTPD = ["sh", "-c", "mkdir -p /www && echo hello-from-pod > /www/index.html && "
+                     "exec httpd -f -p 80 -h /www"]
+
+
+def test_a_pod_without_infra_has_its_dns_and_answers_at_its_ip_and_host_port(
+        cri: Any, cri_image: str) -> None:
+    """The kubelet's default pod: DNSConfig in resolv.conf, the pod IP reachable from the host,
+    a host port answering on 127.0.0.1, with no infra process holding the network."""
+    import socket
+
+    from tests.fixtures.network import http_get
+
+    pb = cri.pb
+    config = cri.pod_config(hostname="pinned-web")
+    config.linux.security_context.namespace_options.pid = pb.CONTAINER
+    config.dns_config.servers.append("10.10.10.10")
+    config.dns_config.searches.append("svc.example")
+    config.dns_config.options.append("ndots:5")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        host_port = probe.getsockname()[1]
+    config.port_mappings.add(protocol=pb.TCP, container_port=80, host_port=host_port)
+    pod = cri.run_pod(config)
+    web = _container(cri, cri_image, pod, *HTTPD)
+    resolv = bytes(cri.exec(web, "cat", "/etc/resolv.conf").stdout).decode()
+    assert "nameserver 10.10.10.10" in resolv and "search svc.example" in resolv
+    assert "options ndots:5" in resolv
+    assert b"pinned-web" in bytes(cri.exec(web, "cat", "/etc/hosts").stdout)
+    ip = cri.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(
+        pod_sandbox_id=pod[0])).status.network.ip
+    assert http_get(f"http://{ip}:80/") == "hello-from-pod\n"
+    assert http_get(f"http://127.0.0.1:{host_port}/") == "hello-from-pod\n"
+
+
+def test_pod_sandbox_stats_of_a_pod_without_infra_are_its_containers(cri: Any,
+                                                                    cri_image: str) -> None:
+    """No infra cgroup to read: the pod's cpu and memory are its containers' sums, with
+    non-zero timestamps and usage_nano_cores from the previous sample."""
+    import time
+
+    pb = cri.pb
+    pod = _pod(cri)
+    busy = _container(cri, cri_image, pod, "sh", "-c", "while true; do :; done")
+    request = pb.PodSandboxStatsRequest(pod_sandbox_id=pod[0])
+    first = cri.runtime.PodSandboxStats(request).stats.linux
+    time.sleep(0.5)
+    second = cri.runtime.PodSandboxStats(request).stats.linux
+    assert second.cpu.timestamp > first.cpu.timestamp > 0 and second.memory.timestamp > 0
+    assert [c.attributes.id for c in second.containers] == [busy]
+    assert second.cpu.usage_core_nano_seconds.value > first.cpu.usage_core_nano_seconds.value
+    assert second.cpu.usage_nano_cores.value > 0
+    assert second.memory.working_set_bytes.value == \
+        second.containers[0].memory.working_set_bytes.value > 0
+    listed = cri.runtime.ListPodSandboxStats(pb.ListPodSandboxStatsRequest()).stats
+    assert [s.attributes.id for s in listed] == [pod[0]]

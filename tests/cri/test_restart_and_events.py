@@ -40,6 +40,43 @@ def test_running_pods_keep_running_across_a_daemon_restart(cri: Any, cri_daemon:
     assert status.network.ip
 
 
+@pytest.mark.parametrize("pid_mode", ["POD", "CONTAINER"], ids=["with-infra", "without-infra"])
+def test_running_pods_keep_running_through_a_daemon_kill_9(cri: Any, cri_daemon: Any,
+                                                          cri_image: str, pid_mode: str) -> None:
+    """SIGKILL of the daemon (no shutdown at all): the pod is listed and ready after the
+    restart, its container runs on with the same pid, and stop + remove leave nothing."""
+    from tests.cri.conftest import CRI_NAMESPACE
+    from tests.reliability.store_check import mounts_under
+
+    pb = cri.pb
+    config = cri.pod_config(hostname="survivor")
+    config.linux.security_context.namespace_options.pid = getattr(pb, pid_mode)
+    pod = cri.run_pod(config)
+    mounts_before = set(mounts_under(cri_daemon.root, cri_daemon.state))
+    container = cri.container_config(cri_image)
+    container.linux.security_context.namespace_options.pid = getattr(pb, pid_mode)
+    cri.pull(cri_image)
+    container_id = cri.create_container(pod[0], config, container)
+    cri.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id))
+    pid = cri_daemon.client(CRI_NAMESPACE).task(container_id).pid
+    cri_daemon.kill()
+    cri_daemon.cri_socket.unlink(missing_ok=True)
+    cri_daemon.start()
+    wait_for_socket(cri_daemon)
+    sandboxes = cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items
+    assert [(s.id, s.state) for s in sandboxes] == [(pod[0], pb.SANDBOX_READY)]
+    containers = cri.runtime.ListContainers(pb.ListContainersRequest()).containers
+    assert [(c.id, c.state) for c in containers] == [(container_id, pb.CONTAINER_RUNNING)]
+    assert cri_daemon.client(CRI_NAMESPACE).task(container_id).pid == pid
+    assert cri.exec(container_id, "hostname").stdout == b"survivor\n"
+    cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod[0]))
+    cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod[0]))
+    left = set(mounts_under(cri_daemon.root, cri_daemon.state))
+    assert left <= mounts_before
+    assert not [m for m in left if pod[0] in m or container_id in m], left
+    assert not list((cri_daemon.state / "network.cni" / "netns").iterdir())
+
+
 def test_after_a_restart_names_stay_reserved_host_ports_answer_and_logs_flow(
         cri: Any, cri_daemon: Any, cri_image: str) -> None:
     pb = cri.pb

@@ -34,7 +34,7 @@ def _with_security(cri: Any, image: str, command: list[str] | None = None, *,
     sandbox_id, sandbox_config = pod or cri.run_pod()
     container_id = cri.create_container(sandbox_id, sandbox_config, config)
     cri.runtime.StartContainer(cri.pb.StartContainerRequest(container_id=container_id))
-    return container_id
+    return str(container_id)
 
 
 def test_run_as_user_and_group_and_supplemental_groups(cri: Any, cri_image: str) -> None:
@@ -207,7 +207,7 @@ def test_oom_killed_container_has_reason_oomkilled(cri: Any, cri_image: str) -> 
 
 def _seccomp_mode(cri: Any, container_id: str) -> str:
     status = cri.exec(container_id, "cat", "/proc/self/status").stdout.decode()
-    return next(x.split()[1] for x in status.splitlines() if x.startswith("Seccomp:"))
+    return str(next(x.split()[1] for x in status.splitlines() if x.startswith("Seccomp:")))
 
 
 def test_seccomp_nil_is_unconfined_and_runtime_default_filters(cri: Any, cri_image: str) -> None:
@@ -264,3 +264,49 @@ def test_infra_process_takes_the_pods_seccomp_profile(cri: Any) -> None:
         pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault))
     confined, _ = cri.run_pod(config)
     assert _infra_seccomp_mode(cri, confined) == "2"
+
+
+def _ns_link(cri: Any, container_id: str, kind: str) -> str:
+    return bytes(cri.exec(container_id, "readlink", f"/proc/self/ns/{kind}").stdout).decode()
+
+
+@pytest.mark.parametrize("pod_pid", ["POD", "CONTAINER"], ids=["with-infra", "without-infra"])
+def test_network_and_ipc_modes_other_than_node_are_the_pods(cri: Any, cri_image: str,
+                                                            pod_pid: str) -> None:
+    """As containerd: a container's network and IPC modes (POD, CONTAINER, TARGET) join the
+    pod's namespaces; only the pod's NODE is the host's. A pod's IPC mode CONTAINER is an
+    IPC namespace of its own, not the host's."""
+    pb = cri.pb
+    pid = getattr(pb, pod_pid)
+    config = cri.pod_config()
+    config.linux.security_context.namespace_options.pid = pid
+    config.linux.security_context.namespace_options.ipc = pb.CONTAINER
+    pod = cri.run_pod(config)
+    first = _with_security(cri, cri_image, pod=pod, namespace_options=pb.NamespaceOption(pid=pid))
+    for mode in (pb.CONTAINER, pb.TARGET):
+        other = _with_security(cri, cri_image, ["sleep", "3601"], pod=pod,
+                               namespace_options=pb.NamespaceOption(
+                                   network=mode, ipc=mode, pid=pid, target_id=first))
+        for kind in ("net", "ipc"):
+            inside = _ns_link(cri, other, kind)
+            assert inside == _ns_link(cri, first, kind), (mode, kind)
+            assert inside.strip() != os.readlink(f"/proc/self/ns/{kind}"), (mode, kind)
+
+
+def test_pid_namespace_target_must_be_a_running_container_of_the_same_pod(
+        cri: Any, cri_image: str) -> None:
+    """A TARGET outside the pod (another pod's container, an unknown id, none) is refused:
+    no pod joins the PID namespace of another pod's container."""
+    pb = cri.pb
+    elsewhere = _with_security(cri, cri_image, ["sleep", "3603"],
+                               namespace_options=pb.NamespaceOption(pid=pb.CONTAINER))
+    pod = cri.run_pod()
+    for target, word in ((elsewhere, "not a container of pod sandbox"),
+                         ("0" * 64, "is not a container"), ("", "needs a target_id")):
+        with pytest.raises(grpc.RpcError) as refused:
+            _with_security(cri, cri_image, pod=pod, namespace_options=pb.NamespaceOption(
+                pid=pb.TARGET, target_id=target))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+        assert word in (refused.value.details() or ""), refused.value.details()
+    assert cri.runtime.ListContainers(pb.ListContainersRequest(
+        filter=pb.ContainerFilter(pod_sandbox_id=pod[0]))).containers == []

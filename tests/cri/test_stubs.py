@@ -31,3 +31,10 @@ def test_wire_names_are_those_of_cri_v1() -> None:
     assert services["ImageService"].full_name == "runtime.v1.ImageService"
     assert pb.PodSandboxConfig.DESCRIPTOR.fields_by_name["log_directory"].number == 3
     assert pb.ContainerConfig.DESCRIPTOR.fields_by_name["stop_signal"].number == 18
+
+
+def test_pod_metrics_metric_types_are_those_of_the_proto() -> None:
+    from runtime.plugins.cri import pod_metrics
+    from runtime.plugins.cri.v1 import api_pb2 as pb
+
+    assert (pod_metrics._COUNTER, pod_metrics._GAUGE) == (pb.COUNTER, pb.GAUGE)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from runtime.pkg.http.errors import HTTPException, HTTPMethodNotAllowed, HTTPNotFound
 from runtime.pkg.http.request import unquote_value
@@ -96,8 +97,7 @@ class Resource:
         return route
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(msgspec.Struct, frozen=True):
     """A method on a resource and its handler."""
 
     method: str

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+
+import msgspec
 
 from runtime.pkg.http.headers import Headers
 
@@ -50,8 +51,7 @@ class BadRequest(Exception):
         self.status = status
 
 
-@dataclass(frozen=True, slots=True)
-class RequestHead:
+class RequestHead(msgspec.Struct, frozen=True):
     """The request line and the header fields of one request."""
 
     method: str

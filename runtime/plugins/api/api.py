@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
@@ -51,8 +50,7 @@ NAMESPACE_KEY = "moorage.namespace"
 STREAM_ENDERS = web.AppKey[set[Callable[[], None]]]("moorage.stream_enders")
 
 
-@dataclass(frozen=True)
-class Query:
+class Query(msgspec.Struct, frozen=True):
     """A documented query parameter."""
 
     name: str
@@ -61,8 +59,7 @@ class Query:
     required: bool = False
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(msgspec.Struct, frozen=True):
     """One endpoint; the handler returns a msgspec-encodable value or a StreamResponse.
 
     Attributes:
@@ -86,7 +83,7 @@ class Route:
     status: int = 200
     query: tuple[Query, ...] = ()
     stream: str = ""
-    tags: tuple[str, ...] = field(default=())
+    tags: tuple[str, ...] = ()
 
 
 #: The service an ``api.*`` plugin returns: the routes it contributes.

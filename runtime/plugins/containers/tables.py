@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from runtime.plugins.gc.api import Edge, Loaded, Node, Records, Source, label_edges
+import msgspec
+
+from runtime.plugins.gc.api import Edge, LoadedDefaults, Node, Records, Source, label_edges
 from runtime.plugins.metadata.api import Schema
 
 __all__ = ["CONTAINERS", "ContainerSource", "LoadedContainers"]
@@ -61,11 +62,10 @@ def _edges(ns: str, raw: str) -> Iterator[Edge]:
         yield from label_edges(ns, labels)
 
 
-@dataclass
-class LoadedContainers(Loaded):
+class LoadedContainers(msgspec.Struct, LoadedDefaults):
     """Every container record of a read snapshot (JSON)."""
 
-    container_rows: dict[tuple[str, str], str] = field(default_factory=dict)
+    container_rows: dict[tuple[str, str], str] = msgspec.field(default_factory=dict)
 
     def edges(self, node: Node) -> Iterator[Edge]:
         """See :class:`~runtime.plugins.gc.api.Records`."""

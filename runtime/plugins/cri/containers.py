@@ -95,11 +95,8 @@ class Containers(PodRecords):
         made: list[str] = []
         try:
             chain, image_config = await self.images.rootfs(image, self.snapshotter)
-            target_pid = None
-            modes = config.linux.security_context.namespace_options
-            if modes.pid == pb.TARGET:
-                target = await self._task(modes.target_id)
-                target_pid = target.pid if target and target.pid else None
+            target_pid = await self._pid_target(
+                config.linux.security_context.namespace_options, sandbox_id)
             spec = specs.container_spec(
                 self.namespace, container_id, config, sandbox_config, image_config,
                 namespaces=self.pod_namespaces(sandbox, infra), target_pid=target_pid,
@@ -142,6 +139,31 @@ class Containers(PodRecords):
                 self._release(name, container_id)
             raise
         return container_id
+
+    async def _pid_target(self, modes: pb.NamespaceOption, sandbox_id: str) -> int | None:
+        """The pid whose PID namespace a ``TARGET`` container joins; None if not running.
+
+        The target must be a container of the same pod, as containerd checks:
+        a pod must not join the PID namespace of another pod's container.
+
+        Raises:
+            InvalidArgument: No target id, or not a container of this pod.
+        """
+        if modes.pid != pb.TARGET:
+            return None
+        if not modes.target_id:
+            raise InvalidArgument("PID namespace mode TARGET needs a target_id")
+        try:
+            target_id = await self._resolve_id(modes.target_id, "container")
+            _, target = await self._record(target_id, "container")
+        except NotFound:
+            raise InvalidArgument(f"PID namespace target {modes.target_id!r} is not a "
+                                  "container") from None
+        if target.sandbox_id != sandbox_id:
+            raise InvalidArgument(f"PID namespace target {modes.target_id!r} is not a "
+                                  f"container of pod sandbox {sandbox_id!r}")
+        task = await self._task(target_id)
+        return task.pid if task is not None and task.pid else None
 
     async def _undo_container(self, container_id: str, made: list[str],
                               image_volumes: list[str]) -> None:

@@ -25,11 +25,11 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
+import msgspec
 
 from runtime.api.mounts import Mount
 from runtime.core.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -54,8 +54,7 @@ def view_key(container_id: str, index: int) -> str:
     return f"{container_id}-image-volume-{index}"
 
 
-@dataclass
-class ImageVolumes:
+class ImageVolumes(msgspec.Struct):
     """The image volumes of the CRI's containers.
 
     Args:

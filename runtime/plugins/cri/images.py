@@ -13,7 +13,6 @@ import base64
 import contextlib
 import json
 import re
-from dataclasses import dataclass, field
 
 import anyio
 import msgspec
@@ -31,8 +30,7 @@ _ID = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
 _LOOPBACK_HOSTS = ("localhost", "127.", "[::1]")
 
 
-@dataclass
-class CriImage:
+class CriImage(msgspec.Struct):
     """One CRI image: its config digest and every record naming it."""
 
     id: str
@@ -66,8 +64,7 @@ class CriImage:
         return image
 
 
-@dataclass
-class CriImages:
+class CriImages(msgspec.Struct):
     """ImageService calls, over the images service (``images.store``).
 
     Args:
@@ -80,11 +77,11 @@ class CriImages:
     images: Images
     snapshotter: str = ""
     # A record's target is immutable, so its config digest is cached by target.
-    _configs: dict[str, tuple[str, int, str]] = field(default_factory=dict)
+    _configs: dict[str, tuple[str, int, str]] = msgspec.field(default_factory=dict)
     # (record name, snapshotter) -> the record's target digest when image_rootfs ran, the
     # top chain ID and run config it gave: content-addressed, so valid for that target
     # while the snapshot exists. Keyed by name, so a moved tag replaces its entry.
-    _rootfs: dict[tuple[str, str], tuple[str, str, RunConfig]] = field(default_factory=dict)
+    _rootfs: dict[tuple[str, str], tuple[str, str, RunConfig]] = msgspec.field(default_factory=dict)
 
     async def _describe(self, record: Image) -> tuple[str, int, str] | None:
         key = record.target.digest

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio.to_thread
@@ -44,12 +43,14 @@ __all__ = ["CONTAINER_LABELS", "DESCRIPTORS", "PodMetrics"]
 #: its id, and the pod's namespace and name (``POD`` and the pod id for pod series).
 CONTAINER_LABELS = ("container", "id", "image", "name", "namespace", "pod")
 
-_COUNTER, _GAUGE = pb.COUNTER, pb.GAUGE
+#: CRI's MetricType values (COUNTER = 0, GAUGE = 1), as numbers: reading them from ``pb``
+#: here would load protobuf at the daemon's start, which an idle cri.v1 must not
+#: (tests/cri/test_lazy_grpc.py; checked against ``pb`` by tests/cri/test_stubs.py).
+_COUNTER, _GAUGE = 0, 1
 _USEC, _NSEC = 1_000_000, 1_000_000_000
 
 
-@dataclass(frozen=True)
-class _Series:
+class _Series(msgspec.Struct, frozen=True):
     name: str
     help: str
     type: int
@@ -158,8 +159,7 @@ def _open_files(pids: Iterable[int]) -> tuple[int, int]:
     return fds, sockets
 
 
-@dataclass
-class _Samples:
+class _Samples(msgspec.Struct):
     """The samples of one container (or the pod), labelled alike."""
 
     labels: list[str]

@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -122,17 +121,17 @@ def labels_match(labels: Any, selector: Any) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-@dataclass
-class StatsSample:
+class StatsSample(msgspec.Struct):
     """A CPU usage reading, to compute the next reading's rate from."""
 
     timestamp: int
     usage_ns: int
 
 
-@dataclass
-class PodRecords:
+class PodRecords(msgspec.Struct, dict=True):
     """The CRI's records of its sandboxes and containers, and what finds them.
+
+    ``dict=True``: a ``__dict__`` for :attr:`image_volumes` (a cached property).
 
     Args:
         namespace: The Moorage namespace of everything the CRI makes.
@@ -164,15 +163,15 @@ class PodRecords:
     cgroup_parent: str
     infra_binary: str
     cni_conf_dir: Path | None = None
-    _names: dict[str, str] = field(default_factory=dict)
-    _stats: dict[str, StatsSample] = field(default_factory=dict)
-    _oom: set[str] = field(default_factory=set)
-    _locks: dict[str, anyio.Lock] = field(default_factory=dict)
+    _names: dict[str, str] = msgspec.field(default_factory=dict)
+    _stats: dict[str, StatsSample] = msgspec.field(default_factory=dict)
+    _oom: set[str] = msgspec.field(default_factory=set)
+    _locks: dict[str, anyio.Lock] = msgspec.field(default_factory=dict)
     # Sandbox id -> netns path ("" for host networking), for the streaming server.
-    _netns: dict[str, str] = field(default_factory=dict)
+    _netns: dict[str, str] = msgspec.field(default_factory=dict)
     # Sandbox id -> its config, parsed once: a sandbox's config never changes, and
     # json_format's parse is pure Python (CreateContainer, statuses, listings read it).
-    _sandbox_configs: dict[str, pb.PodSandboxConfig] = field(default_factory=dict)
+    _sandbox_configs: dict[str, pb.PodSandboxConfig] = msgspec.field(default_factory=dict)
     # Why idmapped mounts cannot be made here ("" when they can), probed once.
     _idmap_unsupported: str | None = None
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from runtime.api.specs import ImageConfig, SpecOptions
 from runtime.api.tasks import KEEP_CGROUP_PARENTS_ANNOTATION, LOG_PATH_ANNOTATION
@@ -55,8 +56,7 @@ def _signal_names() -> dict[int, str]:
     return {v.number: v.name for v in pb.Signal.DESCRIPTOR.values if v.number}
 
 
-@dataclass(frozen=True)
-class SandboxFiles:
+class SandboxFiles(msgspec.Struct, frozen=True):
     """A pod's files that every container of it bind-mounts.
 
     Attributes:
@@ -72,8 +72,7 @@ class SandboxFiles:
     shm: Path
 
 
-@dataclass(frozen=True)
-class PodNamespaces:
+class PodNamespaces(msgspec.Struct, frozen=True):
     """The namespaces of a pod its containers join: paths, ``""`` for the host's.
 
     Attributes:
@@ -103,8 +102,7 @@ class PodNamespaces:
                    user=f"{proc}/user" if pod_user_namespace(config) else "")
 
 
-@dataclass(frozen=True)
-class UserNamespace:
+class UserNamespace(msgspec.Struct, frozen=True):
     """A pod's user namespace: its one UID and one GID mapping."""
 
     uids: tuple[IDMapping, ...]

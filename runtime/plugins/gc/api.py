@@ -3,7 +3,9 @@
 This is the only module of the package other code imports (the API route set,
 the client, the CLI, and the stores that implement :class:`Source`): it needs
 msgspec and the standard library. A store subclasses :class:`Source` and
-:class:`Loaded` explicitly to inherit the defaults (no backend, no expiry).
+:class:`Loaded` explicitly to inherit the defaults (no backend, no expiry);
+loaded records that are a ``msgspec.Struct`` take :class:`Loaded`'s from
+:class:`LoadedDefaults` instead.
 
 Labels (containerd's spelling, see ``docs/containerd-model.md`` section 10):
 
@@ -59,6 +61,7 @@ __all__ = [
     "Edge",
     "GCReport",
     "Loaded",
+    "LoadedDefaults",
     "Node",
     "Records",
     "Removed",
@@ -139,6 +142,25 @@ class Loaded(Records, Protocol):
 
     async def revived(self, candidates: Collection[Node]) -> set[Node]:
         """The ``candidates`` the backend shows alive since :meth:`observe` (kept as roots)."""
+        return set()
+
+
+class LoadedDefaults:
+    """:class:`Loaded`'s defaults (no backend to consult) for loaded records that are Structs.
+
+    A ``msgspec.Struct`` cannot subclass a Protocol (their metaclasses
+    conflict), so it takes the defaults from this plain mixin and satisfies
+    :class:`Loaded` structurally.
+    """
+
+    __slots__ = ()
+
+    async def observe(self) -> None:
+        """Nothing to consult: see :meth:`Loaded.observe`."""
+        return None
+
+    async def revived(self, candidates: Collection[Node]) -> set[Node]:
+        """Nothing revived: see :meth:`Loaded.revived`."""
         return set()
 
 

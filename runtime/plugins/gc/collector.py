@@ -23,12 +23,12 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
 import anyio
 import anyio.to_thread
+import msgspec
 
 from runtime.core.errors import FailedPrecondition, Unavailable
 from runtime.core.faults import fault_point
@@ -54,8 +54,7 @@ FAULT_AFTER_SWEEP = "gc.after-sweep"
 OWNERS_WAIT = 10.0
 
 
-@dataclass
-class Marked:
+class Marked(msgspec.Struct):
     """The outcome of :meth:`Collector.mark`, input of :meth:`Collector.sweep`.
 
     Attributes:

@@ -34,11 +34,11 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio.to_thread
+import msgspec
 
 from runtime.core.errors import FailedPrecondition, MoorageError, NotFound, Unavailable
 from runtime.core.faults import fault_point
@@ -99,8 +99,7 @@ def _stamp_after(probe: Path) -> int:
         os.close(fd)
 
 
-@dataclass(frozen=True)
-class Since:
+class Since(msgspec.Struct, frozen=True):
     """When the collection started, on each clock objects are stamped with.
 
     Attributes:

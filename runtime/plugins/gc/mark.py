@@ -17,15 +17,15 @@ the exclusive phase proportional to what changed, not to the store.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+
+import msgspec
 
 from runtime.plugins.gc.api import Node, Records
 
 __all__ = ["Marking", "mark", "rescue"]
 
 
-@dataclass
-class Marking:
+class Marking(msgspec.Struct):
     """The outcome of a mark.
 
     Attributes:
@@ -33,8 +33,8 @@ class Marking:
         expanded: The nodes whose edges were followed.
     """
 
-    kept: set[Node] = field(default_factory=set)
-    expanded: set[Node] = field(default_factory=set)
+    kept: set[Node] = msgspec.field(default_factory=set)
+    expanded: set[Node] = msgspec.field(default_factory=set)
 
 
 def mark(source: Records, roots: Iterable[Node]) -> Marking:

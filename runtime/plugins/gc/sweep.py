@@ -11,7 +11,8 @@ from __future__ import annotations
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+
+import msgspec
 
 from runtime.plugins.gc import changes
 from runtime.plugins.gc.api import Node, Source
@@ -21,8 +22,7 @@ from runtime.plugins.gc.mark import Marking, rescue
 __all__ = ["SweepResult", "delete_records", "sweep"]
 
 
-@dataclass
-class SweepResult:
+class SweepResult(msgspec.Struct):
     """What the exclusive phase did.
 
     Attributes:
@@ -33,7 +33,7 @@ class SweepResult:
 
     changed: int = 0
     rescued: int = 0
-    deleted: dict[str, int] = field(default_factory=dict)
+    deleted: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 def sweep(

@@ -19,7 +19,6 @@ import json
 import logging
 import tarfile
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -72,13 +71,12 @@ def _padding(size: int) -> bytes:
     return b"\0" * (-size % _BLOCK)
 
 
-@dataclass
-class ExportPlan:
+class ExportPlan(msgspec.Struct):
     """What an export will write; built (and checked) before the first byte is sent."""
 
     svc: ImageService
     namespace: str
-    blobs: list[Descriptor] = field(default_factory=list)
+    blobs: list[Descriptor] = msgspec.field(default_factory=list)
     index: bytes = b""
     docker_manifest: bytes = b""
 

@@ -22,12 +22,12 @@ import os
 import shutil
 import tarfile
 import time
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
+import msgspec
 
 from runtime.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from runtime.pkg.registry.reference import parse_reference
@@ -67,13 +67,12 @@ _MAGIC = {b"\x1f\x8b\x08": ".gzip", b"\x28\xb5\x2f\xfd": ".zstd"}
 _MAX_METADATA = 64 << 20  # index.json and manifest.json are read into memory
 
 
-@dataclass
-class _Archive:
+class _Archive(msgspec.Struct):
     """The members of an archive on disk: regular files by normalised path."""
 
     path: Path
-    files: dict[str, tarfile.TarInfo] = field(default_factory=dict)
-    links: dict[str, str] = field(default_factory=dict)
+    files: dict[str, tarfile.TarInfo] = msgspec.field(default_factory=dict)
+    links: dict[str, str] = msgspec.field(default_factory=dict)
 
     def member(self, name: str) -> tarfile.TarInfo | None:
         name = _clean(name)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 import msgspec
@@ -183,8 +182,7 @@ def is_attestation(desc: Descriptor) -> bool:
     return _ATTESTATION_KEY in desc.annotations
 
 
-@dataclass
-class Walked:
+class Walked(msgspec.Struct):
     """Everything reachable from a root, as :func:`walk` found it.
 
     Attributes:
@@ -193,9 +191,9 @@ class Walked:
         missing: Digests that were wanted but are not present.
     """
 
-    indexes: list[Descriptor] = field(default_factory=list)
-    manifests: list[tuple[Descriptor, Manifest]] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
+    indexes: list[Descriptor] = msgspec.field(default_factory=list)
+    manifests: list[tuple[Descriptor, Manifest]] = msgspec.field(default_factory=list)
+    missing: list[str] = msgspec.field(default_factory=list)
 
     def blobs(self) -> list[Descriptor]:
         """Every descriptor reached: indexes, manifests, configs and layers, deduplicated."""

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import platform as _platform
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 from runtime.core.errors import InvalidArgument
 from runtime.pkg.registry.types import Descriptor, Platform
@@ -122,8 +123,7 @@ def _compatible(p: Platform) -> list[Platform]:
     return out
 
 
-@dataclass(frozen=True)
-class Matcher:
+class Matcher(msgspec.Struct, frozen=True):
     """Accepts platforms from an ordered list; an earlier entry ranks higher."""
 
     wanted: tuple[tuple[str, str, str], ...]

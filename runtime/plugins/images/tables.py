@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
+
+import msgspec
 
 from runtime.plugins.gc.api import (
     LABEL_EXPIRE,
     Edge,
-    Loaded,
+    LoadedDefaults,
     Node,
     Records,
     Source,
@@ -63,11 +64,10 @@ def _edges(ns: str, target: str, labels: dict[str, str]) -> Iterator[Edge]:
     yield from label_edges(ns, labels)
 
 
-@dataclass
-class LoadedImages(Loaded):
+class LoadedImages(msgspec.Struct, LoadedDefaults):
     """Every image of a read snapshot: ``(ns, name)`` to ``(target digest, labels JSON)``."""
 
-    image_rows: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    image_rows: dict[tuple[str, str], tuple[str, str]] = msgspec.field(default_factory=dict)
 
     def edges(self, node: Node) -> Iterator[Edge]:
         """See :class:`~runtime.plugins.gc.api.Records`."""

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
+
+import msgspec
 
 from runtime.plugins.gc.api import (
     LABEL_EXPIRE,
     Edge,
-    Loaded,
+    LoadedDefaults,
     Node,
     Records,
     Source,
@@ -62,12 +63,11 @@ def _lease_edges(ns: str, labels: dict[str, str], resources: Held) -> Iterator[E
         yield (type_, ns, resource), follow
 
 
-@dataclass
-class LoadedLeases(Loaded):
+class LoadedLeases(msgspec.Struct, LoadedDefaults):
     """Every lease of a read snapshot; labels stay JSON until a lease is expanded."""
 
-    lease_rows: dict[tuple[str, str], str] = field(default_factory=dict)
-    resource_rows: dict[tuple[str, str], Held] = field(default_factory=dict)
+    lease_rows: dict[tuple[str, str], str] = msgspec.field(default_factory=dict)
+    resource_rows: dict[tuple[str, str], Held] = msgspec.field(default_factory=dict)
 
     def edges(self, node: Node) -> Iterator[Edge]:
         """See :class:`~runtime.plugins.gc.api.Records`."""

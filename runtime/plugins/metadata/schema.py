@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+
+import msgspec
 
 __all__ = ["NAMESPACES", "Schema"]
 
 
-@dataclass(frozen=True)
-class Schema:
+class Schema(msgspec.Struct, frozen=True):
     """The tables one store owns in the database, as a list of migrations.
 
     It also answers, for the namespace store, what a namespace still holds in

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -128,8 +127,7 @@ async def test_namespace_delete_refuses_rows_of_a_store_not_running(tmp_path: Pa
         db.close()
 
 
-@dataclass(frozen=True)
-class _Tagged(Schema):
+class _Tagged(Schema, frozen=True):
     def holds(self, conn: sqlite3.Connection, namespace: str) -> list[str]:
         sql = "SELECT DISTINCT tag FROM tags WHERE namespace=? ORDER BY tag"
         return [f"tag {r[0]}" for r in conn.execute(sql, (namespace,))]

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
+
+import msgspec
 
 from runtime.core.errors import NotFound
 from runtime.plugins.content.api import Store
 from runtime.plugins.gc.api import (
     LABEL_ROOT,
     Edge,
-    Loaded,
     Node,
     Records,
     Source,
@@ -72,8 +72,7 @@ def _ingest_edges(ns: str, expected: str) -> Iterator[Edge]:
         yield ("content", ns, expected), True
 
 
-@dataclass
-class LoadedContent(Loaded):
+class LoadedContent(msgspec.Struct):
     """The blob records and ingests of a read snapshot, and the backend's uploads.
 
     Attributes:
@@ -83,9 +82,9 @@ class LoadedContent(Loaded):
         store: The content backend, or None (no upload is then in progress).
     """
 
-    content_rows: dict[tuple[str, str], str] = field(default_factory=dict)
-    ingest_rows: dict[tuple[str, str], tuple[str, str, str]] = field(default_factory=dict)
-    active: set[str] = field(default_factory=set)
+    content_rows: dict[tuple[str, str], str] = msgspec.field(default_factory=dict)
+    ingest_rows: dict[tuple[str, str], tuple[str, str, str]] = msgspec.field(default_factory=dict)
+    active: set[str] = msgspec.field(default_factory=set)
     store: Store | None = None
 
     def edges(self, node: Node) -> Iterator[Edge]:

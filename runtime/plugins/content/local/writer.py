@@ -16,12 +16,12 @@ import os
 import shutil
 import threading
 import weakref
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, final
 
 import anyio
+import msgspec
 from anyio import to_thread
 
 from runtime.core.errors import (
@@ -167,8 +167,7 @@ class Follower:
             os.close(fd)
 
 
-@dataclass(slots=True)
-class OpenedIngest:
+class OpenedIngest(msgspec.Struct):
     """What opening an ingest found on disk, handed from the worker thread to the Writer."""
 
     path: Path

@@ -19,9 +19,10 @@ import errno
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+import msgspec
 
 from runtime.plugins.diff.api import ApplyResult
 from runtime.plugins.diff.walking.apply import apply_layer
@@ -32,8 +33,7 @@ __all__ = ["StagedLayer", "discard", "graft", "stage"]
 _OPAQUE = "trusted.overlay.opaque"
 
 
-@dataclass(frozen=True)
-class StagedLayer:
+class StagedLayer(msgspec.Struct, frozen=True):
     """A layer applied in overlay-upperdir form, waiting for its snapshot.
 
     Attributes:

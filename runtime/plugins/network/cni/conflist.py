@@ -13,9 +13,10 @@ import json
 import os
 import socket
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from runtime.core.errors import InvalidArgument, NotFound
 from runtime.plugins.network.cni.invoke import version_tuple
@@ -39,8 +40,7 @@ _SUFFIXES = (".conflist", ".conf", ".json")
 _OLDEST = (0, 3, 0)
 
 
-@dataclass(frozen=True)
-class ConfList:
+class ConfList(msgspec.Struct, frozen=True):
     """One network: its name, CNI version and plugin configurations, in order.
 
     Attributes:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 
 from runtime.core.errors import DeadlineExceeded, FailedPrecondition, NotFound
 
@@ -44,8 +44,7 @@ class CniPluginError(FailedPrecondition):
         return any(word in self.cni_msg.lower() for word in _GONE)
 
 
-@dataclass(frozen=True)
-class Invocation:
+class Invocation(msgspec.Struct, frozen=True):
     """The parameters of one plugin run other than the configuration.
 
     Attributes:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+import msgspec
 
 from runtime.api.tasks import TaskMetrics
 
@@ -31,8 +32,7 @@ __all__ = [
 _V1_UNLIMITED = 1 << 62
 
 
-@dataclass
-class CgroupPaths:
+class CgroupPaths(msgspec.Struct):
     """Where each controller of one cgroup lives.
 
     Attributes:
@@ -43,7 +43,7 @@ class CgroupPaths:
     """
 
     mode: str
-    v1: dict[str, Path] = field(default_factory=dict)
+    v1: dict[str, Path] = msgspec.field(default_factory=dict)
     v2: Path | None = None
     v2_controllers: frozenset[str] = frozenset()
 

@@ -27,8 +27,9 @@ import select
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+
+import msgspec
 
 from runtime.core.errors import (
     CommandNotExecutable,
@@ -66,8 +67,7 @@ def process_start_time(pid: int, *, running: bool = False) -> int:
     return int(fields[19]) if len(fields) > 19 else 0
 
 
-@dataclass
-class MonitorOptions:
+class MonitorOptions(msgspec.Struct):
     """How to start one monitor.
 
     Attributes:
@@ -102,7 +102,7 @@ class MonitorOptions:
     exec_spec: Path | None = None
     exec_attach: bool = False
     timeout: float = 60.0
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = msgspec.field(default_factory=dict)
     log_path: Path | None = None
     sync_log: bool = True
 

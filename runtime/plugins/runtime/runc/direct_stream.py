@@ -222,12 +222,47 @@ def _children(pid: int) -> Iterable[int]:
         return
 
 
+def _session(pid: int) -> int | None:
+    """The session id of ``pid`` (``/proc/<pid>/stat``), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        # Fields after the command's closing parenthesis: state ppid pgrp session ...
+        return int(stat[stat.rindex(")") + 2:].split()[3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _session_members(leader: int) -> list[int]:
+    """The other processes of the session ``leader`` leads, orphans included.
+
+    The runtime makes an exec's process a session leader; what it started in the
+    background and left (``(cmd &)``, reparented to the container's PID 1) is no
+    longer its descendant but is still in its session. Nothing when ``leader``
+    leads no session (or is gone): its pid says nothing about others' sessions then.
+    """
+    if _session(leader) != leader:
+        return []
+    members = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit() and int(entry.name) != leader \
+                    and _session(int(entry.name)) == leader:
+                members.append(int(entry.name))
+    return members
+
+
 def kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and every descendant (children first found, then killed)."""
+    """SIGKILL ``pid``, every descendant and the rest of the session it leads.
+
+    Children first found, then killed; the session's members (see
+    :func:`_session_members`) and their descendants too.
+    """
     seen: list[int] = []
-    todo = [pid]
+    todo = [pid, *_session_members(pid)]
     while todo:
         current = todo.pop()
+        if current in seen:
+            continue
         seen.append(current)
         todo.extend(c for c in _children(current) if c not in seen)
     for victim in seen:

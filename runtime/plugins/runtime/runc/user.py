@@ -14,8 +14,9 @@ and ``WithAdditionalGIDs``:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
+
+import msgspec
 
 from runtime.core.errors import InvalidArgument
 
@@ -24,13 +25,12 @@ __all__ = ["ResolvedUser", "resolve_user", "secure_join"]
 _MAX_LINKS = 40
 
 
-@dataclass(frozen=True)
-class ResolvedUser:
+class ResolvedUser(msgspec.Struct, frozen=True):
     """A user as the OCI spec's ``process.user`` wants it, plus its home."""
 
     uid: int
     gid: int
-    additional_gids: list[int] = field(default_factory=list)
+    additional_gids: list[int] = msgspec.field(default_factory=list)
     name: str = ""
     home: str = ""
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
+
+import msgspec
 
 from runtime.plugins.gc.api import (
     LABEL_ROOT,
     Edge,
-    Loaded,
+    LoadedDefaults,
     Node,
     Records,
     Source,
@@ -29,8 +30,7 @@ from runtime.plugins.snapshots.api import Kind, SnapshotCount
 
 __all__ = ["SNAPSHOTS", "LoadedSnapshots", "SnapshotSource", "count_snapshots"]
 
-@dataclass(frozen=True)
-class _SnapshotSchema(Schema):
+class _SnapshotSchema(Schema, frozen=True):
     """The snapshots table; a namespace's snapshots are named per snapshotter."""
 
     def holds(self, conn: sqlite3.Connection, namespace: str) -> list[str]:
@@ -85,11 +85,10 @@ def _parent(node: Node, parent: str | None) -> Node | None:
     return (node[0], node[1], parent) if parent else None
 
 
-@dataclass
-class LoadedSnapshots(Loaded):
+class LoadedSnapshots(msgspec.Struct, LoadedDefaults):
     """Every snapshot record of a read snapshot: ``(ns, snapshotter, key)`` to parent, labels."""
 
-    snapshot_rows: dict[Key, tuple[str, str]] = field(default_factory=dict)
+    snapshot_rows: dict[Key, tuple[str, str]] = msgspec.field(default_factory=dict)
 
     def edges(self, node: Node) -> Iterator[Edge]:
         """See :class:`~runtime.plugins.gc.api.Records`."""
