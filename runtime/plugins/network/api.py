@@ -191,6 +191,7 @@ class Network(Protocol):
         cni_args: Mapping[str, str] | None = None,
         conf_dir: Path | None = None,
         netns_ready: Callable[[str], object] | None = None,
+        netns_source: str | None = None,
     ) -> Attachment:
         """Create the container's network namespace and connect it to ``network``.
 
@@ -199,6 +200,10 @@ class Network(Protocol):
         ``conf_dir`` looks ``network`` up in another directory than the plugin's own.
         ``netns_ready(path)`` is called once the namespace exists, before the
         network's plugins run in it: a process may join it from then on.
+        ``netns_source`` (a ``/proc/PID/ns/net`` or pinned file) is a namespace
+        the caller made, used instead of a new one (a pod's, owned by its user
+        namespace): it is pinned on the attachment's own path like a new one,
+        and detach unpins it the same way.
 
         Raises:
             AlreadyExists: The container is already attached.

@@ -180,7 +180,8 @@ class CniNetwork:
                      ports: Sequence[PortMapping] = (),
                      cni_args: Mapping[str, str] | None = None,
                      conf_dir: Path | None = None,
-                     netns_ready: Callable[[str], object] | None = None) -> Attachment:
+                     netns_ready: Callable[[str], object] | None = None,
+                     netns_source: str | None = None) -> Attachment:
         """Create a network namespace for the container and run the network's ADD in it.
 
         ``cni_args`` go to every plugin as ``CNI_ARGS`` (``IgnoreUnknown=1``
@@ -189,7 +190,8 @@ class CniNetwork:
         ``cni_conf_dir``); its DEL reads the configuration kept with the record.
         ``netns_ready(path)`` is called once the namespace is pinned, before
         the first plugin runs (the CRI starts the pod's infra process in it
-        meanwhile).
+        meanwhile). ``netns_source`` is a namespace the caller made, pinned
+        instead of a new one (:func:`.netns.adopt`).
 
         Raises:
             AlreadyExists: The container is attached already.
@@ -221,7 +223,7 @@ class CniNetwork:
             self._recorded.add(key)
             await anyio.to_thread.run_sync(self._save, record)
             try:
-                await self._add(record, conf, netns_ready)
+                await self._add(record, conf, netns_ready, netns_source)
                 record.state = "added"
                 # Not synced: the record above is (a crash of the daemon loses
                 # neither); after a power loss, which ends the namespace and the
@@ -253,10 +255,11 @@ class CniNetwork:
             )
 
     async def _add(self, record: AttachmentRecord, conf: ConfList | None,
-                   netns_ready: Callable[[str], object] | None = None) -> None:
+                   netns_ready: Callable[[str], object] | None = None,
+                   netns_source: str | None = None) -> None:
         path = Path(record.netns)
         # With lo up already: no loopback plugin to run.
-        await anyio.to_thread.run_sync(self._create_netns, path)
+        await anyio.to_thread.run_sync(self._create_netns, path, netns_source)
         # Crash tests: a pinned namespace, no plugin has run in it.
         fault_point("network.attach.after-netns")
         if netns_ready is not None:
@@ -274,11 +277,14 @@ class CniNetwork:
             # -after-portmap, ...), the record on disk holds no result yet.
             fault_point(f"network.attach.after-{plugin.get('type')}")
 
-    def _create_netns(self, path: Path) -> None:
+    def _create_netns(self, path: Path, source: str | None = None) -> None:
         if path.exists():
             # A pinned leftover of this very name (a crash mid-detach): replace it.
             netns.remove(path)
-        netns.create(path)
+        if source is None:
+            netns.create(path)
+        else:
+            netns.adopt(source, path)
 
     def _call(self, record: AttachmentRecord, ifname: str) -> Invocation:
         return Invocation(container_id=record.cni_id, netns=record.netns, ifname=ifname,
