@@ -227,7 +227,7 @@ class Sandboxes(Containers):
                 "IgnoreUnknown": "1", "K8S_POD_NAMESPACE": meta.namespace,
                 "K8S_POD_NAME": meta.name, "K8S_POD_INFRA_CONTAINER_ID": record.id,
                 "K8S_POD_UID": meta.uid}, conf_dir=self.cni_conf_dir, netns_ready=pinned,
-            netns_source=netns_source)
+            netns_source=netns_source, held=True)
         record.netns = attachment.netns
         ips = [ip.ip for ip in attachment.ips]
         record.ip = ips[0] if ips else ""

@@ -192,6 +192,7 @@ class Network(Protocol):
         conf_dir: Path | None = None,
         netns_ready: Callable[[str], object] | None = None,
         netns_source: str | None = None,
+        held: bool = False,
     ) -> Attachment:
         """Create the container's network namespace and connect it to ``network``.
 
@@ -204,6 +205,12 @@ class Network(Protocol):
         the caller made, used instead of a new one (a pod's, owned by its user
         namespace): it is pinned on the attachment's own path like a new one,
         and detach unpins it the same way.
+
+        ``held``: the caller keeps the attachment until it detaches it, even
+        while no process is in its namespace (a pod sandbox without an infra
+        process, before its first container or after its last one exited). A
+        daemon start then leaves it alone once its ADD had finished; the
+        caller's own start-up recovery detaches what it no longer has.
 
         Raises:
             AlreadyExists: The container is already attached.
@@ -226,6 +233,8 @@ class Network(Protocol):
 
     async def cleanup_stale(self, live: Collection[tuple[str, str]]) -> list[tuple[str, str]]:
         """Detach every attachment whose ``(namespace, container id)`` is not in ``live``.
+
+        Held attachments (see :meth:`attach`) whose ADD had finished are left alone.
 
         Returns:
             The keys detached.

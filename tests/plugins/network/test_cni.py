@@ -418,6 +418,26 @@ class TestStartup:
         monkeypatch.setattr(service, "_read", no_read)
         await service.detach("default", "c1")
 
+    async def test_release_at_startup_keeps_a_held_attachment_once_added(
+            self, tmp_path: Path) -> None:
+        """A held attachment (a pod without infra) is its caller's to detach, even with no
+        process in its namespace; one still ``adding`` was a crash's and is released."""
+        require_root()  # unpinning: umount(2) of the (absent) namespace file
+        for name, state in (("pod", "added"), ("half", "adding")):
+            record = AttachmentRecord(namespace="k8s.io", container_id=name, network="none",
+                                      cni_id=f"k8s.io--{name}", held=True, state=state,
+                                      netns=str(tmp_path / "netns" / f"k8s.io--{name}"))
+            path = tmp_path / "attachments" / "k8s.io" / f"{name}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(msgspec.json.encode(record))
+        service = cni_network(tmp_path)
+        assert await service.release_at_startup() == [("k8s.io", "half")]
+        assert [(a.namespace, a.container_id) for a in await service.attachments()] == [
+            ("k8s.io", "pod")]
+        assert await service.cleanup_stale(set()) == []
+        await service.detach("k8s.io", "pod")  # its caller's detach still releases it
+        assert await service.attachments() == []
+
     async def test_release_at_startup_on_an_empty_root_finds_nothing(self,
                                                                      tmp_path: Path) -> None:
         service = cni_network(tmp_path)

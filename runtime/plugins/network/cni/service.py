@@ -181,7 +181,7 @@ class CniNetwork:
                      cni_args: Mapping[str, str] | None = None,
                      conf_dir: Path | None = None,
                      netns_ready: Callable[[str], object] | None = None,
-                     netns_source: str | None = None) -> Attachment:
+                     netns_source: str | None = None, held: bool = False) -> Attachment:
         """Create a network namespace for the container and run the network's ADD in it.
 
         ``cni_args`` go to every plugin as ``CNI_ARGS`` (``IgnoreUnknown=1``
@@ -191,7 +191,8 @@ class CniNetwork:
         ``netns_ready(path)`` is called once the namespace is pinned, before
         the first plugin runs (the CRI starts the pod's infra process in it
         meanwhile). ``netns_source`` is a namespace the caller made, pinned
-        instead of a new one (:func:`.netns.adopt`).
+        instead of a new one (:func:`.netns.adopt`). ``held``: the caller
+        detaches it itself; no start-up release does once ADD finished.
 
         Raises:
             AlreadyExists: The container is attached already.
@@ -217,7 +218,7 @@ class CniNetwork:
                 network=conf.name if conf else NONE, cni_id=name,
                 netns=str(self.netns_dir / name), conflist=conf.to_json() if conf else None,
                 ports=list(ports), created_at=datetime.now(UTC),
-                cni_args=dict(cni_args or {}),
+                cni_args=dict(cni_args or {}), held=held,
             )  # fmt: skip
             # Recorded before anything exists: a crash from here on leaves a record to clean.
             self._recorded.add(key)
@@ -395,7 +396,7 @@ class CniNetwork:
         return {by_path[p] for p in used}
 
     async def cleanup_stale(self, live: Collection[tuple[str, str]]) -> list[tuple[str, str]]:
-        """Detach every attachment not in ``live``; namespaces without a record go too.
+        """Detach every attachment not in ``live`` nor held; namespaces without a record go too.
 
         Failures are logged, not raised: this runs at startup and one broken
         attachment must not stop the daemon.
@@ -406,7 +407,7 @@ class CniNetwork:
         cleaned: list[tuple[str, str]] = []
         records = await self._scan()
         for record in records:
-            if record.key in live:
+            if record.key in live or _kept_by_its_caller(record):
                 continue
             log.info("container %s no longer runs; releasing its network %s", record.container_id,
                      record.network, extra={"namespace": record.namespace})
@@ -437,7 +438,7 @@ class CniNetwork:
         self._scanned = True
         cleaned: list[tuple[str, str]] = []
         for record in records:
-            if record.key in live:
+            if record.key in live or _kept_by_its_caller(record):
                 continue
             log.info("container %s no longer runs; releasing its network %s", record.container_id,
                      record.network, extra={"namespace": record.namespace})
@@ -469,6 +470,15 @@ class CniNetwork:
         for path in orphans:
             if path not in used:
                 netns.remove(path)
+
+
+def _kept_by_its_caller(record: AttachmentRecord) -> bool:
+    """A held attachment whose ADD finished: only its caller detaches it.
+
+    One still ``adding`` is a crash's in the middle of ADD, which the caller
+    never got an answer for: released like any other.
+    """
+    return record.held and record.state == "added"
 
 
 def _result_from_interface(cni_version: str, netns_path: str) -> dict[str, Any] | None:
