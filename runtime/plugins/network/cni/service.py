@@ -404,18 +404,8 @@ class CniNetwork:
         Returns:
             The ``(namespace, container id)`` pairs detached.
         """
-        cleaned: list[tuple[str, str]] = []
         records = await self._scan()
-        for record in records:
-            if record.key in live or _kept_by_its_caller(record):
-                continue
-            log.info("container %s no longer runs; releasing its network %s", record.container_id,
-                     record.network, extra={"namespace": record.namespace})
-            try:
-                await self.detach(*record.key)
-                cleaned.append(record.key)
-            except MoorageError as exc:
-                log.warning("%s", exc.message, extra={"namespace": record.namespace})
+        cleaned = await self._release_unused(records, live)
         known = {Path(r.netns).name for r in records}
         await anyio.to_thread.run_sync(self._remove_orphan_netns, known)
         return cleaned
@@ -436,6 +426,11 @@ class CniNetwork:
         records, live = await anyio.to_thread.run_sync(self._startup_scan)
         self._recorded.update(r.key for r in records)
         self._scanned = True
+        return await self._release_unused(records, live)
+
+    async def _release_unused(self, records: list[AttachmentRecord],
+                              live: Collection[tuple[str, str]]) -> list[tuple[str, str]]:
+        """DEL of every record neither in ``live`` nor kept by its caller; failures logged."""
         cleaned: list[tuple[str, str]] = []
         for record in records:
             if record.key in live or _kept_by_its_caller(record):
