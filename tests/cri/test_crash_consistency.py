@@ -82,6 +82,31 @@ NO_INFRA_POINTS = (
     "cri.sandbox.after-pins",
     "cri.sandbox.after-ready",
 )
+#: RunPodSandbox of a pod with a user namespace (made with its network, IPC and UTS
+#: namespaces by a process, pinned; network.cni adopts the netns), with infra and
+#: without, and a container created in such a pod (its rootfs idmapped by runtime.runc).
+USERNS_POINTS = (
+    "cri.sandbox.after-record",
+    "cri.sandbox.after-userns",
+    "network.attach.after-netns",
+    "cri.sandbox.after-cni-add",
+    "cri.sandbox.after-files",
+    "task.create.before-runtime",
+    "cri.sandbox.after-infra-create",
+    "cri.sandbox.after-infra-start",
+)
+USERNS_NO_INFRA_POINTS = (
+    "cri.sandbox.after-userns",
+    "network.attach.after-netns",
+    "cri.sandbox.after-cni-add",
+    "cri.sandbox.after-ready",
+)
+USERNS_CONTAINER_POINTS = (
+    "cri.container.after-snapshot",
+    "task.create.before-runtime",
+    "task.create.after-runtime",
+    "cri.container.after-task",
+)
 #: RunPodSandbox of a pod with a host port, killed around CNI ADD: before any plugin,
 #: after each plugin of the default network (bridge, portmap, firewall) with no result
 #: recorded yet, after ADD, and once the pod runs with its port published.
@@ -342,6 +367,57 @@ def no_infra_verify(ctx: Ctx) -> None:
         cri.close()
 
 
+# -- RunPodSandbox with a user namespace --------------------------------------------
+
+
+def _userns_pod_config(cri: CriClient, ctx: Ctx, *, infra: bool) -> Any:
+    config = _pod_config(cri, ctx)
+    options = config.linux.security_context.namespace_options
+    options.pid = cri.pb.POD if infra else cri.pb.CONTAINER
+    ids = [cri.pb.IDMapping(container_id=0, host_id=1000, length=100000)]
+    options.userns_options.CopyFrom(cri.pb.UserNamespace(mode=cri.pb.POD, uids=ids, gids=ids))
+    config.linux.sysctls["kernel.shm_rmid_forced"] = "1"
+    return config
+
+
+def _userns_trigger(infra: bool) -> Any:
+    def trigger(ctx: Ctx) -> None:
+        cri = ctx.rig.cri()  # type: ignore[attr-defined]
+        try:
+            _baseline(ctx, cri)
+            config = _userns_pod_config(cri, ctx, infra=infra)
+            _call_and_die(lambda: cri.run_pod(config))
+        finally:
+            cri.close()
+    return trigger
+
+
+def _userns_verify(infra: bool) -> Any:
+    def verify(ctx: Ctx) -> None:
+        """No pin of the user namespace is left, and the same pod runs again."""
+        _check_after_restart(ctx)
+        cri = ctx.rig.cri()  # type: ignore[attr-defined]
+        try:
+            sandbox_id, _ = cri.run_pod(_userns_pod_config(cri, ctx, infra=infra))
+            cri.runtime.StopPodSandbox(cri.pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+            cri.runtime.RemovePodSandbox(
+                cri.pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+            assert footprint(ctx.rig) == ctx.data["footprint"]
+        finally:
+            cri.close()
+    return verify
+
+
+def userns_create_setup(ctx: Ctx) -> None:
+    cri = ctx.rig.cri()  # type: ignore[attr-defined]
+    try:
+        cri.pull(ctx.rig.registry)
+        # With infra: network.cni releases at start-up a netns no process is in.
+        ctx.data["pod"] = cri.run_pod(_userns_pod_config(cri, ctx, infra=True))
+    finally:
+        cri.close()
+
+
 # -- RunPodSandbox with a host port -------------------------------------------------
 
 
@@ -489,6 +565,13 @@ SCENARIOS = [
              verify_touches=RUN_POD_TOUCHES),
     Scenario("run-pod-no-infra", NO_INFRA_POINTS, no_infra_trigger, no_infra_verify,
              verify_touches=RUN_POD_TOUCHES),
+    Scenario("run-pod-userns", USERNS_POINTS, _userns_trigger(True), _userns_verify(True),
+             verify_touches=RUN_POD_TOUCHES),
+    Scenario("run-pod-userns-no-infra", USERNS_NO_INFRA_POINTS, _userns_trigger(False),
+             _userns_verify(False), verify_touches=RUN_POD_TOUCHES),
+    Scenario("create-userns-container", USERNS_CONTAINER_POINTS, create_trigger, create_verify,
+             setup=userns_create_setup, setup_touches=RUN_POD_TOUCHES,
+             verify_touches=(*CREATE_TOUCHES, "task.start")),
     Scenario("run-pod-host-port", PORT_POINTS, ports_trigger, ports_verify,
              verify_touches=PORTS_VERIFY_TOUCHES),
     Scenario("create-container", CONTAINER_POINTS, create_trigger, create_verify,
@@ -540,6 +623,10 @@ def test_every_risky_step_has_a_case() -> None:
     assert {c.point for c in CASES if c.scenario.name == "run-pod"} == set(SANDBOX_POINTS)
     assert {c.point for c in CASES if c.scenario.name == "run-pod-no-infra"} == \
         set(NO_INFRA_POINTS)
+    for name, points in (("run-pod-userns", USERNS_POINTS),
+                         ("run-pod-userns-no-infra", USERNS_NO_INFRA_POINTS),
+                         ("create-userns-container", USERNS_CONTAINER_POINTS)):
+        assert {c.point for c in CASES if c.scenario.name == name} == set(points)
     assert {c.point for c in CASES if c.scenario.name == "run-pod-host-port"} == \
         set(PORT_POINTS)
     assert {c.point for c in CASES if c.scenario.name == "create-container"} == \

@@ -262,3 +262,28 @@ def test_pod_sandbox_stats_of_a_pod_without_infra_are_its_containers(cri: Any,
         second.containers[0].memory.working_set_bytes.value > 0
     listed = cri.runtime.ListPodSandboxStats(pb.ListPodSandboxStatsRequest()).stats
     assert [s.attributes.id for s in listed] == [pod[0]]
+
+
+@pytest.mark.parametrize("before_restart", ["no-container", "container-exited"])
+def test_a_pod_without_infra_keeps_its_network_across_a_restart_with_nothing_running(
+        cri: Any, cri_daemon: Any, cri_image: str, before_restart: str) -> None:
+    """Nothing is in the pod's network namespace (the kubelet has not created a container
+    yet, or its only one has exited), yet the pod is ready: a restart keeps its address."""
+    from tests.fixtures.network import http_get
+
+    pb = cri.pb
+    pod = _pod(cri)
+    if before_restart == "container-exited":
+        _container(cri, cri_image, pod, "true")
+    ip = cri.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(
+        pod_sandbox_id=pod[0])).status.network.ip
+    assert ip
+    cri_daemon.stop()
+    cri_daemon.cri_socket.unlink(missing_ok=True)
+    cri_daemon.start()
+    wait_for_socket(cri_daemon)
+    status = cri.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod[0])).status
+    assert (status.state, status.network.ip) == (pb.SANDBOX_READY, ip)
+    web = _container(cri, cri_image, pod, *HTTPD)
+    assert http_get(f"http://{ip}:80/") == "hello-from-pod\n"
+    assert bytes(cri.exec(web, "cat", "/sys/class/net/eth0/operstate").stdout).strip() == b"up"

@@ -297,6 +297,15 @@ class _Checker:
                     and not ext.get("stopped"):
                 # A pod without infra: its pinned IPC and UTS namespaces (cri/pins.py).
                 owned |= {str(Path(str(ext["dir"])) / "ns" / kind) for kind in ("ipc", "uts")}
+            options = ext.get("config", {}).get("linux", {}).get("security_context", {}).get(
+                "namespace_options", {})
+            userns = options.get("userns_options")
+            if ext.get("dir") and isinstance(userns, dict) and userns.get("mode", "POD") == "POD" \
+                    and not ext.get("stopped"):
+                # A pod with a user namespace, with infra or not: it is pinned with the
+                # pod's IPC and UTS namespaces (cri/pins.py: pin_with_user_namespace).
+                owned |= {str(Path(str(ext["dir"])) / "ns" / kind)
+                          for kind in ("user", "ipc", "uts")}
         return owned
 
     def images(self) -> None:

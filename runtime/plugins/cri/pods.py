@@ -39,6 +39,7 @@ class Pods(Sandboxes, PodStats, PodMetrics):
         """Undo what a crash left half made, rebuild the reserved names and the infra rootfs."""
         await anyio.to_thread.run_sync(
             setup.write_infra_rootfs, self.infra_rootfs, self.infra_binary)
+        await anyio.to_thread.run_sync(self._searchable_state)
         await recover(self)
         for record in await self.containers.list(self.namespace):
             kind = record.labels.get(KIND_LABEL)
@@ -47,6 +48,13 @@ class Pods(Sandboxes, PodStats, PodMetrics):
                 self._names[str(ext["name"])] = record.id
                 if kind == "sandbox":
                     self._netns[record.id] = str(ext.get("netns", ""))
+
+    def _searchable_state(self) -> None:
+        # Searchable, not listable (as containerd's): runc 1.1 bind-mounts a pod's
+        # files from inside the user namespace of a container, as an unmapped user.
+        self.state.chmod(0o711)
+        (self.state / "sandboxes").mkdir(mode=0o711, exist_ok=True)
+        (self.state / "sandboxes").chmod(0o711)
 
     async def container_events(
         self, exchange: Exchange

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import signal
 import time
@@ -36,6 +37,7 @@ from runtime.core.errors import (
 )
 from runtime.pkg.mount import recursive_attributes_supported
 from runtime.pkg.oci.spec import cgroups_path
+from runtime.pkg.userns import idmap_supported
 from runtime.plugins.containers.api import ContainerStore
 from runtime.plugins.cri import pins
 from runtime.plugins.cri import spec as specs
@@ -170,6 +172,8 @@ class PodRecords(msgspec.Struct, dict=True):
     # Sandbox id -> its config, parsed once: a sandbox's config never changes, and
     # json_format's parse is pure Python (CreateContainer, statuses, listings read it).
     _sandbox_configs: dict[str, pb.PodSandboxConfig] = msgspec.field(default_factory=dict)
+    # Why idmapped mounts cannot be made here ("" when they can), probed once.
+    _idmap_unsupported: str | None = None
 
     # -- set-up ---------------------------------------------------------------------
 
@@ -206,12 +210,19 @@ class PodRecords(msgspec.Struct, dict=True):
         if record.infra:
             assert infra is not None and infra.pid
             return specs.PodNamespaces.of_infra(infra.pid, config)
+        return self.pinned_namespaces(record, config)
+
+    def pinned_namespaces(self, record: SandboxRecord,
+                          config: pb.PodSandboxConfig) -> specs.PodNamespaces:
+        """The pod's namespaces pinned under its directory (no PID namespace: none is)."""
         modes = config.linux.security_context.namespace_options
         host_net = modes.network == pb.NODE
+        userns = specs.pod_user_namespace(config) is not None
         return specs.PodNamespaces(
             network=record.netns, uts="" if host_net else str(pins.pin_path(record.dir, pins.UTS)),
             ipc="" if modes.ipc == pb.NODE else str(pins.pin_path(record.dir, pins.IPC)),
-            pid="" if modes.pid == pb.NODE else None)
+            pid="" if modes.pid == pb.NODE else None,
+            user=str(pins.pin_path(record.dir, pins.USER)) if userns else "")
 
     @functools.cached_property
     def image_volumes(self) -> ImageVolumes:
@@ -228,6 +239,27 @@ class PodRecords(msgspec.Struct, dict=True):
         """
         runtime = self.runtime_for(handler)
         return "rro" in await runtime.mount_options() and recursive_attributes_supported()
+
+    async def supports_user_namespaces(self, handler: str) -> bool:
+        """Whether pods of the handler may have a user namespace (``userns_options`` ``POD``).
+
+        The runtime must be runc (1.1 joins a user namespace by path; the
+        ``runtime.runc`` plugin idmaps the root filesystem for it), the kernel
+        must idmap a mount of the plugin's root directory (tried once, as
+        critest tries it; the snapshots are on the daemon's root too) and
+        overlayfs layers (Linux 5.19), and the daemon's state directory must
+        be searchable by others.
+        """
+        runtime = self.runtime_for(handler)
+        if runtime.name != "runtime.runc":
+            return False
+        if self._idmap_unsupported is None:
+            self._idmap_unsupported = await anyio.to_thread.run_sync(
+                _probe_idmap, self.root, self.state.parent)
+            if self._idmap_unsupported:
+                logging.getLogger("moorage.cri").info(
+                    "user namespaces not supported: %s", self._idmap_unsupported)
+        return not self._idmap_unsupported
 
     # -- names and records ----------------------------------------------------------
 
@@ -382,3 +414,22 @@ class PodRecords(msgspec.Struct, dict=True):
         with anyio.move_on_after(30):
             await runtime.wait(self.namespace, id_)
 
+
+def _probe_idmap(root: Path, daemon_state: Path) -> str:
+    """Why pods cannot have user namespaces here; ``""`` when they can.
+
+    Idmapped mounts must work under ``root``, and the daemon's state directory
+    must be searchable by others: runc 1.1 reaches a task's rootfs and the pod's
+    files under it from inside the user namespace.
+    """
+    if not daemon_state.stat().st_mode & 0o001:
+        return f"{daemon_state} is not searchable by other users (make it 0711)"
+    release = os.uname().release.split("-")[0].split(".")
+    try:
+        version = (int(release[0]), int(release[1]))
+    except (IndexError, ValueError):
+        version = (0, 0)
+    if version < (5, 19):
+        return f"Linux {os.uname().release} cannot idmap overlayfs mounts (5.19)"
+    root.mkdir(parents=True, exist_ok=True)
+    return idmap_supported([root])

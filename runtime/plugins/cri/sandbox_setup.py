@@ -90,10 +90,16 @@ def unmount_shm(shm: Path) -> None:
 
 
 def pinned_kinds(config: pb.PodSandboxConfig) -> tuple[str, ...]:
-    """The namespaces a pod without infra pins: IPC unless the host's, UTS unless host network."""
+    """The namespaces a pod without infra pins: IPC unless the host's, UTS unless host network.
+
+    A pod with a user namespace pins it and both of them, with or without infra.
+    """
     modes = config.linux.security_context.namespace_options
-    return tuple(kind for kind, host in ((pins.IPC, modes.ipc == pb.NODE),
-                                         (pins.UTS, modes.network == pb.NODE)) if not host)
+    kinds = tuple(kind for kind, host in ((pins.IPC, modes.ipc == pb.NODE),
+                                          (pins.UTS, modes.network == pb.NODE)) if not host)
+    if specs.pod_user_namespace(config) is not None:
+        return (pins.USER, *kinds)
+    return kinds
 
 
 def unmount_pod_dir(base: Path) -> None:

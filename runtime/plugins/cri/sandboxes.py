@@ -23,6 +23,7 @@ from runtime.core.errors import (
 )
 from runtime.core.faults import fault_point
 from runtime.core.identifiers import validate_labels
+from runtime.pkg.namespaces import unpin as unpin_namespace
 from runtime.plugins.cri import pins
 from runtime.plugins.cri import sandbox_setup as setup
 from runtime.plugins.cri import spec as specs
@@ -56,6 +57,10 @@ class Sandboxes(Containers):
         validate_labels(dict(config.labels))
         specs.pod_sysctls(config)  # refused before anything is made
         runtime = self.runtime_for(request.runtime_handler)
+        if specs.pod_user_namespace(config) is not None and \
+                not await self.supports_user_namespaces(request.runtime_handler):
+            raise InvalidArgument(f"runtime handler {request.runtime_handler!r} does not "
+                                  "support user namespaces here (see Status' features)")
         modes = config.linux.security_context.namespace_options
         host_net = modes.network == pb.NODE
         network = BRIDGE
@@ -86,6 +91,10 @@ class Sandboxes(Containers):
             await self._make_sandbox(record, config, runtime, made, None if host_net else (
                 network, ports))
             if record.infra:
+                _, net_sysctls = specs.pod_sysctls(config)
+                if net_sysctls and specs.pod_user_namespace(config) is not None:
+                    # Not in the infra's spec: runc joins the user namespace first.
+                    await anyio.to_thread.run_sync(pins.apply_sysctls, record.netns, net_sysctls)
                 await runtime.start(self.namespace, sandbox_id)
                 # Crash tests: the pod runs, but the kubelet never hears its id.
                 fault_point("cri.sandbox.after-infra-start")
@@ -128,6 +137,21 @@ class Sandboxes(Containers):
         """
         failures: list[Exception] = []
         netns_ready = anyio.Event()
+        userns = specs.pod_user_namespace(config)
+        netns_source: str | None = None
+        pinned_namespaces: specs.PodNamespaces | None = None
+        if userns is not None:
+            # First, alone: the network namespace is made with the user namespace.
+            own_sysctls, _ = specs.pod_sysctls(config)
+            kinds = tuple(k for k in setup.pinned_kinds(config) if k != pins.USER)
+            made.append("pins")
+            await anyio.to_thread.run_sync(lambda: pins.pin_with_user_namespace(
+                Path(record.dir), kinds, uids=userns.uids, gids=userns.gids,
+                hostname=specs.pod_hostname(config), sysctls=own_sysctls))
+            # Crash tests: the pod's namespaces are pinned, nothing else is made.
+            fault_point("cri.sandbox.after-userns")
+            netns_source = str(pins.pin_path(record.dir, pins.NET))
+            pinned_namespaces = self.pinned_namespaces(record, config)
 
         async def network_and_files(scope: anyio.CancelScope) -> None:
             try:
@@ -135,7 +159,10 @@ class Sandboxes(Containers):
                 if network is not None:
                     made.append("network")
                     attachment = await self._attach(record, config.metadata, network,
-                                                    netns_ready.set)
+                                                    netns_ready.set, netns_source)
+                    if netns_source is not None:
+                        # network.cni holds it now, and releases it at CNI DEL.
+                        await anyio.to_thread.run_sync(unpin_namespace, netns_source)
                 made.append("files")
                 record.shm_mounted = await anyio.to_thread.run_sync(
                     setup.write_files, record, config, attachment)
@@ -154,7 +181,8 @@ class Sandboxes(Containers):
                 spec = specs.sandbox_spec(
                     self.namespace, record.id, config, rootfs=self.infra_rootfs,
                     netns=record.netns or None,
-                    cgroups_path=self._cgroups_path(config, record.id))
+                    cgroups_path=self._cgroups_path(config, record.id),
+                    pinned=pinned_namespaces)
                 made.append("task")
                 await runtime.create(self.namespace, record.id, spec, [])
                 # Crash tests: the infra task is created, not started.
@@ -178,13 +206,17 @@ class Sandboxes(Containers):
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(network_and_files, tg.cancel_scope)
-            tg.start_soon(infra if record.infra else pinned, tg.cancel_scope)
+            if record.infra:
+                tg.start_soon(infra, tg.cancel_scope)
+            elif userns is None:
+                tg.start_soon(pinned, tg.cancel_scope)
         if failures:
             raise failures[0]
 
     async def _attach(self, record: SandboxRecord, meta: pb.PodSandboxMetadata,
                       network: tuple[str, list[PortMapping]],
-                      netns_ready: Callable[[], object]) -> Attachment:
+                      netns_ready: Callable[[], object],
+                      netns_source: str | None = None) -> Attachment:
         """CNI ADD of the pod; ``record`` gets its netns (before ``netns_ready``) and addresses."""
         def pinned(path: str) -> None:
             record.netns = path
@@ -194,7 +226,8 @@ class Sandboxes(Containers):
             self.namespace, record.id, network[0], network[1], cni_args={
                 "IgnoreUnknown": "1", "K8S_POD_NAMESPACE": meta.namespace,
                 "K8S_POD_NAME": meta.name, "K8S_POD_INFRA_CONTAINER_ID": record.id,
-                "K8S_POD_UID": meta.uid}, conf_dir=self.cni_conf_dir, netns_ready=pinned)
+                "K8S_POD_UID": meta.uid}, conf_dir=self.cni_conf_dir, netns_ready=pinned,
+            netns_source=netns_source, held=True)
         record.netns = attachment.netns
         ips = [ip.ip for ip in attachment.ips]
         record.ip = ips[0] if ips else ""
@@ -247,9 +280,10 @@ class Sandboxes(Containers):
             for container in await self._containers_of(sandbox_id):
                 await self.stop_container(container.id, 0)
             await self._stop_task(sandbox_id, 0, signal.SIGKILL)
-            if not record.infra and record.dir:
+            if record.dir:
                 # What stopping the infra process does: the namespaces go with the
                 # containers (already stopped). /dev/shm and the files stay until removal.
+                # An infra pod has pins too when it has a user namespace.
                 await anyio.to_thread.run_sync(pins.unpin, record.dir)
             # DEL always, even if the netns is gone or ADD half-failed.
             await self.network.detach(self.namespace, sandbox_id)

@@ -114,6 +114,7 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
             handler = response.runtime_handlers.add(name=name)
             handler.features.recursive_read_only_mounts = \
                 await self.pods.supports_recursive_read_only(name)
+            handler.features.user_namespaces = await self.pods.supports_user_namespaces(name)
         # ContainerConfig's SupplementalGroupsPolicy Strict is honoured, and
         # ContainerStatus reports the groups the process runs with.
         response.features.supplemental_groups_policy = True

@@ -5,7 +5,10 @@ and are then shaped by the CRI configs: a sandbox owns the pod's network
 (the netns Moorage made), IPC, UTS and, for ``PID=POD``, PID namespaces; a
 container joins them through ``/proc/<infra pid>/ns/*``. A ``NODE`` mode
 leaves that namespace out (the host's); ``CONTAINER`` gives the container its
-own; ``TARGET`` joins another container's PID namespace.
+own; ``TARGET`` joins another container's PID namespace. A pod with a user
+namespace (``userns_options`` mode ``POD``) has it pinned with its network,
+IPC and UTS namespaces, which it owns (:mod:`runtime.pkg.userns`); its infra
+process, if any, and every container join them by path.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from runtime.pkg.oci.spec import (
     privileged_capabilities,
 )
 from runtime.pkg.seccomp import UNCONFINED, default_profile, parse_profile
+from runtime.pkg.userns import IDMAP_ROOTFS_ANNOTATION, IDMapping
 from runtime.plugins.cri.messages import pb
 
 __all__ = [
@@ -37,6 +41,7 @@ __all__ = [
     "parse_capability",
     "pod_hostname",
     "pod_sysctls",
+    "pod_user_namespace",
     "sandbox_spec",
     "validate_mount",
 ]
@@ -83,6 +88,7 @@ class PodNamespaces(msgspec.Struct, frozen=True):
     uts: str
     ipc: str
     pid: str | None
+    user: str = ""
 
     @classmethod
     def of_infra(cls, pid: int, config: pb.PodSandboxConfig) -> PodNamespaces:
@@ -92,7 +98,95 @@ class PodNamespaces(msgspec.Struct, frozen=True):
         host_net = modes.network == pb.NODE
         return cls(network="" if host_net else f"{proc}/net", uts="" if host_net else f"{proc}/uts",
                    ipc="" if modes.ipc == pb.NODE else f"{proc}/ipc",
-                   pid="" if modes.pid == pb.NODE else f"{proc}/pid")
+                   pid="" if modes.pid == pb.NODE else f"{proc}/pid",
+                   user=f"{proc}/user" if pod_user_namespace(config) else "")
+
+
+class UserNamespace(msgspec.Struct, frozen=True):
+    """A pod's user namespace: its one UID and one GID mapping."""
+
+    uids: tuple[IDMapping, ...]
+    gids: tuple[IDMapping, ...]
+
+    def spec_mappings(self) -> dict[str, list[dict[str, int]]]:
+        """``linux.uidMappings`` and ``gidMappings`` of an OCI spec."""
+        def lines(mappings: tuple[IDMapping, ...]) -> list[dict[str, int]]:
+            return [{"containerID": m.container_id, "hostID": m.host_id, "size": m.size}
+                    for m in mappings]
+        return {"uidMappings": lines(self.uids), "gidMappings": lines(self.gids)}
+
+
+def _id_mappings(what: str, mappings: Sequence[pb.IDMapping]) -> tuple[IDMapping, ...]:
+    if len(mappings) > 1:
+        # As containerd: one line each (its remapped snapshots support no more).
+        raise InvalidArgument(f"user namespace {what} mapping: only one mapping line is "
+                              f"supported, got {len(mappings)}")
+    found = tuple(IDMapping(m.container_id, m.host_id, m.length) for m in mappings)
+    for m in found:
+        if m.size < 1:
+            raise InvalidArgument(f"user namespace {what} mapping: invalid length {m.size}")
+        if m.container_id != 0:
+            raise InvalidArgument(f"user namespace {what} mapping must map container id 0 "
+                                  f"(the pod's root), got {m.container_id}")
+        if m.host_id + m.size > 1 << 32:
+            raise InvalidArgument(f"user namespace {what} mapping {m.host_id}+{m.size} "
+                                  "is past the last host id")
+    return found
+
+
+def _user_namespace(options: pb.NamespaceOption) -> UserNamespace | None:
+    if not options.HasField("userns_options"):
+        return None  # a kubelet that knows no user namespaces: none, as containerd
+    userns = options.userns_options
+    uids = _id_mappings("UID", userns.uids)
+    gids = _id_mappings("GID", userns.gids)
+    if userns.mode == pb.NODE:
+        if uids or gids:
+            raise InvalidArgument(
+                f"user namespace mode NODE cannot have mappings (got {len(uids)} UID and "
+                f"{len(gids)} GID mappings)")
+        return None
+    if userns.mode != pb.POD:
+        raise InvalidArgument(
+            f"user namespace mode {pb.NamespaceMode.Name(userns.mode)} is not supported "
+            "(NODE or POD)")
+    if not uids or not gids:
+        raise InvalidArgument("user namespace mode POD needs a UID and a GID mapping")
+    for kind, mode in (("network", options.network), ("PID", options.pid),
+                       ("IPC", options.ipc)):
+        if mode == pb.NODE:
+            raise InvalidArgument(f"a user namespace cannot be used with the host's {kind} "
+                                  "namespace")
+    return UserNamespace(uids=uids, gids=gids)
+
+
+def pod_user_namespace(config: pb.PodSandboxConfig) -> UserNamespace | None:
+    """The pod's user namespace, ``None`` for the host's.
+
+    Raises:
+        InvalidArgument: What containerd refuses: a mode other than ``NODE``
+            and ``POD``, mappings with ``NODE``, ``POD`` without both mappings,
+            more than one line, a length below 1; and, besides, a mapping that
+            leaves the pod's root (container id 0) unmapped, and host network,
+            PID or IPC namespaces with ``POD``.
+    """
+    return _user_namespace(config.linux.security_context.namespace_options)
+
+
+def container_user_namespace(config: pb.ContainerConfig,
+                             sandbox: pb.PodSandboxConfig) -> UserNamespace | None:
+    """The container's user namespace: its pod's; one the container asks for must be the same.
+
+    Raises:
+        InvalidArgument: The container asks for another one than its pod's.
+    """
+    pod = pod_user_namespace(sandbox)
+    options = config.linux.security_context.namespace_options
+    if options.HasField("userns_options") and _user_namespace(options) != pod:
+        raise InvalidArgument("a container's user namespace must be its pod's")
+    if pod is not None and options.pid == pb.NODE:
+        raise InvalidArgument("a user namespace cannot be used with the host's PID namespace")
+    return pod
 
 
 def needs_infra(config: pb.PodSandboxConfig) -> bool:
@@ -177,12 +271,24 @@ def _set_cgroup(spec: dict[str, Any], cgroups_path: str, pod: pb.PodSandboxConfi
         spec.setdefault("annotations", {})[KEEP_CGROUP_PARENTS_ANNOTATION] = "true"
 
 
+def _join_user_namespace(spec: dict[str, Any], userns: UserNamespace, path: str) -> None:
+    """Join the pod's user namespace ``path``; the runtime idmaps the root filesystem for it."""
+    _set_namespace(spec, "user", path, True)
+    # runc wants the mappings of a user namespace it joins too.
+    spec["linux"].update(userns.spec_mappings())
+    spec.setdefault("annotations", {})[IDMAP_ROOTFS_ANNOTATION] = "true"
+
+
 def sandbox_spec(namespace: str, sandbox_id: str, config: pb.PodSandboxConfig, *,
-                 rootfs: Path, netns: str | None, cgroups_path: str) -> dict[str, Any]:
+                 rootfs: Path, netns: str | None, cgroups_path: str,
+                 pinned: PodNamespaces | None = None) -> dict[str, Any]:
     """The infra container: PID 1 of the pod, holding its namespaces.
 
     ``netns`` is the pod's network namespace, ``None`` for host networking;
-    ``cgroups_path`` its cgroup (under the pod's cgroup parent).
+    ``cgroups_path`` its cgroup (under the pod's cgroup parent). ``pinned``:
+    the pod's user, IPC and UTS namespaces, pinned (a pod with a user
+    namespace), which the infra process joins; its hostname and sysctls are
+    set there already.
     """
     sec = config.linux.security_context
     modes = sec.namespace_options
@@ -198,6 +304,14 @@ def sandbox_spec(namespace: str, sandbox_id: str, config: pb.PodSandboxConfig, *
     _set_namespace(spec, "pid", None, modes.pid != pb.NODE)
     _set_namespace(spec, "ipc", None, modes.ipc != pb.NODE)
     own, net = pod_sysctls(config)
+    userns = pod_user_namespace(config)
+    if pinned is not None and userns is not None:
+        _set_namespace(spec, "uts", pinned.uts, True)
+        _set_namespace(spec, "ipc", pinned.ipc, True)
+        _join_user_namespace(spec, userns, pinned.user)
+        spec.pop("hostname", None)
+        own = {}  # written where the namespaces were made; net.* too, after CNI ADD
+        net = {}
     if own or net:
         spec["linux"].setdefault("sysctl", {}).update({**own, **net})
     process = spec["process"]
@@ -385,6 +499,9 @@ def container_spec(
         _set_namespace(spec, "pid", f"/proc/{target_pid}/ns/pid", True)
     else:
         _set_namespace(spec, "pid", namespaces.pid, bool(namespaces.pid))
+    userns = container_user_namespace(config, sandbox)
+    if userns is not None:
+        _join_user_namespace(spec, userns, namespaces.user)
     # The UTS namespace is the pod's: its hostname is set there, not here.
     spec.pop("hostname", None)
     if not any(e.startswith("HOSTNAME=") for e in process["env"]):

@@ -191,6 +191,8 @@ class Network(Protocol):
         cni_args: Mapping[str, str] | None = None,
         conf_dir: Path | None = None,
         netns_ready: Callable[[str], object] | None = None,
+        netns_source: str | None = None,
+        held: bool = False,
     ) -> Attachment:
         """Create the container's network namespace and connect it to ``network``.
 
@@ -199,6 +201,16 @@ class Network(Protocol):
         ``conf_dir`` looks ``network`` up in another directory than the plugin's own.
         ``netns_ready(path)`` is called once the namespace exists, before the
         network's plugins run in it: a process may join it from then on.
+        ``netns_source`` (a ``/proc/PID/ns/net`` or pinned file) is a namespace
+        the caller made, used instead of a new one (a pod's, owned by its user
+        namespace): it is pinned on the attachment's own path like a new one,
+        and detach unpins it the same way.
+
+        ``held``: the caller keeps the attachment until it detaches it, even
+        while no process is in its namespace (a pod sandbox without an infra
+        process, before its first container or after its last one exited). A
+        daemon start then leaves it alone once its ADD had finished; the
+        caller's own start-up recovery detaches what it no longer has.
 
         Raises:
             AlreadyExists: The container is already attached.
@@ -221,6 +233,8 @@ class Network(Protocol):
 
     async def cleanup_stale(self, live: Collection[tuple[str, str]]) -> list[tuple[str, str]]:
         """Detach every attachment whose ``(namespace, container id)`` is not in ``live``.
+
+        Held attachments (see :meth:`attach`) whose ADD had finished are left alone.
 
         Returns:
             The keys detached.

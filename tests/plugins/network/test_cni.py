@@ -361,6 +361,18 @@ def cni_network(tmp_path: Path) -> CniNetwork:
                       records_dir=tmp_path / "attachments", netns_dir=tmp_path / "netns")
 
 
+def _earlier_record(tmp_path: Path, namespace: str, container_id: str,
+                    **fields: Any) -> Path:
+    """An attachment record on disk as an earlier daemon left it (network ``none``)."""
+    cni_id = f"{namespace}--{container_id}"
+    record = AttachmentRecord(namespace=namespace, container_id=container_id, network="none",
+                              cni_id=cni_id, netns=str(tmp_path / "netns" / cni_id), **fields)
+    path = tmp_path / "attachments" / namespace / f"{container_id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(msgspec.json.encode(record))
+    return path
+
+
 class TestDetach:
     async def test_a_container_never_attached_costs_no_disk_access(
             self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -378,12 +390,7 @@ class TestDetach:
                                                                    tmp_path: Path) -> None:
         """A record found by the startup scan is undone by detach, not skipped."""
         require_root()  # unpinning: umount(2) of the (absent) namespace file
-        record = AttachmentRecord(namespace="default", container_id="old", network="none",
-                                  cni_id="default--old",
-                                  netns=str(tmp_path / "netns" / "default--old"))
-        path = tmp_path / "attachments" / "default" / "old.json"
-        path.parent.mkdir(parents=True)
-        path.write_bytes(msgspec.json.encode(record))
+        path = _earlier_record(tmp_path, "default", "old")
         service = cni_network(tmp_path)
         assert await service.live_keys() == set()  # the scan
         await service.detach("default", "old")
@@ -395,12 +402,7 @@ class TestStartup:
             self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """What the init runs: stale records undone, namespaces without a record removed."""
         require_root()  # unpinning: umount(2) of the (absent) namespace file
-        record = AttachmentRecord(namespace="default", container_id="old", network="none",
-                                  cni_id="default--old",
-                                  netns=str(tmp_path / "netns" / "default--old"))
-        path = tmp_path / "attachments" / "default" / "old.json"
-        path.parent.mkdir(parents=True)
-        path.write_bytes(msgspec.json.encode(record))
+        path = _earlier_record(tmp_path, "default", "old")
         # Left by a crash between a record's removal and its namespace's: no record.
         orphan = tmp_path / "netns" / "default--gone"
         orphan.parent.mkdir()
@@ -417,6 +419,21 @@ class TestStartup:
         # The scan counts as the startup scan: detach of a never-attached task reads nothing.
         monkeypatch.setattr(service, "_read", no_read)
         await service.detach("default", "c1")
+
+    async def test_release_at_startup_keeps_a_held_attachment_once_added(
+            self, tmp_path: Path) -> None:
+        """A held attachment (a pod without infra) is its caller's to detach, even with no
+        process in its namespace; one still ``adding`` was a crash's and is released."""
+        require_root()  # unpinning: umount(2) of the (absent) namespace file
+        _earlier_record(tmp_path, "k8s.io", "pod", held=True, state="added")
+        _earlier_record(tmp_path, "k8s.io", "half", held=True, state="adding")
+        service = cni_network(tmp_path)
+        assert await service.release_at_startup() == [("k8s.io", "half")]
+        assert [(a.namespace, a.container_id) for a in await service.attachments()] == [
+            ("k8s.io", "pod")]
+        assert await service.cleanup_stale(set()) == []
+        await service.detach("k8s.io", "pod")  # its caller's detach still releases it
+        assert await service.attachments() == []
 
     async def test_release_at_startup_on_an_empty_root_finds_nothing(self,
                                                                      tmp_path: Path) -> None:

@@ -23,9 +23,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from runtime.pkg.namespaces import in_fresh_thread, pin_own, unpin
+from runtime.pkg.mount import bind_mount
+from runtime.pkg.namespaces import enter_netns, in_fresh_thread, pin_own, unpin
 
-__all__ = ["addresses", "create", "in_use", "loopback_up", "remove"]
+__all__ = ["addresses", "adopt", "create", "in_use", "loopback_up", "remove"]
 
 CLONE_NEWNET = 0x40000000
 # <linux/sockios.h>, <net/if.h>
@@ -83,6 +84,33 @@ def create(path: Path) -> None:
         in_fresh_thread(f"netns {path.name}", pin)
     except BaseException:
         path.unlink(missing_ok=True)
+        raise
+
+
+def adopt(source: str, path: Path) -> None:
+    """Pin the network namespace at ``source`` (made by the caller) on ``path``, ``lo`` up.
+
+    For a namespace that must be owned by another user namespace than the
+    daemon's (a CRI pod's with user namespaces): a thread cannot make one
+    there, a process the caller started can. Once pinned it is ours as one
+    :func:`create` made: :func:`remove` unpins it.
+
+    Raises:
+        FileExistsError: ``path`` exists.
+        OSError: ``source`` is no network namespace, or the bind mount failed.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    os.close(fd)
+
+    def lo_up() -> None:
+        enter_netns(path)
+        loopback_up()
+
+    try:
+        bind_mount(source, str(path))
+        in_fresh_thread(f"netns {path.name}", lo_up)
+    except BaseException:
+        unpin(path)
         raise
 
 

@@ -36,6 +36,8 @@ class AttachmentRecord(msgspec.Struct, kw_only=True):
         created_at: When the attachment began.
         cni_args: ``CNI_ARGS`` given to every plugin run (ADD and DEL alike),
             e.g. the CRI's ``K8S_POD_NAME``.
+        held: The caller detaches it itself: once ADD finished, no start-up
+            release undoes it for having no process in its namespace.
     """
 
     namespace: str
@@ -49,6 +51,7 @@ class AttachmentRecord(msgspec.Struct, kw_only=True):
     state: str = "adding"
     created_at: datetime | None = None
     cni_args: dict[str, str] = msgspec.field(default_factory=dict)
+    held: bool = False
 
     @property
     def key(self) -> tuple[str, str]:

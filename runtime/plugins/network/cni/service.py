@@ -180,7 +180,8 @@ class CniNetwork:
                      ports: Sequence[PortMapping] = (),
                      cni_args: Mapping[str, str] | None = None,
                      conf_dir: Path | None = None,
-                     netns_ready: Callable[[str], object] | None = None) -> Attachment:
+                     netns_ready: Callable[[str], object] | None = None,
+                     netns_source: str | None = None, held: bool = False) -> Attachment:
         """Create a network namespace for the container and run the network's ADD in it.
 
         ``cni_args`` go to every plugin as ``CNI_ARGS`` (``IgnoreUnknown=1``
@@ -189,7 +190,9 @@ class CniNetwork:
         ``cni_conf_dir``); its DEL reads the configuration kept with the record.
         ``netns_ready(path)`` is called once the namespace is pinned, before
         the first plugin runs (the CRI starts the pod's infra process in it
-        meanwhile).
+        meanwhile). ``netns_source`` is a namespace the caller made, pinned
+        instead of a new one (:func:`.netns.adopt`). ``held``: the caller
+        detaches it itself; no start-up release does once ADD finished.
 
         Raises:
             AlreadyExists: The container is attached already.
@@ -215,13 +218,13 @@ class CniNetwork:
                 network=conf.name if conf else NONE, cni_id=name,
                 netns=str(self.netns_dir / name), conflist=conf.to_json() if conf else None,
                 ports=list(ports), created_at=datetime.now(UTC),
-                cni_args=dict(cni_args or {}),
+                cni_args=dict(cni_args or {}), held=held,
             )  # fmt: skip
             # Recorded before anything exists: a crash from here on leaves a record to clean.
             self._recorded.add(key)
             await anyio.to_thread.run_sync(self._save, record)
             try:
-                await self._add(record, conf, netns_ready)
+                await self._add(record, conf, netns_ready, netns_source)
                 record.state = "added"
                 # Not synced: the record above is (a crash of the daemon loses
                 # neither); after a power loss, which ends the namespace and the
@@ -253,10 +256,11 @@ class CniNetwork:
             )
 
     async def _add(self, record: AttachmentRecord, conf: ConfList | None,
-                   netns_ready: Callable[[str], object] | None = None) -> None:
+                   netns_ready: Callable[[str], object] | None = None,
+                   netns_source: str | None = None) -> None:
         path = Path(record.netns)
         # With lo up already: no loopback plugin to run.
-        await anyio.to_thread.run_sync(self._create_netns, path)
+        await anyio.to_thread.run_sync(self._create_netns, path, netns_source)
         # Crash tests: a pinned namespace, no plugin has run in it.
         fault_point("network.attach.after-netns")
         if netns_ready is not None:
@@ -274,11 +278,14 @@ class CniNetwork:
             # -after-portmap, ...), the record on disk holds no result yet.
             fault_point(f"network.attach.after-{plugin.get('type')}")
 
-    def _create_netns(self, path: Path) -> None:
+    def _create_netns(self, path: Path, source: str | None = None) -> None:
         if path.exists():
             # A pinned leftover of this very name (a crash mid-detach): replace it.
             netns.remove(path)
-        netns.create(path)
+        if source is None:
+            netns.create(path)
+        else:
+            netns.adopt(source, path)
 
     def _call(self, record: AttachmentRecord, ifname: str) -> Invocation:
         return Invocation(container_id=record.cni_id, netns=record.netns, ifname=ifname,
@@ -389,7 +396,7 @@ class CniNetwork:
         return {by_path[p] for p in used}
 
     async def cleanup_stale(self, live: Collection[tuple[str, str]]) -> list[tuple[str, str]]:
-        """Detach every attachment not in ``live``; namespaces without a record go too.
+        """Detach every attachment not in ``live`` nor held; namespaces without a record go too.
 
         Failures are logged, not raised: this runs at startup and one broken
         attachment must not stop the daemon.
@@ -397,18 +404,8 @@ class CniNetwork:
         Returns:
             The ``(namespace, container id)`` pairs detached.
         """
-        cleaned: list[tuple[str, str]] = []
         records = await self._scan()
-        for record in records:
-            if record.key in live:
-                continue
-            log.info("container %s no longer runs; releasing its network %s", record.container_id,
-                     record.network, extra={"namespace": record.namespace})
-            try:
-                await self.detach(*record.key)
-                cleaned.append(record.key)
-            except MoorageError as exc:
-                log.warning("%s", exc.message, extra={"namespace": record.namespace})
+        cleaned = await self._release_unused(records, live)
         known = {Path(r.netns).name for r in records}
         await anyio.to_thread.run_sync(self._remove_orphan_netns, known)
         return cleaned
@@ -429,9 +426,14 @@ class CniNetwork:
         records, live = await anyio.to_thread.run_sync(self._startup_scan)
         self._recorded.update(r.key for r in records)
         self._scanned = True
+        return await self._release_unused(records, live)
+
+    async def _release_unused(self, records: list[AttachmentRecord],
+                              live: Collection[tuple[str, str]]) -> list[tuple[str, str]]:
+        """DEL of every record neither in ``live`` nor kept by its caller; failures logged."""
         cleaned: list[tuple[str, str]] = []
         for record in records:
-            if record.key in live:
+            if record.key in live or _kept_by_its_caller(record):
                 continue
             log.info("container %s no longer runs; releasing its network %s", record.container_id,
                      record.network, extra={"namespace": record.namespace})
@@ -463,6 +465,15 @@ class CniNetwork:
         for path in orphans:
             if path not in used:
                 netns.remove(path)
+
+
+def _kept_by_its_caller(record: AttachmentRecord) -> bool:
+    """A held attachment whose ADD finished: only its caller detaches it.
+
+    One still ``adding`` is a crash's in the middle of ADD, which the caller
+    never got an answer for: released like any other.
+    """
+    return record.held and record.state == "added"
 
 
 def _result_from_interface(cni_version: str, netns_path: str) -> dict[str, Any] | None:

@@ -4,7 +4,9 @@ The spec stored with the container is completed here, where the root
 filesystem is finally visible: user names are looked up in its ``/etc/passwd``
 (see :mod:`.user`), ``HOME`` is set from the user's entry when the spec has
 none, and empty named volumes take the image's content at their path
-(:mod:`runtime.pkg.copyup`), as Docker does.
+(:mod:`runtime.pkg.copyup`), as Docker does. A spec annotated
+``io.moorage.rootfs.idmap`` gets its root filesystem idmapped through its
+user namespace (:mod:`runtime.pkg.userns`: runc 1.1 cannot do it).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from runtime.core.errors import InvalidArgument
 from runtime.pkg.copyup import VOLUMES_ANNOTATION, copy_up_volumes
 from runtime.pkg.mount import mount_all, unmount
 from runtime.pkg.oci.spec import GROUPS_POLICY_ANNOTATION, USER_ANNOTATION, merge_env
+from runtime.pkg.userns import IDMAP_ROOTFS_ANNOTATION, idmap_mount, idmapped_overlay
 from runtime.plugins.runtime.runc.layout import TaskPaths, write_durably
 from runtime.plugins.snapshots.api import Mount
 
@@ -76,12 +79,21 @@ def prepare_bundle(paths: TaskPaths, spec: dict[str, Any], rootfs: Sequence[Moun
     """
     mounts = root_mounts(spec, rootfs)
     final = copy.deepcopy(spec)
-    paths.bundle.mkdir(parents=True, exist_ok=True, mode=0o711)
+    # Searchable (0711) down to the rootfs: a task in a user namespace reaches it
+    # as a user that owns none of these directories.
+    paths.bundle.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+    paths.bundle.mkdir(exist_ok=True, mode=0o711)
     paths.rootfs.mkdir(exist_ok=True)
-    mount_all(mounts, paths.rootfs)
+    annotations = final.setdefault("annotations", {})
+    idmapped = bool(annotations.pop(IDMAP_ROOTFS_ANNOTATION, None))
+    if idmapped and mounts and mounts[0].type == "overlay":
+        _mount_idmapped_overlay(final, mounts, paths.rootfs)
+    else:
+        mount_all(mounts, paths.rootfs)
     try:
         final.setdefault("root", {})["path"] = "rootfs"
-        annotations = final.setdefault("annotations", {})
+        if idmapped and not (mounts and mounts[0].type == "overlay"):
+            idmap_mount(paths.rootfs, _userns_path(final))
         _resolve_process_user(
             final.setdefault("process", {}), annotations.pop(USER_ANNOTATION, None),
             paths.rootfs, annotations.pop(GROUPS_POLICY_ANNOTATION, "") != "strict")
@@ -91,6 +103,25 @@ def prepare_bundle(paths: TaskPaths, spec: dict[str, Any], rootfs: Sequence[Moun
     except BaseException:
         teardown_bundle(paths)
         raise
+
+
+def _mount_idmapped_overlay(spec: dict[str, Any], mounts: list[Mount], rootfs: Path) -> None:
+    linux = spec.get("linux", {})
+    root_ids = []
+    for key in ("uidMappings", "gidMappings"):
+        root = [m for m in linux.get(key) or [] if m.get("containerID") == 0]
+        if not root:
+            raise InvalidArgument(f"{IDMAP_ROOTFS_ANNOTATION} needs {key} that map id 0")
+        root_ids.append(int(root[0]["hostID"]))
+    with idmapped_overlay(mounts[0], _userns_path(spec), root_ids[0], root_ids[1]) as first:
+        mount_all([first, *mounts[1:]], rootfs)
+
+
+def _userns_path(spec: dict[str, Any]) -> str:
+    for entry in spec.get("linux", {}).get("namespaces", []):
+        if entry.get("type") == "user" and entry.get("path"):
+            return str(entry["path"])
+    raise InvalidArgument(f"{IDMAP_ROOTFS_ANNOTATION} needs a user namespace path in the spec")
 
 
 def _json(value: Any) -> bytes:

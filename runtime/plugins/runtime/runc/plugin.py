@@ -67,6 +67,9 @@ def _init_for(default_binary: str) -> Callable[[InitContext[RuntimeConfig]], Awa
         root = Path(config.root) if config.root else (
             Path(ctx.daemon.state) / f"{ctx.registration.id}-root")
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Searchable, not listable, as containerd's task state: the init of a task
+        # in a user namespace reaches its bundle's rootfs as an unmapped user.
+        ctx.state.chmod(0o711)
         events = ctx.events
         supervisor = Supervisor(
             ctx.publish, events.wait_for_subscriber if events is not None else None,
