@@ -111,6 +111,15 @@ FIRST_USE_ONLY = (
     "runtime.plugins.runtime.runc.user",
     # The websocket protocol: the first attach, exec or `run` that opens one.
     "runtime.pkg.http.websocket",
+    # Removing a tree (an ingest, a snapshot, a bundle, a volume; the images' staging
+    # left by a daemon that died) and finding a program on PATH (runtime.pkg.which):
+    # shutil imports its compressors when it is imported.
+    "shutil",
+    "bz2",
+    "lzma",
+    # Digests of an ingest's ref or data, a network's bridge name; the API's token check.
+    "hashlib",
+    "hmac",
 )
 
 

@@ -6,7 +6,6 @@ most of the daemon's start.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -91,6 +90,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         given = request.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
         # compare_digest keeps the comparison time independent of where they differ.
+        import hmac
+
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
             raise Unauthenticated("missing or wrong bearer token")
     return await handler(request)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated
 
 import anyio.to_thread
@@ -50,13 +51,21 @@ class ImagesConfig(PluginConfig):
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
 
 
+def _remove_tree(path: Path) -> None:
+    """``shutil.rmtree(path, ignore_errors=True)``; shutil imported only if there is a tree."""
+    if os.path.lexists(path):
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+
+
 async def init(ctx: InitContext[ImagesConfig]) -> Images:
     """Wire the image store to metadata, content, snapshots and diff."""
     for key in ("max_concurrent_downloads", "max_concurrent_unpacks"):
         if getattr(ctx.config, key) < 1:
             raise InvalidArgument(f"{key} must be at least 1")
     # Staged layers and spooled uploads of a daemon that died are of no use now.
-    await anyio.to_thread.run_sync(shutil.rmtree, ctx.root / "tmp", True)
+    await anyio.to_thread.run_sync(_remove_tree, ctx.root / "tmp")
     metadata: Metadata = ctx.get("metadata.sqlite")
     return ImageService(
         store=ImageStore(metadata.db, ctx.publish),

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -61,6 +60,8 @@ Populate = Callable[[Path, Sequence[Path]], None]
 
 def _rmtree(path: Path) -> None:
     """The default ``delete_tree``: best effort, like ``rm -rf``."""
+    import shutil
+
     shutil.rmtree(path, ignore_errors=True)
 
 

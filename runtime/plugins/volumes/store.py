@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import builtins
 import json
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -102,6 +101,8 @@ class VolumeStore:
                                          f"{', '.join(volume.used_by)}")
             # The record goes first: a half-deleted directory is no volume any more.
             (directory / "volume.json").unlink()
+            import shutil
+
             await anyio.to_thread.run_sync(shutil.rmtree, directory, True)
 
     async def prune(self, namespace: str) -> builtins.list[str]:

@@ -12,9 +12,7 @@ its size as the offset. Everything here blocks: call it in a worker thread.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +40,8 @@ __all__ = ["directory", "load", "lock", "read_status", "rehash"]
 def directory(ingests: Path, ref: str) -> Path:
     """The directory of ingest ``ref`` under ``ingests``."""
     # Hashed, so any ref string maps to a safe, fixed-length directory name.
+    import hashlib
+
     return ingests / hashlib.sha256(ref.encode()).hexdigest()
 
 
@@ -96,6 +96,9 @@ def load(
     ``blobs`` is the committed blobs' directory: an ingest of a blob already
     there is refused (AlreadyExists).
     """
+    import hashlib
+    import shutil
+
     now = utc_now()
     stored_ref = read_file(path / "ref")
     resume = stored_ref is not None
@@ -164,6 +167,8 @@ def rehash(data: Path) -> tuple[int, int, _Hash, int]:
             os.unlink(data)
             fd = os.open(data, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             st = os.fstat(fd)
+        import hashlib
+
         hasher = hashlib.sha256()
         buf = memoryview(bytearray(REHASH_CHUNK))
         offset = 0

@@ -31,7 +31,6 @@ plus a few thread hops.
 from __future__ import annotations
 
 import os
-import shutil
 import weakref
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -174,6 +173,8 @@ class ContentStore:
             raise locked(ref)
 
         def work() -> None:
+            import shutil
+
             path = self._ingest_dir(ref)
             lock_fd = ingest_dirs.lock(path, ref, create=False)
             try:
@@ -339,6 +340,8 @@ class ContentStore:
 
     def _publish(self, ingest: Path, fd: int, digest: str) -> None:
         """Make a verified ingest's data the blob ``digest``, durably; drop the ingest."""
+        import shutil
+
         os.fsync(fd)
         os.fchmod(fd, 0o444)
         data, target = ingest / "data", self._blobs / validate_digest(digest)

@@ -11,9 +11,7 @@ verified and published the blob: a pull applies a layer that way while it downlo
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import shutil
 import threading
 import weakref
 from datetime import datetime
@@ -408,6 +406,8 @@ class Writer:
             await to_thread.run_sync(os.ftruncate, self._fd, 0)
         self._pending.clear()
         self._flushed = self._written_back = 0
+        import hashlib
+
         self._hasher = hashlib.sha256()
 
     async def _flush_pending(self) -> None:
@@ -461,6 +461,8 @@ class Writer:
             try:
                 os.close(fd)
                 if remove:
+                    import shutil
+
                     shutil.rmtree(path, ignore_errors=True)
                 elif path.exists():
                     write_file(path / "updatedat", format_time(updated_at))

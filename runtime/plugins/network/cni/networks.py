@@ -9,7 +9,6 @@ container (of any namespace) is attached to it.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import os
@@ -88,6 +87,8 @@ def _write(conf_dir: Path, request: NetworkCreateRequest, ipam_dir: Path,
            firewall: bool) -> NetworkCreateRequest:
     if request.name in (BRIDGE, HOST, NONE) or request.name in list_conflists(conf_dir):
         raise AlreadyExists(f"network {request.name!r} already exists")
+    import hashlib
+
     bridge = request.bridge or "br-" + hashlib.sha256(request.name.encode()).hexdigest()[:12]
     if len(bridge) > 15 or not all(c.isalnum() or c in "_.-" for c in bridge):
         raise InvalidArgument(f"bridge {bridge!r}: 15 letters, digits, '.', '_' or '-' at most")

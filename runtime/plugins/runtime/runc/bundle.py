@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -169,4 +168,6 @@ def remove_tree(path: Path) -> None:
         for name in dirnames:
             if os.path.ismount(os.path.join(dirpath, name)):
                 raise OSError(f"{os.path.join(dirpath, name)} is still mounted; not removing")
+    import shutil
+
     shutil.rmtree(path, ignore_errors=True)

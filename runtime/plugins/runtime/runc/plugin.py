@@ -8,7 +8,6 @@ runtime's own message, which says more than a skipped plugin would.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +17,7 @@ import msgspec
 from runtime.core.config import AbsolutePath, Program
 from runtime.core.hookspecs import hookimpl
 from runtime.core.registration import InitContext, PluginConfig, PluginSkipped, Registration
+from runtime.pkg.which import which
 from runtime.plugins.runtime.api import Runtime
 from runtime.plugins.runtime.runc.oci import OciRuntime
 from runtime.plugins.runtime.runc.recovery import recover
@@ -53,7 +53,7 @@ class RuntimeConfig(PluginConfig):
 
 
 def _which(name: str, what: str) -> str:
-    found = shutil.which(name)
+    found = which(name)
     if found is None:
         raise PluginSkipped(f"{what} {name!r} not found on PATH")
     return found

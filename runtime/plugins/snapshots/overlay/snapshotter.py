@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -215,6 +214,8 @@ def probe_overlay(root: Path) -> Path:
 
 def remove_probe(probe: Path) -> None:
     """Unmount and remove what :func:`probe_overlay` made (blocking)."""
+    import shutil  # with tempfile, imported for the probe
+
     try:
         unmount(probe / "merged")
     finally:
