@@ -75,6 +75,17 @@ def wait_for_socket(daemon: Any, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def restart_cri_daemon(daemon: Any) -> None:
+    """Stop the daemon (SIGTERM), start it again on the same state, and wait for ``cri.v1``.
+
+    The socket file is removed in between so the wait cannot see the old one.
+    """
+    daemon.stop()
+    daemon.cri_socket.unlink(missing_ok=True)
+    daemon.start()
+    wait_for_socket(daemon)
+
+
 def _accepts(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:

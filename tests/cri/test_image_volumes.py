@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.cri.conftest import CRI_NAMESPACE, wait_for_socket
+from tests.cri.conftest import CRI_NAMESPACE, restart_cri_daemon
 from tests.fixtures.images import LayerBuilder, build_image, busybox_layer, host_platform
 from tests.fixtures.registry import Registry
 from tests.reliability.store_check import mounts_under
@@ -145,10 +145,7 @@ def test_an_image_volume_survives_a_restart_and_is_released_with_its_container(
     images_before = cri.images.ListImages(pb.ListImagesRequest()).images
     container_id = _start(cri, _volume_config(cri, cri_image, image_ref))
     assert _views(cri_daemon) == {f"{container_id}-image-volume-0"}
-    cri_daemon.stop()
-    cri_daemon.cri_socket.unlink(missing_ok=True)
-    cri_daemon.start()
-    wait_for_socket(cri_daemon)
+    restart_cri_daemon(cri_daemon)
     assert _views(cri_daemon) == {f"{container_id}-image-volume-0"}
     assert cri.exec(container_id, "cat", f"{VOLUME}/etc/hostname").stdout == b"moorage\n"
     assert cri.images.ListImages(pb.ListImagesRequest()).images == images_before

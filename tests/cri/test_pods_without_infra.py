@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.cri.conftest import CRI_NAMESPACE, wait_for_socket
+from tests.cri.conftest import CRI_NAMESPACE, restart_cri_daemon, wait_for_socket
 
 pytestmark = pytest.mark.root
 
@@ -175,10 +175,7 @@ def test_a_pod_without_infra_stays_ready_across_a_daemon_restart(cri: Any, cri_d
     pb = cri.pb
     pod = _pod(cri)
     container_id = _container(cri, cri_image, pod)
-    cri_daemon.stop()
-    cri_daemon.cri_socket.unlink(missing_ok=True)
-    cri_daemon.start()
-    wait_for_socket(cri_daemon)
+    restart_cri_daemon(cri_daemon)
     sandboxes = cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items
     assert [(s.id, s.state) for s in sandboxes] == [(pod[0], pb.SANDBOX_READY)]
     # A new container still joins the pinned namespaces.
@@ -278,10 +275,7 @@ def test_a_pod_without_infra_keeps_its_network_across_a_restart_with_nothing_run
     ip = cri.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(
         pod_sandbox_id=pod[0])).status.network.ip
     assert ip
-    cri_daemon.stop()
-    cri_daemon.cri_socket.unlink(missing_ok=True)
-    cri_daemon.start()
-    wait_for_socket(cri_daemon)
+    restart_cri_daemon(cri_daemon)
     status = cri.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod[0])).status
     assert (status.state, status.network.ip) == (pb.SANDBOX_READY, ip)
     web = _container(cri, cri_image, pod, *HTTPD)

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.cri.conftest import wait_for_socket
+from tests.cri.conftest import restart_cri_daemon, wait_for_socket
 from tests.fixtures.network import http_get, iptables_leftovers
 
 pytestmark = pytest.mark.root
@@ -25,10 +25,7 @@ def test_running_pods_keep_running_across_a_daemon_restart(cri: Any, cri_daemon:
                                                            cri_image: str) -> None:
     pb = cri.pb
     sandbox_id, container_id = cri.run_container(cri_image)
-    cri_daemon.stop()
-    cri_daemon.cri_socket.unlink(missing_ok=True)
-    cri_daemon.start()
-    wait_for_socket(cri_daemon)
+    restart_cri_daemon(cri_daemon)
     sandboxes = cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items
     assert [(s.id, s.state) for s in sandboxes] == [(sandbox_id, pb.SANDBOX_READY)]
     containers = cri.runtime.ListContainers(pb.ListContainersRequest()).containers
@@ -97,10 +94,7 @@ def test_after_a_restart_names_stay_reserved_host_ports_answer_and_logs_flow(
     log = Path(cri.runtime.ContainerStatus(pb.ContainerStatusRequest(
         container_id=container_id)).status.log_path)
 
-    cri_daemon.stop()
-    cri_daemon.cri_socket.unlink(missing_ok=True)
-    cri_daemon.start()
-    wait_for_socket(cri_daemon)
+    restart_cri_daemon(cri_daemon)
 
     for again in (lambda: cri.run_pod(config),
                   lambda: cri.create_container(pod[0], config, container)):

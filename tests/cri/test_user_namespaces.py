@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.cri.conftest import connected, running_cri_daemon
+from tests.cri.conftest import connected, restart_cri_daemon, running_cri_daemon
 
 pytestmark = pytest.mark.root
 
@@ -256,16 +256,12 @@ def test_host_path_mounts_and_the_pods_files_are_reachable_but_not_idmapped(
 @pytest.mark.parametrize("pid", ["POD", "CONTAINER"])
 def test_a_user_namespace_pod_keeps_running_across_a_daemon_restart(
         cri: Any, cri_daemon: Any, cri_image: str, pid: str) -> None:
-    from tests.cri.conftest import wait_for_socket
 
     pb = cri.pb
     cri.pull(cri_image)
     pod = _pod(cri, _userns(pb, pb.POD, [_MAP], pid=getattr(pb, pid)))
     first = _run(cri, cri_image, pod, ["sleep", "3600"])
-    cri_daemon.stop()
-    cri_daemon.cri_socket.unlink(missing_ok=True)
-    cri_daemon.start()
-    wait_for_socket(cri_daemon)
+    restart_cri_daemon(cri_daemon)
     sandboxes = cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items
     assert [(s.id, s.state) for s in sandboxes] == [(pod[0], pb.SANDBOX_READY)]
     # A container made after the restart joins the same user namespace.
