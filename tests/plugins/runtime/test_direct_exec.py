@@ -65,8 +65,11 @@ async def test_output_beyond_the_limit_is_read_and_dropped(tmp_path: Path) -> No
     result = await run_exec(fake_runtime(pid_file, "echo err >&2; sleep 0.2; "
                                                    "head -c 3000000 /dev/zero; echo late >&2"),
                             pid_file, timeout=30, limit=1000)
-    # The limit counts both streams together.
-    assert (result.stderr, len(result.stdout), result.exit_status) == (b"err\n", 996, 0)
+    # The limit counts both streams together, and the 3 MB past it are read (the process is
+    # not left blocked on a full pipe) and dropped. Which stream fills it first is the
+    # scheduler's: a loaded machine can find both pipes ready at the first read.
+    assert (len(result.stdout) + len(result.stderr), result.exit_status) == (1000, 0)
+    assert result.stderr in (b"err\n", b"")
 
 
 async def test_a_background_child_holding_the_pipes_does_not_hold_the_call(
