@@ -28,7 +28,7 @@ import hashlib
 import ipaddress
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -484,15 +484,21 @@ def _container_config(cri: CriClient, ctx: Ctx) -> Any:
     return cri.container_config(ctx.rig.registry, name=f"app-{ctx.tag}")
 
 
-def create_trigger(ctx: Ctx) -> None:
+def _die_in_create_container(ctx: Ctx, make_config: Callable[[CriClient, Ctx], Any]) -> None:
+    """CreateContainer in the setup's pod, with the daemon killed at ``ctx.point``."""
     cri = ctx.rig.cri()  # type: ignore[attr-defined]
     try:
         _baseline(ctx, cri)
+        ctx.data["views"] = _views(ctx.rig)
         sandbox_id, sandbox_config = ctx.data["pod"]
-        config = _container_config(cri, ctx)
+        config = make_config(cri, ctx)
         _call_and_die(lambda: cri.create_container(sandbox_id, sandbox_config, config))
     finally:
         cri.close()
+
+
+def create_trigger(ctx: Ctx) -> None:
+    _die_in_create_container(ctx, _container_config)
 
 
 def create_verify(ctx: Ctx) -> None:
@@ -529,15 +535,7 @@ def _views(rig: CrashRig) -> set[str]:
 
 
 def image_volume_trigger(ctx: Ctx) -> None:
-    cri = ctx.rig.cri()  # type: ignore[attr-defined]
-    try:
-        _baseline(ctx, cri)
-        ctx.data["views"] = _views(ctx.rig)
-        sandbox_id, sandbox_config = ctx.data["pod"]
-        config = _image_volume_config(cri, ctx)
-        _call_and_die(lambda: cri.create_container(sandbox_id, sandbox_config, config))
-    finally:
-        cri.close()
+    _die_in_create_container(ctx, _image_volume_config)
 
 
 def image_volume_verify(ctx: Ctx) -> None:
