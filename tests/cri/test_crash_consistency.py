@@ -501,21 +501,35 @@ def create_trigger(ctx: Ctx) -> None:
     _die_in_create_container(ctx, _container_config)
 
 
+def _create_again_and_remove_the_pod(ctx: Ctx, cri: CriClient,
+                                     make_config: Callable[[CriClient, Ctx], Any],
+                                     check: Callable[[str], None]) -> str:
+    """The retried CreateContainer runs (``check`` of its id); the pod's removal leaves none of it.
+
+    Returns the setup pod's id.
+    """
+    pb = cri.pb
+    sandbox_id, sandbox_config = ctx.data["pod"]
+    container_id = cri.create_container(sandbox_id, sandbox_config, make_config(cri, ctx))
+    cri.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id))
+    check(container_id)
+    cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+    cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+    # The setup's pod went too: its share of the baseline is gone, nothing else is.
+    assert footprint(ctx.rig).minus(ctx.data["footprint"]) == {}
+    return str(sandbox_id)
+
+
 def create_verify(ctx: Ctx) -> None:
     _check_after_restart(ctx)
     cri = ctx.rig.cri()  # type: ignore[attr-defined]
     pb = cri.pb
-    try:
-        sandbox_id, sandbox_config = ctx.data["pod"]
-        container_id = cri.create_container(sandbox_id, sandbox_config,
-                                            _container_config(cri, ctx))
-        cri.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id))
+
+    def runs(container_id: str) -> None:
         assert cri.exec(container_id, "true").exit_code == 0
-        cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
-        cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
-        before = ctx.data["footprint"]
-        # The setup's pod went too: its share of the baseline is gone, nothing else is.
-        assert footprint(ctx.rig).minus(before) == {}
+
+    try:
+        sandbox_id = _create_again_and_remove_the_pod(ctx, cri, _container_config, runs)
         assert sandbox_id not in {p.id for p in cri.runtime.ListPodSandbox(
             pb.ListPodSandboxRequest()).items}
     finally:
@@ -543,16 +557,12 @@ def image_volume_verify(ctx: Ctx) -> None:
     # Removing what the crash left removed its view too.
     assert _views(ctx.rig) == ctx.data["views"], f"views left after a kill at {ctx.point}"
     cri = ctx.rig.cri()  # type: ignore[attr-defined]
-    pb = cri.pb
-    try:
-        sandbox_id, sandbox_config = ctx.data["pod"]
-        container_id = cri.create_container(sandbox_id, sandbox_config,
-                                            _image_volume_config(cri, ctx))
-        cri.runtime.StartContainer(pb.StartContainerRequest(container_id=container_id))
+
+    def mounts_the_volume(container_id: str) -> None:
         assert cri.exec(container_id, "cat", "/volume/hostname").stdout == b"moorage\n"
-        cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
-        cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
-        assert footprint(ctx.rig).minus(ctx.data["footprint"]) == {}
+
+    try:
+        _create_again_and_remove_the_pod(ctx, cri, _image_volume_config, mounts_the_volume)
         assert _views(ctx.rig) == ctx.data["views"]
     finally:
         cri.close()
