@@ -321,35 +321,21 @@ def _memory_details(metrics: TaskMetrics, paths: CgroupPaths) -> None:
 
 def _io_ops(paths: CgroupPaths) -> tuple[int, int]:
     """Read and write operations, summed over devices: v1 ``blkio``, else v2 ``io.stat``."""
-    reads = writes = 0
-    if "blkio" in paths.v1:
-        text = _read(paths.v1["blkio"] / "blkio.throttle.io_serviced") or ""
-        for line in text.splitlines():
-            fields = line.split()
-            if len(fields) == 3 and fields[2].isdigit():
-                if fields[1] == "Read":
-                    reads += int(fields[2])
-                elif fields[1] == "Write":
-                    writes += int(fields[2])
-    elif (v2 := _v2(paths, "io")) is not None:
-        for line in (_read(v2 / "io.stat") or "").splitlines():
-            for item in line.split()[1:]:
-                key, _, value = item.partition("=")
-                if value.isdigit() and key == "rios":
-                    reads += int(value)
-                elif value.isdigit() and key == "wios":
-                    writes += int(value)
-    return reads, writes
+    return _io_totals(paths, "blkio.throttle.io_serviced", "rios", "wios")
 
 
 def _io_bytes(paths: CgroupPaths) -> tuple[int, int]:
     """Bytes read and written, summed over devices: v1 ``blkio``, else v2 ``io.stat``."""
+    return _io_totals(paths, "blkio.throttle.io_service_bytes", "rbytes", "wbytes")
+
+
+def _io_totals(paths: CgroupPaths, v1_file: str, v2_read: str, v2_write: str) -> tuple[int, int]:
+    """Reads and writes summed over devices, from v1 ``v1_file`` or v2 ``io.stat``'s two keys."""
     read = write = 0
     if "blkio" in paths.v1:
-        # "MAJ:MIN Read N" lines plus a "Total N" line; throttle's file counts every
+        # "MAJ:MIN Read N" lines plus a "Total N" line; throttle's files count every
         # IO (the CFQ/BFQ ones only what their scheduler saw).
-        text = _read(paths.v1["blkio"] / "blkio.throttle.io_service_bytes") or ""
-        for line in text.splitlines():
+        for line in (_read(paths.v1["blkio"] / v1_file) or "").splitlines():
             fields = line.split()
             if len(fields) == 3 and fields[2].isdigit():
                 if fields[1] == "Read":
@@ -357,15 +343,14 @@ def _io_bytes(paths: CgroupPaths) -> tuple[int, int]:
                 elif fields[1] == "Write":
                     write += int(fields[2])
     elif (v2 := _v2(paths, "io")) is not None:
-        # "MAJ:MIN rbytes=N wbytes=N rios=N ..." per device.
+        # "MAJ:MIN rbytes=N wbytes=N rios=N wios=N ..." per device.
         for line in (_read(v2 / "io.stat") or "").splitlines():
             for item in line.split()[1:]:
                 key, _, value = item.partition("=")
-                if value.isdigit() and key in ("rbytes", "wbytes"):
-                    if key == "rbytes":
-                        read += int(value)
-                    else:
-                        write += int(value)
+                if value.isdigit() and key == v2_read:
+                    read += int(value)
+                elif value.isdigit() and key == v2_write:
+                    write += int(value)
     return read, write
 
 
