@@ -26,12 +26,12 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.to_thread
 
 from runtime.api.mounts import Mount
+from runtime.pkg.libc import libc as _lib
 
 __all__ = ["bind_mount", "mount_all", "mounted", "recursive_attributes_supported", "unmount"]
 
@@ -105,20 +105,6 @@ if libc.mount(src.encode(), tgt.encode(), fstype.encode(), int(flags), data.enco
     sys.stderr.write(f"{e} {os.strerror(e)}")
     sys.exit(1)
 """
-
-_libc: Any = None
-
-
-def _lib() -> Any:
-    # ctypes is imported by the first mount, not by every plugin that imports
-    # this module at start. dlopen(NULL) finds libc among the process's own
-    # libraries; ctypes.util.find_library would run `ldconfig -p` to find it.
-    import ctypes
-
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str) -> None:

@@ -18,23 +18,14 @@ import errno
 import os
 import threading
 from collections.abc import Callable
-from functools import cache
 from pathlib import Path
-from typing import Any
 
+from runtime.pkg.libc import libc as _libc
 from runtime.pkg.mount import bind_mount, unmount
 
 __all__ = ["CLONE_NEWNET", "enter_netns", "in_fresh_thread", "pin_own", "unpin"]
 
 CLONE_NEWNET = 0x40000000
-
-
-@cache
-def _libc() -> Any:
-    """libc, for ``setns``: loaded by the first namespace entered, not at the daemon's start."""
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True)
 
 
 def in_fresh_thread(name: str, work: Callable[[], None]) -> None:

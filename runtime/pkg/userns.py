@@ -37,6 +37,7 @@ from typing import Any
 import msgspec
 
 from runtime.api.mounts import Mount
+from runtime.pkg.libc import libc as _libc
 from runtime.pkg.mount import bind_mount
 
 __all__ = ["IDMAP_ROOTFS_ANNOTATION", "IDMapping", "idmap_mount", "idmap_supported",
@@ -58,16 +59,6 @@ _MNT_DETACH = 2
 _SYS_OPEN_TREE = 428
 _SYS_MOVE_MOUNT = 429
 _SYS_MOUNT_SETATTR = 442
-
-
-
-@cache
-def _libc() -> Any:
-    # ctypes is loaded by the first user namespace pod, not at the daemon's start
-    # (runtime.runc's bundle imports this module for its annotation).
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True)
 
 
 @cache

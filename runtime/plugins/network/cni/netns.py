@@ -19,10 +19,9 @@ import socket
 import struct
 import subprocess
 from collections.abc import Collection
-from functools import cache
 from pathlib import Path
-from typing import Any
 
+from runtime.pkg.libc import libc as _libc
 from runtime.pkg.mount import bind_mount
 from runtime.pkg.namespaces import enter_netns, in_fresh_thread, pin_own, unpin
 
@@ -36,14 +35,6 @@ _IFF_UP = 0x1
 # struct ifreq: the name (IFNAMSIZ) then a 24-byte union, whose first member
 # for these two requests is the short ifr_flags.
 _IFREQ = struct.Struct("16sH22x")
-
-
-@cache
-def _libc() -> Any:
-    """libc, for ``unshare``; loaded by the first namespace made, not at the daemon's start."""
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True)
 
 
 def loopback_up() -> None:
